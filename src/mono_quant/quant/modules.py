@@ -1,0 +1,140 @@
+"""Quantized layers that stay runnable: ``QuantLinear`` and ``QuantConv2d``.
+
+Buffers use the names compressed-tensors and vLLM read, so a state dict of a quantized model
+is already in their layout:
+
+==================  ========  =========================================================
+buffer              dtype     shape
+==================  ========  =========================================================
+weight              int8      as the float weight
+weight_scale        float32   ``[out, 1]`` per channel, ``[out, in/g]`` per group, ``[1]``
+weight_zero_point   int8      as weight_scale (zeros for the symmetric scheme)
+bias                float     as the float bias (absent when the layer has none)
+input_scale         float32   ``[1]`` (static mode only)
+input_zero_point    int8      ``[1]`` (static mode only)
+==================  ========  =========================================================
+
+``forward`` dequantizes the weight (``(q - zp) * scale``) and, in static mode, fake-quantizes
+the input with the calibrated per-tensor qparams: the numerics of W8A8 simulated in float,
+as torch.ao's fake quantization and llm-compressor's calibration forward do. Serving runtimes
+run real int8 kernels on the same integers and scales.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mono_quant.quant.primitives import QuantizedTensor, dequantize, fake_quantize
+from mono_quant.quant.qconfig import QuantConfig
+from mono_quant.quant.specs import Granularity
+
+__all__ = ["SUPPORTED_LAYERS", "QuantConv2d", "QuantLinear", "quantized_like"]
+
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+
+
+class _QuantLayer(nn.Module):
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+    bias: torch.Tensor | None
+
+    def _init_buffers(self, float_layer: nn.Module, config: QuantConfig) -> None:
+        w = float_layer.weight
+        gran: Granularity = config.granularity_spec
+        pshape = gran.param_shape(w.shape)
+        self.scheme = config.scheme
+        self.granularity = gran
+        self.mode = config.mode
+        self.activation_scheme = config.activation_scheme
+        self.compute_dtype = w.dtype
+        kw = {"device": w.device}
+        self.register_buffer("weight", torch.zeros(w.shape, dtype=torch.int8, **kw))
+        self.register_buffer("weight_scale", torch.ones(pshape, dtype=torch.float32, **kw))
+        self.register_buffer("weight_zero_point", torch.zeros(pshape, dtype=torch.int8, **kw))
+        bias = float_layer.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        if config.mode == "static":
+            self.register_buffer("input_scale", torch.ones(1, dtype=torch.float32, **kw))
+            self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int8, **kw))
+
+    def set_weight(self, qw: QuantizedTensor) -> None:
+        self.weight.copy_(qw.data)
+        self.weight_scale.copy_(qw.scale)
+        self.weight_zero_point.copy_(qw.zero_point)
+
+    def set_input_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        self.input_scale.copy_(scale.reshape(1))
+        self.input_zero_point.copy_(zero_point.reshape(1))
+
+    @property
+    def qweight(self) -> QuantizedTensor:
+        return QuantizedTensor(
+            self.weight, self.weight_scale, self.weight_zero_point, self.scheme, self.granularity
+        )
+
+    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return dequantize(self.qweight, dtype or self.compute_dtype)
+
+    def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mode == "static":
+            x = fake_quantize(x, self.input_scale, self.input_zero_point, self.activation_scheme)
+        return x, self.dequantized_weight(x.dtype)
+
+
+class QuantLinear(_QuantLayer):
+    """int8 stand-in for ``nn.Linear``."""
+
+    def __init__(self, float_layer: nn.Linear, config: QuantConfig) -> None:
+        super().__init__()
+        self.in_features = float_layer.in_features
+        self.out_features = float_layer.out_features
+        self._init_buffers(float_layer, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, w = self._prepare(x)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, w, bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, {self.scheme}, {self.granularity.name}, {self.mode}"
+        )
+
+
+class QuantConv2d(_QuantLayer):
+    """int8 stand-in for ``nn.Conv2d`` (every padding mode)."""
+
+    def __init__(self, float_layer: nn.Conv2d, config: QuantConfig) -> None:
+        super().__init__()
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                     "dilation", "groups", "padding_mode"):
+            setattr(self, attr, getattr(float_layer, attr))
+        self._reversed_padding_repeated_twice = float_layer._reversed_padding_repeated_twice
+        self._init_buffers(float_layer, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, w = self._prepare(x)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(x, w, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, {self.scheme}, {self.granularity.name}, {self.mode}"
+        )
+
+
+def quantized_like(float_layer: nn.Module, config: QuantConfig) -> _QuantLayer:
+    """An empty quantized layer shaped like ``float_layer`` (fill it, or load a state dict)."""
+    if isinstance(float_layer, nn.Linear):
+        return QuantLinear(float_layer, config)
+    if isinstance(float_layer, nn.Conv2d):
+        return QuantConv2d(float_layer, config)
+    raise TypeError(f"cannot quantize a {type(float_layer).__name__}")

@@ -1,0 +1,136 @@
+"""Validation metrics: SQNR, cosine similarity, sizes, and the int8 range check.
+
+SQNR is ``10 * log10(sum(x**2) / sum((x - x_hat)**2))`` in dB, accumulated in float64. It is
+``inf`` when the error is exactly zero. Every accumulator here sums over all elements first and
+takes the ratio last, so "overall" numbers weight big layers and big batches by their size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ErrorAccumulator",
+    "check_int8_ranges",
+    "cosine_similarity",
+    "first_tensor",
+    "sqnr_db",
+    "state_dict_bytes",
+]
+
+_CHUNK = 1 << 20
+
+
+@dataclass
+class ErrorAccumulator:
+    """Running sums for SQNR and cosine between a reference and an approximation."""
+
+    signal: float = 0.0  # sum(ref ** 2)
+    noise: float = 0.0  # sum((ref - approx) ** 2)
+    approx_sq: float = 0.0  # sum(approx ** 2)
+    dot: float = 0.0  # sum(ref * approx)
+
+    def add(self, ref: torch.Tensor, approx: torch.Tensor) -> None:
+        if ref.shape != approx.shape:
+            raise ValueError(f"shape mismatch: {tuple(ref.shape)} vs {tuple(approx.shape)}")
+        ref, approx = ref.detach().reshape(-1), approx.detach().reshape(-1)
+        for start in range(0, ref.numel(), _CHUNK):  # float64 in chunks: bounded memory
+            r = ref[start : start + _CHUNK].double()
+            a = approx[start : start + _CHUNK].double()
+            self.signal += float(r.square().sum())
+            self.noise += float((r - a).square().sum())
+            self.approx_sq += float(a.square().sum())
+            self.dot += float((r * a).sum())
+
+    def merge(self, other: ErrorAccumulator) -> None:
+        self.signal += other.signal
+        self.noise += other.noise
+        self.approx_sq += other.approx_sq
+        self.dot += other.dot
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.noise == 0.0:
+            return math.inf
+        if self.signal == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.signal / self.noise)
+
+    @property
+    def cosine(self) -> float:
+        if self.signal == 0.0 and self.approx_sq == 0.0:
+            return 1.0
+        if self.signal == 0.0 or self.approx_sq == 0.0:
+            return 0.0
+        return self.dot / math.sqrt(self.signal * self.approx_sq)
+
+
+def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio of ``approx`` against ``ref``, in dB."""
+    acc = ErrorAccumulator()
+    acc.add(ref, approx)
+    return acc.sqnr_db
+
+
+def cosine_similarity(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    acc = ErrorAccumulator()
+    acc.add(ref, approx)
+    return acc.cosine
+
+
+def state_dict_bytes(module: nn.Module) -> int:
+    """Bytes of every distinct tensor in the module's state dict (tied weights counted once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for t in module.state_dict().values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor to compare in a model output: itself, ``logits``, or the first tensor found."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) or hasattr(output, "keys"):
+        if "logits" in output:
+            return output["logits"]
+        values: Iterable[Any] = output.values()
+    elif isinstance(output, (list, tuple)):
+        values = output
+    else:
+        return None
+    for v in values:
+        t = first_tensor(v)
+        if t is not None:
+            return t
+    return None
+
+
+def check_int8_ranges(
+    name: str, data: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
+    qmax: int,
+) -> list[str]:
+    """Problems with a quantized tensor (empty list when sane): dtype, range, scales, zp."""
+    problems = []
+    if data.dtype != torch.int8:
+        problems.append(f"{name}: data dtype is {data.dtype}, expected torch.int8")
+    elif data.numel() and (int(data.min()) < qmin or int(data.max()) > qmax):
+        problems.append(
+            f"{name}: int8 values span [{int(data.min())}, {int(data.max())}], "
+            f"outside [{qmin}, {qmax}]"
+        )
+    if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
+        problems.append(f"{name}: scales must be finite and > 0")
+    if zero_point.numel() and (int(zero_point.min()) < qmin or int(zero_point.max()) > qmax):
+        problems.append(f"{name}: zero points outside [{qmin}, {qmax}]")
+    return problems

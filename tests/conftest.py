@@ -1,0 +1,41 @@
+"""Shared fixtures: seeded randomness, the devices present, kernel-path switching."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mono_quant.config import get_settings
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """Runs a test on every device present (CPU always; CUDA when there is a GPU)."""
+    return request.param
+
+
+@pytest.fixture
+def kernel_path(request, monkeypatch):
+    """Force the eager or the torch.compile kernels for the duration of a test."""
+
+    def use(path: str) -> None:
+        monkeypatch.setenv("MONO_QUANT_COMPILE", {"eager": "never", "compiled": "always"}[path])
+        get_settings.cache_clear()
+
+    yield use
+    monkeypatch.delenv("MONO_QUANT_COMPILE", raising=False)
+    get_settings.cache_clear()
+
+
+def pytest_configure(config):
+    # Tests never write into the working tree's default data folder.
+    os.environ.setdefault("MONO_QUANT_DATA_DIR", str(config.rootpath / ".pytest_cache" / "data"))
