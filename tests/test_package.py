@@ -1,0 +1,44 @@
+"""Package-level guarantees: a lean import, the public API, settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import mono_quant
+from mono_quant.config import Settings
+from mono_quant.errors import BadConfigError
+
+
+def test_import_pulls_in_neither_celery_nor_sqlalchemy():
+    # A fresh interpreter: in this one other tests may already have imported them.
+    code = (
+        "import sys, mono_quant, mono_quant.io, mono_quant.validate\n"
+        "heavy = [m for m in ('celery', 'kombu', 'sqlalchemy', 'alembic', 'redis') "
+        "if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_seed_names_are_public():
+    for name in ("quantize_weight_int8", "MinMaxObserver", "run_calibration", "QuantizationInfo",
+                 "quantize_model", "QuantConfig", "dequantize"):
+        assert name in mono_quant.__all__ and hasattr(mono_quant, name)
+
+
+def test_settings_from_env(monkeypatch):
+    monkeypatch.setenv("MONO_QUANT_COMPILE", "never")
+    monkeypatch.setenv("MONO_QUANT_COMPILE_MIN_NUMEL", "10")
+    s = Settings.from_env()
+    assert (s.compile, s.compile_min_numel) == ("never", 10)
+    monkeypatch.setenv("MONO_QUANT_COMPILE", "sometimes")
+    with pytest.raises(BadConfigError, match="MONO_QUANT_COMPILE='sometimes'"):
+        Settings.from_env()
+    monkeypatch.setenv("MONO_QUANT_COMPILE", "auto")
+    monkeypatch.setenv("MONO_QUANT_COMPILE_MIN_NUMEL", "many")
+    with pytest.raises(BadConfigError, match="MONO_QUANT_COMPILE_MIN_NUMEL='many'"):
+        Settings.from_env()

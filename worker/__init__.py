@@ -1,0 +1,1 @@
+"""The worker: runs quantization jobs (installed as ``mono_quant.worker``)."""
