@@ -42,3 +42,24 @@ def test_settings_from_env(monkeypatch):
     monkeypatch.setenv("MONO_QUANT_COMPILE_MIN_NUMEL", "many")
     with pytest.raises(BadConfigError, match="MONO_QUANT_COMPILE_MIN_NUMEL='many'"):
         Settings.from_env()
+
+
+def test_url_settings_win_over_parts(monkeypatch, tmp_path):
+    monkeypatch.setenv("MONO_QUANT_DATA_DIR", str(tmp_path))
+    for name in ("CATALOG_URL", "DB_HOST", "BROKER_URL", "REDIS_HOST", "STORAGE_ROOT"):
+        monkeypatch.delenv(f"MONO_QUANT_{name}", raising=False)
+    s = Settings.from_env()
+    assert s.catalog_url == f"sqlite:///{tmp_path.resolve()}/catalog.db"
+    assert s.storage_root == tmp_path / "artifacts"
+    assert s.broker_url == "redis://localhost:6379/0"
+    monkeypatch.setenv("MONO_QUANT_DB_HOST", "db")
+    monkeypatch.setenv("MONO_QUANT_DB_PASSWORD", "p@ss")
+    monkeypatch.setenv("MONO_QUANT_REDIS_HOST", "cache")
+    monkeypatch.setenv("MONO_QUANT_REDIS_DB", "3")
+    s = Settings.from_env()
+    assert s.catalog_url == "postgresql+psycopg://postgres:p%40ss@db:5432/mono_quant"
+    assert s.broker_url == "redis://cache:6379/3"
+    monkeypatch.setenv("MONO_QUANT_CATALOG_URL", "sqlite:///x.db")
+    monkeypatch.setenv("MONO_QUANT_BROKER_URL", "redis://other:1/2")
+    s = Settings.from_env()
+    assert (s.catalog_url, s.broker_url) == ("sqlite:///x.db", "redis://other:1/2")

@@ -32,6 +32,9 @@ DEFAULT_COMPILE = "auto"
 #: Tensors with at least this many elements take the compiled CPU path under ``auto``.
 DEFAULT_COMPILE_MIN_NUMEL = 1 << 20
 
+#: The Celery broker when neither MONO_QUANT_BROKER_URL nor MONO_QUANT_REDIS_HOST is set.
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(_PREFIX + name)
@@ -50,6 +53,39 @@ def _env_int(name: str, default: int) -> int:
         ) from e
 
 
+def _catalog_url(data_dir: Path) -> str:
+    """MONO_QUANT_CATALOG_URL, else PostgreSQL from MONO_QUANT_DB_* parts, else SQLite."""
+    url = _env("CATALOG_URL")
+    if url:
+        return url
+    host = _env("DB_HOST")
+    if host:
+        from urllib.parse import quote
+
+        user = quote(_env("DB_USER", "postgres") or "postgres", safe="")
+        password = _env("DB_PASSWORD")
+        auth = f"{user}:{quote(password, safe='')}" if password else user
+        port = _env_int("DB_PORT", 5432)
+        name = _env("DB_NAME", "mono_quant")
+        return f"postgresql+psycopg://{auth}@{host}:{port}/{name}"
+    return f"sqlite:///{(data_dir / 'catalog.db').resolve()}"
+
+
+def _broker_url() -> str:
+    """MONO_QUANT_BROKER_URL, else Redis from MONO_QUANT_REDIS_* parts, else the default."""
+    url = _env("BROKER_URL")
+    if url:
+        return url
+    host = _env("REDIS_HOST")
+    if host:
+        from urllib.parse import quote
+
+        password = _env("REDIS_PASSWORD")
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis://{auth}{host}:{_env_int('REDIS_PORT', 6379)}/{_env_int('REDIS_DB', 0)}"
+    return DEFAULT_BROKER_URL
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process-wide settings (see the README's settings table)."""
@@ -60,6 +96,13 @@ class Settings:
     compile: str
     #: MONO_QUANT_COMPILE_MIN_NUMEL — size threshold for the compiled path under ``auto``.
     compile_min_numel: int
+    #: MONO_QUANT_CATALOG_URL (or MONO_QUANT_DB_HOST/PORT/NAME/USER/PASSWORD) — SQLAlchemy URL
+    #: of the catalog; default: SQLite at ``<data_dir>/catalog.db``.
+    catalog_url: str
+    #: MONO_QUANT_STORAGE_ROOT — root folder of artifacts; default ``<data_dir>/artifacts``.
+    storage_root: Path
+    #: MONO_QUANT_BROKER_URL (or MONO_QUANT_REDIS_HOST/PORT/DB/PASSWORD) — Celery broker.
+    broker_url: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -68,10 +111,14 @@ class Settings:
             raise BadConfigError(
                 f"{_PREFIX}COMPILE={compile_mode!r}: expected one of 'auto', 'always', 'never'"
             )
+        data_dir = Path(_env("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR)
         return cls(
-            data_dir=Path(_env("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR),
+            data_dir=data_dir,
             compile=compile_mode,
             compile_min_numel=_env_int("COMPILE_MIN_NUMEL", DEFAULT_COMPILE_MIN_NUMEL),
+            catalog_url=_catalog_url(data_dir),
+            storage_root=Path(_env("STORAGE_ROOT") or data_dir / "artifacts"),
+            broker_url=_broker_url(),
         )
 
 
