@@ -1,0 +1,53 @@
+"""Content digests of artifacts: one file, or a folder (compressed-tensors layout).
+
+A file's digest is the sha256 of its bytes. A folder's digest is the sha256 of the lines
+``"<relative posix path>\\0<sha256 of the file>\\n"`` over its files in sorted order, so it
+changes when any file's content, name or presence changes.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.bin"
+    >>> _ = p.write_bytes(b"abc")
+    >>> sha256_path(p)[:16]
+    'ba7816bf8f01cfea'
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+__all__ = ["sha256_path", "size_path"]
+
+_BLOCK = 1 << 20
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
+
+
+def sha256_path(path: str | Path) -> str:
+    """sha256 hex digest of a file, or of a folder's files as described above."""
+    path = Path(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in _files(path):
+            h.update(f"{f.relative_to(path).as_posix()}\0{_sha256_file(f)}\n".encode())
+        return h.hexdigest()
+    return _sha256_file(path)
+
+
+def size_path(path: str | Path) -> int:
+    """Bytes of a file, or the total of a folder's files."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in _files(path))
+    return path.stat().st_size
