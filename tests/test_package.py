@@ -50,7 +50,7 @@ def test_url_settings_win_over_parts(monkeypatch, tmp_path):
         monkeypatch.delenv(f"MONO_QUANT_{name}", raising=False)
     s = Settings.from_env()
     assert s.catalog_url == f"sqlite:///{tmp_path.resolve()}/catalog.db"
-    assert s.storage_root == tmp_path / "artifacts"
+    assert s.storage_root == tmp_path.resolve() / "artifacts"
     assert s.broker_url == "redis://localhost:6379/0"
     monkeypatch.setenv("MONO_QUANT_DB_HOST", "db")
     monkeypatch.setenv("MONO_QUANT_DB_PASSWORD", "p@ss")

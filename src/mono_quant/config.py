@@ -35,10 +35,36 @@ DEFAULT_COMPILE_MIN_NUMEL = 1 << 20
 #: The Celery broker when neither MONO_QUANT_BROKER_URL nor MONO_QUANT_REDIS_HOST is set.
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 
+#: Seconds a job may run before Celery raises SoftTimeLimitExceeded in it (job fails cleanly).
+DEFAULT_SOFT_TIME_LIMIT = 3600
+#: Seconds after which the job's process is killed (hard limit); must exceed the soft limit.
+DEFAULT_TIME_LIMIT = 3900
+#: Attempts before a job is failed for good (crashes of its worker count: then it is "poison").
+DEFAULT_MAX_ATTEMPTS = 3
+#: Seconds between heartbeats of a running job.
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+#: A running job whose heartbeat is older than this is presumed dead (reconcile, claim).
+DEFAULT_STALE_AFTER = 120.0
+#: First retry delay of a transient failure, doubled per attempt (with jitter), capped below.
+DEFAULT_RETRY_BACKOFF = 5.0
+DEFAULT_RETRY_BACKOFF_MAX = 600.0
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(_PREFIX + name)
     return default if value is None or value == "" else value
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError as e:
+        raise BadConfigError(
+            f"{_PREFIX}{name}={raw!r} is not a number; set it to a number of seconds or unset it"
+        ) from e
 
 
 def _env_int(name: str, default: int) -> int:
@@ -103,6 +129,22 @@ class Settings:
     storage_root: Path
     #: MONO_QUANT_BROKER_URL (or MONO_QUANT_REDIS_HOST/PORT/DB/PASSWORD) — Celery broker.
     broker_url: str
+    #: MONO_QUANT_SOFT_TIME_LIMIT — seconds before a job is asked to stop (fails cleanly).
+    soft_time_limit: int = DEFAULT_SOFT_TIME_LIMIT
+    #: MONO_QUANT_TIME_LIMIT — seconds before a job's process is killed.
+    time_limit: int = DEFAULT_TIME_LIMIT
+    #: MONO_QUANT_VISIBILITY_TIMEOUT — seconds before Redis redelivers an unacknowledged
+    #: message; must exceed MONO_QUANT_TIME_LIMIT (default: time limit + 10 minutes).
+    visibility_timeout: int = DEFAULT_TIME_LIMIT + 600
+    #: MONO_QUANT_MAX_ATTEMPTS — default attempts per job (a manifest may set its own).
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    #: MONO_QUANT_HEARTBEAT_INTERVAL — seconds between heartbeats of a running job.
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    #: MONO_QUANT_STALE_AFTER — seconds without heartbeat after which a job is presumed dead.
+    stale_after: float = DEFAULT_STALE_AFTER
+    #: MONO_QUANT_RETRY_BACKOFF / MONO_QUANT_RETRY_BACKOFF_MAX — transient-retry delays (s).
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -111,14 +153,41 @@ class Settings:
             raise BadConfigError(
                 f"{_PREFIX}COMPILE={compile_mode!r}: expected one of 'auto', 'always', 'never'"
             )
-        data_dir = Path(_env("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR)
+        data_dir = Path(_env("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR).resolve()
+        soft = _env_int("SOFT_TIME_LIMIT", DEFAULT_SOFT_TIME_LIMIT)
+        hard = _env_int("TIME_LIMIT", max(DEFAULT_TIME_LIMIT, soft + 60))
+        visibility = _env_int("VISIBILITY_TIMEOUT", hard + 600)
+        heartbeat = _env_float("HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL)
+        stale = _env_float("STALE_AFTER", DEFAULT_STALE_AFTER)
+        if not 0 < soft < hard < visibility:
+            raise BadConfigError(
+                f"time limits must satisfy 0 < {_PREFIX}SOFT_TIME_LIMIT ({soft}) < "
+                f"{_PREFIX}TIME_LIMIT ({hard}) < {_PREFIX}VISIBILITY_TIMEOUT ({visibility}): "
+                "Redis must not redeliver a job that may still be running"
+            )
+        if not 0 < 2 * heartbeat < stale:
+            raise BadConfigError(
+                f"{_PREFIX}STALE_AFTER ({stale}) must exceed twice "
+                f"{_PREFIX}HEARTBEAT_INTERVAL ({heartbeat}) so a live job is never presumed dead"
+            )
+        attempts = _env_int("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
+        if attempts < 1:
+            raise BadConfigError(f"{_PREFIX}MAX_ATTEMPTS={attempts}: expected at least 1")
         return cls(
             data_dir=data_dir,
             compile=compile_mode,
             compile_min_numel=_env_int("COMPILE_MIN_NUMEL", DEFAULT_COMPILE_MIN_NUMEL),
             catalog_url=_catalog_url(data_dir),
-            storage_root=Path(_env("STORAGE_ROOT") or data_dir / "artifacts"),
+            storage_root=Path(_env("STORAGE_ROOT") or data_dir / "artifacts").resolve(),
             broker_url=_broker_url(),
+            soft_time_limit=soft,
+            time_limit=hard,
+            visibility_timeout=visibility,
+            max_attempts=attempts,
+            heartbeat_interval=heartbeat,
+            stale_after=stale,
+            retry_backoff=_env_float("RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF),
+            retry_backoff_max=_env_float("RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX),
         )
 
 
