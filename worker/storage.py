@@ -1,0 +1,40 @@
+"""Where artifacts live: deterministic keys under one storage root.
+
+An artifact's key is derived from its job's idempotency key, never from a name a user chose,
+so two jobs computing the same artifact write the same place and nothing a user writes in a
+manifest can steer a path outside the root. Keys are POSIX paths relative to the root:
+``ab/abcdef….safetensors`` (a folder ``ab/abcdef…`` for compressed-tensors).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+
+from mono_quant.errors import BadInputError, StorageError
+
+__all__ = ["artifact_key", "resolve"]
+
+_EXT = {"safetensors": ".safetensors", "pt": ".pt", "compressed-tensors": ""}
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def artifact_key(idempotency_key: str, fmt: str) -> str:
+    """The storage key of the artifact of a job (relative POSIX path)."""
+    if not _HEX.match(idempotency_key):
+        raise BadInputError(f"idempotency key {idempotency_key!r}: expected 64 hex digits")
+    if fmt not in _EXT:
+        raise BadInputError(f"format {fmt!r}: expected one of {', '.join(_EXT)}")
+    return f"{idempotency_key[:2]}/{idempotency_key}{_EXT[fmt]}"
+
+
+def resolve(root: str | Path, key: str) -> Path:
+    """The absolute path of ``key`` under ``root``; refuses keys that would leave the root."""
+    pure = PurePosixPath(key)
+    if not key or pure.is_absolute() or ".." in pure.parts or "\\" in key:
+        raise StorageError(f"storage key {key!r} is not a relative path inside the storage root")
+    root = Path(root).resolve()
+    path = (root / pure).resolve()
+    if path != root and root not in path.parents:  # a symlink pointing out of the root
+        raise StorageError(f"storage key {key!r} resolves outside the storage root {root}")
+    return path
