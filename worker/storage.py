@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from mono_quant.errors import BadInputError, StorageError
 
-__all__ = ["artifact_key", "resolve"]
+__all__ = ["artifact_key", "clean_temporaries", "resolve"]
 
 _EXT = {"safetensors": ".safetensors", "pt": ".pt", "compressed-tensors": ""}
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -38,3 +38,17 @@ def resolve(root: str | Path, key: str) -> Path:
     if path != root and root not in path.parents:  # a symlink pointing out of the root
         raise StorageError(f"storage key {key!r} resolves outside the storage root {root}")
     return path
+
+
+def clean_temporaries(path: Path) -> int:
+    """Remove temporaries of ``path`` left by a writer that was killed (``.<name>.*.tmp``)."""
+    removed = 0
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        if tmp.is_dir():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -24,3 +24,25 @@ def test_folder_digest_covers_names_and_contents(tmp_path):
     assert size_path(tmp_path) == 5
     (tmp_path / "sub" / "w.bin").rename(tmp_path / "sub" / "v.bin")
     assert sha256_path(tmp_path) != expected
+
+
+def test_state_dict_digest_covers_values_names_and_dtypes():
+    import torch
+    from torch import nn
+
+    from mono_quant.io.hashing import state_dict_digest
+
+    torch.manual_seed(0)
+    a = nn.Linear(4, 3)
+    b = nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    assert state_dict_digest(a) == state_dict_digest(b)
+    expected = hashlib.sha256()
+    for name, t in sorted(a.state_dict().items()):
+        expected.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        expected.update(t.detach().numpy().tobytes())
+    assert state_dict_digest(a) == expected.hexdigest()
+    with torch.no_grad():
+        b.bias[0] += 1e-6
+    assert state_dict_digest(a) != state_dict_digest(b)
+    assert state_dict_digest(a) != state_dict_digest(a.to(torch.bfloat16))

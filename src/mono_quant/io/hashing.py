@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-__all__ = ["sha256_path", "size_path"]
+__all__ = ["sha256_path", "size_path", "state_dict_digest"]
 
 _BLOCK = 1 << 20
 
@@ -51,3 +51,22 @@ def size_path(path: str | Path) -> int:
     if path.is_dir():
         return sum(f.stat().st_size for f in _files(path))
     return path.stat().st_size
+
+
+def state_dict_digest(module) -> str:
+    """sha256 of a module's state dict: names, dtypes, shapes and bytes, in name order.
+
+    The catalog's ``model_digest``: two artifacts made from the same float weights share it,
+    whatever their source string.
+    """
+    import ctypes
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        flat = t.detach().reshape(-1)
+        step = max(1, _BLOCK // max(1, flat.element_size()))
+        for start in range(0, flat.numel(), step):
+            part = flat[start : start + step].cpu().contiguous()
+            h.update(ctypes.string_at(part.data_ptr(), part.numel() * part.element_size()))
+    return h.hexdigest()
