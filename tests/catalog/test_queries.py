@@ -171,11 +171,11 @@ def test_filter_vocabularies_match_the_library():
     from mono_quant.catalog.models import ArtifactFormat
     from mono_quant.quant import qconfig, specs
 
-    assert catalog_filters.SCHEMES == tuple(specs.SCHEMES)
+    assert tuple(specs.SCHEMES) == catalog_filters.SCHEMES
     assert catalog_filters.GRANULARITIES == qconfig.GRANULARITIES
     assert catalog_filters.MODES == qconfig.MODES
-    assert catalog_filters.FORMATS == tuple(f.value for f in ArtifactFormat)
-    assert catalog_filters.STATUSES == tuple(s.value for s in JobStatus)
+    assert tuple(f.value for f in ArtifactFormat) == catalog_filters.FORMATS
+    assert tuple(s.value for s in JobStatus) == catalog_filters.STATUSES
 
 
 @pytest.mark.parametrize(
