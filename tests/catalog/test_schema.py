@@ -51,6 +51,25 @@ def test_upgrade_from_empty_matches_the_models(empty_url):
         engine.dispose()
 
 
+def test_latest_index_is_in_window_order(catalog_url):
+    # --latest reads this index in its own order: newest first, id breaking ties
+    engine = make_engine(catalog_url)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                rows = conn.execute(text("PRAGMA index_xinfo(ix_artifacts_latest)")).all()
+                got = [(r.name, bool(r.desc)) for r in rows if r.key]
+                assert got == [("model_source", False), ("config_digest", False),
+                               ("format", False), ("created_at", True), ("id", True)]
+            else:
+                ddl = conn.execute(text("SELECT indexdef FROM pg_indexes "
+                                        "WHERE indexname = 'ix_artifacts_latest'")).scalar_one()
+                assert ddl.endswith("(model_source, config_digest, format, created_at DESC, "
+                                    "id DESC)")
+    finally:
+        engine.dispose()
+
+
 def test_downgrade_to_base_removes_everything(empty_url):
     from alembic import command
 

@@ -233,8 +233,6 @@ class Artifact(Base):
     __tablename__ = "artifacts"
     __table_args__ = (
         Index(None, "model_source", "created_at"),  # all artifacts of a model, newest first
-        # --latest: newest per (model, config, format)
-        Index("ix_artifacts_latest", "model_source", "config_digest", "format", "created_at"),
         Index(None, "model_digest"),
         Index(None, "scheme", "weight_sqnr_db"),
         Index(None, "created_at"),
@@ -287,3 +285,15 @@ class Artifact(Base):
     info: Mapped[dict[str, Any]] = mapped_column(deferred=True)
 
     job: Mapped[Job] = relationship(back_populates="artifact")
+
+
+# --latest: newest per (model, config, format). In the window's own order (newest first, id
+# breaking ties) so it is read straight from the index, without a sort or a table access.
+Index(
+    "ix_artifacts_latest",
+    Artifact.model_source,
+    Artifact.config_digest,
+    Artifact.format,
+    Artifact.created_at.desc(),
+    Artifact.id.desc(),
+)

@@ -159,7 +159,8 @@ def upgrade() -> None:
     op.create_index(
         "ix_artifacts_latest",
         "artifacts",
-        ["model_source", "config_digest", "format", "created_at"],
+        ["model_source", "config_digest", "format", sa.text("created_at DESC"),
+         sa.text("id DESC")],
     )
     op.create_index(op.f("ix_artifacts_model_digest"), "artifacts", ["model_digest"])
     op.create_index(
