@@ -1,0 +1,319 @@
+"""Recording artifacts in the catalog, and checking storage against it.
+
+:func:`add_artifact` is what a worker calls after the artifact file (or folder) is renamed
+into place under the storage root: it hashes it, fills the typed columns from the
+``QuantizationInfo`` and inserts the row. Calling it again for the same job with the same
+content is a no-op (it returns the existing row), so a re-delivered job cannot record twice.
+
+:func:`verify_artifacts` re-hashes artifacts with the same functions and reports the ones that
+are missing or changed.
+
+Storage keys are POSIX paths relative to the storage root; absolute keys, ``..`` and
+backslashes are refused, so a key from the database can never point outside the root.
+
+Example:
+    >>> normalize_storage_key("models/mlp/ab12.safetensors")
+    'models/mlp/ab12.safetensors'
+    >>> normalize_storage_key("../etc/passwd")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mono_quant.errors.BadInputError: storage key '../etc/passwd': '..' is not allowed; ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mono_quant.catalog.models import Artifact, ArtifactFormat, Job
+from mono_quant.errors import BadInputError, StorageError
+from mono_quant.io.hashing import sha256_path, size_path
+from mono_quant.io.info import QuantizationInfo
+
+__all__ = [
+    "VerifyResult",
+    "add_artifact",
+    "artifact_for_key",
+    "config_digest",
+    "infer_format",
+    "info_columns",
+    "normalize_storage_key",
+    "resolve_storage_key",
+    "verify_artifacts",
+]
+
+_SUFFIX_FORMATS = {
+    ".safetensors": ArtifactFormat.SAFETENSORS,
+    ".pt": ArtifactFormat.PT,
+    ".pth": ArtifactFormat.PT,
+}
+
+
+def normalize_storage_key(key: str) -> str:
+    """Check a storage key and return it in canonical form (no ``.`` parts, no doubled ``/``)."""
+
+    def bad(why: str) -> BadInputError:
+        return BadInputError(
+            f"storage key {key!r}: {why}; expected a POSIX path relative to the storage root, "
+            "e.g. 'models/mlp/1f2e.safetensors'"
+        )
+
+    if not isinstance(key, str) or not key.strip():
+        raise bad("empty")
+    if "\\" in key or "\0" in key:
+        raise bad("backslashes and NUL bytes are not allowed")
+    path = PurePosixPath(key)
+    if path.is_absolute():
+        raise bad("absolute paths are not allowed")
+    if ".." in path.parts:
+        raise bad("'..' is not allowed")
+    parts = [p for p in path.parts if p != "."]
+    if not parts:
+        raise bad("names no file")
+    if ":" in parts[0]:
+        raise bad("URLs and drive letters are not allowed")
+    return "/".join(parts)
+
+
+def resolve_storage_key(storage_root: str | Path, key: str) -> Path:
+    """The path of a storage key under the root (the key is checked first)."""
+    return Path(storage_root) / normalize_storage_key(key)
+
+
+def _key_from_path(path: str | Path, storage_root: Path) -> str:
+    path = Path(path)
+    if not path.is_absolute():
+        return normalize_storage_key(path.as_posix())
+    root = storage_root.resolve()
+    try:
+        rel = path.resolve().relative_to(root)
+    except ValueError as e:
+        raise BadInputError(
+            f"artifact {path} is not under the storage root {root}; write artifacts under "
+            "MONO_QUANT_STORAGE_ROOT (or pass storage_root=)"
+        ) from e
+    return normalize_storage_key(rel.as_posix())
+
+
+def infer_format(path: str | Path) -> ArtifactFormat:
+    """The artifact format of a path: a folder is compressed-tensors, else by suffix."""
+    path = Path(path)
+    if path.is_dir():
+        return ArtifactFormat.COMPRESSED_TENSORS
+    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise BadInputError(
+            f"artifact {path}: cannot tell its format from the name; expected a .safetensors "
+            "or .pt file or a compressed-tensors folder, or pass format="
+        )
+    return fmt
+
+
+def config_digest(info: QuantizationInfo) -> str:
+    """sha256 of the canonical QuantConfig JSON: what ``--latest`` groups artifacts by."""
+    text = json.dumps(info.config.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def info_columns(info: QuantizationInfo) -> dict[str, Any]:
+    """The artifact columns that come from a QuantizationInfo (typed, plus the full JSON)."""
+    m, versions, config = info.metrics, info.library_versions, info.config
+    static = info.mode == "static"
+    return {
+        "config_digest": config_digest(info),
+        "dtype": info.dtype,
+        "scheme": info.scheme,
+        "granularity": info.granularity,
+        "group_size": info.group_size,
+        "mode": info.mode,
+        "per_channel": bool(info.per_channel),
+        "observer": info.observer,
+        "activation_observer": config.activation_observer if static else None,
+        "activation_scheme": config.activation_scheme if static else None,
+        "calibration_samples": int(info.calibration_samples),
+        "layers_quantized": _int_or_none(m.get("layers_quantized")),
+        "layers_total": _int_or_none(m.get("layers_total")),
+        "weight_sqnr_db": _float_or_none(m.get("weight_sqnr_db")),
+        "weight_sqnr_db_min": _float_or_none(m.get("weight_sqnr_db_min")),
+        "output_sqnr_db": _float_or_none(m.get("output_sqnr_db")),
+        "output_cosine": _float_or_none(m.get("output_cosine")),
+        "size_bytes_fp": _int_or_none(m.get("size_bytes_fp")),
+        "size_bytes_quant": _int_or_none(m.get("size_bytes_quant")),
+        "compression_ratio": _float_or_none(m.get("compression_ratio")),
+        "torch_version": versions.get("torch"),
+        "mono_quant_version": versions.get("mono-quant"),
+        "safetensors_version": versions.get("safetensors"),
+        "python_version": versions.get("python"),
+        "info": info.to_dict(),
+    }
+
+
+def artifact_for_key(session: Session, idempotency_key: str) -> Artifact | None:
+    """The artifact recorded for an idempotency key, if any."""
+    return session.scalars(
+        select(Artifact).where(Artifact.idempotency_key == idempotency_key)
+    ).one_or_none()
+
+
+def add_artifact(
+    session: Session,
+    job: Job,
+    path: str | Path,
+    info: QuantizationInfo,
+    *,
+    storage_root: str | Path | None = None,
+    format: ArtifactFormat | str | None = None,
+    sha256: str | None = None,
+    size_bytes: int | None = None,
+    model_digest: str | None = None,
+    created_at: datetime | None = None,
+) -> Artifact:
+    """Record the artifact of ``job`` stored at ``path`` (absolute under the root, or a key).
+
+    The sha256 and size are computed from the file or folder unless both are given (for
+    storage that is not mounted here). The row is added to ``session`` and flushed; the
+    caller's transaction commits it (with the job's status change, in the same transaction).
+
+    Raises BadInputError for a path outside the storage root or an unknown format, and
+    StorageError when the file is missing or the key already has a different artifact.
+
+    Example:
+        with catalog.begin() as session:
+            job = session.get(Job, job_id)
+            add_artifact(session, job, root / key, info, storage_root=root)
+            ...  # mark the job succeeded in the same transaction
+    """
+    if storage_root is None:
+        from mono_quant.config import get_settings
+
+        storage_root = get_settings().storage_root
+    root = Path(storage_root)
+    key = _key_from_path(path, root)
+    full = root / key
+    if format is None:
+        format = infer_format(full)
+    try:
+        fmt = ArtifactFormat(format)
+    except ValueError as e:
+        allowed = ", ".join(f.value for f in ArtifactFormat)
+        raise BadInputError(f"artifact format {format!r}: expected one of {allowed}") from e
+    if sha256 is None or size_bytes is None:
+        if not full.exists():
+            raise StorageError(f"artifact {full} does not exist; write it before recording it")
+        try:
+            sha256, size_bytes = sha256_path(full), size_path(full)
+        except OSError as e:
+            raise StorageError(f"artifact {full}: cannot read it to hash it: {e}") from e
+
+    if job.id is None:
+        session.flush()  # the job needs its id before the artifact can point at it
+    existing = artifact_for_key(session, job.idempotency_key)
+    if existing is not None:
+        if existing.sha256 == sha256 and existing.storage_key == key:
+            return existing  # a re-delivered job recording the same artifact
+        raise StorageError(
+            f"job {job.id}: idempotency key {job.idempotency_key[:12]}… already has artifact "
+            f"{existing.id} ({existing.storage_key}, sha256 {existing.sha256[:12]}…); "
+            f"refusing to record {key} (sha256 {sha256[:12]}…) for it"
+        )
+    artifact = Artifact(
+        job=job,
+        idempotency_key=job.idempotency_key,
+        model_source=job.model_source,
+        model_digest=model_digest,
+        storage_key=key,
+        format=fmt,
+        sha256=sha256,
+        size_bytes=int(size_bytes),
+        **info_columns(info),
+    )
+    if created_at is not None:
+        artifact.created_at = created_at
+    session.add(artifact)
+    session.flush()
+    return artifact
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The check of one artifact against storage.
+
+    ``status``: ``ok``; ``missing`` (no file or folder at the key); ``changed`` (the sha256 or
+    size differs from the catalog); ``invalid_key`` (the recorded key is not a safe relative
+    path — the row was not written by mono-quant); ``unreadable`` (an OS error while hashing).
+    """
+
+    artifact_id: int
+    storage_key: str
+    status: str
+    expected_sha256: str
+    actual_sha256: str | None = None
+    expected_size: int | None = None
+    actual_size: int | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _verify_one(root: Path, a: Artifact) -> VerifyResult:
+    base = {"artifact_id": a.id, "storage_key": a.storage_key,
+            "expected_sha256": a.sha256, "expected_size": a.size_bytes}
+    try:
+        path = resolve_storage_key(root, a.storage_key)
+    except BadInputError as e:
+        return VerifyResult(status="invalid_key", detail=str(e), **base)
+    if not path.exists():
+        return VerifyResult(status="missing", detail=f"{path} does not exist", **base)
+    try:
+        digest, size = sha256_path(path), size_path(path)
+    except OSError as e:
+        return VerifyResult(status="unreadable", detail=f"{path}: {e}", **base)
+    if digest != a.sha256 or size != a.size_bytes:
+        return VerifyResult(
+            status="changed", actual_sha256=digest, actual_size=size,
+            detail=f"{path}: sha256 {digest[:12]}… size {size}, "
+                   f"catalog has {a.sha256[:12]}… size {a.size_bytes}",
+            **base,
+        )
+    return VerifyResult(status="ok", actual_sha256=digest, actual_size=size, **base)
+
+
+def verify_artifacts(
+    session: Session, storage_root: str | Path, ids: Sequence[int] | None = None
+) -> Iterator[VerifyResult]:
+    """Re-hash artifacts (``ids``, or all of them in id order) and yield one result each.
+
+    Unknown ids raise BadInputError before anything is hashed.
+    """
+    root = Path(storage_root)
+    stmt = select(Artifact).order_by(Artifact.id)
+    if ids is not None:
+        wanted = sorted(set(ids))
+        rows = list(session.scalars(stmt.where(Artifact.id.in_(wanted))))
+        unknown = sorted(set(wanted) - {a.id for a in rows})
+        if unknown:
+            raise BadInputError(
+                f"no artifact with id {', '.join(map(str, unknown))} in the catalog"
+            )
+        yield from (_verify_one(root, a) for a in rows)
+        return
+    for a in session.scalars(stmt.execution_options(yield_per=500)):
+        yield _verify_one(root, a)

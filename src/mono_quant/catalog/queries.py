@@ -1,0 +1,174 @@
+"""Queries over the catalog, each a function taking a session.
+
+Every list query is one SQL statement served by an index (see the indexes in
+:mod:`mono_quant.catalog.models` and ``benchmarks/catalog_queries.py``); the large ``info``
+JSON is deferred and only loaded by :func:`get_artifact`.
+
+Example:
+    with catalog.begin() as session:
+        rows = list_artifacts(session, ArtifactQuery(models=["hf:org/m"], min_sqnr=40))
+        counts = job_status_counts(session, batch_id=7)   # {JobStatus.SUCCEEDED: 12, ...}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.orm import Session, selectinload, undefer
+
+from mono_quant.catalog.filters import ArtifactQuery
+from mono_quant.catalog.models import Artifact, Batch, Job, JobStatus
+from mono_quant.errors import BadInputError
+
+__all__ = [
+    "RECORD_FIELDS",
+    "artifact_record",
+    "artifacts_statement",
+    "get_artifact",
+    "job_status_counts",
+    "list_artifacts",
+]
+
+#: The fields of :func:`artifact_record`, in display order.
+RECORD_FIELDS = (
+    "id", "model_source", "model_digest", "scheme", "granularity", "group_size", "mode",
+    "format", "dtype", "per_channel", "observer", "activation_observer", "activation_scheme",
+    "calibration_samples", "layers_quantized", "layers_total", "weight_sqnr_db",
+    "weight_sqnr_db_min", "output_sqnr_db", "output_cosine", "size_bytes", "size_bytes_fp",
+    "size_bytes_quant", "compression_ratio", "created_at", "job_id", "batch_id", "job_status",
+    "storage_key", "sha256", "idempotency_key", "config_digest", "torch_version",
+    "mono_quant_version", "safetensors_version", "python_version",
+)
+
+
+def _filtered(q: ArtifactQuery) -> Select[Any]:
+    """SELECT artifacts.id with every filter of ``q`` (AND across fields, IN within one)."""
+    stmt = select(Artifact.id)
+    columns = (
+        (Artifact.model_source, q.models), (Artifact.model_digest, q.model_digests),
+        (Artifact.scheme, q.schemes), (Artifact.granularity, q.granularities),
+        (Artifact.mode, q.modes), (Artifact.format, q.formats), (Artifact.dtype, q.dtypes),
+    )
+    for column, values in columns:
+        if len(values) == 1:  # "=" rather than "IN (x)": planners pick indexes more readily
+            stmt = stmt.where(column == values[0])
+        elif values:
+            stmt = stmt.where(column.in_(values))
+    if q.batches or q.statuses:
+        stmt = stmt.join(Job, Job.id == Artifact.job_id)
+        if q.statuses:
+            stmt = stmt.where(Job.status.in_([JobStatus(s) for s in q.statuses]))
+        if q.batches:
+            ids = [b for b in q.batches if isinstance(b, int) or b.isdigit()]
+            names = [b for b in q.batches if isinstance(b, str) and not b.isdigit()]
+            conds = []
+            if ids:
+                conds.append(Job.batch_id.in_([int(b) for b in ids]))
+            if names:
+                conds.append(Job.batch_id.in_(select(Batch.id).where(Batch.name.in_(names))))
+            stmt = stmt.where(or_(*conds))
+    if q.min_sqnr is not None:
+        stmt = stmt.where(Artifact.weight_sqnr_db >= q.min_sqnr)
+    if q.min_cosine is not None:
+        stmt = stmt.where(Artifact.output_cosine >= q.min_cosine)
+    if q.max_size is not None:
+        stmt = stmt.where(Artifact.size_bytes <= q.max_size)
+    if q.since is not None:
+        stmt = stmt.where(Artifact.created_at >= q.since)
+    return stmt
+
+
+def artifacts_statement(q: ArtifactQuery) -> Select[tuple[Artifact]]:
+    """The SELECT that :func:`list_artifacts` runs (for EXPLAIN and for callers that page)."""
+    if q.latest:
+        # Newest per (model, config, format) among the filtered rows: one window pass over
+        # the rows the filters select, read in index order (ix_artifacts_latest).
+        ranked = _filtered(q).add_columns(
+            func.row_number()
+            .over(
+                partition_by=(Artifact.model_source, Artifact.config_digest, Artifact.format),
+                order_by=(Artifact.created_at.desc(), Artifact.id.desc()),
+            )
+            .label("rank")
+        ).subquery()
+        stmt = select(Artifact).join(ranked, ranked.c.id == Artifact.id).where(ranked.c.rank == 1)
+    elif q.batches or q.statuses:
+        stmt = select(Artifact).where(Artifact.id.in_(_filtered(q)))
+    else:
+        # No join needed: filter the artifacts table directly so the planner can use its
+        # indexes for the WHERE and the ORDER BY together.
+        stmt = _filtered(q).with_only_columns(Artifact)
+    column = getattr(Artifact, q.order_by)
+    direction = (lambda c: c.desc()) if q.descending else (lambda c: c.asc())
+    # NULLS LAST only where NULLs can occur: on a NOT NULL column it would stop PostgreSQL
+    # from reading an index backwards for "newest first".
+    key = direction(column)
+    stmt = stmt.order_by(key.nulls_last() if column.nullable else key)
+    if q.order_by != "id":
+        stmt = stmt.order_by(direction(Artifact.id))
+    if q.limit is not None:
+        stmt = stmt.limit(q.limit)
+    return stmt
+
+
+def list_artifacts(
+    session: Session, q: ArtifactQuery | None = None, *, load_jobs: bool = False
+) -> list[Artifact]:
+    """The artifacts matching ``q`` (default: the newest 100), without their ``info`` JSON.
+
+    ``load_jobs`` also loads each artifact's job (one more query), e.g. for
+    :func:`artifact_record` after the session is closed.
+    """
+    stmt = artifacts_statement(q or ArtifactQuery())
+    if load_jobs:
+        stmt = stmt.options(selectinload(Artifact.job))
+    return list(session.scalars(stmt))
+
+
+def get_artifact(session: Session, artifact_id: int) -> Artifact:
+    """One artifact with its full ``info`` and its job; BadInputError if there is none."""
+    artifact = session.scalars(
+        select(Artifact)
+        .where(Artifact.id == artifact_id)
+        .options(undefer(Artifact.info), selectinload(Artifact.job))
+    ).one_or_none()
+    if artifact is None:
+        raise BadInputError(f"no artifact with id {artifact_id} in the catalog")
+    return artifact
+
+
+def job_status_counts(session: Session, batch_id: int) -> dict[JobStatus, int]:
+    """How many jobs of a batch are in each status (every status present, zeros included)."""
+    rows = session.execute(
+        select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
+    )
+    counts = dict.fromkeys(JobStatus, 0)
+    counts.update({status: n for status, n in rows})
+    return counts
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "value"):  # str enums
+        return value.value
+    return value
+
+
+def artifact_record(artifact: Artifact, *, with_info: bool = False) -> dict[str, Any]:
+    """A flat dict of an artifact (JSON-ready apart from ±inf floats) for output."""
+    job = artifact.job
+    record: dict[str, Any] = {}
+    for name in RECORD_FIELDS:
+        if name == "batch_id":
+            value = job.batch_id
+        elif name == "job_status":
+            value = job.status
+        else:
+            value = getattr(artifact, name)
+        record[name] = _plain(value)
+    if with_info:
+        record["info"] = artifact.info
+    return record
+
