@@ -351,7 +351,7 @@ class CalibrationSource(_Source):
             raise BadInputError(f"{self.text}: samples={samples!r}: expected a positive integer")
         if self.scheme == "factory":
             items = _call(_import(self.target, self.text), dict(self.kwargs), self.text)
-            if isinstance(items, torch.Tensor) or not isinstance(items, Iterable):
+            if isinstance(items, (torch.Tensor, nn.Module)) or not isinstance(items, Iterable):
                 raise BadInputError(
                     f"{self.text}: the factory returned a {type(items).__name__}, expected an "
                     "iterable of batches (tensors, tuples or dicts of tensors)"
