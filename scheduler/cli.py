@@ -17,7 +17,10 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_COMMAND_MODULES = ("mono_quant.scheduler.commands.demo",)
+_COMMAND_MODULES = (
+    "mono_quant.scheduler.commands.demo",
+    "mono_quant.scheduler.commands.quantize",
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 

@@ -128,7 +128,7 @@ def test_tensor_missing_its_scale(tmp_path, fmt, tensor):
         _rewrite(broken, {**header, "__metadata__": {"format": "pt", INFO_KEY: info.to_json()}},
                  raw[8 + n :])
     else:
-        torch.save({"state_dict": tensors, INFO_KEY: info.to_json()}, broken)
+        torch.save({"state_dict": tensors, "metadata": {INFO_KEY: info.to_json()}}, broken)
     text = _expect(broken, f"tensor {tensor!r} is missing: quantized layer '2' needs")
     assert text == _expect(broken, "is missing", lambda p: load_quantized(p, demo_models.mlp()))
 
@@ -152,7 +152,8 @@ def test_wrong_scale_shape(tmp_path):
     _, qmodel, info = _artifact(tmp_path)
     tensors = dict(qmodel.state_dict())
     tensors["0.weight_scale"] = torch.ones(3, 1)
-    torch.save({"state_dict": tensors, INFO_KEY: info.to_json()}, tmp_path / "bad.pt")
+    torch.save({"state_dict": tensors, "metadata": {INFO_KEY: info.to_json()}},
+               tmp_path / "bad.pt")
     _expect(tmp_path / "bad.pt", "tensor '0.weight_scale' has shape [3, 1], expected [96, 1]")
 
 

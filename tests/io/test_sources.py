@@ -210,6 +210,24 @@ def test_missing_calibration_files(tmp_path):
         parse_calibration_source(str(tmp_path / "nope.txt")).load(ModelSource("hf", str(tmp_path)))
 
 
+@pytest.mark.parametrize(
+    ("parse", "value"),
+    [
+        (parse_model_source, f"factory:{MLP}?hidden=8&weights=/w.pt"),
+        (parse_model_source, f"factory:{MLP}"),
+        (parse_model_source, "hf:/models/tiny"),
+        (parse_calibration_source, "factory:mono_quant.demo_models:vector_batches?n=2"),
+        (parse_calibration_source, "tensors:/x.safetensors?batch_size=4"),
+        (parse_calibration_source, "text:/x.txt?batch_size=2&max_length=64"),
+    ],
+    ids=["factory-weights", "factory", "hf", "cal-factory", "cal-tensors", "cal-text"],
+)
+def test_canonical_dicts_parse_back(parse, value):
+    src = parse(value)
+    assert parse(src.canonical()) == src
+    assert parse(json.loads(json.dumps(src.canonical()))) == src  # e.g. from a catalog row
+
+
 def test_sources_built_in_code():
     src = ModelSource("factory", MLP, (("hidden", 8),))
     assert src.text == f"factory:{MLP}?hidden=8"

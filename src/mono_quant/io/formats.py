@@ -5,16 +5,17 @@ format                    path                 content
 ========================  ===================  ==============================================
 ``"safetensors"``         ``*.safetensors``    state dict; ``QuantizationInfo`` JSON in the
                                                header metadata under ``"mono_quant.info"``
-``"pt"``                  ``*.pt``/``*.pth``   ``{"state_dict": ..., "mono_quant.info": str}``
+``"pt"``                  ``*.pt``/``*.pth``   ``{"state_dict": ..., "metadata": {str: str}}``
                                                loaded only with ``weights_only=True``
 ``"compressed-tensors"``  a folder             ``config.json`` + ``model.safetensors`` in the
                                                layout vLLM reads (see :mod:`.interop`)
 ========================  ===================  ==============================================
 
-safetensors metadata is string → string only (:func:`_build_metadata`): the info is one JSON
-string, plus ``"format": "pt"`` which transformers requires. Every write is atomic (a temp
-file or folder in the same directory, fsynced, renamed into place); every read validates the
-header and checks that each quantized layer has its scales before anything is returned.
+Metadata is string → string only (:func:`_build_metadata`): the info is one JSON string, plus
+``"format": "pt"`` which transformers requires; ``.pt`` files carry the same metadata dict.
+Every write is atomic (a temp file or folder in the same directory, fsynced, renamed into
+place); every read validates the header and checks that each quantized layer has its scales
+before anything is returned.
 
 Example:
     >>> import tempfile, torch
@@ -36,8 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from mono_quant.errors import BadInputError
 from mono_quant.io import interop
 from mono_quant.io._atomic import atomic_dir, atomic_file
 from mono_quant.io._checks import check_quantized_tensors, load_state_dict_strict
+from mono_quant.io._pt import read_pt, write_pt
 from mono_quant.io._safetensors_stream import SafetensorsWriter, TensorSpec, read_header
 from mono_quant.io.info import QuantizationInfo
 
@@ -68,7 +68,6 @@ FORMATS = ("safetensors", "pt", "compressed-tensors")
 #: The safetensors metadata key (and .pt payload key) holding the QuantizationInfo JSON.
 INFO_KEY = "mono_quant.info"
 _EXTENSIONS = {".safetensors": "safetensors", ".pt": "pt", ".pth": "pt"}
-_PT_KEYS = {"state_dict", INFO_KEY}
 
 
 def detect_format(path: str | os.PathLike[str], format: str | None = None) -> str:
@@ -156,20 +155,6 @@ def _write_safetensors(
         writer.finish()
 
 
-def _write_pt(tensors: Mapping[str, torch.Tensor], path: Path, info: QuantizationInfo | None):
-    def plain(t: torch.Tensor) -> torch.Tensor:  # no views of larger storages, CPU only
-        t = t.to("cpu")
-        if t.untyped_storage().nbytes() != t.numel() * t.element_size() or not t.is_contiguous():
-            t = t.clone(memory_format=torch.contiguous_format)
-        return t
-
-    payload: dict[str, Any] = {"state_dict": {k: plain(t) for k, t in tensors.items()}}
-    if info is not None:
-        payload[INFO_KEY] = info.to_json()
-    with atomic_file(path) as f:
-        torch.save(payload, f)
-
-
 def _hf_config(obj: object) -> dict[str, Any] | None:
     config = getattr(obj, "config", None)
     if config is None or not hasattr(config, "to_dict"):
@@ -225,7 +210,7 @@ def save_model(
     if fmt == "safetensors":
         _write_safetensors(tensors, path, _build_metadata(info))
     elif fmt == "pt":
-        _write_pt(tensors, path, info)
+        write_pt(tensors, path, _build_metadata(info))
     else:
         _write_compressed_tensors(tensors, path, info, _hf_config(model_or_state_dict))
     return path
@@ -236,9 +221,9 @@ def _info_from_metadata(meta: Mapping[str, str] | None, path: Path) -> Quantizat
     return None if text is None else QuantizationInfo.from_json(text, source=str(path))
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo | None]:
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """(tensors, metadata) of a safetensors file whose header was validated first."""
     header = read_header(path)  # validates before the parser sees the file
-    info = _info_from_metadata(header.metadata, path)
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -246,40 +231,17 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], Quantization
             tensors = {name: f.get_tensor(name) for name in header.tensors}
     except (SafetensorError, OSError) as e:
         raise BadInputError(f"{path}: cannot read safetensors data: {e}") from e
-    return tensors, info
+    return tensors, header.metadata
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo | None]:
+    tensors, metadata = read_safetensors(path)
+    return tensors, _info_from_metadata(metadata, path)
 
 
 def _read_pt(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo | None]:
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
-        what = f" (it calls {found.group(1)})" if found else ""
-        raise BadInputError(
-            f"{path}: refused: this .pt file needs arbitrary pickle code to load{what}, which "
-            "could run anything on this machine; mono-quant loads .pt only with "
-            "torch.load(weights_only=True), i.e. a plain state dict of tensors. Re-save the "
-            "weights as a state dict, or better, use .safetensors"
-        ) from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise BadInputError(f"{path}: not a readable .pt file (truncated or corrupt): {e}") from e
-    if isinstance(obj, Mapping) and "state_dict" in obj and set(obj) <= _PT_KEYS:
-        tensors, text = obj["state_dict"], obj.get(INFO_KEY)
-        if text is not None and not isinstance(text, str):
-            raise BadInputError(f"{path}: the {INFO_KEY!r} entry is not a JSON string")
-        info = None if text is None else QuantizationInfo.from_json(text, source=str(path))
-    else:
-        tensors, info = obj, None
-    if not isinstance(tensors, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
-    ):
-        raise BadInputError(
-            f"{path}: expected a state dict (str -> tensor) or mono-quant's "
-            f"{{'state_dict', '{INFO_KEY}'}} payload, got {type(obj).__name__}"
-        )
-    return dict(tensors), info
+    tensors, metadata = read_pt(path)
+    return tensors, _info_from_metadata(metadata, path)
 
 
 def _read_compressed_tensors(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo]:

@@ -42,20 +42,25 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 import torch
 from torch import nn
 
 from mono_quant.errors import BadConfigError, BadInputError
+from mono_quant.io._grammar import (
+    TARGET,
+    Source,
+    call_factory,
+    import_target,
+    kwargs_of,
+    parse_parts,
+    resolve_path,
+)
 
 __all__ = [
     "CalibrationSource",
@@ -69,156 +74,12 @@ CALIBRATION_SCHEMES = ("factory", "tensors", "text")
 #: Defaults of the calibration file options.
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_LENGTH = 512
-_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_KEY = re.compile(r"^[A-Za-z_]\w*$")
 _LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError,
                 ImportError)
 
 
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _render(value: Any) -> str:
-    text = value if isinstance(value, str) and _value(value) == value else json.dumps(value)
-    return quote(text, safe="/:.,-_[]\"'{} ")
-
-
-def _query(text: str, query: str) -> dict[str, Any]:
-    args: dict[str, Any] = {}
-    for part in query.split("&") if query else []:
-        key, eq, raw = part.partition("=")
-        if not eq or not _KEY.match(key):
-            raise BadInputError(f"{text}: argument {part!r} is not key=value")
-        if key in args:
-            raise BadInputError(f"{text}: argument {key!r} is given twice")
-        args[key] = _value(unquote(raw))
-    return args
-
-
-def _path(value: Any, base_dir: str | os.PathLike[str] | None, text: str, what: str) -> str:
-    if not isinstance(value, (str, os.PathLike)) or not str(value):
-        raise BadInputError(f"{text}: {what} must be a path, got {value!r}")
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = Path(base_dir or os.getcwd()) / path
-    return os.path.normpath(path)
-
-
-def _split(value: Any, kind: str, schemes: tuple[str, ...]) -> tuple[str, str, dict, str]:
-    """(scheme, target, options, display text) from a string or a mapping."""
-    if isinstance(value, str):
-        scheme, colon, rest = value.partition(":")
-        if kind == "calibration" and (not colon or scheme not in schemes):
-            low = value.partition("?")[0].lower()
-            if low.endswith(".safetensors"):
-                scheme, rest, colon = "tensors", value, ":"
-            elif low.endswith(".txt"):
-                scheme, rest, colon = "text", value, ":"
-        if not colon or scheme not in schemes:
-            raise BadInputError(
-                f"{value}: unknown {kind} source scheme {scheme + ':' if colon else '(none)'}; "
-                f"expected {', '.join(s + ':' for s in schemes)}"
-            )
-        target, _, query = rest.partition("?")
-        return scheme, target, _query(value, query), value
-    if isinstance(value, Mapping):
-        present = [s for s in schemes if s in value]
-        text = json.dumps(value, sort_keys=True, default=str)
-        if len(present) != 1:
-            raise BadInputError(
-                f"{text}: a {kind} source mapping needs exactly one of "
-                f"{', '.join(schemes)} (got {', '.join(present) or 'none'})"
-            )
-        options = {k: v for k, v in value.items() if k != present[0]}
-        return present[0], value[present[0]], options, text
-    raise BadInputError(
-        f"{kind} source {value!r}: expected a string such as 'hf:PATH' or a mapping, got "
-        f"{type(value).__name__}"
-    )
-
-
-def _kwargs(options: dict, allowed: set[str], text: str, mapping: bool) -> dict[str, Any]:
-    """Keyword arguments: ``kwargs:`` in a mapping, the ``?ARGS`` of a string."""
-    unknown = sorted(set(options) - allowed - ({"kwargs"} if mapping else set()))
-    if mapping and unknown:
-        raise BadInputError(
-            f"{text}: unknown field(s) {', '.join(unknown)}; allowed: "
-            f"{', '.join(sorted(allowed | {'kwargs'}))}"
-        )
-    if not mapping:
-        return {k: v for k, v in options.items() if k not in allowed}
-    kwargs = options.get("kwargs", {})
-    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        raise BadInputError(f"{text}: 'kwargs' must be a mapping of argument names to values")
-    return dict(kwargs)
-
-
-def _import(target: str, text: str) -> Any:
-    if not _TARGET.match(target):
-        raise BadInputError(f"{text}: factory target {target!r} is not 'package.module:callable'")
-    module_name, _, attr = target.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise BadInputError(f"{text}: cannot import module {module_name!r}: {e}") from e
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as e:
-            raise BadInputError(f"{text}: module {module_name!r} has no {attr!r}") from e
-    if not callable(obj):
-        raise BadInputError(f"{text}: {target!r} is a {type(obj).__name__}, not a callable")
-    return obj
-
-
-def _call(fn: Any, kwargs: dict[str, Any], text: str) -> Any:
-    try:
-        return fn(**kwargs)
-    except Exception as e:  # user code: whatever it raises, the source is what is wrong
-        raise BadInputError(f"{text}: the factory raised {type(e).__name__}: {e}") from e
-
-
-class _Source:
-    scheme: str
-    target: str
-    kwargs: tuple[tuple[str, Any], ...]
-    text: str
-
-    def __post_init__(self) -> None:
-        try:
-            json.dumps(dict(self.kwargs), allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise BadInputError(
-                f"{self.text or self.target}: arguments must be JSON values: {e}"
-            ) from e
-        if not self.text:  # built in code: messages show the canonical string
-            object.__setattr__(self, "text", str(self))
-
-    def _options(self) -> dict[str, Any]:
-        return {}
-
-    def canonical(self) -> dict[str, Any]:
-        """A JSON-able description with sorted keys: the input of idempotency keys."""
-        data = {"kwargs": dict(sorted(self.kwargs)), "scheme": self.scheme,
-                "target": self.target, **self._options()}
-        return dict(sorted(data.items()))
-
-    def __hash__(self) -> int:
-        return hash(json.dumps(self.canonical(), sort_keys=True, default=str))
-
-    def __str__(self) -> str:
-        args = {**dict(sorted(self.kwargs)), **{k: v for k, v in self._options().items()
-                                                if v is not None}}
-        query = "&".join(f"{k}={_render(v)}" for k, v in args.items())
-        return f"{self.scheme}:{self.target}" + (f"?{query}" if query else "")
-
-
 @dataclass(frozen=True, eq=True)
-class ModelSource(_Source):
+class ModelSource(Source):
     """Where a model comes from: ``hf:`` folder or ``factory:`` callable (+ ``weights``)."""
 
     scheme: str
@@ -227,7 +88,7 @@ class ModelSource(_Source):
     weights: str | None = None
     text: str = field(default="", compare=False)
 
-    __hash__ = _Source.__hash__
+    __hash__ = Source.__hash__
 
     def _options(self) -> dict[str, Any]:
         return {"weights": self.weights}
@@ -243,7 +104,7 @@ class ModelSource(_Source):
                     "model folder written by save_pretrained)"
                 )
         else:
-            _import(self.target, self.text)
+            import_target(self.target, self.text)
         if self.weights is not None and not Path(self.weights).is_file():
             raise BadInputError(f"{self.text}: weights file {self.weights} does not exist")
 
@@ -253,7 +114,7 @@ class ModelSource(_Source):
         if self.scheme == "hf":
             model = _load_hf(self)
         else:
-            model = _call(_import(self.target, self.text), dict(self.kwargs), self.text)
+            model = call_factory(self.target, dict(self.kwargs), self.text)
             if not isinstance(model, nn.Module):
                 raise BadInputError(
                     f"{self.text}: the factory returned a {type(model).__name__}, expected a "
@@ -312,23 +173,23 @@ def parse_model_source(
     value: str | Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None
 ) -> ModelSource:
     """Parse ``hf:PATH`` / ``factory:MODULE:CALLABLE?k=v&weights=PATH`` or their mapping."""
-    scheme, target, options, text = _split(value, "model", MODEL_SCHEMES)
+    scheme, target, options, text = parse_parts(value, "model", MODEL_SCHEMES)
     mapping = not isinstance(value, str)
     if scheme == "hf":
         if options:
             raise BadInputError(f"{text}: hf: sources take no arguments ({', '.join(options)})")
-        return ModelSource("hf", _path(target, base_dir, text, "hf:"), text=text)
-    kwargs = _kwargs(options, {"weights"}, text, mapping)
+        return ModelSource("hf", resolve_path(target, base_dir, text, "hf:"), text=text)
+    kwargs = kwargs_of(options, {"weights"}, text, mapping)
     weights = options.get("weights")
     if weights is not None:
-        weights = _path(weights, base_dir, text, "weights")
-    if not isinstance(target, str) or not _TARGET.match(target):
+        weights = resolve_path(weights, base_dir, text, "weights")
+    if not isinstance(target, str) or not TARGET.match(target):
         raise BadInputError(f"{text}: factory target {target!r} is not 'package.module:callable'")
     return ModelSource("factory", target, tuple(sorted(kwargs.items())), weights, text=text)
 
 
 @dataclass(frozen=True, eq=True)
-class CalibrationSource(_Source):
+class CalibrationSource(Source):
     """Calibration batches: a ``factory:``, a ``tensors:`` file or a ``text:`` file."""
 
     scheme: str
@@ -338,7 +199,7 @@ class CalibrationSource(_Source):
     max_length: int | None = None
     text: str = field(default="", compare=False)
 
-    __hash__ = _Source.__hash__
+    __hash__ = Source.__hash__
 
     def _options(self) -> dict[str, Any]:
         opts = {"batch_size": self.batch_size, "max_length": self.max_length}
@@ -350,7 +211,7 @@ class CalibrationSource(_Source):
                                     or samples < 1):
             raise BadInputError(f"{self.text}: samples={samples!r}: expected a positive integer")
         if self.scheme == "factory":
-            items = _call(_import(self.target, self.text), dict(self.kwargs), self.text)
+            items = call_factory(self.target, dict(self.kwargs), self.text)
             if isinstance(items, (torch.Tensor, nn.Module)) or not isinstance(items, Iterable):
                 raise BadInputError(
                     f"{self.text}: the factory returned a {type(items).__name__}, expected an "
@@ -397,9 +258,9 @@ def _head(item: Any, n: int) -> Any:
 
 
 def _tensor_batches(source: CalibrationSource) -> list[Any]:
-    from mono_quant.io.formats import _read_safetensors
+    from mono_quant.io.formats import read_safetensors
 
-    tensors, _ = _read_safetensors(Path(source.target))
+    tensors, _ = read_safetensors(Path(source.target))
     if not tensors:
         raise BadInputError(f"{source.text}: the file holds no tensors")
     sizes = {name: (t.shape[0] if t.ndim else None) for name, t in tensors.items()}
@@ -451,11 +312,11 @@ def parse_calibration_source(
     value: str | Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None
 ) -> CalibrationSource:
     """Parse ``factory:...`` / ``tensors:PATH`` / ``text:PATH`` (or a bare path) or a mapping."""
-    scheme, target, options, text = _split(value, "calibration", CALIBRATION_SCHEMES)
+    scheme, target, options, text = parse_parts(value, "calibration", CALIBRATION_SCHEMES)
     mapping = not isinstance(value, str)
     if scheme == "factory":
-        kwargs = _kwargs(options, set(), text, mapping)
-        if not isinstance(target, str) or not _TARGET.match(target):
+        kwargs = kwargs_of(options, set(), text, mapping)
+        if not isinstance(target, str) or not TARGET.match(target):
             raise BadInputError(
                 f"{text}: factory target {target!r} is not 'package.module:callable'"
             )
@@ -468,7 +329,7 @@ def parse_calibration_source(
             f"{', '.join(sorted(allowed))}"
         )
     return CalibrationSource(
-        scheme, _path(target, base_dir, text, f"{scheme}:"), (),
+        scheme, resolve_path(target, base_dir, text, f"{scheme}:"), (),
         _positive(options.get("batch_size"), "batch_size", text),
         _positive(options.get("max_length"), "max_length", text), text=text,
     )
