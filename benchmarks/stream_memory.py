@@ -9,7 +9,8 @@ process's peak RSS (``ru_maxrss``):
                       large tensors when a compiler works);
 * ``streaming eager`` - the same with ``MONO_QUANT_COMPILE=never``;
 * ``in-memory``     - the peer: ``safetensors.torch.load_file`` the whole checkpoint,
-                      quantize every linear weight with the same kernel, ``save_file``.
+                      quantize every linear weight with the same kernel, ``save_file``
+                      and fsync (streaming's atomic write fsyncs too).
 
 Target: streaming peak < 0.25 x checkpoint size.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,6 +60,10 @@ for name, t in sd.items():
     else:
         out[name] = t
 save_file(out, dst)
+import os
+fd = os.open(dst, os.O_RDONLY)
+os.fsync(fd)  # durable, as quantize_checkpoint's atomic write is
+os.close(fd)
 """,
 }
 
@@ -73,9 +79,9 @@ print(json.dumps({"peak_bytes": peak_kib * 1024, "seconds": time.perf_counter() 
 """
 
 
-def write_checkpoint(path: Path, gib: float, hidden: int) -> int:
+def write_checkpoint(path: Path, gib: float, hidden: int) -> tuple[int, str]:
     """A synthetic Llama-like float32 checkpoint of about ``gib`` GiB, written tensor by
-    tensor (this process never holds more than one tensor)."""
+    tensor (this process never holds more than one tensor); returns (bytes, description)."""
     layer_bytes = hidden * hidden * 4
     embed = (min(32000, hidden * 2), hidden)
     n_layers = max(1, int((gib * 2**30 - embed[0] * hidden * 4) // layer_bytes))
@@ -90,14 +96,14 @@ def write_checkpoint(path: Path, gib: float, hidden: int) -> int:
         for name, spec in specs.items():
             writer.write(name, torch.randn(spec.shape, generator=g) * 0.02)
         writer.finish()
-    return sum(s.nbytes for s in specs.values())
+    what = (f"embedding {embed[0]}x{hidden} + {n_layers} linear weights {hidden}x{hidden} "
+            f"({layer_bytes / 2**20:.0f} MiB each) + norms")
+    return sum(s.nbytes for s in specs.values()), what
 
 
 def run_child(name: str, src: Path, dst: Path) -> dict:
     env = None
     if name == "streaming eager":
-        import os
-
         env = {**os.environ, "MONO_QUANT_COMPILE": "never"}
     code = CHILD_PRELUDE + CHILDREN[name] + CHILD_EPILOGUE
     out = subprocess.run([sys.executable, "-c", code, str(src), str(dst)], capture_output=True,
@@ -118,10 +124,10 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     src = folder / "model.safetensors"
     t0 = time.perf_counter()
-    size = write_checkpoint(src, args.gib, args.hidden)
-    print(f"checkpoint: {size / 2**30:.2f} GiB float32, largest tensor "
-          f"{max(args.hidden * args.hidden * 4, 0) / 2**20:.0f} MiB, written in "
-          f"{time.perf_counter() - t0:.1f} s ({src})")
+    size, what = write_checkpoint(src, args.gib, args.hidden)
+    os.sync()  # no writeback of the checkpoint competing with the first measured run
+    print(f"checkpoint: {size / 2**30:.2f} GiB float32: {what}; written in "
+          f"{time.perf_counter() - t0:.1f} s")
     print(f"{'method':16} {'peak RSS MiB':>12} {'x ckpt':>7} {'wall s':>7}")
     print("-" * 45)
     try:

@@ -248,3 +248,17 @@ def test_a_killed_writer_leaves_no_partial_file(tmp_path):
     proc.wait()
     assert list(tmp_path.glob(".big.safetensors.*.tmp")), "the writer never started writing"
     assert not target.exists()
+
+
+def test_round_trip_from_and_to_the_device(tmp_path, device):
+    data = [x.to(device) for x in demo_models.vector_batches(n=2, batch=4, features=64)]
+    qmodel, info = quantize_model(_mlp().to(device), QuantConfig(mode="static"), data,
+                                  progress=False)
+    path = save_model(qmodel, tmp_path / "m.safetensors", info)
+    loaded = load_model(path)
+    for name, t in qmodel.state_dict().items():
+        assert loaded[name].device.type == "cpu" and torch.equal(loaded[name], t.cpu()), name
+    again = load_quantized(path, _mlp().to(device))
+    assert all(t.device.type == device for t in again.state_dict().values())
+    for x in data:
+        assert torch.equal(again(x), qmodel(x))

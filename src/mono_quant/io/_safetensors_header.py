@@ -217,12 +217,18 @@ def read_exact(f: BinaryIO, view: memoryview, path: Path, what: str) -> None:
         done += got
 
 
-def read_tensor(f: BinaryIO, header: SafetensorsHeader, name: str) -> torch.Tensor:
-    """Read one tensor into fresh (anonymous) memory: no mmap pages stay resident."""
+def read_tensor(
+    f: BinaryIO, header: SafetensorsHeader, name: str, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Read one tensor into anonymous memory (no mmap pages stay resident): a fresh buffer,
+    or the front of ``out`` (a uint8 tensor at least that large) so callers can reuse one."""
     if sys.byteorder == "big":
         raise StorageError("big-endian hosts are not supported by mono-quant's reader")
     e = header.tensors[name]
-    buf = torch.empty(e.nbytes, dtype=torch.uint8)
+    if out is not None and out.dtype == torch.uint8 and out.numel() >= e.nbytes:
+        buf = out[: e.nbytes]
+    else:
+        buf = torch.empty(e.nbytes, dtype=torch.uint8)
     f.seek(header.data_start + e.begin)
     read_exact(f, byte_view(buf), header.path, f"tensor {name!r}")
     return buf.view(e.torch_dtype).reshape(e.shape)

@@ -91,18 +91,23 @@ def reference_order(specs: Mapping[str, TensorSpec]) -> list[str]:
 
 def copy_tensor_bytes(
     src: BinaryIO, header: SafetensorsHeader, name: str, writer: SafetensorsWriter,
-    out_name: str | None = None,
+    out_name: str | None = None, scratch: torch.Tensor | None = None,
 ) -> None:
-    """Copy a tensor's bytes from ``src`` to ``writer`` in bounded chunks."""
+    """Copy a tensor's bytes from ``src`` to ``writer`` in chunks of at most ``IO_CHUNK``
+    bytes, through ``scratch`` (a uint8 tensor) when given, else a fresh buffer."""
     e = header.tensors[name]
     out_name = out_name or name
     spec = writer.spec(out_name)
     if (spec.st_dtype, spec.shape) != (e.dtype, e.shape):
         raise MonoQuantError(f"copy of {name!r}: writer expects {spec}, source has {e}")
-    buf = torch.empty(min(e.nbytes, IO_CHUNK), dtype=torch.uint8)
+    if scratch is not None and scratch.dtype == torch.uint8 and scratch.numel() > 0:
+        buf = scratch[:IO_CHUNK]
+    else:
+        buf = torch.empty(min(e.nbytes, IO_CHUNK), dtype=torch.uint8)
     view = byte_view(buf)
-    for start in range(0, e.nbytes, IO_CHUNK):
-        n = min(IO_CHUNK, e.nbytes - start)
+    chunk = len(view)
+    for start in range(0, e.nbytes, chunk):
+        n = min(chunk, e.nbytes - start)
         src.seek(header.data_start + e.begin + start)
         read_exact(src, view[:n], header.path, f"tensor {name!r}")
         writer._write_at(out_name, start, view[:n])

@@ -54,7 +54,7 @@ __all__ = ["checkpoint_files", "quantize_checkpoint"]
 
 INDEX_FILE = "model.safetensors.index.json"
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-_ROW_CHUNK = 1 << 20  # elements per chunk of the SQNR accumulation
+_ROW_CHUNK = 1 << 18  # elements per chunk of the SQNR sums (float64 temporaries: 2 MiB)
 
 
 #: Stands in for the module when matching class-name patterns: every candidate is a "Linear".
@@ -164,21 +164,33 @@ def _row_parts(w: torch.Tensor, qw) -> Iterator[tuple[torch.Tensor, Any]]:
         yield w[rows], QuantizedTensor(qw.data[rows], scale, zp, qw.scheme, qw.granularity)
 
 
-def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer):
-    """Quantize and write one weight; its buffers are freed when this returns."""
+def _sqnr_sums(w: torch.Tensor, qw):
+    """An ErrorAccumulator holding only the SQNR sums (float64, chunked, via dot products:
+    a third of the temporaries of ``ErrorAccumulator.add``, which also sums for cosine)."""
     from mono_quant.quant.primitives import dequantize
+    from mono_quant.validate.metrics import ErrorAccumulator
+
+    acc = ErrorAccumulator()
+    for ref, part in _row_parts(w, qw):
+        r = ref.reshape(-1).double()
+        d = r - dequantize(part).reshape(-1).double()
+        acc.signal += float(torch.dot(r, r))
+        acc.noise += float(torch.dot(d, d))
+    return acc
+
+
+def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer, buffer):
+    """Quantize and write one weight; its buffers are freed when this returns."""
     from mono_quant.quant.quantize import quantize_weight
     from mono_quant.quant.specs import qrange
-    from mono_quant.validate.metrics import ErrorAccumulator, check_int8_ranges
+    from mono_quant.validate.metrics import check_int8_ranges
 
-    w = read_tensor(f, h, name)
+    w = read_tensor(f, h, name, out=buffer)
     qw = quantize_weight(w, config, name)  # the kernel quantize_model uses: identical output
     problems = check_int8_ranges(layer, qw.data, qw.scale, qw.zero_point, *qrange(config.scheme))
     if problems:  # a bug of ours, never the user's input
         raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
-    acc = ErrorAccumulator()
-    for ref, part in _row_parts(w, qw):
-        acc.add(ref, dequantize(part))
+    acc = _sqnr_sums(w, qw)
     writer.write(name, qw.data)
     writer.write(f"{layer}.weight_scale", qw.scale)
     writer.write(f"{layer}.weight_zero_point", qw.zero_point)
@@ -245,6 +257,9 @@ def quantize_checkpoint(
 
     total, per_layer = ErrorAccumulator(), {}
     size_fp = sum(e.nbytes for h in headers for e in h.tensors.values())
+    # one buffer for every weight read and every chunked copy: no allocation per tensor
+    buffer = torch.empty(max(e.nbytes for h in headers for n, e in h.tensors.items()
+                             if n in quantized), dtype=torch.uint8)
     with atomic_file(dst) as out, tqdm(
         total=size_fp, unit="B", unit_scale=True, desc="streaming", disable=not progress
     ) as bar:
@@ -254,9 +269,9 @@ def quantize_checkpoint(
                 for name, e in h.tensors.items():
                     layer = quantized.get(name)
                     if layer is None:
-                        copy_tensor_bytes(f, h, name, writer)
+                        copy_tensor_bytes(f, h, name, writer, scratch=buffer)
                     else:
-                        acc = _quantize_one(f, h, name, layer, config, writer)
+                        acc = _quantize_one(f, h, name, layer, config, writer, buffer)
                         total.merge(acc)
                         per_layer[layer] = acc.sqnr_db
                     bar.update(e.nbytes)
