@@ -231,5 +231,9 @@ def test_canonical_dicts_parse_back(parse, value):
 def test_sources_built_in_code():
     src = ModelSource("factory", MLP, (("hidden", 8),))
     assert src.text == f"factory:{MLP}?hidden=8"
+    with pytest.raises(BadInputError, match="scheme 'tensors' is not one of hf, factory"):
+        ModelSource("tensors", "/x")
+    with pytest.raises(BadInputError, match="hf: takes no kwargs"):
+        ModelSource("hf", "/x", (("a", 1),))
     assert CalibrationSource("tensors", os.sep + "x.safetensors", batch_size=2).canonical() == {
         "batch_size": 2, "kwargs": {}, "scheme": "tensors", "target": "/x.safetensors"}

@@ -107,6 +107,9 @@ def test_quantize_stream(tmp_path, hf_folder):
         (("quantize", MLP, "-o", "x.safetensors", "--granularity", "per_group",
           "--group-size", "100"), "is not a multiple of group_size=100"),
         (("quantize", MLP, "-o", "x.safetensors", "--scheme", "weird"), "invalid choice: 'weird'"),
+        (("quantize", MLP, "-o", "x.safetensors", "--mode", "static", "--calibration",
+          "wrong.safetensors"), "wrong.safetensors: the calibration batches do not run through "
+                                "the model: RuntimeError: mat1 and mat2 shapes"),
         (("quantize", MLP, "-o", "x.safetensors", "--samples", "8"),
          "--samples counts calibration samples: give --calibration too"),
         (("inspect", "missing.pt"), "missing.pt: no such file"),
@@ -114,7 +117,8 @@ def test_quantize_stream(tmp_path, hf_folder):
         (("inspect", "plain.safetensors"), "plain.safetensors: no mono-quant metadata"),
     ],
     ids=["unknown-scheme", "bad-extension", "static-without-data", "missing-calibration",
-         "group-size", "bad-choice", "samples-without-data", "missing-artifact",
+         "group-size", "bad-choice", "wrong-calibration-shape", "samples-without-data",
+         "missing-artifact",
          "garbage-artifact", "foreign-artifact"],
 )
 def test_bad_input_exits_2(tmp_path, args, message):
@@ -122,6 +126,7 @@ def test_bad_input_exits_2(tmp_path, args, message):
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, tmp_path / "plain.safetensors")
+    save_file({"x": torch.zeros(4, 100)}, tmp_path / "wrong.safetensors")
     res = cli(*args, cwd=tmp_path)
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert message in res.stderr

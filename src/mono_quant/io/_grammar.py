@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
 from mono_quant.errors import BadInputError
@@ -149,12 +149,22 @@ def call_factory(target: str, kwargs: dict[str, Any], text: str) -> Any:
 
 
 class Source:
+    """Shared behaviour of the frozen source dataclasses (fields are declared there)."""
+
+    SCHEMES: ClassVar[tuple[str, ...]] = ()
     scheme: str
     target: str
     kwargs: tuple[tuple[str, Any], ...]
     text: str
 
     def __post_init__(self) -> None:
+        if self.scheme not in self.SCHEMES:
+            raise BadInputError(
+                f"{type(self).__name__}: scheme {self.scheme!r} is not one of "
+                f"{', '.join(self.SCHEMES)}"
+            )
+        if self.scheme != "factory" and self.kwargs:
+            raise BadInputError(f"{self.text or self.target}: {self.scheme}: takes no kwargs")
         try:
             json.dumps(dict(self.kwargs), allow_nan=False)
         except (TypeError, ValueError) as e:

@@ -82,6 +82,7 @@ _LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, Attribut
 class ModelSource(Source):
     """Where a model comes from: ``hf:`` folder or ``factory:`` callable (+ ``weights``)."""
 
+    SCHEMES = MODEL_SCHEMES
     scheme: str
     target: str
     kwargs: tuple[tuple[str, Any], ...] = ()
@@ -192,6 +193,7 @@ def parse_model_source(
 class CalibrationSource(Source):
     """Calibration batches: a ``factory:``, a ``tensors:`` file or a ``text:`` file."""
 
+    SCHEMES = CALIBRATION_SCHEMES
     scheme: str
     target: str
     kwargs: tuple[tuple[str, Any], ...] = ()
