@@ -188,6 +188,23 @@ def test_factory_calibration_and_samples():
         bad.load()
 
 
+def test_user_code_that_raises(tmp_path, monkeypatch):
+    (tmp_path / "broken_mod.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "gen_mod.py").write_text(
+        "import torch\n"
+        "def batches():\n"
+        "    yield torch.zeros(2, 4)\n"
+        "    raise RuntimeError('boom in the loop')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BadInputError, match="importing module 'broken_mod' raised RuntimeError"):
+        parse_model_source("factory:broken_mod:f").load()
+    with pytest.raises(BadInputError, match="factory:gen_mod:batches: iterating the calibration "
+                                            "batches raised RuntimeError: boom in the loop"):
+        parse_calibration_source("factory:gen_mod:batches").load()
+    assert len(parse_calibration_source("factory:gen_mod:batches").load(samples=2)) == 1
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

@@ -129,6 +129,10 @@ def import_target(target: str, text: str) -> Any:
         obj: Any = importlib.import_module(module_name)
     except ImportError as e:
         raise BadInputError(f"{text}: cannot import module {module_name!r}: {e}") from e
+    except Exception as e:  # importing runs the module's code: user code
+        raise BadInputError(
+            f"{text}: importing module {module_name!r} raised {type(e).__name__}: {e}"
+        ) from e
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mono_quant.errors import BadConfigError, BadInputError
+from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.io._grammar import (
     TARGET,
     Source,
@@ -223,7 +223,14 @@ class CalibrationSource(Source):
             items = _tensor_batches(self)
         else:
             items = _text_batches(self, model_source, samples)
-        batches = _take(items, samples, self.text)
+        try:
+            batches = _take(items, samples, self.text)
+        except MonoQuantError:
+            raise
+        except Exception as e:  # a factory's iterator is user code
+            raise BadInputError(
+                f"{self.text}: iterating the calibration batches raised {type(e).__name__}: {e}"
+            ) from e
         if not batches:
             raise BadInputError(f"{self.text}: no calibration batches")
         return batches
