@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "mono_quant.scheduler.commands.demo",
     "mono_quant.scheduler.commands.catalog",
     "mono_quant.scheduler.commands.db",
+    "mono_quant.scheduler.commands.quantize",
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2

@@ -18,6 +18,17 @@ from mono_quant.errors import (
     StorageError,
     TransientError,
 )
+from mono_quant.io import (
+    CalibrationSource,
+    ModelSource,
+    load_model,
+    load_quantized,
+    parse_calibration_source,
+    parse_model_source,
+    quantize_checkpoint,
+    read_info,
+    save_model,
+)
 from mono_quant.io.info import QuantizationInfo
 from mono_quant.quant import (
     CalibrationResult,
@@ -49,8 +60,10 @@ __all__ = [
     "BadConfigError",
     "BadInputError",
     "CalibrationResult",
+    "CalibrationSource",
     "MSEObserver",
     "MinMaxObserver",
+    "ModelSource",
     "MonoQuantError",
     "MovingAverageMinMaxObserver",
     "Observer",
@@ -67,10 +80,17 @@ __all__ = [
     "TransientError",
     "dequantize",
     "fake_quantize",
+    "load_model",
+    "load_quantized",
     "make_observer",
+    "parse_calibration_source",
+    "parse_model_source",
+    "quantize_checkpoint",
     "quantize_model",
     "quantize_weight_int8",
     "quantize_with_qparams",
+    "read_info",
     "run_calibration",
+    "save_model",
     "select_layers",
 ]

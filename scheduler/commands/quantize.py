@@ -1,0 +1,209 @@
+"""``mono-quant quantize`` (one model, locally) and ``mono-quant inspect`` (an artifact).
+
+Examples::
+
+    mono-quant quantize 'factory:mono_quant.demo_models:mlp' -o mlp.safetensors \\
+        --mode static --calibration factory:mono_quant.demo_models:vector_batches --samples 64
+    mono-quant quantize hf:./tiny-llama -o tiny-w8a8 --format compressed-tensors \\
+        --mode static --calibration text:calib.txt --samples 32 --exclude lm_head
+    mono-quant quantize hf:./tiny-llama -o tiny.safetensors --stream
+    mono-quant inspect mlp.safetensors --json
+
+The report goes to stdout, progress bars to stderr. Exit codes: 0 ok, 2 bad input or
+configuration, 1 other failures (including a reloaded artifact that does not reproduce the
+quantized model's outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+# Kept literal so that `mono-quant --help` does not import torch (a test checks they match).
+SCHEMES = ("symmetric", "asymmetric")
+GRANULARITIES = ("per_tensor", "per_channel", "per_group")
+MODES = ("weight_only", "static")
+OBSERVERS = ("minmax", "moving_average", "percentile", "mse")
+FORMATS = ("safetensors", "pt", "compressed-tensors")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize", help="quantize one model locally and write an artifact",
+        description="Quantize one model locally, write the artifact, reload it and report.",
+    )
+    p.add_argument("source", help="hf:PATH or factory:MODULE:CALLABLE[?key=value&weights=PATH]")
+    p.add_argument("-o", "--output", required=True,
+                   help="artifact path: .safetensors, .pt/.pth, or a folder for "
+                        "--format compressed-tensors")
+    p.add_argument("--scheme", choices=SCHEMES, default="symmetric")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="per_channel")
+    p.add_argument("--group-size", type=int, help="values per group for per_group (default 128)")
+    p.add_argument("--mode", choices=MODES, default="weight_only")
+    p.add_argument("--observer", choices=OBSERVERS, default="minmax", help="weight observer")
+    p.add_argument("--activation-observer", choices=OBSERVERS, default="minmax")
+    p.add_argument("--calibration", metavar="SOURCE",
+                   help="factory:MODULE:CALLABLE, tensors:FILE.safetensors or text:FILE.txt")
+    p.add_argument("--samples", type=int, help="calibration samples to use (default: all)")
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="layers to quantize: class name, name glob or re:REGEX (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="layers to keep in float (repeatable; wins over --include)")
+    p.add_argument("--format", choices=FORMATS, help="default: from the output's extension")
+    p.add_argument("--stream", action="store_true",
+                   help="hf: sources only: quantize the safetensors weights tensor by tensor "
+                        "without building the model (weight-only, .safetensors output)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run_quantize)
+
+    p = sub.add_parser("inspect", help="print an artifact's QuantizationInfo")
+    p.add_argument("artifact", help=".safetensors, .pt/.pth or a compressed-tensors folder")
+    p.add_argument("--json", action="store_true", help="the QuantizationInfo JSON, as stored")
+    p.set_defaults(handler=run_inspect)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def _line(label: str, value: str) -> None:
+    print(f"  {label:<12} {value}")
+
+
+def _config(args: argparse.Namespace):
+    from mono_quant import QuantConfig
+
+    return QuantConfig(
+        scheme=args.scheme, granularity=args.granularity, group_size=args.group_size,
+        mode=args.mode, weight_observer=args.observer,
+        activation_observer=args.activation_observer, include=args.include,
+        exclude=args.exclude,
+    )
+
+
+def _reload_check(path, model, info, batches: list[Any], qmodel) -> str:
+    """Reload the artifact into the (no longer needed) float model; compare outputs."""
+    import torch
+
+    from mono_quant import MonoQuantError, load_quantized
+    from mono_quant.quant.calibration import call_model
+    from mono_quant.validate import first_tensor
+
+    again = load_quantized(path, model)
+    if not batches:
+        return "ok: every tensor loaded strictly (no batch to compare outputs on)"
+    with torch.inference_mode():
+        ref = first_tensor(call_model(qmodel.eval(), batches[0]))
+        out = first_tensor(call_model(again.eval(), batches[0]))
+    if ref is None or out is None or not torch.equal(ref, out):
+        diff = "n/a" if ref is None or out is None else f"{(ref - out).abs().max().item():.3g}"
+        raise MonoQuantError(
+            f"{path}: the reloaded artifact does not reproduce the quantized model's outputs "
+            f"(max |difference| {diff})"
+        )
+    return "ok: reloaded model's outputs identical on 1 batch"
+
+
+def _report(source: str, info, path, fmt: str, reload: str) -> None:
+    from mono_quant.io import size_path
+
+    m = info.metrics
+    cfg = info.config
+    print(f"mono-quant quantize: {source}")
+    group = f" (group {cfg.group_size})" if cfg.group_size else ""
+    _line("config", f"{cfg.scheme} {cfg.granularity}{group} {cfg.mode} "
+                    f"(weights: {cfg.weight_observer})")
+    _line("layers", f"{m['layers_quantized']} of {m['layers_total']} quantized")
+    _line("weight SQNR", f"{m['weight_sqnr_db']:.2f} dB overall, "
+                         f"{m['weight_sqnr_db_min']:.2f} dB worst layer")
+    if "output_cosine" in m:
+        _line("output", f"cosine {m['output_cosine']:.6f}, SQNR {m['output_sqnr_db']:.2f} dB "
+                        f"on {m['eval_batches']} batch(es)")
+    else:
+        _line("output", "not measured (no calibration data: pass --calibration)")
+    _line("size", f"{_mib(m['size_bytes_fp'])} float -> {_mib(m['size_bytes_quant'])} int8 "
+                  f"({m['compression_ratio']:.2f}x); artifact {_mib(size_path(path))} on disk")
+    _line("reload", reload)
+    _line("wrote", f"{path} ({fmt})")
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from mono_quant import (
+        BadInputError,
+        MonoQuantError,
+        quantize_checkpoint,
+        quantize_model,
+        save_model,
+    )
+    from mono_quant.io import detect_format, parse_calibration_source, parse_model_source
+
+    config = _config(args)
+    if args.samples is not None and not args.calibration:
+        raise BadInputError("--samples counts calibration samples: give --calibration too")
+    fmt = detect_format(args.output, args.format)
+    source = parse_model_source(args.source)
+    if args.stream:
+        if source.scheme != "hf" or args.calibration:
+            raise BadInputError(
+                "--stream reads an hf: folder's safetensors weights (weight-only, no "
+                "--calibration)"
+            )
+        if fmt != "safetensors":
+            raise BadInputError("--stream writes a .safetensors file")
+        info = quantize_checkpoint(source.target, args.output, config, progress=not args.quiet)
+        _report(args.source, info, args.output, fmt, "not run (--stream builds no model)")
+        return 0
+    print(f"loading {source} ...", file=sys.stderr)
+    model = source.load()
+    batches: list[Any] = []
+    if args.calibration:
+        batches = parse_calibration_source(args.calibration).load(source, args.samples)
+    try:
+        qmodel, info = quantize_model(model, config, batches or None, num_samples=args.samples,
+                                      progress=not args.quiet)
+    except MonoQuantError:
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        if not batches:
+            raise
+        # the model's own forward failed on the user's batches: shapes, keys, token ids
+        raise BadInputError(
+            f"{args.calibration}: the calibration batches do not run through the model: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    path = save_model(qmodel, args.output, info, format=fmt)
+    reload = _reload_check(path, model, info, batches, qmodel)
+    _report(args.source, info, path, fmt, reload)
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from mono_quant.io import detect_format, read_info, size_path
+
+    info = read_info(args.artifact)
+    if args.json:
+        print(info.to_json())
+        return 0
+    cfg, m = info.config, info.metrics
+    print(f"artifact {args.artifact} ({detect_format(args.artifact)}, "
+          f"{_mib(size_path(args.artifact))})")
+    _line("format", f"mono-quant QuantizationInfo v{info.VERSION}, dtype {info.dtype}")
+    group = f", group_size={cfg.group_size}" if cfg.group_size else ""
+    _line("config", f"scheme={cfg.scheme}, granularity={cfg.granularity}{group}, "
+                    f"mode={cfg.mode}, weight_observer={cfg.weight_observer}")
+    if cfg.mode == "static":
+        _line("activations", f"{cfg.activation_scheme} per_tensor, observer "
+                             f"{cfg.activation_observer}; {info.calibration_samples} "
+                             "calibration samples")
+    if cfg.include or cfg.exclude:
+        _line("patterns", f"include={list(cfg.include)} exclude={list(cfg.exclude)}")
+    shown = ", ".join(info.selected_layers[:6])
+    more = f" (+{len(info.selected_layers) - 6} more)" if len(info.selected_layers) > 6 else ""
+    _line("layers", f"{len(info.selected_layers)} quantized: {shown}{more}")
+    for key, label in (("weight_sqnr_db", "weight SQNR"), ("output_cosine", "out cosine"),
+                       ("output_sqnr_db", "output SQNR"), ("compression_ratio", "compression")):
+        if isinstance(m.get(key), (int, float)):
+            _line(label, f"{m[key]:.6g}")
+    _line("software", ", ".join(f"{k} {v}" for k, v in sorted(info.library_versions.items())))
+    return 0

@@ -1,0 +1,197 @@
+"""The string and mapping grammar shared by model and calibration sources (see
+:mod:`mono_quant.io.sources` for the user-facing description).
+
+Example:
+    >>> _query("factory:m:f?a=1&b=x%26y", "a=1&b=x%26y")
+    {'a': 1, 'b': 'x&y'}
+    >>> parse_parts({"factory": "m:f", "kwargs": {}}, "model", ("hf", "factory"))[:2]
+    ('factory', 'm:f')
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import quote, unquote
+
+from mono_quant.errors import BadInputError
+
+__all__ = ["TARGET", "Source", "call_factory", "import_target", "kwargs_of", "parse_parts",
+           "resolve_path"]
+
+#: A factory target: ``package.module:callable`` (the callable may be dotted).
+TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_KEY = re.compile(r"^[A-Za-z_]\w*$")
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _render(value: Any) -> str:
+    text = value if isinstance(value, str) and _value(value) == value else json.dumps(value)
+    return quote(text, safe="/:.,-_[]\"'{} ")
+
+
+def _query(text: str, query: str) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for part in query.split("&") if query else []:
+        key, eq, raw = part.partition("=")
+        if not eq or not _KEY.match(key):
+            raise BadInputError(f"{text}: argument {part!r} is not key=value")
+        if key in args:
+            raise BadInputError(f"{text}: argument {key!r} is given twice")
+        args[key] = _value(unquote(raw))
+    return args
+
+
+def resolve_path(value: Any, base_dir: str | os.PathLike[str] | None, text: str, what: str) -> str:
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise BadInputError(f"{text}: {what} must be a path, got {value!r}")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir or os.getcwd()) / path
+    return os.path.normpath(path)
+
+
+def _from_canonical(value: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"scheme": s, "target": t, ...}`` (a ``canonical()`` dict) -> ``{s: t, ...}``."""
+    data = {k: v for k, v in value.items()
+            if k not in ("scheme", "target") and v is not None and v != {}}
+    data[str(value["scheme"])] = value["target"]
+    return data
+
+
+def parse_parts(value: Any, kind: str, schemes: tuple[str, ...]) -> tuple[str, str, dict, str]:
+    """(scheme, target, options, display text) from a string, a mapping or a canonical dict."""
+    if isinstance(value, Mapping) and "scheme" in value and "target" in value:
+        value = _from_canonical(value)
+    if isinstance(value, str):
+        scheme, colon, rest = value.partition(":")
+        if kind == "calibration" and (not colon or scheme not in schemes):
+            low = value.partition("?")[0].lower()
+            if low.endswith(".safetensors"):
+                scheme, rest, colon = "tensors", value, ":"
+            elif low.endswith(".txt"):
+                scheme, rest, colon = "text", value, ":"
+        if not colon or scheme not in schemes:
+            raise BadInputError(
+                f"{value}: unknown {kind} source scheme {scheme + ':' if colon else '(none)'}; "
+                f"expected {', '.join(s + ':' for s in schemes)}"
+            )
+        target, _, query = rest.partition("?")
+        return scheme, target, _query(value, query), value
+    if isinstance(value, Mapping):
+        present = [s for s in schemes if s in value]
+        text = json.dumps(value, sort_keys=True, default=str)
+        if len(present) != 1:
+            raise BadInputError(
+                f"{text}: a {kind} source mapping needs exactly one of "
+                f"{', '.join(schemes)} (got {', '.join(present) or 'none'})"
+            )
+        options = {k: v for k, v in value.items() if k != present[0]}
+        return present[0], value[present[0]], options, text
+    raise BadInputError(
+        f"{kind} source {value!r}: expected a string such as 'hf:PATH' or a mapping, got "
+        f"{type(value).__name__}"
+    )
+
+
+def kwargs_of(options: dict, allowed: set[str], text: str, mapping: bool) -> dict[str, Any]:
+    """Keyword arguments: ``kwargs:`` in a mapping, the ``?ARGS`` of a string."""
+    unknown = sorted(set(options) - allowed - ({"kwargs"} if mapping else set()))
+    if mapping and unknown:
+        raise BadInputError(
+            f"{text}: unknown field(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(sorted(allowed | {'kwargs'}))}"
+        )
+    if not mapping:
+        return {k: v for k, v in options.items() if k not in allowed}
+    kwargs = options.get("kwargs", {})
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise BadInputError(f"{text}: 'kwargs' must be a mapping of argument names to values")
+    return dict(kwargs)
+
+
+def import_target(target: str, text: str) -> Any:
+    if not TARGET.match(target):
+        raise BadInputError(f"{text}: factory target {target!r} is not 'package.module:callable'")
+    module_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise BadInputError(f"{text}: cannot import module {module_name!r}: {e}") from e
+    except Exception as e:  # importing runs the module's code: user code
+        raise BadInputError(
+            f"{text}: importing module {module_name!r} raised {type(e).__name__}: {e}"
+        ) from e
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as e:
+            raise BadInputError(f"{text}: module {module_name!r} has no {attr!r}") from e
+    if not callable(obj):
+        raise BadInputError(f"{text}: {target!r} is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def call_factory(target: str, kwargs: dict[str, Any], text: str) -> Any:
+    """Import ``module:callable`` and call it: this runs configured code, by design."""
+    fn = import_target(target, text)
+    try:
+        return fn(**kwargs)
+    except Exception as e:  # user code: whatever it raises, the source is what is wrong
+        raise BadInputError(f"{text}: the factory raised {type(e).__name__}: {e}") from e
+
+
+class Source:
+    """Shared behaviour of the frozen source dataclasses (fields are declared there)."""
+
+    SCHEMES: ClassVar[tuple[str, ...]] = ()
+    scheme: str
+    target: str
+    kwargs: tuple[tuple[str, Any], ...]
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.scheme not in self.SCHEMES:
+            raise BadInputError(
+                f"{type(self).__name__}: scheme {self.scheme!r} is not one of "
+                f"{', '.join(self.SCHEMES)}"
+            )
+        if self.scheme != "factory" and self.kwargs:
+            raise BadInputError(f"{self.text or self.target}: {self.scheme}: takes no kwargs")
+        try:
+            json.dumps(dict(self.kwargs), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise BadInputError(
+                f"{self.text or self.target}: arguments must be JSON values: {e}"
+            ) from e
+        if not self.text:  # built in code: messages show the canonical string
+            object.__setattr__(self, "text", str(self))
+
+    def _options(self) -> dict[str, Any]:
+        return {}
+
+    def canonical(self) -> dict[str, Any]:
+        """A JSON-able description with sorted keys: the input of idempotency keys."""
+        data = {"kwargs": dict(sorted(self.kwargs)), "scheme": self.scheme,
+                "target": self.target, **self._options()}
+        return dict(sorted(data.items()))
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.canonical(), sort_keys=True, default=str))
+
+    def __str__(self) -> str:
+        args = {**dict(sorted(self.kwargs)), **{k: v for k, v in self._options().items()
+                                                if v is not None}}
+        query = "&".join(f"{k}={_render(v)}" for k, v in args.items())
+        return f"{self.scheme}:{self.target}" + (f"?{query}" if query else "")

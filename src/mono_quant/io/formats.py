@@ -1,0 +1,347 @@
+"""Saving and loading artifacts: safetensors, ``.pt`` and compressed-tensors folders.
+
+========================  ===================  ==============================================
+format                    path                 content
+========================  ===================  ==============================================
+``"safetensors"``         ``*.safetensors``    state dict; ``QuantizationInfo`` JSON in the
+                                               header metadata under ``"mono_quant.info"``
+``"pt"``                  ``*.pt``/``*.pth``   ``{"state_dict": ..., "metadata": {str: str}}``
+                                               loaded only with ``weights_only=True``
+``"compressed-tensors"``  a folder             ``config.json`` + ``model.safetensors`` in the
+                                               layout vLLM reads (see :mod:`.interop`)
+========================  ===================  ==============================================
+
+Metadata is string → string only (:func:`_build_metadata`): the info is one JSON string, plus
+``"format": "pt"`` which transformers requires; ``.pt`` files carry the same metadata dict.
+Every write is atomic (a temp file or folder in the same directory, fsynced, renamed into
+place); every read validates the header and checks that each quantized layer has its scales
+before anything is returned.
+
+Example:
+    >>> import tempfile, torch
+    >>> from torch import nn
+    >>> from mono_quant import QuantConfig, quantize_model
+    >>> from mono_quant.io import save_model, read_info, load_quantized
+    >>> model = nn.Sequential(nn.Linear(16, 8))
+    >>> qmodel, info = quantize_model(model, QuantConfig(), progress=False)
+    >>> path = save_model(qmodel, tempfile.mkdtemp() + "/m.safetensors", info)
+    >>> read_info(path) == info
+    True
+    >>> again = load_quantized(path, nn.Sequential(nn.Linear(16, 8)))
+    >>> x = torch.randn(2, 16)
+    >>> torch.equal(again(x), qmodel(x))
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mono_quant.errors import BadInputError
+from mono_quant.io import interop
+from mono_quant.io._atomic import atomic_dir, atomic_file
+from mono_quant.io._checks import check_quantized_tensors, load_state_dict_strict
+from mono_quant.io._pt import read_pt, write_pt
+from mono_quant.io._safetensors_stream import SafetensorsWriter, TensorSpec, read_header
+from mono_quant.io.info import QuantizationInfo
+
+__all__ = [
+    "FORMATS",
+    "INFO_KEY",
+    "QuantizationInfo",
+    "detect_format",
+    "load_model",
+    "load_quantized",
+    "read_info",
+    "save_model",
+]
+
+#: The formats ``save_model`` writes (the ``format`` argument and the catalog's column).
+FORMATS = ("safetensors", "pt", "compressed-tensors")
+#: The safetensors metadata key (and .pt payload key) holding the QuantizationInfo JSON.
+INFO_KEY = "mono_quant.info"
+_EXTENSIONS = {".safetensors": "safetensors", ".pt": "pt", ".pth": "pt"}
+
+
+def detect_format(path: str | os.PathLike[str], format: str | None = None) -> str:
+    """The artifact format for ``path``: ``format`` if given (checked), else from the name.
+
+    A folder (or an existing folder with ``config.json``) is ``compressed-tensors``.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if format is not None:
+        if format not in FORMATS:
+            raise BadInputError(f"format {format!r}: expected one of {', '.join(FORMATS)}")
+        if format == "compressed-tensors" and ext in _EXTENSIONS:
+            raise BadInputError(
+                f"{path}: a compressed-tensors artifact is a folder; give a path without the "
+                f"{ext} extension"
+            )
+        if format != "compressed-tensors" and _EXTENSIONS.get(ext) != format:
+            raise BadInputError(
+                f"{path}: extension {ext or '(none)'} does not match format {format!r} "
+                f"(use {' or '.join(e for e, f in _EXTENSIONS.items() if f == format)})"
+            )
+        return format
+    if ext in _EXTENSIONS:
+        return _EXTENSIONS[ext]
+    if path.is_dir():
+        return "compressed-tensors"
+    raise BadInputError(
+        f"{path}: cannot tell the format from the extension {ext or '(none)'}; accepted: "
+        ".safetensors, .pt, .pth, or a folder with format='compressed-tensors'"
+    )
+
+
+def _build_metadata(
+    info: QuantizationInfo | None, extra: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """safetensors metadata (string → string): ``format`` and the info JSON.
+
+    ``extra`` values that are not strings are stored as JSON (sorted keys, strict floats).
+
+    Example:
+        >>> from mono_quant import QuantConfig
+        >>> meta = _build_metadata(QuantizationInfo(QuantConfig()), {"n": 3})
+        >>> sorted(meta), meta["n"]
+        (['format', 'mono_quant.info', 'n'], '3')
+    """
+    meta = {"format": "pt"}
+    if info is not None:
+        meta[INFO_KEY] = info.to_json()
+    for key, value in (extra or {}).items():
+        meta[str(key)] = value if isinstance(value, str) else json.dumps(
+            value, sort_keys=True, allow_nan=False
+        )
+    return meta
+
+
+def _tensors(obj: nn.Module | Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise BadInputError(
+            f"save_model: expected an nn.Module or a state dict, got {type(obj).__name__}"
+        )
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise BadInputError(
+            f"save_model: state dict entry {bad[0]!r} is not a str -> torch.Tensor pair"
+        )
+    meta = [k for k, v in obj.items() if v.is_meta]
+    if meta:
+        raise BadInputError(
+            f"save_model: tensor {meta[0]!r} is on the meta device and has no data to save"
+        )
+    return {k: v.detach() for k, v in obj.items()}
+
+
+def _write_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]
+) -> None:
+    specs = {k: TensorSpec.of(t) for k, t in tensors.items()}
+    with atomic_file(path) as f:
+        writer = SafetensorsWriter(f, specs, metadata)
+        for name, t in tensors.items():
+            writer.write(name, t)
+        writer.finish()
+
+
+def _hf_config(obj: object) -> dict[str, Any] | None:
+    config = getattr(obj, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    data = json.loads(json.dumps(config.to_dict(), default=str))
+    if not data.get("architectures"):
+        data["architectures"] = [type(obj).__name__]
+    return data
+
+
+def _write_compressed_tensors(
+    tensors: Mapping[str, torch.Tensor], path: Path, info: QuantizationInfo | None,
+    hf_config: dict[str, Any] | None,
+) -> None:
+    if info is None:
+        raise BadInputError(
+            f"{path}: format 'compressed-tensors' needs the QuantizationInfo of the quantized "
+            "model (info=...) to describe its layers"
+        )
+    config = dict(hf_config or {})
+    config["quantization_config"] = interop.quantization_config(info, tensors)
+    compressed = interop.to_compressed(tensors, info)
+    with atomic_dir(path) as tmp:
+        _write_safetensors(compressed, tmp / interop.MODEL_FILE, _build_metadata(info))
+        with atomic_file(tmp / interop.CONFIG_FILE) as f:
+            f.write(json.dumps(config, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def save_model(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    info: QuantizationInfo | None = None,
+    format: str | None = None,
+) -> Path:
+    """Write a model's state dict (and its info) atomically; return the final path.
+
+    ``format`` is ``"safetensors"``, ``"pt"`` or ``"compressed-tensors"``; by default it comes
+    from the extension. Tensors on a GPU are copied to the CPU one at a time.
+
+    Raises:
+        BadInputError: unknown format or extension, entries that are not tensors, tensors
+            that do not match ``info`` (a quantized layer without its scale).
+        BadConfigError: a model the format cannot hold (Conv2d in compressed-tensors).
+        StorageError: the file could not be written (nothing is left at ``path``).
+    """
+    path = Path(path)
+    fmt = detect_format(path, format)
+    tensors = _tensors(model_or_state_dict)
+    if info is not None:
+        if not isinstance(info, QuantizationInfo):
+            raise BadInputError(f"save_model: info must be a QuantizationInfo, got {info!r}")
+        check_quantized_tensors(tensors, info, f"save_model({path})")
+    if fmt == "safetensors":
+        _write_safetensors(tensors, path, _build_metadata(info))
+    elif fmt == "pt":
+        write_pt(tensors, path, _build_metadata(info))
+    else:
+        _write_compressed_tensors(tensors, path, info, _hf_config(model_or_state_dict))
+    return path
+
+
+def _info_from_metadata(meta: Mapping[str, str] | None, path: Path) -> QuantizationInfo | None:
+    text = (meta or {}).get(INFO_KEY)
+    return None if text is None else QuantizationInfo.from_json(text, source=str(path))
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """(tensors, metadata) of a safetensors file whose header was validated first."""
+    header = read_header(path)  # validates before the parser sees the file
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:  # zero-copy (mmap)
+            tensors = {name: f.get_tensor(name) for name in header.tensors}
+    except (SafetensorError, OSError) as e:
+        raise BadInputError(f"{path}: cannot read safetensors data: {e}") from e
+    return tensors, header.metadata
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo | None]:
+    tensors, metadata = read_safetensors(path)
+    return tensors, _info_from_metadata(metadata, path)
+
+
+def _read_pt(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo | None]:
+    tensors, metadata = read_pt(path)
+    return tensors, _info_from_metadata(metadata, path)
+
+
+def _read_compressed_tensors(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo]:
+    model_file = path / interop.MODEL_FILE
+    if not (path / interop.CONFIG_FILE).is_file() or not model_file.is_file():
+        raise BadInputError(
+            f"{path}: not a compressed-tensors artifact (expected {interop.CONFIG_FILE} and "
+            f"{interop.MODEL_FILE} in the folder)"
+        )
+    tensors, info = _read_safetensors(model_file)
+    if info is None:
+        raise BadInputError(
+            f"{model_file}: no mono-quant metadata ({INFO_KEY!r}); mono-quant loads the "
+            "compressed-tensors folders it wrote (load others with transformers)"
+        )
+    return interop.from_compressed(tensors, info, str(model_file)), info
+
+
+def _load(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], QuantizationInfo | None]:
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "safetensors":
+        tensors, info = _read_safetensors(path)
+    elif fmt == "pt":
+        tensors, info = _read_pt(path)
+    else:
+        tensors, info = _read_compressed_tensors(path)
+    if info is not None:
+        check_quantized_tensors(tensors, info, str(path))
+    return tensors, info
+
+
+def load_model(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load an artifact's state dict (format from the extension; a folder is
+    compressed-tensors). Quantized layers come back in mono-quant's layout
+    (``weight`` int8, ``weight_scale``, ``weight_zero_point``, ...).
+
+    Raises:
+        BadInputError: unknown extension, missing/corrupt file, a ``.pt`` that needs pickle
+            code, metadata that is not mono-quant's, a quantized layer without its scale.
+    """
+    return _load(path)[0]
+
+
+def read_info(path: str | os.PathLike[str]) -> QuantizationInfo:
+    """The :class:`QuantizationInfo` stored with an artifact.
+
+    Raises:
+        BadInputError: the artifact has no mono-quant metadata, or it does not decode.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "safetensors":
+        header = read_header(path)
+        info = _info_from_metadata(header.metadata, path)
+    elif fmt == "pt":
+        info = _read_pt(path)[1]
+    else:
+        return _read_compressed_tensors(path)[1]
+    if info is None:
+        raise BadInputError(
+            f"{path}: no mono-quant metadata: no {INFO_KEY!r} entry (the file was not "
+            "written by mono-quant's save_model with info=...)"
+        )
+    return info
+
+
+def load_quantized(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
+    """Rebuild a runnable quantized model from an artifact and its float architecture.
+
+    The layers named in the artifact's ``selected_layers`` are replaced, **in place**, by
+    empty ``QuantLinear`` / ``QuantConv2d`` layers for the stored config; then every tensor is
+    loaded strictly. Returns ``model``.
+
+    Raises:
+        BadInputError: no mono-quant metadata, a layer the model lacks or cannot quantize,
+            tensors that do not match the model (names missing or unexpected, shapes).
+    """
+    from mono_quant.quant.modules import SUPPORTED_LAYERS, quantized_like
+
+    tensors, info = _load(path)
+    if info is None:
+        raise BadInputError(
+            f"{path}: no mono-quant metadata; load_quantized needs an artifact written with "
+            "info=... (use load_model for a plain state dict)"
+        )
+    for name in info.selected_layers:
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError as e:
+            raise BadInputError(
+                f"{path}: the artifact quantizes layer {name!r} but the model has no such layer "
+                "(is this the architecture the artifact was made from?)"
+            ) from e
+        if not isinstance(layer, SUPPORTED_LAYERS):
+            raise BadInputError(
+                f"{path}: layer {name!r} is a {type(layer).__name__}; expected the float "
+                "nn.Linear / nn.Conv2d the artifact was quantized from"
+            )
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, quantized_like(layer, info.config))
+    load_state_dict_strict(model, tensors, str(path))
+    return model

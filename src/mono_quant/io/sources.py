@@ -1,0 +1,344 @@
+"""Model and calibration sources: what a job points at, as a CLI string or a manifest mapping.
+
+Grammar (strings; the manifest mapping form is shown on the right)::
+
+    MODEL
+      hf:PATH                          {hf: PATH}
+      factory:MODULE:CALLABLE[?ARGS]   {factory: MODULE:CALLABLE, kwargs: {...}, weights: PATH}
+    CALIBRATION
+      factory:MODULE:CALLABLE[?ARGS]   {factory: MODULE:CALLABLE, kwargs: {...}}
+      tensors:PATH[?batch_size=N]      {tensors: PATH, batch_size: N}
+      text:PATH[?batch_size=N&max_length=N]   {text: PATH, batch_size: N, max_length: N}
+      PATH.safetensors, PATH.txt       shorthands for tensors:PATH and text:PATH
+
+``ARGS`` is ``key=value`` pairs joined by ``&`` (quote the whole source in a shell). A value is
+percent-decoded, then read as JSON when it parses (``128``, ``0.5``, ``true``, ``null``,
+``"text"``, ``[1,2]``) and kept as a plain string otherwise. For a model factory the key
+``weights`` is reserved: a ``.safetensors`` or ``.pt`` state dict loaded strictly after the
+call (``.pt`` only with ``weights_only=True``).
+
+* ``hf:`` is a local Hugging Face folder (``config.json`` + safetensors weights), loaded with
+  transformers (the ``hf`` extra) from local files only; its tokenizer tokenizes ``text:``
+  calibration files.
+* ``factory:`` **imports and runs arbitrary code** by design: it is trusted configuration,
+  like a Python entry point. Never accept factory sources from untrusted users.
+* ``tensors:`` files hold one tensor ``[N, ...]`` (batches are slices of it, passed
+  positionally) or several tensors sharing ``N`` (batches are dicts of keyword arguments).
+
+Paths are made absolute (against ``base_dir`` or the working directory) when parsed, so
+:meth:`ModelSource.canonical` — the input of idempotency keys — does not depend on where a
+job runs. It does not hash file contents.
+
+Example:
+    >>> src = parse_model_source("factory:mono_quant.demo_models:mlp?hidden=32&seed=1")
+    >>> src.canonical()["kwargs"], src.canonical()["target"]
+    ({'hidden': 32, 'seed': 1}, 'mono_quant.demo_models:mlp')
+    >>> same = {"factory": "mono_quant.demo_models:mlp", "kwargs": {"seed": 1, "hidden": 32}}
+    >>> src == parse_model_source(same)
+    True
+    >>> type(src.load()).__name__
+    'Sequential'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
+from mono_quant.io._grammar import (
+    TARGET,
+    Source,
+    call_factory,
+    import_target,
+    kwargs_of,
+    parse_parts,
+    resolve_path,
+)
+
+__all__ = [
+    "CalibrationSource",
+    "ModelSource",
+    "parse_calibration_source",
+    "parse_model_source",
+]
+
+MODEL_SCHEMES = ("hf", "factory")
+CALIBRATION_SCHEMES = ("factory", "tensors", "text")
+#: Defaults of the calibration file options.
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_LENGTH = 512
+_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError,
+                ImportError)
+
+
+@dataclass(frozen=True, eq=True)
+class ModelSource(Source):
+    """Where a model comes from: ``hf:`` folder or ``factory:`` callable (+ ``weights``)."""
+
+    SCHEMES = MODEL_SCHEMES
+    scheme: str
+    target: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    weights: str | None = None
+    text: str = field(default="", compare=False)
+
+    __hash__ = Source.__hash__
+
+    def _options(self) -> dict[str, Any]:
+        return {"weights": self.weights}
+
+    def check(self) -> None:
+        """Cheap checks without building the model: paths exist, the factory imports."""
+        if self.scheme == "hf":
+            if not Path(self.target).is_dir():
+                raise BadInputError(f"{self.text}: no such folder {self.target}")
+            if not (Path(self.target) / "config.json").is_file():
+                raise BadInputError(
+                    f"{self.text}: {self.target} has no config.json (expected a Hugging Face "
+                    "model folder written by save_pretrained)"
+                )
+        else:
+            import_target(self.target, self.text)
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise BadInputError(f"{self.text}: weights file {self.weights} does not exist")
+
+    def load(self) -> nn.Module:
+        """Build the model (in eval mode)."""
+        self.check()
+        if self.scheme == "hf":
+            model = _load_hf(self)
+        else:
+            model = call_factory(self.target, dict(self.kwargs), self.text)
+            if not isinstance(model, nn.Module):
+                raise BadInputError(
+                    f"{self.text}: the factory returned a {type(model).__name__}, expected a "
+                    "torch.nn.Module"
+                )
+        if self.weights is not None:
+            from mono_quant.io._checks import load_state_dict_strict
+            from mono_quant.io.formats import load_model
+
+            load_state_dict_strict(model, load_model(self.weights),
+                                   f"{self.text}: weights {self.weights}")
+        return model.eval()
+
+    def tokenizer(self) -> Any:
+        """The tokenizer saved in an ``hf:`` folder."""
+        if self.scheme != "hf":
+            raise BadInputError(f"{self.text}: only hf: model sources have a tokenizer")
+        AutoTokenizer = _transformers(self.text).AutoTokenizer
+        try:
+            tok = AutoTokenizer.from_pretrained(self.target, local_files_only=True)
+        except _LOAD_ERRORS as e:
+            raise BadInputError(f"{self.text}: cannot load the tokenizer: {e}") from e
+        if tok.pad_token is None:
+            if tok.eos_token is None:
+                raise BadInputError(
+                    f"{self.text}: the tokenizer has neither a pad nor an eos token to pad "
+                    "calibration batches with"
+                )
+            tok.pad_token = tok.eos_token
+        return tok
+
+
+def _transformers(text: str) -> Any:
+    try:
+        import transformers
+    except ImportError as e:
+        raise BadConfigError(
+            f"{text}: hf: sources need transformers: pip install 'mono-quant[hf]'"
+        ) from e
+    return transformers
+
+
+def _load_hf(source: ModelSource) -> nn.Module:
+    transformers = _transformers(source.text)
+    try:
+        config = transformers.AutoConfig.from_pretrained(source.target, local_files_only=True)
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        cls = getattr(transformers, arch, None) if arch else None
+        cls = cls or transformers.AutoModel
+        return cls.from_pretrained(source.target, local_files_only=True)
+    except _LOAD_ERRORS as e:
+        raise BadInputError(f"{source.text}: transformers could not load the model: {e}") from e
+
+
+def parse_model_source(
+    value: str | Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None
+) -> ModelSource:
+    """Parse ``hf:PATH`` / ``factory:MODULE:CALLABLE?k=v&weights=PATH`` or their mapping."""
+    scheme, target, options, text = parse_parts(value, "model", MODEL_SCHEMES)
+    mapping = not isinstance(value, str)
+    if scheme == "hf":
+        if options:
+            raise BadInputError(f"{text}: hf: sources take no arguments ({', '.join(options)})")
+        return ModelSource("hf", resolve_path(target, base_dir, text, "hf:"), text=text)
+    kwargs = kwargs_of(options, {"weights"}, text, mapping)
+    weights = options.get("weights")
+    if weights is not None:
+        weights = resolve_path(weights, base_dir, text, "weights")
+    if not isinstance(target, str) or not TARGET.match(target):
+        raise BadInputError(f"{text}: factory target {target!r} is not 'package.module:callable'")
+    return ModelSource("factory", target, tuple(sorted(kwargs.items())), weights, text=text)
+
+
+@dataclass(frozen=True, eq=True)
+class CalibrationSource(Source):
+    """Calibration batches: a ``factory:``, a ``tensors:`` file or a ``text:`` file."""
+
+    SCHEMES = CALIBRATION_SCHEMES
+    scheme: str
+    target: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    batch_size: int | None = None
+    max_length: int | None = None
+    text: str = field(default="", compare=False)
+
+    __hash__ = Source.__hash__
+
+    def _options(self) -> dict[str, Any]:
+        opts = {"batch_size": self.batch_size, "max_length": self.max_length}
+        return {k: v for k, v in opts.items() if v is not None}
+
+    def load(self, model_source: ModelSource | None = None, samples: int | None = None):
+        """A list of batches holding ``samples`` samples (all when None)."""
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
+                                    or samples < 1):
+            raise BadInputError(f"{self.text}: samples={samples!r}: expected a positive integer")
+        if self.scheme == "factory":
+            items = call_factory(self.target, dict(self.kwargs), self.text)
+            if isinstance(items, (torch.Tensor, nn.Module)) or not isinstance(items, Iterable):
+                raise BadInputError(
+                    f"{self.text}: the factory returned a {type(items).__name__}, expected an "
+                    "iterable of batches (tensors, tuples or dicts of tensors)"
+                )
+        elif self.scheme == "tensors":
+            items = _tensor_batches(self)
+        else:
+            items = _text_batches(self, model_source, samples)
+        try:
+            batches = _take(items, samples, self.text)
+        except MonoQuantError:
+            raise
+        except Exception as e:  # a factory's iterator is user code
+            raise BadInputError(
+                f"{self.text}: iterating the calibration batches raised {type(e).__name__}: {e}"
+            ) from e
+        if not batches:
+            raise BadInputError(f"{self.text}: no calibration batches")
+        return batches
+
+
+def _take(items: Iterable[Any], samples: int | None, text: str) -> list[Any]:
+    from mono_quant.quant.calibration import batch_size
+
+    out, seen = [], 0
+    for item in items:
+        if not isinstance(item, (torch.Tensor, Mapping, tuple, list)):
+            raise BadInputError(
+                f"{text}: batch {len(out)} is a {type(item).__name__}; expected a tensor, a "
+                "tuple of tensors or a dict of tensors"
+            )
+        n = batch_size(item)
+        if samples is not None and seen + n > samples:
+            item, n = _head(item, samples - seen), samples - seen
+        out.append(item)
+        seen += n
+        if samples is not None and seen >= samples:
+            break
+    return out
+
+
+def _head(item: Any, n: int) -> Any:
+    if isinstance(item, torch.Tensor):
+        return item[:n] if item.ndim >= 2 else item
+    if isinstance(item, Mapping):
+        return {k: _head(v, n) for k, v in item.items()}
+    if isinstance(item, (tuple, list)):
+        return type(item)(_head(v, n) for v in item)
+    return item
+
+
+def _tensor_batches(source: CalibrationSource) -> list[Any]:
+    from mono_quant.io.formats import read_safetensors
+
+    tensors, _ = read_safetensors(Path(source.target))
+    if not tensors:
+        raise BadInputError(f"{source.text}: the file holds no tensors")
+    sizes = {name: (t.shape[0] if t.ndim else None) for name, t in tensors.items()}
+    if len(set(sizes.values())) != 1 or None in sizes.values():
+        raise BadInputError(
+            f"{source.text}: every tensor needs the same leading (sample) dimension; got "
+            f"{', '.join(f'{k}: {list(t.shape)}' for k, t in tensors.items())}"
+        )
+    n = next(iter(sizes.values()))
+    step = source.batch_size or DEFAULT_BATCH_SIZE
+    names = sorted(tensors)
+    if len(names) == 1:
+        return [tensors[names[0]][i : i + step] for i in range(0, n, step)]
+    return [{k: tensors[k][i : i + step] for k in names} for i in range(0, n, step)]
+
+
+def _text_batches(source: CalibrationSource, model: ModelSource | None, samples: int | None):
+    if model is None or model.scheme != "hf":
+        raise BadInputError(
+            f"{source.text}: text calibration needs an hf: model source (its tokenizer)"
+        )
+    try:
+        lines = [s.strip() for s in Path(source.target).read_text(encoding="utf-8").splitlines()]
+    except FileNotFoundError as e:
+        raise BadInputError(f"{source.text}: no such file {source.target}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{source.text}: cannot read {source.target}: {e}") from e
+    lines = [s for s in lines if s][:samples]
+    tok = model.tokenizer()
+    step = source.batch_size or DEFAULT_BATCH_SIZE
+    max_length = source.max_length or DEFAULT_MAX_LENGTH
+    batches = []
+    for i in range(0, len(lines), step):
+        enc = tok(lines[i : i + step], padding=True, truncation=True, max_length=max_length,
+                  return_tensors="pt")
+        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return batches
+
+
+def _positive(value: Any, name: str, text: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadInputError(f"{text}: {name}={value!r}: expected a positive integer")
+    return value
+
+
+def parse_calibration_source(
+    value: str | Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None
+) -> CalibrationSource:
+    """Parse ``factory:...`` / ``tensors:PATH`` / ``text:PATH`` (or a bare path) or a mapping."""
+    scheme, target, options, text = parse_parts(value, "calibration", CALIBRATION_SCHEMES)
+    mapping = not isinstance(value, str)
+    if scheme == "factory":
+        kwargs = kwargs_of(options, set(), text, mapping)
+        if not isinstance(target, str) or not TARGET.match(target):
+            raise BadInputError(
+                f"{text}: factory target {target!r} is not 'package.module:callable'"
+            )
+        return CalibrationSource("factory", target, tuple(sorted(kwargs.items())), text=text)
+    allowed = {"batch_size"} | ({"max_length"} if scheme == "text" else set())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise BadInputError(
+            f"{text}: unknown option(s) {', '.join(unknown)} for {scheme}: sources; allowed: "
+            f"{', '.join(sorted(allowed))}"
+        )
+    return CalibrationSource(
+        scheme, resolve_path(target, base_dir, text, f"{scheme}:"), (),
+        _positive(options.get("batch_size"), "batch_size", text),
+        _positive(options.get("max_length"), "max_length", text), text=text,
+    )

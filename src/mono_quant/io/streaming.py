@@ -1,0 +1,294 @@
+"""Streaming weight-only quantization of a safetensors checkpoint, tensor by tensor.
+
+``quantize_checkpoint`` never builds the model: it reads one tensor at a time into fresh
+memory, quantizes the 2-D weights of linear layers with the same kernel as
+:func:`~mono_quant.quantize_model` (so the int8 values and scales are identical), copies every
+other tensor in bounded chunks, and writes the result with the streaming safetensors writer.
+Peak memory is about the largest tensor (plus its int8 copy), not the checkpoint.
+
+Which tensors are quantized: a floating-point tensor named ``<layer>.weight`` with 2
+dimensions is a linear layer's weight, unless ``<layer>``'s last component contains
+``embed`` or is ``wte``/``wpe`` (embedding tables are 2-D too, but are lookups, not matmuls).
+The config's ``include``/``exclude`` patterns then apply to ``<layer>`` as in
+``quantize_model`` (the class-name pattern ``"Linear"`` matches every such layer; ``"Conv2d"``
+none). Use ``exclude=["lm_head"]`` to keep a head in float.
+
+Example:
+    >>> import tempfile, torch
+    >>> from torch import nn
+    >>> from mono_quant import QuantConfig
+    >>> from mono_quant.io import save_model, load_model, quantize_checkpoint
+    >>> d = tempfile.mkdtemp()
+    >>> src = save_model(nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32)), d + "/fp.safetensors")
+    >>> info = quantize_checkpoint(src, d + "/q.safetensors", QuantConfig(), progress=False)
+    >>> info.selected_layers, load_model(d + "/q.safetensors")["0.weight"].dtype
+    (['0'], torch.int8)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
+from mono_quant.io._atomic import atomic_file
+from mono_quant.io._safetensors_stream import (
+    SafetensorsHeader,
+    SafetensorsWriter,
+    TensorSpec,
+    copy_tensor_bytes,
+    read_header,
+    read_tensor,
+)
+from mono_quant.io.formats import _build_metadata, detect_format
+from mono_quant.io.info import QuantizationInfo, library_versions
+
+__all__ = ["checkpoint_files", "quantize_checkpoint"]
+
+INDEX_FILE = "model.safetensors.index.json"
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+_ROW_CHUNK = 1 << 18  # elements per chunk of the SQNR sums (float64 temporaries: 2 MiB)
+
+
+#: Stands in for the module when matching class-name patterns: every candidate is a "Linear".
+_AsLinear = type("Linear", (), {})
+
+
+def checkpoint_files(src: str | os.PathLike[str]) -> list[Path]:
+    """The safetensors files of a checkpoint: a file, an index JSON, or a folder with either
+    ``model.safetensors.index.json`` or ``model.safetensors``."""
+    src = Path(src)
+    if src.is_dir():
+        index = src / INDEX_FILE
+        if index.is_file():
+            src = index
+        elif (src / "model.safetensors").is_file():
+            return [src / "model.safetensors"]
+        else:
+            raise BadInputError(
+                f"{src}: no {INDEX_FILE} or model.safetensors in this folder"
+            )
+    if src.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(src.read_text())["weight_map"]
+            files = list(dict.fromkeys(weight_map.values()))
+        except FileNotFoundError as e:
+            raise BadInputError(f"{src}: no such file") from e
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise BadInputError(
+                f"{src}: not a safetensors index (expected JSON with a 'weight_map' object "
+                f"of tensor name -> shard file): {e}"
+            ) from e
+        return [src.parent / f for f in files]
+    if src.suffix != ".safetensors":
+        raise BadInputError(
+            f"{src}: expected a .safetensors file, a {INDEX_FILE} or a folder holding one"
+        )
+    return [src]
+
+
+def _is_embedding(layer: str) -> bool:
+    last = layer.rpartition(".")[2].lower()
+    return "embed" in last or last in ("wte", "wpe")
+
+
+def _linear_layers(headers: list[SafetensorsHeader]) -> list[str]:
+    layers = []
+    for h in headers:
+        for name, e in h.tensors.items():
+            layer = name[: -len(".weight")]
+            if name.endswith(".weight") and len(e.shape) == 2 and e.dtype in _FLOAT_DTYPES \
+                    and not _is_embedding(layer):
+                layers.append(layer)
+    return layers
+
+
+def _select(layers: list[str], headers: list[SafetensorsHeader], config) -> list[str]:
+    from mono_quant.quant.quantize import _matches  # the patterns quantize_model uses
+
+    numel = {n: math.prod(e.shape) for h in headers for n, e in h.tensors.items()}
+    module = _AsLinear()
+    return [
+        layer for layer in layers
+        if (not config.include or any(_matches(p, layer, module) for p in config.include))
+        and not any(_matches(p, layer, module) for p in config.exclude)
+        and numel[f"{layer}.weight"] >= config.min_layer_size
+    ]
+
+
+def _plan(headers, selected, config) -> dict[str, TensorSpec]:
+    gran = config.granularity_spec
+    specs: dict[str, TensorSpec] = {}
+    quantized = {f"{layer}.weight": layer for layer in selected}
+    for h in headers:
+        for name, e in h.tensors.items():
+            if name in specs:
+                raise BadInputError(f"{h.path}: tensor {name!r} appears in more than one shard")
+            layer = quantized.get(name)
+            if layer is None:
+                specs[name] = TensorSpec(e.torch_dtype, e.shape)
+                continue
+            try:
+                pshape = tuple(gran.param_shape(torch.Size(e.shape)))
+            except BadInputError as err:
+                raise BadInputError(f"{h.path}: tensor {name!r}: {err}") from err
+            specs[name] = TensorSpec(torch.int8, e.shape)
+            for suffix, dtype in (("weight_scale", torch.float32),
+                                  ("weight_zero_point", torch.int8)):
+                extra = f"{layer}.{suffix}"
+                if any(extra in other.tensors for other in headers):
+                    raise BadInputError(
+                        f"{h.path}: tensor {extra!r} already exists: is this checkpoint "
+                        "already quantized?"
+                    )
+                specs[extra] = TensorSpec(dtype, pshape)
+    return specs
+
+
+def _row_parts(w: torch.Tensor, qw) -> Iterator[tuple[torch.Tensor, Any]]:
+    from mono_quant.quant.primitives import QuantizedTensor
+
+    step = max(1, _ROW_CHUNK // max(1, w[0].numel()))
+    for r0 in range(0, w.shape[0], step):
+        rows = slice(r0, r0 + step)
+        per_tensor = qw.granularity.name == "per_tensor"
+        scale = qw.scale if per_tensor else qw.scale[rows]
+        zp = qw.zero_point if per_tensor else qw.zero_point[rows]
+        yield w[rows], QuantizedTensor(qw.data[rows], scale, zp, qw.scheme, qw.granularity)
+
+
+def _sqnr_sums(w: torch.Tensor, qw):
+    """An ErrorAccumulator holding only the SQNR sums (float64, chunked, via dot products:
+    a third of the temporaries of ``ErrorAccumulator.add``, which also sums for cosine)."""
+    from mono_quant.quant.primitives import dequantize
+    from mono_quant.validate.metrics import ErrorAccumulator
+
+    acc = ErrorAccumulator()
+    for ref, part in _row_parts(w, qw):
+        r = ref.reshape(-1).double()
+        d = r - dequantize(part).reshape(-1).double()
+        acc.signal += float(torch.dot(r, r))
+        acc.noise += float(torch.dot(d, d))
+    return acc
+
+
+def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer, buffer):
+    """Quantize and write one weight; its buffers are freed when this returns."""
+    from mono_quant.quant.quantize import quantize_weight
+    from mono_quant.quant.specs import qrange
+    from mono_quant.validate.metrics import check_int8_ranges
+
+    w = read_tensor(f, h, name, out=buffer)
+    qw = quantize_weight(w, config, name)  # the kernel quantize_model uses: identical output
+    problems = check_int8_ranges(layer, qw.data, qw.scale, qw.zero_point, *qrange(config.scheme))
+    if problems:  # a bug of ours, never the user's input
+        raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
+    acc = _sqnr_sums(w, qw)
+    writer.write(name, qw.data)
+    writer.write(f"{layer}.weight_scale", qw.scale)
+    writer.write(f"{layer}.weight_zero_point", qw.zero_point)
+    return acc
+
+
+def _metrics_template(selected: list[str]) -> dict[str, Any]:
+    """Metrics with the longest value reprs: sizes the header space reserved for them."""
+    longest = -1.2345678901234567e-308
+    return {
+        "weight_sqnr_db": longest, "weight_sqnr_db_min": longest,
+        "layer_weight_sqnr_db": dict.fromkeys(selected, longest),
+        "layers_quantized": 10**12, "layers_total": 10**12, "size_bytes_fp": 10**18,
+        "size_bytes_quant": 10**18, "compression_ratio": longest, "range_check": "ok",
+        "streamed": True,
+    }
+
+
+def quantize_checkpoint(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    config=None,
+    *,
+    progress: bool = True,
+) -> QuantizationInfo:
+    """Quantize a safetensors checkpoint (file, index or folder) into ``dst`` (.safetensors).
+
+    Weight-only modes only: static W8A8 needs calibration through the model. Returns the
+    :class:`QuantizationInfo` stored in ``dst``'s header.
+
+    Raises:
+        BadConfigError: static mode, or nothing selected.
+        BadInputError: a missing/corrupt checkpoint, duplicate tensors across shards, a weight
+            that cannot be quantized (non-finite values, group size).
+        StorageError: ``dst`` could not be written (nothing is left there).
+    """
+    from mono_quant.quant.qconfig import QuantConfig
+    from mono_quant.validate.metrics import ErrorAccumulator
+
+    config = config or QuantConfig()
+    if config.mode != "weight_only":
+        raise BadConfigError(
+            f"quantize_checkpoint streams weight-only quantization; mode={config.mode!r} needs "
+            "calibration through the model: use quantize_model"
+        )
+    dst = Path(dst)
+    if detect_format(dst) != "safetensors":
+        raise BadInputError(f"{dst}: quantize_checkpoint writes .safetensors")
+    headers = [read_header(f) for f in checkpoint_files(src)]
+    layers = _linear_layers(headers)
+    selected = _select(layers, headers, config)
+    if not selected:
+        raise BadConfigError(
+            f"no layers selected in {src}: {len(layers)} linear weight(s) found, none matched "
+            f"include={list(config.include)} exclude={list(config.exclude)} "
+            f"min_layer_size={config.min_layer_size}"
+        )
+    specs = _plan(headers, selected, config)
+    quantized = {f"{layer}.weight": layer for layer in selected}
+    template = QuantizationInfo(config, selected, 0, {}, _metrics_template(selected))
+    template.library_versions = library_versions()
+    # Header space for the final metadata (metrics are known only at the end).
+    reserve = len(json.dumps(_build_metadata(template))) + 4096 + 16 * len(selected)
+
+    total, per_layer = ErrorAccumulator(), {}
+    size_fp = sum(e.nbytes for h in headers for e in h.tensors.values())
+    # one buffer for every weight read and every chunked copy: no allocation per tensor
+    buffer = torch.empty(max(e.nbytes for h in headers for n, e in h.tensors.items()
+                             if n in quantized), dtype=torch.uint8)
+    with atomic_file(dst) as out, tqdm(
+        total=size_fp, unit="B", unit_scale=True, desc="streaming", disable=not progress
+    ) as bar:
+        writer = SafetensorsWriter(out, specs, _build_metadata(None), reserve=reserve)
+        for h in headers:
+            with open(h.path, "rb") as f:
+                for name, e in h.tensors.items():
+                    layer = quantized.get(name)
+                    if layer is None:
+                        copy_tensor_bytes(f, h, name, writer, scratch=buffer)
+                    else:
+                        acc = _quantize_one(f, h, name, layer, config, writer, buffer)
+                        total.merge(acc)
+                        per_layer[layer] = acc.sqnr_db
+                    bar.update(e.nbytes)
+        size_q = sum(s.nbytes for s in specs.values())
+        metrics: dict[str, Any] = {
+            "weight_sqnr_db": total.sqnr_db,
+            "weight_sqnr_db_min": min(per_layer.values()),
+            "layer_weight_sqnr_db": per_layer,
+            "layers_quantized": len(selected),
+            "layers_total": len(layers),
+            "size_bytes_fp": size_fp,
+            "size_bytes_quant": size_q,
+            "compression_ratio": size_fp / size_q if size_q else float("nan"),
+            "range_check": "ok",
+            "streamed": True,
+        }
+        info = QuantizationInfo(config, selected, 0, library_versions(), metrics)
+        writer.set_metadata(_build_metadata(info))
+        writer.finish()
+    return info

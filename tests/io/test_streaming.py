@@ -1,0 +1,117 @@
+"""Streaming quantization equals the in-memory path, tensor for tensor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mono_quant import (
+    BadConfigError,
+    BadInputError,
+    QuantConfig,
+    demo_models,
+    load_model,
+    load_quantized,
+    quantize_checkpoint,
+    quantize_model,
+    read_info,
+    save_model,
+)
+from mono_quant.io import checkpoint_files
+
+pytest.importorskip("transformers", reason="the tiny transformer needs the 'hf' extra")
+
+CONFIGS = [
+    pytest.param(QuantConfig(), id="sym-channel"),
+    pytest.param(QuantConfig(scheme="asymmetric", granularity="per_group", group_size=32),
+                 id="asym-group32"),
+    pytest.param(QuantConfig(granularity="per_tensor", exclude=["lm_head"]),
+                 id="sym-tensor-no-head"),
+    pytest.param(QuantConfig(weight_observer="mse", include=["re:.*mlp"]), id="mse-mlp-only"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    model = demo_models.tiny_transformer()
+    model.save_pretrained(folder)
+    sharded = tmp_path_factory.mktemp("sharded")
+    model.save_pretrained(sharded, max_shard_size="60KB")
+    return model, folder, sharded
+
+
+def _assert_equal_to_in_memory(model, out, config):
+    qmodel, ref_info = quantize_model(model, config, progress=False)
+    info = read_info(out)
+    assert sorted(info.selected_layers) == sorted(ref_info.selected_layers)
+    assert info.config == config and info.metrics["streamed"] is True
+    loaded, expected = load_model(out), qmodel.state_dict()
+    assert set(loaded) == set(expected)
+    for name, t in expected.items():
+        assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
+    for layer in ref_info.selected_layers:
+        assert info.metrics["layer_weight_sqnr_db"][layer] == pytest.approx(
+            ref_info.metrics["layer_weight_sqnr_db"][layer], rel=1e-9)
+    batch = demo_models.token_batches(n=1)[0]
+    again = load_quantized(out, demo_models.tiny_transformer(seed=9))
+    with torch.inference_mode():
+        assert torch.equal(again(**batch).logits, qmodel(**batch).logits)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_streaming_equals_in_memory(tmp_path, tiny, config):
+    model, folder, _ = tiny
+    out = tmp_path / "q.safetensors"
+    info = quantize_checkpoint(folder, out, config, progress=False)
+    assert info == read_info(out)
+    load_file(out)  # the real library reads it (header padded with spare spaces)
+    _assert_equal_to_in_memory(model, out, config)
+
+
+def test_sharded_checkpoint(tmp_path, tiny):
+    model, _, sharded = tiny
+    files = checkpoint_files(sharded)
+    assert len(files) > 1 and all(f.parent == sharded for f in files)
+    out = tmp_path / "q.safetensors"
+    quantize_checkpoint(sharded / "model.safetensors.index.json", out, progress=False)
+    _assert_equal_to_in_memory(model, out, QuantConfig())
+
+
+def test_bfloat16_mlp_checkpoint(tmp_path):
+    model = demo_models.mlp(64, 96, 16).to(torch.bfloat16)
+    src = save_model(model, tmp_path / "fp.safetensors")
+    out = quantize_checkpoint(src, tmp_path / "q.safetensors", QuantConfig(), progress=False)
+    qmodel, info = quantize_model(model, QuantConfig(), progress=False)
+    loaded = load_model(tmp_path / "q.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in qmodel.state_dict().items())
+    assert out.metrics["size_bytes_fp"] == info.metrics["size_bytes_fp"]
+
+
+def test_streaming_refuses_static_mode_and_empty_selection(tmp_path, tiny):
+    _, folder, _ = tiny
+    with pytest.raises(BadConfigError, match="streams weight-only quantization"):
+        quantize_checkpoint(folder, tmp_path / "q.safetensors", QuantConfig(mode="static"))
+    with pytest.raises(BadConfigError, match="no layers selected .* 15 linear weight"):
+        quantize_checkpoint(folder, tmp_path / "q.safetensors", QuantConfig(include=["Conv2d"]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_streaming_bad_inputs(tmp_path, tiny):
+    _, folder, _ = tiny
+    with pytest.raises(BadInputError, match="no model.safetensors.index.json or model.safe"):
+        quantize_checkpoint(tmp_path, tmp_path / "q.safetensors")
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(BadInputError, match="not a safetensors index .*'weight_map'"):
+        quantize_checkpoint(index, tmp_path / "q.safetensors")
+    with pytest.raises(BadInputError, match="writes .safetensors"):
+        quantize_checkpoint(folder, tmp_path / "q.pt")
+    quantized = quantize_checkpoint(folder, tmp_path / "q.safetensors", progress=False)
+    assert quantized.selected_layers
+    # int8 weights are not float linear weights: nothing left to quantize
+    with pytest.raises(BadConfigError, match="no layers selected .* 0 linear weight"):
+        quantize_checkpoint(tmp_path / "q.safetensors", tmp_path / "qq.safetensors")

@@ -1,0 +1,142 @@
+"""``mono-quant quantize`` and ``mono-quant inspect`` end to end, in subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from mono_quant.scheduler.commands import quantize as command
+
+from mono_quant import QuantizationInfo, demo_models, load_quantized, read_info
+from mono_quant.io import FORMATS
+from mono_quant.quant.qconfig import GRANULARITIES, MODES, OBSERVERS
+from mono_quant.quant.specs import SCHEMES
+from tests.io.hf_fixture import CALIBRATION_TEXT, make_hf_folder
+
+MLP = "factory:mono_quant.demo_models:mlp?hidden=64"
+VECTORS = "factory:mono_quant.demo_models:vector_batches?n=4&batch=8"
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mono_quant.scheduler.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def _report(stdout: str) -> dict[str, str]:
+    lines = stdout.splitlines()
+    assert lines[0].startswith("mono-quant quantize: "), stdout
+    return {line[2:14].strip(): line[15:] for line in lines[1:]}
+
+
+def test_choices_match_the_library():
+    assert (command.SCHEMES, command.GRANULARITIES, command.MODES, command.OBSERVERS,
+            command.FORMATS) == (SCHEMES, GRANULARITIES, MODES, OBSERVERS, FORMATS)
+
+
+def test_quantize_factory_static_then_inspect(tmp_path):
+    out = tmp_path / "mlp.safetensors"
+    res = cli("quantize", MLP, "-o", out, "--mode", "static", "--calibration", VECTORS,
+              "--samples", "20", "--exclude", "4")
+    assert res.returncode == 0, res.stderr
+    report = _report(res.stdout)
+    assert report["config"] == "symmetric per_channel static (weights: minmax)"
+    assert report["layers"] == "2 of 3 quantized"
+    assert report["reload"] == "ok: reloaded model's outputs identical on 1 batch"
+    assert report["wrote"] == f"{out} (safetensors)"
+    info = read_info(out)
+    assert info.selected_layers == ["0", "2"] and info.calibration_samples == 20
+    assert report["output"].startswith(f"cosine {info.metrics['output_cosine']:.6f}, SQNR ")
+    assert report["weight SQNR"].startswith(f"{info.metrics['weight_sqnr_db']:.2f} dB overall")
+
+    res = cli("inspect", out, "--json")
+    assert res.returncode == 0, res.stderr
+    assert QuantizationInfo.from_json(res.stdout) == info
+    res = cli("inspect", out)
+    assert res.returncode == 0, res.stderr
+    assert f"artifact {out} (safetensors," in res.stdout
+    assert "layers       2 quantized: 0, 2" in res.stdout
+    assert "20 calibration samples" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    pytest.importorskip("transformers", reason="hf: sources need the 'hf' extra")
+    folder = make_hf_folder(tmp_path_factory.mktemp("hf") / "tiny")
+    (folder.parent / "calib.txt").write_text(CALIBRATION_TEXT)
+    return folder
+
+
+def test_quantize_hf_with_text_calibration_to_compressed_tensors(tmp_path, hf_folder):
+    out = tmp_path / "tiny-w8a8"
+    res = cli("quantize", f"hf:{hf_folder}", "-o", out, "--format", "compressed-tensors",
+              "--mode", "static", "--calibration", f"text:{hf_folder.parent / 'calib.txt'}",
+              "--samples", "4", "--exclude", "lm_head")
+    assert res.returncode == 0, res.stderr
+    report = _report(res.stdout)
+    assert report["layers"] == "14 of 15 quantized"
+    assert report["wrote"] == f"{out} (compressed-tensors)"
+    assert report["reload"].startswith("ok: reloaded model's outputs identical")
+    assert (out / "config.json").is_file() and read_info(out).calibration_samples == 4
+    model = load_quantized(out, demo_models.tiny_transformer())
+    with torch.inference_mode():
+        model(**demo_models.token_batches(n=1)[0])
+
+
+def test_quantize_stream(tmp_path, hf_folder):
+    out = tmp_path / "tiny.safetensors"
+    res = cli("quantize", f"hf:{hf_folder}", "-o", out, "--stream", "--granularity",
+              "per_group", "--group-size", "32", "--quiet")
+    assert res.returncode == 0, res.stderr
+    report = _report(res.stdout)
+    assert report["layers"] == "15 of 15 quantized"
+    assert report["reload"] == "not run (--stream builds no model)"
+    assert read_info(out).metrics["streamed"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("quantize", "onnx:model", "-o", "x.safetensors"), "unknown model source scheme onnx:"),
+        (("quantize", MLP, "-o", "x.bin"), "cannot tell the format from the extension .bin"),
+        (("quantize", MLP, "-o", "x.safetensors", "--mode", "static"),
+         "mode='static' needs calibration_data"),
+        (("quantize", MLP, "-o", "x.safetensors", "--calibration", "tensors:missing.safetensors"),
+         "missing.safetensors: no such file"),
+        (("quantize", MLP, "-o", "x.safetensors", "--granularity", "per_group",
+          "--group-size", "100"), "is not a multiple of group_size=100"),
+        (("quantize", MLP, "-o", "x.safetensors", "--scheme", "weird"), "invalid choice: 'weird'"),
+        (("quantize", MLP, "-o", "x.safetensors", "--mode", "static", "--calibration",
+          "wrong.safetensors"), "wrong.safetensors: the calibration batches do not run through "
+                                "the model: RuntimeError: mat1 and mat2 shapes"),
+        (("quantize", MLP, "-o", "x.safetensors", "--samples", "8"),
+         "--samples counts calibration samples: give --calibration too"),
+        (("inspect", "missing.pt"), "missing.pt: no such file"),
+        (("inspect", "garbage.safetensors"), "garbage.safetensors: not a safetensors file"),
+        (("inspect", "plain.safetensors"), "plain.safetensors: no mono-quant metadata"),
+    ],
+    ids=["unknown-scheme", "bad-extension", "static-without-data", "missing-calibration",
+         "group-size", "bad-choice", "wrong-calibration-shape", "samples-without-data",
+         "missing-artifact",
+         "garbage-artifact", "foreign-artifact"],
+)
+def test_bad_input_exits_2(tmp_path, args, message):
+    (tmp_path / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, tmp_path / "plain.safetensors")
+    save_file({"x": torch.zeros(4, 100)}, tmp_path / "wrong.safetensors")
+    res = cli(*args, cwd=tmp_path)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_storage_failure_exits_1(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    res = cli("quantize", MLP, "-o", tmp_path / "file" / "x.safetensors")
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "mono-quant quantize: failed:" in res.stderr and "cannot create the folder" in res.stderr
+    assert "Traceback" not in res.stderr
