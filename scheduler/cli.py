@@ -22,6 +22,8 @@ _COMMAND_MODULES = (
     "mono_quant.scheduler.commands.catalog",
     "mono_quant.scheduler.commands.db",
     "mono_quant.scheduler.commands.quantize",
+    "mono_quant.scheduler.commands.jobs",
+    "mono_quant.scheduler.commands.worker",
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2

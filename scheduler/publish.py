@@ -1,6 +1,7 @@
 """Publishing job messages to Celery: ids only, one message per job, pipelined.
 
-Messages are built by Celery exactly as ``apply_async`` builds them; only the transport's
+Messages are built by Celery's ``send_task`` (by name: the scheduler never imports the job
+code); only the transport's
 writes are batched: for the Redis transport every ``LPUSH`` goes into one pipeline that is
 sent in a single round trip per ``chunk`` messages. Other transports publish one by one.
 """
@@ -42,7 +43,6 @@ def publish_jobs(
     Raises TransientError when the broker cannot be reached (the jobs stay ``pending`` in the
     catalog and ``reconcile`` publishes them later).
     """
-    task = app.tasks.get(task_name) or app.signature(task_name).type
     jobs = list(jobs)
     sent = 0
     try:
@@ -53,7 +53,7 @@ def publish_jobs(
                 with conn.channel() as channel, _pipelined(channel) as pipe:
                     producer = app.amqp.Producer(channel)
                     for job_id, queue in batch:
-                        task.apply_async((job_id,), queue=queue, producer=producer)
+                        app.send_task(task_name, (job_id,), queue=queue, producer=producer)
                     if pipe is not None:
                         pipe.execute()
                 sent += len(batch)

@@ -9,7 +9,7 @@ manifest can steer a path outside the root. Keys are POSIX paths relative to the
 from __future__ import annotations
 
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from mono_quant.errors import BadInputError, StorageError
 
@@ -29,14 +29,14 @@ def artifact_key(idempotency_key: str, fmt: str) -> str:
 
 
 def resolve(root: str | Path, key: str) -> Path:
-    """The absolute path of ``key`` under ``root``; refuses keys that would leave the root."""
-    pure = PurePosixPath(key)
-    if not key or pure.is_absolute() or ".." in pure.parts or "\\" in key:
-        raise StorageError(f"storage key {key!r} is not a relative path inside the storage root")
-    root = Path(root).resolve()
-    path = (root / pure).resolve()
-    if path != root and root not in path.parents:  # a symlink pointing out of the root
-        raise StorageError(f"storage key {key!r} resolves outside the storage root {root}")
+    """The path of ``key`` under ``root``; refuses keys (or symlinks) that leave the root."""
+    from mono_quant.catalog import resolve_storage_key
+
+    path = resolve_storage_key(root, key)  # lexical checks: relative, no "..", no URL
+    real_root = Path(root).resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:  # a symlink pointing out
+        raise StorageError(f"storage key {key!r} resolves outside the storage root {real_root}")
     return path
 
 

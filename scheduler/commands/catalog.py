@@ -160,7 +160,7 @@ _TABLE = (  # header, right-aligned, cell
 )
 
 
-def _print_table(records: list[dict[str, Any]]) -> None:
+def print_table(records: list[dict[str, Any]]) -> None:
     cells = [[cell(r) for _, _, cell in _TABLE] for r in records]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, (h, _, _) in enumerate(_TABLE)]
 
@@ -196,7 +196,7 @@ def run_list(args: argparse.Namespace) -> int:
     elif args.output == "csv":
         _print_csv(records)
     else:
-        _print_table(records)
+        print_table(records)
         if query.limit is not None and len(records) == query.limit:
             print(f"(first {query.limit} rows; --limit 0 for all)", file=sys.stderr)
     return 0

@@ -1,0 +1,34 @@
+"""``mono-quant worker``: a Celery worker for one GPU (``--gpu N``) or the CPU queue."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run a worker: one per GPU, or a CPU worker")
+    p.add_argument("--gpu", type=int, default=None,
+                   help="GPU index to pin (sets CUDA_VISIBLE_DEVICES before CUDA can start)")
+    p.add_argument("--queues", default=None,
+                   help="comma-separated queues (default: gpu,gpu.<model> with --gpu, else cpu)")
+    p.add_argument("--name", default=None, help="node name (default gpuN@host / cpu-PID@host)")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Pin first: nothing below may initialise CUDA in this process (it never imports torch).
+    from mono_quant.worker.pinning import node_name, pin_gpu, queues_for
+
+    if args.gpu is not None:
+        pin_gpu(args.gpu)
+    queues = queues_for(args.gpu, args.queues.split(",") if args.queues else None)
+    name = args.name or node_name(args.gpu)
+
+    from mono_quant.worker.app import app
+
+    app.worker_main([
+        "worker", "--queues", ",".join(queues), "--hostname", name, "--concurrency", "1",
+        "--pool", "prefork", "--loglevel", args.loglevel, "--task-events",
+    ])
+    return 0

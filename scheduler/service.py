@@ -1,0 +1,275 @@
+"""What the CLI's job commands do: submit, wait, status, retry, cancel, reconcile.
+
+Each function takes a :class:`~mono_quant.catalog.Catalog` (and a Celery app where it
+publishes), so tests and the embedded runner call them directly. The catalog is the source of
+truth; Redis only carries job ids.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mono_quant.scheduler.manifest import JobSpec, load_manifest
+from sqlalchemy import func, select
+
+from mono_quant.catalog import Artifact, Batch, Catalog, Job, JobStatus
+from mono_quant.catalog import jobs as job_state
+from mono_quant.catalog.models import FINAL_STATUSES
+from mono_quant.config import Settings, get_settings
+from mono_quant.errors import BadInputError, TransientError
+
+__all__ = [
+    "BatchStatus",
+    "SubmitResult",
+    "batch_status",
+    "cancel",
+    "reconcile",
+    "retry",
+    "submit",
+    "wait_for_batch",
+]
+
+
+@dataclass
+class SubmitResult:
+    batch_id: int
+    job_ids: list[int]
+    queues: list[str]
+    skipped: list[tuple[str, int]] = field(default_factory=list)  # (job name, artifact id)
+    duplicates: list[str] = field(default_factory=list)  # same key twice in one manifest
+    published: int = 0
+
+
+def _rows(specs: Iterable[JobSpec]) -> list[job_state.JobRow]:
+    return [
+        job_state.JobRow(
+            name=s.name, model_source=s.model_source, model_source_json=s.model,
+            config=s.payload(), idempotency_key=s.idempotency_key, queue=s.queue,
+            max_attempts=s.max_attempts,
+        )
+        for s in specs
+    ]
+
+
+def submit(
+    manifest_path: str | Path,
+    catalog: Catalog,
+    *,
+    app: Any | None = None,
+    force: bool = False,
+    requested_by: str | None = None,
+    settings: Settings | None = None,
+) -> SubmitResult:
+    """Validate the manifest, write the batch and its jobs in one transaction, then publish.
+
+    Jobs whose artifact already exists (same idempotency key) are skipped unless ``force``.
+    With ``app=None`` nothing is published (the embedded runner runs the jobs itself). When
+    publishing fails the jobs stay ``pending`` and ``reconcile`` publishes them later; the
+    TransientError says so.
+    """
+    s = settings or get_settings()
+    path = Path(manifest_path)
+    manifest, specs, digest = load_manifest(path, default_attempts=s.max_attempts)
+    seen: set[str] = set()
+    unique, duplicates = [], []
+    for spec in specs:
+        key = spec.idempotency_key
+        (duplicates.append(spec.name) if key in seen else unique.append(spec))
+        seen.add(key)
+    with catalog.begin() as session:
+        existing = {} if force else job_state.existing_artifacts(
+            session, [sp.idempotency_key for sp in unique]
+        )
+        todo = [sp for sp in unique if sp.idempotency_key not in existing]
+        skipped = [(sp.name, existing[sp.idempotency_key]) for sp in unique
+                   if sp.idempotency_key in existing]
+        batch, ids = job_state.create_batch(
+            session, _rows(todo), name=manifest.name or path.stem, manifest_digest=digest,
+            requested_by=requested_by or _user(), labels=dict(manifest.labels),
+        )
+        batch_id = batch.id
+    result = SubmitResult(batch_id, ids, [sp.queue for sp in todo], skipped, duplicates)
+    if app is not None and ids:
+        publish(catalog, app, list(zip(ids, result.queues, strict=True)))
+        result.published = len(ids)
+    return result
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return None
+
+
+def publish(catalog: Catalog, app: Any, jobs: list[tuple[int, str]]) -> None:
+    """Publish job messages, then mark the jobs queued."""
+    from mono_quant.scheduler.publish import publish_jobs
+
+    try:
+        publish_jobs(app, jobs)
+    except TransientError as e:
+        raise TransientError(
+            f"{e}; the {len(jobs)} job(s) stay pending in the catalog and `mono-quant "
+            "reconcile` will publish them once the broker is back"
+        ) from e
+    with catalog.begin() as session:
+        job_state.mark_queued(session, [job_id for job_id, _ in jobs])
+
+
+@dataclass
+class BatchStatus:
+    batch_id: int
+    name: str
+    counts: dict[str, int]
+    failures: list[dict[str, Any]]
+    artifacts: int
+    total: int
+
+    @property
+    def done(self) -> bool:
+        return sum(self.counts.get(s.value, 0) for s in FINAL_STATUSES) == self.total
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get(JobStatus.FAILED.value, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch_id, "name": self.name, "total": self.total,
+                "counts": self.counts, "artifacts": self.artifacts, "failures": self.failures,
+                "done": self.done}
+
+
+def latest_batch_id(catalog: Catalog) -> int:
+    with catalog.begin() as session:
+        batch_id = session.scalar(select(func.max(Batch.id)))
+    if batch_id is None:
+        raise BadInputError("the catalog has no batches yet; submit a manifest first")
+    return batch_id
+
+
+def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
+    batch_id = latest_batch_id(catalog) if batch_id is None else batch_id
+    with catalog.begin() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise BadInputError(f"batch {batch_id} does not exist")
+        counts = Counter({
+            JobStatus(status).value: n for status, n in session.execute(
+                select(Job.status, func.count()).where(Job.batch_id == batch_id)
+                .group_by(Job.status)
+            )
+        })
+        failures = [
+            {"job": j.id, "name": j.name, "kind": j.error_kind.value if j.error_kind else None,
+             "error": j.last_error, "attempts": j.attempts}
+            for j in session.scalars(
+                select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.FAILED)
+                .order_by(Job.id)
+            )
+        ]
+        artifacts = session.scalar(
+            select(func.count()).select_from(Artifact).join(Job).where(Job.batch_id == batch_id)
+        ) or 0
+        return BatchStatus(batch_id, batch.name, dict(counts), failures, artifacts,
+                           sum(counts.values()))
+
+
+def wait_for_batch(
+    catalog: Catalog, batch_id: int, *, poll: float = 0.5, timeout: float | None = None,
+    on_update: Callable[[BatchStatus], None] | None = None,
+) -> BatchStatus:
+    """Poll until every job of the batch is final (or ``timeout`` seconds passed)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = batch_status(catalog, batch_id)
+        if on_update:
+            on_update(status)
+        if status.done or (deadline is not None and time.monotonic() > deadline):
+            return status
+        time.sleep(poll)
+
+
+def retry(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
+          job_ids: list[int] | None = None, all_failed: bool = False) -> list[int]:
+    """Re-enqueue failed jobs (a fresh attempt budget); returns their ids."""
+    with catalog.begin() as session:
+        jobs = job_state.retry_jobs(session, batch_id=batch_id, job_ids=job_ids,
+                                    all_failed=all_failed)
+        todo = [(j.id, j.queue) for j in jobs]
+    if app is not None and todo:
+        publish(catalog, app, todo)
+    return [job_id for job_id, _ in todo]
+
+
+def cancel(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
+           job_ids: list[int] | None = None) -> list[int]:
+    """Cancel non-final jobs; running ones are also revoked (their process is terminated)."""
+    with catalog.begin() as session:
+        jobs = job_state.cancel_jobs(session, batch_id=batch_id, job_ids=job_ids)
+        running = [j.celery_task_id for j in jobs if j.celery_task_id and j.worker]
+        ids = [j.id for j in jobs]
+    if app is not None and running:
+        app.control.revoke(running, terminate=True, signal="SIGTERM")
+    return ids
+
+
+def broker_job_ids(app: Any, queues: Iterable[str]) -> set[int] | None:
+    """Job ids with a message on the Redis broker (waiting or delivered but unacknowledged).
+
+    None when the broker is not Redis (then reconcile relies on ages alone).
+    """
+    url = str(app.conf.broker_url)
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(url)
+    found: set[int] = set()
+
+    def job_of(raw: bytes) -> None:
+        try:
+            message = json.loads(raw)
+            if isinstance(message, list):  # unacked entries are [message, exchange, key]
+                message = message[0]
+            args = message["headers"].get("argsrepr") or "()"
+            found.add(int(args.strip("(),").split(",")[0]))
+        except (ValueError, KeyError, TypeError, IndexError):
+            pass
+
+    try:
+        for queue in set(queues):
+            for raw in client.lrange(queue, 0, -1):
+                job_of(raw)
+        for raw in client.hvals("unacked"):
+            job_of(raw)
+    except redis.RedisError as e:
+        raise TransientError(f"cannot inspect the broker {url}: {e}") from e
+    return found
+
+
+def reconcile(catalog: Catalog, app: Any, *, settings: Settings | None = None) -> list[int]:
+    """Re-publish jobs whose messages were lost; returns their ids (see jobs.reconcile)."""
+    s = settings or get_settings()
+    with catalog.begin() as session:
+        queues = list(session.scalars(select(Job.queue).distinct()))
+    on_broker = broker_job_ids(app, queues)
+    cutoff = job_state.stale_cutoff(s.stale_after)
+    with catalog.begin() as session:
+        jobs = job_state.reconcile_candidates(
+            session, stale_before=cutoff, pending_before=cutoff, queued_before=cutoff,
+            on_broker=on_broker,
+        )
+        todo = [(j.id, j.queue) for j in jobs]
+    if todo:
+        from mono_quant.scheduler.publish import publish_jobs
+
+        publish_jobs(app, todo)
+    return [job_id for job_id, _ in todo]
