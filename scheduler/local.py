@@ -16,11 +16,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from multiprocessing import get_context
 from pathlib import Path
 
-from mono_quant.scheduler.service import BatchStatus, SubmitResult, batch_status, submit
 from tqdm.auto import tqdm
 
 from mono_quant.catalog import Catalog
 from mono_quant.config import get_settings
+from mono_quant.scheduler.service import BatchStatus, SubmitResult, batch_status, submit
 
 __all__ = ["run_local"]
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mono_quant.scheduler.manifest import JobSpec, load_manifest
 from sqlalchemy import func, select
 
 from mono_quant.catalog import Artifact, Batch, Catalog, Job, JobStatus
@@ -24,6 +23,7 @@ from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
+from mono_quant.scheduler.manifest import JobSpec, load_manifest
 
 __all__ = [
     "BatchStatus",

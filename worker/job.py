@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from mono_quant.worker.storage import artifact_key, clean_temporaries, resolve
-
 from mono_quant.catalog import Catalog, ErrorKind, JobStatus
 from mono_quant.catalog import jobs as job_state
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError, TransientError
+from mono_quant.worker.storage import artifact_key, clean_temporaries, resolve
 
 __all__ = ["Outcome", "backoff", "classify", "run_job"]
 
@@ -84,7 +83,8 @@ def classify(e: BaseException) -> tuple[ErrorKind, bool]:
     if isinstance(e, (TransientError, torch.OutOfMemoryError)):
         return ErrorKind.TRANSIENT, True
     if isinstance(e, OSError):  # includes StorageError
-        return ErrorKind.TRANSIENT, _is_transient_os_error(e)
+        transient = _is_transient_os_error(e)
+        return (ErrorKind.TRANSIENT if transient else ErrorKind.INTERNAL), transient
     module = type(e).__module__.split(".")[0]
     if module in ("sqlalchemy", "psycopg", "redis", "kombu"):
         return ErrorKind.TRANSIENT, True
@@ -178,10 +178,9 @@ def _quantize(job_payload: dict[str, Any], beat: _Heartbeat, device: str):
 def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
             task_id: str | None = None) -> Outcome:
     """Run job ``job_id`` as ``worker`` (a unique node name); see the module docstring."""
-    from mono_quant.worker.pinning import pick_device
-
     from mono_quant.io import save_model
     from mono_quant.io.hashing import sha256_path, size_path
+    from mono_quant.worker.pinning import pick_device
 
     s = settings or get_settings()
     catalog = _catalog(s.catalog_url)

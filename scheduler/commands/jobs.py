@@ -74,8 +74,9 @@ def _print_status(status, as_json: bool) -> None:
 
 
 def _follow(catalog, batch_id: int, total: int, quiet: bool, timeout: float | None):
-    from mono_quant.scheduler.service import wait_for_batch
     from tqdm.auto import tqdm
+
+    from mono_quant.scheduler.service import wait_for_batch
 
     bar = tqdm(total=total, desc=f"batch {batch_id}", unit="job", disable=quiet)
 
@@ -124,9 +125,8 @@ def _run(args) -> int:
         print(f"skipped {name}: artifact {artifact} exists (use --force to redo)")
     _print_status(status, False)
     if status.artifacts:
-        from mono_quant.scheduler.commands.catalog import print_table
-
         from mono_quant.catalog import ArtifactQuery, Catalog, artifact_record, list_artifacts
+        from mono_quant.scheduler.commands.catalog import print_table
 
         with Catalog().begin() as session:
             query = ArtifactQuery(batches=(result.batch_id,), order_by="id", descending=False,
@@ -152,9 +152,8 @@ def _retry(args) -> int:
 
 
 def _cancel(args) -> int:
-    from mono_quant.scheduler.service import cancel
-
     from mono_quant.errors import BadInputError
+    from mono_quant.scheduler.service import cancel
 
     if (args.batch is None) == (args.job is None):
         raise BadInputError("cancel: give a batch id or --job J (not both)")

@@ -12,6 +12,8 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -50,8 +52,11 @@ DEFAULT_RETRY_BACKOFF = 5.0
 DEFAULT_RETRY_BACKOFF_MAX = 600.0
 
 
+_environ: Mapping[str, str] = os.environ  # swapped by Settings.from_env(environ=...)
+
+
 def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(_PREFIX + name)
+    value = _environ.get(_PREFIX + name)
     return default if value is None or value == "" else value
 
 
@@ -112,6 +117,9 @@ def _broker_url() -> str:
     return DEFAULT_BROKER_URL
 
 
+_env_lock = threading.Lock()
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process-wide settings (see the README's settings table)."""
@@ -147,7 +155,18 @@ class Settings:
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
 
     @classmethod
-    def from_env(cls) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default: ``os.environ``)."""
+        global _environ
+        with _env_lock:
+            _environ = os.environ if environ is None else environ
+            try:
+                return cls._read()
+            finally:
+                _environ = os.environ
+
+    @classmethod
+    def _read(cls) -> Settings:
         compile_mode = (_env("COMPILE", DEFAULT_COMPILE) or DEFAULT_COMPILE).lower()
         if compile_mode not in ("auto", "always", "never"):
             raise BadConfigError(

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
-from mono_quant.scheduler.commands import quantize as command
 
 from mono_quant import QuantizationInfo, demo_models, load_quantized, read_info
 from mono_quant.io import FORMATS
 from mono_quant.quant.qconfig import GRANULARITIES, MODES, OBSERVERS
 from mono_quant.quant.specs import SCHEMES
+from mono_quant.scheduler.commands import quantize as command
 from tests.io.hf_fixture import CALIBRATION_TEXT, make_hf_folder
 
 MLP = "factory:mono_quant.demo_models:mlp?hidden=64"

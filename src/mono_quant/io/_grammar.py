@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
-from mono_quant.errors import BadInputError
+from mono_quant.errors import BadInputError, MonoQuantError
 
 __all__ = ["TARGET", "Source", "call_factory", "import_target", "kwargs_of", "parse_parts",
            "resolve_path"]
@@ -148,7 +149,15 @@ def call_factory(target: str, kwargs: dict[str, Any], text: str) -> Any:
     fn = import_target(target, text)
     try:
         return fn(**kwargs)
-    except Exception as e:  # user code: whatever it raises, the source is what is wrong
+    except MonoQuantError:  # already classified (a TransientError stays retryable)
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+            raise BadInputError(f"{text}: the factory raised {type(e).__name__}: {e}") from e
+        raise  # I/O trouble (EIO, timeouts on shared storage): the worker may retry
+    except Exception as e:  # other errors of user code: the source is what is wrong
+        if type(e).__name__ == "OutOfMemoryError":
+            raise
         raise BadInputError(f"{text}: the factory raised {type(e).__name__}: {e}") from e
 
 

@@ -1,0 +1,66 @@
+"""Model factories for the batch-system tests, importable by worker subprocesses.
+
+Each is a ``factory:tests.jobfixtures:NAME`` target. Files under a test's ``tmp_path`` carry
+state between attempts (a worker process cannot see the test's memory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from mono_quant import demo_models
+from mono_quant.errors import BadInputError, TransientError
+
+
+def tiny(seed: int = 0):
+    """A small MLP (fast to quantize)."""
+    return demo_models.mlp(in_features=64, hidden=64, out_features=16, seed=seed)
+
+
+def probe(out: str):
+    """Record what the job's process sees (GPU pinning), then return a model."""
+    import torch
+
+    Path(out).write_text(json.dumps({
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cuda_initialized": torch.cuda.is_initialized(),
+    }))
+    return tiny()
+
+
+def flaky(marker: str):
+    """Fails transiently the first time (creates ``marker``), works afterwards."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("failed once")
+        raise TransientError("simulated transient failure (storage hiccup)")
+    return tiny()
+
+
+def needs_file(path: str):
+    """A bad-input failure until ``path`` exists (the 'cause fixed' of a retry)."""
+    if not Path(path).exists():
+        raise BadInputError(f"{path}: the weights file does not exist")
+    return tiny()
+
+
+def slow_first(marker: str, seconds: float = 60.0):
+    """Sleeps ``seconds`` on the first attempt (so a test can kill it), quick afterwards."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        time.sleep(seconds)
+    return tiny()
+
+
+def crash():
+    """Kills its own process, as a segfault or the OOM killer would."""
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
