@@ -209,7 +209,9 @@ def _validation_message(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _expand(manifest: Manifest, source: str, default_attempts: int) -> list[JobSpec]:
+def _expand(
+    manifest: Manifest, source: str, default_attempts: int, base_dir: Path | None
+) -> list[JobSpec]:
     from mono_quant.io.sources import parse_calibration_source, parse_model_source
 
     defaults = manifest.defaults.model_dump(exclude_none=True)
@@ -225,7 +227,7 @@ def _expand(manifest: Manifest, source: str, default_attempts: int) -> list[JobS
                           "job or from the matrix")
             continue
         try:
-            model = parse_model_source(job.model)
+            model = parse_model_source(job.model, base_dir=base_dir)
         except MonoQuantError as e:
             errors.append(f"{source}: jobs[{i}].model: {e}")
             continue
@@ -242,7 +244,9 @@ def _expand(manifest: Manifest, source: str, default_attempts: int) -> list[JobS
             calibration = None
             if "calibration" in values:
                 try:
-                    calibration = parse_calibration_source(values["calibration"]).canonical()
+                    calibration = parse_calibration_source(
+                        values["calibration"], base_dir=base_dir
+                    ).canonical()
                 except MonoQuantError as e:
                     errors.append(f"{source}: {where}.calibration: {e}")
                     continue
@@ -267,16 +271,21 @@ def _expand(manifest: Manifest, source: str, default_attempts: int) -> list[JobS
 
 
 def parse_manifest(
-    data: Any, source: str = "<manifest>", default_attempts: int = 3
+    data: Any, source: str = "<manifest>", default_attempts: int = 3,
+    base_dir: Path | None = None,
 ) -> tuple[Manifest, list[JobSpec]]:
-    """Validate a manifest mapping and expand it; raises BadInputError listing every problem."""
+    """Validate a manifest mapping and expand it; raises BadInputError listing every problem.
+
+    Relative paths in model and calibration sources are resolved against ``base_dir`` (the
+    manifest's folder when loaded from a file).
+    """
     if not isinstance(data, dict):
         raise BadInputError(f"{source}: expected a mapping with a 'jobs' list at the top level")
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as e:
         raise BadInputError("invalid manifest:\n" + _validation_message(source, e)) from e
-    return manifest, _expand(manifest, source, default_attempts)
+    return manifest, _expand(manifest, source, default_attempts, base_dir)
 
 
 def load_manifest(
@@ -292,5 +301,5 @@ def load_manifest(
         data = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise BadInputError(f"{path}: not valid YAML: {e}") from e
-    manifest, specs = parse_manifest(data, str(path), default_attempts)
+    manifest, specs = parse_manifest(data, str(path), default_attempts, path.parent.resolve())
     return manifest, specs, hashlib.sha256(raw).hexdigest()

@@ -64,3 +64,14 @@ def crash():
     """Kills its own process, as a segfault or the OOM killer would."""
     sys.stdout.flush()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def cancels_itself(catalog_url: str, job_id: int = 1):
+    """Cancels its own job through the catalog while it loads (a user's `cancel`)."""
+    from mono_quant.catalog import Catalog, jobs
+
+    catalog = Catalog(catalog_url)
+    with catalog.begin() as session:
+        jobs.cancel_jobs(session, job_ids=[job_id])
+    catalog.dispose()
+    return tiny()

@@ -24,6 +24,18 @@ def test_import_pulls_in_neither_celery_nor_sqlalchemy():
     assert out.stdout.strip() == ""
 
 
+def test_import_is_lazy_about_torch():
+    # the worker's main process and `mono-quant --help` import mono_quant without torch
+    code = (
+        "import sys, mono_quant, mono_quant.worker.app, mono_quant.scheduler.cli\n"
+        "print('torch' in sys.modules)\n"
+        "mono_quant.quantize_weight_int8\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
 def test_seed_names_are_public():
     for name in ("quantize_weight_int8", "MinMaxObserver", "run_calibration", "QuantizationInfo",
                  "quantize_model", "QuantConfig", "dequantize"):

@@ -102,10 +102,11 @@ class _Heartbeat(threading.Thread):
         self._stop_event = threading.Event()
 
     def stage(self, name: str, **extra: Any) -> None:
-        if self.lost.is_set():
-            raise _Stop("the job was cancelled or taken over by another worker")
+        """Enter a stage: record it, and stop here if the job is no longer ours."""
         self.progress = {"stage": name, **extra}
         self._beat()
+        if self.lost.is_set():
+            raise _Stop("the job was cancelled or taken over by another worker")
 
     def _beat(self) -> None:
         try:
@@ -161,7 +162,7 @@ def _quantize(job_payload: dict[str, Any], beat: _Heartbeat, device: str):
         beat.stage("loading calibration data")
         calibration = parse_calibration_source(job_payload["calibration"])
         batches = calibration.load(source, job_payload.get("samples"))
-    beat.stage("quantizing", layers=None)
+    beat.stage("quantizing")
     try:
         qmodel, info = quantize_model(model, config, batches, progress=False)
     except torch.OutOfMemoryError:

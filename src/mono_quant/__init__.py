@@ -11,6 +11,9 @@ Example:
     torch.int8
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from mono_quant.errors import (
     BadConfigError,
     BadInputError,
@@ -18,41 +21,97 @@ from mono_quant.errors import (
     StorageError,
     TransientError,
 )
-from mono_quant.io import (
-    CalibrationSource,
-    ModelSource,
-    load_model,
-    load_quantized,
-    parse_calibration_source,
-    parse_model_source,
-    quantize_checkpoint,
-    read_info,
-    save_model,
-)
-from mono_quant.io.info import QuantizationInfo
-from mono_quant.quant import (
-    CalibrationResult,
-    MinMaxObserver,
-    MovingAverageMinMaxObserver,
-    MSEObserver,
-    Observer,
-    PercentileObserver,
-    PerChannel,
-    PerGroup,
-    PerTensor,
-    QuantConfig,
-    QuantConv2d,
-    QuantizedTensor,
-    QuantLinear,
-    dequantize,
-    fake_quantize,
-    make_observer,
-    quantize_model,
-    quantize_weight_int8,
-    quantize_with_qparams,
-    run_calibration,
-    select_layers,
-)
+
+if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
+    from mono_quant.io import (
+        CalibrationSource,
+        ModelSource,
+        load_model,
+        load_quantized,
+        parse_calibration_source,
+        parse_model_source,
+        quantize_checkpoint,
+        read_info,
+        save_model,
+    )
+    from mono_quant.io.info import QuantizationInfo
+    from mono_quant.quant import (
+        CalibrationResult,
+        MinMaxObserver,
+        MovingAverageMinMaxObserver,
+        MSEObserver,
+        Observer,
+        PercentileObserver,
+        PerChannel,
+        PerGroup,
+        PerTensor,
+        QuantConfig,
+        QuantConv2d,
+        QuantizedTensor,
+        QuantLinear,
+        dequantize,
+        fake_quantize,
+        make_observer,
+        quantize_model,
+        quantize_weight_int8,
+        quantize_with_qparams,
+        run_calibration,
+        select_layers,
+    )
+
+# Names are imported on first use (PEP 562): `import mono_quant` stays light, so the worker's
+# main process and `mono-quant --help` never load torch; the job's process does, when it needs it.
+_LAZY = {
+    "CalibrationResult": "mono_quant.quant",
+    "CalibrationSource": "mono_quant.io",
+    "MSEObserver": "mono_quant.quant",
+    "MinMaxObserver": "mono_quant.quant",
+    "ModelSource": "mono_quant.io",
+    "MovingAverageMinMaxObserver": "mono_quant.quant",
+    "Observer": "mono_quant.quant",
+    "PerChannel": "mono_quant.quant",
+    "PerGroup": "mono_quant.quant",
+    "PerTensor": "mono_quant.quant",
+    "PercentileObserver": "mono_quant.quant",
+    "QuantConfig": "mono_quant.quant",
+    "QuantConv2d": "mono_quant.quant",
+    "QuantLinear": "mono_quant.quant",
+    "QuantizationInfo": "mono_quant.io.info",
+    "QuantizedTensor": "mono_quant.quant",
+    "dequantize": "mono_quant.quant",
+    "fake_quantize": "mono_quant.quant",
+    "load_model": "mono_quant.io",
+    "load_quantized": "mono_quant.io",
+    "make_observer": "mono_quant.quant",
+    "parse_calibration_source": "mono_quant.io",
+    "parse_model_source": "mono_quant.io",
+    "quantize_checkpoint": "mono_quant.io",
+    "quantize_model": "mono_quant.quant",
+    "quantize_weight_int8": "mono_quant.quant",
+    "quantize_with_qparams": "mono_quant.quant",
+    "read_info": "mono_quant.io",
+    "run_calibration": "mono_quant.quant",
+    "save_model": "mono_quant.io",
+    "select_layers": "mono_quant.quant",
+}
+_SUBMODULES = ("catalog", "config", "demo_models", "errors", "io", "quant", "scheduler",
+               "validate", "worker")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,83 @@
+"""The embedded runner (`mono-quant run`) and pipelined publishing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from sqlalchemy import select
+
+from mono_quant.catalog import Catalog, Job, JobStatus
+from mono_quant.config import Settings
+from mono_quant.io.hashing import sha256_path
+from tests.worker.harness import REPO, base_env, cli
+
+
+def test_run_demo_manifest_without_any_server(tmp_path):
+    env = base_env(MONO_QUANT_DATA_DIR=str(tmp_path / "data"),
+                   MONO_QUANT_BROKER_URL="redis://127.0.0.1:1/0")  # nothing listens there
+    env.pop("MONO_QUANT_CATALOG_URL", None)
+    env.pop("MONO_QUANT_STORAGE_ROOT", None)
+    out = cli("run", str(REPO / "examples" / "demo.yaml"), "--quiet", env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "batch 1 (demo): 8 job(s): succeeded 8; 8 artifact(s)" in out.stdout
+    s = Settings.from_env(env)
+    assert s.catalog_url.startswith("sqlite:///") and (tmp_path / "data" / "catalog.db").exists()
+    with Catalog(s.catalog_url).begin() as session:
+        jobs = list(session.scalars(select(Job)))
+        for job in jobs:
+            assert job.status is JobStatus.SUCCEEDED
+            assert job.artifact.sha256 == sha256_path(s.storage_root / job.artifact.storage_key)
+    again = cli("run", str(REPO / "examples" / "demo.yaml"), "--quiet", env=env, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("exists (use --force to redo)") == 8
+
+
+def test_run_retries_transient_failures_and_fails_with_exit_1(tmp_path):
+    env = base_env(MONO_QUANT_DATA_DIR=str(tmp_path / "data"))
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(json.dumps({"jobs": [
+        {"name": "flaky", "model": f"factory:tests.jobfixtures:flaky?marker={tmp_path / 'm'}"},
+        {"name": "bad", "model": "factory:tests.jobfixtures:needs_file?path=/nonexistent"},
+    ]}))
+    out = cli("run", str(manifest), "--quiet", "--workers", "2", env=env, timeout=300)
+    assert out.returncode == 1
+    assert "failed 1" in out.stdout and "succeeded 1" in out.stdout
+    assert "failed job 2 bad: [bad_input] /nonexistent: the weights file does not exist" \
+        in out.stdout
+    with Catalog(Settings.from_env(env).catalog_url).begin() as session:
+        flaky = session.scalars(select(Job).where(Job.name == "flaky")).one()
+        assert flaky.attempts == 2
+
+
+def test_publishing_is_pipelined(monkeypatch):
+    from celery import Celery
+
+    from mono_quant.scheduler.publish import publish_jobs
+
+    url = "redis://127.0.0.1:6379/9"
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        pytest.skip(f"Redis at {url} is unreachable: {e}")
+    client.flushdb()
+    executes: list[int] = []
+    real = redis.client.Pipeline.execute
+
+    def counting(self, *a, **kw):  # a spy on the real pipeline: counts round trips
+        executes.append(len(self.command_stack))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
+    app = Celery("t", broker=url)
+    try:
+        assert publish_jobs(app, [(i, "cpu" if i % 2 else "gpu") for i in range(2500)]) == 2500
+        # one round trip per 1000 messages (kombu's own small pipelines declare the queues)
+        assert [n for n in executes if n > 10] == [1000, 1000, 500]
+        assert client.llen("cpu") == 1250 and client.llen("gpu") == 1250
+        message = json.loads(client.lindex("gpu", -1))  # the first one published
+        assert message["headers"]["task"] == "mono_quant.run_job"
+        assert message["headers"]["argsrepr"] == "(0,)"
+    finally:
+        client.flushdb()

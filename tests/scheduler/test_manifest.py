@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import pytest
+
+from mono_quant.errors import BadInputError
+from mono_quant.quant.qconfig import QuantConfig
+from mono_quant.scheduler.manifest import load_manifest, parse_manifest
+
+MLP = "factory:mono_quant.demo_models:mlp"
+
+
+def _parse(data, **kw):
+    return parse_manifest(data, "jobs.yaml", **kw)
+
+
+def test_defaults_matrix_and_overrides_expand():
+    manifest, specs = _parse({
+        "name": "nightly",
+        "labels": {"team": "search"},
+        "defaults": {"scheme": "asymmetric", "format": "pt", "device": "gpu"},
+        "matrix": {"granularity": ["per_channel", "per_group"], "format": ["safetensors", "pt"]},
+        "jobs": [{"name": "a", "model": MLP},
+                 {"name": "b", "model": {"factory": "mono_quant.demo_models:cnn"},
+                  "scheme": "symmetric", "device": "gpu.h100"}],
+    })
+    assert manifest.name == "nightly" and manifest.labels == {"team": "search"}
+    assert [s.name for s in specs] == [
+        "a[granularity=per_channel,format=safetensors]", "a[granularity=per_channel,format=pt]",
+        "a[granularity=per_group,format=safetensors]", "a[granularity=per_group,format=pt]",
+        "b[granularity=per_channel,format=safetensors]", "b[granularity=per_channel,format=pt]",
+        "b[granularity=per_group,format=safetensors]", "b[granularity=per_group,format=pt]",
+    ]
+    a0, b3 = specs[0], specs[7]
+    assert a0.config == QuantConfig(scheme="asymmetric", granularity="per_channel")
+    assert (a0.format, a0.queue, a0.model_source) == ("safetensors", "gpu", MLP)
+    assert b3.config == QuantConfig(scheme="symmetric", granularity="per_group", group_size=128)
+    assert (b3.format, b3.queue) == ("pt", "gpu.h100")
+    assert len({s.idempotency_key for s in specs}) == 8
+
+
+def test_idempotency_key_is_canonical_and_ignores_the_queue():
+    one = _parse({"jobs": [{"name": "a", "model": f"{MLP}?hidden=64&seed=1",
+                            "device": "cpu"}]})[1][0]
+    two = _parse({"jobs": [{"name": "b", "device": "gpu",
+                            "model": {"factory": "mono_quant.demo_models:mlp",
+                                      "kwargs": {"seed": 1, "hidden": 64}}}]})[1][0]
+    other = _parse({"jobs": [{"name": "a", "model": f"{MLP}?hidden=64&seed=2"}]})[1][0]
+    assert one.idempotency_key == two.idempotency_key != other.idempotency_key
+    assert len(one.idempotency_key) == 64
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param({"jobs": [{"name": "a", "model": MLP}, {"name": "b", "model": MLP,
+                                                              "calibration": 5}]},
+                     "jobs.yaml: jobs[1].calibration: ", id="calibration-type"),
+        pytest.param({"jobs": [{"name": "a", "model": MLP, "scheme": "sym"}]},
+                     "jobs.yaml: jobs[0]: scheme='sym': expected", id="config-value"),
+        pytest.param({"jobs": [{"name": "a", "model": MLP, "bits": 4}]},
+                     "jobs.yaml: jobs[0].bits: Extra inputs are not permitted", id="unknown"),
+        pytest.param({"jobs": [{"name": "a"}]}, "jobs.yaml: jobs[0].model: Field required",
+                     id="missing-model"),
+        pytest.param({"jobs": [{"name": "a", "model": "s3://bucket/x"}]},
+                     "jobs.yaml: jobs[0].model: ", id="bad-source"),
+        pytest.param({"jobs": [{"name": "a", "model": MLP, "mode": "static"}]},
+                     "jobs.yaml: jobs[0].calibration: mode 'static' needs", id="static"),
+        pytest.param({"jobs": [{"name": "a", "model": MLP, "device": "tpu"}]},
+                     "jobs.yaml: jobs[0].device: ", id="device"),
+        pytest.param({"jobs": [{"name": "a", "model": MLP, "format": "gguf"}]},
+                     "jobs.yaml: jobs[0].format: expected one of safetensors", id="format"),
+        pytest.param({"matrix": {"bits": [4]}, "jobs": [{"name": "a", "model": MLP}]},
+                     "jobs.yaml: matrix: key 'bits' cannot vary", id="matrix-key"),
+        pytest.param({"matrix": {"scheme": ["symmetric"]},
+                      "jobs": [{"name": "a", "model": MLP, "scheme": "asymmetric"}]},
+                     "jobs[0].scheme: is a matrix key", id="matrix-clash"),
+        pytest.param({"jobs": [{"name": "a", "model": MLP}, {"name": "a", "model": MLP}]},
+                     "job names must be unique; repeated: a", id="dupes"),
+        pytest.param({"jobs": []}, "jobs.yaml: jobs: expected at least one job", id="empty"),
+        pytest.param(["not", "a", "mapping"], "expected a mapping", id="top"),
+    ],
+)
+def test_errors_name_the_file_and_field(data, message):
+    with pytest.raises(BadInputError) as info:
+        _parse(data)
+    assert message in str(info.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(BadInputError) as info:
+        _parse({"jobs": [{"name": "a", "model": MLP, "scheme": "x"},
+                         {"name": "b", "model": MLP, "granularity": "y"}]})
+    text = str(info.value)
+    assert "jobs[0]: scheme='x'" in text and "jobs[1]: granularity='y'" in text
+
+
+def test_load_manifest_reads_yaml_and_resolves_paths_against_it(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "jobs.yaml"
+    path.write_text("jobs:\n  - name: a\n    model: {factory: 'mono_quant.demo_models:mlp', "
+                    "weights: w.safetensors}\n")
+    _, specs, digest = load_manifest(path)
+    assert specs[0].model["weights"] == str(tmp_path / "sub" / "w.safetensors")
+    assert len(digest) == 64
+    path.write_text("jobs: [unclosed")
+    with pytest.raises(BadInputError, match="jobs.yaml: not valid YAML"):
+        load_manifest(path)
+    with pytest.raises(BadInputError, match="cannot read the manifest"):
+        load_manifest(tmp_path / "missing.yaml")
