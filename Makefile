@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(BIN)/mono-quant demo
+	$(BIN)/mono-quant run examples/demo.yaml
 
 lint: setup
 	$(BIN)/ruff check .

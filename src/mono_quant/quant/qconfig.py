@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from mono_quant.errors import BadConfigError
@@ -109,10 +109,11 @@ class QuantConfig:
         return as_granularity(self.granularity, self.group_size)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["include"] = list(self.include)
-        d["exclude"] = list(self.exclude)
-        return {"version": self.VERSION, **d}
+        d: dict[str, Any] = {"version": self.VERSION}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            d[f.name] = list(value) if isinstance(value, tuple) else value
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
