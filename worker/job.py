@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import random
 import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -38,6 +40,11 @@ from mono_quant.worker.storage import artifact_key, clean_temporaries, resolve
 __all__ = ["Outcome", "backoff", "classify", "run_job"]
 
 log = logging.getLogger("mono_quant.job")
+
+
+def _event(level: int, event: str, context: dict[str, Any], **fields: Any) -> None:
+    """One log line per job event: a JSON object with the job, batch, attempt, node, device."""
+    log.log(level, json.dumps({"event": event, **context, **fields}, default=str))
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,11 @@ def classify(e: BaseException) -> tuple[ErrorKind, bool]:
 class _Heartbeat(threading.Thread):
     """Refreshes the job's heartbeat and progress; notices cancellation or takeover."""
 
-    def __init__(self, catalog: Catalog, job_id: int, worker: str, interval: float) -> None:
+    def __init__(self, catalog: Catalog, job_id: int, worker: str, interval: float,
+                 context: dict[str, Any]) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.catalog, self.job_id, self.worker, self.interval = catalog, job_id, worker, interval
+        self.context = context
         self.progress: dict[str, Any] = {}
         self.lost = threading.Event()
         self._stop_event = threading.Event()
@@ -104,6 +113,7 @@ class _Heartbeat(threading.Thread):
     def stage(self, name: str, **extra: Any) -> None:
         """Enter a stage: record it, and stop here if the job is no longer ours."""
         self.progress = {"stage": name, **extra}
+        _event(logging.INFO, "stage", self.context, stage=name, **extra)
         self._beat()
         if self.lost.is_set():
             raise _Stop("the job was cancelled or taken over by another worker")
@@ -115,7 +125,7 @@ class _Heartbeat(threading.Thread):
             if not ok:
                 self.lost.set()
         except Exception as e:  # a missed beat is not fatal; a stale one triggers reconcile
-            log.warning("job %s: heartbeat failed: %s", self.job_id, e)
+            _event(logging.WARNING, "heartbeat_failed", self.context, error=str(e))
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
@@ -168,7 +178,8 @@ def _quantize(job_payload: dict[str, Any], beat: _Heartbeat, device: str):
     except torch.OutOfMemoryError:
         if not batches:
             raise
-        log.warning("out of memory: retrying once with calibration batches halved")
+        _event(logging.WARNING, "out_of_memory", beat.context,
+               action="retrying once with calibration batches halved")
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         beat.stage("quantizing (smaller calibration batches)")
@@ -193,17 +204,21 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
                                   task_id=task_id)
             payload = dict(got.job.config) if got.claimed else None
             key = got.job.idempotency_key if got.claimed else None
+            batch = got.job.batch_id if got.claimed else None
             attempt = got.attempt
     except MonoQuantError as e:  # the catalog is unreachable: try again later
-        log.warning("job %s: cannot claim: %s", job_id, e)
+        _event(logging.WARNING, "claim_failed", {"job": job_id, "node": worker}, error=str(e))
         return Outcome("unknown", retry_in=backoff(1, s), error=str(e))
+    context = {"job": job_id, "batch": batch, "attempt": attempt, "node": worker,
+               "device": device}
     if not got.claimed:
         status = got.status.value if got.status else "missing"
-        log.info("job %s: not claimed (%s)", job_id, status)
+        _event(logging.INFO, "not_claimed", context, status=status)
         return Outcome(status)
 
-    log.info("job %s: attempt %s on %s (%s)", job_id, attempt, worker, device)
-    beat = _Heartbeat(catalog, job_id, worker, s.heartbeat_interval)
+    started = time.monotonic()
+    _event(logging.INFO, "started", context)
+    beat = _Heartbeat(catalog, job_id, worker, s.heartbeat_interval, context)
     beat.start()
     try:
         qmodel, info, digest = _quantize(payload, beat, device)
@@ -222,10 +237,11 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
             )
         if artifact is None:
             raise _Stop("the job was cancelled or taken over before it could be recorded")
-        log.info("job %s: succeeded: %s (%s bytes)", job_id, storage_key, size)
+        _event(logging.INFO, "succeeded", context, artifact=storage_key, bytes=size,
+               seconds=round(time.monotonic() - started, 3))
         return Outcome("succeeded")
     except _Stop as e:
-        log.info("job %s: stopped: %s", job_id, e)
+        _event(logging.INFO, "stopped", context, reason=str(e))
         return Outcome("stopped", error=str(e))
     except BaseException as e:  # the task boundary: record every failure
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
@@ -237,16 +253,17 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         else:
             message = f"{type(e).__name__}: {e}" if kind == ErrorKind.INTERNAL else str(e)
         if kind == ErrorKind.INTERNAL:
-            log.exception("job %s: internal error", job_id)
+            log.exception("job %s: internal error", job_id)  # the traceback, for a bug report
         try:
             with catalog.begin() as session:
                 status = job_state.fail(session, job_id, worker, kind, message, retry=retry)
         except MonoQuantError as db_error:  # cannot record it: reconcile will find the job
-            log.error("job %s: failed (%s) and the failure could not be recorded: %s",
-                      job_id, message, db_error)
+            _event(logging.ERROR, "failure_not_recorded", context, error=message,
+                   catalog_error=str(db_error))
             return Outcome("unknown", error=message)
-        log.info("job %s: attempt %s failed (%s, %s): %s", job_id, attempt, kind.value,
-                 status.value if status else "not ours", message)
+        _event(logging.WARNING, "failed", context, kind=kind.value, error=message,
+               status=status.value if status else "not ours",
+               seconds=round(time.monotonic() - started, 3))
         if status == JobStatus.QUEUED:
             return Outcome("queued", retry_in=backoff(attempt, s), error=message)
         return Outcome(status.value if status else "stopped", error=message)

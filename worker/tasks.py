@@ -15,7 +15,7 @@ __all__ = ["run_job_task"]
 def run_job_task(self, job_id: int) -> str:
     from mono_quant.worker.job import run_job
 
-    outcome = run_job(job_id, worker=self.request.hostname or "unknown")
+    outcome = run_job(job_id, worker=self.request.hostname or "unknown", task_id=self.request.id)
     if outcome.retry_in is not None:  # transient failure: the job is queued for a new attempt
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.status

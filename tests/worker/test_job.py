@@ -63,6 +63,21 @@ def test_success_writes_the_artifact_and_its_row(settings):
     assert len(_job(settings, job_id).attempt_rows) == 1
 
 
+def test_one_structured_log_line_per_job_event(settings, caplog):
+    (job_id,) = _submit(settings, [{"name": "a", "model": "factory:tests.jobfixtures:tiny"}])
+    with caplog.at_level("INFO", logger="mono_quant.job"):
+        run_job(job_id, "w@test", settings=settings)
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mono_quant.job"]
+    assert [e["event"] for e in events] == ["started", "stage", "stage", "stage", "stage",
+                                            "succeeded"]
+    assert [e["stage"] for e in events if e["event"] == "stage"] == [
+        "loading", "quantizing", "writing", "recording"]
+    for e in events:
+        assert (e["job"], e["batch"], e["attempt"], e["node"], e["device"]) == (
+            job_id, 1, 1, "w@test", "cpu")
+    assert events[-1]["bytes"] > 0 and events[-1]["artifact"].endswith(".safetensors")
+
+
 def test_temporaries_of_a_killed_writer_are_removed(settings):
     (job_id,) = _submit(settings, [{"name": "a", "model": "factory:tests.jobfixtures:tiny"}])
     job = _job(settings, job_id)

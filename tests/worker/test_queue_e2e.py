@@ -282,6 +282,24 @@ def test_retry_after_the_cause_is_fixed_and_cancel_of_queued_jobs(env, workers, 
     assert all(j.status is JobStatus.CANCELLED and not j.attempt_rows for j in parked_jobs)
 
 
+def test_cancel_revokes_a_running_job(env, workers, tmp_path):
+    marker = tmp_path / "slow-marker"
+    manifest = _manifest(tmp_path / "jobs.yaml", [
+        {"name": "slow", "model": f"factory:tests.jobfixtures:slow_first?marker={marker}"}])
+    w = workers("w1@e2e")
+    assert cli("submit", str(manifest), env=env).returncode == 0
+    wait_until(marker.exists, 60, what="the job to start")
+    (child,) = w.children()
+    out = cli("cancel", "1", env=env)
+    assert out.returncode == 0 and "cancelled 1 job(s)" in out.stdout
+    wait_until(lambda: child not in w.children(), 30, what="the job's process to be terminated")
+    time.sleep(1)  # the redelivered message meets a cancelled job: nothing runs
+    (job,) = _jobs(env)
+    assert job.status is JobStatus.CANCELLED and job.artifact is None
+    assert [a.outcome for a in job.attempt_rows] == [AttemptOutcome.CANCELLED]
+    assert w.proc.poll() is None
+
+
 def test_invalid_manifest_enqueues_nothing_and_names_the_field(env, tmp_path):
     manifest = _manifest(tmp_path / "bad.yaml", [
         {"name": "ok", "model": "factory:tests.jobfixtures:tiny"},
