@@ -132,6 +132,7 @@ class BatchStatus:
     failures: list[dict[str, Any]]
     artifacts: int
     total: int
+    running: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -144,7 +145,7 @@ class BatchStatus:
     def to_dict(self) -> dict[str, Any]:
         return {"batch": self.batch_id, "name": self.name, "total": self.total,
                 "counts": self.counts, "artifacts": self.artifacts, "failures": self.failures,
-                "done": self.done}
+                "running": self.running, "done": self.done}
 
 
 def latest_batch_id(catalog: Catalog) -> int:
@@ -178,8 +179,17 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
         artifacts = session.scalar(
             select(func.count()).select_from(Artifact).join(Job).where(Job.batch_id == batch_id)
         ) or 0
+        running = [
+            {"job": j.id, "name": j.name, "worker": j.worker, "device": j.device,
+             "attempt": j.attempts, "progress": j.progress,
+             "heartbeat_at": j.heartbeat_at.isoformat() if j.heartbeat_at else None}
+            for j in session.scalars(
+                select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)
+                .order_by(Job.id)
+            )
+        ]
         return BatchStatus(batch_id, batch.name, dict(counts), failures, artifacts,
-                           sum(counts.values()))
+                           sum(counts.values()), running)
 
 
 def wait_for_batch(

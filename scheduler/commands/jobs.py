@@ -69,6 +69,10 @@ def _print_status(status, as_json: bool) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(status.counts.items())) or "no jobs"
     print(f"batch {status.batch_id} ({status.name}): {status.total} job(s): {counts}; "
           f"{status.artifacts} artifact(s)")
+    for r in status.running:
+        stage = (r["progress"] or {}).get("stage", "starting")
+        print(f"  running job {r['job']} {r['name']}: {stage} on {r['worker']} ({r['device']}), "
+              f"attempt {r['attempt']}")
     for f in status.failures:
         print(f"  failed job {f['job']} {f['name']}: [{f['kind']}] {f['error']}")
 

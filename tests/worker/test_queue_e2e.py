@@ -165,6 +165,8 @@ def test_sigkill_of_a_running_worker_completes_exactly_once(env, workers, tmp_pa
     doomed.proc.wait(timeout=10)
     (job,) = _jobs(env)
     assert job.status is JobStatus.RUNNING  # what a dead worker leaves behind
+    shown = cli("status", env=env).stdout
+    assert f"running job {job.id} slow: loading on w1@e2e (cpu), attempt 1" in shown
     workers("w2@e2e")
     # the heartbeat goes stale (3 s); reconcile re-enqueues the job for the new worker
     time.sleep(3.5)
