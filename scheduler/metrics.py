@@ -1,6 +1,6 @@
 """Prometheus metrics of a deployment, from the catalog and the broker.
 
-``mono-quant metrics --port 9808`` serves :func:`render` on ``/metrics`` in the Prometheus
+``mono-quant metrics --port 9818`` serves :func:`render` on ``/metrics`` in the Prometheus
 text format (version 0.0.4). Every scrape reads the source of truth directly — the catalog
 for jobs and artifacts, Redis for queue lengths — so any number of exporters can run and none
 keeps state. A component that does not answer gives ``mono_quant_up{component=…} 0`` and
@@ -235,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # one line per scrape is noise; failures are logged by render()
 
 
-def serve(source: MetricsSource, host: str = "0.0.0.0", port: int = 9808) -> ThreadingHTTPServer:
+def serve(source: MetricsSource, host: str = "0.0.0.0", port: int = 9818) -> ThreadingHTTPServer:
     """A started-by-the-caller HTTP server answering ``/metrics`` (``port=0``: any free port).
 
     Call ``serve_forever()`` on the result (or run it in a thread) and ``shutdown()`` to stop.

@@ -3,7 +3,7 @@
 ``mono-quant health`` exits 0 only when every required check passes: the broker answers, the
 catalog answers at the expected schema revision and a worker answers a ping (``--worker NAME``:
 that node; ``--no-worker``: broker and catalog only). One line per check says what failed
-and why. ``mono-quant metrics --port 9808`` serves ``/metrics``.
+and why. ``mono-quant metrics --port 9818`` serves ``/metrics``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from mono_quant.scheduler.health import DEFAULT_TIMEOUT
 
 #: The port ``mono-quant metrics`` listens on by default (unassigned in Prometheus' list).
-DEFAULT_METRICS_PORT = 9808
+DEFAULT_METRICS_PORT = 9818
 
 
 def register(sub: argparse._SubParsersAction) -> None:
