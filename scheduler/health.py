@@ -200,13 +200,17 @@ def check_workers(app: Any, timeout: float = DEFAULT_TIMEOUT,
 
 def run_checks(*, broker_url: str, catalog_url: str, app: Any | None = None,
                timeout: float = DEFAULT_TIMEOUT, workers: Sequence[str] = (),
-               require_worker: bool = True) -> list[Check]:
-    """Broker, catalog and (unless ``require_worker`` is False) worker checks, in order.
+               require_worker: bool = True, check_catalog_too: bool = True) -> list[Check]:
+    """Broker, catalog and worker checks, in order; ``require_worker=False`` leaves out the
+    worker, ``check_catalog_too=False`` the catalog.
 
-    The worker check is skipped, and fails, when the broker is down: no ping can get through.
+    The worker check is not attempted, and fails, when the broker is down: no ping can get
+    through.
     """
     broker = check_broker(broker_url, timeout)
-    checks = [broker, check_catalog(catalog_url, timeout)]
+    checks = [broker]
+    if check_catalog_too:
+        checks.append(check_catalog(catalog_url, timeout))
     if not require_worker:
         return checks
     if not broker.ok:

@@ -8,12 +8,14 @@ its series are left out; the scrape itself still succeeds.
 
 Series:
 
-* ``mono_quant_up{component}`` — 1 when the catalog / broker answered this scrape.
+* ``mono_quant_up{component}`` — 1 when the catalog / broker answered this scrape (the
+  broker's queues are read from Redis only; with another broker its series are absent).
 * ``mono_quant_jobs{queue,state}`` — jobs in the catalog, every state of every known queue
   (zeros included, so a series does not vanish when its last job leaves a state).
 * ``mono_quant_attempts{outcome}`` — attempts by outcome (``running`` while unfinished);
   ``lost`` counts attempts that died with their worker.
-* ``mono_quant_artifacts`` and ``mono_quant_artifact_bytes`` — artifacts recorded.
+* ``mono_quant_artifacts`` — artifacts recorded (a count over the primary key; their total
+  size is left out on purpose: summing it reads the whole table on every scrape).
 * ``mono_quant_queue_length{queue}`` — messages waiting in a Redis queue (``LLEN``; the
   number KEDA scales on). A delivered message leaves the list for the ``unacked`` hash, so
   running jobs are not in it; they are in ``mono_quant_unacked_messages``.
@@ -97,7 +99,7 @@ class MetricsSource:
             return self._catalog
 
     def _get_redis(self) -> Any:
-        if not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        if not self.broker_url.startswith(("redis://", "rediss://")):
             return None
         with self._lock:
             if self._redis is None:
@@ -110,7 +112,7 @@ class MetricsSource:
             return self._redis
 
     def catalog_counts(self) -> dict[str, Any]:
-        """Job counts by (queue, state), attempt counts by outcome, artifact count and bytes."""
+        """Job counts by (queue, state), attempt counts by outcome, the artifact count."""
         from sqlalchemy import func, select
 
         from mono_quant.catalog.models import Artifact, Attempt, Job
@@ -122,11 +124,8 @@ class MetricsSource:
             attempts = {getattr(o, "value", o) if o is not None else "running": n
                         for o, n in session.execute(
                             select(Attempt.outcome, func.count()).group_by(Attempt.outcome))}
-            artifacts, size = session.execute(
-                select(func.count(), func.coalesce(func.sum(Artifact.size_bytes), 0))
-            ).one()
-        return {"jobs": jobs, "attempts": attempts, "artifacts": int(artifacts),
-                "artifact_bytes": int(size)}
+            artifacts = session.execute(select(func.count()).select_from(Artifact)).scalar_one()
+        return {"jobs": jobs, "attempts": attempts, "artifacts": int(artifacts)}
 
     def queue_lengths(self, queues: Iterable[str]) -> tuple[dict[str, int], int] | None:
         """(LLEN per queue, HLEN of the unacked hash); None when the broker is not Redis."""
@@ -178,9 +177,6 @@ def render(source: MetricsSource) -> str:
         families.append(format_family(
             "mono_quant_artifacts", "gauge", "Artifacts recorded in the catalog.",
             [({}, counts["artifacts"])]))
-        families.append(format_family(
-            "mono_quant_artifact_bytes", "gauge", "Total size of the recorded artifacts.",
-            [({}, counts["artifact_bytes"])]))
     try:
         broker = source.queue_lengths(queues)
     except Exception as e:
@@ -188,7 +184,8 @@ def render(source: MetricsSource) -> str:
         _note("broker", e)
         up.append(({"component": "broker"}, 0))
     else:
-        up.append(({"component": "broker"}, 1 if broker is not None else 0))
+        if broker is not None:  # a broker other than Redis is not read at all
+            up.append(({"component": "broker"}, 1))
     if broker is not None:
         lengths, unacked = broker
         families.append(format_family(

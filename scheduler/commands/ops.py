@@ -2,8 +2,9 @@
 
 ``mono-quant health`` exits 0 only when every required check passes: the broker answers, the
 catalog answers at the expected schema revision and a worker answers a ping (``--worker NAME``:
-that node; ``--no-worker``: broker and catalog only). One line per check says what failed
-and why. ``mono-quant metrics --port 9818`` serves ``/metrics``.
+that node; ``--no-worker``: broker and catalog only; ``--no-catalog``: broker and worker,
+for liveness probes). One line per check says what failed and why.
+``mono-quant metrics --port 9818`` serves ``/metrics``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "`worker --name`); default: any worker")
     p.add_argument("--no-worker", action="store_true",
                    help="check only the broker and the catalog (scheduler, reconcile)")
+    p.add_argument("--no-catalog", action="store_true",
+                   help="skip the catalog (a worker's liveness probe: restarting workers does "
+                        "not fix a database outage)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_health)
 
@@ -61,15 +65,21 @@ def _health(args: argparse.Namespace) -> int:
     if args.no_worker and args.worker:
         raise BadInputError("health: --worker and --no-worker contradict each other; "
                             "give one of them")
+    if args.no_worker and args.no_catalog:
+        raise BadInputError("health: --no-worker and --no-catalog leave only the broker; "
+                            "give at most one of them")
     s = get_settings()
     checks = run_checks(broker_url=s.broker_url, catalog_url=s.catalog_url, timeout=timeout,
-                        workers=args.worker, require_worker=not args.no_worker)
+                        workers=args.worker, require_worker=not args.no_worker,
+                        check_catalog_too=not args.no_catalog)
     ok = overall_ok(checks)
     if args.json:
         print(json.dumps({"ok": ok, "checks": [c.to_dict() for c in checks]}, indent=2))
     else:
         for c in checks:
             print(f"{'ok' if c.ok else 'FAILED':<6} {c.name:<7} {c.detail}")
+        if args.no_catalog:
+            print(f"{'skip':<6} {'catalog':<7} not checked (--no-catalog)")
         if args.no_worker:
             print(f"{'skip':<6} {'worker':<7} not checked (--no-worker)")
     sys.stdout.flush()

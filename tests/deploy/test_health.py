@@ -63,6 +63,15 @@ def test_with_a_real_worker(redis_url, catalog_url, tmp_path, start_worker):
         ("broker", True, True), ("catalog", True, True), ("worker", True, True)]
     assert report["checks"][2]["detail"].startswith(f"hc-a@{host} answered in ")
 
+    # the liveness probe's form: a database outage must not fail it
+    down = cli_env(redis_url, "postgresql+psycopg://postgres@127.0.0.1:1/down", tmp_path)
+    out = cli("health", "--worker", "hc-a@%h", "--no-catalog", env=down)
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = lines(out.stdout)
+    assert got["catalog"] == "skip not checked (--no-catalog)"
+    assert got["broker"].startswith("ok ") and got["worker"].startswith(f"ok hc-a@{host} ")
+    assert cli("health", "--worker", "hc-a@%h", env=down).returncode == 1
+
     # a node that does not exist: fails even though another worker answers
     out = cli("health", "--worker", "hc-a@%h", "--worker", "gone@%h", "--timeout", "2", env=env)
     assert out.returncode == 1
@@ -100,8 +109,9 @@ def test_unreachable_broker_and_catalog(catalog_url, tmp_path):
 @pytest.mark.parametrize("backend", ["sqlite"], ids=["sqlite"])
 @pytest.mark.parametrize(("args", "message"), [
     (["--worker", "a@%h", "--no-worker"], "--worker and --no-worker contradict each other"),
+    (["--no-worker", "--no-catalog"], "--no-worker and --no-catalog leave only the broker"),
     (["--timeout", "0"], "--timeout 0: expected a number of seconds > 0"),
-], ids=["worker-and-no-worker", "zero-timeout"])
+], ids=["worker-and-no-worker", "no-worker-and-no-catalog", "zero-timeout"])
 def test_bad_options_exit_2(redis_url, catalog_url, tmp_path, args, message):
     out = cli("health", *args, env=cli_env(redis_url, catalog_url, tmp_path))
     assert out.returncode == 2

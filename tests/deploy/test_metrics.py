@@ -50,7 +50,7 @@ def value(samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-def seed_catalog(url: str) -> tuple[Counter, int, int, Counter]:
+def seed_catalog(url: str) -> tuple[Counter, int, Counter]:
     """Seeded artifacts (queue cpu) + GPU jobs in flight; returns the reference counts."""
     catalog = Catalog(url)
     with catalog.begin() as session:
@@ -69,7 +69,7 @@ def seed_catalog(url: str) -> tuple[Counter, int, int, Counter]:
     jobs_ref = Counter(("cpu", r["job_status"]) for r in records)
     jobs_ref.update(("gpu.h100", s.value) for s in extra)
     attempts_ref = Counter({"lost": 1, "failed": 1, "running": 1})
-    return jobs_ref, len(records), sum(r["size_bytes"] for r in records), attempts_ref
+    return jobs_ref, len(records), attempts_ref
 
 
 def fill_broker(redis_url: str, lengths: dict[str, int], unacked: int) -> None:
@@ -106,7 +106,7 @@ def scrape(url: str) -> tuple[int, str, str]:
 
 
 def test_scrape_matches_catalog_and_broker(redis_url, catalog_url, tmp_path):
-    jobs_ref, n_artifacts, n_bytes, attempts_ref = seed_catalog(catalog_url)
+    jobs_ref, n_artifacts, attempts_ref = seed_catalog(catalog_url)
     fill_broker(redis_url, {"gpu.h100": 3, "cpu": 1}, unacked=2)
     proc, base = start_server(cli_env(redis_url, catalog_url, tmp_path))
     try:
@@ -125,7 +125,6 @@ def test_scrape_matches_catalog_and_broker(redis_url, catalog_url, tmp_path):
         for outcome in ("running", *(o.value for o in AttemptOutcome)):
             assert value(s, "mono_quant_attempts", outcome=outcome) == attempts_ref[outcome]
         assert value(s, "mono_quant_artifacts") == n_artifacts == 72
-        assert value(s, "mono_quant_artifact_bytes") == n_bytes
         assert {q: value(s, "mono_quant_queue_length", queue=q)
                 for q in ("cpu", "gpu", "gpu.h100", "extra.q")} == \
             {"cpu": 1, "gpu": 0, "gpu.h100": 3, "extra.q": 0}
@@ -183,3 +182,19 @@ def test_serve_port_in_use_is_a_clear_error(redis_url, tmp_path):
     assert out.returncode == 2
     assert f"metrics: cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
     assert time.monotonic() - t0 < 60
+
+
+def test_a_broker_other_than_redis_has_no_queue_series(tmp_path):
+    from mono_quant.catalog import upgrade
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    # nothing connects to it: only Redis queues are read
+    out = cli("metrics", "--once", env=cli_env("amqp://guest@127.0.0.1:5672//", url, tmp_path))
+    assert out.returncode == 0, out.stderr
+    s = parse(out.stdout)
+    assert value(s, "mono_quant_up", component="catalog") == 1
+    assert ("mono_quant_up", frozenset({("component", "broker")})) not in s
+    assert not any(n in ("mono_quant_queue_length", "mono_quant_unacked_messages")
+                   for n, _ in s)
+    assert value(s, "mono_quant_jobs", queue="cpu", state="pending") == 0
