@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "mono_quant.scheduler.commands.quantize",
     "mono_quant.scheduler.commands.jobs",
     "mono_quant.scheduler.commands.worker",
+    "mono_quant.scheduler.commands.ops",
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2

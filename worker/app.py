@@ -50,6 +50,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # On a cold shutdown (SIGQUIT; SIGTERM too with REMAP_SIGTERM=SIGQUIT, as deploy/ sets)
+        # the running job gets this long to finish before it is cancelled and its message is
+        # restored to the queue. Stop grace periods in deploy/ are longer than this.
+        worker_soft_shutdown_timeout=s.soft_shutdown_timeout,
     )
     return app
 

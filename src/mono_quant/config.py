@@ -50,6 +50,11 @@ DEFAULT_STALE_AFTER = 120.0
 #: First retry delay of a transient failure, doubled per attempt (with jitter), capped below.
 DEFAULT_RETRY_BACKOFF = 5.0
 DEFAULT_RETRY_BACKOFF_MAX = 600.0
+#: Seconds a worker asked to stop *cold* (SIGQUIT, or SIGTERM with ``REMAP_SIGTERM=SIGQUIT``)
+#: lets its running job continue before cancelling it; the cancelled job's message goes back
+#: to the broker for another worker. 0: cancel at once (Celery's default). Deployments set it
+#: and give the container/unit a stop grace period longer than it.
+DEFAULT_SOFT_SHUTDOWN_TIMEOUT = 0.0
 
 
 _environ: Mapping[str, str] = os.environ  # swapped by Settings.from_env(environ=...)
@@ -153,6 +158,9 @@ class Settings:
     #: MONO_QUANT_RETRY_BACKOFF / MONO_QUANT_RETRY_BACKOFF_MAX — transient-retry delays (s).
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
+    #: MONO_QUANT_SOFT_SHUTDOWN_TIMEOUT — seconds a stopping worker waits for its running job
+    #: before cancelling (and requeueing) it; Celery's ``worker_soft_shutdown_timeout``.
+    soft_shutdown_timeout: float = DEFAULT_SOFT_SHUTDOWN_TIMEOUT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -189,6 +197,12 @@ class Settings:
                 f"{_PREFIX}STALE_AFTER ({stale}) must exceed twice "
                 f"{_PREFIX}HEARTBEAT_INTERVAL ({heartbeat}) so a live job is never presumed dead"
             )
+        soft_shutdown = _env_float("SOFT_SHUTDOWN_TIMEOUT", DEFAULT_SOFT_SHUTDOWN_TIMEOUT)
+        if soft_shutdown < 0:
+            raise BadConfigError(
+                f"{_PREFIX}SOFT_SHUTDOWN_TIMEOUT={soft_shutdown}: expected seconds >= 0 "
+                "(0 cancels a running job at once on a cold shutdown)"
+            )
         attempts = _env_int("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
         if attempts < 1:
             raise BadConfigError(f"{_PREFIX}MAX_ATTEMPTS={attempts}: expected at least 1")
@@ -207,6 +221,7 @@ class Settings:
             stale_after=stale,
             retry_backoff=_env_float("RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF),
             retry_backoff_max=_env_float("RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX),
+            soft_shutdown_timeout=soft_shutdown,
         )
 
 
