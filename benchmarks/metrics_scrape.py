@@ -33,9 +33,9 @@ from sqlalchemy import func, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import catalog_queries as cq
-from mono_quant.scheduler.metrics import MetricsSource, render, serve
 
 from mono_quant.catalog import Attempt, Catalog, Job, upgrade
+from mono_quant.scheduler.metrics import MetricsSource, render, serve
 
 
 def timed(fn, repeat: int) -> dict[str, float]:

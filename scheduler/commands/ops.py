@@ -56,10 +56,9 @@ def _positive(value: float, option: str) -> float:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from mono_quant.scheduler.health import overall_ok, run_checks
-
     from mono_quant.config import get_settings
     from mono_quant.errors import BadInputError
+    from mono_quant.scheduler.health import overall_ok, run_checks
 
     timeout = _positive(args.timeout, "--timeout")
     if args.no_worker and args.worker:
@@ -87,10 +86,9 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    from mono_quant.scheduler.metrics import MetricsSource, render, serve
-
     from mono_quant.config import get_settings
     from mono_quant.errors import BadInputError
+    from mono_quant.scheduler.metrics import MetricsSource, render, serve
 
     timeout = _positive(args.timeout, "--timeout")
     if not 0 <= args.port <= 65535:

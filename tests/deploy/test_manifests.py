@@ -15,10 +15,10 @@ import subprocess
 
 import pytest
 import yaml
-from mono_quant.scheduler.cli import build_parser
-from mono_quant.worker.pinning import queues_for
 
 from mono_quant.config import Settings, get_settings
+from mono_quant.scheduler.cli import build_parser
+from mono_quant.worker.pinning import queues_for
 from tests.deploy import deployfiles as df
 
 ALL_INVOCATIONS = {

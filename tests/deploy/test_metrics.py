@@ -12,9 +12,9 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from mono_quant.scheduler.metrics import format_family
 
 from mono_quant.catalog import Attempt, AttemptOutcome, Batch, Catalog, Job, JobStatus
+from mono_quant.scheduler.metrics import format_family
 from tests.catalog import seed as seedmod
 from tests.deploy.conftest import REPO, cli, cli_env
 
