@@ -28,6 +28,8 @@ def test_import_is_lazy_about_torch():
     # the worker's main process and `mono-quant --help` import mono_quant without torch
     code = (
         "import sys, mono_quant, mono_quant.worker.app, mono_quant.scheduler.cli\n"
+        "import mono_quant.catalog, mono_quant.scheduler.service, mono_quant.io\n"
+        "from mono_quant.io import QuantizationInfo, parse_model_source\n"
         "print('torch' in sys.modules)\n"
         "mono_quant.quantize_weight_int8\n"
         "print('torch' in sys.modules)"

@@ -11,9 +11,9 @@ Example:
     torch.int8
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mono_quant._lazy import lazy_exports
 from mono_quant.errors import (
     BadConfigError,
     BadInputError,
@@ -61,7 +61,7 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
 
 # Names are imported on first use (PEP 562): `import mono_quant` stays light, so the worker's
 # main process and `mono-quant --help` never load torch; the job's process does, when it needs it.
-_LAZY = {
+_EXPORTS = {
     "CalibrationResult": "mono_quant.quant",
     "CalibrationSource": "mono_quant.io",
     "MSEObserver": "mono_quant.quant",
@@ -96,22 +96,7 @@ _LAZY = {
 }
 _SUBMODULES = ("catalog", "config", "demo_models", "errors", "io", "quant", "scheduler",
                "validate", "worker")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 
 __version__ = "0.1.0"
 

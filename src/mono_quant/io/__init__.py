@@ -8,25 +8,53 @@ Example:
     {'hidden': 128}
 """
 
-from mono_quant.io.formats import (
-    FORMATS,
-    INFO_KEY,
-    _build_metadata,
-    detect_format,
-    load_model,
-    load_quantized,
-    read_info,
-    save_model,
-)
-from mono_quant.io.hashing import sha256_path, size_path
-from mono_quant.io.info import QuantizationInfo, library_versions
-from mono_quant.io.sources import (
-    CalibrationSource,
-    ModelSource,
-    parse_calibration_source,
-    parse_model_source,
-)
-from mono_quant.io.streaming import checkpoint_files, quantize_checkpoint
+from typing import TYPE_CHECKING
+
+from mono_quant._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
+    from mono_quant.io.formats import (
+        FORMATS,
+        INFO_KEY,
+        _build_metadata,
+        detect_format,
+        load_model,
+        load_quantized,
+        read_info,
+        save_model,
+    )
+    from mono_quant.io.hashing import sha256_path, size_path
+    from mono_quant.io.info import QuantizationInfo, library_versions
+    from mono_quant.io.sources import (
+        CalibrationSource,
+        ModelSource,
+        parse_calibration_source,
+        parse_model_source,
+    )
+    from mono_quant.io.streaming import checkpoint_files, quantize_checkpoint
+
+_EXPORTS = {
+    "CalibrationSource": "mono_quant.io.sources",
+    "FORMATS": "mono_quant.io.formats",
+    "INFO_KEY": "mono_quant.io.formats",
+    "ModelSource": "mono_quant.io.sources",
+    "QuantizationInfo": "mono_quant.io.info",
+    "_build_metadata": "mono_quant.io.formats",
+    "checkpoint_files": "mono_quant.io.streaming",
+    "detect_format": "mono_quant.io.formats",
+    "library_versions": "mono_quant.io.info",
+    "load_model": "mono_quant.io.formats",
+    "load_quantized": "mono_quant.io.formats",
+    "parse_calibration_source": "mono_quant.io.sources",
+    "parse_model_source": "mono_quant.io.sources",
+    "quantize_checkpoint": "mono_quant.io.streaming",
+    "read_info": "mono_quant.io.formats",
+    "save_model": "mono_quant.io.formats",
+    "sha256_path": "mono_quant.io.hashing",
+    "size_path": "mono_quant.io.hashing",
+}
+_SUBMODULES = ("formats", "hashing", "info", "sources", "streaming")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 
 __all__ = [
     "FORMATS",

@@ -46,10 +46,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.io._grammar import (
@@ -61,6 +58,9 @@ from mono_quant.io._grammar import (
     parse_parts,
     resolve_path,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "CalibrationSource",
@@ -111,6 +111,8 @@ class ModelSource(Source):
 
     def load(self) -> nn.Module:
         """Build the model (in eval mode)."""
+        from torch import nn
+
         self.check()
         if self.scheme == "hf":
             model = _load_hf(self)
@@ -212,6 +214,9 @@ class CalibrationSource(Source):
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
                                     or samples < 1):
             raise BadInputError(f"{self.text}: samples={samples!r}: expected a positive integer")
+        import torch
+        from torch import nn
+
         if self.scheme == "factory":
             items = call_factory(self.target, dict(self.kwargs), self.text)
             if isinstance(items, (torch.Tensor, nn.Module)) or not isinstance(items, Iterable):
@@ -237,6 +242,8 @@ class CalibrationSource(Source):
 
 
 def _take(items: Iterable[Any], samples: int | None, text: str) -> list[Any]:
+    import torch
+
     from mono_quant.quant.calibration import batch_size
 
     out, seen = [], 0
@@ -257,6 +264,8 @@ def _take(items: Iterable[Any], samples: int | None, text: str) -> list[Any]:
 
 
 def _head(item: Any, n: int) -> Any:
+    import torch
+
     if isinstance(item, torch.Tensor):
         return item[:n] if item.ndim >= 2 else item
     if isinstance(item, Mapping):

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Union
-
-import torch
+from typing import TYPE_CHECKING, Literal, Union
 
 from mono_quant.errors import BadConfigError, BadInputError
+
+if TYPE_CHECKING:  # annotations only: manifests and configs validate without torch
+    import torch
 
 __all__ = [
     "Granularity",
