@@ -214,6 +214,8 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
     if not got.claimed:
         status = got.status.value if got.status else "missing"
         _event(logging.INFO, "not_claimed", context, status=status)
+        if got.status == JobStatus.RUNNING:  # held by a live worker: look again once it
+            return Outcome(status, retry_in=s.stale_after)  # would count as stale
         return Outcome(status)
 
     started = time.monotonic()

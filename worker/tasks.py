@@ -19,3 +19,4 @@ def run_job_task(self, job_id: int) -> str:
     if outcome.retry_in is not None:  # transient failure: the job is queued for a new attempt
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.status
+

@@ -27,8 +27,35 @@ def run(args: argparse.Namespace) -> int:
 
     from mono_quant.worker.app import app
 
-    app.worker_main([
-        "worker", "--queues", ",".join(queues), "--hostname", name, "--concurrency", "1",
-        "--pool", "prefork", "--loglevel", args.loglevel, "--task-events",
-    ])
+    try:
+        app.worker_main([
+            "worker", "--queues", ",".join(queues), "--hostname", name, "--concurrency", "1",
+            "--pool", "prefork", "--loglevel", args.loglevel, "--task-events",
+        ])
+    finally:  # the pool is gone: whatever this node still holds was interrupted
+        _release_claims(name)
     return 0
+
+
+def _release_claims(name: str) -> None:
+    """Hand this node's running jobs back after a clean shutdown, so another worker claims
+    them at once (Celery has put their messages back on the queue); the interrupted attempt
+    does not count. A crash (SIGKILL) is left to the heartbeat and ``reconcile``."""
+    import logging
+
+    from celery.utils.nodenames import default_nodename, host_format
+
+    from mono_quant.catalog import Catalog, jobs
+
+    node = host_format(default_nodename(name))
+    try:
+        catalog = Catalog()
+        with catalog.begin() as session:
+            released = jobs.release(session, node)
+        catalog.dispose()
+    except Exception as e:  # shutting down: never fail here; reconcile covers what is left
+        logging.getLogger("mono_quant.worker").warning(
+            "could not release the jobs of %s: %s", node, e)
+        return
+    if released:
+        print(f"worker {node}: released job(s) {released} back to the queue", flush=True)

@@ -232,3 +232,20 @@ def test_reconcile_finds_lost_messages_and_dead_workers(catalog):
     assert _status(catalog, running).status is S.QUEUED
     assert _status(catalog, fresh).progress == {"stage": "quantizing"}
     assert _claim(catalog, running, "w3@h").attempt == 2
+
+
+def test_release_hands_running_jobs_back_without_counting_the_attempt(catalog):
+    a, b = _batch(catalog, 2)
+    _claim(catalog, a, "w1@h")
+    _claim(catalog, b, "w2@h")
+    with catalog.begin() as s:
+        assert js.release(s, "w1@h") == [a]
+    job = _status(catalog, a)
+    assert (job.status, job.attempts, job.worker) == (S.QUEUED, 0, None)
+    assert _status(catalog, b).status is S.RUNNING
+    again = _claim(catalog, a, "w3@h")
+    assert again.claimed and again.attempt == 1
+    with catalog.begin() as s:
+        rows = [(x.number, x.outcome) for x in
+                s.scalars(select(Attempt).where(Attempt.job_id == a).order_by(Attempt.number))]
+    assert rows == [(1, AttemptOutcome.LOST), (2, None)]

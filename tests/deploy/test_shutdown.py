@@ -103,15 +103,19 @@ def test_a_job_longer_than_the_soft_shutdown_goes_back_to_the_queue(
     assert "Restoring 1 unacknowledged message(s)" in log
     assert SOFT <= took < SOFT + 30, took
     assert (redis.llen("cpu"), redis.hlen("unacked")) == (1, 0)  # back on the queue
+    # the stopping worker handed its job back: queued, and the interrupted attempt not counted
+    job, attempts, _ = job_rows(url)
+    assert (job.status.value, job.attempts, job.worker) == ("queued", 0, None)
+    assert [(n, o) for n, o, _ in attempts] == [(1, "lost")]
 
-    # another worker takes it over once the first attempt's heartbeat is stale, and finishes
+    # another worker claims it at once and finishes it
     start_worker("stop-b@%h", env)
     wait_until(lambda: job_rows(url)[0].status.value == "succeeded", 120, "the re-run")
     job, attempts, artifacts = job_rows(url)
     host = job.worker.split("@", 1)[1]
     assert job.worker == f"stop-b@{host}"
     assert attempts == [(1, "lost", f"stop-a@{host}"), (2, "succeeded", f"stop-b@{host}")]
-    assert artifacts == 1
+    assert job.attempts == 1 and artifacts == 1
     assert (redis.llen("cpu"), redis.hlen("unacked")) == (0, 0)
 
 

@@ -145,6 +145,16 @@ def test_cancel_while_running_stops_before_writing(settings):
     assert not settings.storage_root.exists() or not any(settings.storage_root.rglob("*.*"))
 
 
+def test_a_job_held_by_a_live_worker_is_looked_at_again_later(settings):
+    (job_id,) = _submit(settings, [{"name": "a", "model": "factory:tests.jobfixtures:tiny"}])
+    with Catalog(settings.catalog_url).begin() as session:
+        assert js.claim(session, job_id, worker="other@host", device="cpu",
+                        stale_before=js.stale_cutoff(settings.stale_after)).claimed
+    out = run_job(job_id, "w@test", settings=settings)
+    assert out == job_module.Outcome("running", retry_in=settings.stale_after)
+    assert _job(settings, job_id).worker == "other@host"
+
+
 def test_unreachable_catalog_asks_for_a_later_retry(tmp_path):
     s = Settings.from_env({"MONO_QUANT_CATALOG_URL":
                            "postgresql+psycopg://nobody@127.0.0.1:1/none"})

@@ -55,6 +55,7 @@ __all__ = [
     "heartbeat",
     "mark_queued",
     "reconcile_candidates",
+    "release",
     "retry_jobs",
     "stale_cutoff",
     "succeed",
@@ -281,6 +282,25 @@ def fail(session: Session, job_id: int, worker: str, kind: ErrorKind, error: str
         error = f"{error} (gave up after {job.attempts} attempts)"
     _finish(job, S.FAILED, kind, error, utcnow())
     return S.FAILED
+
+
+def release(session: Session, worker: str) -> list[int]:
+    """A worker shutting down hands its running jobs back: ``running → queued``.
+
+    The interrupted attempt is closed as lost but does not count toward ``max_attempts``: an
+    operator stopping a worker is not the job's fault. Returns the released job ids (their
+    messages go back to the broker with the worker's unacknowledged ones).
+    """
+    jobs = list(session.scalars(
+        select(Job).where(Job.status == S.RUNNING, Job.worker == worker).with_for_update()
+    ))
+    now = utcnow()
+    for job in jobs:
+        _close_attempt(session, job.id, AttemptOutcome.LOST, ErrorKind.INTERNAL,
+                       "interrupted: the worker shut down")
+        job.status, job.worker, job.queued_at, job.progress = S.QUEUED, None, now, None
+        job.attempts = max(0, job.attempts - 1)
+    return [job.id for job in jobs]
 
 
 def cancel_jobs(session: Session, *, batch_id: int | None = None,
