@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from mono_quant.errors import BadConfigError
 
@@ -57,6 +58,7 @@ DEFAULT_RETRY_BACKOFF_MAX = 600.0
 DEFAULT_SOFT_SHUTDOWN_TIMEOUT = 0.0
 
 
+T = TypeVar("T")
 _environ: Mapping[str, str] = os.environ  # swapped by Settings.from_env(environ=...)
 
 
@@ -65,28 +67,24 @@ def _env(name: str, default: str | None = None) -> str | None:
     return default if value is None or value == "" else value
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_number(name: str, default: T, cast: Callable[[str], T], expected: str) -> T:
     raw = _env(name)
     if raw is None:
         return default
     try:
-        return float(raw)
+        return cast(raw)
     except ValueError as e:
         raise BadConfigError(
-            f"{_PREFIX}{name}={raw!r} is not a number; set it to a number of seconds or unset it"
+            f"{_PREFIX}{name}={raw!r} is not {expected}; set it to {expected} or unset it"
         ) from e
+
+
+def _env_float(name: str, default: float) -> float:
+    return _env_number(name, default, float, "a number (seconds)")
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError as e:
-        raise BadConfigError(
-            f"{_PREFIX}{name}={raw!r} is not an integer; set it to a whole number or unset it"
-        ) from e
+    return _env_number(name, default, int, "a whole number")
 
 
 def _catalog_url(data_dir: Path) -> str:
