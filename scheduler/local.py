@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -25,11 +26,64 @@ from mono_quant.scheduler.service import BatchStatus, SubmitResult, batch_status
 __all__ = ["run_local"]
 
 
+def _node() -> str:
+    return f"local-{os.getpid()}@{socket.gethostname()}"
+
+
 def _run_one(job_id: int) -> tuple[int, str, float | None]:
     from mono_quant.worker.job import run_job
 
-    outcome = run_job(job_id, worker=f"local-{os.getpid()}@{socket.gethostname()}")
-    return job_id, outcome.status, outcome.retry_in
+    outcome = run_job(job_id, worker=_node())
+    retry_in = outcome.retry_in
+    if outcome.status == "unreachable":  # the catalog was busy or down: try again soon
+        retry_in = 1.0
+    return job_id, outcome.status, retry_in
+
+
+def _requeue_crashed(catalog: Catalog, job_ids: list[int]) -> None:
+    """The pool broke (a job killed its process): its running jobs lost an attempt."""
+    from sqlalchemy import select
+
+    from mono_quant.catalog import Job, JobStatus
+    from mono_quant.catalog import jobs as job_state
+
+    with catalog.begin() as session:
+        running = session.execute(select(Job.id, Job.worker).where(
+            Job.id.in_(job_ids), Job.status == JobStatus.RUNNING)).all()
+        for job_id, worker in running:
+            job_state.requeue_lost(session, job_id, worker,
+                                   "the process running this attempt died")
+
+
+def _drain(catalog: Catalog, pending: list[int], waiting: dict[int, float], workers: int,
+           bar) -> tuple[list[int], dict[int, float]]:
+    """Run jobs until all are done or the pool breaks; returns what is left to run."""
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
+        running: dict[Future, int] = {pool.submit(_run_one, j): j for j in pending}
+        while running or waiting:
+            now = time.monotonic()
+            for job_id, at in list(waiting.items()):
+                if at <= now:
+                    del waiting[job_id]
+                    running[pool.submit(_run_one, job_id)] = job_id
+            if not running:
+                time.sleep(max(0.0, min(waiting.values()) - now))
+                continue
+            done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+            try:
+                for future in done:
+                    job_id = running.pop(future)
+                    _, _status, retry_in = future.result()
+                    if retry_in is not None:
+                        waiting[job_id] = time.monotonic() + retry_in
+                    else:
+                        bar.update(1)
+            except BrokenProcessPool:
+                lost = [running.pop(f) for f in list(running)] + [job_id]
+                _requeue_crashed(catalog, lost)
+                return lost, waiting
+    return [], waiting
 
 
 def run_local(
@@ -42,24 +96,9 @@ def run_local(
     result = submit(manifest, catalog, app=None, force=force)
     bar = tqdm(total=len(result.job_ids), desc=f"batch {result.batch_id}", unit="job",
                disable=not progress)
-    waiting: dict[int, float] = {}  # job id -> monotonic time to resubmit
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn")) as pool:
-        running: set[Future] = {pool.submit(_run_one, job_id) for job_id in result.job_ids}
-        while running or waiting:
-            now = time.monotonic()
-            for job_id, at in list(waiting.items()):
-                if at <= now:
-                    del waiting[job_id]
-                    running.add(pool.submit(_run_one, job_id))
-            if not running:
-                time.sleep(max(0.0, min(waiting.values()) - now))
-                continue
-            done, running = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in done:
-                job_id, _status, retry_in = future.result()
-                if retry_in is not None:
-                    waiting[job_id] = time.monotonic() + retry_in
-                else:
-                    bar.update(1)
+    waiting: dict[int, float] = {}  # job id -> monotonic time to submit it
+    pending = list(result.job_ids)
+    while pending or waiting:  # one pass per process pool (a crash breaks the pool)
+        pending, waiting = _drain(catalog, pending, waiting, workers, bar)
     bar.close()
     return result, batch_status(catalog, result.batch_id)

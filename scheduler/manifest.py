@@ -31,7 +31,7 @@ import hashlib
 import itertools
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,12 @@ class Manifest(BaseModel):
                 )
             if not values:
                 raise ValueError(f"key {key!r} has an empty list of values")
+            for i, value in enumerate(values):  # each value as strictly as in `defaults`
+                try:
+                    _Settings.model_validate({key: value})
+                except ValidationError as e:
+                    reason = e.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"{key}[{i}]={value!r}: {reason}") from None
         return v
 
     @field_validator("jobs")
@@ -164,7 +170,6 @@ class JobSpec:
     calibration: dict[str, Any] | None = None  # canonical calibration source
     samples: int | None = None
     max_attempts: int = 3
-    labels: dict[str, str] = field(default_factory=dict)
 
     def payload(self) -> dict[str, Any]:
         """What the job row stores and the worker needs (JSON)."""

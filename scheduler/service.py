@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from mono_quant.catalog import Artifact, Batch, Catalog, Job, JobStatus
+from mono_quant.catalog import Artifact, Batch, Catalog, Job, JobStatus, job_status_counts
 from mono_quant.catalog import jobs as job_state
+from mono_quant.catalog.batches import (
+    JobRow,
+    create_batch,
+    existing_artifacts,
+    jobs_in_flight,
+)
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
@@ -44,12 +49,13 @@ class SubmitResult:
     queues: list[str]
     skipped: list[tuple[str, int]] = field(default_factory=list)  # (job name, artifact id)
     duplicates: list[str] = field(default_factory=list)  # same key twice in one manifest
+    in_flight: list[tuple[str, int]] = field(default_factory=list)  # (job name, live job id)
     published: int = 0
 
 
-def _rows(specs: Iterable[JobSpec]) -> list[job_state.JobRow]:
+def _rows(specs: Iterable[JobSpec]) -> list[JobRow]:
     return [
-        job_state.JobRow(
+        JobRow(
             name=s.name, model_source=s.model_source, model_source_json=s.model,
             config=s.payload(), idempotency_key=s.idempotency_key, queue=s.queue,
             max_attempts=s.max_attempts,
@@ -69,7 +75,9 @@ def submit(
 ) -> SubmitResult:
     """Validate the manifest, write the batch and its jobs in one transaction, then publish.
 
-    Jobs whose artifact already exists (same idempotency key) are skipped unless ``force``.
+    Jobs whose artifact already exists (same idempotency key) are skipped unless ``force``;
+    jobs whose key another job is still working on (pending, queued, running) are skipped
+    always: two jobs racing for one artifact would waste a GPU.
     With ``app=None`` nothing is published (the embedded runner runs the jobs itself). When
     publishing fails the jobs stay ``pending`` and ``reconcile`` publishes them later; the
     TransientError says so.
@@ -83,19 +91,23 @@ def submit(
         key = spec.idempotency_key
         (duplicates.append(spec.name) if key in seen else unique.append(spec))
         seen.add(key)
+    keys = [sp.idempotency_key for sp in unique]
     with catalog.begin() as session:
-        existing = {} if force else job_state.existing_artifacts(
-            session, [sp.idempotency_key for sp in unique]
-        )
-        todo = [sp for sp in unique if sp.idempotency_key not in existing]
+        existing = {} if force else existing_artifacts(session, keys)
+        live = jobs_in_flight(session, keys)
+        todo = [sp for sp in unique
+                if sp.idempotency_key not in existing and sp.idempotency_key not in live]
         skipped = [(sp.name, existing[sp.idempotency_key]) for sp in unique
                    if sp.idempotency_key in existing]
-        batch, ids = job_state.create_batch(
+        in_flight = [(sp.name, live[sp.idempotency_key]) for sp in unique
+                     if sp.idempotency_key in live and sp.idempotency_key not in existing]
+        batch, ids = create_batch(
             session, _rows(todo), name=manifest.name or path.stem, manifest_digest=digest,
             requested_by=requested_by or _user(), labels=dict(manifest.labels),
         )
         batch_id = batch.id
-    result = SubmitResult(batch_id, ids, [sp.queue for sp in todo], skipped, duplicates)
+    result = SubmitResult(batch_id, ids, [sp.queue for sp in todo], skipped, duplicates,
+                          in_flight)
     if app is not None and ids:
         publish(catalog, app, list(zip(ids, result.queues, strict=True)))
         result.published = len(ids)
@@ -162,12 +174,7 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
         batch = session.get(Batch, batch_id)
         if batch is None:
             raise BadInputError(f"batch {batch_id} does not exist")
-        counts = Counter({
-            JobStatus(status).value: n for status, n in session.execute(
-                select(Job.status, func.count()).where(Job.batch_id == batch_id)
-                .group_by(Job.status)
-            )
-        })
+        counts = {s.value: n for s, n in job_status_counts(session, batch_id).items() if n}
         failures = [
             {"job": j.id, "name": j.name, "kind": j.error_kind.value if j.error_kind else None,
              "error": j.last_error, "attempts": j.attempts}
@@ -188,7 +195,7 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
                 .order_by(Job.id)
             )
         ]
-        return BatchStatus(batch_id, batch.name, dict(counts), failures, artifacts,
+        return BatchStatus(batch_id, batch.name, counts, failures, artifacts,
                            sum(counts.values()), running)
 
 
@@ -211,9 +218,8 @@ def retry(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
           job_ids: list[int] | None = None, all_failed: bool = False) -> list[int]:
     """Re-enqueue failed jobs (a fresh attempt budget); returns their ids."""
     with catalog.begin() as session:
-        jobs = job_state.retry_jobs(session, batch_id=batch_id, job_ids=job_ids,
+        todo = job_state.retry_jobs(session, batch_id=batch_id, job_ids=job_ids,
                                     all_failed=all_failed)
-        todo = [(j.id, j.queue) for j in jobs]
     if app is not None and todo:
         publish(catalog, app, todo)
     return [job_id for job_id, _ in todo]
@@ -223,9 +229,7 @@ def cancel(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
            job_ids: list[int] | None = None) -> list[int]:
     """Cancel non-final jobs; running ones are also revoked (their process is terminated)."""
     with catalog.begin() as session:
-        jobs = job_state.cancel_jobs(session, batch_id=batch_id, job_ids=job_ids)
-        running = [j.celery_task_id for j in jobs if j.celery_task_id and j.worker]
-        ids = [j.id for j in jobs]
+        ids, running = job_state.cancel_jobs(session, batch_id=batch_id, job_ids=job_ids)
     if app is not None and running:
         app.control.revoke(running, terminate=True, signal="SIGTERM")
     return ids
@@ -234,7 +238,10 @@ def cancel(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
 def broker_job_ids(app: Any, queues: Iterable[str]) -> set[int] | None:
     """Job ids with a message on the Redis broker (waiting or delivered but unacknowledged).
 
-    None when the broker is not Redis (then reconcile relies on ages alone).
+    None when the broker is not Redis (then reconcile relies on ages alone). Unacknowledged
+    messages count whatever their age: a worker legitimately holds one it reserved behind a
+    running job for up to the time limit, and Redis restores abandoned ones by itself after
+    the visibility timeout.
     """
     url = str(app.conf.broker_url)
     if not url.startswith(("redis://", "rediss://")):
@@ -273,11 +280,10 @@ def reconcile(catalog: Catalog, app: Any, *, settings: Settings | None = None) -
     on_broker = broker_job_ids(app, queues)
     cutoff = job_state.stale_cutoff(s.stale_after)
     with catalog.begin() as session:
-        jobs = job_state.reconcile_candidates(
+        todo = job_state.reconcile_jobs(
             session, stale_before=cutoff, pending_before=cutoff, queued_before=cutoff,
             on_broker=on_broker,
         )
-        todo = [(j.id, j.queue) for j in jobs]
     if todo:
         from mono_quant.scheduler.publish import publish_jobs
 

@@ -7,21 +7,25 @@ the message. In order:
    run it; a job that keeps killing its worker is failed as poison here);
 2. start a **heartbeat** thread (also how a running job learns it was cancelled);
 3. **load** the model and calibration data, **calibrate, quantize, validate**
-   (``quantize_model``); on CUDA out-of-memory retry once with calibration batches halved;
-4. **write** the artifact to a temporary name in the storage root, fsync, rename into place
-   (``save_model`` is atomic), then **hash** it;
-5. **record**: insert the artifact row and mark the job succeeded in one transaction.
+   (``quantize_model``, with layer and batch progress in the job row); on CUDA out-of-memory
+   retry once with calibration batches halved;
+4. **write** the artifact to this attempt's own path in the storage root (a temporary name,
+   fsync, rename: ``save_model`` is atomic), **reload** it into the float architecture and
+   check it reproduces the quantized outputs bit for bit, then **hash** it;
+5. **record**: insert the artifact row and mark the job succeeded in one transaction; a file
+   it replaced (a forced re-run) is deleted after the commit.
 
 Failures are classified: bad input / bad config fail at once; transient ones (I/O, database
 or broker unavailable, out of memory) go back to ``queued`` and the caller re-sends the job
 after an exponential backoff with jitter, until ``max_attempts``. A failed attempt leaves no
-temporary file and no artifact row.
+file, no temporary and no artifact row; what a killed attempt left is removed by the next.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import logging
 import random
@@ -34,8 +38,14 @@ from typing import Any
 from mono_quant.catalog import Catalog, ErrorKind, JobStatus
 from mono_quant.catalog import jobs as job_state
 from mono_quant.config import Settings, get_settings
-from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError, TransientError
-from mono_quant.worker.storage import artifact_key, clean_temporaries, resolve
+from mono_quant.errors import (
+    BadConfigError,
+    BadInputError,
+    MonoQuantError,
+    StorageError,
+    TransientError,
+)
+from mono_quant.worker.storage import artifact_key, remove, remove_earlier_attempts, resolve
 
 __all__ = ["Outcome", "backoff", "classify", "run_job"]
 
@@ -71,23 +81,38 @@ def backoff(attempt: int, settings: Settings) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
-def _is_transient_os_error(e: BaseException) -> bool:
-    while e is not None:
-        if isinstance(e, OSError):
-            return e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT)
-        e = e.__cause__
-    return True
+#: errno values that retrying cannot fix (permissions, read-only or missing storage).
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
+                               errno.ENOTDIR, errno.EISDIR})
+#: Model weights larger than this are not hashed for the catalog's model digest.
+DIGEST_LIMIT_BYTES = 2 << 30
+
+
+def _oom_error() -> type[BaseException]:
+    import torch
+
+    # torch.OutOfMemoryError is new in 2.5; torch.cuda's alias is older
+    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def _is_transient_os_error(e: OSError) -> bool:
+    """By the errno of the error or of the first OSError with one in its cause chain; our own
+    StorageErrors without one (a path escaping the root, a file in the way) are permanent."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return cause.errno not in _PERMANENT_ERRNOS
+        cause = cause.__cause__
+    return not isinstance(e, StorageError)
 
 
 def classify(e: BaseException) -> tuple[ErrorKind, bool]:
     """(error kind, whether retrying can help) for an exception raised by a job."""
-    import torch
-
     if isinstance(e, BadConfigError):
         return ErrorKind.BAD_CONFIG, False
     if isinstance(e, BadInputError):
         return ErrorKind.BAD_INPUT, False
-    if isinstance(e, (TransientError, torch.OutOfMemoryError)):
+    if isinstance(e, (TransientError, _oom_error())):
         return ErrorKind.TRANSIENT, True
     if isinstance(e, OSError):  # includes StorageError
         transient = _is_transient_os_error(e)
@@ -109,6 +134,11 @@ class _Heartbeat(threading.Thread):
         self.progress: dict[str, Any] = {}
         self.lost = threading.Event()
         self._stop_event = threading.Event()
+
+    def step(self, stage: str, done: int, total: int) -> None:
+        """Progress inside a stage (layers, batches): kept in memory, written by the next beat
+        (a callback of the quantizer: it must stay cheap)."""
+        self.progress = {"stage": stage, "done": done, "total": total}
 
     def stage(self, name: str, **extra: Any) -> None:
         """Enter a stage: record it, and stop here if the job is no longer ours."""
@@ -155,121 +185,163 @@ def _halve(batches: list[Any]) -> list[Any]:
     return [half for item in batches for half in split(item)]
 
 
-def _quantize(job_payload: dict[str, Any], beat: _Heartbeat, device: str):
-    import torch
-
-    from mono_quant import QuantConfig, quantize_model
+def _load(payload: dict[str, Any], beat: _Heartbeat, device: str):
     from mono_quant.io.hashing import state_dict_digest
     from mono_quant.io.sources import parse_calibration_source, parse_model_source
 
     beat.stage("loading")
-    source = parse_model_source(job_payload["model"])
-    config = QuantConfig.from_dict(job_payload["quant"])
+    source = parse_model_source(payload["model"])
     model = source.load().to(device)
-    digest = state_dict_digest(model)
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    digest = state_dict_digest(model) if size <= DIGEST_LIMIT_BYTES else None  # "where cheap"
     batches = None
-    if job_payload.get("calibration"):
+    if payload.get("calibration"):
         beat.stage("loading calibration data")
-        calibration = parse_calibration_source(job_payload["calibration"])
-        batches = calibration.load(source, job_payload.get("samples"))
+        calibration = parse_calibration_source(payload["calibration"])
+        batches = calibration.load(source, payload.get("samples"))
+    return model, batches, digest
+
+
+def _quantize(model, config, batches, beat: _Heartbeat, device: str):
+    """quantize_model; on out-of-memory, once more with calibration batches halved."""
+    import torch
+
+    from mono_quant import quantize_model
+
     beat.stage("quantizing")
     try:
-        qmodel, info = quantize_model(model, config, batches, progress=False)
-    except torch.OutOfMemoryError:
+        return quantize_model(model, config, batches, progress=False, on_progress=beat.step)
+    except _oom_error():
         if not batches:
             raise
-        _event(logging.WARNING, "out_of_memory", beat.context,
-               action="retrying once with calibration batches halved")
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-        beat.stage("quantizing (smaller calibration batches)")
-        qmodel, info = quantize_model(model, config, _halve(batches), progress=False)
-    return qmodel, info, digest
+    # Outside the except block: its traceback no longer pins the failed attempt's tensors.
+    _event(logging.WARNING, "out_of_memory", beat.context,
+           action="retrying once with calibration batches halved")
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    beat.stage("quantizing (smaller calibration batches)")
+    return quantize_model(model, config, _halve(batches), progress=False, on_progress=beat.step)
+
+
+def _claim(catalog: Catalog, job_id: int, worker: str, device: str, s: Settings,
+           task_id: str | None):
+    with catalog.begin() as session:
+        got = job_state.claim(session, job_id, worker=worker, device=device,
+                              stale_before=job_state.stale_cutoff(s.stale_after),
+                              task_id=task_id)
+        if not got.claimed:
+            return got, None
+        job = got.job
+        return got, (dict(job.config), job.idempotency_key, job.batch_id)
 
 
 def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
             task_id: str | None = None) -> Outcome:
     """Run job ``job_id`` as ``worker`` (a unique node name); see the module docstring."""
+    from mono_quant import QuantConfig
     from mono_quant.io import save_model
     from mono_quant.io.hashing import sha256_path, size_path
+    from mono_quant.validate.reload import reload_check
     from mono_quant.worker.pinning import pick_device
 
     s = settings or get_settings()
     catalog = _catalog(s.catalog_url)
     device = pick_device()
     try:
-        with catalog.begin() as session:
-            got = job_state.claim(session, job_id, worker=worker, device=device,
-                                  stale_before=job_state.stale_cutoff(s.stale_after),
-                                  task_id=task_id)
-            payload = dict(got.job.config) if got.claimed else None
-            key = got.job.idempotency_key if got.claimed else None
-            batch = got.job.batch_id if got.claimed else None
-            attempt = got.attempt
-    except MonoQuantError as e:  # the catalog is unreachable: try again later
+        got, claimed = _claim(catalog, job_id, worker, device, s, task_id)
+    except MonoQuantError as e:  # the catalog is unreachable or misconfigured: later
         _event(logging.WARNING, "claim_failed", {"job": job_id, "node": worker}, error=str(e))
-        return Outcome("unknown", retry_in=backoff(1, s), error=str(e))
-    context = {"job": job_id, "batch": batch, "attempt": attempt, "node": worker,
-               "device": device}
-    if not got.claimed:
+        return Outcome("unreachable", error=str(e))
+    context = {"job": job_id, "batch": claimed[2] if claimed else None, "attempt": got.attempt,
+               "node": worker, "device": device}
+    if claimed is None:
         status = got.status.value if got.status else "missing"
         _event(logging.INFO, "not_claimed", context, status=status)
         if got.status == JobStatus.RUNNING:  # held by a live worker: look again once it
             return Outcome(status, retry_in=s.stale_after)  # would count as stale
         return Outcome(status)
+    payload, key, _ = claimed
+    attempt = got.attempt
 
     started = time.monotonic()
     _event(logging.INFO, "started", context)
     beat = _Heartbeat(catalog, job_id, worker, s.heartbeat_interval, context)
     beat.start()
+    path = None
     try:
-        qmodel, info, digest = _quantize(payload, beat, device)
-        beat.stage("writing")
         fmt = payload.get("format", "safetensors")
-        storage_key = artifact_key(key, fmt)
+        storage_key = artifact_key(key, fmt, job_id, attempt)
         path = resolve(s.storage_root, storage_key)
-        clean_temporaries(path)  # left by an attempt that was killed mid-write
+        remove_earlier_attempts(path, job_id, attempt)  # what killed attempts left behind
+        model, batches, digest = _load(payload, beat, device)
+        qmodel, info = _quantize(model, QuantConfig.from_dict(payload["quant"]), batches, beat,
+                                 device)
+        beat.stage("writing")
         save_model(qmodel, path, info=info, format=fmt)
+        beat.stage("reloading")
+        info.metrics["reload_check"] = reload_check(path, model, qmodel,
+                                                    batches[0] if batches else None)
+        del model, qmodel
         sha, size = sha256_path(path), size_path(path)
         beat.stage("recording")
         with catalog.begin() as session:
-            artifact = job_state.succeed(
+            recorded = job_state.succeed(
                 session, job_id, worker, storage_root=s.storage_root, storage_key=storage_key,
                 fmt=fmt, sha256=sha, size_bytes=size, info=info, model_digest=digest,
             )
-        if artifact is None:
+        if recorded is None:
             raise _Stop("the job was cancelled or taken over before it could be recorded")
+        _, replaced = recorded
+        if replaced is not None and replaced != storage_key:  # a forced re-run took the key
+            with contextlib.suppress(MonoQuantError, OSError):
+                remove(resolve(s.storage_root, replaced))
         _event(logging.INFO, "succeeded", context, artifact=storage_key, bytes=size,
                seconds=round(time.monotonic() - started, 3))
         return Outcome("succeeded")
     except _Stop as e:
+        _remove_unrecorded(path)
         _event(logging.INFO, "stopped", context, reason=str(e))
         return Outcome("stopped", error=str(e))
     except BaseException as e:  # the task boundary: record every failure
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
-        kind, retry = classify(e)
-        if type(e).__name__ == "SoftTimeLimitExceeded":
-            kind, retry = ErrorKind.INTERNAL, False
-            message = f"exceeded the time limit of {s.soft_time_limit} s"
-        else:
-            message = f"{type(e).__name__}: {e}" if kind == ErrorKind.INTERNAL else str(e)
-        if kind == ErrorKind.INTERNAL:
-            log.exception("job %s: internal error", job_id)  # the traceback, for a bug report
-        try:
-            with catalog.begin() as session:
-                status = job_state.fail(session, job_id, worker, kind, message, retry=retry)
-        except MonoQuantError as db_error:  # cannot record it: reconcile will find the job
-            _event(logging.ERROR, "failure_not_recorded", context, error=message,
-                   catalog_error=str(db_error))
-            return Outcome("unknown", error=message)
-        _event(logging.WARNING, "failed", context, kind=kind.value, error=message,
-               status=status.value if status else "not ours",
-               seconds=round(time.monotonic() - started, 3))
-        if status == JobStatus.QUEUED:
-            return Outcome("queued", retry_in=backoff(attempt, s), error=message)
-        return Outcome(status.value if status else "stopped", error=message)
+        _remove_unrecorded(path)
+        return _record_failure(catalog, job_id, worker, e, context, attempt, started, s)
     finally:
         beat.stop()
         with contextlib.suppress(Exception):
             beat.join(timeout=5)
+
+
+def _remove_unrecorded(path) -> None:
+    """This attempt's file is nobody's artifact once the attempt failed (its path is unique)."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            remove(path)
+
+
+def _record_failure(catalog: Catalog, job_id: int, worker: str, e: BaseException,
+                    context: dict[str, Any], attempt: int, started: float,
+                    s: Settings) -> Outcome:
+    kind, retry = classify(e)
+    if type(e).__name__ == "SoftTimeLimitExceeded":
+        kind, retry = ErrorKind.INTERNAL, False
+        message = f"exceeded the time limit of {s.soft_time_limit} s"
+    else:
+        message = f"{type(e).__name__}: {e}" if kind == ErrorKind.INTERNAL else str(e)
+    if kind == ErrorKind.INTERNAL:
+        log.error("job %s: internal error", job_id, exc_info=e)  # the traceback, for a report
+    try:
+        with catalog.begin() as session:
+            status = job_state.fail(session, job_id, worker, kind, message, retry=retry)
+    except MonoQuantError as db_error:  # cannot record it: reconcile will find the job
+        _event(logging.ERROR, "failure_not_recorded", context, error=message,
+               catalog_error=str(db_error))
+        return Outcome("unreachable", error=message)
+    _event(logging.WARNING, "failed", context, kind=kind.value, error=message,
+           status=status.value if status else "not ours",
+           seconds=round(time.monotonic() - started, 3))
+    if status == JobStatus.QUEUED:
+        return Outcome("queued", retry_in=backoff(attempt, s), error=message)
+    return Outcome(status.value if status else "stopped", error=message)

@@ -113,6 +113,9 @@ def _submit(args) -> int:
     for name in result.duplicates:
         print(f"  skipped {name}: same model and config as another job of this manifest",
               file=sys.stderr)
+    for name, job in result.in_flight:
+        print(f"  skipped {name}: job {job} is already working on the same model and config",
+              file=sys.stderr)
     if not args.wait:
         return 0
     status = _follow(catalog, result.batch_id, len(result.job_ids), args.quiet, args.timeout)
@@ -127,6 +130,8 @@ def _run(args) -> int:
                                progress=not args.quiet)
     for name, artifact in result.skipped:
         print(f"skipped {name}: artifact {artifact} exists (use --force to redo)")
+    for name, job in result.in_flight:
+        print(f"skipped {name}: job {job} is already working on the same model and config")
     _print_status(status, False)
     if status.artifacts:
         from mono_quant.catalog import ArtifactQuery, Catalog, artifact_record, list_artifacts
@@ -167,13 +172,21 @@ def _cancel(args) -> int:
 
 
 def _reconcile(args) -> int:
+    from mono_quant.errors import MonoQuantError
     from mono_quant.scheduler.service import reconcile
 
     catalog, app = _catalog(), _app()
     while True:
-        ids = reconcile(catalog, app)
-        print(f"reconcile: re-enqueued {len(ids)} job(s)" +
-              (f": {', '.join(map(str, ids))}" if ids else ""), flush=True)
+        try:
+            ids = reconcile(catalog, app)
+        except MonoQuantError as e:  # broker or catalog away: a loop keeps going
+            if args.every is None:
+                raise
+            print(f"reconcile: failed this round, trying again in {args.every} s: {e}",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"reconcile: re-enqueued {len(ids)} job(s)" +
+                  (f": {', '.join(map(str, ids))}" if ids else ""), flush=True)
         if args.every is None:
             return 0
         time.sleep(args.every)

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,68 +58,68 @@ DEFAULT_SOFT_SHUTDOWN_TIMEOUT = 0.0
 
 
 T = TypeVar("T")
-_environ: Mapping[str, str] = os.environ  # swapped by Settings.from_env(environ=...)
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = _environ.get(_PREFIX + name)
-    return default if value is None or value == "" else value
+class _Env:
+    """Typed reads of ``MONO_QUANT_*`` variables from one mapping (``os.environ`` usually)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.environ.get(_PREFIX + name)
+        return default if value is None or value == "" else value
+
+    def _number(self, name: str, default: T, cast: Callable[[str], T], expected: str) -> T:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            return cast(raw)
+        except ValueError as e:
+            raise BadConfigError(
+                f"{_PREFIX}{name}={raw!r} is not {expected}; set it to {expected} or unset it"
+            ) from e
+
+    def integer(self, name: str, default: int) -> int:
+        return self._number(name, default, int, "a whole number")
+
+    def seconds(self, name: str, default: float) -> float:
+        return self._number(name, default, float, "a number (seconds)")
 
 
-def _env_number(name: str, default: T, cast: Callable[[str], T], expected: str) -> T:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return cast(raw)
-    except ValueError as e:
-        raise BadConfigError(
-            f"{_PREFIX}{name}={raw!r} is not {expected}; set it to {expected} or unset it"
-        ) from e
-
-
-def _env_float(name: str, default: float) -> float:
-    return _env_number(name, default, float, "a number (seconds)")
-
-
-def _env_int(name: str, default: int) -> int:
-    return _env_number(name, default, int, "a whole number")
-
-
-def _catalog_url(data_dir: Path) -> str:
+def _catalog_url(env: _Env, data_dir: Path) -> str:
     """MONO_QUANT_CATALOG_URL, else PostgreSQL from MONO_QUANT_DB_* parts, else SQLite."""
-    url = _env("CATALOG_URL")
+    url = env.text("CATALOG_URL")
     if url:
         return url
-    host = _env("DB_HOST")
+    host = env.text("DB_HOST")
     if host:
         from urllib.parse import quote
 
-        user = quote(_env("DB_USER", "postgres") or "postgres", safe="")
-        password = _env("DB_PASSWORD")
+        user = quote(env.text("DB_USER", "postgres") or "postgres", safe="")
+        password = env.text("DB_PASSWORD")
         auth = f"{user}:{quote(password, safe='')}" if password else user
-        port = _env_int("DB_PORT", 5432)
-        name = _env("DB_NAME", "mono_quant")
+        port = env.integer("DB_PORT", 5432)
+        name = env.text("DB_NAME", "mono_quant")
         return f"postgresql+psycopg://{auth}@{host}:{port}/{name}"
     return f"sqlite:///{(data_dir / 'catalog.db').resolve()}"
 
 
-def _broker_url() -> str:
+def _broker_url(env: _Env) -> str:
     """MONO_QUANT_BROKER_URL, else Redis from MONO_QUANT_REDIS_* parts, else the default."""
-    url = _env("BROKER_URL")
+    url = env.text("BROKER_URL")
     if url:
         return url
-    host = _env("REDIS_HOST")
+    host = env.text("REDIS_HOST")
     if host:
         from urllib.parse import quote
 
-        password = _env("REDIS_PASSWORD")
+        password = env.text("REDIS_PASSWORD")
         auth = f":{quote(password, safe='')}@" if password else ""
-        return f"redis://{auth}{host}:{_env_int('REDIS_PORT', 6379)}/{_env_int('REDIS_DB', 0)}"
+        port, db = env.integer("REDIS_PORT", 6379), env.integer("REDIS_DB", 0)
+        return f"redis://{auth}{host}:{port}/{db}"
     return DEFAULT_BROKER_URL
-
-
-_env_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -163,27 +162,18 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from ``environ`` (default: ``os.environ``)."""
-        global _environ
-        with _env_lock:
-            _environ = os.environ if environ is None else environ
-            try:
-                return cls._read()
-            finally:
-                _environ = os.environ
-
-    @classmethod
-    def _read(cls) -> Settings:
-        compile_mode = (_env("COMPILE", DEFAULT_COMPILE) or DEFAULT_COMPILE).lower()
+        env = _Env(os.environ if environ is None else environ)
+        compile_mode = (env.text("COMPILE", DEFAULT_COMPILE) or DEFAULT_COMPILE).lower()
         if compile_mode not in ("auto", "always", "never"):
             raise BadConfigError(
                 f"{_PREFIX}COMPILE={compile_mode!r}: expected one of 'auto', 'always', 'never'"
             )
-        data_dir = Path(_env("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR).resolve()
-        soft = _env_int("SOFT_TIME_LIMIT", DEFAULT_SOFT_TIME_LIMIT)
-        hard = _env_int("TIME_LIMIT", max(DEFAULT_TIME_LIMIT, soft + 60))
-        visibility = _env_int("VISIBILITY_TIMEOUT", hard + 600)
-        heartbeat = _env_float("HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL)
-        stale = _env_float("STALE_AFTER", DEFAULT_STALE_AFTER)
+        data_dir = Path(env.text("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR).resolve()
+        soft = env.integer("SOFT_TIME_LIMIT", DEFAULT_SOFT_TIME_LIMIT)
+        hard = env.integer("TIME_LIMIT", max(DEFAULT_TIME_LIMIT, soft + 60))
+        visibility = env.integer("VISIBILITY_TIMEOUT", hard + 600)
+        heartbeat = env.seconds("HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL)
+        stale = env.seconds("STALE_AFTER", DEFAULT_STALE_AFTER)
         if not 0 < soft < hard < visibility:
             raise BadConfigError(
                 f"time limits must satisfy 0 < {_PREFIX}SOFT_TIME_LIMIT ({soft}) < "
@@ -195,30 +185,30 @@ class Settings:
                 f"{_PREFIX}STALE_AFTER ({stale}) must exceed twice "
                 f"{_PREFIX}HEARTBEAT_INTERVAL ({heartbeat}) so a live job is never presumed dead"
             )
-        soft_shutdown = _env_float("SOFT_SHUTDOWN_TIMEOUT", DEFAULT_SOFT_SHUTDOWN_TIMEOUT)
+        soft_shutdown = env.seconds("SOFT_SHUTDOWN_TIMEOUT", DEFAULT_SOFT_SHUTDOWN_TIMEOUT)
         if soft_shutdown < 0:
             raise BadConfigError(
                 f"{_PREFIX}SOFT_SHUTDOWN_TIMEOUT={soft_shutdown}: expected seconds >= 0 "
                 "(0 cancels a running job at once on a cold shutdown)"
             )
-        attempts = _env_int("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
+        attempts = env.integer("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
         if attempts < 1:
             raise BadConfigError(f"{_PREFIX}MAX_ATTEMPTS={attempts}: expected at least 1")
         return cls(
             data_dir=data_dir,
             compile=compile_mode,
-            compile_min_numel=_env_int("COMPILE_MIN_NUMEL", DEFAULT_COMPILE_MIN_NUMEL),
-            catalog_url=_catalog_url(data_dir),
-            storage_root=Path(_env("STORAGE_ROOT") or data_dir / "artifacts").resolve(),
-            broker_url=_broker_url(),
+            compile_min_numel=env.integer("COMPILE_MIN_NUMEL", DEFAULT_COMPILE_MIN_NUMEL),
+            catalog_url=_catalog_url(env, data_dir),
+            storage_root=Path(env.text("STORAGE_ROOT") or data_dir / "artifacts").resolve(),
+            broker_url=_broker_url(env),
             soft_time_limit=soft,
             time_limit=hard,
             visibility_timeout=visibility,
             max_attempts=attempts,
             heartbeat_interval=heartbeat,
             stale_after=stale,
-            retry_backoff=_env_float("RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF),
-            retry_backoff_max=_env_float("RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX),
+            retry_backoff=env.seconds("RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF),
+            retry_backoff_max=env.seconds("RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX),
             soft_shutdown_timeout=soft_shutdown,
         )
 

@@ -7,7 +7,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mono_quant import QuantConfig, demo_models, quantize_model
 from mono_quant.catalog import (
@@ -20,6 +20,7 @@ from mono_quant.catalog import (
     JobStatus,
 )
 from mono_quant.catalog import jobs as js
+from mono_quant.catalog.batches import JobRow, create_batch
 from mono_quant.catalog.types import utcnow
 
 S = JobStatus
@@ -37,9 +38,9 @@ def info():
     return quantize_model(demo_models.mlp(), QuantConfig(), progress=False)[1]
 
 
-def _rows(n: int, max_attempts: int = 3) -> list[js.JobRow]:
+def _rows(n: int, max_attempts: int = 3) -> list[JobRow]:
     return [
-        js.JobRow(name=f"job-{i}", model_source="factory:m:f", model_source_json={"i": i},
+        JobRow(name=f"job-{i}", model_source="factory:m:f", model_source_json={"i": i},
                   config={"i": i}, idempotency_key=hashlib.sha256(b"%d" % i).hexdigest(),
                   queue="cpu" if i % 2 else "gpu", max_attempts=max_attempts)
         for i in range(n)
@@ -48,7 +49,7 @@ def _rows(n: int, max_attempts: int = 3) -> list[js.JobRow]:
 
 def _batch(catalog, n=3, **kw) -> list[int]:
     with catalog.begin() as s:
-        _, ids = js.create_batch(s, _rows(n, **kw), name="b", labels={"t": "x"})
+        _, ids = create_batch(s, _rows(n, **kw), name="b", labels={"t": "x"})
     return ids
 
 
@@ -92,18 +93,23 @@ def test_concurrent_claims_have_one_winner(catalog):
     ids = _batch(catalog, 4)
     barrier = threading.Barrier(4)
     wins: list[tuple[int, str]] = []
+    errors: list[BaseException] = []
 
     def worker(name: str) -> None:
         barrier.wait()
-        for job_id in ids:
-            if _claim(catalog, job_id, name).claimed:
-                wins.append((job_id, name))
+        try:
+            for job_id in ids:
+                if _claim(catalog, job_id, name).claimed:
+                    wins.append((job_id, name))
+        except BaseException as e:  # surfaced below: a thread's exception is otherwise lost
+            errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(f"w{i}@h",)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not errors
     assert sorted(j for j, _ in wins) == sorted(ids)  # every job exactly once
 
 
@@ -142,9 +148,10 @@ def test_succeed_records_artifact_and_closes_attempt(catalog, info, tmp_path):
     with catalog.begin() as s:
         assert js.succeed(s, job_id, "other@h", storage_root=tmp_path, storage_key="ab/x.pt",
                           fmt="pt", sha256="0" * 64, size_bytes=1, info=info) is None
-        a = js.succeed(s, job_id, "w1@h", storage_root=tmp_path, storage_key="ab/x.pt",
-                       fmt="pt", sha256="0" * 64, size_bytes=1, info=info)
-        assert a is not None
+        recorded = js.succeed(s, job_id, "w1@h", storage_root=tmp_path,
+                              storage_key="ab/x.pt", fmt="pt", sha256="0" * 64, size_bytes=1,
+                              info=info)
+        assert recorded is not None and recorded[1] is None
     job = _status(catalog, job_id)
     assert job.status is S.SUCCEEDED and job.finished_at is not None
     with catalog.begin() as s:
@@ -155,15 +162,19 @@ def test_succeed_records_artifact_and_closes_attempt(catalog, info, tmp_path):
 def test_forced_rerun_takes_over_the_artifact_of_its_key(catalog, info, tmp_path):
     rows = _rows(1) * 2
     with catalog.begin() as s:
-        _, (first, second) = js.create_batch(s, rows, name="b")
+        _, (first, second) = create_batch(s, rows, name="b")
+    replaced = []
     for job_id, sha in ((first, "1" * 64), (second, "2" * 64)):
         _claim(catalog, job_id)
         with catalog.begin() as s:
-            js.succeed(s, job_id, "w1@h", storage_root=tmp_path, storage_key="ab/x.pt",
-                       fmt="pt", sha256=sha, size_bytes=1, info=info)
+            _, old = js.succeed(s, job_id, "w1@h", storage_root=tmp_path,
+                                storage_key=f"ab/{job_id}.pt", fmt="pt", sha256=sha,
+                                size_bytes=1, info=info)
+            replaced.append(old)
     with catalog.begin() as s:
         artifacts = list(s.scalars(select(Artifact)))
     assert [(a.job_id, a.sha256) for a in artifacts] == [(second, "2" * 64)]
+    assert replaced == [None, f"ab/{first}.pt"]  # the caller deletes that file
 
 
 def test_fail_with_retry_requeues_until_attempts_run_out(catalog):
@@ -185,8 +196,7 @@ def test_bad_input_fails_at_once_and_retry_resets_the_budget(catalog):
     with catalog.begin() as s:
         assert js.fail(s, job_id, "w1@h", ErrorKind.BAD_INPUT, "no such file") is S.FAILED
         assert js.fail(s, job_id, "w1@h", ErrorKind.BAD_INPUT, "twice") is None  # not ours
-        retried = js.retry_jobs(s, all_failed=True)
-        assert [j.id for j in retried] == [job_id]
+        assert js.retry_jobs(s, all_failed=True) == [(job_id, "gpu")]
     job = _status(catalog, job_id)
     assert (job.status, job.attempts) == (S.PENDING, 0)
     second = _claim(catalog, job_id)
@@ -205,8 +215,8 @@ def test_cancel_stops_queued_and_running_jobs(catalog):
         js.fail(s, b, "w1@h", ErrorKind.BAD_INPUT, "x")
     _claim(catalog, c)
     with catalog.begin() as s:
-        cancelled = js.cancel_jobs(s, batch_id=1)
-        assert sorted(j.id for j in cancelled) == [a, c]
+        cancelled, running = js.cancel_jobs(s, batch_id=1)
+        assert sorted(cancelled) == [a, c] and running == []  # no Celery task ids here
     assert not _claim(catalog, a).claimed  # a cancelled job never starts
     with catalog.begin() as s:
         assert not js.heartbeat(s, c, "w1@h")  # the running one learns it at its next beat
@@ -225,10 +235,10 @@ def test_reconcile_finds_lost_messages_and_dead_workers(catalog):
     with catalog.begin() as s:
         s.execute(Job.__table__.update().where(Job.id == running)
                   .values(heartbeat_at=utcnow() - timedelta(hours=1)))
-        found = js.reconcile_candidates(s, stale_before=utcnow() - timedelta(minutes=5),
-                                        pending_before=future, queued_before=future,
-                                        on_broker={on_broker})
-        assert sorted(j.id for j in found) == sorted([pending, queued, running])
+        found = js.reconcile_jobs(s, stale_before=utcnow() - timedelta(minutes=5),
+                                  pending_before=future, queued_before=future,
+                                  on_broker={on_broker})
+        assert [job_id for job_id, _ in found] == sorted([pending, queued, running])
     assert _status(catalog, running).status is S.QUEUED
     assert _status(catalog, fresh).progress == {"stage": "quantizing"}
     assert _claim(catalog, running, "w3@h").attempt == 2
@@ -249,3 +259,40 @@ def test_release_hands_running_jobs_back_without_counting_the_attempt(catalog):
         rows = [(x.number, x.outcome) for x in
                 s.scalars(select(Attempt).where(Attempt.job_id == a).order_by(Attempt.number))]
     assert rows == [(1, AttemptOutcome.LOST), (2, None)]
+
+
+def test_cancel_racing_succeed_leaves_one_consistent_outcome(catalog, info, tmp_path):
+    """A cancel committed between a worker's last heartbeat and its succeed() wins: the job
+    stays cancelled, no artifact row (SQLite ignores SELECT … FOR UPDATE: the transitions
+    must be conditional UPDATEs)."""
+    (job_id,) = _batch(catalog, 1)
+    _claim(catalog, job_id, "w1@h")
+    worker_session = catalog.Session()
+    try:
+        with catalog.begin() as s:  # the user's cancel commits first
+            assert js.cancel_jobs(s, job_ids=[job_id])[0] == [job_id]
+        with worker_session.begin():
+            assert js.succeed(worker_session, job_id, "w1@h", storage_root=tmp_path,
+                              storage_key="ab/x.pt", fmt="pt", sha256="0" * 64, size_bytes=1,
+                              info=info) is None
+            assert js.fail(worker_session, job_id, "w1@h", ErrorKind.TRANSIENT, "x",
+                           retry=True) is None  # nor can a failure resurrect it
+    finally:
+        worker_session.close()
+    job = _status(catalog, job_id)
+    assert job.status is S.CANCELLED
+    with catalog.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Artifact)) == 0
+        assert s.scalar(select(Attempt.outcome)) is AttemptOutcome.CANCELLED
+
+
+def test_requeue_lost_counts_the_attempt(catalog):
+    (job_id,) = _batch(catalog, 1, max_attempts=1)
+    _claim(catalog, job_id, "local-1@h")
+    with catalog.begin() as s:
+        assert not js.requeue_lost(s, job_id, "other@h", "died")
+        assert js.requeue_lost(s, job_id, "local-1@h", "the process running this attempt died")
+    assert _status(catalog, job_id).status is S.QUEUED
+    final = _claim(catalog, job_id, "local-2@h")  # the one attempt is spent: poison
+    assert not final.claimed and final.status is S.FAILED
+    assert _status(catalog, job_id).error_kind is ErrorKind.POISON

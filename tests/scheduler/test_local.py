@@ -81,3 +81,21 @@ def test_publishing_is_pipelined(monkeypatch):
         assert message["headers"]["argsrepr"] == "(0,)"
     finally:
         client.flushdb()
+
+
+def test_a_job_that_kills_its_process_does_not_stop_the_run(tmp_path):
+    env = base_env(MONO_QUANT_DATA_DIR=str(tmp_path / "data"))
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(json.dumps({"jobs": [
+        {"name": "crash", "model": "factory:tests.jobfixtures:crash", "max_attempts": 2},
+        {"name": "fine", "model": "factory:tests.jobfixtures:tiny"},
+    ]}))
+    out = cli("run", str(manifest), "--quiet", env=env, timeout=300)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    with Catalog(Settings.from_env(env).catalog_url).begin() as session:
+        jobs = {j.name: j for j in session.scalars(select(Job))}
+        assert jobs["fine"].status is JobStatus.SUCCEEDED
+        crash = jobs["crash"]
+        assert crash.status is JobStatus.FAILED and crash.error_kind.value == "poison"
+        assert [a.outcome.value for a in crash.attempt_rows] == ["lost", "lost"]

@@ -13,6 +13,7 @@ from sqlalchemy import select
 import mono_quant
 from mono_quant.catalog import Artifact, Catalog, ErrorKind, Job, JobStatus
 from mono_quant.catalog import jobs as js
+from mono_quant.catalog.batches import create_batch
 from mono_quant.config import Settings
 from mono_quant.errors import BadConfigError, BadInputError, StorageError, TransientError
 from mono_quant.scheduler.manifest import parse_manifest
@@ -35,7 +36,7 @@ def _submit(settings, jobs: list[dict]) -> list[int]:
     _, specs = parse_manifest({"jobs": jobs})
     catalog = Catalog(settings.catalog_url)
     with catalog.begin() as session:
-        _, ids = js.create_batch(session, _rows(specs), name="t")
+        _, ids = create_batch(session, _rows(specs), name="t")
     return ids
 
 
@@ -54,7 +55,9 @@ def test_success_writes_the_artifact_and_its_row(settings):
     job = _job(settings, job_id)
     with Catalog(settings.catalog_url).begin() as session:
         artifact = session.scalars(select(Artifact)).one()
-        assert artifact.storage_key == artifact_key(job.idempotency_key, "compressed-tensors")
+        assert artifact.storage_key == artifact_key(job.idempotency_key, "compressed-tensors",
+                                                    job_id, 1)
+        assert artifact.info["metrics"]["reload_check"].startswith("ok")
         assert artifact.model_digest == mono_quant.io.hashing.state_dict_digest(
             __import__("tests.jobfixtures").jobfixtures.tiny())
     assert (settings.storage_root / artifact.storage_key / "config.json").exists()
@@ -78,15 +81,51 @@ def test_one_structured_log_line_per_job_event(settings, caplog):
     assert events[-1]["bytes"] > 0 and events[-1]["artifact"].endswith(".safetensors")
 
 
-def test_temporaries_of_a_killed_writer_are_removed(settings):
+def test_leftovers_of_killed_attempts_are_removed(settings):
     (job_id,) = _submit(settings, [{"name": "a", "model": "factory:tests.jobfixtures:tiny"}])
+    with Catalog(settings.catalog_url).begin() as session:  # attempt 1 "dies" mid-write
+        js.claim(session, job_id, worker="w@test", device="cpu",
+                 stale_before=js.stale_cutoff(settings.stale_after))
     job = _job(settings, job_id)
-    final = resolve(settings.storage_root, artifact_key(job.idempotency_key, "safetensors"))
-    final.parent.mkdir(parents=True)
-    leftover = final.parent / f".{final.name}.abc123.tmp"
-    leftover.write_bytes(b"half an artifact")
+    first = resolve(settings.storage_root,
+                    artifact_key(job.idempotency_key, "safetensors", job_id, 1))
+    first.parent.mkdir(parents=True)
+    leftovers = [first, first.parent / f".{first.name}.abc123.tmp"]
+    for p in leftovers:
+        p.write_bytes(b"half an artifact")
+    other_job = first.parent / f"{job_id + 1}-1.safetensors"  # another job's: not touched
+    other_job.write_bytes(b"x")
+    assert run_job(job_id, "w@test", settings=settings).status == "succeeded"  # attempt 2
+    assert not any(p.exists() for p in leftovers) and other_job.exists()
+    assert (first.parent / f"{job_id}-2.safetensors").exists()
+
+
+def test_a_failure_after_writing_leaves_no_file(settings, monkeypatch):
+    """The record step fails (the catalog goes away, say): the attempt's file is removed."""
+    (job_id,) = _submit(settings, [{"name": "a", "model": "factory:tests.jobfixtures:tiny"}])
+
+    def broken(*a, **kw):
+        raise TransientError("catalog connection lost while recording")
+
+    monkeypatch.setattr(js, "succeed", broken)
+    out = run_job(job_id, "w@test", settings=settings)
+    assert out.status == "queued"
+    assert [p for p in settings.storage_root.rglob("*") if p.is_file()] == []
+    monkeypatch.undo()
     assert run_job(job_id, "w@test", settings=settings).status == "succeeded"
-    assert not leftover.exists() and final.exists()
+
+
+def test_a_forced_rerun_replaces_the_artifact_file(settings):
+    jobs = [{"name": "a", "model": "factory:tests.jobfixtures:tiny"}]
+    (first,) = _submit(settings, jobs)
+    assert run_job(first, "w@test", settings=settings).status == "succeeded"
+    (second,) = _submit(settings, jobs)  # what `submit --force` writes
+    assert run_job(second, "w@test", settings=settings).status == "succeeded"
+    with Catalog(settings.catalog_url).begin() as session:
+        (artifact,) = session.scalars(select(Artifact)).all()
+        assert artifact.job_id == second
+    files = [p for p in settings.storage_root.rglob("*") if p.is_file()]
+    assert files == [settings.storage_root / artifact.storage_key]
 
 
 def test_cuda_out_of_memory_retries_once_with_halved_batches(settings, monkeypatch):
@@ -123,14 +162,13 @@ def test_out_of_memory_twice_is_transient(settings, monkeypatch):
     assert job.status is JobStatus.QUEUED and job.error_kind is ErrorKind.TRANSIENT
 
 
-def test_bad_config_fails_without_retry_and_leaves_nothing(settings):
+def test_bad_config_fails_without_retry(settings):
     (job_id,) = _submit(settings, [{"name": "a", "model": "factory:tests.jobfixtures:tiny",
                                     "include": ["Conv2d"]}])
     out = run_job(job_id, "w@test", settings=settings)
     assert out.status == "failed" and out.retry_in is None
     job = _job(settings, job_id)
     assert job.error_kind is ErrorKind.BAD_CONFIG and "no layers selected" in job.last_error
-    assert not list(settings.storage_root.rglob("*")) if settings.storage_root.exists() else True
 
 
 def test_cancel_while_running_stops_before_writing(settings):
@@ -142,7 +180,7 @@ def test_cancel_while_running_stops_before_writing(settings):
     job = _job(settings, job_id)
     assert job.status is JobStatus.CANCELLED
     assert [a.outcome.value for a in job.attempt_rows] == ["cancelled"]
-    assert not settings.storage_root.exists() or not any(settings.storage_root.rglob("*.*"))
+    assert [p for p in settings.storage_root.rglob("*") if p.is_file()] == []
 
 
 def test_a_job_held_by_a_live_worker_is_looked_at_again_later(settings):
@@ -159,7 +197,18 @@ def test_unreachable_catalog_asks_for_a_later_retry(tmp_path):
     s = Settings.from_env({"MONO_QUANT_CATALOG_URL":
                            "postgresql+psycopg://nobody@127.0.0.1:1/none"})
     out = run_job(1, "w@test", settings=s)
-    assert out.status == "unknown" and out.retry_in is not None
+    assert out.status == "unreachable"  # the task retries it with backoff
+
+
+def _wrapped(cause: OSError) -> StorageError:
+    """A StorageError as our writers raise it: no errno of its own, the OSError as cause."""
+    try:
+        try:
+            raise cause
+        except OSError as e:
+            raise StorageError(f"/store/x.safetensors: writing failed: {e}") from e
+    except StorageError as wrapped:
+        return wrapped
 
 
 @pytest.mark.parametrize(
@@ -169,7 +218,12 @@ def test_unreachable_catalog_asks_for_a_later_retry(tmp_path):
         pytest.param(BadConfigError("x"), (ErrorKind.BAD_CONFIG, False), id="bad-config"),
         pytest.param(TransientError("x"), (ErrorKind.TRANSIENT, True), id="transient"),
         pytest.param(torch.OutOfMemoryError("x"), (ErrorKind.TRANSIENT, True), id="oom"),
-        pytest.param(StorageError(errno.EIO, "disk"), (ErrorKind.TRANSIENT, True), id="eio"),
+        pytest.param(_wrapped(OSError(errno.EIO, "I/O error")), (ErrorKind.TRANSIENT, True),
+                     id="storage-eio"),
+        pytest.param(_wrapped(PermissionError(errno.EACCES, "denied")),
+                     (ErrorKind.INTERNAL, False), id="storage-eacces"),
+        pytest.param(StorageError("storage key 'x' resolves outside the storage root"),
+                     (ErrorKind.INTERNAL, False), id="storage-escape"),
         pytest.param(OSError(errno.ENOSPC, "full"), (ErrorKind.TRANSIENT, True), id="enospc"),
         pytest.param(OSError(errno.EACCES, "denied"), (ErrorKind.INTERNAL, False), id="eacces"),
         pytest.param(ZeroDivisionError(), (ErrorKind.INTERNAL, False), id="bug"),
@@ -199,8 +253,8 @@ def test_halve_keeps_every_sample():
 def test_storage_keys_never_leave_the_root(tmp_path):
     root = tmp_path / "store"
     root.mkdir()
-    key = artifact_key("ab" * 32, "pt")
-    assert key == f"ab/{'ab' * 32}.pt"
+    key = artifact_key("ab" * 32, "pt", 7, 2)
+    assert key == f"ab/{'ab' * 32}/7-2.pt"
     assert resolve(root, key) == root / key
     for bad in ("../x.pt", "/etc/passwd", "a/../../x", "C:\\x", ""):
         with pytest.raises((BadInputError, StorageError)):
@@ -209,7 +263,7 @@ def test_storage_keys_never_leave_the_root(tmp_path):
     with pytest.raises(StorageError, match="outside the storage root"):
         resolve(root, "link/x.pt")
     with pytest.raises(BadInputError):
-        artifact_key("../../etc", "pt")
+        artifact_key("../../etc", "pt", 1, 1)
 
 
 def test_gpu_pinning_is_what_the_pool_child_sees(tmp_path):

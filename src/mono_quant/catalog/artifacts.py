@@ -84,8 +84,18 @@ def normalize_storage_key(key: str) -> str:
 
 
 def resolve_storage_key(storage_root: str | Path, key: str) -> Path:
-    """The path of a storage key under the root (the key is checked first)."""
-    return Path(storage_root) / normalize_storage_key(key)
+    """The path of a storage key under the root.
+
+    The key is checked first (relative, no ``..``, no URL); then the resolved path must still
+    be inside the resolved root, so a symlink inside the storage cannot lead out of it.
+    """
+    root = Path(storage_root)
+    path = root / normalize_storage_key(key)
+    real_root = root.resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise StorageError(f"storage key {key!r} resolves outside the storage root {real_root}")
+    return path
 
 
 def _key_from_path(path: str | Path, storage_root: Path) -> str:
@@ -278,7 +288,7 @@ def _verify_one(root: Path, a: Artifact) -> VerifyResult:
             "expected_sha256": a.sha256, "expected_size": a.size_bytes}
     try:
         path = resolve_storage_key(root, a.storage_key)
-    except BadInputError as e:
+    except (BadInputError, StorageError) as e:  # a bad key, or a symlink out of the root
         return VerifyResult(status="invalid_key", detail=str(e), **base)
     if not path.exists():
         return VerifyResult(status="missing", detail=f"{path} does not exist", **base)

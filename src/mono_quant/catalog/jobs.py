@@ -4,38 +4,43 @@
 pending ──publish──▶ queued ──claim──▶ running ──succeed──▶ succeeded
    │                   ▲  │               │ ──fail(retry)──▶ queued (new attempt later)
    │                   │  │               │ ──fail─────────▶ failed
+   │                   │  │               │ ──release / requeue_lost / reconcile──▶ queued
    └──────cancel───────┴──┴───────────────┴──cancel────────▶ cancelled
 failed ──retry_jobs──▶ pending
 ```
 
-Every transition is one conditional ``UPDATE … WHERE status IN (…)`` so two workers, a worker
-and a user, or a worker and ``reconcile`` can race without corrupting a job: the loser's
-UPDATE matches no row. ``claim`` is the heart of it:
+Every transition is one conditional ``UPDATE … WHERE status … [AND worker = me]`` whose row
+count (or ``RETURNING``) says whether it happened, so two workers, a worker and a user, or a
+worker and ``reconcile`` can race without corrupting a job: the loser's UPDATE matches no row.
+(A read followed by a write would not do: SQLite ignores ``SELECT … FOR UPDATE``.) The first
+UPDATE of a transaction also takes SQLite's write lock, so what follows it in the same
+transaction is serialized with every other writer.
+
+``claim`` is the heart of it:
 
 * a job is claimable when it is ``pending``/``queued``, or ``running`` but presumed dead — its
   heartbeat is older than ``stale_before``, or it is held by *this same node* (a node runs one
   job at a time, so if it is asking again its previous process died);
 * each claim counts an attempt; a claim past ``max_attempts`` means the earlier attempts
-  crashed their worker instead of finishing, so the job is failed as ``poison`` and never runs
-  again.
+  died with their worker instead of finishing, so the job is failed as ``poison``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mono_quant.catalog.artifacts import add_artifact, artifact_for_key
+from mono_quant.catalog.batches import chunks, pairs
 from mono_quant.catalog.models import (
     Artifact,
     Attempt,
     AttemptOutcome,
-    Batch,
     ErrorKind,
     Job,
     JobStatus,
@@ -46,94 +51,50 @@ from mono_quant.io.info import QuantizationInfo
 
 __all__ = [
     "Claim",
-    "JobRow",
     "cancel_jobs",
     "claim",
-    "create_batch",
-    "existing_artifacts",
     "fail",
     "heartbeat",
     "mark_queued",
-    "reconcile_candidates",
+    "reconcile_jobs",
     "release",
+    "requeue_lost",
     "retry_jobs",
     "stale_cutoff",
     "succeed",
 ]
 
 S = JobStatus
-_CHUNK = 900  # ids per IN (...) list: below SQLite's parameter limit
+_LIVE = (S.PENDING, S.QUEUED, S.RUNNING)
 
 
-@dataclass(frozen=True)
-class JobRow:
-    """What ``create_batch`` needs to write one job."""
-
-    name: str
-    model_source: str
-    model_source_json: dict[str, Any]
-    config: dict[str, Any]
-    idempotency_key: str
-    queue: str
-    max_attempts: int
+def stale_cutoff(seconds: float) -> datetime:
+    """Heartbeats older than this are stale."""
+    return utcnow() - timedelta(seconds=seconds)
 
 
-def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
-    for i in range(0, len(ids), _CHUNK):
-        yield ids[i : i + _CHUNK]
+def _ours(job_id: int, worker: str):
+    return (Job.id == job_id, Job.status == S.RUNNING, Job.worker == worker)
 
 
-def create_batch(
-    session: Session,
-    rows: Sequence[JobRow],
-    *,
-    name: str,
-    manifest_digest: str | None = None,
-    requested_by: str | None = None,
-    labels: dict[str, Any] | None = None,
-) -> tuple[Batch, list[int]]:
-    """Write a batch and its jobs (status ``pending``); returns the batch and the job ids."""
-    batch = Batch(name=name, manifest_digest=manifest_digest, requested_by=requested_by,
-                  labels=labels or {})
-    session.add(batch)
-    session.flush()
-    now = utcnow()
-    values = [
-        {
-            "batch_id": batch.id, "name": r.name, "model_source": r.model_source,
-            "model_source_json": r.model_source_json, "config": r.config,
-            "idempotency_key": r.idempotency_key, "queue": r.queue, "status": S.PENDING,
-            "attempts": 0, "max_attempts": r.max_attempts, "created_at": now,
-        }
-        for r in rows
-    ]
-    ids: list[int] = []
-    if values:
-        ids = list(session.scalars(
-            insert(Job).returning(Job.id, sort_by_parameter_order=True), values
+def _close_attempts(session: Session, job_ids: Sequence[int], outcome: AttemptOutcome,
+                    kind: ErrorKind | None = None, error: str | None = None) -> set[int]:
+    """Close the open attempt of each job; returns the jobs that had one (were running)."""
+    closed: set[int] = set()
+    for chunk in chunks(list(job_ids)):
+        closed.update(session.scalars(
+            update(Attempt).where(Attempt.job_id.in_(chunk), Attempt.outcome.is_(None))
+            .values(outcome=outcome, finished_at=utcnow(), error_kind=kind, error=error)
+            .returning(Attempt.job_id)
         ))
-    return batch, ids
-
-
-def existing_artifacts(session: Session, keys: Iterable[str]) -> dict[str, int]:
-    """Idempotency key → artifact id, for the keys that already have an artifact."""
-    keys = list(set(keys))
-    found: dict[str, int] = {}
-    for i in range(0, len(keys), _CHUNK):
-        chunk = keys[i : i + _CHUNK]
-        for key, aid in session.execute(
-            select(Artifact.idempotency_key, Artifact.id)
-            .where(Artifact.idempotency_key.in_(chunk))
-        ):
-            found[key] = aid
-    return found
+    return closed
 
 
 def mark_queued(session: Session, job_ids: Sequence[int]) -> int:
     """``pending → queued`` after their messages were published; returns how many moved."""
     moved = 0
     now = utcnow()
-    for chunk in _chunks(list(job_ids)):
+    for chunk in chunks(list(job_ids)):
         moved += session.execute(
             update(Job).where(Job.id.in_(chunk), Job.status == S.PENDING)
             .values(status=S.QUEUED, queued_at=now)
@@ -179,51 +140,26 @@ def claim(
     if not taken:
         return Claim(None, job.status)
     # Earlier attempts that never finished died with their worker.
-    session.execute(
-        update(Attempt).where(Attempt.job_id == job_id, Attempt.outcome.is_(None)).values(
-            outcome=AttemptOutcome.LOST, finished_at=now, error_kind=ErrorKind.INTERNAL,
-            error="the worker died while running this attempt",
-        )
-    )
+    _close_attempts(session, [job_id], AttemptOutcome.LOST, ErrorKind.INTERNAL,
+                    "the worker died while running this attempt")
     if job.attempts > job.max_attempts:
         crashed = session.scalar(
             select(func.count()).select_from(Attempt)
             .where(Attempt.job_id == job_id, Attempt.outcome == AttemptOutcome.LOST)
         )
-        _finish(job, S.FAILED, ErrorKind.POISON,
-                f"poison: {crashed} of {job.max_attempts} attempt(s) died with their worker "
-                "(crash, OOM kill or time limit); not running it again", now)
-        job.attempts -= 1  # this claim did not start an attempt
+        session.execute(update(Job).where(*_ours(job_id, worker)).values(
+            status=S.FAILED, error_kind=ErrorKind.POISON, finished_at=now, progress=None,
+            attempts=Job.attempts - 1,  # this claim did not start an attempt
+            last_error=f"poison: {crashed} of {job.max_attempts} attempt(s) died with their "
+                       "worker (crash, OOM kill or time limit); not running it again",
+        ))
+        session.refresh(job)
         return Claim(None, job.status)
     number = (session.scalar(select(func.max(Attempt.number)).where(Attempt.job_id == job_id))
               or 0) + 1
     session.add(Attempt(job_id=job_id, number=number, worker=worker, device=device,
                         started_at=now))
     return Claim(job, S.RUNNING, job.attempts)
-
-
-def _finish(job: Job, status: JobStatus, kind: ErrorKind | None, error: str | None, now) -> None:
-    job.status = status
-    job.error_kind = kind
-    job.last_error = error
-    job.finished_at = now
-    job.progress = None
-
-
-def _owned(session: Session, job_id: int, worker: str) -> Job | None:
-    job = session.get(Job, job_id, populate_existing=True, with_for_update=True)
-    if job is None or job.status != S.RUNNING or job.worker != worker:
-        return None
-    return job
-
-
-def _close_attempt(session: Session, job_id: int, outcome: AttemptOutcome,
-                   kind: ErrorKind | None = None, error: str | None = None) -> None:
-    session.execute(
-        update(Attempt).where(Attempt.job_id == job_id, Attempt.outcome.is_(None)).values(
-            outcome=outcome, finished_at=utcnow(), error_kind=kind, error=error,
-        )
-    )
 
 
 def heartbeat(session: Session, job_id: int, worker: str,
@@ -233,36 +169,39 @@ def heartbeat(session: Session, job_id: int, worker: str,
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if progress is not None:
         values["progress"] = progress
-    return bool(session.execute(
-        update(Job).where(Job.id == job_id, Job.status == S.RUNNING, Job.worker == worker)
-        .values(**values)
-    ).rowcount)
+    return bool(session.execute(update(Job).where(*_ours(job_id, worker)).values(**values))
+                .rowcount)
 
 
 def succeed(
     session: Session, job_id: int, worker: str, *, storage_root, storage_key: str, fmt: str,
     sha256: str, size_bytes: int, info: QuantizationInfo, model_digest: str | None = None,
-) -> Artifact | None:
-    """Record the artifact and mark the job succeeded, in the caller's transaction.
+) -> tuple[Artifact, str | None] | None:
+    """Mark the job succeeded and record its artifact, in the caller's transaction.
 
-    Returns None (and changes nothing) when the job is no longer ours. A forced re-run of an
-    idempotency key that already has an artifact takes that artifact over: the file at its
-    deterministic key was just rewritten.
+    Returns ``(artifact, replaced storage key or None)``, or None (and changes nothing) when
+    the job is no longer ours. A forced re-run of an idempotency key that already has an
+    artifact takes the key over; the caller deletes the replaced file after the commit.
     """
-    job = _owned(session, job_id, worker)
-    if job is None:
+    taken = session.execute(update(Job).where(*_ours(job_id, worker)).values(
+        status=S.SUCCEEDED, error_kind=None, last_error=None, finished_at=utcnow(),
+        progress=None,
+    )).rowcount
+    if not taken:
         return None
+    job = session.get(Job, job_id, populate_existing=True)
+    replaced = None
     previous = artifact_for_key(session, job.idempotency_key)
     if previous is not None and previous.job_id != job.id:
+        replaced = previous.storage_key
         session.delete(previous)
         session.flush()
     artifact = add_artifact(
         session, job, storage_key, info, storage_root=storage_root, format=fmt, sha256=sha256,
         size_bytes=size_bytes, model_digest=model_digest,
     )
-    _finish(job, S.SUCCEEDED, None, None, utcnow())
-    _close_attempt(session, job_id, AttemptOutcome.SUCCEEDED)
-    return artifact
+    _close_attempts(session, [job_id], AttemptOutcome.SUCCEEDED)
+    return artifact, replaced
 
 
 def fail(session: Session, job_id: int, worker: str, kind: ErrorKind, error: str, *,
@@ -270,18 +209,26 @@ def fail(session: Session, job_id: int, worker: str, kind: ErrorKind, error: str
     """Record a failed attempt. With ``retry`` and attempts left, the job goes back to
     ``queued`` (the caller re-sends its message); otherwise it is ``failed``. Returns the new
     status, or None when the job is no longer ours."""
-    job = _owned(session, job_id, worker)
-    if job is None:
+    row = session.execute(select(Job.attempts, Job.max_attempts).where(*_ours(job_id, worker)))
+    seen = row.first()
+    if seen is None:
         return None
-    _close_attempt(session, job_id, AttemptOutcome.FAILED, kind, error)
-    if retry and job.attempts < job.max_attempts:
-        job.status, job.error_kind, job.last_error = S.QUEUED, kind, error
-        job.queued_at, job.progress = utcnow(), None
-        return S.QUEUED
-    if retry:
-        error = f"{error} (gave up after {job.attempts} attempts)"
-    _finish(job, S.FAILED, kind, error, utcnow())
-    return S.FAILED
+    attempts, max_attempts = seen
+    now = utcnow()
+    if retry and attempts < max_attempts:
+        status, values = S.QUEUED, {"queued_at": now, "last_error": error}
+    else:
+        status = S.FAILED
+        values = {"finished_at": now,
+                  "last_error": f"{error} (gave up after {attempts} attempts)" if retry else error}
+    taken = session.execute(
+        update(Job).where(*_ours(job_id, worker), Job.attempts == attempts)
+        .values(status=status, error_kind=kind, progress=None, **values)
+    ).rowcount
+    if not taken:
+        return None
+    _close_attempts(session, [job_id], AttemptOutcome.FAILED, kind, error)
+    return status
 
 
 def release(session: Session, worker: str) -> list[int]:
@@ -291,42 +238,54 @@ def release(session: Session, worker: str) -> list[int]:
     operator stopping a worker is not the job's fault. Returns the released job ids (their
     messages go back to the broker with the worker's unacknowledged ones).
     """
-    jobs = list(session.scalars(
-        select(Job).where(Job.status == S.RUNNING, Job.worker == worker).with_for_update()
+    ids = list(session.scalars(
+        update(Job).where(Job.status == S.RUNNING, Job.worker == worker).values(
+            status=S.QUEUED, worker=None, queued_at=utcnow(), progress=None,
+            attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
+        ).returning(Job.id)
     ))
-    now = utcnow()
-    for job in jobs:
-        _close_attempt(session, job.id, AttemptOutcome.LOST, ErrorKind.INTERNAL,
-                       "interrupted: the worker shut down")
-        job.status, job.worker, job.queued_at, job.progress = S.QUEUED, None, now, None
-        job.attempts = max(0, job.attempts - 1)
-    return [job.id for job in jobs]
+    _close_attempts(session, ids, AttemptOutcome.LOST, ErrorKind.INTERNAL,
+                    "interrupted: the worker shut down")
+    return ids
+
+
+def requeue_lost(session: Session, job_id: int, worker: str, why: str) -> bool:
+    """``running → queued`` for an attempt whose process died (it counts: at the next claim a
+    job past its attempts is poison). False when the job is not ours any more."""
+    taken = session.execute(update(Job).where(*_ours(job_id, worker)).values(
+        status=S.QUEUED, worker=None, queued_at=utcnow(), progress=None,
+    )).rowcount
+    if taken:
+        _close_attempts(session, [job_id], AttemptOutcome.LOST, ErrorKind.INTERNAL, why)
+    return bool(taken)
 
 
 def cancel_jobs(session: Session, *, batch_id: int | None = None,
-                job_ids: Sequence[int] | None = None) -> list[Job]:
-    """Cancel every non-final job of a batch or of ``job_ids``; returns the cancelled jobs
-    (those that were ``running`` still have a process to revoke: ``celery_task_id``)."""
+                job_ids: Sequence[int] | None = None) -> tuple[list[int], list[str]]:
+    """Cancel every non-final job of a batch or of ``job_ids``.
+
+    Returns the cancelled job ids and the Celery task ids of those that were running (their
+    processes are to be revoked).
+    """
     if (batch_id is None) == (job_ids is None):
         raise BadInputError("cancel: give a batch or job ids, not both")
     cond = Job.batch_id == batch_id if batch_id is not None else Job.id.in_(list(job_ids or []))
-    jobs = list(session.scalars(
-        select(Job).where(cond, Job.status.in_([S.PENDING, S.QUEUED, S.RUNNING]))
-        .with_for_update()
-    ))
-    now = utcnow()
-    for job in jobs:
-        was_running = job.status == S.RUNNING
-        _finish(job, S.CANCELLED, ErrorKind.CANCELLED, "cancelled by a user", now)
-        if was_running:
-            _close_attempt(session, job.id, AttemptOutcome.CANCELLED, ErrorKind.CANCELLED,
-                           "cancelled by a user")
-    return jobs
+    rows = session.execute(
+        update(Job).where(cond, Job.status.in_(_LIVE)).values(
+            status=S.CANCELLED, error_kind=ErrorKind.CANCELLED, last_error="cancelled by a user",
+            finished_at=utcnow(), progress=None,
+        ).returning(Job.id, Job.celery_task_id)
+    ).all()
+    ids = [r.id for r in rows]
+    running = _close_attempts(session, ids, AttemptOutcome.CANCELLED, ErrorKind.CANCELLED,
+                              "cancelled by a user")
+    return ids, [r.celery_task_id for r in rows if r.id in running and r.celery_task_id]
 
 
 def retry_jobs(session: Session, *, batch_id: int | None = None,
-               job_ids: Sequence[int] | None = None, all_failed: bool = False) -> list[Job]:
-    """``failed → pending`` with a fresh attempt budget; returns the jobs to publish.
+               job_ids: Sequence[int] | None = None,
+               all_failed: bool = False) -> list[tuple[int, str]]:
+    """``failed → pending`` with a fresh attempt budget; returns ``(job id, queue)`` to publish.
 
     ``attempts`` counts attempts since the last retry; the attempts table keeps them all.
     """
@@ -337,42 +296,47 @@ def retry_jobs(session: Session, *, batch_id: int | None = None,
         cond.append(Job.batch_id == batch_id)
     elif job_ids is not None:
         cond.append(Job.id.in_(list(job_ids)))
-    jobs = list(session.scalars(select(Job).where(*cond).with_for_update()))
-    for job in jobs:
-        job.status, job.attempts, job.finished_at = S.PENDING, 0, None
-    return jobs
+    rows = session.execute(
+        update(Job).where(*cond).values(status=S.PENDING, attempts=0, finished_at=None)
+        .returning(Job.id, Job.queue)
+    ).all()
+    return sorted((r.id, r.queue) for r in rows)
 
 
-def reconcile_candidates(
+def reconcile_jobs(
     session: Session, *, stale_before: datetime, pending_before: datetime,
     queued_before: datetime, on_broker: set[int] | None = None,
-) -> list[Job]:
-    """Jobs whose message is presumably lost; they are set ``queued`` and returned to publish.
+) -> list[tuple[int, str]]:
+    """Jobs whose message is presumably lost: set ``queued`` now; returns ``(id, queue)`` to
+    publish.
 
     * ``pending`` since before ``pending_before`` (publishing failed after the commit);
-    * ``queued`` since before ``queued_before`` and not found on the broker (``on_broker`` is
-      the set of job ids in the broker's queues, when the broker can be inspected; duplicates
-      are harmless anyway: a second delivery cannot claim a running or finished job);
+    * ``queued`` since before ``queued_before`` and not found on the broker (``on_broker``:
+      the job ids with a message there, when the broker can be inspected; a duplicate message
+      is harmless anyway: a second delivery cannot claim a running or finished job);
     * ``running`` with a heartbeat older than ``stale_before`` (the worker died unacked).
     """
-    candidates = list(session.scalars(select(Job).where(or_(
-        and_(Job.status == S.PENDING, Job.created_at < pending_before),
-        and_(Job.status == S.QUEUED, Job.queued_at < queued_before),
-        and_(Job.status == S.RUNNING,
-             or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)),
-    )).with_for_update()))
-    out = []
     now = utcnow()
-    for job in candidates:
-        if job.status == S.QUEUED and on_broker is not None and job.id in on_broker:
-            continue
-        if job.status == S.RUNNING:
-            _close_attempt(session, job.id, AttemptOutcome.LOST, ErrorKind.INTERNAL,
-                           "heartbeat went stale: the worker died or lost its connection")
-        job.status, job.queued_at, job.worker = S.QUEUED, now, None
-        out.append(job)
-    return out
-
-
-def stale_cutoff(seconds: float) -> datetime:
-    return utcnow() - timedelta(seconds=seconds)
+    found: dict[int, str] = pairs(session.execute(
+        update(Job).where(Job.status == S.PENDING, Job.created_at < pending_before)
+        .values(status=S.QUEUED, queued_at=now).returning(Job.id, Job.queue)
+    ))
+    waiting = [i for i in session.scalars(
+        select(Job.id).where(Job.status == S.QUEUED, Job.queued_at < queued_before)
+    ) if i not in found and (on_broker is None or i not in on_broker)]
+    for chunk in chunks(waiting):
+        found.update(pairs(session.execute(
+            update(Job).where(Job.id.in_(chunk), Job.status == S.QUEUED,
+                              Job.queued_at < queued_before)
+            .values(queued_at=now).returning(Job.id, Job.queue)
+        )))
+    dead = pairs(session.execute(
+        update(Job).where(Job.status == S.RUNNING,
+                          or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before))
+        .values(status=S.QUEUED, queued_at=now, worker=None, progress=None)
+        .returning(Job.id, Job.queue)
+    ))
+    _close_attempts(session, list(dead), AttemptOutcome.LOST, ErrorKind.INTERNAL,
+                    "heartbeat went stale: the worker died or lost its connection")
+    found.update(dead)
+    return sorted(found.items())
