@@ -76,8 +76,11 @@ def _reason(e: BaseException) -> str:
 
 def _origin(path: Path) -> str:
     """Why the weights-only unpickler could not parse a file: which pickle it is, if any."""
-    with open(path, "rb") as f:
-        head = f.read(2)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        head = b""
     if len(head) == 2 and head[0] == pickle.PROTO[0] and head[1] > 2:
         # torch.save writes protocol 2, whose opcodes are all the unpickler knows
         return f"a protocol-{head[1]} pickle, not torch.save output"
