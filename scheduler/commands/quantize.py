@@ -131,7 +131,6 @@ def _report(source: str, info, path, fmt: str, reload: str) -> None:
 def run_quantize(args: argparse.Namespace) -> int:
     from mono_quant import (
         BadInputError,
-        MonoQuantError,
         quantize_checkpoint,
         quantize_model,
         save_model,
@@ -159,19 +158,9 @@ def run_quantize(args: argparse.Namespace) -> int:
     batches: list[Any] = []
     if args.calibration:
         batches = parse_calibration_source(args.calibration).load(source, args.samples)
-    try:
-        qmodel, info = quantize_model(model, config, batches or None, num_samples=args.samples,
-                                      progress=not args.quiet)
-    except MonoQuantError:
-        raise
-    except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        if not batches:
-            raise
-        # the model's own forward failed on the user's batches: shapes, keys, token ids
-        raise BadInputError(
-            f"{args.calibration}: the calibration batches do not run through the model: "
-            f"{type(e).__name__}: {e}"
-        ) from e
+    # a batch the model rejects is a BadInputError from quantize_model, naming the batch
+    qmodel, info = quantize_model(model, config, batches or None, num_samples=args.samples,
+                                  progress=not args.quiet)
     path = save_model(qmodel, args.output, info, format=fmt)
     reload = _reload_check(path, model, info, batches, qmodel)
     _report(args.source, info, path, fmt, reload)

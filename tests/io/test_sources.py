@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -254,3 +256,18 @@ def test_sources_built_in_code():
         ModelSource("hf", "/x", (("a", 1),))
     assert CalibrationSource("tensors", os.sep + "x.safetensors", batch_size=2).canonical() == {
         "batch_size": 2, "kwargs": {}, "scheme": "tensors", "target": "/x.safetensors"}
+
+
+def test_sources_and_io_exports_import_without_torch():
+    # A fresh interpreter (this one has torch already): the scheduler parses sources of every
+    # job it submits, and must not pay for torch.
+    code = (
+        "import sys, mono_quant.io, mono_quant.io.sources as s\n"
+        "from mono_quant.io import parse_calibration_source, parse_model_source\n"
+        "m = s.parse_model_source('factory:mono_quant.demo_models:mlp?hidden=128')\n"
+        "c = parse_calibration_source('text:calib.txt?batch_size=4')\n"
+        "print(m.canonical()['kwargs'], c.scheme, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split("\n")[0] == "{'hidden': 128} text False"

@@ -115,3 +115,100 @@ def test_streaming_bad_inputs(tmp_path, tiny):
     # int8 weights are not float linear weights: nothing left to quantize
     with pytest.raises(BadConfigError, match="no layers selected .* 0 linear weight"):
         quantize_checkpoint(tmp_path / "q.safetensors", tmp_path / "qq.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    """A tiny GPT-2 (transformers Conv1D layers) saved with save_pretrained, plus a sharded copy."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32,
+                        bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config)
+    folder = tmp_path_factory.mktemp("gpt2")
+    model.save_pretrained(folder)
+    sharded = tmp_path_factory.mktemp("gpt2-sharded")
+    model.save_pretrained(sharded, max_shard_size="20KB")
+    return folder, sharded
+
+
+def _gpt2_message(config_json) -> str:
+    return (
+        f"{config_json}: model_type 'gpt2' (architectures ['GPT2LMHeadModel']) is built from "
+        "transformers' Conv1D layers, which store their weights as [in, out], transposed from "
+        "nn.Linear's [out, in]; quantize_checkpoint reads every 2-D weight as [out, in], so "
+        "per-channel scales would land on the input axis. Load the model and use "
+        "quantize_model instead (it quantizes nn.Linear / nn.Conv2d layers; Conv1D layers "
+        "stay in float)"
+    )
+
+
+def test_streaming_refuses_conv1d_checkpoints(tmp_path, tiny_gpt2):
+    folder, sharded = tiny_gpt2
+    # the premise: Conv1D's c_attn weight is [in=32, out=96], where nn.Linear's is [96, 32]
+    assert load_file(folder / "model.safetensors")["transformer.h.0.attn.c_attn.weight"].shape \
+        == (32, 96)
+    out = tmp_path / "q.safetensors"
+    for src, config_json in [
+        (folder, folder / "config.json"),
+        (folder / "model.safetensors", folder / "config.json"),
+        (sharded / "model.safetensors.index.json", sharded / "config.json"),
+    ]:
+        with pytest.raises(BadConfigError) as err:
+            quantize_checkpoint(src, out, progress=False)
+        assert str(err.value) == _gpt2_message(config_json)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "refused"),
+    [
+        ({"architectures": ["GPT2LMHeadModel"]}, True),
+        ({"model_type": "openai-gpt"}, True),
+        ({"model_type": "imagegpt"}, True),
+        ({"model_type": "decision_transformer"}, True),
+        ({"model_type": "clvp"}, True),
+        ({"model_type": "gpt_bigcode", "architectures": ["GPTBigCodeForCausalLM"]}, False),
+        ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, False),
+    ],
+    ids=["gpt2-architecture-only", "openai-gpt", "imagegpt", "decision-transformer", "clvp",
+         "gpt-bigcode-is-linear", "llama"],
+)
+def test_conv1d_families_by_config(tmp_path, config, refused):
+    src = save_model(demo_models.mlp(64, 96, 16), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "q.safetensors"
+    if refused:
+        with pytest.raises(BadConfigError, match=r"is built from transformers' Conv1D layers"):
+            quantize_checkpoint(src, out, progress=False)
+    else:
+        assert quantize_checkpoint(src, out, progress=False).selected_layers == ["0", "2", "4"]
+
+
+def test_unreadable_config_json_is_bad_input(tmp_path):
+    src = save_model(demo_models.mlp(64, 96, 16), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text("{oops")
+    with pytest.raises(BadInputError, match=r"config\.json: not readable JSON .* it is read to "
+                                            "tell how the checkpoint's weights are laid out"):
+        quantize_checkpoint(src, tmp_path / "q.safetensors", progress=False)
+
+
+def test_conv1d_list_matches_the_installed_transformers():
+    """Every transformers model built from pytorch_utils.Conv1D is in the refused list."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from mono_quant.io.streaming import _CONV1D_MODEL_TYPES
+
+    models = Path(importlib.util.find_spec("transformers").submodule_search_locations[0]) / "models"
+    found = set()
+    for modeling in models.glob("*/modeling_*.py"):
+        imports = re.findall(r"from \.\.\.pytorch_utils import (\([^)]*\)|[^\n]*)",
+                             modeling.read_text())
+        if any(re.search(r"\bConv1D\b", names) for names in imports):
+            for config in modeling.parent.glob("configuration_*.py"):
+                found |= set(re.findall(r'^\s+model_type = "([^"]+)"', config.read_text(), re.M))
+    assert "gpt2" in found and "gpt_bigcode" not in found
+    assert found <= _CONV1D_MODEL_TYPES, found - _CONV1D_MODEL_TYPES

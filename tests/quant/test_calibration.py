@@ -79,3 +79,66 @@ def test_progress_bar_can_be_quiet(capsys):
     assert "calibrating" not in capsys.readouterr().err
     run_calibration(model, [torch.randn(1, 8)], layers=["0"], progress=True)
     assert "calibrating" in capsys.readouterr().err
+
+
+def test_a_batch_the_model_rejects_names_the_batch_and_its_shapes():
+    model = nn.Sequential(nn.Linear(8, 4))
+    model.train()
+    data = [torch.randn(2, 8), torch.randn(2, 9)]
+    with pytest.raises(BadInputError) as err:
+        run_calibration(model, data, layers=["0"], progress=False)
+    assert str(err.value) == (
+        "calibration batch 1 (tensor [2, 9]) does not run through the model: RuntimeError: "
+        "mat1 and mat2 shapes cannot be multiplied (2x9 and 8x4)"
+    )
+    assert type(err.value.__cause__) is RuntimeError
+    assert not model[0]._forward_pre_hooks and model.training  # cleaned up on the way out
+
+
+@pytest.mark.parametrize(
+    ("item", "described", "error"),
+    [
+        ({"x": torch.randn(2, 8), "z": torch.randn(2, 8)},
+         "dict {x: tensor [2, 8], z: tensor [2, 8]}",
+         "TypeError: TwoInputs.forward() got an unexpected keyword argument 'z'"),
+        ((torch.randn(2, 8), torch.randn(3, 8)), "tuple (tensor [2, 8], tensor [3, 8])",
+         "RuntimeError: The size of tensor a (2) must match the size of tensor b (3)"),
+    ],
+    ids=["dict-unknown-key", "tuple-mismatched-batch"],
+)
+def test_rejected_dict_and_tuple_batches(item, described, error):
+    with pytest.raises(BadInputError) as err:
+        run_calibration(TwoInputs(), [item], layers=["a"], progress=False)
+    assert str(err.value).startswith(
+        f"calibration batch 0 ({described}) does not run through the model: {error}"
+    ), str(err.value)
+
+
+def test_out_of_memory_propagates_unchanged(monkeypatch):
+    # No GPU here: a CUDA out-of-memory error is injected by replacing a layer's forward.
+    # It must not become a BadInputError: the worker retries it with smaller batches.
+    model = nn.Sequential(nn.Linear(8, 4))
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    def forward(_x):
+        raise oom
+
+    monkeypatch.setattr(model[0], "forward", forward)
+    with pytest.raises(torch.OutOfMemoryError) as err:
+        run_calibration(model, [torch.randn(2, 8)], layers=["0"], progress=False)
+    assert err.value is oom
+    assert torch.cuda.OutOfMemoryError is torch.OutOfMemoryError  # one class since torch 2.5
+
+
+def test_on_progress_after_each_batch():
+    model = nn.Sequential(nn.Linear(8, 8))
+    calls = []
+    data = [torch.randn(4, 8) for _ in range(5)]
+    run_calibration(model, data, layers=["0"], num_samples=10, progress=False,
+                    on_progress=lambda *a: calls.append(a))
+    # 10 samples are 3 batches of 4: the total counts the batches that will be used
+    assert calls == [("calibrating", 1, 3), ("calibrating", 2, 3), ("calibrating", 3, 3)]
+    calls.clear()
+    run_calibration(model, iter(data), layers=["0"], progress=False,
+                    on_progress=lambda *a: calls.append(a))
+    assert calls == [("calibrating", i, 0) for i in range(1, 6)]  # no length: total 0

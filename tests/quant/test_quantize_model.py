@@ -164,3 +164,64 @@ def test_device(device):
     qmodel, info = quantize_model(model, QuantConfig(mode="static"), data, progress=False)
     assert qmodel[0].weight.device.type == device
     assert info.metrics["output_cosine"] >= 0.999
+
+
+@pytest.mark.parametrize(
+    ("mode", "eval_data", "message"),
+    [
+        ("static", None, "calibration batch 0 (tensor [2, 9]) does not run through the model"),
+        # weight-only never calibrates: the batch fails in the output metrics
+        ("weight_only", None,
+         "calibration batch 0 (tensor [2, 9]) does not run through the model"),
+        ("weight_only", [torch.randn(2, 8), torch.randn(3, 7)],
+         "evaluation batch 1 (tensor [3, 7]) does not run through the model"),
+    ],
+    ids=["static-calibration", "weight-only-metrics", "eval-data"],
+)
+def test_batches_the_model_rejects_are_bad_input(mode, eval_data, message):
+    model = nn.Sequential(nn.Linear(8, 4))
+    data = [torch.randn(2, 9)] if eval_data is None else [torch.randn(2, 8)]
+    with pytest.raises(BadInputError) as err:
+        quantize_model(model, QuantConfig(mode=mode, min_layer_size=1), data,
+                       eval_data=eval_data, progress=False)
+    assert str(err.value).startswith(f"{message}: RuntimeError: mat1 and mat2 shapes "
+                                     "cannot be multiplied"), str(err.value)
+    assert type(err.value.__cause__) is RuntimeError
+
+
+@pytest.mark.parametrize("mode", ["static", "weight_only"], ids=["calibration", "metrics"])
+def test_out_of_memory_propagates_unchanged(monkeypatch, mode):
+    # No GPU here: a CUDA out-of-memory error is injected by replacing the float model's
+    # forward (quantize_model calibrates a deep copy, which keeps the replaced forward too).
+    model = nn.Sequential(nn.Linear(8, 4))
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    def forward(_x):
+        raise oom
+
+    monkeypatch.setattr(model, "forward", forward)
+    with pytest.raises(torch.OutOfMemoryError) as err:
+        quantize_model(model, QuantConfig(mode=mode, min_layer_size=1), [torch.randn(2, 8)],
+                       progress=False)
+    assert err.value is oom
+
+
+def test_on_progress_reports_each_stage():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 4))
+    data = [torch.randn(4, 8) for _ in range(5)]
+    calls = []
+    _, info = quantize_model(model, QuantConfig(mode="static", min_layer_size=1), data,
+                             num_samples=12, max_eval_batches=2, progress=False,
+                             on_progress=lambda *a: calls.append(a))
+    assert calls == [
+        ("calibrating", 1, 3), ("calibrating", 2, 3), ("calibrating", 3, 3),
+        ("quantizing", 1, 3), ("quantizing", 2, 3), ("quantizing", 3, 3),
+        ("evaluating", 1, 2), ("evaluating", 2, 2),
+    ]
+    assert info.calibration_samples == 12 and info.metrics["eval_batches"] == 2
+    calls.clear()
+    quantize_model(model, QuantConfig(min_layer_size=1), progress=False,
+                   on_progress=lambda *a: calls.append(a))  # weight-only, no data
+    assert calls == [("quantizing", 1, 3), ("quantizing", 2, 3), ("quantizing", 3, 3)]

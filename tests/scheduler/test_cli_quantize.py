@@ -108,7 +108,7 @@ def test_quantize_stream(tmp_path, hf_folder):
           "--group-size", "100"), "is not a multiple of group_size=100"),
         (("quantize", MLP, "-o", "x.safetensors", "--scheme", "weird"), "invalid choice: 'weird'"),
         (("quantize", MLP, "-o", "x.safetensors", "--mode", "static", "--calibration",
-          "wrong.safetensors"), "wrong.safetensors: the calibration batches do not run through "
+          "wrong.safetensors"), "calibration batch 0 (tensor [4, 100]) does not run through "
                                 "the model: RuntimeError: mat1 and mat2 shapes"),
         (("quantize", MLP, "-o", "x.safetensors", "--samples", "8"),
          "--samples counts calibration samples: give --calibration too"),

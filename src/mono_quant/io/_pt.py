@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +31,60 @@ from mono_quant.io._atomic import atomic_file
 __all__ = ["read_pt", "write_pt"]
 
 _KEYS = {"state_dict", "metadata"}
+
+#: What torch.load raises on a damaged file, found by truncating and byte-flipping legacy and
+#: zip ``.pt`` files (tests/io/test_pt_fuzz.py): the zip reader's RuntimeError and OSError, the
+#: legacy reader's struct.error / IndexError / EOFError, and whatever a garbled pickle stream
+#: makes the unpickler or the tensor rebuild functions raise. MemoryError is not among them.
+_CORRUPT = (
+    EOFError, OSError, RuntimeError, ValueError, IndexError, KeyError, TypeError,
+    AttributeError, AssertionError, OverflowError, struct.error,
+)
+
+#: torch's weights_only unpickler refusing a global (torch 2.4 through 2.13 word it so):
+#: "Unsupported global: GLOBAL io.open was not an allowed global by default. ..." and
+#: "Trying to load unsupported GLOBAL os.system whose module os is blocked."
+_GLOBAL = re.compile(r"GLOBAL (.+?) (?:was not an allowed global|whose module \S+ is blocked)")
+
+
+def _rejected_global(message: str) -> str | None:
+    """The global torch refused to load ("" if unnamed), or None when it refused none."""
+    found = _GLOBAL.search(message)
+    if found:
+        return "".join(c if c.isprintable() else "?" for c in found.group(1))[:120]
+    return "" if "Unsupported global" in message else None
+
+
+def _reason(e: BaseException) -> str:
+    """``Type: detail`` of a load failure, without torch's advice (which suggests
+    ``weights_only=False``: the one thing never to do with an untrusted file)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.rpartition("WeightsUnpickler error:")[2]
+    text = text.split("Check the documentation of torch.load")[0]
+    text = text.split("This is an internal miniz error")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = lines[0].rstrip(".") if lines else ""
+    if len(detail) > 200:
+        detail = detail[:200] + "..."
+    if isinstance(e, pickle.UnpicklingError):
+        return detail or "unreadable pickle stream"
+    if isinstance(e, EOFError) and not detail:
+        detail = "the file ends early"
+    return f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+
+
+def _origin(path: Path) -> str:
+    """Why the weights-only unpickler could not parse a file: which pickle it is, if any."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        head = b""
+    if len(head) == 2 and head[0] == pickle.PROTO[0] and head[1] > 2:
+        # torch.save writes protocol 2, whose opcodes are all the unpickler knows
+        return f"a protocol-{head[1]} pickle, not torch.save output"
+    return "corrupt, or not written by torch.save"
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -55,8 +110,9 @@ def read_pt(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict
     """(tensors, metadata or None) of a ``.pt`` file, loaded with ``weights_only=True``.
 
     Raises:
-        BadInputError: missing, truncated or corrupt file; a file that needs pickle code
-            (refused, never run); content that is not a state dict.
+        BadInputError: missing, truncated or corrupt file ("not a readable .pt file"); a file
+            whose pickle calls a global outside torch's weights_only allow-list ("refused",
+            never run); content that is not a state dict.
     """
     path = Path(path)
     if not path.is_file():
@@ -64,16 +120,22 @@ def read_pt(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
-        what = f" (it calls {found.group(1)})" if found else ""
+        refused = _rejected_global(str(e))
+        if refused is None:  # not a refusal: the unpickler could not parse the stream
+            raise BadInputError(
+                f"{path}: not a readable .pt file ({_origin(path)}: {_reason(e)})"
+            ) from e
+        what = f" (it calls {refused})" if refused else ""
         raise BadInputError(
             f"{path}: refused: this .pt file needs arbitrary pickle code to load{what}, which "
             "could run anything on this machine; mono-quant loads .pt only with "
             "torch.load(weights_only=True), i.e. a plain state dict of tensors. Re-save the "
             "weights as a state dict, or better, use .safetensors"
         ) from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise BadInputError(f"{path}: not a readable .pt file (truncated or corrupt): {e}") from e
+    except _CORRUPT as e:
+        raise BadInputError(
+            f"{path}: not a readable .pt file (truncated or corrupt: {_reason(e)})"
+        ) from e
     metadata = None
     tensors = obj
     if isinstance(obj, Mapping) and set(obj) == _KEYS:

@@ -13,6 +13,13 @@ The config's ``include``/``exclude`` patterns then apply to ``<layer>`` as in
 ``quantize_model`` (the class-name pattern ``"Linear"`` matches every such layer; ``"Conv2d"``
 none). Use ``exclude=["lm_head"]`` to keep a head in float.
 
+Layout assumption: every such weight is taken to be an ``nn.Linear`` weight, ``[out, in]``,
+so per-channel scales go along dimension 0. transformers' ``Conv1D`` (GPT-2, OpenAI GPT,
+ImageGPT, Decision Transformer, CLVP) stores ``[in, out]`` instead; the shapes cannot tell
+them apart. A checkpoint whose folder has a ``config.json`` naming one of those families is
+refused (``BadConfigError``); a lone file with no ``config.json`` next to it is trusted to
+hold ``[out, in]`` weights.
+
 Example:
     >>> import tempfile, torch
     >>> from torch import nn
@@ -60,6 +67,15 @@ _ROW_CHUNK = 1 << 18  # elements per chunk of the SQNR sums (float64 temporaries
 #: Stands in for the module when matching class-name patterns: every candidate is a "Linear".
 _AsLinear = type("Linear", (), {})
 
+#: Hugging Face model types built from ``transformers.pytorch_utils.Conv1D`` (weight
+#: ``[in, out]``), and their architecture class-name prefixes: every model in transformers
+#: 5.24 that imports it (gpt_bigcode uses nn.Linear, so it is not here).
+_CONV1D_MODEL_TYPES = frozenset({
+    "gpt2", "openai-gpt", "imagegpt", "decision_transformer", "clvp", "clvp_encoder",
+    "clvp_decoder",
+})
+_CONV1D_ARCHITECTURES = ("GPT2", "OpenAIGPT", "ImageGPT", "DecisionTransformer", "Clvp")
+
 
 def checkpoint_files(src: str | os.PathLike[str]) -> list[Path]:
     """The safetensors files of a checkpoint: a file, an index JSON, or a folder with either
@@ -92,6 +108,36 @@ def checkpoint_files(src: str | os.PathLike[str]) -> list[Path]:
             f"{src}: expected a .safetensors file, a {INDEX_FILE} or a folder holding one"
         )
     return [src]
+
+
+def _refuse_conv1d(src: Path) -> None:
+    """BadConfigError if the checkpoint's ``config.json`` names a Conv1D model family."""
+    config = (src if src.is_dir() else src.parent) / "config.json"
+    if not config.is_file():
+        return  # a lone file: its 2-D weights are taken as [out, in] (module docstring)
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError) as e:
+        raise BadInputError(
+            f"{config}: not readable JSON ({e}); it is read to tell how the checkpoint's "
+            "weights are laid out"
+        ) from e
+    if not isinstance(data, dict):
+        raise BadInputError(f"{config}: expected a JSON object, got {type(data).__name__}")
+    model_type = data.get("model_type")
+    architectures = [a for a in data.get("architectures") or [] if isinstance(a, str)]
+    if model_type not in _CONV1D_MODEL_TYPES and not any(
+        a.startswith(_CONV1D_ARCHITECTURES) for a in architectures
+    ):
+        return
+    raise BadConfigError(
+        f"{config}: model_type {model_type!r} (architectures {architectures}) is built from "
+        "transformers' Conv1D layers, which store their weights as [in, out], transposed from "
+        "nn.Linear's [out, in]; quantize_checkpoint reads every 2-D weight as [out, in], so "
+        "per-channel scales would land on the input axis. Load the model and use "
+        "quantize_model instead (it quantizes nn.Linear / nn.Conv2d layers; Conv1D layers "
+        "stay in float)"
+    )
 
 
 def _is_embedding(layer: str) -> bool:
@@ -221,8 +267,12 @@ def quantize_checkpoint(
     Weight-only modes only: static W8A8 needs calibration through the model. Returns the
     :class:`QuantizationInfo` stored in ``dst``'s header.
 
+    Every 2-D float ``<layer>.weight`` is taken as an ``nn.Linear`` weight ``[out, in]`` (see
+    the module docstring); a checkpoint whose ``config.json`` names a transformers ``Conv1D``
+    family (``[in, out]`` weights: GPT-2 and kin) is refused.
+
     Raises:
-        BadConfigError: static mode, or nothing selected.
+        BadConfigError: static mode, nothing selected, or a Conv1D model family.
         BadInputError: a missing/corrupt checkpoint, duplicate tensors across shards, a weight
             that cannot be quantized (non-finite values, group size).
         StorageError: ``dst`` could not be written (nothing is left there).
@@ -239,7 +289,9 @@ def quantize_checkpoint(
     dst = Path(dst)
     if detect_format(dst) != "safetensors":
         raise BadInputError(f"{dst}: quantize_checkpoint writes .safetensors")
-    headers = [read_header(f) for f in checkpoint_files(src)]
+    files = checkpoint_files(src)
+    _refuse_conv1d(Path(src))
+    headers = [read_header(f) for f in files]
     layers = _linear_layers(headers)
     selected = _select(layers, headers, config)
     if not selected:

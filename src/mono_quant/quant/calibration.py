@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +21,33 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mono_quant.errors import BadInputError
+from mono_quant.errors import BadInputError, MonoQuantError
 from mono_quant.quant.observers import Observer, make_observer
 from mono_quant.quant.specs import PerTensor
 
-__all__ = ["CalibrationResult", "batch_size", "call_model", "run_calibration", "to_device"]
+__all__ = [
+    "CalibrationResult",
+    "OnProgress",
+    "batch_size",
+    "call_model",
+    "describe_batch",
+    "planned_batches",
+    "run_batch",
+    "run_calibration",
+    "to_device",
+]
+
+#: ``on_progress(stage, done, total)``: ``stage`` is "calibrating", "quantizing" or
+#: "evaluating"; ``total`` is 0 when unknown. Called once per batch or layer, so it should
+#: only store the numbers (a worker's heartbeat reads them later).
+OnProgress = Callable[[str, int, int], None]
+
+#: What a model's forward raises on a batch it cannot take (shapes, dtypes, keys, token ids
+#: out of range). An out-of-memory error is a RuntimeError too, but not the data's fault:
+#: it propagates unchanged so that a caller can retry with smaller batches.
+_FORWARD_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, KeyError)
+_OUT_OF_MEMORY = tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+                        torch.cuda.OutOfMemoryError})
 
 
 @dataclass
@@ -62,6 +84,58 @@ def call_model(model: nn.Module, item: Any) -> Any:
     )
 
 
+def describe_batch(item: Any) -> str:
+    """Shapes of a batch, for error messages: ``tensor [16, 100]``,
+    ``tuple (tensor [2, 8], tensor [2])``, ``dict {input_ids: tensor [4, 32]}``."""
+    if isinstance(item, torch.Tensor):
+        return f"tensor {list(item.shape)}"
+    if isinstance(item, Mapping):
+        parts = [f"{k}: {describe_batch(v)}" for k, v in list(item.items())[:8]]
+        more = ", ..." if len(item) > 8 else ""
+        return "dict {" + ", ".join(parts) + more + "}"
+    if isinstance(item, (list, tuple)):
+        parts = [describe_batch(v) for v in item[:8]]
+        more = ", ..." if len(item) > 8 else ""
+        return f"{type(item).__name__} (" + ", ".join(parts) + more + ")"
+    return type(item).__name__
+
+
+def run_batch(model: nn.Module, item: Any, stage: str, index: int) -> Any:
+    """``call_model`` on a user's batch; a forward that fails on it is a BadInputError.
+
+    The error names the batch (``"calibration batch 3 (tensor [16, 100])"``) and the model's
+    own message. Our errors and out-of-memory errors pass unchanged.
+    """
+    try:
+        return call_model(model, item)
+    except (MonoQuantError, *_OUT_OF_MEMORY):
+        raise
+    except _FORWARD_ERRORS as e:
+        raise BadInputError(
+            f"{stage} batch {index} ({describe_batch(item)}) does not run through the model: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def planned_batches(data: Iterable[Any], num_samples: int | None = None) -> int:
+    """Batches a loop over ``data`` will take (stopping at ``num_samples``); 0 if unknown.
+
+    Counted without running anything: ``len(data)``, or for a sequence cut by ``num_samples``
+    the leading sizes of its items.
+    """
+    if not hasattr(data, "__len__"):
+        return 0
+    n = len(data)  # type: ignore[arg-type]
+    if num_samples is None or not isinstance(data, Sequence):
+        return n
+    samples = 0
+    for i, item in enumerate(data):
+        samples += batch_size(item)
+        if samples >= num_samples:
+            return i + 1
+    return n
+
+
 def batch_size(item: Any) -> int:
     """Samples in a batch: the leading dimension of its first tensor (1 for a 0-d/1-d tensor)."""
     if isinstance(item, torch.Tensor):
@@ -88,6 +162,7 @@ def run_calibration(
     scheme: str = "asymmetric",
     num_samples: int | None = None,
     progress: bool = True,
+    on_progress: OnProgress | None = None,
     **observer_kwargs: Any,
 ) -> CalibrationResult:
     """Observe the per-tensor range of the input of each layer in ``layers``.
@@ -96,6 +171,13 @@ def run_calibration(
     (``model(**x)``, e.g. a tokenized Hugging Face batch); they are moved to the model's device.
     Stops after ``num_samples`` samples (whole batches) when given. The model runs in eval mode
     under ``torch.inference_mode`` and its training flag is restored afterwards.
+    ``on_progress("calibrating", batches_done, total)`` is called after each batch (``total``
+    0 when ``data`` has no length).
+
+    Raises:
+        BadInputError: unknown layers, empty data, layers the data never reaches, or a batch
+            the model's forward rejects (the error names the batch index and its shapes).
+        torch.OutOfMemoryError: unchanged, so that a caller may retry with smaller batches.
     """
     modules = dict(model.named_modules())
     missing = [name for name in layers if name not in modules]
@@ -115,15 +197,18 @@ def run_calibration(
     handles = [modules[name].register_forward_pre_hook(hook(name)) for name in layers]
     was_training = model.training
     device = _device_of(model)
-    total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+    total = planned_batches(data, num_samples)
     try:
         model.eval()
         with torch.inference_mode():
-            bar = tqdm(data, total=total, desc="calibrating", unit="batch", disable=not progress)
+            bar = tqdm(data, total=total or None, desc="calibrating", unit="batch",
+                       disable=not progress)
             for item in bar:
-                call_model(model, to_device(item, device))
+                run_batch(model, to_device(item, device), "calibration", result.batches)
                 result.batches += 1
                 result.samples += batch_size(item)
+                if on_progress is not None:
+                    on_progress("calibrating", result.batches, total)
                 if num_samples is not None and result.samples >= num_samples:
                     break
     finally:

@@ -28,7 +28,15 @@ from tqdm.auto import tqdm
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.io.info import QuantizationInfo, library_versions
-from mono_quant.quant.calibration import batch_size, call_model, run_calibration, to_device
+from mono_quant.quant.calibration import (
+    OnProgress,
+    batch_size,
+    call_model,
+    planned_batches,
+    run_batch,
+    run_calibration,
+    to_device,
+)
 from mono_quant.quant.modules import SUPPORTED_LAYERS, quantized_like
 from mono_quant.quant.observers import make_observer
 from mono_quant.quant.primitives import (
@@ -96,19 +104,23 @@ def _reiterable(data: Iterable[Any] | None, num_samples: int | None) -> Iterable
 
 
 def _output_metrics(
-    float_model: nn.Module, qmodel: nn.Module, data: Iterable[Any], max_batches: int
+    float_model: nn.Module, qmodel: nn.Module, data: Iterable[Any], max_batches: int,
+    stage: str, on_progress: OnProgress | None,
 ) -> dict[str, Any]:
     acc = ErrorAccumulator()
     was_training = float_model.training
     device = next(iter(float_model.parameters()), torch.zeros(0)).device
     batches = 0
+    total = min(planned_batches(data), max_batches)
     try:
         float_model.eval()
         qmodel.eval()
         with torch.inference_mode():
             for item in itertools.islice(data, max_batches):
                 item = to_device(item, device)
-                ref = first_tensor(call_model(float_model, item))
+                # the float model rejecting a batch is the data's fault; the quantized copy
+                # failing where the float model ran is ours, so it is not relabelled
+                ref = first_tensor(run_batch(float_model, item, stage, batches))
                 out = first_tensor(call_model(qmodel, item))
                 if ref is None or out is None:
                     raise BadInputError(
@@ -116,6 +128,8 @@ def _output_metrics(
                     )
                 acc.add(ref.float(), out.float())
                 batches += 1
+                if on_progress is not None:
+                    on_progress("evaluating", batches, total)
     finally:
         float_model.train(was_training)
     if batches == 0:
@@ -132,6 +146,7 @@ def quantize_model(
     num_samples: int | None = None,
     max_eval_batches: int = 8,
     progress: bool = True,
+    on_progress: OnProgress | None = None,
 ) -> tuple[nn.Module, QuantizationInfo]:
     """Quantize a copy of ``model``; return it with its :class:`QuantizationInfo`.
 
@@ -141,10 +156,17 @@ def quantize_model(
     (required). Output SQNR and cosine against the float model are measured on ``eval_data``
     (or the calibration data) over at most ``max_eval_batches`` batches.
 
+    ``on_progress(stage, done, total)`` is called after each calibration batch
+    (``"calibrating"``), each quantized layer (``"quantizing"``, total = selected layers) and
+    each output-metric batch (``"evaluating"``); ``total`` is 0 when unknown. It should only
+    store the numbers: it runs inside the loops.
+
     Raises:
         BadConfigError: nothing selected, or static mode without calibration data.
-        BadInputError: a weight that cannot be quantized (non-finite, wrong group size), or
-            calibration data that does not run through the model.
+        BadInputError: a weight that cannot be quantized (non-finite, wrong group size), or a
+            calibration/evaluation batch that does not run through the model (the message
+            names the batch index and its shapes).
+        torch.OutOfMemoryError: unchanged, so that a caller may retry with smaller batches.
     """
     config = config or QuantConfig()
     if not isinstance(model, nn.Module):
@@ -172,6 +194,7 @@ def quantize_model(
         calibration = run_calibration(
             qmodel, calibration_data, layers=layers, observer=config.activation_observer,
             scheme=config.activation_scheme, num_samples=num_samples, progress=progress,
+            on_progress=on_progress,
         )
         samples = calibration.samples
 
@@ -179,7 +202,9 @@ def quantize_model(
     total = ErrorAccumulator()
     per_layer: dict[str, float] = {}
     with torch.no_grad():
-        for name in tqdm(layers, desc="quantizing", unit="layer", disable=not progress):
+        for done, name in enumerate(
+            tqdm(layers, desc="quantizing", unit="layer", disable=not progress), start=1
+        ):
             layer = qmodel.get_submodule(name)
             qw = quantize_weight(layer.weight, config, f"{name}.weight")
             problems = check_int8_ranges(name, qw.data, qw.scale, qw.zero_point, qmin, qmax)
@@ -195,6 +220,8 @@ def quantize_model(
                 qlayer.set_input_qparams(*calibration.observers[name].compute_qparams())
             parent, _, child = name.rpartition(".")
             setattr(qmodel.get_submodule(parent), child, qlayer)
+            if on_progress is not None:
+                on_progress("quantizing", done, len(layers))
 
     size_fp, size_q = state_dict_bytes(model), state_dict_bytes(qmodel)
     metrics: dict[str, Any] = {
@@ -208,9 +235,13 @@ def quantize_model(
         "compression_ratio": size_fp / size_q if size_q else float("nan"),
         "range_check": "ok",
     }
-    eval_source = _reiterable(eval_data, None) if eval_data is not None else calibration_data
+    if eval_data is not None:
+        eval_source, stage = _reiterable(eval_data, None), "evaluation"
+    else:
+        eval_source, stage = calibration_data, "calibration"
     if eval_source is not None:
-        metrics.update(_output_metrics(model, qmodel, eval_source, max_eval_batches))
+        metrics.update(_output_metrics(model, qmodel, eval_source, max_eval_batches, stage,
+                                       on_progress))
     info = QuantizationInfo(
         config=config,
         selected_layers=layers,
