@@ -82,29 +82,6 @@ def _config(args: argparse.Namespace):
     )
 
 
-def _reload_check(path, model, info, batches: list[Any], qmodel) -> str:
-    """Reload the artifact into the (no longer needed) float model; compare outputs."""
-    import torch
-
-    from mono_quant import MonoQuantError, load_quantized
-    from mono_quant.quant.calibration import call_model
-    from mono_quant.validate import first_tensor
-
-    again = load_quantized(path, model)
-    if not batches:
-        return "ok: every tensor loaded strictly (no batch to compare outputs on)"
-    with torch.inference_mode():
-        ref = first_tensor(call_model(qmodel.eval(), batches[0]))
-        out = first_tensor(call_model(again.eval(), batches[0]))
-    if ref is None or out is None or not torch.equal(ref, out):
-        diff = "n/a" if ref is None or out is None else f"{(ref - out).abs().max().item():.3g}"
-        raise MonoQuantError(
-            f"{path}: the reloaded artifact does not reproduce the quantized model's outputs "
-            f"(max |difference| {diff})"
-        )
-    return "ok: reloaded model's outputs identical on 1 batch"
-
-
 def _report(source: str, info, path, fmt: str, reload: str) -> None:
     from mono_quant.io import size_path
 
@@ -162,7 +139,10 @@ def run_quantize(args: argparse.Namespace) -> int:
     qmodel, info = quantize_model(model, config, batches or None, num_samples=args.samples,
                                   progress=not args.quiet)
     path = save_model(qmodel, args.output, info, format=fmt)
-    reload = _reload_check(path, model, info, batches, qmodel)
+    from mono_quant.validate.reload import reload_check
+
+    # the float model is no longer needed: the artifact is rebuilt into it
+    reload = reload_check(path, model, qmodel, batches[0] if batches else None)
     _report(args.source, info, path, fmt, reload)
     return 0
 

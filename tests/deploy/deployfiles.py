@@ -293,7 +293,7 @@ def readme_settings() -> set[str]:
 
 
 def config_reads() -> set[str]:
-    """Variables src/mono_quant/config.py reads (``_env*("NAME")`` → MONO_QUANT_NAME)."""
+    """Variables src/mono_quant/config.py reads (``env.text|integer|seconds("NAME")``)."""
     source = (REPO / "src" / "mono_quant" / "config.py").read_text()
-    pattern = r"""_env(?:_int|_float)?\(\s*["']([A-Z_]+)["']"""
+    pattern = r"""env\.(?:text|integer|seconds)\(\s*["']([A-Z_]+)["']"""
     return {"MONO_QUANT_" + n for n in re.findall(pattern, source)}
