@@ -291,3 +291,30 @@ def test_gpu_pinning_is_what_the_pool_child_sees(tmp_path):
     finally:
         worker.stop()
         flush(broker)
+
+
+def test_layer_and_batch_progress_reach_the_job_row(settings):
+    """quantize_model's on_progress lands in the heartbeat's progress, which the next beat
+    writes to the catalog (what `mono-quant status` shows)."""
+    from mono_quant import QuantConfig, demo_models, quantize_model
+    from mono_quant.worker.job import _Heartbeat
+
+    (job_id,) = _submit(settings, [{"name": "a", "model": "factory:tests.jobfixtures:tiny"}])
+    catalog = Catalog(settings.catalog_url)
+    with catalog.begin() as session:
+        js.claim(session, job_id, worker="w@test", device="cpu",
+                 stale_before=js.stale_cutoff(settings.stale_after))
+    beat = _Heartbeat(catalog, job_id, "w@test", 3600, {"job": job_id})
+    seen = []
+
+    def record(stage, done, total):
+        beat.step(stage, done, total)
+        beat._beat()
+        seen.append(dict(_job(settings, job_id).progress))
+
+    quantize_model(demo_models.mlp(), QuantConfig(mode="static"),
+                   demo_models.vector_batches(n=2), progress=False, on_progress=record)
+    assert {"stage": "calibrating", "done": 2, "total": 2} in seen
+    assert seen[-3:] == [{"stage": "quantizing", "done": 3, "total": 3},
+                         {"stage": "evaluating", "done": 1, "total": 2},
+                         {"stage": "evaluating", "done": 2, "total": 2}]
