@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
+from mono_quant.io.layout import FORMATS
 from mono_quant.quant.qconfig import QuantConfig
 
 __all__ = ["FORMATS", "JobSpec", "Manifest", "load_manifest", "parse_manifest"]
@@ -47,7 +48,6 @@ __all__ = ["FORMATS", "JobSpec", "Manifest", "load_manifest", "parse_manifest"]
 #: libyaml's safe loader when PyYAML was built with it (10x faster on big manifests).
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-FORMATS = ("safetensors", "pt", "compressed-tensors")
 _QUANT_FIELDS = (
     "scheme", "granularity", "group_size", "mode", "weight_observer", "activation_observer",
     "activation_scheme", "include", "exclude", "min_layer_size",

@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 
 from mono_quant.errors import BadInputError
+from mono_quant.io.layout import SUFFIX
 
 __all__ = ["artifact_key", "remove", "remove_earlier_attempts", "resolve"]
 
-_EXT = {"safetensors": ".safetensors", "pt": ".pt", "compressed-tensors": ""}
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -26,10 +26,10 @@ def artifact_key(idempotency_key: str, fmt: str, job_id: int, attempt: int) -> s
     """The storage key of one attempt's artifact (relative POSIX path)."""
     if not _HEX.match(idempotency_key):
         raise BadInputError(f"idempotency key {idempotency_key!r}: expected 64 hex digits")
-    if fmt not in _EXT:
-        raise BadInputError(f"format {fmt!r}: expected one of {', '.join(_EXT)}")
+    if fmt not in SUFFIX:
+        raise BadInputError(f"format {fmt!r}: expected one of {', '.join(SUFFIX)}")
     k = idempotency_key
-    return f"{k[:2]}/{k}/{int(job_id)}-{int(attempt)}{_EXT[fmt]}"
+    return f"{k[:2]}/{k}/{int(job_id)}-{int(attempt)}{SUFFIX[fmt]}"
 
 
 def resolve(root: str | Path, key: str) -> Path:

@@ -20,12 +20,10 @@ import argparse
 import sys
 from typing import Any
 
-# Kept literal so that `mono-quant --help` does not import torch (a test checks they match).
-SCHEMES = ("symmetric", "asymmetric")
-GRANULARITIES = ("per_tensor", "per_channel", "per_group")
-MODES = ("weight_only", "static")
-OBSERVERS = ("minmax", "moving_average", "percentile", "mse")
-FORMATS = ("safetensors", "pt", "compressed-tensors")
+# Torch-free modules: `mono-quant --help` stays fast.
+from mono_quant.io.layout import FORMATS
+from mono_quant.quant.qconfig import GRANULARITIES, MODES, OBSERVERS
+from mono_quant.quant.specs import SCHEMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

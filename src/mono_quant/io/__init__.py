@@ -35,13 +35,13 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
 
 _EXPORTS = {
     "CalibrationSource": "mono_quant.io.sources",
-    "FORMATS": "mono_quant.io.formats",
+    "FORMATS": "mono_quant.io.layout",
     "INFO_KEY": "mono_quant.io.formats",
     "ModelSource": "mono_quant.io.sources",
     "QuantizationInfo": "mono_quant.io.info",
     "_build_metadata": "mono_quant.io.formats",
     "checkpoint_files": "mono_quant.io.streaming",
-    "detect_format": "mono_quant.io.formats",
+    "detect_format": "mono_quant.io.layout",
     "library_versions": "mono_quant.io.info",
     "load_model": "mono_quant.io.formats",
     "load_quantized": "mono_quant.io.formats",
@@ -53,7 +53,7 @@ _EXPORTS = {
     "sha256_path": "mono_quant.io.hashing",
     "size_path": "mono_quant.io.hashing",
 }
-_SUBMODULES = ("formats", "hashing", "info", "sources", "streaming")
+_SUBMODULES = ("formats", "hashing", "info", "layout", "sources", "streaming")
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 
 __all__ = [

@@ -51,6 +51,7 @@ from mono_quant.io._checks import check_quantized_tensors, load_state_dict_stric
 from mono_quant.io._pt import read_pt, write_pt
 from mono_quant.io._safetensors_stream import SafetensorsWriter, TensorSpec, read_header
 from mono_quant.io.info import QuantizationInfo
+from mono_quant.io.layout import FORMATS, detect_format
 
 __all__ = [
     "FORMATS",
@@ -63,42 +64,8 @@ __all__ = [
     "save_model",
 ]
 
-#: The formats ``save_model`` writes (the ``format`` argument and the catalog's column).
-FORMATS = ("safetensors", "pt", "compressed-tensors")
 #: The safetensors metadata key (and .pt payload key) holding the QuantizationInfo JSON.
 INFO_KEY = "mono_quant.info"
-_EXTENSIONS = {".safetensors": "safetensors", ".pt": "pt", ".pth": "pt"}
-
-
-def detect_format(path: str | os.PathLike[str], format: str | None = None) -> str:
-    """The artifact format for ``path``: ``format`` if given (checked), else from the name.
-
-    A folder (or an existing folder with ``config.json``) is ``compressed-tensors``.
-    """
-    path = Path(path)
-    ext = path.suffix.lower()
-    if format is not None:
-        if format not in FORMATS:
-            raise BadInputError(f"format {format!r}: expected one of {', '.join(FORMATS)}")
-        if format == "compressed-tensors" and ext in _EXTENSIONS:
-            raise BadInputError(
-                f"{path}: a compressed-tensors artifact is a folder; give a path without the "
-                f"{ext} extension"
-            )
-        if format != "compressed-tensors" and _EXTENSIONS.get(ext) != format:
-            raise BadInputError(
-                f"{path}: extension {ext or '(none)'} does not match format {format!r} "
-                f"(use {' or '.join(e for e, f in _EXTENSIONS.items() if f == format)})"
-            )
-        return format
-    if ext in _EXTENSIONS:
-        return _EXTENSIONS[ext]
-    if path.is_dir():
-        return "compressed-tensors"
-    raise BadInputError(
-        f"{path}: cannot tell the format from the extension {ext or '(none)'}; accepted: "
-        ".safetensors, .pt, .pth, or a folder with format='compressed-tensors'"
-    )
 
 
 def _build_metadata(
