@@ -27,7 +27,10 @@ from tests.catalog.backends import (  # noqa: F401 - fixtures
     pg_server,
 )
 
-REDIS_URL = os.environ.get("MONO_QUANT_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+REDIS_URL = os.environ.get(
+    "MONO_QUANT_TEST_REDIS_URL",
+    os.environ.get("MONO_QUANT_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/") + "/11",
+)
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -54,8 +54,9 @@ def test_publishing_is_pipelined(monkeypatch):
     from celery import Celery
 
     from mono_quant.scheduler.publish import publish_jobs
+    from tests.worker.harness import redis_db
 
-    url = "redis://127.0.0.1:6379/9"
+    url = redis_db(9)
     client = redis.Redis.from_url(url)
     try:
         client.ping()

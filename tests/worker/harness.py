@@ -19,6 +19,16 @@ import redis
 
 REPO = Path(__file__).resolve().parents[2]
 
+#: The shared test Redis server (host and port, no database). Parallel checkouts set
+#: ``MONO_QUANT_TEST_REDIS=redis://127.0.0.1:PORT`` to a server of their own so their fixed
+#: database numbers never collide.
+TEST_REDIS = os.environ.get("MONO_QUANT_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/")
+
+
+def redis_db(db: int) -> str:
+    """The URL of database ``db`` on the test Redis server."""
+    return f"{TEST_REDIS}/{db}"
+
 
 def base_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)

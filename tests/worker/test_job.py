@@ -268,9 +268,9 @@ def test_storage_keys_never_leave_the_root(tmp_path):
 def test_gpu_pinning_is_what_the_pool_child_sees(tmp_path):
     """`mono-quant worker --gpu 3` on a machine without GPUs: the job's process sees only GPU 3
     and the worker's main process never even loads torch (so it cannot initialise CUDA)."""
-    from tests.worker.harness import Worker, base_env, cli, flush
+    from tests.worker.harness import Worker, base_env, cli, flush, redis_db
 
-    broker = "redis://127.0.0.1:6379/10"
+    broker = redis_db(10)
     flush(broker)
     env = base_env(MONO_QUANT_BROKER_URL=broker, MONO_QUANT_DATA_DIR=str(tmp_path))
     env.pop("CUDA_VISIBLE_DEVICES", None)

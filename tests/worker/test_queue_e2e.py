@@ -21,11 +21,11 @@ from sqlalchemy import func, select, text
 from mono_quant.catalog import Artifact, AttemptOutcome, Catalog, Job, JobStatus
 from mono_quant.io.hashing import sha256_path
 from tests.catalog.backends import _temporary_database
-from tests.worker.harness import Worker, base_env, cli, flush, wait_until
+from tests.worker.harness import Worker, base_env, cli, flush, redis_db, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
-BROKER = "redis://127.0.0.1:6379/12"
+BROKER = redis_db(12)
 
 
 @pytest.fixture(scope="module")
