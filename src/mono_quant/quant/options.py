@@ -29,7 +29,8 @@ from collections.abc import Iterator
 
 from mono_quant.errors import BadConfigError
 
-__all__ = ["COMPILE_MODES", "compile_min_numel", "compile_mode", "compile_override"]
+__all__ = ["COMPILE_MODES", "VARIABLES", "compile_min_numel", "compile_mode",
+           "compile_override"]
 
 COMPILE_MODES = ("auto", "always", "never")
 #: ``MONO_QUANT_COMPILE`` when unset.
@@ -39,6 +40,17 @@ DEFAULT_COMPILE = "auto"
 DEFAULT_COMPILE_MIN_NUMEL = 1 << 24
 
 _override: str | None = None
+
+#: The library's variables as (names without the MONO_QUANT_ prefix, default, meaning): the
+#: source of the library table in docs/settings.md.
+VARIABLES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("COMPILE",), f"`{DEFAULT_COMPILE}`",
+     "`auto`: a torch.compile CPU kernel only for tensors of at least "
+     "`MONO_QUANT_COMPILE_MIN_NUMEL` elements; `always`: every CPU tensor; `never`: plain torch "
+     "ops. Read by the library at each call, never through the service's settings"),
+    (("COMPILE_MIN_NUMEL",), f"`{DEFAULT_COMPILE_MIN_NUMEL}`",
+     "tensors at least this large may take the compiled path under `auto`"),
+)
 
 
 def compile_mode() -> str:
