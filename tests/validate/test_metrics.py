@@ -110,8 +110,29 @@ def test_state_dict_bytes_counts_tied_tensors_once():
     assert state_dict_bytes(empty) == 0
 
 
+class _Output:
+    """Dict-like but not a ``Mapping`` (as some model output classes are)."""
+
+    def __init__(self, **items):
+        self._items = items
+
+    def keys(self):
+        return self._items.keys()
+
+    def values(self):
+        return self._items.values()
+
+    def __contains__(self, key):
+        return key in self._items
+
+    def __getitem__(self, key):
+        return self._items[key]
+
+
 def test_first_tensor_finds_the_output():
     a, b = T([1.0]), T([2.0])
+    assert first_tensor(_Output(hidden=b, logits=a)) is a
+    assert first_tensor(_Output(hidden=b)) is b
     assert first_tensor(a) is a
     assert first_tensor({"hidden": b, "logits": a}) is a
     assert first_tensor({"hidden": b, "other": a}) is b
