@@ -62,7 +62,7 @@ GROUPS: dict[str, Group] = {
             "src/mono_quant/quant/_kernels.py": ALL,
         },
         ("tests/quant/test_primitives.py", "tests/quant/test_observers.py",
-         "tests/quant/test_bounds.py", "tests/quant/test_qconfig.py"),
+         "tests/quant/test_bounds.py", "tests/quant/test_specs.py", "tests/quant/test_qconfig.py"),
     ),
     "metrics": Group(
         {"src/mono_quant/validate/metrics.py": ALL},
@@ -83,7 +83,7 @@ GROUPS: dict[str, Group] = {
             "src/mono_quant/catalog/queries.py": ALL,
         },
         ("tests/catalog/test_jobs.py", "tests/catalog/test_queries.py",
-         "tests/catalog/test_thresholds.py"),
+         "tests/catalog/test_thresholds.py", "tests/catalog/test_records.py"),
         # the PostgreSQL twin of each case doubles the time and kills the same SQL mutants
         skip="postgresql",
     ),

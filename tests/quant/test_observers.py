@@ -163,3 +163,29 @@ def test_errors():
         MovingAverageMinMaxObserver(averaging_constant=0.0)
     with pytest.raises(BadConfigError, match="percentile"):
         PercentileObserver(percentile=20)
+
+
+def test_percentile_of_a_small_batch_is_its_extreme():
+    """On 10 values the 0.01th percentile has rank ceil(0.001) = 1: the minimum itself."""
+    obs = PercentileObserver("asymmetric", percentile=99.99)
+    obs.update(torch.arange(-5.0, 5.0))
+    assert (float(obs.min_val), float(obs.max_val)) == (-5.0, 4.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "ok"),
+    [
+        pytest.param({"averaging_constant": 1.0}, True, id="ema-1"),
+        pytest.param({"averaging_constant": 1.5}, False, id="ema-1.5"),
+        pytest.param({"averaging_constant": -0.5}, False, id="ema-neg"),
+    ],
+)
+def test_moving_average_constant_range(kwargs, ok):
+    if ok:
+        obs = MovingAverageMinMaxObserver(**kwargs)
+        obs.update(torch.tensor([-1.0, 1.0]))
+        obs.update(torch.tensor([-3.0, 2.0]))  # constant 1: the last batch wins
+        assert (float(obs.min_val), float(obs.max_val)) == (-3.0, 2.0)
+    else:
+        with pytest.raises(BadConfigError, match="expected a number in \\(0, 1\\]"):
+            MovingAverageMinMaxObserver(**kwargs)

@@ -49,18 +49,20 @@ def test_sqnr_and_cosine_hand_computed(name):
 
 
 def test_accumulator_sums_before_the_ratio():
-    """Overall SQNR weights by size: (25 + 100) / (1 + 100), not the mean of the dB values."""
+    """Overall SQNR weights by size: (25 + 100) / (1 + 25), not the mean of the dB values.
+    Sums: signal 9+16+100, noise 0+1+25, approx² 9+9+25, dot 9+12+50."""
     acc = ErrorAccumulator()
     acc.add(T([3.0, 4.0]), T([3.0, 3.0]))
-    acc.add(T([10.0]), T([0.0]))
-    assert (acc.signal, acc.noise, acc.approx_sq, acc.dot) == (125.0, 101.0, 18.0, 21.0)
-    assert acc.sqnr_db == pytest.approx(0.9258863922541384, abs=1e-12)
-    other = ErrorAccumulator()
-    other.add(T([3.0, 4.0]), T([3.0, 3.0]))
-    second = ErrorAccumulator()
-    second.add(T([10.0]), T([0.0]))
-    other.merge(second)
-    assert (other.signal, other.noise, other.approx_sq, other.dot) == (125.0, 101.0, 18.0, 21.0)
+    acc.add(T([10.0]), T([5.0]))
+    assert (acc.signal, acc.noise, acc.approx_sq, acc.dot) == (125.0, 26.0, 43.0, 71.0)
+    assert acc.sqnr_db == pytest.approx(6.819366650372385, abs=1e-12)  # 10 log10(125 / 26)
+    assert acc.cosine == pytest.approx(0.9684319620480724, abs=1e-12)  # 71 / sqrt(125 * 43)
+    merged, second = ErrorAccumulator(), ErrorAccumulator()
+    merged.add(T([3.0, 4.0]), T([3.0, 3.0]))
+    second.add(T([10.0]), T([5.0]))
+    merged.merge(second)
+    assert (merged.signal, merged.noise, merged.approx_sq, merged.dot) == (125.0, 26.0, 43.0,
+                                                                          71.0)
 
 
 def test_large_tensors_are_summed_over_every_chunk():
@@ -99,9 +101,9 @@ def test_quantize_model_records_hand_computed_metrics():
 def test_state_dict_bytes_counts_tied_tensors_once():
     lin = nn.Linear(4, 3)  # 12 + 3 float32
     assert state_dict_bytes(lin) == 60
-    tied = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
-    tied[1].weight = tied[0].weight
-    assert state_dict_bytes(tied) == 64
+    tied = nn.Sequential(*(nn.Linear(4, 4, bias=False) for _ in range(3)))
+    tied[1].weight = tied[0].weight  # counted once; the layer after it still counts
+    assert state_dict_bytes(tied) == 128
     half = nn.Linear(4, 3).half()
     assert state_dict_bytes(half) == 30
     empty = nn.Module()
@@ -155,6 +157,8 @@ def test_check_int8_ranges_names_each_problem():
     for bad in (torch.zeros(1), T([-1.0]), T([math.nan]), T([math.inf])):
         assert check_int8_ranges("w", data, bad, zero, -128, 127) == [
             "w: scales must be finite and > 0"]
+    edges = torch.tensor([-128, 127], dtype=torch.int8)  # zero points on the bounds are fine
+    assert check_int8_ranges("w", data, ones, edges, -128, 127) == []
     low = torch.tensor([-128], dtype=torch.int8)
     assert check_int8_ranges("w", data[1:], ones, low, -127, 127) == [
         "w: zero points outside [-127, 127]"]
