@@ -102,6 +102,10 @@ def test_group_size_must_be_a_positive_integer(size):
         PerGroup(size)
 
 
+def test_group_size_one_is_allowed():
+    assert PerGroup(1).param_shape((2, 3)) == (2, 3)
+
+
 def test_as_granularity():
     assert as_granularity("per_tensor") == PerTensor()
     assert as_granularity("per_channel") == PerChannel(0)
