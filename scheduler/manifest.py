@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -43,7 +44,7 @@ from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.io.layout import FORMATS
 from mono_quant.quant.qconfig import QuantConfig
 
-__all__ = ["FORMATS", "JobSpec", "Manifest", "load_manifest", "parse_manifest"]
+__all__ = ["FORMATS", "JobSpec", "Manifest", "load_manifest", "parse_manifest", "stream_manifest"]
 
 #: libyaml's safe loader when PyYAML was built with it (10x faster on big manifests).
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -222,13 +223,21 @@ def _validation_message(source: str, err: ValidationError) -> str:
 def _expand(
     manifest: Manifest, source: str, default_attempts: int, base_dir: Path | None
 ) -> list[JobSpec]:
+    return list(_iter_expand(manifest, source, default_attempts, base_dir))
+
+
+def _iter_expand(
+    manifest: Manifest, source: str, default_attempts: int, base_dir: Path | None
+) -> Iterator[JobSpec]:
+    """Yield the valid job specs one by one; at the end raise BadInputError listing every
+    invalid one (a caller writing specs as they come rolls back then)."""
     from mono_quant.io.sources import parse_calibration_source, parse_model_source
 
     defaults = manifest.defaults.model_dump(exclude_none=True)
     keys = list(manifest.matrix)
     combos = list(itertools.product(*manifest.matrix.values())) or [()]
-    specs: list[JobSpec] = []
     errors: list[str] = []
+    configs: dict[str, QuantConfig] = {}  # one QuantConfig per distinct set of values
     for i, job in enumerate(manifest.jobs):
         own = job.model_dump(exclude_none=True, exclude={"name", "model"})
         clash = sorted(set(own) & set(keys))
@@ -246,11 +255,13 @@ def _expand(
             values = {**defaults, **varied, **own}
             suffix = ",".join(f"{k}={v}" for k, v in varied.items())
             where = f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else "")
+            quant = {k: values[k] for k in _QUANT_FIELDS if k in values}
             try:
-                config = QuantConfig(**{k: values[k] for k in _QUANT_FIELDS if k in values})
+                config = configs.get(repr(quant)) or QuantConfig(**quant)
             except BadConfigError as e:
                 errors.append(f"{source}: {where}: {e}")
                 continue
+            configs[repr(quant)] = config
             calibration = None
             if "calibration" in values:
                 try:
@@ -264,7 +275,7 @@ def _expand(
                 errors.append(f"{source}: {where}.calibration: mode 'static' needs a "
                               "calibration source (in the job or in defaults)")
                 continue
-            specs.append(JobSpec(
+            yield JobSpec(
                 name=f"{job.name}[{suffix}]" if suffix else job.name,
                 model=model.canonical(),
                 model_source=job.model if isinstance(job.model, str) else str(model),
@@ -274,10 +285,9 @@ def _expand(
                 calibration=calibration,
                 samples=values.get("samples"),
                 max_attempts=values.get("max_attempts", default_attempts),
-            ))
+            )
     if errors:
         raise BadInputError("invalid manifest:\n" + "\n".join(errors))
-    return specs
 
 
 def parse_manifest(
@@ -302,6 +312,16 @@ def load_manifest(
     path: str | Path, default_attempts: int = 3
 ) -> tuple[Manifest, list[JobSpec], str]:
     """Read, validate and expand a YAML manifest; also returns the sha256 of its bytes."""
+    manifest, specs, digest = stream_manifest(path, default_attempts)
+    return manifest, list(specs), digest
+
+
+def stream_manifest(
+    path: str | Path, default_attempts: int = 3
+) -> tuple[Manifest, Iterator[JobSpec], str]:
+    """Like :func:`load_manifest`, but the job specs come lazily, so a submit can write a
+    100,000-job matrix in chunks; the iterator raises BadInputError at its end if any job
+    was invalid."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -314,5 +334,15 @@ def load_manifest(
             data = yaml.load(raw, Loader=_Loader)  # a safe loader (C or pure Python)
         except yaml.YAMLError as e:
             raise BadInputError(f"{path}: not valid YAML: {e}") from e
-    manifest, specs = parse_manifest(data, str(path), default_attempts, path.parent.resolve())
-    return manifest, specs, hashlib.sha256(raw).hexdigest()
+    digest = hashlib.sha256(raw).hexdigest()
+    del raw
+    source = str(path)
+    if not isinstance(data, dict):
+        raise BadInputError(f"{source}: expected a mapping with a 'jobs' list at the top level")
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as e:
+        raise BadInputError("invalid manifest:\n" + _validation_message(source, e)) from e
+    del data
+    specs = _iter_expand(manifest, source, default_attempts, path.parent.resolve())
+    return manifest, specs, digest

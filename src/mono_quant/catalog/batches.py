@@ -11,13 +11,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mono_quant.catalog.bulk import insert_rows
 from mono_quant.catalog.models import Artifact, Batch, Job, JobStatus
 from mono_quant.catalog.types import utcnow
 
-__all__ = ["JobRow", "chunks", "create_batch", "existing_artifacts", "jobs_in_flight", "pairs"]
+__all__ = [
+    "JobRow", "add_jobs", "chunks", "create_batch", "existing_artifacts", "jobs_in_flight",
+    "pairs",
+]
 
 #: ids or keys per ``IN (...)`` list: well below SQLite's parameter limit.
 CHUNK = 900
@@ -55,28 +59,39 @@ def create_batch(
     requested_by: str | None = None,
     labels: dict[str, Any] | None = None,
 ) -> tuple[Batch, list[int]]:
-    """Write a batch and its jobs (status ``pending``); returns the batch and the job ids."""
+    """Write a batch and its jobs (status ``pending``); returns the batch and the job ids.
+
+    More jobs can be added to the batch in the same transaction with :func:`add_jobs` (a
+    submit streams a big manifest through in chunks).
+    """
     batch = Batch(name=name, manifest_digest=manifest_digest, requested_by=requested_by,
                   labels=labels or {})
     session.add(batch)
     session.flush()
+    return batch, add_jobs(session, batch.id, rows)
+
+
+#: The job columns :func:`add_jobs` writes (the others keep their NULL defaults).
+_JOB_COLUMNS = (
+    "batch_id", "name", "model_source", "model_source_json", "config", "idempotency_key",
+    "queue", "status", "attempts", "max_attempts", "created_at",
+)
+
+
+def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow]) -> list[int]:
+    """Write ``rows`` as ``pending`` jobs of batch ``batch_id``; returns their ids in order.
+
+    Uses the database's bulk path (PostgreSQL ``COPY``, SQLite ``executemany``; see
+    :mod:`mono_quant.catalog.bulk`) on the session's connection: same transaction.
+    """
     now = utcnow()
+    pending = JobStatus.PENDING.value
     values = [
-        {
-            "batch_id": batch.id, "name": r.name, "model_source": r.model_source,
-            "model_source_json": r.model_source_json, "config": r.config,
-            "idempotency_key": r.idempotency_key, "queue": r.queue,
-            "status": JobStatus.PENDING, "attempts": 0, "max_attempts": r.max_attempts,
-            "created_at": now,
-        }
+        (batch_id, r.name, r.model_source, r.model_source_json, r.config, r.idempotency_key,
+         r.queue, pending, 0, r.max_attempts, now)
         for r in rows
     ]
-    ids: list[int] = []
-    if values:
-        ids = list(session.scalars(
-            insert(Job).returning(Job.id, sort_by_parameter_order=True), values
-        ))
-    return batch, ids
+    return insert_rows(session, Job.__table__, _JOB_COLUMNS, values)
 
 
 def existing_artifacts(session: Session, keys: Iterable[str]) -> dict[str, int]:
