@@ -27,6 +27,7 @@ the file, the field path (``jobs[3].calibration``) and what was expected.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -176,7 +177,7 @@ class JobSpec:
         """What the job row stores and the worker needs (JSON)."""
         return {
             "model": self.model,
-            "quant": self.config.to_dict(),
+            "quant": dict(_quant_dict(self.config)),
             "format": self.format,
             "calibration": self.calibration,
             "samples": self.samples,
@@ -190,6 +191,12 @@ class JobSpec:
         """
         text = json.dumps(self.payload(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _quant_dict(config: QuantConfig) -> dict[str, Any]:
+    """``config.to_dict()`` once per distinct config (a 100,000-job matrix has a few)."""
+    return config.to_dict()
 
 
 def _path(loc: tuple[Any, ...]) -> str:

@@ -142,18 +142,20 @@ def _send_chunk(app: Celery, channel: Any, client: Any, templates: dict[str, Mes
 
 def publish_jobs(
     app: Celery, jobs: Iterable[tuple[int, str]], *, task_name: str = "mono_quant.run_job",
-    chunk: int = CHUNK, on_sent: Callable[[list[int]], None] | None = None,
+    chunk: int | None = None, on_sent: Callable[[list[int]], None] | None = None,
 ) -> int:
     """Send one task message per ``(job_id, queue)``; returns how many were sent.
 
-    Within a chunk, messages keep their order per queue. ``on_sent`` is called with the job
-    ids of each chunk once the broker has them (submit marks them ``queued`` then, so a
-    failure midway leaves only the unsent jobs ``pending``).
+    ``chunk`` messages (default :data:`CHUNK`) go per round trip; messages keep their order
+    per queue. ``on_sent`` is called with the job ids of each chunk once the broker has them
+    (submit marks them ``queued`` then, so a failure midway leaves only the unsent jobs
+    ``pending``).
 
     Raises TransientError when the broker cannot be reached or refuses a write (the unsent
     jobs stay ``pending`` in the catalog and ``reconcile`` publishes them later).
     """
     jobs = list(jobs)
+    chunk = chunk or CHUNK
     sent = 0
     templates: dict[str, MessageTemplate] = {}
     try:

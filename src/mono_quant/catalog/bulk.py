@@ -56,6 +56,26 @@ def _processors(conn: Connection, table: Table, columns: Sequence[str]) -> list[
     return out
 
 
+def _binder(active: list[tuple[int, Callable]]) -> Callable[[Sequence[Any]], list[Any]]:
+    """Apply the processors to a row; a value that is the same object as in the row before
+    (a batch id, a status, a timestamp shared by every row) is processed once."""
+    last: dict[int, tuple[Any, Any]] = {}
+
+    def bound(row: Sequence[Any]) -> list[Any]:
+        values = list(row)
+        for i, p in active:
+            value = values[i]
+            seen = last.get(i)
+            if seen is not None and seen[0] is value:
+                values[i] = seen[1]
+            else:
+                values[i] = p(value)
+                last[i] = (value, values[i])
+        return values
+
+    return bound
+
+
 def _copy(conn: Connection, table: Table, columns: Sequence[str],
           rows: Sequence[Sequence[Any]]) -> None:
     # JSON goes as its text (COPY's text format parses it as jsonb); other columns through
@@ -66,12 +86,10 @@ def _copy(conn: Connection, table: Table, columns: Sequence[str],
     active = [(i, p) for i, p in enumerate(procs) if p is not None]
     raw = conn.connection.driver_connection
     sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    bound = _binder(active)
     with raw.cursor() as cur, cur.copy(sql) as copy:
         for row in rows:
-            values = list(row)
-            for i, p in active:
-                values[i] = p(values[i])
-            copy.write_row(values)
+            copy.write_row(bound(row))
 
 
 def _executemany(conn: Connection, table: Table, columns: Sequence[str],
@@ -81,11 +99,7 @@ def _executemany(conn: Connection, table: Table, columns: Sequence[str],
     sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
            f"VALUES ({', '.join('?' * len(columns))})")
 
-    def bound(row: Sequence[Any]) -> list[Any]:
-        values = list(row)
-        for i, p in active:
-            values[i] = p(values[i])
-        return values
+    bound = _binder(active)
 
     cursor = conn.connection.driver_connection.cursor()
     try:

@@ -37,6 +37,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -309,6 +310,8 @@ Index(
     Artifact.config_digest,
     Artifact.format,
     unique=True,
-    postgresql_where=Artifact.is_latest,
-    sqlite_where=Artifact.is_latest,
+    # written as each database's own rendering of ``WHERE is_latest``, so a query's
+    # ``.where(Artifact.is_latest)`` matches the index predicate (SQLite matches it textually)
+    postgresql_where=text("is_latest"),
+    sqlite_where=text("is_latest = 1"),
 )

@@ -51,7 +51,7 @@ def upgrade() -> None:
         ["model_source", "config_digest", "format"],
         unique=True,
         postgresql_where=sa.text("is_latest"),
-        sqlite_where=sa.text("is_latest"),
+        sqlite_where=sa.text("is_latest = 1"),  # how SQLAlchemy renders the flag there
     )
     op.create_index("ix_jobs_batch_id_status_id", "jobs", ["batch_id", "status", "id"])
     op.drop_index("ix_jobs_batch_id_status", table_name="jobs")
