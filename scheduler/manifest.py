@@ -257,6 +257,9 @@ def _iter_expand(
         except MonoQuantError as e:
             errors.append(f"{source}: jobs[{i}].model: {e}")
             continue
+        # once per job, not per matrix combination (they are the same for every combination)
+        canonical = model.canonical()
+        model_source = job.model if isinstance(job.model, str) else str(model)
         for combo in combos:
             varied = dict(zip(keys, combo, strict=True))
             values = {**defaults, **varied, **own}
@@ -284,8 +287,8 @@ def _iter_expand(
                 continue
             yield JobSpec(
                 name=f"{job.name}[{suffix}]" if suffix else job.name,
-                model=model.canonical(),
-                model_source=job.model if isinstance(job.model, str) else str(model),
+                model=canonical,
+                model_source=model_source,
                 config=config,
                 format=values.get("format", "safetensors"),
                 queue=values.get("device", "cpu"),
