@@ -51,12 +51,13 @@ def _floor_rows(manifest: Path, batch_id: int) -> list[tuple]:
     from mono_quant.scheduler.manifest import load_manifest
 
     now = datetime.now(timezone.utc)
-    _, specs, _ = load_manifest(manifest)
-    return [(batch_id, sp.name, sp.model_source, json.dumps(sp.model), json.dumps(sp.payload()),
-             sp.idempotency_key, sp.queue, "pending", 0, sp.max_attempts, now) for sp in specs]
+    _, jobs, _ = load_manifest(manifest)
+    return [(batch_id, j.name, j.model_source, json.dumps(j.spec.model.canonical()),
+             json.dumps(j.spec.to_payload()), j.idempotency_key, j.queue, "pending", 0,
+             j.max_attempts, now) for j in jobs]
 
 
-_COLUMNS = ("batch_id, name, model_source, model_source_json, config, idempotency_key, queue, "
+_COLUMNS = ("batch_id, name, model_source, model_source_json, spec, idempotency_key, queue, "
             "status, attempts, max_attempts, created_at")
 
 

@@ -3,10 +3,14 @@
 Every setting is an environment variable ``MONO_QUANT_<NAME>``; each one is documented where it
 is defined below and in the README's settings table. A URL setting wins over host/port parts.
 
+The library (``mono_quant.quant``, ``io``, ``pipeline``) never reads these: its own switches
+(``MONO_QUANT_COMPILE``, ``MONO_QUANT_COMPILE_MIN_NUMEL``) live in
+:mod:`mono_quant.quant.options`.
+
 Example:
-    >>> from mono_quant.config import get_settings
-    >>> get_settings().compile in ("auto", "always", "never")
-    True
+    >>> from mono_quant.config import Settings
+    >>> Settings.from_env({"MONO_QUANT_STALE_AFTER": "30"}).stale_after
+    30.0
 """
 
 from __future__ import annotations
@@ -26,13 +30,6 @@ _PREFIX = "MONO_QUANT_"
 
 #: Where the embedded runner keeps its SQLite catalog and artifacts when nothing else is set.
 DEFAULT_DATA_DIR = "./mono-quant-data"
-
-#: ``auto``: use a torch.compile CPU kernel for large tensors when a C++ compiler works;
-#: ``always``: for every CPU tensor; ``never``: plain torch ops only.
-DEFAULT_COMPILE = "auto"
-
-#: Tensors with at least this many elements take the compiled CPU path under ``auto``.
-DEFAULT_COMPILE_MIN_NUMEL = 1 << 20
 
 #: The Celery broker when neither MONO_QUANT_BROKER_URL nor MONO_QUANT_REDIS_HOST is set.
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
@@ -128,10 +125,6 @@ class Settings:
 
     #: MONO_QUANT_DATA_DIR — folder for the embedded catalog and artifacts.
     data_dir: Path
-    #: MONO_QUANT_COMPILE — ``auto`` | ``always`` | ``never`` (see DEFAULT_COMPILE).
-    compile: str
-    #: MONO_QUANT_COMPILE_MIN_NUMEL — size threshold for the compiled path under ``auto``.
-    compile_min_numel: int
     #: MONO_QUANT_CATALOG_URL (or MONO_QUANT_DB_HOST/PORT/NAME/USER/PASSWORD) — SQLAlchemy URL
     #: of the catalog; default: SQLite at ``<data_dir>/catalog.db``.
     catalog_url: str
@@ -163,11 +156,6 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from ``environ`` (default: ``os.environ``)."""
         env = _Env(os.environ if environ is None else environ)
-        compile_mode = (env.text("COMPILE", DEFAULT_COMPILE) or DEFAULT_COMPILE).lower()
-        if compile_mode not in ("auto", "always", "never"):
-            raise BadConfigError(
-                f"{_PREFIX}COMPILE={compile_mode!r}: expected one of 'auto', 'always', 'never'"
-            )
         data_dir = Path(env.text("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR).resolve()
         soft = env.integer("SOFT_TIME_LIMIT", DEFAULT_SOFT_TIME_LIMIT)
         hard = env.integer("TIME_LIMIT", max(DEFAULT_TIME_LIMIT, soft + 60))
@@ -196,8 +184,6 @@ class Settings:
             raise BadConfigError(f"{_PREFIX}MAX_ATTEMPTS={attempts}: expected at least 1")
         return cls(
             data_dir=data_dir,
-            compile=compile_mode,
-            compile_min_numel=env.integer("COMPILE_MIN_NUMEL", DEFAULT_COMPILE_MIN_NUMEL),
             catalog_url=_catalog_url(env, data_dir),
             storage_root=Path(env.text("STORAGE_ROOT") or data_dir / "artifacts").resolve(),
             broker_url=_broker_url(env),

@@ -106,7 +106,7 @@ def test_a_real_worker_runs_cloned_messages(client, tmp_path):
                    MONO_QUANT_DATA_DIR=str(tmp_path / "data"))
     assert cli("db", "upgrade", env=env).returncode == 0
     manifest = Path(tmp_path / "m.json")
-    manifest.write_text(json.dumps({"defaults": {"device": "cpu"}, "jobs": [
+    manifest.write_text(json.dumps({"defaults": {"queue": "cpu"}, "jobs": [
         {"name": f"mlp{i}", "model": {"factory": "mono_quant.demo_models:mlp",
                                        "kwargs": {"seed": i}}} for i in range(3)]}))
     settings = Settings.from_env(env)

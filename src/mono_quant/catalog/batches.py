@@ -45,7 +45,7 @@ class JobRow:
     name: str
     model_source: str
     model_source_json: dict[str, Any]
-    config: dict[str, Any]
+    spec: dict[str, Any]
     idempotency_key: str
     queue: str
     max_attempts: int
@@ -74,7 +74,7 @@ def create_batch(
 
 #: The job columns :func:`add_jobs` writes (the others keep their NULL defaults).
 _JOB_COLUMNS = (
-    "batch_id", "name", "model_source", "model_source_json", "config", "idempotency_key",
+    "batch_id", "name", "model_source", "model_source_json", "spec", "idempotency_key",
     "queue", "status", "attempts", "max_attempts", "created_at",
 )
 
@@ -88,7 +88,7 @@ def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow]) -> list[in
     now = utcnow()
     pending = JobStatus.PENDING.value
     values = [
-        (batch_id, r.name, r.model_source, r.model_source_json, r.config, r.idempotency_key,
+        (batch_id, r.name, r.model_source, r.model_source_json, r.spec, r.idempotency_key,
          r.queue, pending, 0, r.max_attempts, now)
         for r in rows
     ]

@@ -3,7 +3,7 @@
 Pages are keyset pages on the job id (``WHERE id > :after ORDER BY id LIMIT n``), not
 ``OFFSET``: page 1,000 costs what page 1 costs. A batch filter, alone or with statuses, is
 served by ``ix_jobs_batch_id_status_id`` (in id order within each status); without one the
-primary key is walked. The large JSON columns (config, model source) are not loaded.
+primary key is walked. The large JSON columns (spec, model source) are not loaded.
 
 Example:
     with catalog.begin() as session:
@@ -50,7 +50,7 @@ def list_jobs(
     except ValueError as e:
         allowed = ", ".join(s.value for s in JobStatus)
         raise BadInputError(f"job status {e}: expected one of {allowed}") from e
-    stmt = select(Job).options(defer(Job.config), defer(Job.model_source_json))
+    stmt = select(Job).options(defer(Job.spec), defer(Job.model_source_json))
     if batch_id is not None:
         stmt = stmt.where(Job.batch_id == batch_id)
     if len(wanted) == 1:
