@@ -56,7 +56,7 @@ def _record(session, i: int, model: str, config: QuantConfig, fmt: str,
             created: datetime) -> Artifact:
     batch = session.get(Batch, 1) or Batch(name="b")
     key = hashlib.sha256(f"k{i}".encode()).hexdigest()
-    job = Job(batch=batch, name=f"j{i}", model_source=model, config={}, idempotency_key=key,
+    job = Job(batch=batch, name=f"j{i}", model_source=model, spec={}, idempotency_key=key,
               queue="cpu", status=JobStatus.SUCCEEDED)
     session.add(job)
     session.flush()
@@ -104,7 +104,7 @@ def test_flag_follows_inserts_in_any_order(catalog):
 
 def test_forced_rerun_moves_the_flag_and_a_replaced_latest_hands_it_back(catalog, tmp_path):
     info = _info(CONFIGS[0])
-    rows = [JobRow(name=f"r{i}", model_source=MODELS[0], model_source_json={}, config={},
+    rows = [JobRow(name=f"r{i}", model_source=MODELS[0], model_source_json={}, spec={},
                    idempotency_key=hashlib.sha256(f"key{i % 2}".encode()).hexdigest(),
                    queue="cpu", max_attempts=3) for i in range(3)]
     with catalog.begin() as s:
@@ -157,7 +157,7 @@ def test_recompute_and_the_migration_backfill_agree_with_the_reference(empty_url
     engine = make_engine(empty_url)
     rng = random.Random(3)
     try:
-        upgrade(engine, "0001")  # rows written before the flag existed
+        upgrade(engine, "0002")  # rows written before the flag existed
         catalog = Catalog(engine=engine)
         with engine.begin() as conn:
             conn.execute(text("INSERT INTO batches (id, name, submitted_at, labels) "
@@ -167,7 +167,7 @@ def test_recompute_and_the_migration_backfill_agree_with_the_reference(empty_url
             with engine.begin() as conn:
                 conn.execute(text(
                     "INSERT INTO jobs (id, batch_id, name, model_source, model_source_json, "
-                    "config, idempotency_key, queue, status, attempts, max_attempts, "
+                    "spec, idempotency_key, queue, status, attempts, max_attempts, "
                     "created_at) VALUES (:i, 1, 'j', :m, '{}', '{}', :k, 'cpu', 'succeeded', "
                     "1, 3, :t)"), {"i": i + 1, "m": model, "k": f"{i:064d}", "t": T0})
                 conn.execute(text(
