@@ -26,6 +26,7 @@ from mono_quant.catalog.batches import (
     jobs_in_flight,
 )
 from mono_quant.catalog.models import FINAL_STATUSES
+from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
 from mono_quant.scheduler.manifest import JobSpec, load_manifest
@@ -35,6 +36,7 @@ __all__ = [
     "SubmitResult",
     "batch_status",
     "cancel",
+    "message_job_id",
     "reconcile",
     "retry",
     "submit",
@@ -168,7 +170,19 @@ def latest_batch_id(catalog: Catalog) -> int:
     return batch_id
 
 
-def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
+def _heartbeat(job: Job, stale_after: float) -> dict[str, Any]:
+    """A running job's heartbeat time, its age in seconds, and whether it is stale (older
+    than MONO_QUANT_STALE_AFTER: its worker is presumed dead and the job is re-run)."""
+    if job.heartbeat_at is None:
+        return {"heartbeat_at": None, "heartbeat_age_s": None, "stale": True}
+    age = max(0.0, (utcnow() - job.heartbeat_at).total_seconds())
+    return {"heartbeat_at": job.heartbeat_at.isoformat(), "heartbeat_age_s": round(age, 1),
+            "stale": age > stale_after}
+
+
+def batch_status(catalog: Catalog, batch_id: int | None = None, *,
+                 settings: Settings | None = None) -> BatchStatus:
+    stale_after = (settings or get_settings()).stale_after
     batch_id = latest_batch_id(catalog) if batch_id is None else batch_id
     with catalog.begin() as session:
         batch = session.get(Batch, batch_id)
@@ -188,8 +202,7 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
         ) or 0
         running = [
             {"job": j.id, "name": j.name, "worker": j.worker, "device": j.device,
-             "attempt": j.attempts, "progress": j.progress,
-             "heartbeat_at": j.heartbeat_at.isoformat() if j.heartbeat_at else None}
+             "attempt": j.attempts, "progress": j.progress, **_heartbeat(j, stale_after)}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)
                 .order_by(Job.id)
@@ -235,6 +248,19 @@ def cancel(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
     return ids
 
 
+def message_job_id(raw: bytes) -> int | None:
+    """The job id a raw Redis message carries (a queued one, or an unacknowledged entry
+    ``[message, exchange, routing key]``); None when it is not one of ours."""
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):
+            message = message[0]
+        args = message["headers"].get("argsrepr") or "()"
+        return int(args.strip("(),").split(",")[0])
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+
+
 def broker_job_ids(app: Any, queues: Iterable[str]) -> set[int] | None:
     """Job ids with a message on the Redis broker (waiting or delivered but unacknowledged).
 
@@ -250,23 +276,10 @@ def broker_job_ids(app: Any, queues: Iterable[str]) -> set[int] | None:
 
     client = redis.Redis.from_url(url)
     found: set[int] = set()
-
-    def job_of(raw: bytes) -> None:
-        try:
-            message = json.loads(raw)
-            if isinstance(message, list):  # unacked entries are [message, exchange, key]
-                message = message[0]
-            args = message["headers"].get("argsrepr") or "()"
-            found.add(int(args.strip("(),").split(",")[0]))
-        except (ValueError, KeyError, TypeError, IndexError):
-            pass
-
     try:
         for queue in set(queues):
-            for raw in client.lrange(queue, 0, -1):
-                job_of(raw)
-        for raw in client.hvals("unacked"):
-            job_of(raw)
+            found.update(filter(None, map(message_job_id, client.lrange(queue, 0, -1))))
+        found.update(filter(None, map(message_job_id, client.hvals("unacked"))))
     except redis.RedisError as e:
         raise TransientError(f"cannot inspect the broker {url}: {e}") from e
     return found

@@ -74,8 +74,12 @@ def _print_status(status, as_json: bool) -> None:
           f"{status.artifacts} artifact(s)")
     for r in status.running:
         stage = (r["progress"] or {}).get("stage", "starting")
+        age = r["heartbeat_age_s"]
+        beat = "no heartbeat" if age is None else f"heartbeat {age:.1f} s ago"
         print(f"  running job {r['job']} {r['name']}: {stage} on {r['worker']} ({r['device']}), "
-              f"attempt {r['attempt']}")
+              f"attempt {r['attempt']}, {beat}"
+              + (" - STALE: its worker is presumed dead; a live worker's sweep (or "
+                 "`mono-quant reconcile`) re-runs it" if r["stale"] else ""))
     for f in status.failures:
         print(f"  failed job {f['job']} {f['name']}: [{f['kind']}] {f['error']}")
 
