@@ -35,7 +35,6 @@ from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.locks import try_sweep_lock
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.config import Settings
-from mono_quant.errors import MonoQuantError
 from mono_quant.scheduler.service import broker_job_ids, message_job_id
 
 __all__ = ["SweepResult", "Sweeper", "prune_unacked", "sweep"]
@@ -129,12 +128,9 @@ class Sweeper(threading.Thread):
     def _once(self, catalog: Catalog, app: Any) -> None:
         try:
             result = sweep(catalog, app, self.settings)
-        except (MonoQuantError, OSError, ConnectionError) as e:  # try again next interval
-            log.warning("%s: reconcile sweep failed, retrying in %s s: %s", self.node,
-                        self.settings.reconcile_interval, e)
-            return
-        except Exception as e:  # redis, kombu: never let the sweeper die with the fleet
-            log.warning("%s: reconcile sweep failed: %s: %s", self.node, type(e).__name__, e)
+        except Exception as e:  # catalog, Redis or kombu away: the next interval tries again
+            log.warning("%s: reconcile sweep failed, retrying in %s s: %s: %s", self.node,
+                        self.settings.reconcile_interval, type(e).__name__, e)
             return
         if result.requeued or result.pruned:
             log.warning("%s: reconcile sweep re-enqueued job(s) %s, dropped %d stale "
