@@ -238,7 +238,9 @@ def _ping(port: int) -> bool:
 def test_reconcile_after_a_redis_restart_lost_the_queue(env, workers, tmp_path):
     port = _free_port()
     server = _redis_server(port, tmp_path)
-    own = dict(env, MONO_QUANT_BROKER_URL=f"redis://127.0.0.1:{port}/0")
+    # the operator's path (workers that sweep re-publish the lost messages by themselves)
+    own = dict(env, MONO_QUANT_BROKER_URL=f"redis://127.0.0.1:{port}/0",
+               MONO_QUANT_RECONCILE_INTERVAL="0")
     try:
         manifest = _manifest(tmp_path / "jobs.yaml", [
             {"name": f"m{i}", "model": f"factory:tests.jobfixtures:tiny?seed={i}"}
