@@ -131,8 +131,9 @@ def test_bad_model_fails_once_the_rest_succeeds(env, workers, tmp_path):
         {"name": "good", "model": "factory:tests.jobfixtures:tiny"},
         {"name": "bad", "model": "factory:tests.jobfixtures:no_such_factory"},
         {"name": "good2", "model": "factory:tests.jobfixtures:tiny?seed=2"},
+        {"name": "exits", "model": "factory:tests.jobfixtures:exits?code=4"},
     ])
-    workers("w1@e2e")
+    w = workers("w1@e2e")
     out = cli("submit", str(manifest), "--wait", "--quiet", env=env)
     assert out.returncode == 1  # a job failed
     by_name = {j.name: j for j in _jobs(env)}
@@ -142,6 +143,11 @@ def test_bad_model_fails_once_the_rest_succeeds(env, workers, tmp_path):
     assert bad.attempts == 1 and len(bad.attempt_rows) == 1  # not retried
     assert by_name["good"].status is by_name["good2"].status is JobStatus.SUCCEEDED
     assert "failed job" in out.stdout and "no_such_factory" in out.stdout
+    exits = by_name["exits"]  # sys.exit in a factory fails its job, not the worker
+    assert exits.status is JobStatus.FAILED and exits.error_kind.value == "internal"
+    assert "the job's own code raised SystemExit(4)" in exits.last_error
+    assert [a.outcome for a in exits.attempt_rows] == [AttemptOutcome.FAILED]
+    assert w.proc.poll() is None
 
 
 def test_transient_failure_succeeds_on_retry(env, workers, tmp_path):
