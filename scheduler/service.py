@@ -29,6 +29,7 @@ from mono_quant.catalog.batches import (
     jobs_in_flight,
 )
 from mono_quant.catalog.models import FINAL_STATUSES
+from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
 from mono_quant.scheduler.manifest import ScheduledJob, stream_manifest
@@ -38,6 +39,7 @@ __all__ = [
     "SubmitResult",
     "batch_status",
     "cancel",
+    "message_job_id",
     "reconcile",
     "retry",
     "submit",
@@ -204,9 +206,22 @@ def latest_batch_id(catalog: Catalog) -> int:
 SHOWN = 100
 
 
-def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
-    """Counts per status and the first failed and running jobs: indexed queries only
-    (``ix_jobs_batch_id_status_id``), so a 100,000-job batch answers in milliseconds."""
+def _heartbeat(job: Job, stale_after: float) -> dict[str, Any]:
+    """A running job's heartbeat time, its age in seconds, and whether it is stale (older
+    than MONO_QUANT_STALE_AFTER: its worker is presumed dead and the job is re-run)."""
+    if job.heartbeat_at is None:
+        return {"heartbeat_at": None, "heartbeat_age_s": None, "stale": True}
+    age = max(0.0, (utcnow() - job.heartbeat_at).total_seconds())
+    return {"heartbeat_at": job.heartbeat_at.isoformat(), "heartbeat_age_s": round(age, 1),
+            "stale": age > stale_after}
+
+
+def batch_status(catalog: Catalog, batch_id: int | None = None, *,
+                 settings: Settings | None = None) -> BatchStatus:
+    """Counts per status and the first failed and running jobs (with their heartbeat age):
+    indexed queries only (``ix_jobs_batch_id_status_id``), so a 100,000-job batch answers in
+    milliseconds."""
+    stale_after = (settings or get_settings()).stale_after
     batch_id = latest_batch_id(catalog) if batch_id is None else batch_id
     with catalog.begin() as session:
         batch = session.get(Batch, batch_id)
@@ -226,8 +241,7 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
         ) or 0
         running = [
             {"job": j.id, "name": j.name, "worker": j.worker, "device": j.device,
-             "attempt": j.attempts, "progress": j.progress,
-             "heartbeat_at": j.heartbeat_at.isoformat() if j.heartbeat_at else None}
+             "attempt": j.attempts, "progress": j.progress, **_heartbeat(j, stale_after)}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)
                 .order_by(Job.id).limit(SHOWN)
@@ -279,8 +293,9 @@ SCAN_PAGE = 10_000
 _ARGSREPR = re.compile(rb'"argsrepr": "\((\d+),\)"')
 
 
-def _job_of(raw: bytes) -> int | None:
-    """The job id of one raw broker entry, or None for a message that is not a job's."""
+def message_job_id(raw: bytes) -> int | None:
+    """The job id a raw Redis message carries (a queued one, or an unacknowledged entry
+    ``[message, exchange, routing key]``); None when it is not one of ours."""
     m = _ARGSREPR.search(raw)
     if m is not None:
         return int(m.group(1))
@@ -316,7 +331,7 @@ def broker_job_ids(app: Any, queues: Iterable[str]) -> set[int] | None:
     found: set[int] = set()
 
     def add(entries: Iterable[bytes]) -> None:
-        found.update(j for j in map(_job_of, entries) if j is not None)
+        found.update(j for j in map(message_job_id, entries) if j is not None)
 
     try:
         for queue in sorted(set(queues)):

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--batch", type=int)
     group.add_argument("--job", type=int, action="append")
     group.add_argument("--all-failed", action="store_true")
+    p.add_argument("--run", action="store_true",
+                   help="run the jobs here, as `mono-quant run` does (no broker needed)")
+    p.add_argument("--workers", type=int, default=1, help="local processes for --run")
     p.set_defaults(handler=_retry)
 
     p = sub.add_parser("cancel", help="cancel a batch (or --job J); running jobs are revoked")
@@ -71,8 +74,12 @@ def _print_status(status, as_json: bool) -> None:
           f"{status.artifacts} artifact(s)")
     for r in status.running:
         stage = (r["progress"] or {}).get("stage", "starting")
+        age = r["heartbeat_age_s"]
+        beat = "no heartbeat" if age is None else f"heartbeat {age:.1f} s ago"
         print(f"  running job {r['job']} {r['name']}: {stage} on {r['worker']} ({r['device']}), "
-              f"attempt {r['attempt']}")
+              f"attempt {r['attempt']}, {beat}"
+              + (" - STALE: its worker is presumed dead; a live worker's sweep (or "
+                 "`mono-quant reconcile`) re-runs it" if r["stale"] else ""))
     for f in status.failures:
         print(f"  failed job {f['job']} {f['name']}: [{f['kind']}] {f['error']}")
 
@@ -126,13 +133,19 @@ def _submit(args) -> int:
 def _run(args) -> int:
     from mono_quant.scheduler.local import run_local
 
-    result, status = run_local(args.manifest, workers=args.workers, force=args.force,
-                               progress=not args.quiet)
+    run = run_local(args.manifest, workers=args.workers, force=args.force,
+                    progress=not args.quiet)
+    result, status = run.submitted, run.status
     for name, artifact in result.skipped:
         print(f"skipped {name}: artifact {artifact} exists (use --force to redo)")
     for name, job in result.in_flight:
-        print(f"skipped {name}: job {job} is already working on the same model and config")
+        if job not in run.resumed:
+            print(f"skipped {name}: job {job} is already working on the same model and config")
     _print_status(status, False)
+    failed_earlier = _print_resumed(run.resumed)
+    if run.interrupted is not None:
+        _print_interrupted(run.interrupted, args.manifest)
+        return 130
     if status.artifacts:
         from mono_quant.catalog import ArtifactQuery, Catalog, artifact_record, list_artifacts
         from mono_quant.scheduler.commands.catalog import print_table
@@ -141,7 +154,34 @@ def _run(args) -> int:
             query = ArtifactQuery(batches=(result.batch_id,), order_by="id", descending=False,
                                   limit=None)
             print_table([artifact_record(a) for a in list_artifacts(session, query)])
-    return _exit_code(status)
+    return max(_exit_code(status), 1 if failed_earlier else 0)
+
+
+def _print_resumed(job_ids) -> bool:
+    """One line per job of an earlier run that this run picked up; True if any failed."""
+    if not job_ids:
+        return False
+    from sqlalchemy import select
+
+    from mono_quant.catalog import Catalog, Job, JobStatus
+
+    with Catalog().begin() as session:
+        jobs = list(session.scalars(select(Job).where(Job.id.in_(job_ids)).order_by(Job.id)))
+        for j in jobs:
+            print(f"resumed job {j.id} {j.name} (batch {j.batch_id}): {j.status.value}"
+                  + (f": [{j.error_kind.value}] {j.last_error}"
+                     if j.status is JobStatus.FAILED and j.error_kind else ""))
+        return any(j.status is JobStatus.FAILED for j in jobs)
+
+
+def _print_interrupted(interrupted, manifest: str) -> None:
+    stopped, waiting = interrupted.stopped, interrupted.not_started
+    print(f"interrupted: Ctrl-C stopped the run; no new job started; "
+          f"{len(stopped)} running job(s) stopped and returned to the queue"
+          + (f" ({', '.join(map(str, stopped))})" if stopped else "")
+          + f", {len(waiting)} job(s) not started"
+          + (f" ({', '.join(map(str, waiting))})" if waiting else "")
+          + f"; `mono-quant run {manifest}` picks them up again")
 
 
 def _status(args) -> int:
@@ -152,12 +192,48 @@ def _status(args) -> int:
 
 
 def _retry(args) -> int:
+    """With a broker: re-enqueue. Without one (the embedded mode) or with ``--run``: mark the
+    jobs for re-run, and run them here with ``--run``; never publish to a broker nobody
+    configured (its jobs would look busy to every later ``run``)."""
+    from mono_quant.config import get_settings
     from mono_quant.scheduler.service import retry
 
-    ids = retry(_catalog(), _app(), batch_id=args.batch, job_ids=args.job,
+    publish = get_settings().broker_configured and not args.run
+    catalog = _catalog()
+    ids = retry(catalog, _app() if publish else None, batch_id=args.batch, job_ids=args.job,
                 all_failed=args.all_failed)
-    print(f"re-enqueued {len(ids)} job(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
-    return 0
+    listed = f": {', '.join(map(str, ids))}" if ids else ""
+    if publish:
+        print(f"re-enqueued {len(ids)} job(s){listed}")
+        return 0
+    print(f"marked {len(ids)} job(s) for re-run{listed}")
+    if not args.run:
+        print("no broker is configured (MONO_QUANT_BROKER_URL / MONO_QUANT_REDIS_HOST), so "
+              "nothing was enqueued: run them with `mono-quant run MANIFEST` or "
+              "`mono-quant retry --run ...`")
+        return 0
+    return _run_retried(catalog, ids, args)
+
+
+def _run_retried(catalog, ids: list[int], args) -> int:
+    from sqlalchemy import select
+
+    from mono_quant.catalog import Job, JobStatus
+    from mono_quant.scheduler.local import run_jobs
+
+    interrupted = run_jobs(catalog, ids, workers=args.workers, progress=False,
+                           desc="retry") if ids else None
+    if interrupted is not None:
+        print(f"interrupted: {len(interrupted.stopped) + len(interrupted.not_started)} job(s) "
+              "returned to the queue; `mono-quant run MANIFEST` picks them up again")
+        return 130
+    with catalog.begin() as session:
+        jobs = list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
+        for j in jobs:
+            print(f"job {j.id} {j.name}: {j.status.value}"
+                  + (f": [{j.error_kind.value}] {j.last_error}"
+                     if j.status is JobStatus.FAILED and j.error_kind else ""))
+        return 1 if any(j.status is not JobStatus.SUCCEEDED for j in jobs) else 0
 
 
 def _cancel(args) -> int:
