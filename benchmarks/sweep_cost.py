@@ -41,7 +41,7 @@ from mono_quant.worker.app import create_app
 
 def _fill(catalog: Catalog, jobs: int, app) -> None:
     rows = [JobRow(name=f"j{i}", model_source="factory:m:f", model_source_json={"i": i},
-                   config={"i": i}, idempotency_key=hashlib.sha256(b"%d" % i).hexdigest(),
+                   spec={"i": i}, idempotency_key=hashlib.sha256(b"%d" % i).hexdigest(),
                    queue="cpu", max_attempts=3) for i in range(jobs)]
     with catalog.begin() as s:
         _, ids = create_batch(s, rows, name="bench")

@@ -46,7 +46,7 @@ def broker():
 
 def _jobs(catalog, n: int) -> list[int]:
     rows = [JobRow(name=f"j{i}", model_source="factory:m:f", model_source_json={"i": i},
-                   config={"i": i}, idempotency_key=hashlib.sha256(b"%d" % i).hexdigest(),
+                   spec={"i": i}, idempotency_key=hashlib.sha256(b"%d" % i).hexdigest(),
                    queue="cpu", max_attempts=3) for i in range(n)]
     with catalog.begin() as s:
         return create_batch(s, rows, name="b")[1]
