@@ -36,17 +36,25 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from mono_quant.config import DEFAULT_MAX_JOBS_PER_BATCH
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
+from mono_quant.io.allowlist import FactoryAllowList
 from mono_quant.io.layout import FORMATS
 from mono_quant.quant.qconfig import QuantConfig
+from mono_quant.scheduler.bounds import (
+    check_document,
+    clip,
+    count_jobs,
+    read_document,
+)
+from mono_quant.scheduler.columns import check_batch, check_spec
 
 __all__ = ["FORMATS", "JobSpec", "Manifest", "load_manifest", "parse_manifest"]
 
-#: libyaml's safe loader when PyYAML was built with it (10x faster on big manifests).
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: Problems listed in one "invalid manifest" error; the rest are counted.
+MAX_PROBLEMS = 20
 
 _QUANT_FIELDS = (
     "scheme", "granularity", "group_size", "mode", "weight_observer", "activation_observer",
@@ -137,6 +145,11 @@ class Manifest(BaseModel):
                 )
             if not values:
                 raise ValueError(f"key {key!r} has an empty list of values")
+            seen = Counter(json.dumps(x, sort_keys=True, default=str) for x in values)
+            repeated = sorted(x for x, n in seen.items() if n > 1)
+            if repeated:
+                raise ValueError(f"key {key!r} repeats the value {clip(repeated[0], 80)} "
+                                 "(each value would run the same jobs twice)")
             for i, value in enumerate(values):  # each value as strictly as in `defaults`
                 try:
                     _Settings.model_validate({key: value})
@@ -163,7 +176,7 @@ class JobSpec:
 
     name: str
     model: dict[str, Any]  # canonical model source
-    model_source: str  # the same, as the user wrote it (for people)
+    model_source: str  # the same, as one string (derived from `model`: never disagrees)
     config: QuantConfig
     format: str = "safetensors"
     queue: str = "cpu"
@@ -213,14 +226,23 @@ def _validation_message(source: str, err: ValidationError) -> str:
         seen.add(path)
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
-        got_s = "" if e["type"] == "missing" else f" (got {got!r})" if not isinstance(got, dict) \
-            else ""
-        lines.append(f"{source}: {path or '<top>'}: {msg}{got_s}")
-    return "\n".join(lines)
+        got_s = "" if e["type"] == "missing" else f" (got {clip(repr(got), 200)})" \
+            if not isinstance(got, dict) else ""
+        lines.append(f"{source}: {clip(path, 200) or '<top>'}: {clip(msg, 500)}{got_s}")
+    return _problems(lines)
+
+
+def _problems(lines: list[str]) -> str:
+    """The first MAX_PROBLEMS lines (and how many more there are), cut to a sane length."""
+    shown = lines[:MAX_PROBLEMS]
+    if len(lines) > MAX_PROBLEMS:
+        shown.append(f"... and {len(lines) - MAX_PROBLEMS} more problem(s)")
+    return clip("\n".join(shown))
 
 
 def _expand(
-    manifest: Manifest, source: str, default_attempts: int, base_dir: Path | None
+    manifest: Manifest, source: str, default_attempts: int, base_dir: Path | None,
+    factories: FactoryAllowList | None = None,
 ) -> list[JobSpec]:
     from mono_quant.io.sources import parse_calibration_source, parse_model_source
 
@@ -229,6 +251,7 @@ def _expand(
     combos = list(itertools.product(*manifest.matrix.values())) or [()]
     specs: list[JobSpec] = []
     errors: list[str] = []
+    refused: list[str] = []  # factories outside the allow-list: a configuration matter
     for i, job in enumerate(manifest.jobs):
         own = job.model_dump(exclude_none=True, exclude={"name", "model"})
         clash = sorted(set(own) & set(keys))
@@ -237,9 +260,10 @@ def _expand(
                           "job or from the matrix")
             continue
         try:
-            model = parse_model_source(job.model, base_dir=base_dir)
+            model = parse_model_source(job.model, base_dir=base_dir, factories=factories)
         except MonoQuantError as e:
-            errors.append(f"{source}: jobs[{i}].model: {e}")
+            (refused if isinstance(e, BadConfigError) else errors).append(
+                f"{source}: jobs[{i}].model: {e}")
             continue
         for combo in combos:
             varied = dict(zip(keys, combo, strict=True))
@@ -255,51 +279,72 @@ def _expand(
             if "calibration" in values:
                 try:
                     calibration = parse_calibration_source(
-                        values["calibration"], base_dir=base_dir
+                        values["calibration"], base_dir=base_dir, factories=factories
                     ).canonical()
                 except MonoQuantError as e:
-                    errors.append(f"{source}: {where}.calibration: {e}")
+                    (refused if isinstance(e, BadConfigError) and "factory" in str(e)
+                     else errors).append(f"{source}: {where}.calibration: {e}")
                     continue
             if config.mode == "static" and calibration is None:
                 errors.append(f"{source}: {where}.calibration: mode 'static' needs a "
                               "calibration source (in the job or in defaults)")
                 continue
-            specs.append(JobSpec(
+            spec = JobSpec(
                 name=f"{job.name}[{suffix}]" if suffix else job.name,
                 model=model.canonical(),
-                model_source=job.model if isinstance(job.model, str) else str(model),
+                model_source=str(model),
                 config=config,
                 format=values.get("format", "safetensors"),
                 queue=values.get("device", "cpu"),
                 calibration=calibration,
                 samples=values.get("samples"),
                 max_attempts=values.get("max_attempts", default_attempts),
-            ))
+            )
+            errors.extend(f"{source}: {where}.{p}" for p in check_spec(spec))
+            specs.append(spec)
+    if refused:
+        raise BadConfigError("manifest refused:\n" + _problems(refused))
     if errors:
-        raise BadInputError("invalid manifest:\n" + "\n".join(errors))
+        raise BadInputError("invalid manifest:\n" + _problems(errors))
     return specs
 
 
 def parse_manifest(
     data: Any, source: str = "<manifest>", default_attempts: int = 3,
-    base_dir: Path | None = None,
+    base_dir: Path | None = None, *, factories: FactoryAllowList | None = None,
+    max_jobs: int = DEFAULT_MAX_JOBS_PER_BATCH,
 ) -> tuple[Manifest, list[JobSpec]]:
     """Validate a manifest mapping and expand it; raises BadInputError listing every problem.
 
     Relative paths in model and calibration sources are resolved against ``base_dir`` (the
-    manifest's folder when loaded from a file).
+    manifest's folder when loaded from a file). ``factories``: the allow-list of factory
+    modules (BadConfigError outside it). More than ``max_jobs`` jobs are refused before any is
+    built; values the catalog's columns cannot store are refused here, on every backend.
     """
+    check_document(data, source)
     if not isinstance(data, dict):
         raise BadInputError(f"{source}: expected a mapping with a 'jobs' list at the top level")
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as e:
         raise BadInputError("invalid manifest:\n" + _validation_message(source, e)) from e
-    return manifest, _expand(manifest, source, default_attempts, base_dir)
+    n = count_jobs(len(manifest.jobs), manifest.matrix)
+    if n > max_jobs:
+        raise BadInputError(
+            f"{source}: the manifest expands to {n} jobs ({len(manifest.jobs)} job(s) x "
+            f"{n // len(manifest.jobs)} matrix combination(s)); at most {max_jobs} are accepted "
+            "per batch (MONO_QUANT_MAX_JOBS_PER_BATCH): split it into smaller manifests"
+        )
+    problems = check_batch(manifest.name)
+    if problems:
+        raise BadInputError("invalid manifest:\n" + _problems(
+            [f"{source}: {p}" for p in problems]))
+    return manifest, _expand(manifest, source, default_attempts, base_dir, factories)
 
 
 def load_manifest(
-    path: str | Path, default_attempts: int = 3
+    path: str | Path, default_attempts: int = 3, *, factories: FactoryAllowList | None = None,
+    max_jobs: int = DEFAULT_MAX_JOBS_PER_BATCH,
 ) -> tuple[Manifest, list[JobSpec], str]:
     """Read, validate and expand a YAML manifest; also returns the sha256 of its bytes."""
     path = Path(path)
@@ -307,12 +352,7 @@ def load_manifest(
         raw = path.read_bytes()
     except OSError as e:
         raise BadInputError(f"{path}: cannot read the manifest ({e.strerror})") from e
-    try:
-        data = json.loads(raw)  # JSON is YAML too, and generated manifests are often JSON
-    except ValueError:
-        try:
-            data = yaml.load(raw, Loader=_Loader)  # a safe loader (C or pure Python)
-        except yaml.YAMLError as e:
-            raise BadInputError(f"{path}: not valid YAML: {e}") from e
-    manifest, specs = parse_manifest(data, str(path), default_attempts, path.parent.resolve())
+    data = read_document(raw, str(path))
+    manifest, specs = parse_manifest(data, str(path), default_attempts, path.parent.resolve(),
+                                     factories=factories, max_jobs=max_jobs)
     return manifest, specs, hashlib.sha256(raw).hexdigest()

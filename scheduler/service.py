@@ -28,6 +28,7 @@ from mono_quant.catalog.batches import (
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
+from mono_quant.io.allowlist import FactoryAllowList
 from mono_quant.scheduler.manifest import JobSpec, load_manifest
 
 __all__ = [
@@ -84,7 +85,10 @@ def submit(
     """
     s = settings or get_settings()
     path = Path(manifest_path)
-    manifest, specs, digest = load_manifest(path, default_attempts=s.max_attempts)
+    manifest, specs, digest = load_manifest(
+        path, default_attempts=s.max_attempts, max_jobs=s.max_jobs_per_batch,
+        factories=FactoryAllowList(s.allowed_factories),
+    )
     seen: set[str] = set()
     unique, duplicates = [], []
     for spec in specs:

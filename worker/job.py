@@ -45,7 +45,15 @@ from mono_quant.errors import (
     StorageError,
     TransientError,
 )
-from mono_quant.worker.storage import artifact_key, remove, remove_earlier_attempts, resolve
+from mono_quant.io.allowlist import FactoryAllowList
+from mono_quant.worker.payload import JobInputs, read_payload
+from mono_quant.worker.storage import (
+    artifact_key,
+    check_pinned,
+    pinned_folder,
+    remove,
+    remove_earlier_attempts,
+)
 
 __all__ = ["Outcome", "backoff", "classify", "run_job"]
 
@@ -83,7 +91,7 @@ def backoff(attempt: int, settings: Settings) -> float:
 
 #: errno values that retrying cannot fix (permissions, read-only or missing storage).
 _PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
-                               errno.ENOTDIR, errno.EISDIR})
+                               errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
 #: Model weights larger than this are not hashed for the catalog's model digest.
 DIGEST_LIMIT_BYTES = 2 << 30
 
@@ -185,20 +193,17 @@ def _halve(batches: list[Any]) -> list[Any]:
     return [half for item in batches for half in split(item)]
 
 
-def _load(payload: dict[str, Any], beat: _Heartbeat, device: str):
+def _load(inputs: JobInputs, beat: _Heartbeat, device: str):
     from mono_quant.io.hashing import state_dict_digest
-    from mono_quant.io.sources import parse_calibration_source, parse_model_source
 
     beat.stage("loading")
-    source = parse_model_source(payload["model"])
-    model = source.load().to(device)
+    model = inputs.model.load(inputs.factories).to(device)
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     digest = state_dict_digest(model) if size <= DIGEST_LIMIT_BYTES else None  # "where cheap"
     batches = None
-    if payload.get("calibration"):
+    if inputs.calibration is not None:
         beat.stage("loading calibration data")
-        calibration = parse_calibration_source(payload["calibration"])
-        batches = calibration.load(source, payload.get("samples"))
+        batches = inputs.calibration.load(inputs.model, inputs.samples, inputs.factories)
     return model, batches, digest
 
 
@@ -239,8 +244,8 @@ def _claim(catalog: Catalog, job_id: int, worker: str, device: str, s: Settings,
 def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
             task_id: str | None = None) -> Outcome:
     """Run job ``job_id`` as ``worker`` (a unique node name); see the module docstring."""
-    from mono_quant import QuantConfig
     from mono_quant.io import save_model
+    from mono_quant.io._targets import check_outside_source
     from mono_quant.io.hashing import sha256_path, size_path
     from mono_quant.validate.reload import reload_check
     from mono_quant.worker.pinning import pick_device
@@ -269,14 +274,18 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
     beat = _Heartbeat(catalog, job_id, worker, s.heartbeat_interval, context)
     beat.start()
     path = None
+    pins = contextlib.ExitStack()  # the open folder this attempt writes into
     try:
-        fmt = payload.get("format", "safetensors")
+        inputs = read_payload(payload, FactoryAllowList(s.allowed_factories))
+        fmt = inputs.format
         storage_key = artifact_key(key, fmt, job_id, attempt)
-        path = resolve(s.storage_root, storage_key)
+        folder = pins.enter_context(pinned_folder(s.storage_root, storage_key))
+        path = folder / storage_key.rpartition("/")[2]
+        if inputs.model.scheme == "hf":
+            check_outside_source(path, inputs.model.target)
         remove_earlier_attempts(path, job_id, attempt)  # what killed attempts left behind
-        model, batches, digest = _load(payload, beat, device)
-        qmodel, info = _quantize(model, QuantConfig.from_dict(payload["quant"]), batches, beat,
-                                 device)
+        model, batches, digest = _load(inputs, beat, device)
+        qmodel, info = _quantize(model, inputs.config, batches, beat, device)
         beat.stage("writing")
         save_model(qmodel, path, info=info, format=fmt)
         beat.stage("reloading")
@@ -284,18 +293,21 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
                                                     batches[0] if batches else None)
         del model, qmodel
         sha, size = sha256_path(path), size_path(path)
+        check_pinned(s.storage_root, storage_key, folder)  # no symlink swapped in meanwhile
         beat.stage("recording")
         with catalog.begin() as session:
             recorded = job_state.succeed(
                 session, job_id, worker, storage_root=s.storage_root, storage_key=storage_key,
                 fmt=fmt, sha256=sha, size_bytes=size, info=info, model_digest=digest,
+                model_source=inputs.model_source,
             )
         if recorded is None:
             raise _Stop("the job was cancelled or taken over before it could be recorded")
         _, replaced = recorded
         if replaced is not None and replaced != storage_key:  # a forced re-run took the key
-            with contextlib.suppress(MonoQuantError, OSError):
-                remove(resolve(s.storage_root, replaced))
+            with contextlib.suppress(MonoQuantError, OSError), \
+                    pinned_folder(s.storage_root, replaced, create=False) as old:
+                remove(old / replaced.rpartition("/")[2])
         _event(logging.INFO, "succeeded", context, artifact=storage_key, bytes=size,
                seconds=round(time.monotonic() - started, 3))
         return Outcome("succeeded")
@@ -312,6 +324,7 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         beat.stop()
         with contextlib.suppress(Exception):
             beat.join(timeout=5)
+        pins.close()
 
 
 def _remove_unrecorded(path) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mono_quant.scheduler.commands.args import catalog_id, count
+
 # Filters whose values come from a fixed set; "a,b" is split. The artifact format filter is
 # --artifact-format because --format picks the output format.
 _SPLIT = ("scheme", "granularity", "mode", "artifact-format", "dtype", "status")
@@ -39,17 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--latest", action="store_true",
                     help="only the newest artifact per model, config and format")
     ls.add_argument("--order-by", default="created_at:desc", metavar="FIELD[:asc|desc]")
-    ls.add_argument("--limit", type=int, default=100, help="at most N rows (0: all)")
+    ls.add_argument("--limit", type=count, default=100, help="at most N rows (0: all)")
     _output_args(ls)
     ls.set_defaults(handler=run_list)
 
     show = verbs.add_parser("show", help="show one artifact with its QuantizationInfo")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=catalog_id)
     _output_args(show, csv=False)
     show.set_defaults(handler=run_show)
 
     verify = verbs.add_parser("verify", help="re-hash artifacts and report missing or changed")
-    verify.add_argument("ids", type=int, nargs="*", metavar="ID")
+    verify.add_argument("ids", type=catalog_id, nargs="*", metavar="ID")
     verify.add_argument("--all", action="store_true", help="every artifact in the catalog")
     verify.add_argument("--storage-root", help="default: MONO_QUANT_STORAGE_ROOT")
     _output_args(verify, csv=False)

@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from mono_quant.scheduler.commands.args import catalog_id
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="validate a manifest, record its jobs, enqueue them")
@@ -26,20 +28,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run)
 
     p = sub.add_parser("status", help="job counts, failures and artifacts of a batch")
-    p.add_argument("batch", nargs="?", type=int, help="batch id (default: the latest)")
+    p.add_argument("batch", nargs="?", type=catalog_id, help="batch id (default: the latest)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_status)
 
     p = sub.add_parser("retry", help="re-enqueue failed jobs")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--batch", type=int)
-    group.add_argument("--job", type=int, action="append")
+    group.add_argument("--batch", type=catalog_id)
+    group.add_argument("--job", type=catalog_id, action="append")
     group.add_argument("--all-failed", action="store_true")
     p.set_defaults(handler=_retry)
 
     p = sub.add_parser("cancel", help="cancel a batch (or --job J); running jobs are revoked")
-    p.add_argument("batch", nargs="?", type=int)
-    p.add_argument("--job", type=int, action="append")
+    p.add_argument("batch", nargs="?", type=catalog_id)
+    p.add_argument("--job", type=catalog_id, action="append")
     p.set_defaults(handler=_cancel)
 
     p = sub.add_parser("reconcile", help="re-enqueue jobs whose messages were lost")

@@ -115,8 +115,12 @@ def run_quantize(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.samples is not None and not args.calibration:
         raise BadInputError("--samples counts calibration samples: give --calibration too")
+    from mono_quant.config import get_settings
+    from mono_quant.io.allowlist import FactoryAllowList
+
+    factories = FactoryAllowList(get_settings().allowed_factories)
     fmt = detect_format(args.output, args.format)
-    source = parse_model_source(args.source)
+    source = parse_model_source(args.source, factories=factories)
     if args.stream:
         if source.scheme != "hf" or args.calibration:
             raise BadInputError(
@@ -128,11 +132,17 @@ def run_quantize(args: argparse.Namespace) -> int:
         info = quantize_checkpoint(source.target, args.output, config, progress=not args.quiet)
         _report(args.source, info, args.output, fmt, "not run (--stream builds no model)")
         return 0
+    from mono_quant.io._targets import check_outside_source, check_replaceable
+
+    if source.scheme == "hf":
+        check_outside_source(args.output, source.target)
+    check_replaceable(args.output, fmt)  # before the work, not only when saving
     print(f"loading {source} ...", file=sys.stderr)
-    model = source.load()
+    model = source.load(factories)
     batches: list[Any] = []
     if args.calibration:
-        batches = parse_calibration_source(args.calibration).load(source, args.samples)
+        batches = parse_calibration_source(args.calibration, factories=factories).load(
+            source, args.samples, factories)
     # a batch the model rejects is a BadInputError from quantize_model, naming the batch
     qmodel, info = quantize_model(model, config, batches or None, num_samples=args.samples,
                                   progress=not args.quiet)

@@ -55,6 +55,12 @@ DEFAULT_RETRY_BACKOFF_MAX = 600.0
 #: to the broker for another worker. 0: cancel at once (Celery's default). Deployments set it
 #: and give the container/unit a stop grace period longer than it.
 DEFAULT_SOFT_SHUTDOWN_TIMEOUT = 0.0
+#: Modules whose ``factory:`` callables jobs may import and run (comma-separated ``fnmatch``
+#: patterns; ``pkg.*`` also matches ``pkg``; ``*`` allows every module). Factories are code:
+#: only mono-quant's own demo models unless the operator trusts more.
+DEFAULT_ALLOWED_FACTORIES = ("mono_quant.*",)
+#: Jobs one manifest may expand to (jobs × matrix combinations), refused before any is built.
+DEFAULT_MAX_JOBS_PER_BATCH = 10_000
 
 
 T = TypeVar("T")
@@ -158,6 +164,11 @@ class Settings:
     #: MONO_QUANT_SOFT_SHUTDOWN_TIMEOUT — seconds a stopping worker waits for its running job
     #: before cancelling (and requeueing) it; Celery's ``worker_soft_shutdown_timeout``.
     soft_shutdown_timeout: float = DEFAULT_SOFT_SHUTDOWN_TIMEOUT
+    #: MONO_QUANT_ALLOWED_FACTORIES — module patterns ``factory:`` sources may name; checked
+    #: at submit, ``run``, ``quantize`` and in the worker before anything is imported.
+    allowed_factories: tuple[str, ...] = DEFAULT_ALLOWED_FACTORIES
+    #: MONO_QUANT_MAX_JOBS_PER_BATCH — jobs one manifest may expand to.
+    max_jobs_per_batch: int = DEFAULT_MAX_JOBS_PER_BATCH
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -194,6 +205,11 @@ class Settings:
         attempts = env.integer("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
         if attempts < 1:
             raise BadConfigError(f"{_PREFIX}MAX_ATTEMPTS={attempts}: expected at least 1")
+        max_jobs = env.integer("MAX_JOBS_PER_BATCH", DEFAULT_MAX_JOBS_PER_BATCH)
+        if max_jobs < 1:
+            raise BadConfigError(f"{_PREFIX}MAX_JOBS_PER_BATCH={max_jobs}: expected at least 1")
+        factories = tuple(p.strip() for p in (env.text("ALLOWED_FACTORIES") or "").split(",")
+                          if p.strip())
         return cls(
             data_dir=data_dir,
             compile=compile_mode,
@@ -210,6 +226,8 @@ class Settings:
             retry_backoff=env.seconds("RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF),
             retry_backoff_max=env.seconds("RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX),
             soft_shutdown_timeout=soft_shutdown,
+            allowed_factories=factories or DEFAULT_ALLOWED_FACTORIES,
+            max_jobs_per_batch=max_jobs,
         )
 
 

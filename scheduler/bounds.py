@@ -1,0 +1,118 @@
+"""Bounds on manifests: a few hundred bytes of YAML must not cost gigabytes or hang the CLI.
+
+* :func:`read_document` parses JSON or YAML (a safe loader) and turns too-deep nesting into a
+  clear error instead of a ``RecursionError``.
+* :func:`check_document` walks the parsed document once, without recursion, counting nodes
+  **as expanded** (a YAML alias counts again every time it is used), so an alias bomb is
+  refused after at most :data:`MAX_NODES` steps, before anything copies it (validation, JSON
+  for the catalog, error messages). It also refuses NUL bytes, which PostgreSQL cannot store.
+* :func:`count_jobs` is jobs × the product of the matrix sizes, computed before expanding.
+* :func:`clip` cuts a message (or a value shown in one) to a sane length.
+
+Example:
+    >>> check_document({"jobs": [{"name": "a", "model": "factory:m:f"}]}, "m.yaml")
+    >>> bomb = ["x"] * 10
+    >>> for _ in range(8):
+    ...     bomb = [bomb] * 10
+    >>> check_document({"labels": bomb}, "m.yaml")
+    Traceback (most recent call last):
+    ...
+    mono_quant.errors.BadInputError: m.yaml: the manifest expands to more than 1000000 values \
+(YAML aliases count each time they are used); split it into smaller manifests
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import yaml
+
+from mono_quant.catalog.limits import check_text
+from mono_quant.errors import BadInputError
+
+__all__ = ["MAX_CHARS", "MAX_DEPTH", "MAX_MESSAGE", "MAX_NODES", "check_document", "clip",
+           "count_jobs", "read_document"]
+
+#: Values (mappings, lists, scalars) a manifest may hold once aliases are expanded: ten
+#: thousand jobs with a dozen fields each fit well below it.
+MAX_NODES = 1_000_000
+#: Characters of all strings together, once aliases are expanded (64 MiB).
+MAX_CHARS = 64 << 20
+#: Nesting depth; real manifests need about 6 (kwargs may hold nested values).
+MAX_DEPTH = 64
+#: Characters of one error message shown to a user (and stored in the catalog).
+MAX_MESSAGE = 4000
+
+#: libyaml's safe loader when PyYAML was built with it (10x faster on big manifests).
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def read_document(raw: bytes, source: str) -> Any:
+    """JSON (generated manifests often are) or YAML, with a safe loader."""
+    try:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            pass
+        try:
+            return yaml.load(raw, Loader=_Loader)
+        except yaml.YAMLError as e:
+            raise BadInputError(clip(f"{source}: not valid YAML: {e}")) from e
+    except RecursionError as e:
+        raise BadInputError(
+            f"{source}: the manifest is nested too deeply to read (at most {MAX_DEPTH} levels "
+            "are accepted)"
+        ) from e
+
+
+def _where(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top>"
+
+
+def check_document(data: Any, source: str) -> None:
+    """Refuse documents too large once expanded, too deep, or holding NUL bytes."""
+    nodes, chars = 0, 0
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise BadInputError(
+                f"{source}: the manifest expands to more than {MAX_NODES} values (YAML aliases "
+                "count each time they are used); split it into smaller manifests"
+            )
+        if len(path) > MAX_DEPTH:
+            raise BadInputError(
+                f"{source}: {clip(_where(path[:8]), 200)}…: nested deeper than {MAX_DEPTH} levels"
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, (*path, "<key>")))
+                stack.append((item, (*path, key if isinstance(key, (str, int)) else "?")))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, i)) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            chars += len(value)
+            problem = check_text(value)
+            if problem or chars > MAX_CHARS:
+                raise BadInputError(
+                    f"{source}: {clip(_where(path), 200)}: "
+                    f"{problem or f'the strings add up to more than {MAX_CHARS} characters'}"
+                )
+
+
+def count_jobs(n_jobs: int, matrix: dict[str, list[Any]]) -> int:
+    """How many jobs a manifest expands to (before building any of them)."""
+    return n_jobs * math.prod(len(v) for v in matrix.values())
