@@ -98,7 +98,12 @@ def _open_child(parent_fd: int, name: str, root: Path, key: str, create: bool) -
 
 def _walk(root: Path, key: str, create: bool) -> int:
     """An open descriptor of the folder of ``key`` (its parent), walked without symlinks."""
-    fd = os.open(root, _DIR_FLAGS)  # the root itself is the operator's choice
+    if create:
+        root.mkdir(parents=True, exist_ok=True)  # the root itself is the operator's choice
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+    except OSError as e:
+        raise StorageError(f"storage root {root}: cannot open it: {e}") from e
     try:
         for part in Path(key).parent.parts:
             child = _open_child(fd, part, root, key, create)

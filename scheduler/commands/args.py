@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["catalog_id", "count"]
+__all__ = ["catalog_id", "count", "printable"]
 
 
 def catalog_id(text: str) -> int:
@@ -38,3 +38,18 @@ def count(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{raw[:40]!r}: expected a whole number from 0 to {INT32_MAX}")
     return int(raw)
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters escaped (``\\x1b``, ``\\n``): names and messages from
+    manifests and the catalog must not drive the terminal that shows them.
+
+    Example:
+        >>> printable("ok\\x1b[2Jname")
+        'ok\\\\x1b[2Jname'
+    """
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in value)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mono_quant.scheduler.commands.args import catalog_id, count
+from mono_quant.scheduler.commands.args import catalog_id, count, printable
 
 # Filters whose values come from a fixed set; "a,b" is split. The artifact format filter is
 # --artifact-format because --format picks the output format.
@@ -75,7 +75,7 @@ def _catalog(args: argparse.Namespace) -> Iterator[Any]:
     from mono_quant.catalog import Catalog
     from mono_quant.errors import MonoQuantError
 
-    catalog = Catalog(args.url)
+    catalog = Catalog(args.url, create=False)  # read-only: never create a database
     try:
         catalog.require_schema()
         with catalog.begin() as session:
@@ -163,7 +163,7 @@ _TABLE = (  # header, right-aligned, cell
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
-    cells = [[cell(r) for _, _, cell in _TABLE] for r in records]
+    cells = [[printable(cell(r)) for _, _, cell in _TABLE] for r in records]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, (h, _, _) in enumerate(_TABLE)]
 
     def line(values: list[str]) -> str:

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from mono_quant.scheduler.commands.args import catalog_id
+from mono_quant.scheduler.commands.args import catalog_id, printable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,10 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_reconcile)
 
 
-def _catalog():
+def _catalog(create: bool = True):
     from mono_quant.catalog import Catalog
 
-    catalog = Catalog()
+    catalog = Catalog(create=create)
     catalog.require_schema()
     return catalog
 
@@ -69,14 +69,15 @@ def _print_status(status, as_json: bool) -> None:
         print(json.dumps(status.to_dict(), indent=2))
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(status.counts.items())) or "no jobs"
-    print(f"batch {status.batch_id} ({status.name}): {status.total} job(s): {counts}; "
+    p = printable  # names, errors and workers come from manifests and the catalog
+    print(f"batch {status.batch_id} ({p(status.name)}): {status.total} job(s): {counts}; "
           f"{status.artifacts} artifact(s)")
     for r in status.running:
         stage = (r["progress"] or {}).get("stage", "starting")
-        print(f"  running job {r['job']} {r['name']}: {stage} on {r['worker']} ({r['device']}), "
-              f"attempt {r['attempt']}")
+        print(f"  running job {r['job']} {p(r['name'])}: {p(stage)} on {p(r['worker'])} "
+              f"({p(r['device'])}), attempt {r['attempt']}")
     for f in status.failures:
-        print(f"  failed job {f['job']} {f['name']}: [{f['kind']}] {f['error']}")
+        print(f"  failed job {f['job']} {p(f['name'])}: [{f['kind']}] {p(f['error'])}")
 
 
 def _follow(catalog, batch_id: int, total: int, quiet: bool, timeout: float | None):
@@ -110,13 +111,14 @@ def _submit(args) -> int:
     print(f"batch {result.batch_id}: {len(result.job_ids)} job(s) enqueued in "
           f"{time.perf_counter() - t0:.2f} s", file=sys.stderr)
     for name, artifact in result.skipped:
-        print(f"  skipped {name}: artifact {artifact} exists (use --force to redo)",
+        print(f"  skipped {printable(name)}: artifact {artifact} exists (use --force to redo)",
               file=sys.stderr)
     for name in result.duplicates:
-        print(f"  skipped {name}: same model and config as another job of this manifest",
+        print(f"  skipped {printable(name)}: same model and config as another job of this manifest",
               file=sys.stderr)
     for name, job in result.in_flight:
-        print(f"  skipped {name}: job {job} is already working on the same model and config",
+        print(f"  skipped {printable(name)}: job {job} is already working on the same model "
+              "and config",
               file=sys.stderr)
     if not args.wait:
         return 0
@@ -131,9 +133,10 @@ def _run(args) -> int:
     result, status = run_local(args.manifest, workers=args.workers, force=args.force,
                                progress=not args.quiet)
     for name, artifact in result.skipped:
-        print(f"skipped {name}: artifact {artifact} exists (use --force to redo)")
+        print(f"skipped {printable(name)}: artifact {artifact} exists (use --force to redo)")
     for name, job in result.in_flight:
-        print(f"skipped {name}: job {job} is already working on the same model and config")
+        print(f"skipped {printable(name)}: job {job} is already working on the same model and "
+              "config")
     _print_status(status, False)
     if status.artifacts:
         from mono_quant.catalog import ArtifactQuery, Catalog, artifact_record, list_artifacts
@@ -149,7 +152,7 @@ def _run(args) -> int:
 def _status(args) -> int:
     from mono_quant.scheduler.service import batch_status
 
-    _print_status(batch_status(_catalog(), args.batch), args.json)
+    _print_status(batch_status(_catalog(create=False), args.batch), args.json)
     return 0
 
 
