@@ -81,36 +81,81 @@ def _where(path: tuple[Any, ...]) -> str:
     return out or "<top>"
 
 
-def check_document(data: Any, source: str) -> None:
-    """Refuse documents too large once expanded, too deep, or holding NUL bytes."""
-    nodes, chars = 0, 0
+def _children(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    return value if isinstance(value, list) else []
+
+
+def _measure(data: Any, source: str) -> tuple[int, int, int]:
+    """(values, characters, depth) of the document as expanded, computed once per distinct
+    container (aliases share theirs), so a billion-laughs document costs its own size."""
+    sizes: dict[int, tuple[int, int, int]] = {}
+    open_: set[int] = set()  # containers whose children are being measured (the path)
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        value, children_done = stack.pop()
+        key = id(value)
+        if not children_done:
+            if key in sizes:
+                continue
+            if key in open_:
+                raise BadInputError(f"{source}: a YAML alias refers to itself (a cycle)")
+            open_.add(key)
+            stack.append((value, True))
+            stack.extend((c, False) for c in _children(value) if isinstance(c, (dict, list)))
+            continue
+        nodes, chars, depth = 1, 0, 1
+        for c in _children(value):
+            if isinstance(c, (dict, list)):
+                n, ch, d = sizes[id(c)]
+                nodes, chars, depth = nodes + n, chars + ch, max(depth, d + 1)
+            else:
+                nodes, chars = nodes + 1, chars + (len(c) if isinstance(c, str) else 0)
+        sizes[key] = (nodes, chars, depth)
+        open_.discard(key)
+    if not isinstance(data, (dict, list)):
+        return 1, len(data) if isinstance(data, str) else 0, 0
+    return sizes[id(data)]
+
+
+def _find_bad_text(data: Any) -> tuple[tuple[Any, ...], str] | None:
+    """The path of the first string a column would refuse (each container visited once)."""
+    seen: set[int] = set()
     stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
     while stack:
         value, path = stack.pop()
-        nodes += 1
-        if nodes > MAX_NODES:
-            raise BadInputError(
-                f"{source}: the manifest expands to more than {MAX_NODES} values (YAML aliases "
-                "count each time they are used); split it into smaller manifests"
-            )
-        if len(path) > MAX_DEPTH:
-            raise BadInputError(
-                f"{source}: {clip(_where(path[:8]), 200)}…: nested deeper than {MAX_DEPTH} levels"
-            )
-        if isinstance(value, dict):
-            for key, item in value.items():
-                stack.append((key, (*path, "<key>")))
-                stack.append((item, (*path, key if isinstance(key, (str, int)) else "?")))
-        elif isinstance(value, list):
-            stack.extend((item, (*path, i)) for i, item in enumerate(value))
-        elif isinstance(value, str):
-            chars += len(value)
+        if isinstance(value, str):
             problem = check_text(value)
-            if problem or chars > MAX_CHARS:
-                raise BadInputError(
-                    f"{source}: {clip(_where(path), 200)}: "
-                    f"{problem or f'the strings add up to more than {MAX_CHARS} characters'}"
-                )
+            if problem:
+                return path, problem
+        elif isinstance(value, (dict, list)) and id(value) not in seen:
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                stack.append((k, (*path, "<key>")))
+                stack.append((v, (*path, k if isinstance(k, (str, int)) else "?")))
+    return None
+
+
+def check_document(data: Any, source: str) -> None:
+    """Refuse documents too large once expanded, too deep, or holding NUL bytes."""
+    nodes, chars, depth = _measure(data, source)
+    if nodes > MAX_NODES:
+        raise BadInputError(
+            f"{source}: the manifest expands to more than {MAX_NODES} values (YAML aliases "
+            "count each time they are used); split it into smaller manifests"
+        )
+    if chars > MAX_CHARS:
+        raise BadInputError(
+            f"{source}: the manifest's strings add up to more than {MAX_CHARS} characters "
+            "once YAML aliases are expanded"
+        )
+    if depth > MAX_DEPTH:
+        raise BadInputError(f"{source}: values are nested deeper than {MAX_DEPTH} levels")
+    bad = _find_bad_text(data)
+    if bad is not None:
+        raise BadInputError(f"{source}: {clip(_where(bad[0]), 200)}: {bad[1]}")
 
 
 def count_jobs(n_jobs: int, matrix: dict[str, list[Any]]) -> int:
