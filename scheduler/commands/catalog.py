@@ -218,7 +218,7 @@ def run_show(args: argparse.Namespace) -> int:
     width = max(len(k) for k in record)
     for key, value in record.items():
         shown = _num(value, 4) if isinstance(value, float) else ("-" if value is None else value)
-        print(f"{key:<{width}}  {shown}")
+        print(f"{key:<{width}}  {printable(shown)}")
     print("info:")
     print(json.dumps(info, indent=2, sort_keys=True))
     return 0
@@ -242,8 +242,8 @@ def run_verify(args: argparse.Namespace) -> int:
             if args.output == "json":
                 results.append(r)
             elif not r.ok:
-                print(f"artifact {r.artifact_id} {r.storage_key}: {r.status.upper()} "
-                      f"({r.detail})")
+                print(f"artifact {r.artifact_id} {printable(r.storage_key)}: {r.status.upper()} "
+                      f"({printable(r.detail)})")
     if args.output == "json":
         from dataclasses import asdict
 
