@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mono_quant.catalog.limits import check_text
 from mono_quant.errors import BadInputError
+from mono_quant.io._files import refuse_special_file
 
-__all__ = ["MAX_CHARS", "MAX_DEPTH", "MAX_MESSAGE", "MAX_NODES", "check_document", "clip",
-           "count_jobs", "read_document"]
+__all__ = ["MAX_BYTES", "MAX_CHARS", "MAX_DEPTH", "MAX_MESSAGE", "MAX_NODES", "check_document",
+           "clip", "count_jobs", "read_bytes", "read_document"]
 
 #: Values (mappings, lists, scalars) a manifest may hold once aliases are expanded: ten
 #: thousand jobs with a dozen fields each fit well below it.
@@ -44,6 +46,8 @@ MAX_CHARS = 64 << 20
 MAX_DEPTH = 64
 #: Characters of one error message shown to a user (and stored in the catalog).
 MAX_MESSAGE = 4000
+#: Bytes of a manifest file (ten thousand jobs take about 1 MB).
+MAX_BYTES = 64 << 20
 
 #: libyaml's safe loader when PyYAML was built with it (10x faster on big manifests).
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -54,6 +58,20 @@ def clip(text: str, limit: int = MAX_MESSAGE) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def read_bytes(path: Path) -> bytes:
+    """The manifest's bytes: a regular file of at most MAX_BYTES (a FIFO is never opened)."""
+    try:
+        st = refuse_special_file(path)
+        if st is not None and st.st_size > MAX_BYTES:
+            raise BadInputError(
+                f"{path}: {st.st_size} bytes; a manifest may have at most {MAX_BYTES} "
+                "(split it into smaller manifests)"
+            )
+        return path.read_bytes()
+    except OSError as e:
+        raise BadInputError(f"{path}: cannot read the manifest ({e.strerror})") from e
 
 
 def read_document(raw: bytes, source: str) -> Any:

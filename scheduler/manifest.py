@@ -47,6 +47,7 @@ from mono_quant.scheduler.bounds import (
     check_document,
     clip,
     count_jobs,
+    read_bytes,
     read_document,
 )
 from mono_quant.scheduler.columns import check_batch, check_spec
@@ -348,10 +349,7 @@ def load_manifest(
 ) -> tuple[Manifest, list[JobSpec], str]:
     """Read, validate and expand a YAML manifest; also returns the sha256 of its bytes."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise BadInputError(f"{path}: cannot read the manifest ({e.strerror})") from e
+    raw = read_bytes(path)
     data = read_document(raw, str(path))
     manifest, specs = parse_manifest(data, str(path), default_attempts, path.parent.resolve(),
                                      factories=factories, max_jobs=max_jobs)

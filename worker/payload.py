@@ -14,9 +14,9 @@ Example:
     >>> read_payload(payload, FactoryAllowList()).format
     Traceback (most recent call last):
     ...
-    mono_quant.errors.BadConfigError: factory:os:system?command=id: factory module 'os' is not \
-allowed by MONO_QUANT_ALLOWED_FACTORIES (mono_quant.*); add a pattern for it there if you \
-trust its code
+    mono_quant.errors.BadConfigError: {"factory": "os:system", ...}: factory module 'os' is \
+not allowed by MONO_QUANT_ALLOWED_FACTORIES (mono_quant.*); add a pattern for it there if \
+you trust its code
 """
 
 from __future__ import annotations

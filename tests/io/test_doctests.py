@@ -10,7 +10,10 @@ import pytest
 MODULES = [
     "mono_quant.io",
     "mono_quant.io._atomic",
+    "mono_quant.io._files",
+    "mono_quant.io._targets",
     "mono_quant.io._safetensors_stream",
+    "mono_quant.io.allowlist",
     "mono_quant.io.formats",
     "mono_quant.io.interop",
     "mono_quant.io.sources",

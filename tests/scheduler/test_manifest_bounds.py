@@ -212,3 +212,10 @@ def test_load_manifest_reads_what_it_bounds(tmp_path):
     path = tmp_path / "jobs.yaml"
     path.write_text("jobs: [{name: a, model: 'factory:mono_quant.demo_models:mlp'}]\n")
     assert len(load_manifest(path)[1]) == 1
+
+
+def test_a_fifo_manifest_is_refused_without_opening_it(tmp_path):
+    fifo = tmp_path / "jobs.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(BadInputError, match=r"jobs.yaml: is a FIFO \(named pipe\)"):
+        load_manifest(fifo)  # a regression would block here (pytest-timeout ends it)
