@@ -105,12 +105,14 @@ def _children(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _measure(data: Any, source: str) -> tuple[int, int, int]:
-    """(values, characters, depth) of the document as expanded, computed once per distinct
-    container (aliases share theirs), so a billion-laughs document costs its own size."""
+def _measure(data: Any, source: str) -> tuple[int, int, int, bool]:
+    """(values, characters, depth, whether some string holds a NUL) of the document as
+    expanded, computed once per distinct container (aliases share theirs), so a
+    billion-laughs document costs its own size."""
     sizes: dict[int, tuple[int, int, int]] = {}
     open_: set[int] = set()  # containers whose children are being measured (the path)
     stack: list[tuple[Any, bool]] = [(data, False)]
+    nul = False
     while stack:
         value, children_done = stack.pop()
         key = id(value)
@@ -129,12 +131,16 @@ def _measure(data: Any, source: str) -> tuple[int, int, int]:
                 n, ch, d = sizes[id(c)]
                 nodes, chars, depth = nodes + n, chars + ch, max(depth, d + 1)
             else:
-                nodes, chars = nodes + 1, chars + (len(c) if isinstance(c, str) else 0)
+                nodes += 1
+                if isinstance(c, str):
+                    chars += len(c)
+                    nul = nul or "\x00" in c
         sizes[key] = (nodes, chars, depth)
         open_.discard(key)
     if not isinstance(data, (dict, list)):
-        return 1, len(data) if isinstance(data, str) else 0, 0
-    return sizes[id(data)]
+        text = data if isinstance(data, str) else ""
+        return 1, len(text), 0, "\x00" in text
+    return (*sizes[id(data)], nul)
 
 
 def _find_bad_text(data: Any) -> tuple[tuple[Any, ...], str] | None:
@@ -158,7 +164,7 @@ def _find_bad_text(data: Any) -> tuple[tuple[Any, ...], str] | None:
 
 def check_document(data: Any, source: str) -> None:
     """Refuse documents too large once expanded, too deep, or holding NUL bytes."""
-    nodes, chars, depth = _measure(data, source)
+    nodes, chars, depth, nul = _measure(data, source)
     if nodes > MAX_NODES:
         raise BadInputError(
             f"{source}: the manifest expands to more than {MAX_NODES} values (YAML aliases "
@@ -171,7 +177,7 @@ def check_document(data: Any, source: str) -> None:
         )
     if depth > MAX_DEPTH:
         raise BadInputError(f"{source}: values are nested deeper than {MAX_DEPTH} levels")
-    bad = _find_bad_text(data)
+    bad = _find_bad_text(data) if nul else None  # the path, only when there is a problem
     if bad is not None:
         raise BadInputError(f"{source}: {clip(_where(bad[0]), 200)}: {bad[1]}")
 
