@@ -25,7 +25,7 @@ import os
 import stat
 from pathlib import Path
 
-from mono_quant.errors import BadInputError
+from mono_quant.errors import BadInputError, StorageError
 from mono_quant.io._files import kind_of
 
 __all__ = ["check_outside_source", "check_replaceable"]
@@ -60,8 +60,10 @@ def check_replaceable(path: str | os.PathLike[str], fmt: str) -> None:
     path = Path(path)
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):  # nothing there; the writer reports a
+        return  # folder it cannot create
+    except OSError as e:
+        raise StorageError(f"{path}: cannot look at the target: {e}") from e
     mode = st.st_mode
     if fmt == "compressed-tensors":
         from mono_quant.io.interop import CONFIG_FILE, MODEL_FILE
