@@ -30,6 +30,7 @@ from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
 from mono_quant.io.allowlist import FactoryAllowList
 from mono_quant.scheduler.manifest import JobSpec, load_manifest
+from mono_quant.worker.payload import describe_model
 
 __all__ = [
     "BatchStatus",
@@ -181,7 +182,7 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
         counts = {s.value: n for s, n in job_status_counts(session, batch_id).items() if n}
         failures = [
             {"job": j.id, "name": j.name, "kind": j.error_kind.value if j.error_kind else None,
-             "error": j.last_error, "attempts": j.attempts}
+             "error": j.last_error, "attempts": j.attempts, "model": describe_model(j.config)}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.FAILED)
                 .order_by(Job.id)
@@ -192,7 +193,7 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
         ) or 0
         running = [
             {"job": j.id, "name": j.name, "worker": j.worker, "device": j.device,
-             "attempt": j.attempts, "progress": j.progress,
+             "attempt": j.attempts, "progress": j.progress, "model": describe_model(j.config),
              "heartbeat_at": j.heartbeat_at.isoformat() if j.heartbeat_at else None}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mono_quant.errors import BadInputError
+from mono_quant.errors import BadInputError, MonoQuantError
 from mono_quant.io.allowlist import FactoryAllowList
 from mono_quant.io.layout import FORMATS
 from mono_quant.io.sources import (
@@ -36,7 +36,7 @@ from mono_quant.io.sources import (
 )
 from mono_quant.quant.qconfig import QuantConfig
 
-__all__ = ["JobInputs", "read_payload"]
+__all__ = ["JobInputs", "describe_model", "read_payload"]
 
 _KEYS = frozenset({"model", "quant", "format", "calibration", "samples"})
 
@@ -85,3 +85,12 @@ def read_payload(payload: Any, factories: FactoryAllowList) -> JobInputs:
         raise BadInputError("job payload: 'quant' must be a QuantConfig mapping")
     return JobInputs(model, QuantConfig.from_dict(dict(quant)), fmt, calibration, samples,
                      factories)
+
+
+def describe_model(payload: Any) -> str:
+    """The model source of a job's payload as one string (what ``status`` shows); nothing is
+    imported. A payload that does not parse says so instead of showing a stale label."""
+    try:
+        return str(parse_model_source(payload["model"]))
+    except (MonoQuantError, KeyError, TypeError):
+        return "(invalid job payload)"

@@ -84,3 +84,14 @@ def test_a_symlink_planted_mid_job_does_not_redirect_the_write(settings, tmp_pat
         assert session.scalars(select(Artifact)).first() is None
     # and nothing of this attempt is left inside it either
     assert [p for p in root.rglob("*") if p.is_file()] == []
+
+
+def test_status_shows_the_model_of_the_payload(settings):
+    from mono_quant.scheduler.service import batch_status
+
+    job_id = _submit(settings, "factory:tests.jobfixtures:tiny")
+    _rewrite_model(settings, job_id, {"scheme": "factory", "target": "os:system",
+                                      "kwargs": {"command": "id"}})
+    run_job(job_id, "w@test", settings=settings)
+    (failure,) = batch_status(Catalog(settings.catalog_url)).failures
+    assert failure["model"] == "factory:os:system?command=id"  # not the row's stale label
