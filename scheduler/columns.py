@@ -18,9 +18,9 @@ from mono_quant.catalog.limits import check_column
 from mono_quant.catalog.models import Artifact, Batch, Job
 
 if TYPE_CHECKING:
-    from mono_quant.scheduler.manifest import JobSpec
+    from mono_quant.scheduler.manifest import ScheduledJob
 
-__all__ = ["check_batch", "check_spec"]
+__all__ = ["check_batch", "check_job"]
 
 
 def _problems(pairs: list[tuple[str, Any, Any]]) -> list[str]:
@@ -39,13 +39,13 @@ def check_batch(name: str | None) -> list[str]:
     return _problems([("name", Batch.name, name)])
 
 
-def check_spec(spec: JobSpec) -> list[str]:
+def check_job(job: ScheduledJob) -> list[str]:
     """Problems of one expanded job: its name (with the matrix suffix), queue, attempts, and
     the QuantizationInfo values the artifact row will hold."""
     return _problems([
-        ("name", Job.name, spec.name),
-        ("device", Job.queue, spec.queue),
-        ("max_attempts", Job.max_attempts, spec.max_attempts),
-        ("samples", Artifact.calibration_samples, spec.samples),
-        ("group_size", Artifact.group_size, spec.config.group_size),
+        ("name", Job.name, job.name),
+        ("queue", Job.queue, job.queue),
+        ("max_attempts", Job.max_attempts, job.max_attempts),
+        ("samples", Artifact.calibration_samples, job.spec.samples),
+        ("group_size", Artifact.group_size, job.spec.config.group_size),
     ])

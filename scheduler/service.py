@@ -29,8 +29,7 @@ from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
 from mono_quant.io.allowlist import FactoryAllowList
-from mono_quant.scheduler.manifest import JobSpec, load_manifest
-from mono_quant.worker.payload import describe_model
+from mono_quant.scheduler.manifest import ScheduledJob, load_manifest
 
 __all__ = [
     "BatchStatus",
@@ -55,14 +54,14 @@ class SubmitResult:
     published: int = 0
 
 
-def _rows(specs: Iterable[JobSpec]) -> list[JobRow]:
+def _rows(jobs: Iterable[ScheduledJob]) -> list[JobRow]:
     return [
         JobRow(
-            name=s.name, model_source=s.model_source, model_source_json=s.model,
-            config=s.payload(), idempotency_key=s.idempotency_key, queue=s.queue,
-            max_attempts=s.max_attempts,
+            name=j.name, model_source=j.model_source,
+            model_source_json=j.spec.model.canonical(), spec=j.spec.to_payload(),
+            idempotency_key=j.idempotency_key, queue=j.queue, max_attempts=j.max_attempts,
         )
-        for s in specs
+        for j in jobs
     ]
 
 
@@ -165,6 +164,18 @@ class BatchStatus:
                 "running": self.running, "done": self.done}
 
 
+def _model_of(payload: Any) -> str:
+    """The model source a job's payload names, as one string: what ``status`` shows is what
+    the worker runs, never the row's separate ``model_source`` label. Nothing is imported."""
+    from mono_quant.errors import MonoQuantError
+    from mono_quant.pipeline import parse_model_source
+
+    try:
+        return str(parse_model_source(payload["model"]))
+    except (MonoQuantError, KeyError, TypeError):
+        return "(invalid job payload)"
+
+
 def latest_batch_id(catalog: Catalog) -> int:
     with catalog.begin() as session:
         batch_id = session.scalar(select(func.max(Batch.id)))
@@ -182,7 +193,7 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
         counts = {s.value: n for s, n in job_status_counts(session, batch_id).items() if n}
         failures = [
             {"job": j.id, "name": j.name, "kind": j.error_kind.value if j.error_kind else None,
-             "error": j.last_error, "attempts": j.attempts, "model": describe_model(j.config)}
+             "error": j.last_error, "attempts": j.attempts, "model": _model_of(j.spec)}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.FAILED)
                 .order_by(Job.id)
@@ -193,7 +204,7 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
         ) or 0
         running = [
             {"job": j.id, "name": j.name, "worker": j.worker, "device": j.device,
-             "attempt": j.attempts, "progress": j.progress, "model": describe_model(j.config),
+             "attempt": j.attempts, "progress": j.progress, "model": _model_of(j.spec),
              "heartbeat_at": j.heartbeat_at.isoformat() if j.heartbeat_at else None}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)

@@ -44,7 +44,7 @@ def catalog(catalog_url):
 
 def _job(session, i: int = 0, model: str = "hf:org/mlp@main") -> Job:
     batch = session.get(Batch, 1) or Batch(name="b")
-    job = Job(batch=batch, name=f"job-{i}", model_source=model, config={},
+    job = Job(batch=batch, name=f"job-{i}", model_source=model, spec={},
               idempotency_key=hashlib.sha256(f"k{i}".encode()).hexdigest(), queue="cpu")
     session.add(job)
     session.flush()
@@ -198,7 +198,7 @@ def test_path_outside_root_and_missing_file(catalog, info, tmp_path):
             add_artifact(s, job, outside, info, storage_root=tmp_path / "store")
         with pytest.raises(StorageError, match="does not exist"):
             add_artifact(s, job, "nope.safetensors", info, storage_root=tmp_path)
-        with pytest.raises(BadInputError, match="cannot tell its format"):
+        with pytest.raises(BadInputError, match="cannot tell the format"):
             add_artifact(s, job, "model.bin", info, storage_root=tmp_path, sha256="0" * 64,
                          size_bytes=1)
         with pytest.raises(BadInputError, match="artifact format 'gguf'"):

@@ -17,10 +17,13 @@ import torch
 from mono_quant import QuantConfig, quantize_model, quantize_weight_int8, read_info, save_model
 from mono_quant.catalog import ErrorKind
 from mono_quant.errors import BadConfigError, BadInputError, StorageError
-from mono_quant.io import load_model, parse_calibration_source, parse_model_source
+from mono_quant.io import load_model
 from mono_quant.io.allowlist import FactoryAllowList
+from mono_quant.pipeline import parse_calibration_source, parse_model_source
 from mono_quant.worker.job import classify
 from tests.io.hf_fixture import make_hf_folder
+
+DEFAULT = FactoryAllowList(("mono_quant.*",))  # the setting's default
 
 
 def _tiny_quantized():
@@ -37,20 +40,20 @@ def test_allow_list_patterns():
                                       "acme.models.x", "mono_quant_evil", "os")] == [
         True, True, True, False, False, False]
     assert FactoryAllowList.parse("*").allows("os")
-    assert FactoryAllowList.parse("").patterns == ("mono_quant.*",)
+    assert not FactoryAllowList.parse("").allows("mono_quant.demo_models")  # none: nothing
 
 
 def test_a_factory_outside_the_list_is_refused_before_its_module_is_imported():
     module = "tests.io.never_imported_factory"  # does not exist: importing it would fail
     with pytest.raises(BadConfigError, match=r"factory module 'tests.io.never_imported_factory'"
                                              r" is not allowed by MONO_QUANT_ALLOWED_FACTORIES"):
-        parse_model_source(f"factory:{module}:f", factories=FactoryAllowList())
+        parse_model_source(f"factory:{module}:f", factories=DEFAULT)
     source = parse_model_source(f"factory:{module}:f")  # the library alone: the caller vouches
     with pytest.raises(BadConfigError, match="MONO_QUANT_ALLOWED_FACTORIES"):
-        source.load(FactoryAllowList())
+        source.load(DEFAULT)
     assert module not in sys.modules
     with pytest.raises(BadConfigError, match="MONO_QUANT_ALLOWED_FACTORIES"):
-        parse_calibration_source("factory:os:listdir", factories=FactoryAllowList())
+        parse_calibration_source("factory:os:listdir", factories=DEFAULT)
 
 
 @pytest.mark.parametrize("target", [
@@ -59,15 +62,15 @@ def test_a_factory_outside_the_list_is_refused_before_its_module_is_imported():
     "mono_quant.demo_models:torch",
 ], ids=["function-of-torch", "class-of-torch", "a-module"])
 def test_an_allowed_module_cannot_reach_other_modules_callables(target):
-    source = parse_model_source(f"factory:{target}", factories=FactoryAllowList())
+    source = parse_model_source(f"factory:{target}", factories=DEFAULT)
     with pytest.raises(BadConfigError, match="is not allowed by MONO_QUANT_ALLOWED_FACTORIES"):
-        source.load(FactoryAllowList())
+        source.load(DEFAULT)
 
 
 def test_private_attributes_are_refused():
     with pytest.raises(BadConfigError, match="'__builtins__' is private"):
         parse_model_source("factory:mono_quant.demo_models:__builtins__.get",
-                           factories=FactoryAllowList())
+                           factories=DEFAULT)
 
 
 # --- writes never destroy what they did not create -------------------------------------------

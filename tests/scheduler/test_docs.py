@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["mono_quant.scheduler.bounds", "mono_quant.scheduler.columns",
-           "mono_quant.scheduler.commands.args", "mono_quant.worker.payload"]
+           "mono_quant.scheduler.commands.args"]
 
 
 @pytest.mark.parametrize("name", MODULES, ids=MODULES)

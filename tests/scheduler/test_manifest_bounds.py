@@ -20,6 +20,8 @@ from mono_quant.scheduler.service import submit
 
 MLP = "factory:mono_quant.demo_models:mlp"
 
+DEFAULT = FactoryAllowList(("mono_quant.*",))  # the setting's default
+
 
 def _parse(data, **kw):
     return parse_manifest(data, "jobs.yaml", **kw)
@@ -35,7 +37,7 @@ def _parse(data, **kw):
 def test_a_factory_outside_the_allow_list_is_bad_config(model):
     with pytest.raises(BadConfigError, match=r"jobs\[0\]\.model: .*factory module 'os' is not "
                                              "allowed by MONO_QUANT_ALLOWED_FACTORIES"):
-        _parse({"jobs": [{"name": "a", "model": model}]}, factories=FactoryAllowList())
+        _parse({"jobs": [{"name": "a", "model": model}]}, factories=DEFAULT)
 
 
 def test_a_calibration_factory_outside_the_allow_list_is_bad_config():
@@ -43,7 +45,7 @@ def test_a_calibration_factory_outside_the_allow_list_is_bad_config():
                                              "allowed"):
         _parse({"jobs": [{"name": "a", "model": MLP, "mode": "static",
                           "calibration": "factory:subprocess:run?args=id"}]},
-               factories=FactoryAllowList())
+               factories=DEFAULT)
 
 
 def test_submit_refuses_the_factory_and_writes_nothing(tmp_path):
@@ -62,7 +64,7 @@ def test_the_model_source_shown_is_derived_from_the_payload():
     _, (spec,) = _parse({"jobs": [{"name": "a", "model": {
         "factory": "mono_quant.demo_models:mlp", "kwargs": {"seed": 1}}}]})
     assert spec.model_source == "factory:mono_quant.demo_models:mlp?seed=1"
-    assert spec.payload()["model"]["kwargs"] == {"seed": 1}
+    assert spec.spec.to_payload()["model"]["kwargs"] == {"seed": 1}
 
 
 # --- size ------------------------------------------------------------------------------------
@@ -196,7 +198,7 @@ def test_values_the_catalog_cannot_store_are_refused_before_it(tmp_path, catalog
 def test_values_at_the_limits_are_stored_on_both_backends(tmp_path, catalog_url):
     path = tmp_path / "jobs.json"
     path.write_text(json.dumps({"name": "b" * 255, "labels": {"k": "é" * 1000}, "jobs": [
-        {"name": "n" * 255, "model": MLP, "max_attempts": 2**31 - 1, "device": "gpu." + "x" * 60},
+        {"name": "n" * 255, "model": MLP, "max_attempts": 2**31 - 1, "queue": "gpu." + "x" * 60},
     ]}))
     catalog = Catalog(catalog_url)
     result = submit(path, catalog, settings=Settings.from_env({"MONO_QUANT_DATA_DIR":

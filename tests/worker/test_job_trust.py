@@ -36,8 +36,8 @@ def _rewrite_model(settings, job_id: int, model: dict) -> None:
     """What anyone with write access to the catalog can do: change the job's payload."""
     with Catalog(settings.catalog_url).begin() as session:
         job = session.get(Job, job_id)
-        config = {**job.config, "model": model}
-        session.execute(update(Job).where(Job.id == job_id).values(config=config))
+        spec = {**job.spec, "model": model}
+        session.execute(update(Job).where(Job.id == job_id).values(spec=spec))
 
 
 def test_a_factory_written_into_the_catalog_row_is_refused_before_import(settings, tmp_path):

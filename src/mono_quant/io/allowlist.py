@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from mono_quant.config import DEFAULT_ALLOWED_FACTORIES
 from mono_quant.errors import BadConfigError
 
-__all__ = ["DEFAULT_ALLOWED_FACTORIES", "SETTING", "FactoryAllowList"]
+__all__ = ["SETTING", "FactoryAllowList"]
 
 #: The setting that holds the patterns (named in every refusal, so the fix is obvious).
 SETTING = "MONO_QUANT_ALLOWED_FACTORIES"
@@ -42,16 +41,16 @@ SETTING = "MONO_QUANT_ALLOWED_FACTORIES"
 class FactoryAllowList:
     """Module patterns (``fnmatch``, case-sensitive): ``pkg.*``, ``pkg.mod``, or ``*`` (all).
 
-    ``pkg.*`` matches the modules inside ``pkg`` and ``pkg`` itself.
+    ``pkg.*`` matches the modules inside ``pkg`` and ``pkg`` itself. No patterns: nothing is
+    allowed. (The service's default, ``mono_quant.*``, is the setting's, in ``config``.)
     """
 
-    patterns: tuple[str, ...] = DEFAULT_ALLOWED_FACTORIES
+    patterns: tuple[str, ...]
 
     @classmethod
     def parse(cls, text: str | None) -> FactoryAllowList:
-        """From comma-separated patterns (as in the setting); empty means the default."""
-        patterns = tuple(p.strip() for p in (text or "").split(",") if p.strip())
-        return cls(patterns or DEFAULT_ALLOWED_FACTORIES)
+        """From comma-separated patterns, as in the setting."""
+        return cls(tuple(p.strip() for p in (text or "").split(",") if p.strip()))
 
     def allows(self, module: str) -> bool:
         """Whether ``module`` (a dotted module name) matches one of the patterns."""
