@@ -49,14 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
+    from mono_quant.scheduler.commands.args import printable
+
+    def shown(e: Exception) -> str:  # control characters escaped, line by line
+        return "\n".join(printable(line) for line in str(e).splitlines())
 
     try:
         return int(args.handler(args) or 0)
     except (BadInputError, BadConfigError) as e:
-        print(f"mono-quant {args.command}: error: {e}", file=sys.stderr)
+        print(f"mono-quant {args.command}: error: {shown(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except MonoQuantError as e:
-        print(f"mono-quant {args.command}: failed: {e}", file=sys.stderr)
+        print(f"mono-quant {args.command}: failed: {shown(e)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -32,6 +32,7 @@ from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
+from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.scheduler.manifest import ScheduledJob, stream_manifest
 
 __all__ = [
@@ -96,7 +97,10 @@ def submit(
     """
     s = settings or get_settings()
     path = Path(manifest_path)
-    manifest, specs, digest = stream_manifest(path, default_attempts=s.max_attempts)
+    manifest, specs, digest = stream_manifest(
+        path, default_attempts=s.max_attempts, max_jobs=s.max_jobs_per_batch,
+        factories=FactoryAllowList(s.allowed_factories),
+    )
     result = SubmitResult(0, [], [])
     seen: set[str] = set()
     with catalog.begin() as session:
@@ -193,6 +197,18 @@ class BatchStatus:
                 "running": self.running, "done": self.done}
 
 
+def _model_of(payload: Any) -> str:
+    """The model source a job's payload names, as one string: what ``status`` shows is what
+    the worker runs, never the row's separate ``model_source`` label. Nothing is imported."""
+    from mono_quant.errors import MonoQuantError
+    from mono_quant.pipeline import parse_model_source
+
+    try:
+        return str(parse_model_source(payload["model"]))
+    except (MonoQuantError, KeyError, TypeError):
+        return "(invalid job payload)"
+
+
 def latest_batch_id(catalog: Catalog) -> int:
     with catalog.begin() as session:
         batch_id = session.scalar(select(func.max(Batch.id)))
@@ -230,7 +246,7 @@ def batch_status(catalog: Catalog, batch_id: int | None = None, *,
         counts = {s.value: n for s, n in job_status_counts(session, batch_id).items() if n}
         failures = [
             {"job": j.id, "name": j.name, "kind": j.error_kind.value if j.error_kind else None,
-             "error": j.last_error, "attempts": j.attempts}
+             "error": j.last_error, "attempts": j.attempts, "model": _model_of(j.spec)}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.FAILED)
                 .order_by(Job.id).limit(SHOWN)
@@ -241,7 +257,8 @@ def batch_status(catalog: Catalog, batch_id: int | None = None, *,
         ) or 0
         running = [
             {"job": j.id, "name": j.name, "worker": j.worker, "device": j.device,
-             "attempt": j.attempts, "progress": j.progress, **_heartbeat(j, stale_after)}
+             "attempt": j.attempts, "progress": j.progress, "model": _model_of(j.spec),
+             **_heartbeat(j, stale_after)}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)
                 .order_by(Job.id).limit(SHOWN)

@@ -98,4 +98,17 @@ def hard_exit_first(marker: str):
     if not path.exists():
         path.write_text("exited once")
         os._exit(0)
+
+
+def hijack_storage(root: str, outside: str):
+    """Plants symlinks to ``outside`` over every key-prefix folder of the storage root while
+    the job runs (moving any real folder aside first), as a hostile user of a shared volume
+    could; then returns a model, so the job goes on to write its artifact."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for i in range(256):
+        prefix = Path(root) / f"{i:02x}"
+        if prefix.is_dir() and not prefix.is_symlink():
+            prefix.rename(prefix.with_name(prefix.name + ".moved"))
+        if not prefix.exists():
+            prefix.symlink_to(outside, target_is_directory=True)
     return tiny()

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mono_quant.scheduler.commands.args import catalog_id, count, printable
+
 # Filters whose values come from a fixed set; "a,b" is split. The artifact format filter is
 # --artifact-format because --format picks the output format.
 _SPLIT = ("scheme", "granularity", "mode", "artifact-format", "dtype", "status")
@@ -39,17 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--latest", action="store_true",
                     help="only the newest artifact per model, config and format")
     ls.add_argument("--order-by", default="created_at:desc", metavar="FIELD[:asc|desc]")
-    ls.add_argument("--limit", type=int, default=100, help="at most N rows (0: all)")
+    ls.add_argument("--limit", type=count, default=100, help="at most N rows (0: all)")
     _output_args(ls)
     ls.set_defaults(handler=run_list)
 
     show = verbs.add_parser("show", help="show one artifact with its QuantizationInfo")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=catalog_id)
     _output_args(show, csv=False)
     show.set_defaults(handler=run_show)
 
     verify = verbs.add_parser("verify", help="re-hash artifacts and report missing or changed")
-    verify.add_argument("ids", type=int, nargs="*", metavar="ID")
+    verify.add_argument("ids", type=catalog_id, nargs="*", metavar="ID")
     verify.add_argument("--all", action="store_true", help="every artifact in the catalog")
     verify.add_argument("--storage-root", help="default: MONO_QUANT_STORAGE_ROOT")
     _output_args(verify, csv=False)
@@ -73,7 +75,7 @@ def _catalog(args: argparse.Namespace) -> Iterator[Any]:
     from mono_quant.catalog import Catalog
     from mono_quant.errors import MonoQuantError
 
-    catalog = Catalog(args.url)
+    catalog = Catalog(args.url, create=False)  # read-only: never create a database
     try:
         catalog.require_schema()
         with catalog.begin() as session:
@@ -161,7 +163,7 @@ _TABLE = (  # header, right-aligned, cell
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
-    cells = [[cell(r) for _, _, cell in _TABLE] for r in records]
+    cells = [[printable(cell(r)) for _, _, cell in _TABLE] for r in records]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, (h, _, _) in enumerate(_TABLE)]
 
     def line(values: list[str]) -> str:
@@ -216,7 +218,7 @@ def run_show(args: argparse.Namespace) -> int:
     width = max(len(k) for k in record)
     for key, value in record.items():
         shown = _num(value, 4) if isinstance(value, float) else ("-" if value is None else value)
-        print(f"{key:<{width}}  {shown}")
+        print(f"{key:<{width}}  {printable(shown)}")
     print("info:")
     print(json.dumps(info, indent=2, sort_keys=True))
     return 0
@@ -240,8 +242,8 @@ def run_verify(args: argparse.Namespace) -> int:
             if args.output == "json":
                 results.append(r)
             elif not r.ok:
-                print(f"artifact {r.artifact_id} {r.storage_key}: {r.status.upper()} "
-                      f"({r.detail})")
+                print(f"artifact {r.artifact_id} {printable(r.storage_key)}: {r.status.upper()} "
+                      f"({printable(r.detail)})")
     if args.output == "json":
         from dataclasses import asdict
 

@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from mono_quant.scheduler.commands.args import catalog_id, printable
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="validate a manifest, record its jobs, enqueue them")
@@ -26,14 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run)
 
     p = sub.add_parser("status", help="job counts, failures and artifacts of a batch")
-    p.add_argument("batch", nargs="?", type=int, help="batch id (default: the latest)")
+    p.add_argument("batch", nargs="?", type=catalog_id, help="batch id (default: the latest)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_status)
 
     p = sub.add_parser("retry", help="re-enqueue failed jobs")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--batch", type=int)
-    group.add_argument("--job", type=int, action="append")
+    group.add_argument("--batch", type=catalog_id)
+    group.add_argument("--job", type=catalog_id, action="append")
     group.add_argument("--all-failed", action="store_true")
     p.add_argument("--run", action="store_true",
                    help="run the jobs here, as `mono-quant run` does (no broker needed)")
@@ -41,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_retry)
 
     p = sub.add_parser("cancel", help="cancel a batch (or --job J); running jobs are revoked")
-    p.add_argument("batch", nargs="?", type=int)
-    p.add_argument("--job", type=int, action="append")
+    p.add_argument("batch", nargs="?", type=catalog_id)
+    p.add_argument("--job", type=catalog_id, action="append")
     p.set_defaults(handler=_cancel)
 
     p = sub.add_parser("reconcile", help="re-enqueue jobs whose messages were lost")
@@ -51,10 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_reconcile)
 
 
-def _catalog():
+def _catalog(create: bool = True):
     from mono_quant.catalog import Catalog
 
-    catalog = Catalog()
+    catalog = Catalog(create=create)
     catalog.require_schema()
     return catalog
 
@@ -70,18 +72,19 @@ def _print_status(status, as_json: bool) -> None:
         print(json.dumps(status.to_dict(), indent=2))
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(status.counts.items())) or "no jobs"
-    print(f"batch {status.batch_id} ({status.name}): {status.total} job(s): {counts}; "
+    p = printable  # names, errors and workers come from manifests and the catalog
+    print(f"batch {status.batch_id} ({p(status.name)}): {status.total} job(s): {counts}; "
           f"{status.artifacts} artifact(s)")
     for r in status.running:
         stage = (r["progress"] or {}).get("stage", "starting")
         age = r["heartbeat_age_s"]
         beat = "no heartbeat" if age is None else f"heartbeat {age:.1f} s ago"
-        print(f"  running job {r['job']} {r['name']}: {stage} on {r['worker']} ({r['device']}), "
-              f"attempt {r['attempt']}, {beat}"
+        print(f"  running job {r['job']} {p(r['name'])}: {p(stage)} on {p(r['worker'])} "
+              f"({p(r['device'])}), attempt {r['attempt']}, {beat}"
               + (" - STALE: its worker is presumed dead; a live worker's sweep (or "
                  "`mono-quant reconcile`) re-runs it" if r["stale"] else ""))
     for f in status.failures:
-        print(f"  failed job {f['job']} {f['name']}: [{f['kind']}] {f['error']}")
+        print(f"  failed job {f['job']} {p(f['name'])}: [{f['kind']}] {p(f['error'])}")
 
 
 def _follow(catalog, batch_id: int, total: int, quiet: bool, timeout: float | None):
@@ -115,13 +118,14 @@ def _submit(args) -> int:
     print(f"batch {result.batch_id}: {len(result.job_ids)} job(s) enqueued in "
           f"{time.perf_counter() - t0:.2f} s", file=sys.stderr)
     for name, artifact in result.skipped:
-        print(f"  skipped {name}: artifact {artifact} exists (use --force to redo)",
+        print(f"  skipped {printable(name)}: artifact {artifact} exists (use --force to redo)",
               file=sys.stderr)
     for name in result.duplicates:
-        print(f"  skipped {name}: same model and config as another job of this manifest",
+        print(f"  skipped {printable(name)}: same model and config as another job of this manifest",
               file=sys.stderr)
     for name, job in result.in_flight:
-        print(f"  skipped {name}: job {job} is already working on the same model and config",
+        print(f"  skipped {printable(name)}: job {job} is already working on the same model "
+              "and config",
               file=sys.stderr)
     if not args.wait:
         return 0
@@ -137,10 +141,11 @@ def _run(args) -> int:
                     progress=not args.quiet)
     result, status = run.submitted, run.status
     for name, artifact in result.skipped:
-        print(f"skipped {name}: artifact {artifact} exists (use --force to redo)")
+        print(f"skipped {printable(name)}: artifact {artifact} exists (use --force to redo)")
     for name, job in result.in_flight:
         if job not in run.resumed:
-            print(f"skipped {name}: job {job} is already working on the same model and config")
+            print(f"skipped {printable(name)}: job {job} is already working on the same model "
+                  "and config")
     _print_status(status, False)
     failed_earlier = _print_resumed(run.resumed)
     if run.interrupted is not None:
@@ -187,7 +192,7 @@ def _print_interrupted(interrupted, manifest: str) -> None:
 def _status(args) -> int:
     from mono_quant.scheduler.service import batch_status
 
-    _print_status(batch_status(_catalog(), args.batch), args.json)
+    _print_status(batch_status(_catalog(create=False), args.batch), args.json)
     return 0
 
 

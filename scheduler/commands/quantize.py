@@ -103,16 +103,26 @@ def _report(source: str, info, path, fmt: str, reload: str) -> None:
     _line("wrote", f"{path} ({fmt})")
 
 
+def _factories():
+    """The operator's allow-list of factory modules (MONO_QUANT_ALLOWED_FACTORIES)."""
+    from mono_quant.config import get_settings
+    from mono_quant.pipeline.allowlist import FactoryAllowList
+
+    return FactoryAllowList(get_settings().allowed_factories)
+
+
 def _spec(args: argparse.Namespace):
     """The flags as the typed JobSpec every caller of the pipeline takes."""
     from mono_quant.io import detect_format
     from mono_quant.pipeline import JobSpec, parse_calibration_source, parse_model_source
 
+    allow = _factories()
     return JobSpec(
-        model=parse_model_source(args.source),
+        model=parse_model_source(args.source, factories=allow),
         config=_config(args),
         format=detect_format(args.output, args.format),
-        calibration=parse_calibration_source(args.calibration) if args.calibration else None,
+        calibration=parse_calibration_source(args.calibration, factories=allow)
+        if args.calibration else None,
         samples=args.samples,
         stream=args.stream,
     )
@@ -127,7 +137,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{stage} ...", file=sys.stderr)
 
-    result = run_pipeline(spec, args.output, on_stage=announce, progress=not args.quiet)
+    result = run_pipeline(spec, args.output, on_stage=announce, progress=not args.quiet,
+                          factories=_factories())
     _report(args.source, result.info, result.path, spec.format,
             result.info.metrics["reload_check"])
     return 0

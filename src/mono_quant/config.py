@@ -56,6 +56,12 @@ DEFAULT_RETRY_BACKOFF_MAX = 600.0
 #: to the broker for another worker. 0: cancel at once (Celery's default). Deployments set it
 #: and give the container/unit a stop grace period longer than it.
 DEFAULT_SOFT_SHUTDOWN_TIMEOUT = 0.0
+#: Modules whose ``factory:`` callables jobs may import and run (comma-separated ``fnmatch``
+#: patterns; ``pkg.*`` also matches ``pkg``; ``*`` allows every module). Factories are code:
+#: only mono-quant's own demo models unless the operator trusts more.
+DEFAULT_ALLOWED_FACTORIES = ("mono_quant.*",)
+#: Jobs one manifest may expand to (jobs × matrix combinations), refused before any is built.
+DEFAULT_MAX_JOBS_PER_BATCH = 10_000
 
 
 T = TypeVar("T")
@@ -122,6 +128,14 @@ VARIABLES: tuple[Variable, ...] = (
              "`REMAP_SIGTERM=SIGQUIT`) lets its running job finish before cancelling it and "
              "putting its message back on the queue (Celery's `worker_soft_shutdown_timeout`); "
              "`deploy/` sets `300` and stop grace periods of `360`"),
+    Variable(("ALLOWED_FACTORIES",), "`" + ",".join(DEFAULT_ALLOWED_FACTORIES) + "`",
+             "comma-separated module patterns (`pkg.*`, `pkg.mod`; `*` allows all) whose "
+             "`factory:` callables jobs may import and run; checked at `submit`, `run`, "
+             "`quantize` and again in the worker before anything is imported (README: Trust "
+             "model)"),
+    Variable(("MAX_JOBS_PER_BATCH",), f"`{DEFAULT_MAX_JOBS_PER_BATCH}`",
+             "jobs one manifest may expand to (jobs × matrix combinations); a bigger manifest "
+             "is refused before any job is built"),
 )
 _DECLARED = frozenset(n for v in VARIABLES for n in v.names)
 
@@ -240,6 +254,11 @@ class Settings:
     #: a live worker within STALE_AFTER plus this. Default: the heartbeat interval; 0: workers
     #: do not sweep (then run ``mono-quant reconcile`` from cron).
     reconcile_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    #: MONO_QUANT_ALLOWED_FACTORIES — module patterns ``factory:`` sources may name; checked
+    #: at submit, ``run``, ``quantize`` and in the worker before anything is imported.
+    allowed_factories: tuple[str, ...] = DEFAULT_ALLOWED_FACTORIES
+    #: MONO_QUANT_MAX_JOBS_PER_BATCH — jobs one manifest may expand to.
+    max_jobs_per_batch: int = DEFAULT_MAX_JOBS_PER_BATCH
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -278,6 +297,11 @@ class Settings:
         attempts = env.integer("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
         if attempts < 1:
             raise BadConfigError(f"{_PREFIX}MAX_ATTEMPTS={attempts}: expected at least 1")
+        max_jobs = env.integer("MAX_JOBS_PER_BATCH", DEFAULT_MAX_JOBS_PER_BATCH)
+        if max_jobs < 1:
+            raise BadConfigError(f"{_PREFIX}MAX_JOBS_PER_BATCH={max_jobs}: expected at least 1")
+        factories = tuple(p.strip() for p in (env.text("ALLOWED_FACTORIES") or "").split(",")
+                          if p.strip())
         return cls(
             data_dir=data_dir,
             catalog_url=_catalog_url(env, data_dir),
@@ -294,6 +318,8 @@ class Settings:
             retry_backoff_max=env.seconds("RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX),
             soft_shutdown_timeout=soft_shutdown,
             reconcile_interval=sweep,
+            allowed_factories=factories or DEFAULT_ALLOWED_FACTORIES,
+            max_jobs_per_batch=max_jobs,
         )
 
 

@@ -183,6 +183,7 @@ def add_artifact(
     size_bytes: int | None = None,
     model_digest: str | None = None,
     created_at: datetime | None = None,
+    model_source: str | None = None,
 ) -> Artifact:
     """Record the artifact of ``job`` stored at ``path`` (absolute under the root, or a key).
 
@@ -235,7 +236,7 @@ def add_artifact(
     artifact = Artifact(
         job=job,
         idempotency_key=job.idempotency_key,
-        model_source=job.model_source,
+        model_source=job.model_source if model_source is None else model_source,
         model_digest=model_digest,
         storage_key=key,
         format=fmt,
@@ -285,7 +286,7 @@ def _verify_one(root: Path, a: Artifact) -> VerifyResult:
         return VerifyResult(status="missing", detail=f"{path} does not exist", **base)
     try:
         digest, size = sha256_path(path), size_path(path)
-    except OSError as e:
+    except (OSError, BadInputError) as e:  # BadInputError: a FIFO or device (never opened)
         return VerifyResult(status="unreadable", detail=f"{path}: {e}", **base)
     if digest != a.sha256 or size != a.size_bytes:
         return VerifyResult(

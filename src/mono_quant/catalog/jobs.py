@@ -177,8 +177,12 @@ def heartbeat(session: Session, job_id: int, worker: str,
 def succeed(
     session: Session, job_id: int, worker: str, *, storage_root, storage_key: str, fmt: str,
     sha256: str, size_bytes: int, info: QuantizationInfo, model_digest: str | None = None,
+    model_source: str | None = None,
 ) -> tuple[Artifact, str | None] | None:
     """Mark the job succeeded and record its artifact, in the caller's transaction.
+
+    ``model_source``: what ran, derived by the worker from the payload it validated (the
+    job's own column is only a fallback for callers that have nothing better).
 
     Returns ``(artifact, replaced storage key or None)``, or None (and changes nothing) when
     the job is no longer ours. A forced re-run of an idempotency key that already has an
@@ -201,7 +205,7 @@ def succeed(
         latest.on_delete(session, group)
     artifact = add_artifact(
         session, job, storage_key, info, storage_root=storage_root, format=fmt, sha256=sha256,
-        size_bytes=size_bytes, model_digest=model_digest,
+        size_bytes=size_bytes, model_digest=model_digest, model_source=model_source,
     )
     _close_attempts(session, [job_id], AttemptOutcome.SUCCEEDED)
     return artifact, replaced

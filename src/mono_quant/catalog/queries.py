@@ -60,8 +60,8 @@ def _filtered(q: ArtifactQuery) -> Select[Any]:
         if q.statuses:
             stmt = stmt.where(Job.status.in_([JobStatus(s) for s in q.statuses]))
         if q.batches:
-            ids = [b for b in q.batches if isinstance(b, int) or b.isdigit()]
-            names = [b for b in q.batches if isinstance(b, str) and not b.isdigit()]
+            ids = [b for b in q.batches if isinstance(b, int)]  # ArtifactQuery parsed them
+            names = [b for b in q.batches if isinstance(b, str)]
             conds = []
             if ids:
                 conds.append(Job.batch_id.in_([int(b) for b in ids]))

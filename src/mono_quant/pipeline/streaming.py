@@ -54,6 +54,7 @@ from mono_quant.io._safetensors_stream import (
     read_header,
     read_tensor,
 )
+from mono_quant.io._targets import check_outside_source, check_replaceable
 from mono_quant.io.formats import _build_metadata, detect_format
 from mono_quant.quant import options
 from mono_quant.quant.info import QuantizationInfo, library_versions
@@ -254,6 +255,9 @@ def quantize_checkpoint(
         raise BadInputError(f"{dst}: quantize_checkpoint writes .safetensors")
     files = checkpoint_files(src)
     _refuse_conv1d(Path(src))
+    if Path(src).is_dir():  # a model folder: not into it (a file src: not over it, below)
+        check_outside_source(dst, src)
+    check_replaceable(dst, "safetensors")
     headers = [read_header(f) for f in files]
     layers = _linear_layers(headers)
     selected = _select(layers, headers, config)

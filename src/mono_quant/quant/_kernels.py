@@ -51,7 +51,11 @@ def _qparams(lo: torch.Tensor, hi: torch.Tensor, symmetric: bool) -> tuple[torch
         return scale, torch.zeros_like(scale)
     lo = torch.clamp(lo, max=0.0)
     hi = torch.clamp(hi, min=0.0)
-    scale = torch.clamp((hi - lo) / 255.0, min=TINY)
+    span = (hi - lo) / 255.0
+    # hi - lo overflows float32 for finite ranges wider than 3.4e38: divide first there
+    # only, so every other range keeps the exact float32 formula
+    span = torch.where(torch.isinf(span), hi / 255.0 - lo / 255.0, span)
+    scale = torch.clamp(span, min=TINY)
     zp = torch.clamp(-128.0 - torch.round(lo / scale), -128.0, 127.0)
     return scale, zp
 
