@@ -175,7 +175,9 @@ _TOO_BIG = {
     "attempts-out-of-range": ({"jobs": [{"name": "a", "model": MLP, "max_attempts": 2**31}]},
                               r"max_attempts: expected an integer from -2147483648 to "
                               "2147483647"),
-    "samples-out-of-range": ({"jobs": [{"name": "a", "model": MLP, "samples": 2**31}]},
+    "samples-out-of-range": ({"jobs": [{"name": "a", "model": MLP, "samples": 2**31,
+                                        "calibration": "factory:mono_quant.demo_models:"
+                                                       "vector_batches"}]},
                              "samples: expected an integer"),
     "group-size-out-of-range": ({"jobs": [{"name": "a", "model": MLP, "granularity": "per_group",
                                            "group_size": 2**40}]}, "group_size: expected"),
