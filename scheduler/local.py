@@ -17,10 +17,9 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from mono_quant.catalog import Catalog
 from mono_quant.config import get_settings
+from mono_quant.scheduler.cliutil import progress_bar
 from mono_quant.scheduler.service import BatchStatus, SubmitResult, batch_status, submit
 
 __all__ = ["run_local"]
@@ -88,14 +87,17 @@ def _drain(catalog: Catalog, pending: list[int], waiting: dict[int, float], work
 
 def run_local(
     manifest: str | Path, *, workers: int = 1, force: bool = False, progress: bool = True,
+    only: list[str] | None = None,
 ) -> tuple[SubmitResult, BatchStatus]:
-    """Submit ``manifest`` to the local catalog and run its jobs here; returns the result."""
+    """Submit ``manifest`` to the local catalog and run its jobs here; returns the result.
+
+    ``only``: just the jobs with these names (see :func:`submit`).
+    """
     settings = get_settings()
     catalog = Catalog(settings.catalog_url)
     catalog.upgrade()  # the embedded catalog creates (or upgrades) itself
-    result = submit(manifest, catalog, app=None, force=force)
-    bar = tqdm(total=len(result.job_ids), desc=f"batch {result.batch_id}", unit="job",
-               disable=not progress)
+    result = submit(manifest, catalog, app=None, force=force, only=only)
+    bar = progress_bar(len(result.job_ids), f"batch {result.batch_id}", quiet=not progress)
     waiting: dict[int, float] = {}  # job id -> monotonic time to submit it
     pending = list(result.job_ids)
     while pending or waiting:  # one pass per process pool (a crash breaks the pool)

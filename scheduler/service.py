@@ -10,14 +10,14 @@ from __future__ import annotations
 import getpass
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
-from mono_quant.catalog import Artifact, Batch, Catalog, Job, JobStatus, job_status_counts
+from mono_quant.catalog import Artifact, Catalog, Job, JobStatus, job_status_counts
 from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.batches import (
     JobRow,
@@ -29,6 +29,7 @@ from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
 from mono_quant.scheduler.manifest import JobSpec, load_manifest
+from mono_quant.scheduler.resolve import latest_batch, resolve_batch
 
 __all__ = [
     "BatchStatus",
@@ -37,6 +38,7 @@ __all__ = [
     "cancel",
     "reconcile",
     "retry",
+    "select_jobs",
     "submit",
     "wait_for_batch",
 ]
@@ -72,6 +74,7 @@ def submit(
     force: bool = False,
     requested_by: str | None = None,
     settings: Settings | None = None,
+    only: Sequence[str] | None = None,
 ) -> SubmitResult:
     """Validate the manifest, write the batch and its jobs in one transaction, then publish.
 
@@ -80,11 +83,14 @@ def submit(
     always: two jobs racing for one artifact would waste a GPU.
     With ``app=None`` nothing is published (the embedded runner runs the jobs itself). When
     publishing fails the jobs stay ``pending`` and ``reconcile`` publishes them later; the
-    TransientError says so.
+    TransientError says so. ``only`` keeps just the jobs of the manifest with these names
+    (``--job NAME``; with ``force`` it redoes one job rather than the whole manifest).
     """
     s = settings or get_settings()
     path = Path(manifest_path)
     manifest, specs, digest = load_manifest(path, default_attempts=s.max_attempts)
+    if only:
+        specs = select_jobs(specs, only, path)
     seen: set[str] = set()
     unique, duplicates = [], []
     for spec in specs:
@@ -112,6 +118,18 @@ def submit(
         publish(catalog, app, list(zip(ids, result.queues, strict=True)))
         result.published = len(ids)
     return result
+
+
+def select_jobs(specs: list[JobSpec], names: Sequence[str], path: Path) -> list[JobSpec]:
+    """The specs named ``names``; BadInputError naming any the manifest does not have."""
+    known = {sp.name for sp in specs}
+    missing = [n for n in names if n not in known]
+    if missing:
+        shown = ", ".join(sorted(known)[:20]) + (" ..." if len(known) > 20 else "")
+        raise BadInputError(
+            f"{path}: no job named {', '.join(map(repr, missing))}; its jobs are: {shown}"
+        )
+    return [sp for sp in specs if sp.name in set(names)]
 
 
 def _user() -> str | None:
@@ -161,19 +179,17 @@ class BatchStatus:
 
 
 def latest_batch_id(catalog: Catalog) -> int:
+    """The newest batch that has jobs (see :func:`~mono_quant.scheduler.resolve.latest_batch`)."""
     with catalog.begin() as session:
-        batch_id = session.scalar(select(func.max(Batch.id)))
-    if batch_id is None:
-        raise BadInputError("the catalog has no batches yet; submit a manifest first")
-    return batch_id
+        return latest_batch(session).id
 
 
-def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
-    batch_id = latest_batch_id(catalog) if batch_id is None else batch_id
+def batch_status(catalog: Catalog, batch_id: int | str | None = None) -> BatchStatus:
+    """Counts, failures and running jobs of a batch given by id or name (default: the newest
+    batch with jobs); BadInputError if it does not exist."""
     with catalog.begin() as session:
-        batch = session.get(Batch, batch_id)
-        if batch is None:
-            raise BadInputError(f"batch {batch_id} does not exist")
+        batch = latest_batch(session) if batch_id is None else resolve_batch(session, batch_id)
+        batch_id = batch.id
         counts = {s.value: n for s, n in job_status_counts(session, batch_id).items() if n}
         failures = [
             {"job": j.id, "name": j.name, "kind": j.error_kind.value if j.error_kind else None,
@@ -215,11 +231,19 @@ def wait_for_batch(
 
 
 def retry(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
-          job_ids: list[int] | None = None, all_failed: bool = False) -> list[int]:
-    """Re-enqueue failed jobs (a fresh attempt budget); returns their ids."""
+          job_ids: list[int] | None = None, all_failed: bool = False,
+          include_bad_input: bool = False) -> list[int]:
+    """Re-enqueue failed jobs (a fresh attempt budget); returns their ids.
+
+    Jobs that failed with bad input or a bad config stay failed unless ``include_bad_input``:
+    the same input fails the same way.
+    """
+    from mono_quant.scheduler.explain import PERMANENT_KINDS
+
     with catalog.begin() as session:
         todo = job_state.retry_jobs(session, batch_id=batch_id, job_ids=job_ids,
-                                    all_failed=all_failed)
+                                    all_failed=all_failed,
+                                    skip_kinds=() if include_bad_input else PERMANENT_KINDS)
     if app is not None and todo:
         publish(catalog, app, todo)
     return [job_id for job_id, _ in todo]

@@ -24,8 +24,6 @@ __all__ = ["Settings", "get_settings"]
 
 _PREFIX = "MONO_QUANT_"
 
-#: Where the embedded runner keeps its SQLite catalog and artifacts when nothing else is set.
-DEFAULT_DATA_DIR = "./mono-quant-data"
 
 #: ``auto``: use a torch.compile CPU kernel for large tensors when a C++ compiler works;
 #: ``always``: for every CPU tensor; ``never``: plain torch ops only.
@@ -126,7 +124,8 @@ def _broker_url(env: _Env) -> str:
 class Settings:
     """Process-wide settings (see the README's settings table)."""
 
-    #: MONO_QUANT_DATA_DIR — folder for the embedded catalog and artifacts.
+    #: MONO_QUANT_DATA_DIR — folder for the embedded catalog and artifacts; default: the
+    #: nearest mono-quant.toml's ``data_dir``, else the per-user data folder (mono_quant.home).
     data_dir: Path
     #: MONO_QUANT_COMPILE — ``auto`` | ``always`` | ``never`` (see DEFAULT_COMPILE).
     compile: str
@@ -158,17 +157,25 @@ class Settings:
     #: MONO_QUANT_SOFT_SHUTDOWN_TIMEOUT — seconds a stopping worker waits for its running job
     #: before cancelling (and requeueing) it; Celery's ``worker_soft_shutdown_timeout``.
     soft_shutdown_timeout: float = DEFAULT_SOFT_SHUTDOWN_TIMEOUT
+    #: Where ``data_dir`` came from (for ``mono-quant where``).
+    data_dir_source: str = "MONO_QUANT_DATA_DIR"
+    #: The mono-quant.toml that filled in settings, if one was found.
+    config_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from ``environ`` (default: ``os.environ``)."""
-        env = _Env(os.environ if environ is None else environ)
+        """Read the settings from ``environ`` (default: ``os.environ``), filled in from the
+        nearest mono-quant.toml and the per-user data folder (:mod:`mono_quant.home`)."""
+        from mono_quant.home import find_home
+
+        home = find_home(os.environ if environ is None else environ)
+        env = _Env(home.environ)
         compile_mode = (env.text("COMPILE", DEFAULT_COMPILE) or DEFAULT_COMPILE).lower()
         if compile_mode not in ("auto", "always", "never"):
             raise BadConfigError(
                 f"{_PREFIX}COMPILE={compile_mode!r}: expected one of 'auto', 'always', 'never'"
             )
-        data_dir = Path(env.text("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR).resolve()
+        data_dir = Path(env.text("DATA_DIR") or ".").resolve()  # find_home always sets it
         soft = env.integer("SOFT_TIME_LIMIT", DEFAULT_SOFT_TIME_LIMIT)
         hard = env.integer("TIME_LIMIT", max(DEFAULT_TIME_LIMIT, soft + 60))
         visibility = env.integer("VISIBILITY_TIMEOUT", hard + 600)
@@ -210,6 +217,8 @@ class Settings:
             retry_backoff=env.seconds("RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF),
             retry_backoff_max=env.seconds("RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX),
             soft_shutdown_timeout=soft_shutdown,
+            data_dir_source=home.source,
+            config_file=home.config_file,
         )
 
 

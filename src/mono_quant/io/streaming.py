@@ -313,7 +313,8 @@ def quantize_checkpoint(
     buffer = torch.empty(max(e.nbytes for h in headers for n, e in h.tensors.items()
                              if n in quantized), dtype=torch.uint8)
     with atomic_file(dst) as out, tqdm(
-        total=size_fp, unit="B", unit_scale=True, desc="streaming", disable=not progress
+        total=size_fp, unit="B", unit_scale=True, desc="streaming",
+        disable=None if progress else True,  # None: a bar only on a terminal
     ) as bar:
         writer = SafetensorsWriter(out, specs, _build_metadata(None), reserve=reserve)
         for h in headers:

@@ -203,7 +203,9 @@ def quantize_model(
     per_layer: dict[str, float] = {}
     with torch.no_grad():
         for done, name in enumerate(
-            tqdm(layers, desc="quantizing", unit="layer", disable=not progress), start=1
+            # disable=None: a bar only on a terminal
+            tqdm(layers, desc="quantizing", unit="layer", disable=None if progress else True),
+            start=1,
         ):
             layer = qmodel.get_submodule(name)
             qw = quantize_weight(layer.weight, config, f"{name}.weight")
