@@ -19,17 +19,17 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_COMMAND_MODULES = (
+_COMMAND_MODULES = (  # in the order `mono-quant --help` lists them
     "mono_quant.scheduler.commands.demo",
-    "mono_quant.scheduler.commands.catalog",
-    "mono_quant.scheduler.commands.db",
     "mono_quant.scheduler.commands.quantize",
     "mono_quant.scheduler.commands.jobs",
+    "mono_quant.scheduler.commands.browse",
+    "mono_quant.scheduler.commands.catalog",
+    "mono_quant.scheduler.commands.export",
+    "mono_quant.scheduler.commands.where",
+    "mono_quant.scheduler.commands.db",
     "mono_quant.scheduler.commands.worker",
     "mono_quant.scheduler.commands.ops",
-    "mono_quant.scheduler.commands.browse",
-    "mono_quant.scheduler.commands.where",
-    "mono_quant.scheduler.commands.export",
 )
 
 _EPILOG = """examples:

@@ -89,7 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cancel)
 
     p = sub.add_parser("reconcile", help="re-enqueue jobs whose messages were lost",
-                       formatter_class=fmt)
+                       formatter_class=fmt,
+                       epilog="examples:\n  mono-quant reconcile\n  mono-quant reconcile "
+                              "--every 60   # a sidecar that keeps repairing\n")
     p.add_argument("--every", type=float, default=None,
                    help="keep running, reconciling every N seconds (default: once)")
     p.set_defaults(handler=_reconcile)
