@@ -313,7 +313,8 @@ def test_submit_job_selects_one_job_of_the_manifest(tmp_path, monkeypatch):
 
 
 def test_broken_pipe_ends_quietly(ux):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MONO_QUANT_DATA_DIR": str(ux.root.parent)}
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}",
+           "MONO_QUANT_DATA_DIR": str(ux.root.parent)}
     proc = subprocess.Popen([sys.executable, "-m", "mono_quant.scheduler.cli", "catalog",
                              "list", "--output-format", "csv"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
