@@ -28,7 +28,7 @@ from mono_quant.catalog.batches import (
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
-from mono_quant.scheduler.manifest import JobSpec, load_manifest
+from mono_quant.scheduler.manifest import ScheduledJob, load_manifest
 from mono_quant.scheduler.resolve import latest_batch, resolve_batch
 
 __all__ = [
@@ -55,14 +55,14 @@ class SubmitResult:
     published: int = 0
 
 
-def _rows(specs: Iterable[JobSpec]) -> list[JobRow]:
+def _rows(jobs: Iterable[ScheduledJob]) -> list[JobRow]:
     return [
         JobRow(
-            name=s.name, model_source=s.model_source, model_source_json=s.model,
-            config=s.payload(), idempotency_key=s.idempotency_key, queue=s.queue,
-            max_attempts=s.max_attempts,
+            name=j.name, model_source=j.model_source,
+            model_source_json=j.spec.model.canonical(), spec=j.spec.to_payload(),
+            idempotency_key=j.idempotency_key, queue=j.queue, max_attempts=j.max_attempts,
         )
-        for s in specs
+        for j in jobs
     ]
 
 
@@ -120,7 +120,8 @@ def submit(
     return result
 
 
-def select_jobs(specs: list[JobSpec], names: Sequence[str], path: Path) -> list[JobSpec]:
+def select_jobs(specs: list[ScheduledJob], names: Sequence[str], path: Path
+                ) -> list[ScheduledJob]:
     """The specs named ``names``; BadInputError naming any the manifest does not have."""
     known = {sp.name for sp in specs}
     missing = [n for n in names if n not in known]

@@ -35,7 +35,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from mono_quant.catalog import Catalog, artifact_path, get_artifact
     from mono_quant.io.export import export_folder
-    from mono_quant.io.info import QuantizationInfo
+    from mono_quant.quant.info import QuantizationInfo
     from mono_quant.scheduler.resolve import resolve_artifact_id
 
     catalog = Catalog()

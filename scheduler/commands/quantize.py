@@ -124,47 +124,35 @@ def _report(source: str, info, path, fmt: str, reload: str) -> None:
     _line("wrote", f"{path} ({fmt})")
 
 
-def run_quantize(args: argparse.Namespace) -> int:
-    from mono_quant import (
-        BadInputError,
-        quantize_checkpoint,
-        quantize_model,
-        save_model,
+def _spec(args: argparse.Namespace):
+    """The flags as the typed JobSpec every caller of the pipeline takes."""
+    from mono_quant.io import detect_format
+    from mono_quant.pipeline import JobSpec, parse_calibration_source, parse_model_source
+
+    return JobSpec(
+        model=parse_model_source(args.source),
+        config=_config(args),
+        format=detect_format(args.output, args.format),
+        calibration=parse_calibration_source(args.calibration) if args.calibration else None,
+        samples=args.samples,
+        stream=args.stream,
     )
-    from mono_quant.io import detect_format, parse_calibration_source, parse_model_source
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from mono_quant.pipeline import run_pipeline
     from mono_quant.scheduler.cliutil import quiet_third_party
 
     quiet_third_party(quiet=args.quiet)
-    config = _config(args)
-    if args.samples is not None and not args.calibration:
-        raise BadInputError("--samples counts calibration samples: give --calibration too")
-    fmt = detect_format(args.output, args.format)
-    source = parse_model_source(args.source)
-    if args.stream:
-        if source.scheme != "hf" or args.calibration:
-            raise BadInputError(
-                "--stream reads an hf: folder's safetensors weights (weight-only, no "
-                "--calibration)"
-            )
-        if fmt != "safetensors":
-            raise BadInputError("--stream writes a .safetensors file")
-        info = quantize_checkpoint(source.target, args.output, config, progress=not args.quiet)
-        _report(args.source, info, args.output, fmt, "not run (--stream builds no model)")
-        return 0
-    print(f"loading {source} ...", file=sys.stderr)
-    model = source.load()
-    batches: list[Any] = []
-    if args.calibration:
-        batches = parse_calibration_source(args.calibration).load(source, args.samples)
-    # a batch the model rejects is a BadInputError from quantize_model, naming the batch
-    qmodel, info = quantize_model(model, config, batches or None, num_samples=args.samples,
-                                  progress=not args.quiet)
-    path = save_model(qmodel, args.output, info, format=fmt)
-    from mono_quant.validate.reload import reload_check
+    spec = _spec(args)
 
-    # the float model is no longer needed: the artifact is rebuilt into it
-    reload = reload_check(path, model, qmodel, batches[0] if batches else None)
-    _report(args.source, info, path, fmt, reload)
+    def announce(stage: str, **_: Any) -> None:
+        if not args.quiet:
+            print(f"{stage} ...", file=sys.stderr)
+
+    result = run_pipeline(spec, args.output, on_stage=announce, progress=not args.quiet)
+    _report(args.source, result.info, result.path, spec.format,
+            result.info.metrics["reload_check"])
     return 0
 
 

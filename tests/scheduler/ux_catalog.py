@@ -39,7 +39,7 @@ class UxCatalog:
 
 
 def _job(batch: Batch, name: str, status: JobStatus, source: str, **kw) -> Job:
-    return Job(batch=batch, name=name, model_source=source, config={}, queue="cpu",
+    return Job(batch=batch, name=name, model_source=source, spec={}, queue="cpu",
                idempotency_key=(name * 64)[:64], status=status, **kw)
 
 

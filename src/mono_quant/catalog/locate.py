@@ -75,7 +75,8 @@ def load_artifact(catalog: Any, artifact_id: int, model: Any = None, *,
             f"artifact {artifact_id}: {path} is missing from storage "
             "(`mono-quant catalog verify` checks every artifact)"
         )
-    from mono_quant.io import load_quantized, parse_model_source
+    from mono_quant.io import load_quantized
+    from mono_quant.pipeline import parse_model_source
 
     if model is None:
         model = parse_model_source(artifact.model_source).load()

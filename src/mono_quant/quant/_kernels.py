@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from mono_quant.config import get_settings
+from mono_quant.quant import options
 
 __all__ = ["TINY", "fused_minmax_quantize", "qparams_from_minmax", "quantize_rows"]
 
@@ -87,10 +87,10 @@ _compile_failed = False
 
 
 def _use_compiled(x: torch.Tensor) -> bool:
-    settings = get_settings()
-    if _compile_failed or settings.compile == "never" or x.device.type != "cpu":
+    mode = options.compile_mode()
+    if _compile_failed or mode == "never" or x.device.type != "cpu":
         return False
-    return settings.compile == "always" or x.numel() >= settings.compile_min_numel
+    return mode == "always" or x.numel() >= options.compile_min_numel()
 
 
 def _get_compiled(name: str, fn: Callable) -> Callable:

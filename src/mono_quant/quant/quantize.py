@@ -16,9 +16,7 @@ Example:
 from __future__ import annotations
 
 import copy
-import fnmatch
 import itertools
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,7 +25,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
-from mono_quant.io.info import QuantizationInfo, library_versions
 from mono_quant.quant.calibration import (
     OnProgress,
     batch_size,
@@ -36,6 +33,13 @@ from mono_quant.quant.calibration import (
     run_batch,
     run_calibration,
     to_device,
+)
+from mono_quant.quant.info import QuantizationInfo, library_versions
+from mono_quant.quant.metrics import (
+    ErrorAccumulator,
+    check_int8_ranges,
+    first_tensor,
+    state_dict_bytes,
 )
 from mono_quant.quant.modules import SUPPORTED_LAYERS, quantized_like
 from mono_quant.quant.observers import make_observer
@@ -47,35 +51,18 @@ from mono_quant.quant.primitives import (
 )
 from mono_quant.quant.qconfig import QuantConfig
 from mono_quant.quant.specs import qrange
-from mono_quant.validate.metrics import (
-    ErrorAccumulator,
-    check_int8_ranges,
-    first_tensor,
-    state_dict_bytes,
-)
 
 __all__ = ["quantize_model", "quantize_weight", "select_layers"]
-
-
-def _matches(pattern: str, name: str, module: nn.Module) -> bool:
-    if pattern.startswith("re:"):
-        return re.match(pattern[3:], name) is not None
-    return type(module).__name__ == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
 def select_layers(model: nn.Module, config: QuantConfig) -> list[str]:
     """Qualified names of the ``nn.Linear`` / ``nn.Conv2d`` layers ``config`` selects."""
     selected = []
     for name, module in model.named_modules():
-        if not isinstance(module, SUPPORTED_LAYERS):
-            continue
-        if config.include and not any(_matches(p, name, module) for p in config.include):
-            continue
-        if any(_matches(p, name, module) for p in config.exclude):
-            continue
-        if module.weight.numel() < config.min_layer_size:
-            continue
-        selected.append(name)
+        if isinstance(module, SUPPORTED_LAYERS) and config.selects(
+            name, type(module).__name__, module.weight.numel()
+        ):
+            selected.append(name)
     return selected
 
 

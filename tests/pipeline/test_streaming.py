@@ -20,7 +20,7 @@ from mono_quant import (
     read_info,
     save_model,
 )
-from mono_quant.io import checkpoint_files
+from mono_quant.pipeline import checkpoint_files
 
 pytest.importorskip("transformers", reason="the tiny transformer needs the 'hf' extra")
 
@@ -200,7 +200,7 @@ def test_conv1d_list_matches_the_installed_transformers():
     import re
     from pathlib import Path
 
-    from mono_quant.io.streaming import _CONV1D_MODEL_TYPES
+    from mono_quant.pipeline.streaming import _CONV1D_MODEL_TYPES
 
     models = Path(importlib.util.find_spec("transformers").submodule_search_locations[0]) / "models"
     found = set()

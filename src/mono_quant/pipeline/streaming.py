@@ -55,7 +55,7 @@ from mono_quant.io._safetensors_stream import (
     read_tensor,
 )
 from mono_quant.io.formats import _build_metadata, detect_format
-from mono_quant.io.info import QuantizationInfo, library_versions
+from mono_quant.quant.info import QuantizationInfo, library_versions
 
 __all__ = ["checkpoint_files", "quantize_checkpoint"]
 
@@ -63,9 +63,6 @@ INDEX_FILE = "model.safetensors.index.json"
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 _ROW_CHUNK = 1 << 18  # elements per chunk of the SQNR sums (float64 temporaries: 2 MiB)
 
-
-#: Stands in for the module when matching class-name patterns: every candidate is a "Linear".
-_AsLinear = type("Linear", (), {})
 
 #: Hugging Face model types built from ``transformers.pytorch_utils.Conv1D`` (weight
 #: ``[in, out]``), and their architecture class-name prefixes: every model in transformers
@@ -157,16 +154,9 @@ def _linear_layers(headers: list[SafetensorsHeader]) -> list[str]:
 
 
 def _select(layers: list[str], headers: list[SafetensorsHeader], config) -> list[str]:
-    from mono_quant.quant.quantize import _matches  # the patterns quantize_model uses
-
     numel = {n: math.prod(e.shape) for h in headers for n, e in h.tensors.items()}
-    module = _AsLinear()
-    return [
-        layer for layer in layers
-        if (not config.include or any(_matches(p, layer, module) for p in config.include))
-        and not any(_matches(p, layer, module) for p in config.exclude)
-        and numel[f"{layer}.weight"] >= config.min_layer_size
-    ]
+    # the rules quantize_model applies; every 2-D weight here is an nn.Linear's
+    return [layer for layer in layers if config.selects(layer, "Linear", numel[f"{layer}.weight"])]
 
 
 def _plan(headers, selected, config) -> dict[str, TensorSpec]:
@@ -213,8 +203,8 @@ def _row_parts(w: torch.Tensor, qw) -> Iterator[tuple[torch.Tensor, Any]]:
 def _sqnr_sums(w: torch.Tensor, qw):
     """An ErrorAccumulator holding only the SQNR sums (float64, chunked, via dot products:
     a third of the temporaries of ``ErrorAccumulator.add``, which also sums for cosine)."""
+    from mono_quant.quant.metrics import ErrorAccumulator
     from mono_quant.quant.primitives import dequantize
-    from mono_quant.validate.metrics import ErrorAccumulator
 
     acc = ErrorAccumulator()
     for ref, part in _row_parts(w, qw):
@@ -227,9 +217,9 @@ def _sqnr_sums(w: torch.Tensor, qw):
 
 def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer, buffer):
     """Quantize and write one weight; its buffers are freed when this returns."""
+    from mono_quant.quant.metrics import check_int8_ranges
     from mono_quant.quant.quantize import quantize_weight
     from mono_quant.quant.specs import qrange
-    from mono_quant.validate.metrics import check_int8_ranges
 
     w = read_tensor(f, h, name, out=buffer)
     qw = quantize_weight(w, config, name)  # the kernel quantize_model uses: identical output
@@ -277,8 +267,8 @@ def quantize_checkpoint(
             that cannot be quantized (non-finite values, group size).
         StorageError: ``dst`` could not be written (nothing is left there).
     """
+    from mono_quant.quant.metrics import ErrorAccumulator
     from mono_quant.quant.qconfig import QuantConfig
-    from mono_quant.validate.metrics import ErrorAccumulator
 
     config = config or QuantConfig()
     if config.mode != "weight_only":

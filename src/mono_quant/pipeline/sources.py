@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
-from mono_quant.io._grammar import (
+from mono_quant.pipeline._grammar import (
     TARGET,
     Source,
     call_factory,
