@@ -29,6 +29,20 @@ def _node() -> str:
     return f"local-{os.getpid()}@{socket.gethostname()}"
 
 
+def _init_child(events: str | None) -> None:
+    """Job events (JSON lines, logger ``mono_quant.job``) go to their own file, or nowhere:
+    never onto the terminal between progress output (the summary names what failed)."""
+    import logging
+
+    log = logging.getLogger("mono_quant.job")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    handler: logging.Handler = (logging.FileHandler(events, encoding="utf-8") if events
+                                else logging.NullHandler())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+
+
 def _run_one(job_id: int) -> tuple[int, str, float | None]:
     from mono_quant.worker.job import OutcomeStatus, run_job
 
@@ -55,10 +69,11 @@ def _requeue_crashed(catalog: Catalog, job_ids: list[int]) -> None:
 
 
 def _drain(catalog: Catalog, pending: list[int], waiting: dict[int, float], workers: int,
-           bar) -> tuple[list[int], dict[int, float]]:
+           bar, events: str | None = None) -> tuple[list[int], dict[int, float]]:
     """Run jobs until all are done or the pool breaks; returns what is left to run."""
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx,
+                             initializer=_init_child, initargs=(events,)) as pool:
         running: dict[Future, int] = {pool.submit(_run_one, j): j for j in pending}
         while running or waiting:
             now = time.monotonic()
@@ -87,11 +102,12 @@ def _drain(catalog: Catalog, pending: list[int], waiting: dict[int, float], work
 
 def run_local(
     manifest: str | Path, *, workers: int = 1, force: bool = False, progress: bool = True,
-    only: list[str] | None = None,
+    only: list[str] | None = None, events: str | Path | None = None,
 ) -> tuple[SubmitResult, BatchStatus]:
     """Submit ``manifest`` to the local catalog and run its jobs here; returns the result.
 
-    ``only``: just the jobs with these names (see :func:`submit`).
+    ``only``: just the jobs with these names (see :func:`submit`). ``events``: a file the
+    jobs' JSON event lines are appended to (default: not written anywhere).
     """
     settings = get_settings()
     catalog = Catalog(settings.catalog_url)
@@ -101,6 +117,7 @@ def run_local(
     waiting: dict[int, float] = {}  # job id -> monotonic time to submit it
     pending = list(result.job_ids)
     while pending or waiting:  # one pass per process pool (a crash breaks the pool)
-        pending, waiting = _drain(catalog, pending, waiting, workers, bar)
+        pending, waiting = _drain(catalog, pending, waiting, workers, bar,
+                                  None if events is None else str(Path(events).resolve()))
     bar.close()
     return result, batch_status(catalog, result.batch_id)

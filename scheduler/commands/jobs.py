@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=_RUN_EPILOG, formatter_class=fmt)
     _job_selection(p)
     p.add_argument("--workers", type=int, default=1, help="local job processes")
+    p.add_argument("--events", metavar="FILE",
+                   help="append the jobs' JSON event lines to FILE (default: not shown)")
     p.set_defaults(handler=_run)
 
     p = sub.add_parser("status", help="job counts, failures and artifacts of a batch",
@@ -199,7 +201,8 @@ def _run(args) -> int:
 
     quiet_third_party(quiet=args.quiet)
     result, status = run_local(args.manifest, workers=args.workers, force=args.force,
-                               progress=not args.quiet, only=args.job or None)
+                               progress=not args.quiet, only=args.job or None,
+                               events=args.events)
     _print_skipped(result, sys.stdout)
     _print_status(status, False)
     print_batch_artifacts(result.batch_id)

@@ -322,3 +322,32 @@ def test_broken_pipe_ends_quietly(ux):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+@pytest.mark.slow  # two embedded runs in fresh interpreters with spawned job processes
+def test_run_one_job_forced_events_apart_and_no_bars_without_a_terminal(tmp_path):
+    from tests.worker.harness import base_env
+    from tests.worker.harness import cli as run_cli
+
+    manifest = tmp_path / "two.yaml"
+    manifest.write_text(json.dumps({"name": "two", "jobs": [
+        {"name": "a", "model": "factory:mono_quant.demo_models:mlp?hidden=16"},
+        {"name": "b", "model": "factory:mono_quant.demo_models:mlp?hidden=24"},
+    ]}))
+    env = base_env(MONO_QUANT_DATA_DIR=str(tmp_path / "data"),
+                   PYTHONPATH=f"{REPO / 'src'}:{REPO}")
+    events = tmp_path / "events.jsonl"
+    out = run_cli("run", str(manifest), "--events", str(events), env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stderr and "{" not in out.stderr  # no bar redraws, no JSON lines
+    kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
+    assert kinds.count("succeeded") == 2 and kinds.count("started") == 2
+
+    out = run_cli("run", str(manifest), "--job", "b", "--force", "--quiet", env=env,
+                  timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "batch 2 (two): 1 job(s): succeeded 1; 1 artifact(s)"
+    assert lines[1].split()[:3] == ["ID", "JOB", "MODEL"]  # the artifact table, as submit
+    assert lines[2].split()[1:3] == ["3", "b"] and len(lines) == 3  # job 3 only
+    assert out.stderr == ""
