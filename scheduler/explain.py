@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -64,8 +64,13 @@ def skipped_jobs(
     session: Session, *, batch_id: int | None = None, job_ids: Sequence[int] | None = None,
     failed_only: bool = False, done: Iterable[int] = (),
     reason: Callable[[JobStatus, ErrorKind | None], str] = retry_reason,
+    ignore: Collection[JobStatus] = (),
 ) -> list[Skipped]:
-    """The selected jobs not in ``done``, grouped by the reason they were left alone."""
+    """The selected jobs not in ``done``, grouped by the reason they were left alone.
+
+    Jobs in an ``ignore`` state are left out (``retry --batch`` need not list the jobs that
+    succeeded; ``retry --job J`` names them, so it explains them).
+    """
     stmt = select(Job.id, Job.status, Job.error_kind).order_by(Job.id)
     if batch_id is not None:
         stmt = stmt.where(Job.batch_id == batch_id)
@@ -73,6 +78,8 @@ def skipped_jobs(
         stmt = stmt.where(Job.id.in_(list(job_ids)))
     if failed_only:
         stmt = stmt.where(Job.status == JobStatus.FAILED)
+    if ignore:
+        stmt = stmt.where(Job.status.not_in(list(ignore)))
     changed = set(done)
     groups: dict[str, list[int]] = {}
     for job_id, status, kind in session.execute(stmt):

@@ -224,6 +224,7 @@ def _status(args) -> int:
 
 
 def _retry(args) -> int:
+    from mono_quant.catalog import JobStatus
     from mono_quant.scheduler.explain import skipped_jobs
     from mono_quant.scheduler.resolve import resolve_batch, resolve_job_ids
     from mono_quant.scheduler.service import batch_status, retry
@@ -236,8 +237,10 @@ def _retry(args) -> int:
                 all_failed=args.all_failed, include_bad_input=args.include_bad_input)
     print(f"re-enqueued {len(ids)} job(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
     with catalog.begin() as session:
+        unnamed = () if job_ids else (JobStatus.SUCCEEDED, JobStatus.PENDING,
+                                      JobStatus.QUEUED, JobStatus.RUNNING)
         for group in skipped_jobs(session, batch_id=batch_id, job_ids=job_ids,
-                                  failed_only=args.all_failed, done=ids):
+                                  failed_only=args.all_failed, done=ids, ignore=unnamed):
             print(group.line("retried"))
     if not (args.wait and ids):
         return 0

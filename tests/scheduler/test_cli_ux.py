@@ -137,18 +137,21 @@ def test_cancel_explains_what_it_left_alone(ux, mq):
 def test_retry_skips_bad_input_and_says_why(ux, mq):
     code, out, err = mq("retry", "--batch", "ux")
     assert code == 0, err
-    lines = out.splitlines()
-    assert lines[0] == "re-enqueued 1 job(s): 4"
-    assert ("not retried 1 job(s) 3: failed with bad_input: retrying cannot help until the "
-            "input changes (--include-bad-input retries anyway)") in lines
-    assert ("not retried 1 job(s) 5: cancelled by a user: retry re-enqueues failed jobs "
-            "only; submit the manifest again to redo them") in lines
+    assert out.splitlines() == [  # the succeeded jobs of the batch are not listed
+        "re-enqueued 1 job(s): 4",
+        "not retried 1 job(s) 3: failed with bad_input: retrying cannot help until the "
+        "input changes (--include-bad-input retries anyway)",
+        "not retried 1 job(s) 5: cancelled by a user: retry re-enqueues failed jobs only; "
+        "submit the manifest again to redo them",
+    ]
     jobs = _jobs(ux.url)
     assert (jobs["flaky"].status, jobs["broken"].status) == (JobStatus.QUEUED, JobStatus.FAILED)
     assert redis.Redis.from_url(BROKER).llen("cpu") == 1  # one message, for job 4
 
-    code, out, _ = mq("retry", "--job", "3", "--include-bad-input")
-    assert (code, out.splitlines()) == (0, ["re-enqueued 1 job(s): 3"])
+    code, out, _ = mq("retry", "--job", "3", "--job", "1", "--include-bad-input")
+    assert (code, out.splitlines()) == (0, [
+        "re-enqueued 1 job(s): 3",
+        "not retried 1 job(s) 1: succeeded: nothing to retry (submit --force redoes a job)"])
     assert _jobs(ux.url)["broken"].status is JobStatus.QUEUED
 
 
