@@ -55,12 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG, formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="version", version=f"mono-quant {_version()}",
+    parser.add_argument("--version", action=_Version, nargs=0,
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _COMMAND_MODULES:
         importlib.import_module(module).register(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``, reading the installed version only when asked (importlib.metadata is
+    slow to import, and ``--help`` should stay fast)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"mono-quant {_version()}")
+        parser.exit()
 
 
 def _version() -> str:
