@@ -245,7 +245,7 @@ def _retry(args) -> int:
     if not (args.wait and ids):
         return 0
     with catalog.begin() as session:
-        batches = sorted(set(session.scalars(select_batch_ids(ids))))
+        batches = sorted(set(session.scalars(_batch_ids_of(ids))))
     code = 0
     for b in batches:
         status = _follow(catalog, b, batch_status(catalog, b).total, args.quiet, args.timeout)
@@ -254,7 +254,7 @@ def _retry(args) -> int:
     return code
 
 
-def select_batch_ids(job_ids: list[int]):
+def _batch_ids_of(job_ids: list[int]):
     from sqlalchemy import select
 
     from mono_quant.catalog import Job
