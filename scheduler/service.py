@@ -8,9 +8,11 @@ truth; Redis only carries job ids.
 from __future__ import annotations
 
 import getpass
+import itertools
 import json
+import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +23,16 @@ from mono_quant.catalog import Artifact, Catalog, Job, JobStatus, job_status_cou
 from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.batches import (
     JobRow,
+    add_jobs,
     create_batch,
     existing_artifacts,
     jobs_in_flight,
 )
 from mono_quant.catalog.models import FINAL_STATUSES
+from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
-from mono_quant.scheduler.manifest import ScheduledJob, load_manifest
+from mono_quant.scheduler.manifest import ScheduledJob, stream_manifest
 from mono_quant.scheduler.resolve import latest_batch, resolve_batch
 
 __all__ = [
@@ -36,6 +40,7 @@ __all__ = [
     "SubmitResult",
     "batch_status",
     "cancel",
+    "message_job_id",
     "reconcile",
     "retry",
     "select_jobs",
@@ -66,6 +71,11 @@ def _rows(jobs: Iterable[ScheduledJob]) -> list[JobRow]:
     ]
 
 
+#: Jobs per chunk of a submit: expanded, checked against the catalog, written, then dropped,
+#: so a 100,000-job manifest never holds all its specs at once.
+SUBMIT_CHUNK = 10_000
+
+
 def submit(
     manifest_path: str | Path,
     catalog: Catalog,
@@ -81,56 +91,76 @@ def submit(
     Jobs whose artifact already exists (same idempotency key) are skipped unless ``force``;
     jobs whose key another job is still working on (pending, queued, running) are skipped
     always: two jobs racing for one artifact would waste a GPU.
+    The manifest's jobs stream through expansion, these checks and the insert in chunks of
+    ``SUBMIT_CHUNK``, all in one transaction: an invalid job anywhere rolls everything back.
     With ``app=None`` nothing is published (the embedded runner runs the jobs itself). When
-    publishing fails the jobs stay ``pending`` and ``reconcile`` publishes them later; the
-    TransientError says so. ``only`` keeps just the jobs of the manifest with these names
-    (``--job NAME``; with ``force`` it redoes one job rather than the whole manifest).
+    publishing fails the unsent jobs stay ``pending`` and ``reconcile`` publishes them
+    later; the TransientError says so. ``only`` keeps just the jobs of the manifest with
+    these names (``--job NAME``; with ``force`` it redoes one job, not the whole manifest).
     """
     s = settings or get_settings()
     path = Path(manifest_path)
-    manifest, specs, digest = load_manifest(path, default_attempts=s.max_attempts)
+    manifest, specs, digest = stream_manifest(path, default_attempts=s.max_attempts)
     if only:
         specs = select_jobs(specs, only, path)
+    result = SubmitResult(0, [], [])
     seen: set[str] = set()
-    unique, duplicates = [], []
-    for spec in specs:
-        key = spec.idempotency_key
-        (duplicates.append(spec.name) if key in seen else unique.append(spec))
-        seen.add(key)
-    keys = [sp.idempotency_key for sp in unique]
     with catalog.begin() as session:
-        existing = {} if force else existing_artifacts(session, keys)
-        live = jobs_in_flight(session, keys)
-        todo = [sp for sp in unique
-                if sp.idempotency_key not in existing and sp.idempotency_key not in live]
-        skipped = [(sp.name, existing[sp.idempotency_key]) for sp in unique
-                   if sp.idempotency_key in existing]
-        in_flight = [(sp.name, live[sp.idempotency_key]) for sp in unique
-                     if sp.idempotency_key in live and sp.idempotency_key not in existing]
-        batch, ids = create_batch(
-            session, _rows(todo), name=manifest.name or path.stem, manifest_digest=digest,
+        batch, _ = create_batch(
+            session, [], name=manifest.name or path.stem, manifest_digest=digest,
             requested_by=requested_by or _user(), labels=dict(manifest.labels),
         )
-        batch_id = batch.id
-    result = SubmitResult(batch_id, ids, [sp.queue for sp in todo], skipped, duplicates,
-                          in_flight)
-    if app is not None and ids:
-        publish(catalog, app, list(zip(ids, result.queues, strict=True)))
-        result.published = len(ids)
+        result.batch_id = batch.id
+        for chunk in _chunked(specs, SUBMIT_CHUNK):
+            todo = _screen(session, chunk, seen, force, result)
+            result.job_ids += add_jobs(session, batch.id, _rows(todo))
+            result.queues += [sp.queue for sp in todo]
+    if app is not None and result.job_ids:
+        result.published = publish(catalog, app, list(zip(result.job_ids, result.queues,
+                                                          strict=True)))
     return result
 
 
-def select_jobs(specs: list[ScheduledJob], names: Sequence[str], path: Path
-                ) -> list[ScheduledJob]:
-    """The specs named ``names``; BadInputError naming any the manifest does not have."""
-    known = {sp.name for sp in specs}
-    missing = [n for n in names if n not in known]
+def select_jobs(specs: Iterable[ScheduledJob], names: Sequence[str], path: Path
+                ) -> Iterator[ScheduledJob]:
+    """The specs named ``names``, streamed; once the manifest is read, BadInputError naming
+    any name it does not have (raised inside submit's transaction: nothing is written)."""
+    wanted, found, some = set(names), set(), []
+    for spec in specs:
+        if len(some) < 20:
+            some.append(spec.name)
+        if spec.name in wanted:
+            found.add(spec.name)
+            yield spec
+    missing = [n for n in names if n not in found]
     if missing:
-        shown = ", ".join(sorted(known)[:20]) + (" ..." if len(known) > 20 else "")
-        raise BadInputError(
-            f"{path}: no job named {', '.join(map(repr, missing))}; its jobs are: {shown}"
-        )
-    return [sp for sp in specs if sp.name in set(names)]
+        raise BadInputError(f"{path}: no job named {', '.join(map(repr, missing))}; its jobs "
+                            f"are: {', '.join(some)}{' ...' if len(some) == 20 else ''}")
+
+
+def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _screen(session: Any, chunk: list[ScheduledJob], seen: set[str], force: bool,
+            result: SubmitResult) -> list[ScheduledJob]:
+    """The specs of ``chunk`` to write; records duplicates and skipped ones in ``result``."""
+    unique = []
+    for spec in chunk:
+        key = spec.idempotency_key
+        (result.duplicates.append(spec.name) if key in seen else unique.append(spec))
+        seen.add(key)
+    keys = [sp.idempotency_key for sp in unique]
+    existing = {} if force else existing_artifacts(session, keys)
+    live = jobs_in_flight(session, keys)
+    result.skipped += [(sp.name, existing[sp.idempotency_key]) for sp in unique
+                       if sp.idempotency_key in existing]
+    result.in_flight += [(sp.name, live[sp.idempotency_key]) for sp in unique
+                         if sp.idempotency_key in live and sp.idempotency_key not in existing]
+    return [sp for sp in unique
+            if sp.idempotency_key not in existing and sp.idempotency_key not in live]
 
 
 def _user() -> str | None:
@@ -140,19 +170,26 @@ def _user() -> str | None:
         return None
 
 
-def publish(catalog: Catalog, app: Any, jobs: list[tuple[int, str]]) -> None:
-    """Publish job messages, then mark the jobs queued."""
+def publish(catalog: Catalog, app: Any, jobs: list[tuple[int, str]]) -> int:
+    """Publish job messages; each chunk's jobs are marked ``queued`` once the broker has them.
+
+    Returns how many were published. On a broker failure the jobs not yet sent stay
+    ``pending`` (and ``reconcile`` publishes them); those already sent are ``queued``, so
+    nothing is lost and nothing is sent twice.
+    """
     from mono_quant.scheduler.publish import publish_jobs
 
+    def queued(ids: list[int]) -> None:
+        with catalog.begin() as session:
+            job_state.mark_queued(session, ids)
+
     try:
-        publish_jobs(app, jobs)
+        return publish_jobs(app, jobs, on_sent=queued)
     except TransientError as e:
         raise TransientError(
-            f"{e}; the {len(jobs)} job(s) stay pending in the catalog and `mono-quant "
+            f"{e}; the job(s) not sent stay pending in the catalog and `mono-quant "
             "reconcile` will publish them once the broker is back"
         ) from e
-    with catalog.begin() as session:
-        job_state.mark_queued(session, [job_id for job_id, _ in jobs])
 
 
 @dataclass
@@ -185,9 +222,28 @@ def latest_batch_id(catalog: Catalog) -> int:
         return latest_batch(session).id
 
 
-def batch_status(catalog: Catalog, batch_id: int | str | None = None) -> BatchStatus:
-    """Counts, failures and running jobs of a batch given by id or name (default: the newest
-    batch with jobs); BadInputError if it does not exist."""
+#: Failed and running jobs listed in full by ``status`` (the first ones by id; the counts
+#: cover all of them, ``list_jobs`` pages through the rest).
+SHOWN = 100
+
+
+def _heartbeat(job: Job, stale_after: float) -> dict[str, Any]:
+    """A running job's heartbeat time, its age in seconds, and whether it is stale (older
+    than MONO_QUANT_STALE_AFTER: its worker is presumed dead and the job is re-run)."""
+    if job.heartbeat_at is None:
+        return {"heartbeat_at": None, "heartbeat_age_s": None, "stale": True}
+    age = max(0.0, (utcnow() - job.heartbeat_at).total_seconds())
+    return {"heartbeat_at": job.heartbeat_at.isoformat(), "heartbeat_age_s": round(age, 1),
+            "stale": age > stale_after}
+
+
+def batch_status(catalog: Catalog, batch_id: int | str | None = None, *,
+                 settings: Settings | None = None) -> BatchStatus:
+    """Counts per status and the first failed and running jobs (with their heartbeat age):
+    indexed queries only (``ix_jobs_batch_id_status_id``), so a 100,000-job batch answers in
+    milliseconds. ``batch_id``: an id or a name (default: the newest batch with jobs);
+    BadInputError if it does not exist."""
+    stale_after = (settings or get_settings()).stale_after
     with catalog.begin() as session:
         batch = latest_batch(session) if batch_id is None else resolve_batch(session, batch_id)
         batch_id = batch.id
@@ -197,7 +253,7 @@ def batch_status(catalog: Catalog, batch_id: int | str | None = None) -> BatchSt
              "error": j.last_error, "attempts": j.attempts}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.FAILED)
-                .order_by(Job.id)
+                .order_by(Job.id).limit(SHOWN)
             )
         ]
         artifacts = session.scalar(
@@ -205,11 +261,10 @@ def batch_status(catalog: Catalog, batch_id: int | str | None = None) -> BatchSt
         ) or 0
         running = [
             {"job": j.id, "name": j.name, "worker": j.worker, "device": j.device,
-             "attempt": j.attempts, "progress": j.progress,
-             "heartbeat_at": j.heartbeat_at.isoformat() if j.heartbeat_at else None}
+             "attempt": j.attempts, "progress": j.progress, **_heartbeat(j, stale_after)}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)
-                .order_by(Job.id)
+                .order_by(Job.id).limit(SHOWN)
             )
         ]
         return BatchStatus(batch_id, batch.name, counts, failures, artifacts,
@@ -260,8 +315,35 @@ def cancel(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
     return ids
 
 
+#: Messages per ``LRANGE`` page of the reconcile scan (bounds the reply held in memory).
+SCAN_PAGE = 10_000
+#: A job id in a task message: the ``argsrepr`` header ``"(123,)"`` (what send_task writes).
+_ARGSREPR = re.compile(rb'"argsrepr": "\((\d+),\)"')
+
+
+def message_job_id(raw: bytes) -> int | None:
+    """The job id a raw Redis message carries (a queued one, or an unacknowledged entry
+    ``[message, exchange, routing key]``); None when it is not one of ours."""
+    m = _ARGSREPR.search(raw)
+    if m is not None:
+        return int(m.group(1))
+    try:  # another layout: decode it properly
+        message = json.loads(raw)
+        if isinstance(message, list):  # unacked entries are [message, exchange, key]
+            message = message[0]
+        args = message["headers"].get("argsrepr") or "()"
+        return int(args.strip("(),").split(",")[0])
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+
+
 def broker_job_ids(app: Any, queues: Iterable[str]) -> set[int] | None:
     """Job ids with a message on the Redis broker (waiting or delivered but unacknowledged).
+
+    One scan: each queue is read in ``LRANGE`` pages from its head (new messages shift the
+    pages, so an entry may be seen twice but none is missed), then the ``unacked`` hash
+    (read last, so a message delivered during the scan is still seen). Job ids are taken
+    from the ``argsrepr`` header with a regular expression, falling back to JSON decoding.
 
     None when the broker is not Redis (then reconcile relies on ages alone). Unacknowledged
     messages count whatever their age: a worker legitimately holds one it reserved behind a
@@ -276,24 +358,20 @@ def broker_job_ids(app: Any, queues: Iterable[str]) -> set[int] | None:
     client = redis.Redis.from_url(url)
     found: set[int] = set()
 
-    def job_of(raw: bytes) -> None:
-        try:
-            message = json.loads(raw)
-            if isinstance(message, list):  # unacked entries are [message, exchange, key]
-                message = message[0]
-            args = message["headers"].get("argsrepr") or "()"
-            found.add(int(args.strip("(),").split(",")[0]))
-        except (ValueError, KeyError, TypeError, IndexError):
-            pass
+    def add(entries: Iterable[bytes]) -> None:
+        found.update(j for j in map(message_job_id, entries) if j is not None)
 
     try:
-        for queue in set(queues):
-            for raw in client.lrange(queue, 0, -1):
-                job_of(raw)
-        for raw in client.hvals("unacked"):
-            job_of(raw)
+        for queue in sorted(set(queues)):
+            start = 0
+            while page := client.lrange(queue, start, start + SCAN_PAGE - 1):
+                add(page)
+                start += len(page)
+        add(client.hvals("unacked"))
     except redis.RedisError as e:
         raise TransientError(f"cannot inspect the broker {url}: {e}") from e
+    finally:
+        client.close()
     return found
 
 
@@ -301,7 +379,8 @@ def reconcile(catalog: Catalog, app: Any, *, settings: Settings | None = None) -
     """Re-publish jobs whose messages were lost; returns their ids (see jobs.reconcile)."""
     s = settings or get_settings()
     with catalog.begin() as session:
-        queues = list(session.scalars(select(Job.queue).distinct()))
+        queues = list(session.scalars(  # (status, queue) index: no scan of old jobs
+            select(Job.queue).where(Job.status == JobStatus.QUEUED).distinct()))
     on_broker = broker_job_ids(app, queues)
     cutoff = job_state.stale_cutoff(s.stale_after)
     with catalog.begin() as session:

@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mono_quant.catalog import latest
 from mono_quant.catalog.models import Artifact, ArtifactFormat, Job
 from mono_quant.errors import BadInputError, StorageError
 from mono_quant.io.hashing import sha256_path, size_path
@@ -49,13 +50,6 @@ __all__ = [
     "resolve_storage_key",
     "verify_artifacts",
 ]
-
-_SUFFIX_FORMATS = {
-    ".safetensors": ArtifactFormat.SAFETENSORS,
-    ".pt": ArtifactFormat.PT,
-    ".pth": ArtifactFormat.PT,
-}
-
 
 def normalize_storage_key(key: str) -> str:
     """Check a storage key and return it in canonical form (no ``.`` parts, no doubled ``/``)."""
@@ -115,16 +109,12 @@ def _key_from_path(path: str | Path, storage_root: Path) -> str:
 
 def infer_format(path: str | Path) -> ArtifactFormat:
     """The artifact format of a path: a folder is compressed-tensors, else by suffix."""
-    path = Path(path)
-    if path.is_dir():
-        return ArtifactFormat.COMPRESSED_TENSORS
-    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise BadInputError(
-            f"artifact {path}: cannot tell its format from the name; expected a .safetensors "
-            "or .pt file or a compressed-tensors folder, or pass format="
-        )
-    return fmt
+    from mono_quant.io.layout import detect_format
+
+    try:
+        return ArtifactFormat(detect_format(path))
+    except BadInputError as e:
+        raise BadInputError(f"artifact {e}; or pass format=") from e
 
 
 def config_digest(info: QuantizationInfo) -> str:
@@ -257,6 +247,7 @@ def add_artifact(
         artifact.created_at = created_at
     session.add(artifact)
     session.flush()
+    latest.on_insert(session, artifact)
     return artifact
 
 
