@@ -75,3 +75,27 @@ def cancels_itself(catalog_url: str, job_id: int = 1):
         jobs.cancel_jobs(session, job_ids=[job_id])
     catalog.dispose()
     return tiny()
+
+
+def exits(code: int = 3, marker: str = ""):
+    """Calls ``sys.exit(code)`` (SystemExit), on every attempt or only while ``marker`` is
+    missing (then creates it)."""
+    if not marker or not Path(marker).exists():
+        if marker:
+            Path(marker).write_text("exited once")
+        sys.exit(code)
+    return tiny()
+
+
+def interrupts():
+    """Raises KeyboardInterrupt, as a library catching SIGINT badly might."""
+    raise KeyboardInterrupt("raised by the model factory")
+
+
+def hard_exit_first(marker: str):
+    """``os._exit(0)`` on the first attempt (no cleanup, no exception), fine afterwards."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("exited once")
+        os._exit(0)
+    return tiny()

@@ -249,8 +249,8 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         _event(logging.INFO, "stopped", context, reason=str(e))
         return Outcome(OutcomeStatus.STOPPED, error=str(e))
     except BaseException as e:  # the task boundary: record every failure
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
+        if isinstance(e, (KeyboardInterrupt, SystemExit)) and _process_stopping():
+            raise  # not the job's doing: the worker hands the job back (see release)
         _remove_unrecorded(path)
         return _record_failure(catalog, job_id, worker, e, context, claimed.attempt, started, s)
     finally:
@@ -278,6 +278,21 @@ def _record_success(catalog: Catalog, job_id: int, worker: str, s: Settings, sto
             remove(resolve(s.storage_root, replaced))
 
 
+def _process_stopping() -> bool:
+    """Whether a SystemExit / KeyboardInterrupt means this process is being stopped.
+
+    A Celery pool child is stopped by billiard's SIGTERM handler, which sets a flag before it
+    raises SystemExit; both pools ignore SIGINT in their children. Any other SystemExit or
+    KeyboardInterrupt came from the job's own code (a factory calling ``sys.exit``): that is
+    the job failing, and recording it keeps the job from being left ``running`` forever.
+    """
+    try:
+        from billiard.common import terminate_handler_fired
+    except ImportError:  # an older billiard: it cannot tell, so keep Celery's own handling
+        return True
+    return terminate_handler_fired()
+
+
 def _remove_unrecorded(path) -> None:
     """This attempt's file is nobody's artifact once the attempt failed (its path is unique)."""
     if path is not None:
@@ -292,6 +307,9 @@ def _record_failure(catalog: Catalog, job_id: int, worker: str, e: BaseException
     if type(e).__name__ == "SoftTimeLimitExceeded":
         kind, retry = ErrorKind.INTERNAL, False
         message = f"exceeded the time limit of {s.soft_time_limit} s"
+    elif isinstance(e, (SystemExit, KeyboardInterrupt)):
+        message = (f"the job's own code raised {type(e).__name__}"
+                   f"({', '.join(map(repr, e.args))}) (a factory or data source exiting)")
     else:
         message = f"{type(e).__name__}: {e}" if kind == ErrorKind.INTERNAL else str(e)
     if kind == ErrorKind.INTERNAL:

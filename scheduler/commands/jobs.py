@@ -81,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=None,
                    help="with --wait: give up after N seconds (default: no limit)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--run", action="store_true",
+                   help="run the jobs here, as `mono-quant run` does (no broker needed)")
+    p.add_argument("--workers", type=int, default=1, help="local processes for --run")
     p.set_defaults(handler=_retry)
 
     p = sub.add_parser("cancel", help="cancel a batch (or --job J); running jobs are revoked",
@@ -122,8 +125,12 @@ def _print_status(status, as_json: bool) -> None:
           f"{status.artifacts} artifact(s)")
     for r in status.running:
         stage = (r["progress"] or {}).get("stage", "starting")
+        age = r["heartbeat_age_s"]
+        beat = "no heartbeat" if age is None else f"heartbeat {age:.1f} s ago"
         print(f"  running job {r['job']} {r['name']}: {stage} on {r['worker']} ({r['device']}), "
-              f"attempt {r['attempt']}")
+              f"attempt {r['attempt']}, {beat}"
+              + (" - STALE: its worker is presumed dead; a live worker's sweep (or "
+                 "`mono-quant reconcile`) re-runs it" if r["stale"] else ""))
     for f in status.failures:
         print(f"  failed job {f['job']} {f['name']}: [{f['kind']}] {f['error']}")
 
@@ -200,13 +207,48 @@ def _run(args) -> int:
     from mono_quant.scheduler.local import run_local
 
     quiet_third_party(quiet=args.quiet)
-    result, status = run_local(args.manifest, workers=args.workers, force=args.force,
-                               progress=not args.quiet, only=args.job or None,
-                               events=args.events)
-    _print_skipped(result, sys.stdout)
+    run = run_local(args.manifest, workers=args.workers, force=args.force,
+                    progress=not args.quiet, only=args.job or None, events=args.events)
+    result, status = run.submitted, run.status
+    for name, artifact in result.skipped:
+        print(f"skipped {name}: artifact {artifact} exists (use --force to redo)")
+    for name, job in result.in_flight:
+        if job not in run.resumed:
+            print(f"skipped {name}: job {job} is already working on the same model and config")
     _print_status(status, False)
+    failed_earlier = _print_resumed(run.resumed)
+    if run.interrupted is not None:
+        _print_interrupted(run.interrupted, args.manifest)
+        return 130
     print_batch_artifacts(result.batch_id)
-    return _exit_code(status)
+    return max(_exit_code(status), 1 if failed_earlier else 0)
+
+
+def _print_resumed(job_ids) -> bool:
+    """One line per job of an earlier run that this run picked up; True if any failed."""
+    if not job_ids:
+        return False
+    from sqlalchemy import select
+
+    from mono_quant.catalog import Catalog, Job, JobStatus
+
+    with Catalog().begin() as session:
+        jobs = list(session.scalars(select(Job).where(Job.id.in_(job_ids)).order_by(Job.id)))
+        for j in jobs:
+            print(f"resumed job {j.id} {j.name} (batch {j.batch_id}): {j.status.value}"
+                  + (f": [{j.error_kind.value}] {j.last_error}"
+                     if j.status is JobStatus.FAILED and j.error_kind else ""))
+        return any(j.status is JobStatus.FAILED for j in jobs)
+
+
+def _print_interrupted(interrupted, manifest: str) -> None:
+    stopped, waiting = interrupted.stopped, interrupted.not_started
+    print(f"interrupted: Ctrl-C stopped the run; no new job started; "
+          f"{len(stopped)} running job(s) stopped and returned to the queue"
+          + (f" ({', '.join(map(str, stopped))})" if stopped else "")
+          + f", {len(waiting)} job(s) not started"
+          + (f" ({', '.join(map(str, waiting))})" if waiting else "")
+          + f"; `mono-quant run {manifest}` picks them up again")
 
 
 def _status(args) -> int:
@@ -224,28 +266,60 @@ def _status(args) -> int:
 
 
 def _retry(args) -> int:
-    from mono_quant.catalog import JobStatus
-    from mono_quant.scheduler.explain import skipped_jobs
+    """With a broker: re-enqueue. Without one (the embedded mode) or with ``--run``: mark the
+    jobs for re-run, and run them here with ``--run``; never publish to a broker nobody
+    configured (its jobs would look busy to every later ``run``). Either way, the jobs left
+    alone are listed with the reason."""
+    from mono_quant.config import get_settings
     from mono_quant.scheduler.resolve import resolve_batch, resolve_job_ids
-    from mono_quant.scheduler.service import batch_status, retry
+    from mono_quant.scheduler.service import retry
 
+    publish = get_settings().broker_configured and not args.run
     catalog = _catalog()
     with catalog.begin() as session:
         batch_id = None if args.batch is None else resolve_batch(session, args.batch).id
         job_ids = None if args.job is None else resolve_job_ids(session, args.job)
-    ids = retry(catalog, _app(), batch_id=batch_id, job_ids=job_ids,
+    ids = retry(catalog, _app() if publish else None, batch_id=batch_id, job_ids=job_ids,
                 all_failed=args.all_failed, include_bad_input=args.include_bad_input)
-    print(f"re-enqueued {len(ids)} job(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
+    listed = f": {', '.join(map(str, ids))}" if ids else ""
+    print(f"re-enqueued {len(ids)} job(s){listed}" if publish
+          else f"marked {len(ids)} job(s) for re-run{listed}")
+    _print_left_alone(catalog, batch_id, job_ids, args.all_failed, ids)
+    if publish:
+        return _wait_retried(catalog, ids, args) if args.wait else 0
+    if not args.run:
+        print("no broker is configured (MONO_QUANT_BROKER_URL / MONO_QUANT_REDIS_HOST), so "
+              "nothing was enqueued: run them with `mono-quant run MANIFEST` or "
+              "`mono-quant retry --run ...`")
+        return 0
+    return _run_retried(catalog, ids, args)
+
+
+def _print_left_alone(catalog, batch_id, job_ids, all_failed: bool, done: list[int]) -> None:
+    from mono_quant.catalog import JobStatus
+    from mono_quant.scheduler.explain import skipped_jobs
+
+    # jobs named with --job are always explained; of a batch, only those retry could take
+    unnamed = () if job_ids else (JobStatus.SUCCEEDED, JobStatus.PENDING, JobStatus.QUEUED,
+                                  JobStatus.RUNNING)
     with catalog.begin() as session:
-        unnamed = () if job_ids else (JobStatus.SUCCEEDED, JobStatus.PENDING,
-                                      JobStatus.QUEUED, JobStatus.RUNNING)
         for group in skipped_jobs(session, batch_id=batch_id, job_ids=job_ids,
-                                  failed_only=args.all_failed, done=ids, ignore=unnamed):
+                                  failed_only=all_failed, done=done, ignore=unnamed):
             print(group.line("retried"))
-    if not (args.wait and ids):
+
+
+def _wait_retried(catalog, ids: list[int], args) -> int:
+    """``retry --wait``: follow each batch of the retried jobs until it is final."""
+    from sqlalchemy import select
+
+    from mono_quant.catalog import Job
+    from mono_quant.scheduler.service import batch_status
+
+    if not ids:
         return 0
     with catalog.begin() as session:
-        batches = sorted(set(session.scalars(_batch_ids_of(ids))))
+        batches = sorted(set(session.scalars(
+            select(Job.batch_id).where(Job.id.in_(ids)).distinct())))
     code = 0
     for b in batches:
         status = _follow(catalog, b, batch_status(catalog, b).total, args.quiet, args.timeout)
@@ -254,12 +328,25 @@ def _retry(args) -> int:
     return code
 
 
-def _batch_ids_of(job_ids: list[int]):
+def _run_retried(catalog, ids: list[int], args) -> int:
     from sqlalchemy import select
 
-    from mono_quant.catalog import Job
+    from mono_quant.catalog import Job, JobStatus
+    from mono_quant.scheduler.local import run_jobs
 
-    return select(Job.batch_id).where(Job.id.in_(job_ids)).distinct()
+    interrupted = run_jobs(catalog, ids, workers=args.workers, progress=False,
+                           desc="retry") if ids else None
+    if interrupted is not None:
+        print(f"interrupted: {len(interrupted.stopped) + len(interrupted.not_started)} job(s) "
+              "returned to the queue; `mono-quant run MANIFEST` picks them up again")
+        return 130
+    with catalog.begin() as session:
+        jobs = list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
+        for j in jobs:
+            print(f"job {j.id} {j.name}: {j.status.value}"
+                  + (f": [{j.error_kind.value}] {j.last_error}"
+                     if j.status is JobStatus.FAILED and j.error_kind else ""))
+        return 1 if any(j.status is not JobStatus.SUCCEEDED for j in jobs) else 0
 
 
 def _cancel(args) -> int:

@@ -42,14 +42,38 @@ def run(args: argparse.Namespace) -> int:
 
     from mono_quant.worker.app import app
 
+    sweeper = _start_sweeper_when_ready(name)
     try:
         app.worker_main([
             "worker", "--queues", ",".join(queues), "--hostname", name, "--concurrency", "1",
             "--pool", "prefork", "--loglevel", args.loglevel, "--task-events",
         ])
     finally:  # the pool is gone: whatever this node still holds was interrupted
+        if sweeper:
+            sweeper[0].stop()
         _release_claims(name)
     return 0
+
+
+def _start_sweeper_when_ready(name: str) -> list:
+    """Start this worker's reconcile sweeps (``scheduler.sweep``) once Celery is consuming
+    (its pool children are forked by then); returns a list that will hold the thread."""
+    from celery.signals import worker_ready
+
+    from mono_quant.config import get_settings
+    from mono_quant.scheduler.sweep import Sweeper
+
+    settings, started = get_settings(), []
+    if settings.reconcile_interval <= 0:
+        return started
+
+    @worker_ready.connect(weak=False)
+    def _start(**_: object) -> None:
+        sweeper = Sweeper(settings, name)
+        sweeper.start()
+        started.append(sweeper)
+
+    return started
 
 
 def _release_claims(name: str) -> None:

@@ -32,6 +32,7 @@ _PREFIX = "MONO_QUANT_"
 
 
 #: The Celery broker when neither MONO_QUANT_BROKER_URL nor MONO_QUANT_REDIS_HOST is set.
+#: Then no broker is *configured*: the embedded mode, where ``retry`` never publishes.
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 
 #: Seconds a job may run before Celery raises SoftTimeLimitExceeded in it (job fails cleanly).
@@ -47,6 +48,7 @@ DEFAULT_STALE_AFTER = 120.0
 #: First retry delay of a transient failure, doubled per attempt (with jitter), capped below.
 DEFAULT_RETRY_BACKOFF = 5.0
 DEFAULT_RETRY_BACKOFF_MAX = 600.0
+# MONO_QUANT_RECONCILE_INTERVAL has no constant: it defaults to the heartbeat interval.
 #: Seconds a worker asked to stop *cold* (SIGQUIT, or SIGTERM with ``REMAP_SIGTERM=SIGQUIT``)
 #: lets its running job continue before cancelling it; the cancelled job's message goes back
 #: to the broker for another worker. 0: cancel at once (Celery's default). Deployments set it
@@ -84,7 +86,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(("STORAGE_ROOT",), "`$MONO_QUANT_DATA_DIR/artifacts`",
              "root folder of artifacts (a shared volume in a fleet)"),
     Variable(("BROKER_URL",), f"`{DEFAULT_BROKER_URL}`",
-             "Celery broker; wins over the `REDIS_*` parts"),
+             "Celery broker; wins over the `REDIS_*` parts. With neither it nor "
+             "`MONO_QUANT_REDIS_HOST` set no broker is *configured* (the embedded mode): "
+             "`retry` then never publishes"),
     Variable(("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"),
              "unset, `6379`, `0`, unset",
              "broker from parts, used when `MONO_QUANT_BROKER_URL` is unset and `REDIS_HOST` is "
@@ -104,6 +108,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(("STALE_AFTER",), f"`{DEFAULT_STALE_AFTER:g}`",
              "a running job whose heartbeat is older than this is presumed dead (reconcile "
              "re-enqueues it); must exceed twice the heartbeat interval"),
+    Variable(("RECONCILE_INTERVAL",), "the heartbeat interval",
+             "seconds between the reconcile sweeps every worker runs (one at a time under a "
+             "catalog lock); a dead worker's job is re-run within `STALE_AFTER` plus this; `0`: "
+             "workers do not sweep; must be below `STALE_AFTER`"),
     Variable(("RETRY_BACKOFF", "RETRY_BACKOFF_MAX"),
              f"`{DEFAULT_RETRY_BACKOFF:g}`, `{DEFAULT_RETRY_BACKOFF_MAX:g}`",
              "first delay (s) before retrying a transient failure, doubled per attempt with "
@@ -205,6 +213,9 @@ class Settings:
     storage_root: Path
     #: MONO_QUANT_BROKER_URL (or MONO_QUANT_REDIS_HOST/PORT/DB/PASSWORD) — Celery broker.
     broker_url: str
+    #: Whether either of those is set. False is the embedded mode: ``run`` executes jobs and
+    #: ``retry`` marks them for it instead of publishing to DEFAULT_BROKER_URL.
+    broker_configured: bool = True
     #: MONO_QUANT_SOFT_TIME_LIMIT — seconds before a job is asked to stop (fails cleanly).
     soft_time_limit: int = DEFAULT_SOFT_TIME_LIMIT
     #: MONO_QUANT_TIME_LIMIT — seconds before a job's process is killed.
@@ -224,6 +235,11 @@ class Settings:
     #: MONO_QUANT_SOFT_SHUTDOWN_TIMEOUT — seconds a stopping worker waits for its running job
     #: before cancelling (and requeueing) it; Celery's ``worker_soft_shutdown_timeout``.
     soft_shutdown_timeout: float = DEFAULT_SOFT_SHUTDOWN_TIMEOUT
+    #: MONO_QUANT_RECONCILE_INTERVAL — seconds between the reconcile sweeps each worker runs
+    #: (one at a time fleet-wide, under a catalog lock): a job whose worker died is re-run by
+    #: a live worker within STALE_AFTER plus this. Default: the heartbeat interval; 0: workers
+    #: do not sweep (then run ``mono-quant reconcile`` from cron).
+    reconcile_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     #: Where ``data_dir`` came from (for ``mono-quant where``).
     data_dir_source: str = "MONO_QUANT_DATA_DIR"
     #: The mono-quant.toml that filled in settings, if one was found.
@@ -260,6 +276,13 @@ class Settings:
                 f"{_PREFIX}SOFT_SHUTDOWN_TIMEOUT={soft_shutdown}: expected seconds >= 0 "
                 "(0 cancels a running job at once on a cold shutdown)"
             )
+        sweep = env.seconds("RECONCILE_INTERVAL", heartbeat)
+        if not 0 <= sweep < stale:
+            raise BadConfigError(
+                f"{_PREFIX}RECONCILE_INTERVAL={sweep}: expected seconds >= 0 (0: workers do not "
+                f"sweep) and below {_PREFIX}STALE_AFTER ({stale}), or a dead worker's job waits "
+                "for the next sweep longer than for its heartbeat to go stale"
+            )
         attempts = env.integer("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
         if attempts < 1:
             raise BadConfigError(f"{_PREFIX}MAX_ATTEMPTS={attempts}: expected at least 1")
@@ -268,6 +291,7 @@ class Settings:
             catalog_url=_catalog_url(env, data_dir),
             storage_root=Path(env.text("STORAGE_ROOT") or data_dir / "artifacts").resolve(),
             broker_url=_broker_url(env),
+            broker_configured=bool(env.text("BROKER_URL") or env.text("REDIS_HOST")),
             soft_time_limit=soft,
             time_limit=hard,
             visibility_timeout=visibility,
@@ -277,6 +301,7 @@ class Settings:
             retry_backoff=env.seconds("RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF),
             retry_backoff_max=env.seconds("RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX),
             soft_shutdown_timeout=soft_shutdown,
+            reconcile_interval=sweep,
             data_dir_source=home.source,
             config_file=home.config_file,
         )

@@ -234,7 +234,8 @@ def fail(session: Session, job_id: int, worker: str, kind: ErrorKind, error: str
     return status
 
 
-def release(session: Session, worker: str) -> list[int]:
+def release(session: Session, worker: str,
+            why: str = "interrupted: the worker shut down") -> list[int]:
     """A worker shutting down hands its running jobs back: ``running → queued``.
 
     The interrupted attempt is closed as lost but does not count toward ``max_attempts``: an
@@ -247,8 +248,7 @@ def release(session: Session, worker: str) -> list[int]:
             attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
         ).returning(Job.id)
     ))
-    _close_attempts(session, ids, AttemptOutcome.LOST, ErrorKind.INTERNAL,
-                    "interrupted: the worker shut down")
+    _close_attempts(session, ids, AttemptOutcome.LOST, ErrorKind.INTERNAL, why)
     return ids
 
 
