@@ -7,8 +7,8 @@ timed through the functions the commands call (one transaction per call, a diffe
 parameter on every repeat):
 
 * ``batches`` — ``list_batches(limit=50)``: the newest 50 batches with counts per state
-* ``jobs --batch NAME --state failed`` — ``resolve_batch_ids`` + ``list_jobs``
-* ``jobs --state failed --page 20`` — ``list_jobs(states=["failed"], offset=950)``
+* ``jobs --batch NAME --state failed`` — ``resolve_batch`` + ``job_list.list_jobs``
+* ``jobs --state failed --after J`` — ``job_list.list_jobs(statuses=["failed"], after_id=J)``
 * ``jobs show J`` — ``job_detail``: one job with its attempts
 * ``status NAME`` — ``resolve_batch`` by name (the newest with jobs)
 
@@ -30,8 +30,9 @@ from pathlib import Path
 from sqlalchemy import insert, text
 
 from mono_quant.catalog import Attempt, Batch, Catalog, Job
-from mono_quant.catalog.overview import job_detail, list_batches, list_jobs
-from mono_quant.scheduler.resolve import resolve_batch, resolve_batch_ids
+from mono_quant.catalog.job_list import list_jobs
+from mono_quant.catalog.overview import job_detail, list_batches
+from mono_quant.scheduler.resolve import resolve_batch
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -93,10 +94,10 @@ def main() -> None:
             "(baseline: a transaction running SELECT 1)": lambda s, i: s.execute(text("SELECT 1")),
             "batches (newest 50, counts)": lambda s, i: list_batches(s, limit=50),
             "jobs --batch NAME --state failed": lambda s, i: list_jobs(
-                s, batch_ids=resolve_batch_ids(s, [f"nightly-{i % 97}"]), states=["failed"],
+                s, batch_id=resolve_batch(s, f"nightly-{i % 97}").id, statuses=["failed"],
                 limit=50),
-            "jobs --state failed --page 20": lambda s, i: list_jobs(
-                s, states=["failed"], limit=50, offset=950 + i),
+            "jobs --state failed --after J": lambda s, i: list_jobs(
+                s, statuses=["failed"], limit=50, after_id=(i * 3001) % n),
             "jobs show J": lambda s, i: job_detail(s, 1 + (i * 7919) % n),
             "status NAME (resolve)": lambda s, i: resolve_batch(s, f"nightly-{i % 97}"),
         }

@@ -1,7 +1,8 @@
 """``mono-quant batches``, ``mono-quant jobs`` and ``mono-quant jobs show J``: what ran.
 
-Paged (``--limit``, ``--page``), a table for people or ``--json`` for scripts. An unknown
-batch or job exits 2; a valid query with no rows prints an empty table and exits 0.
+Paged (``batches``: ``--limit``/``--page``; ``jobs``: keyset pages, ``--limit``/``--after``,
+through :func:`mono_quant.catalog.job_list.list_jobs`), a table for people or ``--json`` for
+scripts. An unknown batch or job exits 2; a valid query with no rows exits 0.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("jobs", help="list jobs (filter by batch and state); `jobs show J`",
                        formatter_class=HelpFormatter, epilog=_JOBS_EPILOG)
-    p.add_argument("--batch", action="append", default=[], metavar="BATCH",
-                   help="batch id or name (repeatable); an unknown one exits 2")
+    p.add_argument("--batch", metavar="BATCH",
+                   help="batch id or name (the newest of that name); an unknown one exits 2")
     p.add_argument("--state", action="append", default=[], metavar="STATE",
                    help=f"job state(s), comma-separated or repeated: {', '.join(_STATES)}")
-    _paging(p)
+    p.add_argument("--limit", type=int, default=50, help="rows per page")
+    p.add_argument("--after", type=int, default=None, metavar="JOB",
+                   help="the page after this job id (the hint under a full page gives it)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(handler=run_jobs)
     verbs = p.add_subparsers(dest="jobs_command", metavar="ACTION")
     show = verbs.add_parser("show", help="one job with its attempts",
@@ -97,22 +101,27 @@ def run_batches(args: argparse.Namespace) -> int:
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    from mono_quant.catalog.overview import list_jobs
-    from mono_quant.scheduler.resolve import resolve_batch_ids
+    import sys
 
-    limit, offset = _page(args)
+    from mono_quant.catalog.job_list import list_jobs
+    from mono_quant.catalog.overview import job_row
+    from mono_quant.scheduler.resolve import resolve_batch
+
     states = [s.strip() for item in args.state for s in item.split(",") if s.strip()]
     with _session() as session:
-        batch_ids = resolve_batch_ids(session, args.batch) if args.batch else []
-        rows = list_jobs(session, batch_ids=batch_ids, states=states, limit=limit,
-                         offset=offset)
+        batch_id = None if args.batch is None else resolve_batch(session, args.batch).id
+        page = list_jobs(session, batch_id=batch_id, statuses=states, after_id=args.after,
+                         limit=args.limit)
+        rows = [job_row(j) for j in page.jobs]
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
-    _table(["ID", "BATCH", "NAME", "STATE", "ATTEMPTS", "WORKER", "DURATION", "ERROR"], [
-        [str(j["id"]), str(j["batch_id"]), j["name"], j["state"],
-         f"{j['attempts']}/{j['max_attempts']}", j["worker"] or "-", _secs(j["duration_s"]),
-         _error(j)] for j in rows])
+    else:
+        _table(["ID", "BATCH", "NAME", "STATE", "ATTEMPTS", "WORKER", "DURATION", "ERROR"], [
+            [str(j["id"]), str(j["batch_id"]), j["name"], j["state"],
+             f"{j['attempts']}/{j['max_attempts']}", j["worker"] or "-",
+             _secs(j["duration_s"]), _error(j)] for j in rows])
+    if page.next_after is not None:
+        print(f"(more: --after {page.next_after})", file=sys.stderr)
     return 0
 
 

@@ -99,8 +99,8 @@ def test_unknown_things_exit_2_and_say_so(ux, mq):
         ("catalog", "list", "--batch", "nosuch"): "no batch named 'nosuch'",
         ("catalog", "show", "99"): "no artifact with id 99",
         ("catalog", "path", "99"): "no artifact with id 99",
-        ("jobs", "--batch", "nosuch"): "no batch named 'nosuch'",
-        ("jobs", "--state", "bogus"): "state 'bogus': expected some of pending",
+        ("jobs", "--batch", "nosuch"): "no batch with name 'nosuch'",
+        ("jobs", "--state", "bogus"): "expected one of pending",
         ("jobs", "show", "99"): "no job with id 99",
         ("inspect", "99"): "no artifact with id 99",
         ("export", "99", "out"): "no artifact with id 99",
@@ -256,7 +256,9 @@ def test_batches_jobs_and_job_attempts(ux, mq):
     code, out, _ = mq("jobs", "--batch", "ux", "--state", "failed,cancelled", "--json")
     assert [(j["id"], j["state"]) for j in json.loads(out)] == [
         (3, "failed"), (4, "failed"), (5, "cancelled")]
-    code, out, _ = mq("jobs", "--limit", "2", "--page", "2", "--json")
+    code, out, err = mq("jobs", "--limit", "2", "--json")
+    assert [j["id"] for j in json.loads(out)] == [1, 2] and "(more: --after 2)" in err
+    code, out, _ = mq("jobs", "--limit", "2", "--after", "2", "--json")
     assert [j["id"] for j in json.loads(out)] == [3, 4]
 
     code, out, _ = mq("jobs", "show", "4")

@@ -1,27 +1,26 @@
-"""Batches and jobs at a glance: the queries behind ``mono-quant batches``, ``jobs`` and
-``jobs show`` (plain dicts, JSON-ready, so any front end can print them).
+"""Batches and jobs at a glance: the queries behind ``mono-quant batches`` and ``jobs show``
+and the rows of ``jobs`` (plain dicts, JSON-ready, so any front end can print them); pages of
+jobs come from :func:`mono_quant.catalog.job_list.list_jobs`.
 
 Example:
     with catalog.begin() as session:
         for b in list_batches(session, limit=20):
             print(b["id"], b["name"], b["counts"])
-        page = list_jobs(session, batch_ids=[3], states=["failed"], limit=50, offset=0)
         detail = job_detail(session, 17)       # with its attempts and their durations
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mono_quant.catalog.models import Artifact, Attempt, Batch, Job, JobStatus
+from mono_quant.catalog.models import Artifact, Attempt, Batch, Job
 from mono_quant.errors import BadInputError
 
-__all__ = ["duration_s", "job_detail", "list_batches", "list_jobs"]
+__all__ = ["duration_s", "job_detail", "job_row", "list_batches"]
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -58,7 +57,8 @@ def list_batches(session: Session, *, limit: int | None = 50, offset: int = 0
     ]
 
 
-def _job_row(job: Job) -> dict[str, Any]:
+def job_row(job: Job) -> dict[str, Any]:
+    """A job as a flat dict (its spec and source JSON are not read: list pages defer them)."""
     return {
         "id": job.id, "batch_id": job.batch_id, "name": job.name,
         "model_source": job.model_source, "state": job.status.value, "queue": job.queue,
@@ -70,30 +70,12 @@ def _job_row(job: Job) -> dict[str, Any]:
     }
 
 
-def list_jobs(session: Session, *, batch_ids: Sequence[int] = (), states: Sequence[str] = (),
-              limit: int | None = 50, offset: int = 0) -> list[dict[str, Any]]:
-    """Jobs in id order, filtered by batch and state (``states``: JobStatus values)."""
-    try:
-        wanted = [JobStatus(s) for s in states]
-    except ValueError as e:
-        raise BadInputError(
-            f"state {e.args[0].split()[0]}: expected some of "
-            f"{', '.join(s.value for s in JobStatus)}"
-        ) from e
-    stmt = select(Job).order_by(Job.id)
-    if batch_ids:
-        stmt = stmt.where(Job.batch_id.in_(list(batch_ids)))
-    if wanted:
-        stmt = stmt.where(Job.status.in_(wanted))
-    return [_job_row(j) for j in session.scalars(stmt.offset(offset).limit(limit))]
-
-
 def job_detail(session: Session, job_id: int) -> dict[str, Any]:
     """One job with its attempts (start, end, duration, node, device, outcome, error)."""
     job = session.get(Job, job_id)
     if job is None:
         raise BadInputError(f"no job with id {job_id} in the catalog; `mono-quant jobs` lists them")
-    row = _job_row(job)
+    row = job_row(job)
     row["batch_name"] = job.batch.name
     row["artifact_id"] = job.artifact.id if job.artifact else None
     row["attempt_rows"] = [
