@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from mono_quant.catalog import Catalog
 from mono_quant.config import get_settings
+from mono_quant.scheduler.cliutil import progress_bar
 from mono_quant.scheduler.service import BatchStatus, SubmitResult, batch_status, submit
 
 __all__ = ["Interrupted", "LocalRun", "run_jobs", "run_local"]
@@ -75,10 +74,23 @@ class _Stopped(Exception):
         self.running = running
 
 
-def _ignore_sigint() -> None:
+def _ignore_sigint(events: str | None = None) -> None:
     """Pool children ignore SIGINT: Ctrl-C reaches the terminal's whole process group, and
-    the runner, not each child, decides what happens to the jobs."""
+    the runner, not each child, decides what happens to the jobs.
+
+    Job events (JSON lines, logger ``mono_quant.job``) go to their own file, or nowhere:
+    never onto the terminal between progress output (the summary names what failed).
+    """
+    import logging
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    log = logging.getLogger("mono_quant.job")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    handler: logging.Handler = (logging.FileHandler(events, encoding="utf-8") if events
+                                else logging.NullHandler())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
 
 
 def _run_one(job_id: int) -> tuple[int, str, float | None]:
@@ -156,14 +168,14 @@ def _collect(catalog: Catalog, done, running: dict[Future, int], waiting: dict[i
 
 
 def _drain(catalog: Catalog, pending: list[int], waiting: dict[int, float], workers: int,
-           bar) -> tuple[list[int], dict[int, float]]:
+           bar, events: str | None = None) -> tuple[list[int], dict[int, float]]:
     """Run jobs until all are done or the pool breaks; returns what is left to run.
 
     Raises ``_Stopped`` on Ctrl-C once the pool's processes are gone.
     """
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx,
-                             initializer=_ignore_sigint) as pool:
+                             initializer=_ignore_sigint, initargs=(events,)) as pool:
         running: dict[Future, int] = {}
         try:
             for j in pending:
@@ -192,14 +204,19 @@ def _drain(catalog: Catalog, pending: list[int], waiting: dict[int, float], work
 
 
 def run_jobs(catalog: Catalog, job_ids: list[int], *, workers: int = 1,
-             progress: bool = True, desc: str = "jobs") -> Interrupted | None:
-    """Run existing jobs here until each is final; None, or what Ctrl-C interrupted."""
-    bar = tqdm(total=len(job_ids), desc=desc, unit="job", disable=not progress)
+             progress: bool = True, desc: str = "jobs",
+             events: str | Path | None = None) -> Interrupted | None:
+    """Run existing jobs here until each is final; None, or what Ctrl-C interrupted.
+
+    ``events``: a file the jobs' JSON event lines are appended to (default: not written).
+    """
+    bar = progress_bar(len(job_ids), desc, quiet=not progress)
+    events = None if events is None else str(Path(events).resolve())
     waiting: dict[int, float] = {}  # job id -> monotonic time to submit it
     pending = list(job_ids)
     try:
         while pending or waiting:  # one pass per process pool (a crash breaks the pool)
-            pending, waiting = _drain(catalog, pending, waiting, workers, bar)
+            pending, waiting = _drain(catalog, pending, waiting, workers, bar, events)
     except _Stopped as stop:
         stopped = _hand_back(catalog, stop.running)
         rest = sorted(set(job_ids) - set(stopped) - _final(catalog, job_ids))
@@ -222,18 +239,20 @@ def _final(catalog: Catalog, job_ids: list[int]) -> set[int]:
 
 def run_local(
     manifest: str | Path, *, workers: int = 1, force: bool = False, progress: bool = True,
+    only: list[str] | None = None, events: str | Path | None = None,
 ) -> LocalRun:
     """Submit ``manifest`` to the local catalog and run its jobs here (see the module
-    docstring for the jobs of earlier runs it picks up and for Ctrl-C)."""
+    docstring for the jobs of earlier runs it picks up and for Ctrl-C). ``only``: just the
+    jobs with these names (see :func:`submit`); ``events``: see :func:`run_jobs`."""
     from mono_quant.scheduler.orphans import recover_dead_local_jobs, resumable
 
     settings = get_settings()
     catalog = Catalog(settings.catalog_url)
     catalog.upgrade()  # the embedded catalog creates (or upgrades) itself
     recover_dead_local_jobs(catalog, _NODE_PREFIX, settings.stale_after)
-    result = submit(manifest, catalog, app=None, force=force)
+    result = submit(manifest, catalog, app=None, force=force, only=only)
     resumed = resumable(catalog, [job for _, job in result.in_flight])
     interrupted = run_jobs(catalog, [*result.job_ids, *resumed], workers=workers,
-                           progress=progress, desc=f"batch {result.batch_id}")
+                           progress=progress, desc=f"batch {result.batch_id}", events=events)
     return LocalRun(result, batch_status(catalog, result.batch_id), tuple(resumed),
                     interrupted)

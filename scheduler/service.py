@@ -12,14 +12,14 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
-from mono_quant.catalog import Artifact, Batch, Catalog, Job, JobStatus, job_status_counts
+from mono_quant.catalog import Artifact, Catalog, Job, JobStatus, job_status_counts
 from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.batches import (
     JobRow,
@@ -34,6 +34,7 @@ from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
 from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.scheduler.manifest import ScheduledJob, stream_manifest
+from mono_quant.scheduler.resolve import latest_batch, resolve_batch
 
 __all__ = [
     "BatchStatus",
@@ -43,6 +44,7 @@ __all__ = [
     "message_job_id",
     "reconcile",
     "retry",
+    "select_jobs",
     "submit",
     "wait_for_batch",
 ]
@@ -83,6 +85,7 @@ def submit(
     force: bool = False,
     requested_by: str | None = None,
     settings: Settings | None = None,
+    only: Sequence[str] | None = None,
 ) -> SubmitResult:
     """Validate the manifest, write the batch and its jobs in one transaction, then publish.
 
@@ -93,7 +96,8 @@ def submit(
     ``SUBMIT_CHUNK``, all in one transaction: an invalid job anywhere rolls everything back.
     With ``app=None`` nothing is published (the embedded runner runs the jobs itself). When
     publishing fails the unsent jobs stay ``pending`` and ``reconcile`` publishes them
-    later; the TransientError says so.
+    later; the TransientError says so. ``only`` keeps just the jobs of the manifest with
+    these names (``--job NAME``; with ``force`` it redoes one job, not the whole manifest).
     """
     s = settings or get_settings()
     path = Path(manifest_path)
@@ -101,6 +105,8 @@ def submit(
         path, default_attempts=s.max_attempts, max_jobs=s.max_jobs_per_batch,
         factories=FactoryAllowList(s.allowed_factories),
     )
+    if only:
+        specs = select_jobs(specs, only, path)
     result = SubmitResult(0, [], [])
     seen: set[str] = set()
     with catalog.begin() as session:
@@ -117,6 +123,23 @@ def submit(
         result.published = publish(catalog, app, list(zip(result.job_ids, result.queues,
                                                           strict=True)))
     return result
+
+
+def select_jobs(specs: Iterable[ScheduledJob], names: Sequence[str], path: Path
+                ) -> Iterator[ScheduledJob]:
+    """The specs named ``names``, streamed; once the manifest is read, BadInputError naming
+    any name it does not have (raised inside submit's transaction: nothing is written)."""
+    wanted, found, some = set(names), set(), []
+    for spec in specs:
+        if len(some) < 20:
+            some.append(spec.name)
+        if spec.name in wanted:
+            found.add(spec.name)
+            yield spec
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise BadInputError(f"{path}: no job named {', '.join(map(repr, missing))}; its jobs "
+                            f"are: {', '.join(some)}{' ...' if len(some) == 20 else ''}")
 
 
 def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -210,11 +233,9 @@ def _model_of(payload: Any) -> str:
 
 
 def latest_batch_id(catalog: Catalog) -> int:
+    """The newest batch that has jobs (see :func:`~mono_quant.scheduler.resolve.latest_batch`)."""
     with catalog.begin() as session:
-        batch_id = session.scalar(select(func.max(Batch.id)))
-    if batch_id is None:
-        raise BadInputError("the catalog has no batches yet; submit a manifest first")
-    return batch_id
+        return latest_batch(session).id
 
 
 #: Failed and running jobs listed in full by ``status`` (the first ones by id; the counts
@@ -232,17 +253,16 @@ def _heartbeat(job: Job, stale_after: float) -> dict[str, Any]:
             "stale": age > stale_after}
 
 
-def batch_status(catalog: Catalog, batch_id: int | None = None, *,
+def batch_status(catalog: Catalog, batch_id: int | str | None = None, *,
                  settings: Settings | None = None) -> BatchStatus:
     """Counts per status and the first failed and running jobs (with their heartbeat age):
     indexed queries only (``ix_jobs_batch_id_status_id``), so a 100,000-job batch answers in
-    milliseconds."""
+    milliseconds. ``batch_id``: an id or a name (default: the newest batch with jobs);
+    BadInputError if it does not exist."""
     stale_after = (settings or get_settings()).stale_after
-    batch_id = latest_batch_id(catalog) if batch_id is None else batch_id
     with catalog.begin() as session:
-        batch = session.get(Batch, batch_id)
-        if batch is None:
-            raise BadInputError(f"batch {batch_id} does not exist")
+        batch = latest_batch(session) if batch_id is None else resolve_batch(session, batch_id)
+        batch_id = batch.id
         counts = {s.value: n for s, n in job_status_counts(session, batch_id).items() if n}
         failures = [
             {"job": j.id, "name": j.name, "kind": j.error_kind.value if j.error_kind else None,
@@ -284,11 +304,19 @@ def wait_for_batch(
 
 
 def retry(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
-          job_ids: list[int] | None = None, all_failed: bool = False) -> list[int]:
-    """Re-enqueue failed jobs (a fresh attempt budget); returns their ids."""
+          job_ids: list[int] | None = None, all_failed: bool = False,
+          include_bad_input: bool = False) -> list[int]:
+    """Re-enqueue failed jobs (a fresh attempt budget); returns their ids.
+
+    Jobs that failed with bad input or a bad config stay failed unless ``include_bad_input``:
+    the same input fails the same way.
+    """
+    from mono_quant.scheduler.explain import PERMANENT_KINDS
+
     with catalog.begin() as session:
         todo = job_state.retry_jobs(session, batch_id=batch_id, job_ids=job_ids,
-                                    all_failed=all_failed)
+                                    all_failed=all_failed,
+                                    skip_kinds=() if include_bad_input else PERMANENT_KINDS)
     if app is not None and todo:
         publish(catalog, app, todo)
     return [job_id for job_id, _ in todo]

@@ -6,19 +6,34 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="run a worker: one per GPU, or a CPU worker")
+    from mono_quant.scheduler.cliutil import HelpFormatter
+
+    p = sub.add_parser("worker", help="run a worker: one per GPU, or a CPU worker",
+                       formatter_class=HelpFormatter,
+                       epilog="examples:\n  mono-quant worker --gpu 0\n"
+                              "  mono-quant worker --queues cpu --name cpu1@%h\n")
     p.add_argument("--gpu", type=int, default=None,
                    help="GPU index to pin (sets CUDA_VISIBLE_DEVICES before CUDA can start)")
     p.add_argument("--queues", default=None,
                    help="comma-separated queues (default: gpu,gpu.<model> with --gpu, else cpu)")
     p.add_argument("--name", default=None, help="node name (default gpuN@host / cpu-PID@host)")
-    p.add_argument("--loglevel", default="info")
+    p.add_argument("--loglevel", default="info",
+                   help="Celery log level: debug, info, warning, error")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # Pin first: nothing below may initialise CUDA in this process (it never imports torch).
+    import os
+
     from mono_quant.worker.pinning import node_name, pin_gpu, queues_for
+
+    # A worker's stderr is a log: no third-party bars (Celery would log every redraw as
+    # "WARNING celery.redirected"), transformers' chatter down to errors. The pool children
+    # inherit this environment.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
     if args.gpu is not None:
         pin_gpu(args.gpu)

@@ -30,8 +30,6 @@ __all__ = ["VARIABLES", "Settings", "Variable", "get_settings", "settings_table"
 
 _PREFIX = "MONO_QUANT_"
 
-#: Where the embedded runner keeps its SQLite catalog and artifacts when nothing else is set.
-DEFAULT_DATA_DIR = "./mono-quant-data"
 
 #: The Celery broker when neither MONO_QUANT_BROKER_URL nor MONO_QUANT_REDIS_HOST is set.
 #: Then no broker is *configured*: the embedded mode, where ``retry`` never publishes.
@@ -81,8 +79,9 @@ class Variable:
 
 #: Every variable the service reads: the one home of their names, defaults and meanings.
 VARIABLES: tuple[Variable, ...] = (
-    Variable(("DATA_DIR",), f"`{DEFAULT_DATA_DIR}`",
-             "folder of the embedded catalog and artifacts"),
+    Variable(("DATA_DIR",), "`data_dir` of the nearest `mono-quant.toml`, else the per-user "
+             "data folder (`~/.local/share/mono-quant` on Linux)",
+             "folder of the embedded catalog and artifacts (see the README's *Command line*)"),
     Variable(("CATALOG_URL",), "SQLite at `$MONO_QUANT_DATA_DIR/catalog.db`",
              "SQLAlchemy URL of the catalog (`postgresql+psycopg://…` when deployed); wins over "
              "the `DB_*` parts"),
@@ -218,7 +217,8 @@ def _broker_url(env: _Env) -> str:
 class Settings:
     """Process-wide settings (see the README's settings table)."""
 
-    #: MONO_QUANT_DATA_DIR — folder for the embedded catalog and artifacts.
+    #: MONO_QUANT_DATA_DIR — folder for the embedded catalog and artifacts; default: the
+    #: nearest mono-quant.toml's ``data_dir``, else the per-user data folder (mono_quant.home).
     data_dir: Path
     #: MONO_QUANT_CATALOG_URL (or MONO_QUANT_DB_HOST/PORT/NAME/USER/PASSWORD) — SQLAlchemy URL
     #: of the catalog; default: SQLite at ``<data_dir>/catalog.db``.
@@ -259,12 +259,20 @@ class Settings:
     allowed_factories: tuple[str, ...] = DEFAULT_ALLOWED_FACTORIES
     #: MONO_QUANT_MAX_JOBS_PER_BATCH — jobs one manifest may expand to.
     max_jobs_per_batch: int = DEFAULT_MAX_JOBS_PER_BATCH
+    #: Where ``data_dir`` came from (for ``mono-quant where``).
+    data_dir_source: str = "MONO_QUANT_DATA_DIR"
+    #: The mono-quant.toml that filled in settings, if one was found.
+    config_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from ``environ`` (default: ``os.environ``)."""
-        env = _Env(os.environ if environ is None else environ)
-        data_dir = Path(env.text("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR).resolve()
+        """Read the settings from ``environ`` (default: ``os.environ``), filled in from the
+        nearest mono-quant.toml and the per-user data folder (:mod:`mono_quant.home`)."""
+        from mono_quant.home import find_home
+
+        home = find_home(os.environ if environ is None else environ)
+        env = _Env(home.environ)
+        data_dir = Path(env.text("DATA_DIR") or ".").resolve()  # find_home always sets it
         soft = env.integer("SOFT_TIME_LIMIT", DEFAULT_SOFT_TIME_LIMIT)
         hard = env.integer("TIME_LIMIT", max(DEFAULT_TIME_LIMIT, soft + 60))
         visibility = env.integer("VISIBILITY_TIMEOUT", hard + 600)
@@ -320,6 +328,8 @@ class Settings:
             reconcile_interval=sweep,
             allowed_factories=factories or DEFAULT_ALLOWED_FACTORIES,
             max_jobs_per_batch=max_jobs,
+            data_dir_source=home.source,
+            config_file=home.config_file,
         )
 
 

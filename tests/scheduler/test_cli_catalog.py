@@ -78,7 +78,7 @@ def test_list_json_csv_and_table(seeded):
         assert got == ({"__float__": "inf"} if want == float("inf") else want)
         assert row["job_status"] == by_id[row["id"]]["job_status"]
 
-    out = cli(*args, "--format", "csv", url=url)
+    out = cli(*args, "--output-format", "csv", url=url)
     assert out.returncode == 0, out.stderr
     table = list(csv.DictReader(io.StringIO(out.stdout)))
     assert [int(r["id"]) for r in table] == expected
@@ -88,7 +88,7 @@ def test_list_json_csv_and_table(seeded):
     out = cli(*args[:-2], "--limit", "4", url=url)  # the table, for people
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split()[:3] == ["ID", "MODEL", "SCHEME"]
+    assert lines[0].split()[:4] == ["ID", "JOB", "MODEL", "SCHEME"]
     assert [int(line.split()[0]) for line in lines[1:]] == expected[:4]
     model_col = lines[0].index("MODEL")
     assert all(line[model_col - 2:model_col] == "  " for line in lines)  # aligned columns

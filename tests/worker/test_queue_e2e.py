@@ -280,7 +280,9 @@ def test_retry_after_the_cause_is_fixed_and_cancel_of_queued_jobs(env, workers, 
     (job,) = _jobs(env)
     assert job.status is JobStatus.FAILED and job.error_kind.value == "bad_input"
     weights.write_text("ok")  # the cause is fixed
-    out = cli("retry", "--batch", "1", env=env)
+    out = cli("retry", "--batch", "1", env=env)  # bad input is not retried blindly
+    assert out.returncode == 0 and "re-enqueued 0 job(s)" in out.stdout
+    out = cli("retry", "--batch", "1", "--include-bad-input", env=env)
     assert out.returncode == 0 and "re-enqueued 1 job(s)" in out.stdout
     (job,) = _wait_final(env, 1)
     assert job.status is JobStatus.SUCCEEDED and len(job.attempt_rows) == 2

@@ -143,7 +143,7 @@ def info_columns(info: QuantizationInfo) -> dict[str, Any]:
         "group_size": info.group_size,
         "mode": info.mode,
         "per_channel": bool(info.per_channel),
-        "observer": info.observer,
+        "weight_observer": info.observer,
         "activation_observer": config.activation_observer if static else None,
         "activation_scheme": config.activation_scheme if static else None,
         "calibration_samples": int(info.calibration_samples),

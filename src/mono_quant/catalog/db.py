@@ -241,7 +241,8 @@ class Catalog:
         if current is None:
             raise MonoQuantError(
                 f"catalog database {redact(self.url)} has no catalog schema; "
-                "run `mono-quant db upgrade` first"
+                "run `mono-quant db upgrade` first (`mono-quant where` shows which catalog "
+                "this folder uses, and why)"
             )
         if current != head:
             raise MonoQuantError(

@@ -291,10 +291,13 @@ def cancel_jobs(session: Session, *, batch_id: int | None = None,
 
 def retry_jobs(session: Session, *, batch_id: int | None = None,
                job_ids: Sequence[int] | None = None,
-               all_failed: bool = False) -> list[tuple[int, str]]:
+               all_failed: bool = False,
+               skip_kinds: Sequence[ErrorKind] = ()) -> list[tuple[int, str]]:
     """``failed → pending`` with a fresh attempt budget; returns ``(job id, queue)`` to publish.
 
     ``attempts`` counts attempts since the last retry; the attempts table keeps them all.
+    Jobs that failed with an error kind in ``skip_kinds`` stay failed (retrying bad input
+    cannot help unless the input changed).
     """
     if sum(x is not None and x is not False for x in (batch_id, job_ids, all_failed)) != 1:
         raise BadInputError("retry: give exactly one of a batch, job ids or all failed jobs")
@@ -303,6 +306,8 @@ def retry_jobs(session: Session, *, batch_id: int | None = None,
         cond.append(Job.batch_id == batch_id)
     elif job_ids is not None:
         cond.append(Job.id.in_(list(job_ids)))
+    if skip_kinds:
+        cond.append(or_(Job.error_kind.is_(None), Job.error_kind.not_in(list(skip_kinds))))
     rows = session.execute(
         update(Job).where(*cond).values(status=S.PENDING, attempts=0, finished_at=None)
         .returning(Job.id, Job.queue)

@@ -282,7 +282,8 @@ def quantize_checkpoint(
     work = sum(4 * math.prod(e.shape) for h in headers for n, e in h.tensors.items()
                if n in quantized)  # float32 bytes the kernels will see
     with atomic_file(dst) as out, options.job_work(work), tqdm(
-        total=size_fp, unit="B", unit_scale=True, desc="streaming", disable=not progress
+        total=size_fp, unit="B", unit_scale=True, desc="streaming",
+        disable=None if progress else True,  # None: a bar only on a terminal
     ) as bar:
         writer = SafetensorsWriter(out, specs, _build_metadata(None), reserve=reserve)
         for h in headers:

@@ -144,7 +144,9 @@ def _swap_layers(qmodel: nn.Module, layers: list[str], config: QuantConfig, cali
     work = sum(qmodel.get_submodule(n).weight.numel() * 4 for n in layers)
     with torch.no_grad(), options.job_work(work):
         for done, name in enumerate(
-            tqdm(layers, desc="quantizing", unit="layer", disable=not progress), start=1
+            # disable=None: a bar only on a terminal
+            tqdm(layers, desc="quantizing", unit="layer", disable=None if progress else True),
+            start=1,
         ):
             layer = qmodel.get_submodule(name)
             qw = quantize_weight(layer.weight, config, f"{name}.weight")
