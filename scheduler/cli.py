@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "mono_quant.scheduler.commands.jobs",
     "mono_quant.scheduler.commands.worker",
     "mono_quant.scheduler.commands.ops",
+    "mono_quant.scheduler.commands.serve",
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2

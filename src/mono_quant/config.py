@@ -259,6 +259,8 @@ class Settings:
     allowed_factories: tuple[str, ...] = DEFAULT_ALLOWED_FACTORIES
     #: MONO_QUANT_MAX_JOBS_PER_BATCH — jobs one manifest may expand to.
     max_jobs_per_batch: int = DEFAULT_MAX_JOBS_PER_BATCH
+    #: MONO_QUANT_SERVE_TOKEN — the token ``mono-quant serve`` requires (default: none).
+    serve_token: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -320,6 +322,7 @@ class Settings:
             reconcile_interval=sweep,
             allowed_factories=factories or DEFAULT_ALLOWED_FACTORIES,
             max_jobs_per_batch=max_jobs,
+            serve_token=env.text("SERVE_TOKEN") or None,
         )
 
 
