@@ -22,8 +22,8 @@ __all__ = ["bars", "scatter", "timeline"]
 #: Plot width in pixels of the bar area, the scatter plots and the timeline.
 PLOT_W = 360.0
 ROW_H = 16.0
-SCATTER_H = 220.0
-MARGIN = {"left": 64.0, "right": 16.0, "top": 12.0, "bottom": 40.0}
+SCATTER_W, SCATTER_H = 260.0, 200.0
+MARGIN = {"left": 64.0, "right": 36.0, "top": 12.0, "bottom": 40.0}
 
 
 def _finite(x: Any) -> bool:
@@ -59,7 +59,7 @@ def scatter(points: list[dict[str, Any]], x: str, y: str, marked: dict[int, str]
     x_lo, x_hi, y_lo, y_hi = x_lo - pad_x, x_hi + pad_x, y_lo - pad_y, y_hi + pad_y
 
     def px(v: float) -> float:
-        return round(MARGIN["left"] + (v - x_lo) / (x_hi - x_lo) * PLOT_W, 1)
+        return round(MARGIN["left"] + (v - x_lo) / (x_hi - x_lo) * SCATTER_W, 1)
 
     def py(v: float) -> float:
         return round(MARGIN["top"] + (y_hi - v) / (y_hi - y_lo) * SCATTER_H, 1)
@@ -70,8 +70,8 @@ def scatter(points: list[dict[str, Any]], x: str, y: str, marked: dict[int, str]
         "points": shapes, "x": x, "y": y,
         "x_ticks": [(px(v), v) for v in _ticks(x_lo, x_hi)],
         "y_ticks": [(py(v), v) for v in _ticks(y_lo, y_hi)],
-        "left": MARGIN["left"], "top": MARGIN["top"], "plot_w": PLOT_W, "plot_h": SCATTER_H,
-        "width": MARGIN["left"] + PLOT_W + MARGIN["right"],
+        "left": MARGIN["left"], "top": MARGIN["top"], "plot_w": SCATTER_W,
+        "plot_h": SCATTER_H, "width": MARGIN["left"] + SCATTER_W + MARGIN["right"],
         "height": MARGIN["top"] + SCATTER_H + MARGIN["bottom"],
     }
 

@@ -9,12 +9,12 @@ under 100 ms at 100k artifacts (``benchmarks/web_pages.py``).
 from __future__ import annotations
 
 import math
+import posixpath
 from datetime import datetime
-from pathlib import PurePosixPath
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, load_only, selectinload
 
 from mono_quant.catalog import (
     FINAL_STATUSES,
@@ -25,12 +25,12 @@ from mono_quant.catalog import (
     Job,
     JobStatus,
     artifact_record,
+    artifacts_statement,
     get_artifact,
     job_status_counts,
-    list_artifacts,
-    normalize_storage_key,
 )
 from mono_quant.errors import BadInputError
+from mono_quant.scheduler.web.timing import time_spent
 
 __all__ = [
     "BATCHES_SHOWN",
@@ -103,6 +103,14 @@ def batches_overview(session: Session, limit: int = BATCHES_SHOWN) -> list[dict[
     return out
 
 
+# What the batch page shows of a job (not its config and source JSON).
+_JOB_COLUMNS = (
+    Job.id, Job.name, Job.model_source, Job.status, Job.attempts, Job.max_attempts,
+    Job.error_kind, Job.last_error, Job.worker, Job.device, Job.queue, Job.created_at,
+    Job.queued_at, Job.started_at, Job.finished_at,
+)
+
+
 def _attempt(a: Attempt) -> dict[str, Any]:
     return {
         "number": a.number, "worker": a.worker, "device": a.device,
@@ -125,30 +133,6 @@ def _job(j: Job, artifact_id: int | None) -> dict[str, Any]:
     }
 
 
-def _time_spent(session: Session, batch_id: int) -> dict[str, Any]:
-    """Where a batch's time went: seconds run per attempt outcome, waiting, and wall time."""
-    run: dict[str, float] = {}
-    first = last = None
-    for start, end, outcome in session.execute(
-        select(Attempt.started_at, Attempt.finished_at, Attempt.outcome)
-        .join(Job, Job.id == Attempt.job_id).where(Job.batch_id == batch_id)
-    ):
-        key = outcome.value if outcome else "running"
-        run[key] = round(run.get(key, 0.0) + (_seconds(start, end) or 0.0), 3)
-        first = start if first is None or start < first else first
-        if end is not None and (last is None or end > last):
-            last = end
-    waited = 0.0
-    for since, started in session.execute(
-        select(func.coalesce(Job.queued_at, Job.created_at), func.min(Attempt.started_at))
-        .join(Attempt, Attempt.job_id == Job.id).where(Job.batch_id == batch_id)
-        .group_by(Job.id, Job.queued_at, Job.created_at)
-    ):
-        waited += max(0.0, _seconds(since, started) or 0.0)
-    return {"run_s": run, "waiting_s": round(waited, 3), "first_start": first,
-            "last_finish": last, "wall_s": _seconds(first, last)}
-
-
 def batch_detail(session: Session, batch_id: int, page: int = 1) -> dict[str, Any]:
     """One batch: status counts, time spent, and one page of its jobs with their attempts."""
     batch = session.get(Batch, batch_id)
@@ -157,7 +141,7 @@ def batch_detail(session: Session, batch_id: int, page: int = 1) -> dict[str, An
     jobs = list(session.scalars(
         select(Job).where(Job.batch_id == batch_id).order_by(Job.id)
         .offset((page - 1) * JOBS_PER_PAGE).limit(JOBS_PER_PAGE)
-        .options(selectinload(Job.attempt_rows))
+        .options(selectinload(Job.attempt_rows), load_only(*_JOB_COLUMNS))
     ))
     artifacts = dict(session.execute(
         select(Artifact.job_id, Artifact.id).where(Artifact.job_id.in_([j.id for j in jobs]))
@@ -168,15 +152,18 @@ def batch_detail(session: Session, batch_id: int, page: int = 1) -> dict[str, An
         "id": batch.id, "name": batch.name, "submitted_at": batch.submitted_at,
         "requested_by": batch.requested_by, "labels": batch.labels, "jobs_total": total,
         "counts": counts, "page": page, "pages": max(1, -(-total // JOBS_PER_PAGE)),
-        "time": _time_spent(session, batch_id),
+        "time": time_spent(session, batch_id),
         "jobs": [_job(j, artifacts.get(j.id)) for j in jobs],
     }
 
 
 def _path(storage_root: str, storage_key: str) -> dict[str, str]:
-    """Absolute path and file URI of an artifact: string work only, the disk is not read."""
-    path = PurePosixPath(storage_root) / normalize_storage_key(storage_key)
-    return {"path": str(path), "uri": "file://" + str(path)}
+    """Absolute path and file URI of an artifact: string work only, the disk is not read.
+
+    Storage keys are relative POSIX paths without ``..`` (checked when the row was written).
+    """
+    path = posixpath.join(storage_root, storage_key)
+    return {"path": path, "uri": "file://" + path}
 
 
 def _row(a: Artifact, storage_root: str) -> dict[str, Any]:
@@ -186,8 +173,13 @@ def _row(a: Artifact, storage_root: str) -> dict[str, Any]:
 
 def artifacts_page(session: Session, query: ArtifactQuery,
                    storage_root: str) -> list[dict[str, Any]]:
-    """The artifacts ``query`` selects (the ``catalog list`` query), with job names and paths."""
-    return [_row(a, storage_root) for a in list_artifacts(session, query, load_jobs=True)]
+    """The artifacts ``query`` selects (the ``catalog list`` query), with job names and paths.
+
+    Of each artifact's job only the few columns shown are loaded (not its config JSON).
+    """
+    stmt = artifacts_statement(query).options(
+        selectinload(Artifact.job).load_only(Job.name, Job.batch_id, Job.status))
+    return [_row(a, storage_root) for a in session.scalars(stmt)]
 
 
 def artifact_detail(session: Session, artifact_id: int, storage_root: str) -> dict[str, Any]:
