@@ -53,6 +53,9 @@ def _serve(args: argparse.Namespace) -> int:
     url = args.url or settings.catalog_url
     root = args.storage_root or str(settings.storage_root)
     app = create_app(url, storage_root=root, token=token)
+    from mono_quant.catalog import Catalog
+
+    Catalog(engine=app.state.engine).require_schema()  # a clear message, not a 503 per page
     if args.host not in _LOOPBACK and not token:
         print(f"mono-quant serve: warning: listening on {args.host} without a token; anyone "
               "who can reach it can read the catalog", file=sys.stderr)

@@ -109,3 +109,15 @@ def test_token_from_the_setting(web_batch):
         assert httpx.get(base + "/api/batches").status_code == 401
         headers = {"Authorization": "Bearer from-env"}
         assert httpx.get(base + "/api/batches", headers=headers).status_code == 200
+
+
+def test_a_database_without_the_catalog_schema_is_refused(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE unrelated (x INTEGER)")
+    out = subprocess.run([sys.executable, "-m", "mono_quant.scheduler.cli", "serve", "--url",
+                          f"sqlite:///{db}"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "has no catalog schema; run `mono-quant db upgrade` first" in out.stderr
