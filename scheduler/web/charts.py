@@ -31,14 +31,17 @@ def _finite(x: Any) -> bool:
 
 
 def bars(items: list[tuple[str, float | None]], label_w: float = 180.0) -> dict[str, Any]:
-    """Horizontal bars from 0, one row per item; an infinite value (exact) draws full width."""
+    """Horizontal bars from 0, one row per item; an infinite value (exact) draws full width,
+    and the lowest value is flagged ``worst`` (the layer that loses the most)."""
     finite = [v for _, v in items if _finite(v)]
     top = max(finite, default=1.0) or 1.0
+    worst = min(finite, default=None)
     out = []
     for i, (label, value) in enumerate(items):
         inf = value is not None and not _finite(value) and value > 0
         frac = 1.0 if inf else (max(0.0, value) / top if _finite(value) else 0.0)
         out.append({"label": label, "value": value, "inf": inf, "y": i * ROW_H,
+                    "worst": len(items) > 1 and value == worst,
                     "width": round(frac * PLOT_W, 1),
                     "text": "inf" if inf else ("-" if not _finite(value) else f"{value:.2f}")})
     return {"bars": out, "label_w": label_w, "plot_w": PLOT_W,

@@ -232,4 +232,7 @@ def compare_variants(session: Session, model: str, storage_root: str) -> dict[st
             "best_value_id": best_value and best_value["id"],
             "not_plotted": [r["id"] for r in rows if r[axis] is None or not math.isfinite(r[axis])],
         }
+    for r in rows:
+        r["smallest_on"] = [a for a, v in axes.items() if v["best_size_id"] == r["id"]]
+        r["best_on"] = [a for a, v in axes.items() if v["best_value_id"] == r["id"]]
     return {"model": model, "variants": rows, "axes": axes}

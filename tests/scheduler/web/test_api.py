@@ -127,6 +127,8 @@ def test_compare_marks_the_smallest_and_the_best(get, web_batch):
         smallest = min(plotted, key=lambda r: (r["size_bytes"], r["id"]))["id"]
         best = max(plotted, key=lambda r: (r[axis], -r["id"]))["id"]
         assert (got["best_size_id"], got["best_value_id"]) == (smallest, best)
+        best_on = {v["id"] for v in data["variants"] if axis in v["best_on"]}
+        assert best_on == {best}
     assert get("/api/compare", params={"model": "hf:nosuch/model"}).status_code == 404
     assert get("/api/compare").status_code == 400
 

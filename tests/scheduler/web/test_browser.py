@@ -134,6 +134,8 @@ def test_artifact_page_chart(browser, web, web_batch, shot):
     widths = [float(b.find_element("css selector", "rect").get_attribute("width"))
               for b in bars]
     assert widths.index(max(widths)) == list(layers.values()).index(max(layers.values()))
+    [worst] = _css(browser, "svg.bars g.bar.worst")  # the layer that loses the most
+    assert worst.get_attribute("data-label") == min(layers, key=layers.get)
     assert _css(browser, "#path")[0].text == str(web_batch.storage_root / row["storage_key"])
     shot(browser, "artifact")
 
