@@ -45,6 +45,9 @@ from mono_quant.catalog import Attempt, Catalog, Job, upgrade
 from mono_quant.scheduler.web import create_app
 
 TARGET_MS = 100.0
+#: Not a target: a sort on a column without an index (size) over half the catalog, shown so
+#: the weak spot is measured, not hidden.
+EXTRA = "by size, static (half) *"
 CHUNK = 10_000
 
 
@@ -82,10 +85,11 @@ def pages(rows: int, models: int, rng: random.Random) -> dict:
 
     return {
         "batches": lambda: "/",
-        "batch (200 of 1000 jobs)": lambda: f"/batches/{rng.randrange(1, batches + 1)}",
+        "batch (100 of 1000 jobs)": lambda: f"/batches/{rng.randrange(1, batches + 1)}",
         "artifacts, newest 100": lambda: "/artifacts",
         "artifacts, filtered": filtered,
-        "artifacts, by size asc": lambda: "/artifacts?order_by=size_bytes:asc&mode=static",
+        "artifacts of a batch": lambda: f"/artifacts?batch={rng.randrange(1, batches + 1)}",
+        EXTRA: lambda: "/artifacts?order_by=size_bytes:asc&mode=static",
         "artifact": lambda: f"/artifacts/{rng.randrange(1, rows + 1)}",
         "compare a model": lambda: "/compare?model=" + quote(
             model_name(rng.randrange(models)), safe=""),
@@ -180,6 +184,8 @@ def main() -> None:
             line += f" {med:17.1f} {p95:7.1f} {cpu:6.1f}"
         ok = all(summary[b][key][1] < TARGET_MS for b in backends)
         print(line + f"   {'met' if ok else 'MISSED'}")
+    print(f"* {EXTRA}: ORDER BY size_bytes over the ~50% of artifacts that are static: no "
+          "index serves it, so the database sorts them all (an index on size_bytes would).")
     print("cpu: median CPU time of this process per request (server and client), which the "
           "load of other processes on the machine does not inflate; load average now "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

@@ -48,7 +48,7 @@ __all__ = [
 #: Batches on the batches page (newest first).
 BATCHES_SHOWN = 100
 #: Jobs per page of a batch (the timeline shows the same jobs).
-JOBS_PER_PAGE = 200
+JOBS_PER_PAGE = 100
 #: The quality axes the compare page plots against size (higher is better on each).
 COMPARE_AXES = ("output_cosine", "weight_sqnr_db", "output_sqnr_db")
 
