@@ -120,6 +120,13 @@ def test_artifacts_page_filters(browser, web, web_batch, shot):
     shown = [int(r.get_attribute("data-artifact-id"))
              for r in _css(browser, "#artifacts tr[data-artifact-id]")]
     assert shown == expected and 0 < len(expected) < len(ids)
+    browser.find_element(By.LINK_TEXT, "Size").click()  # sort by a column, filters kept
+    by_size = [r["id"] for r in web_batch.rows(
+        "SELECT id FROM artifacts WHERE scheme = 'asymmetric' AND weight_sqnr_db >= 40 "
+        "ORDER BY size_bytes DESC, id DESC")]
+    shown = [int(r.get_attribute("data-artifact-id"))
+             for r in _css(browser, "#artifacts tr[data-artifact-id]")]
+    assert shown == by_size and "order_by=size_bytes" in browser.current_url
 
 
 def test_artifact_page_chart(browser, web, web_batch, shot):
