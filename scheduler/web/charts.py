@@ -23,6 +23,7 @@ __all__ = ["bars", "scatter", "timeline"]
 PLOT_W = 360.0
 ROW_H = 16.0
 SCATTER_W, SCATTER_H = 260.0, 200.0
+TIMELINE_W = 760.0
 MARGIN = {"left": 64.0, "right": 36.0, "top": 12.0, "bottom": 40.0}
 
 
@@ -90,12 +91,12 @@ def timeline(jobs: list[dict[str, Any]], label_w: float = 220.0) -> dict[str, An
     times += [t for j in jobs for a in j["attempt_list"]
               for t in (a["started_at"], a["finished_at"]) if t is not None]
     if not times:
-        return {"rows": [], "width": label_w + PLOT_W + 20, "height": 0, "span_s": 0.0}
+        return {"rows": [], "width": label_w + TIMELINE_W + 20, "height": 0, "span_s": 0.0}
     t0, t1 = min(times), max(times)
     span = max((t1 - t0).total_seconds(), 1e-3)
 
     def px(t: datetime) -> float:
-        return round((t - t0).total_seconds() / span * PLOT_W, 1)
+        return round((t - t0).total_seconds() / span * TIMELINE_W, 1)
 
     rows = []
     for i, j in enumerate(jobs):
@@ -111,5 +112,5 @@ def timeline(jobs: list[dict[str, Any]], label_w: float = 220.0) -> dict[str, An
             segs.append({"kind": outcome, "x": x0, "w": max(1.0, x1 - x0),
                          "title": f"attempt {a['number']}: {outcome}, {a['duration_s']} s"})
         rows.append({"job_id": j["id"], "label": j["name"], "y": i * ROW_H, "segments": segs})
-    return {"rows": rows, "label_w": label_w, "plot_w": PLOT_W, "span_s": round(span, 3),
-            "width": label_w + PLOT_W + 20, "height": len(rows) * ROW_H + 24}
+    return {"rows": rows, "label_w": label_w, "plot_w": TIMELINE_W, "span_s": round(span, 3),
+            "width": label_w + TIMELINE_W + 20, "height": len(rows) * ROW_H + 24}

@@ -53,26 +53,30 @@ def time_spent(session: Session, batch_id: int) -> dict[str, Any]:
     """Where a batch's time went: seconds the attempts ran per outcome ("running" for those
     not finished: not counted yet), seconds the jobs waited for their first attempt (summed
     over jobs: they wait side by side), and the wall time from the first job created to the
-    last attempt finished."""
+    last attempt finished. Two queries, each one pass over the batch's rows."""
     in_batch = Job.batch_id == batch_id
-    run = {
-        (outcome.value if outcome else "running"): _round(seconds)
-        for outcome, seconds in session.execute(
-            select(Attempt.outcome,
-                   func.sum(seconds_between(Attempt.started_at, Attempt.finished_at)))
-            .join(Job, Job.id == Attempt.job_id).where(in_batch).group_by(Attempt.outcome)
-        )
-    }
-    first = (
-        select(func.coalesce(Job.queued_at, Job.created_at).label("since"),
+    run: dict[str, float] = {}
+    last = None
+    for outcome, seconds, finished in session.execute(
+        select(Attempt.outcome,
+               func.sum(seconds_between(Attempt.started_at, Attempt.finished_at)),
+               func.max(Attempt.finished_at))
+        .join(Job, Job.id == Attempt.job_id).where(in_batch).group_by(Attempt.outcome)
+    ):
+        run[outcome.value if outcome else "running"] = _round(seconds)
+        last = finished if last is None or (finished is not None and finished > last) else last
+    per_job = (
+        select(Job.created_at.label("created"),
+               func.coalesce(Job.queued_at, Job.created_at).label("since"),
                func.min(Attempt.started_at).label("started"))
-        .join(Attempt, Attempt.job_id == Job.id).where(in_batch).group_by(Job.id)
+        .outerjoin(Attempt, Attempt.job_id == Job.id).where(in_batch)
+        .group_by(Job.id, Job.created_at, Job.queued_at)
         .subquery()
     )
-    waited = session.scalar(select(func.sum(seconds_between(first.c.since, first.c.started))))
-    created = select(func.min(Job.created_at)).where(in_batch).scalar_subquery()
-    finished = (select(func.max(Attempt.finished_at)).join(Job, Job.id == Attempt.job_id)
-                .where(in_batch).scalar_subquery())
-    wall = session.scalar(select(seconds_between(created, finished)))
-    return {"run_s": run, "waiting_s": _round(waited), "wall_s": None if wall is None
-            else _round(wall)}
+    waited, first = session.execute(
+        select(func.sum(seconds_between(per_job.c.since, per_job.c.started)),
+               func.min(per_job.c.created))
+    ).one()
+    wall = None if first is None or last is None else (last - first).total_seconds()
+    return {"run_s": run, "waiting_s": _round(waited),
+            "wall_s": None if wall is None else _round(wall)}
