@@ -136,6 +136,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(("MAX_JOBS_PER_BATCH",), f"`{DEFAULT_MAX_JOBS_PER_BATCH}`",
              "jobs one manifest may expand to (jobs × matrix combinations); a bigger manifest "
              "is refused before any job is built"),
+    Variable(("SERVE_TOKEN",), "unset",
+             "the token `mono-quant serve` requires (`--token` wins); unset: no token"),
 )
 _DECLARED = frozenset(n for v in VARIABLES for n in v.names)
 
