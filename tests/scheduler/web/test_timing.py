@@ -34,7 +34,7 @@ def test_time_spent_on_both_backends(catalog_url):
             s.flush()
 
             def job(b, name, created, queued=None):
-                j = Job(batch=b, name=name, model_source="m", config={}, idempotency_key=name,
+                j = Job(batch=b, name=name, model_source="m", spec={}, idempotency_key=name,
                         queue="cpu", status=JobStatus.SUCCEEDED, created_at=_at(created),
                         queued_at=None if queued is None else _at(queued))
                 s.add(j)
