@@ -30,6 +30,7 @@ _COMMAND_MODULES = (  # in the order `mono-quant --help` lists them
     "mono_quant.scheduler.commands.db",
     "mono_quant.scheduler.commands.worker",
     "mono_quant.scheduler.commands.ops",
+    "mono_quant.scheduler.commands.serve",
 )
 
 _EPILOG = """examples:

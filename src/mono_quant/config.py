@@ -135,6 +135,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(("MAX_JOBS_PER_BATCH",), f"`{DEFAULT_MAX_JOBS_PER_BATCH}`",
              "jobs one manifest may expand to (jobs × matrix combinations); a bigger manifest "
              "is refused before any job is built"),
+    Variable(("SERVE_TOKEN",), "unset",
+             "the token `mono-quant serve` requires (`--token` wins); unset: no token"),
 )
 _DECLARED = frozenset(n for v in VARIABLES for n in v.names)
 
@@ -263,6 +265,8 @@ class Settings:
     data_dir_source: str = "MONO_QUANT_DATA_DIR"
     #: The mono-quant.toml that filled in settings, if one was found.
     config_file: Path | None = None
+    #: MONO_QUANT_SERVE_TOKEN — the token ``mono-quant serve`` requires (default: none).
+    serve_token: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -330,6 +334,7 @@ class Settings:
             max_jobs_per_batch=max_jobs,
             data_dir_source=home.source,
             config_file=home.config_file,
+            serve_token=env.text("SERVE_TOKEN") or None,
         )
 
 

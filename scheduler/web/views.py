@@ -1,0 +1,238 @@
+"""What each page shows, as plain data: the JSON API returns it and the templates render it.
+
+Every function takes a (read-only) session and runs a bounded number of indexed queries,
+whatever the size of the catalog: lists are cut (batches: the newest 100; a batch's jobs:
+one page of :data:`JOBS_PER_PAGE`; artifacts: the query's limit), so each page stays well
+under 100 ms at 100k artifacts (``benchmarks/web_pages.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, load_only, selectinload
+
+from mono_quant.catalog import (
+    FINAL_STATUSES,
+    Artifact,
+    ArtifactQuery,
+    Attempt,
+    Batch,
+    Job,
+    JobStatus,
+    artifact_record,
+    artifacts_statement,
+    get_artifact,
+    job_status_counts,
+)
+from mono_quant.errors import BadInputError
+from mono_quant.scheduler.web.timing import time_spent
+
+__all__ = [
+    "BATCHES_SHOWN",
+    "COMPARE_AXES",
+    "JOBS_PER_PAGE",
+    "NotFound",
+    "artifact_detail",
+    "artifacts_page",
+    "batch_detail",
+    "batches_overview",
+    "compare_variants",
+    "json_ready",
+]
+
+#: Batches on the batches page (newest first).
+BATCHES_SHOWN = 100
+#: Jobs per page of a batch (the timeline shows the same jobs).
+JOBS_PER_PAGE = 100
+#: The quality axes the compare page plots against size (higher is better on each).
+COMPARE_AXES = ("output_cosine", "weight_sqnr_db", "output_sqnr_db")
+
+
+class NotFound(BadInputError):
+    """The URL names a batch or an artifact that the catalog does not have (HTTP 404)."""
+
+
+def json_ready(value: Any) -> Any:
+    """Non-finite floats as ``{"__float__": "inf"}`` (as the CLI's ``--json``); dates ISO."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": repr(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "value") and isinstance(value.value, str):  # str enums
+        return value.value
+    return value
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+def batches_overview(session: Session, limit: int = BATCHES_SHOWN) -> list[dict[str, Any]]:
+    """The newest batches with their jobs counted per status and the share that is final."""
+    batches = list(session.scalars(select(Batch).order_by(Batch.id.desc()).limit(limit)))
+    counts = {b.id: {s.value: 0 for s in JobStatus} for b in batches}
+    if batches:
+        rows = session.execute(
+            select(Job.batch_id, Job.status, func.count())
+            .where(Job.batch_id.in_(list(counts)))
+            .group_by(Job.batch_id, Job.status)
+        )
+        for batch_id, status, n in rows:
+            counts[batch_id][JobStatus(status).value] = n
+    out = []
+    for b in batches:
+        total = sum(counts[b.id].values())
+        done = sum(counts[b.id][s.value] for s in FINAL_STATUSES)
+        out.append({
+            "id": b.id, "name": b.name, "submitted_at": b.submitted_at,
+            "requested_by": b.requested_by, "labels": b.labels, "jobs": total,
+            "counts": counts[b.id], "done": done,
+            "progress": round(done / total, 4) if total else 1.0,
+        })
+    return out
+
+
+# What the batch page shows of a job (not its config and source JSON).
+_JOB_COLUMNS = (
+    Job.id, Job.name, Job.model_source, Job.status, Job.attempts, Job.max_attempts,
+    Job.error_kind, Job.last_error, Job.worker, Job.device, Job.queue, Job.created_at,
+    Job.queued_at, Job.started_at, Job.finished_at,
+)
+
+
+def _attempt(a: Attempt) -> dict[str, Any]:
+    return {
+        "number": a.number, "worker": a.worker, "device": a.device,
+        "started_at": a.started_at, "finished_at": a.finished_at,
+        "duration_s": _seconds(a.started_at, a.finished_at),
+        "outcome": a.outcome.value if a.outcome else None,
+        "error_kind": a.error_kind.value if a.error_kind else None, "error": a.error,
+    }
+
+
+def _job(j: Job, artifact_id: int | None) -> dict[str, Any]:
+    return {
+        "id": j.id, "name": j.name, "model_source": j.model_source, "status": j.status.value,
+        "attempts": j.attempts, "max_attempts": j.max_attempts,
+        "error_kind": j.error_kind.value if j.error_kind else None, "last_error": j.last_error,
+        "worker": j.worker, "device": j.device, "queue": j.queue,
+        "created_at": j.created_at, "queued_at": j.queued_at, "started_at": j.started_at,
+        "finished_at": j.finished_at, "duration_s": _seconds(j.started_at, j.finished_at),
+        "artifact_id": artifact_id, "attempt_list": [_attempt(a) for a in j.attempt_rows],
+    }
+
+
+def batch_detail(session: Session, batch_id: int, page: int = 1) -> dict[str, Any]:
+    """One batch: status counts, time spent, and one page of its jobs with their attempts."""
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        raise NotFound(f"no batch with id {batch_id} in the catalog")
+    jobs = list(session.scalars(
+        select(Job).where(Job.batch_id == batch_id).order_by(Job.id)
+        .offset((page - 1) * JOBS_PER_PAGE).limit(JOBS_PER_PAGE)
+        .options(selectinload(Job.attempt_rows), load_only(*_JOB_COLUMNS))
+    ))
+    artifacts = dict(session.execute(
+        select(Artifact.job_id, Artifact.id).where(Artifact.job_id.in_([j.id for j in jobs]))
+    ).all()) if jobs else {}
+    counts = {s.value: n for s, n in job_status_counts(session, batch_id).items()}
+    total = sum(counts.values())
+    return {
+        "id": batch.id, "name": batch.name, "submitted_at": batch.submitted_at,
+        "requested_by": batch.requested_by, "labels": batch.labels, "jobs_total": total,
+        "counts": counts, "page": page, "pages": max(1, -(-total // JOBS_PER_PAGE)),
+        "time": time_spent(session, batch_id),
+        "jobs": [_job(j, artifacts.get(j.id)) for j in jobs],
+    }
+
+
+def _path(storage_root: str, storage_key: str) -> dict[str, str]:
+    """Absolute path and file URI of an artifact: string work only, the disk is not read.
+
+    Storage keys are relative POSIX paths without ``..`` (checked when the row was written).
+    """
+    path = posixpath.join(storage_root, storage_key)
+    return {"path": path, "uri": "file://" + path}
+
+
+def _row(a: Artifact, storage_root: str) -> dict[str, Any]:
+    return {**artifact_record(a), "job_name": a.job.name,
+            **_path(storage_root, a.storage_key)}
+
+
+def artifacts_page(session: Session, query: ArtifactQuery,
+                   storage_root: str) -> list[dict[str, Any]]:
+    """The artifacts ``query`` selects (the ``catalog list`` query), with job names and paths.
+
+    Of each artifact's job only the few columns shown are loaded (not its config JSON).
+    """
+    stmt = artifacts_statement(query).options(
+        selectinload(Artifact.job).load_only(Job.name, Job.batch_id, Job.status))
+    return [_row(a, storage_root) for a in session.scalars(stmt)]
+
+
+def artifact_detail(session: Session, artifact_id: int, storage_root: str) -> dict[str, Any]:
+    """One artifact: its record, config, metrics, per-layer weight SQNR, layers left in float."""
+    try:
+        artifact = get_artifact(session, artifact_id)
+    except BadInputError as e:
+        raise NotFound(str(e)) from e
+    record = {**artifact_record(artifact, with_info=True), "job_name": artifact.job.name,
+              **_path(storage_root, artifact.storage_key)}
+    info = record.pop("info") or {}
+    metrics = dict(info.get("metrics") or {})
+    layers = metrics.pop("layer_weight_sqnr_db", None) or {}
+    total, quantized = record["layers_total"], record["layers_quantized"]
+    record.update({
+        "config": info.get("config") or {}, "metrics": metrics,
+        "selected_layers": info.get("selected_layers") or [],
+        "layer_weight_sqnr_db": [{"layer": k, "sqnr_db": v} for k, v in layers.items()],
+        "layers_float": None if total is None or quantized is None else total - quantized,
+        "library_versions": info.get("library_versions") or {},
+    })
+    return record
+
+
+def _variant(r: dict[str, Any]) -> str:
+    group = f"/{r['group_size']}" if r.get("group_size") else ""
+    return f"{r['scheme']} {r['granularity']}{group} {r['mode']} {r['format']}"
+
+
+def compare_variants(session: Session, model: str, storage_root: str) -> dict[str, Any]:
+    """The newest artifact of each (config, format) of one model, and per quality axis the
+    points (size, value) with the smallest and the best variant marked."""
+    query = ArtifactQuery(models=[model], latest=True, order_by="size_bytes",
+                          descending=False, limit=None)
+    rows = artifacts_page(session, query, storage_root)
+    if not rows:
+        raise NotFound(f"no artifacts of model {model!r} in the catalog")
+    for r in rows:
+        r["variant"] = _variant(r)
+    axes = {}
+    for axis in COMPARE_AXES:
+        points = [{"id": r["id"], "size_bytes": r["size_bytes"], "value": r[axis],
+                   "variant": r["variant"]}
+                  for r in rows if r[axis] is not None and math.isfinite(r[axis])]
+        best_size = min(points, key=lambda p: (p["size_bytes"], p["id"]), default=None)
+        best_value = max(points, key=lambda p: (p["value"], -p["id"]), default=None)
+        axes[axis] = {
+            "points": points,
+            "best_size_id": best_size and best_size["id"],
+            "best_value_id": best_value and best_value["id"],
+            "not_plotted": [r["id"] for r in rows if r[axis] is None or not math.isfinite(r[axis])],
+        }
+    for r in rows:
+        r["smallest_on"] = [a for a, v in axes.items() if v["best_size_id"] == r["id"]]
+        r["best_on"] = [a for a, v in axes.items() if v["best_value_id"] == r["id"]]
+    return {"model": model, "variants": rows, "axes": axes}
