@@ -170,16 +170,20 @@ class JobSpec:
     calibration: dict[str, Any] | None = None  # canonical calibration source
     samples: int | None = None
     max_attempts: int = 3
+    weights_digest: str | None = None  # hf: sources: pipeline.digest.weights_digest
 
     def payload(self) -> dict[str, Any]:
         """What the job row stores and the worker needs (JSON)."""
-        return {
+        payload = {
             "model": self.model,
             "quant": self.config.to_dict(),
             "format": self.format,
             "calibration": self.calibration,
             "samples": self.samples,
         }
+        if self.weights_digest is not None:  # so changed weights are a new job
+            payload["weights_digest"] = self.weights_digest
+        return payload
 
     @cached_property
     def idempotency_key(self) -> str:
@@ -189,6 +193,20 @@ class JobSpec:
         """
         text = json.dumps(self.payload(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _weights_digest(model: Any) -> str | None:
+    """The weight digest of an ``hf:`` source whose folder is here (a hub id resolves from
+    the local cache; a folder only the workers see cannot be digested at submit)."""
+    if model.scheme != "hf":
+        return None
+    from mono_quant.pipeline.digest import weights_digest
+
+    try:
+        folder = model.folder
+    except MonoQuantError:
+        return None
+    return weights_digest(folder) if Path(folder).is_dir() else None
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -238,6 +256,7 @@ def _expand(
             continue
         try:
             model = parse_model_source(job.model, base_dir=base_dir)
+            digest = _weights_digest(model)
         except MonoQuantError as e:
             errors.append(f"{source}: jobs[{i}].model: {e}")
             continue
@@ -274,6 +293,7 @@ def _expand(
                 calibration=calibration,
                 samples=values.get("samples"),
                 max_attempts=values.get("max_attempts", default_attempts),
+                weights_digest=digest,
             ))
     if errors:
         raise BadInputError("invalid manifest:\n" + "\n".join(errors))

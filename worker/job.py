@@ -242,7 +242,7 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
     from mono_quant import QuantConfig
     from mono_quant.io import save_model
     from mono_quant.io.hashing import sha256_path, size_path
-    from mono_quant.validate.reload import reload_check
+    from mono_quant.pipeline.served import served_check
     from mono_quant.worker.pinning import pick_device
 
     s = settings or get_settings()
@@ -280,8 +280,7 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         beat.stage("writing")
         save_model(qmodel, path, info=info, format=fmt)
         beat.stage("reloading")
-        info.metrics["reload_check"] = reload_check(path, model, qmodel,
-                                                    batches[0] if batches else None)
+        served_check(path, fmt, model, qmodel, info, batches[0] if batches else None)
         del model, qmodel
         sha, size = sha256_path(path), size_path(path)
         beat.stage("recording")

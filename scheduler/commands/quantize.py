@@ -100,6 +100,8 @@ def _report(source: str, info, path, fmt: str, reload: str) -> None:
     _line("size", f"{_mib(m['size_bytes_fp'])} float -> {_mib(m['size_bytes_quant'])} int8 "
                   f"({m['compression_ratio']:.2f}x); artifact {_mib(size_path(path))} on disk")
     _line("reload", reload)
+    for warning in m.get("warnings", []):
+        _line("warning", warning)
     _line("wrote", f"{path} ({fmt})")
 
 
@@ -125,7 +127,7 @@ def run_quantize(args: argparse.Namespace) -> int:
             )
         if fmt != "safetensors":
             raise BadInputError("--stream writes a .safetensors file")
-        info = quantize_checkpoint(source.target, args.output, config, progress=not args.quiet)
+        info = quantize_checkpoint(source.folder, args.output, config, progress=not args.quiet)
         _report(args.source, info, args.output, fmt, "not run (--stream builds no model)")
         return 0
     print(f"loading {source} ...", file=sys.stderr)
@@ -137,10 +139,10 @@ def run_quantize(args: argparse.Namespace) -> int:
     qmodel, info = quantize_model(model, config, batches or None, num_samples=args.samples,
                                   progress=not args.quiet)
     path = save_model(qmodel, args.output, info, format=fmt)
-    from mono_quant.validate.reload import reload_check
+    from mono_quant.pipeline.served import served_check
 
-    # the float model is no longer needed: the artifact is rebuilt into it
-    reload = reload_check(path, model, qmodel, batches[0] if batches else None)
+    # the float model is no longer needed: the artifact may be rebuilt into it
+    reload = served_check(path, fmt, model, qmodel, info, batches[0] if batches else None)
     _report(args.source, info, path, fmt, reload)
     return 0
 

@@ -4,6 +4,7 @@ Grammar (strings; the manifest mapping form is shown on the right)::
 
     MODEL
       hf:PATH                          {hf: PATH}
+      hf:ORG/NAME[@REVISION]           {hf: ORG/NAME@REVISION}   (local HF cache only)
       factory:MODULE:CALLABLE[?ARGS]   {factory: MODULE:CALLABLE, kwargs: {...}, weights: PATH}
     CALIBRATION
       factory:MODULE:CALLABLE[?ARGS]   {factory: MODULE:CALLABLE, kwargs: {...}}
@@ -19,7 +20,8 @@ call (``.pt`` only with ``weights_only=True``).
 
 * ``hf:`` is a local Hugging Face folder (``config.json`` + safetensors weights), loaded with
   transformers (the ``hf`` extra) from local files only; its tokenizer tokenizes ``text:``
-  calibration files.
+  calibration files. A target that is not an existing folder and reads ``org/name[@rev]`` is
+  a hub id, resolved from the local Hugging Face cache (:mod:`mono_quant.io.hub_cache`).
 * ``factory:`` **imports and runs arbitrary code** by design: it is trusted configuration,
   like a Python entry point. Never accept factory sources from untrusted users.
 * ``tensors:`` files hold one tensor ``[N, ...]`` (batches are slices of it, passed
@@ -94,14 +96,25 @@ class ModelSource(Source):
     def _options(self) -> dict[str, Any]:
         return {"weights": self.weights}
 
+    @property
+    def folder(self) -> str:
+        """An ``hf:`` source's folder: the path, or a hub id's cached snapshot."""
+        if os.path.isabs(self.target):
+            return self.target
+        from mono_quant.io.hub_cache import hub_id, resolve_snapshot
+
+        repo, revision = hub_id(self.target) or (self.target, None)
+        return str(resolve_snapshot(repo, revision, self.text))
+
     def check(self) -> None:
         """Cheap checks without building the model: paths exist, the factory imports."""
         if self.scheme == "hf":
-            if not Path(self.target).is_dir():
-                raise BadInputError(f"{self.text}: no such folder {self.target}")
-            if not (Path(self.target) / "config.json").is_file():
+            folder = self.folder
+            if not Path(folder).is_dir():
+                raise BadInputError(f"{self.text}: no such folder {folder}")
+            if not (Path(folder) / "config.json").is_file():
                 raise BadInputError(
-                    f"{self.text}: {self.target} has no config.json (expected a Hugging Face "
+                    f"{self.text}: {folder} has no config.json (expected a Hugging Face "
                     "model folder written by save_pretrained)"
                 )
         else:
@@ -137,7 +150,7 @@ class ModelSource(Source):
             raise BadInputError(f"{self.text}: only hf: model sources have a tokenizer")
         AutoTokenizer = _transformers(self.text).AutoTokenizer
         try:
-            tok = AutoTokenizer.from_pretrained(self.target, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
         except _LOAD_ERRORS as e:
             raise BadInputError(f"{self.text}: cannot load the tokenizer: {e}") from e
         if tok.pad_token is None:
@@ -162,12 +175,13 @@ def _transformers(text: str) -> Any:
 
 def _load_hf(source: ModelSource) -> nn.Module:
     transformers = _transformers(source.text)
+    folder = source.folder
     try:
-        config = transformers.AutoConfig.from_pretrained(source.target, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         arch = (getattr(config, "architectures", None) or [None])[0]
         cls = getattr(transformers, arch, None) if arch else None
         cls = cls or transformers.AutoModel
-        return cls.from_pretrained(source.target, local_files_only=True)
+        return cls.from_pretrained(folder, local_files_only=True)
     except _LOAD_ERRORS as e:
         raise BadInputError(f"{source.text}: transformers could not load the model: {e}") from e
 
@@ -181,7 +195,13 @@ def parse_model_source(
     if scheme == "hf":
         if options:
             raise BadInputError(f"{text}: hf: sources take no arguments ({', '.join(options)})")
-        return ModelSource("hf", resolve_path(target, base_dir, text, "hf:"), text=text)
+        path = resolve_path(target, base_dir, text, "hf:")
+        if not os.path.isdir(path) and isinstance(target, str):
+            from mono_quant.io.hub_cache import hub_id
+
+            if hub_id(target) is not None:  # not a folder: a hub id, resolved when loaded
+                return ModelSource("hf", target, text=text)
+        return ModelSource("hf", path, text=text)
     kwargs = kwargs_of(options, {"weights"}, text, mapping)
     weights = options.get("weights")
     if weights is not None:

@@ -1,0 +1,1 @@
+"""The job pipeline: load, calibrate, quantize, save, served-load check, hash."""
