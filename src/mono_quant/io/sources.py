@@ -184,6 +184,31 @@ def _load_hf(source: ModelSource) -> nn.Module:
         return cls.from_pretrained(folder, local_files_only=True)
     except _LOAD_ERRORS as e:
         raise BadInputError(f"{source.text}: transformers could not load the model: {e}") from e
+    except Exception as e:  # transformers' own error types; the rest is not the input's fault
+        raise _hf_load_error(e, source.text, Path(folder)) from e
+
+
+#: Phrases of transformers' config validators -> the config.json fields they are about.
+_CONFIG_FIELDS = {"hidden size": "hidden_size", "attention heads": "num_attention_heads",
+                  "key value heads": "num_key_value_heads", "head dim": "head_dim"}
+
+
+def _hf_load_error(e: Exception, text: str, folder: Path) -> Exception:
+    """A clear error for what transformers raises on a bad folder, or ``e`` itself."""
+    import pickle
+
+    if isinstance(e, pickle.UnpicklingError):
+        files = sorted(p.name for p in folder.glob("*.bin")) or ["the weights"]
+        return BadInputError(
+            f"{text}: {folder / files[0]}: refused: the pickle needs code outside torch's "
+            "weights_only allow-list (it was not run); convert the weights to safetensors"
+        )
+    if any(c.__name__ == "StrictDataclassError" for c in type(e).__mro__):
+        detail = " ".join(str(e).split())
+        fields = [f for phrase, f in _CONFIG_FIELDS.items() if phrase in detail.lower()]
+        named = f" (fields {', '.join(fields)})" if fields else ""
+        return BadConfigError(f"{text}: {folder / 'config.json'}{named} is invalid: {detail}")
+    return e
 
 
 def parse_model_source(
