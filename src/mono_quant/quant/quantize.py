@@ -55,8 +55,8 @@ from mono_quant.validate.metrics import (
     state_dict_bytes,
 )
 
-__all__ = ["LOW_COMPRESSION", "LOW_OUTPUT_COSINE", "layer_types", "quantize_model", "quantize_weight",
-           "select_layers"]
+__all__ = ["LOW_COMPRESSION", "LOW_OUTPUT_COSINE", "layer_types", "quantize_model",
+           "quantize_weight", "select_layers"]
 
 #: A compression ratio below this is a warning: the artifact barely saves memory (a model
 #: whose weights are mostly embeddings or float layers, or a misconfigured selection).
