@@ -60,6 +60,18 @@ def test_quantize_factory_static_then_inspect(tmp_path):
     assert "20 calibration samples" in res.stdout
 
 
+def test_low_compression_is_a_warning_in_the_summary(tmp_path):
+    out = tmp_path / "one-layer.safetensors"
+    res = cli("quantize", MLP, "-o", out, "--include", "4", "--quiet")
+    assert res.returncode == 0, res.stderr
+    ratio = read_info(out).metrics["compression_ratio"]
+    assert ratio < 1.5
+    warning = [line for line in res.stdout.splitlines() if line.startswith("  warning")]
+    assert warning == [f"  warning      low compression: {ratio:.2f}x (< 1.5x); 1 of 3 layers "
+                       "quantized, the rest of the weights (embeddings, float layers) stay as "
+                       "they were"]
+
+
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     pytest.importorskip("transformers", reason="hf: sources need the 'hf' extra")
