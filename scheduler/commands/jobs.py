@@ -7,6 +7,20 @@ import json
 import sys
 import time
 
+_STRICT = ("refuse the manifest when a compressed-tensors job's scheme is one vLLM's int8 "
+           "kernels cannot serve (default: a warning)")
+
+
+def _check_serveable(args) -> None:
+    """Each job's scheme against vLLM's kernels: a warning, or BadConfigError with --strict."""
+    from mono_quant.io.serveability import check_scheme
+    from mono_quant.scheduler.commands.quantize import serveable
+    from mono_quant.scheduler.manifest import load_manifest
+
+    for spec in load_manifest(args.manifest)[1]:
+        serveable(check_scheme(spec.config, spec.format), spec.format, args.strict,
+                  where=f"{args.manifest}: job {spec.name}: ")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="validate a manifest, record its jobs, enqueue them")
@@ -16,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run jobs even when their artifact already exists")
     p.add_argument("--timeout", type=float, default=None, help="give up waiting after N s")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true", help=_STRICT)
     p.set_defaults(handler=_submit)
 
     p = sub.add_parser("run", help="run a manifest here, without a broker (embedded default)")
@@ -23,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="local processes (default 1)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true", help=_STRICT)
     p.set_defaults(handler=_run)
 
     p = sub.add_parser("status", help="job counts, failures and artifacts of a batch")
@@ -102,6 +118,7 @@ def _exit_code(status) -> int:
 def _submit(args) -> int:
     from mono_quant.scheduler.service import batch_status, submit
 
+    _check_serveable(args)
     catalog = _catalog()
     t0 = time.perf_counter()
     result = submit(args.manifest, catalog, app=_app(), force=args.force)
@@ -126,6 +143,7 @@ def _submit(args) -> int:
 def _run(args) -> int:
     from mono_quant.scheduler.local import run_local
 
+    _check_serveable(args)
     result, status = run_local(args.manifest, workers=args.workers, force=args.force,
                                progress=not args.quiet)
     for name, artifact in result.skipped:

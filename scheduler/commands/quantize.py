@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", action="store_true",
                    help="hf: sources only: quantize the safetensors weights tensor by tensor "
                         "without building the model (weight-only, .safetensors output)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a compressed-tensors artifact vLLM's int8 kernels cannot serve "
+                        "(default: a warning)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run_quantize)
 
@@ -105,6 +108,19 @@ def _report(source: str, info, path, fmt: str, reload: str) -> None:
     _line("wrote", f"{path} ({fmt})")
 
 
+def serveable(verdict, fmt: str, strict: bool, where: str = "") -> None:
+    """A compressed-tensors artifact vLLM cannot serve: BadConfigError with ``--strict``,
+    else a warning on stderr."""
+    from mono_quant import BadConfigError
+
+    if fmt != "compressed-tensors" or verdict.serveable_by == "vllm":
+        return
+    message = f"{where}not serveable by vLLM: {verdict.reason}"
+    if strict:
+        raise BadConfigError(message + " (--strict)")
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def run_quantize(args: argparse.Namespace) -> int:
     from mono_quant import (
         BadInputError,
@@ -118,6 +134,9 @@ def run_quantize(args: argparse.Namespace) -> int:
     if args.samples is not None and not args.calibration:
         raise BadInputError("--samples counts calibration samples: give --calibration too")
     fmt = detect_format(args.output, args.format)
+    from mono_quant.io.serveability import check_scheme
+
+    serveable(check_scheme(config, fmt), fmt, args.strict)
     source = parse_model_source(args.source)
     if args.stream:
         if source.scheme != "hf" or args.calibration:
@@ -138,6 +157,13 @@ def run_quantize(args: argparse.Namespace) -> int:
     # a batch the model rejects is a BadInputError from quantize_model, naming the batch
     qmodel, info = quantize_model(model, config, batches or None, num_samples=args.samples,
                                   progress=not args.quiet)
+    from mono_quant.io.serveability import Serveability
+    from mono_quant.pipeline.served import record_serveability
+
+    record_serveability(fmt, qmodel, info)  # with the layer shapes, before writing
+    if args.strict:
+        serveable(Serveability(info.metrics["serveable_by"], info.metrics["serveable_reason"]),
+                  fmt, strict=True)
     path = save_model(qmodel, args.output, info, format=fmt)
     from mono_quant.pipeline.served import served_check
 

@@ -97,6 +97,24 @@ def test_quantize_hf_with_text_calibration_to_compressed_tensors(tmp_path, hf_fo
         model(**demo_models.token_batches(n=1)[0])
 
 
+def test_unserveable_scheme_warns_and_strict_refuses(tmp_path, hf_folder):
+    out = tmp_path / "tensor-w8a16"
+    args = ["quantize", f"hf:{hf_folder}", "-o", out, "--format", "compressed-tensors",
+            "--granularity", "per_tensor", "--quiet"]
+    reason = ("not serveable by vLLM: vLLM's CompressedTensorsWNA16 (Marlin) takes per-channel "
+              "or per-group weights (group size 32, 64 or 128); got per_tensor")
+    res = cli(*args, "--strict")
+    assert res.returncode == 2 and f"{reason} (--strict)" in res.stderr
+    assert not out.exists()
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert f"warning: {reason}" in res.stderr
+    assert f"  warning      {reason}" in res.stdout.splitlines()
+    metrics = read_info(out).metrics  # recorded before writing, so the file has it too
+    assert metrics["serveable_by"] == "none"
+    assert metrics["serveable_reason"] == reason.removeprefix("not serveable by vLLM: ")
+
+
 def test_quantize_stream(tmp_path, hf_folder):
     out = tmp_path / "tiny.safetensors"
     res = cli("quantize", f"hf:{hf_folder}", "-o", out, "--stream", "--granularity",

@@ -33,6 +33,7 @@ __all__ = [
     "MODES",
     "ORDER_FIELDS",
     "SCHEMES",
+    "SERVEABLE_BY",
     "STATUSES",
     "ArtifactQuery",
     "parse_since",
@@ -46,6 +47,8 @@ MODES = ("weight_only", "static")
 DTYPES = ("int8",)
 FORMATS = ("safetensors", "pt", "compressed-tensors")
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
+#: serveable_by values (mono_quant.io.serveability).
+SERVEABLE_BY = ("vllm", "mono-quant", "none")
 #: Columns ``order_by`` accepts.
 ORDER_FIELDS = (
     "created_at", "id", "model_source", "weight_sqnr_db", "weight_sqnr_db_min",
@@ -59,7 +62,7 @@ DEFAULT_LIMIT = 100
 _CHOICES = {
     "schemes": ("scheme", SCHEMES), "granularities": ("granularity", GRANULARITIES),
     "modes": ("mode", MODES), "dtypes": ("dtype", DTYPES), "formats": ("format", FORMATS),
-    "statuses": ("status", STATUSES),
+    "statuses": ("status", STATUSES), "serveable_by": ("serveable_by", SERVEABLE_BY),
 }
 
 
@@ -105,6 +108,8 @@ class ArtifactQuery:
     dtypes: tuple[str, ...] = ()
     batches: tuple[int | str, ...] = ()
     statuses: tuple[str, ...] = ()
+    #: Who serves the artifact (vllm, mono-quant, none).
+    serveable_by: tuple[str, ...] = ()
     #: Minimum overall weight SQNR in dB (inclusive).
     min_sqnr: float | None = None
     #: Minimum output cosine similarity (inclusive); artifacts without one never match.

@@ -36,7 +36,7 @@ from torch import nn
 from mono_quant.errors import MonoQuantError
 from mono_quant.io.info import QuantizationInfo
 
-__all__ = ["SERVED_COSINE_MIN", "probe_batch", "served_check"]
+__all__ = ["SERVED_COSINE_MIN", "probe_batch", "record_serveability", "served_check"]
 
 #: Outputs of the folder as transformers loads it must match the quantized model's this
 #: closely (same integers and scales; float rounding differs with the order of operations).
@@ -104,6 +104,24 @@ def _load_served(path: Path, fmt: str, float_model: nn.Module, qmodel: nn.Module
     return load_quantized(path, float_model), "load_quantized", True
 
 
+def record_serveability(fmt: str, qmodel: nn.Module, info: QuantizationInfo) -> None:
+    """``serveable_by`` / ``serveable_reason`` in ``info.metrics`` from the quantized layers'
+    shapes (:mod:`mono_quant.io.serveability`); a compressed-tensors folder vLLM cannot serve
+    is a warning."""
+    from mono_quant.io.serveability import check_layers
+
+    if "serveable_by" in info.metrics:
+        return  # checked before writing (quantize --strict)
+    shapes = {}
+    for name in info.selected_layers:
+        w = qmodel.get_submodule(name).weight  # int8, [out, in, ...]
+        shapes[name] = (int(w.shape[0]), int(w[0].numel()))
+    verdict = check_layers(info.config, fmt, shapes)
+    info.metrics.update(verdict.metrics())
+    if fmt == "compressed-tensors" and verdict.serveable_by != "vllm":
+        info.metrics.setdefault("warnings", []).append(f"not serveable by vLLM: {verdict.reason}")
+
+
 def served_check(
     path: str | Path, fmt: str, float_model: nn.Module, qmodel: nn.Module,
     info: QuantizationInfo, batch: Any | None = None,
@@ -118,6 +136,7 @@ def served_check(
         MonoQuantError: the artifact does not load, or its outputs differ.
     """
     path = Path(path)
+    record_serveability(fmt, qmodel, info)
     batch = batch if batch is not None else probe_batch(qmodel)
     loaded, check, exact = _load_served(path, fmt, float_model, qmodel)
     info.metrics["served_check"] = check
