@@ -242,6 +242,8 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
     from mono_quant import QuantConfig
     from mono_quant.io import save_model
     from mono_quant.io.hashing import sha256_path, size_path
+    from mono_quant.io.sources import parse_model_source
+    from mono_quant.pipeline.card import source_files
     from mono_quant.pipeline.served import served_check
     from mono_quant.worker.pinning import pick_device
 
@@ -278,7 +280,9 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         qmodel, info = _quantize(model, QuantConfig.from_dict(payload["quant"]), batches, beat,
                                  device)
         beat.stage("writing")
-        save_model(qmodel, path, info=info, format=fmt)
+        save_model(qmodel, path, info=info, format=fmt,
+                   extra_files=source_files(parse_model_source(payload["model"]), qmodel, info,
+                                            fmt))
         beat.stage("reloading")
         served_check(path, fmt, model, qmodel, info, batches[0] if batches else None)
         del model, qmodel

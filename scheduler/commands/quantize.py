@@ -164,7 +164,10 @@ def run_quantize(args: argparse.Namespace) -> int:
     if args.strict:
         serveable(Serveability(info.metrics["serveable_by"], info.metrics["serveable_reason"]),
                   fmt, strict=True)
-    path = save_model(qmodel, args.output, info, format=fmt)
+    from mono_quant.pipeline.card import source_files
+
+    path = save_model(qmodel, args.output, info, format=fmt,
+                      extra_files=source_files(source, qmodel, info, fmt))
     from mono_quant.pipeline.served import served_check
 
     # the float model is no longer needed: the artifact may be rebuilt into it

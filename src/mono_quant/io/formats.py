@@ -149,7 +149,7 @@ def _hf_config(obj: object) -> dict[str, Any] | None:
 
 def _write_compressed_tensors(
     tensors: Mapping[str, torch.Tensor], path: Path, info: QuantizationInfo | None,
-    hf_config: dict[str, Any] | None,
+    hf_config: dict[str, Any] | None, extra_files: Mapping[str, bytes] | None = None,
 ) -> None:
     if info is None:
         raise BadInputError(
@@ -163,6 +163,11 @@ def _write_compressed_tensors(
         _write_safetensors(compressed, tmp / interop.MODEL_FILE, _build_metadata(info))
         with atomic_file(tmp / interop.CONFIG_FILE) as f:
             f.write(json.dumps(config, indent=2, sort_keys=True).encode() + b"\n")
+        for name, data in (extra_files or {}).items():  # tokenizer, model card (pipeline)
+            if Path(name).name != name or name in (interop.CONFIG_FILE, interop.MODEL_FILE):
+                raise BadInputError(f"{path}: extra file {name!r} must be a plain file name")
+            with atomic_file(tmp / name) as f:
+                f.write(data)
 
 
 def save_model(
@@ -170,11 +175,14 @@ def save_model(
     path: str | os.PathLike[str],
     info: QuantizationInfo | None = None,
     format: str | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write a model's state dict (and its info) atomically; return the final path.
 
     ``format`` is ``"safetensors"``, ``"pt"`` or ``"compressed-tensors"``; by default it comes
-    from the extension. Tensors on a GPU are copied to the CPU one at a time.
+    from the extension. ``extra_files`` (``{name: bytes}``, compressed-tensors only) are
+    written into the folder with the rest, atomically: tokenizer files, a model card.
+    Tensors on a GPU are copied to the CPU one at a time.
 
     Raises:
         BadInputError: unknown format or extension, entries that are not tensors, tensors
@@ -197,7 +205,8 @@ def save_model(
     else:
         if isinstance(model_or_state_dict, nn.Module) and info is not None:
             interop.check_layer_types(model_or_state_dict, info)
-        _write_compressed_tensors(tensors, path, info, _hf_config(model_or_state_dict))
+        _write_compressed_tensors(tensors, path, info, _hf_config(model_or_state_dict),
+                                  extra_files)
     return path
 
 
