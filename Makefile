@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,hf,interop
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint layers bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,16 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(MAKE) layers
+
+# import-linter reads packages from the file system, and worker/ and scheduler/ install under
+# mono_quant only through setuptools' package-dir mapping: check a copy laid out as installed.
+layers: setup
+	rm -rf build/layers && mkdir -p build/layers
+	cp -r src/mono_quant build/layers/mono_quant
+	cp -r worker build/layers/mono_quant/worker
+	cp -r scheduler build/layers/mono_quant/scheduler
+	cd build/layers && PYTHONPATH=. ../../$(BIN)/lint-imports ../../pyproject.toml
 
 test: lint
 	$(BIN)/python -m pytest

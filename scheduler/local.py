@@ -31,13 +31,13 @@ def _node() -> str:
 
 
 def _run_one(job_id: int) -> tuple[int, str, float | None]:
-    from mono_quant.worker.job import run_job
+    from mono_quant.worker.job import OutcomeStatus, run_job
 
     outcome = run_job(job_id, worker=_node())
     retry_in = outcome.retry_in
-    if outcome.status == "unreachable":  # the catalog was busy or down: try again soon
+    if outcome.status is OutcomeStatus.UNREACHABLE:  # the catalog was busy or down: soon
         retry_in = 1.0
-    return job_id, outcome.status, retry_in
+    return job_id, outcome.status.value, retry_in
 
 
 def _requeue_crashed(catalog: Catalog, job_ids: list[int]) -> None:

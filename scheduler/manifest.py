@@ -1,12 +1,12 @@
-"""Manifests: the YAML file a user submits, validated and expanded into job specs.
+"""Manifests: the YAML file a user submits, validated and expanded into scheduled jobs.
 
 ```yaml
 name: nightly                    # optional batch name (default: the file name)
 labels: {team: research}         # optional, stored on the batch
-defaults:                        # any QuantConfig field, plus format/device/calibration/…
+defaults:                        # any QuantConfig field, plus format/queue/calibration/…
   scheme: symmetric
   format: safetensors            # safetensors | pt | compressed-tensors
-  device: cpu                    # the queue: cpu | gpu | gpu.<model> (e.g. gpu.h100)
+  queue: cpu                     # cpu | gpu | gpu.<model> (e.g. gpu.h100)
 matrix:                          # optional: lists expanded as a cross product
   scheme: [symmetric, asymmetric]
   granularity: [per_channel, per_group]
@@ -18,62 +18,79 @@ jobs:
     mode: static
     calibration: factory:mono_quant.demo_models:image_batches
     samples: 32
+  - name: llama
+    model: hf:./tiny-llama
+    stream: true                 # weight-only, tensor by tensor, bounded memory
 ```
 
-A job's own fields override ``defaults``; a matrix key may not also be set on a job (that would
-silently collapse the matrix). Everything is validated before anything is written: errors name
-the file, the field path (``jobs[3].calibration``) and what was expected.
+The quantization keys are :class:`~mono_quant.quant.qconfig.QuantConfig`'s fields, derived
+from it: a field added there is a manifest key with no second edit. Each job becomes one
+:class:`~mono_quant.pipeline.spec.JobSpec` (what the worker runs) plus where and how often it
+runs (:class:`ScheduledJob`). A job's own fields override ``defaults``; a matrix key may not
+also be set on a job (that would silently collapse the matrix). Everything is validated
+before anything is written: errors name the file, the field path (``jobs[3].calibration``)
+and what was expected.
+
+Renamed keys (the old spelling still works and prints a deprecation notice):
+``device`` → ``queue`` (it names the Celery queue; a job's ``device`` is where it ran).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
+import types
+import typing
+import warnings
 from collections import Counter
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.io.layout import FORMATS
+from mono_quant.pipeline.spec import JobSpec
 from mono_quant.quant.qconfig import QuantConfig
 
-__all__ = ["FORMATS", "JobSpec", "Manifest", "load_manifest", "parse_manifest"]
+__all__ = ["FORMATS", "Manifest", "ScheduledJob", "load_manifest", "parse_manifest"]
 
 #: libyaml's safe loader when PyYAML was built with it (10x faster on big manifests).
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-_QUANT_FIELDS = (
-    "scheme", "granularity", "group_size", "mode", "weight_observer", "activation_observer",
-    "activation_scheme", "include", "exclude", "min_layer_size",
-)
-MATRIX_KEYS = (*_QUANT_FIELDS, "format", "device")
+#: The quantization keys: QuantConfig's fields, in their order.
+QUANT_FIELDS = tuple(f.name for f in dataclasses.fields(QuantConfig))
+#: Keys renamed, old spelling → new; the old one is still read, with a deprecation notice.
+RENAMED = {"device": "queue"}
+MATRIX_KEYS = (*QUANT_FIELDS, "format", "queue", "stream", *RENAMED)
 
 
-class _Settings(BaseModel):
-    """Fields allowed in ``defaults`` and on each job (all optional)."""
+def _manifest_type(hint: Any) -> Any:
+    """A QuantConfig field's type as a manifest accepts it (YAML lists for tuples), optional."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        hint = list[typing.get_args(hint)[0]]
+    elif origin in (typing.Union, types.UnionType):
+        parts = [_manifest_type(a) for a in typing.get_args(hint) if a is not type(None)]
+        hint = parts[0] if len(parts) == 1 else typing.Union[tuple(parts)]  # noqa: UP007
+    return hint | None
+
+
+class _Common(BaseModel):
+    """The fields that are not QuantConfig's, allowed in ``defaults`` and on each job."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    scheme: str | None = None
-    granularity: str | None = None
-    group_size: int | None = None
-    mode: str | None = None
-    weight_observer: str | None = None
-    activation_observer: str | None = None
-    activation_scheme: str | None = None
-    include: list[str] | None = None
-    exclude: list[str] | None = None
-    min_layer_size: int | None = None
     format: str | None = None
-    device: str | None = None
+    queue: str | None = None
+    device: str | None = None  # deprecated spelling of `queue`
     calibration: str | dict[str, Any] | None = None
     samples: int | None = None
+    stream: bool | None = None
     max_attempts: int | None = None
 
     @field_validator("format")
@@ -90,9 +107,9 @@ class _Settings(BaseModel):
             raise ValueError("expected a positive integer")
         return v
 
-    @field_validator("device")
+    @field_validator("queue", "device")
     @classmethod
-    def _device(cls, v: str | None) -> str | None:
+    def _queue(cls, v: str | None) -> str | None:
         if v is not None:
             from mono_quant.worker.pinning import check_device_class
 
@@ -103,7 +120,15 @@ class _Settings(BaseModel):
         return v
 
 
-class _Job(_Settings):
+_hints = typing.get_type_hints(QuantConfig)
+#: Fields allowed in ``defaults`` and on each job (all optional): QuantConfig's and _Common's.
+_Settings = create_model(  # type: ignore[call-overload]
+    "_Settings", __base__=_Common,
+    **{name: (_manifest_type(_hints[name]), None) for name in QUANT_FIELDS},
+)
+
+
+class _Job(_Settings):  # type: ignore[misc,valid-type]
     name: str
     model: str | dict[str, Any]
 
@@ -116,7 +141,7 @@ class Manifest(BaseModel):
     version: int = 1
     name: str | None = None
     labels: dict[str, str] = {}
-    defaults: _Settings = _Settings()
+    defaults: _Settings = _Settings()  # type: ignore[valid-type]
     matrix: dict[str, list[Any]] = {}
     jobs: list[_Job]
 
@@ -158,41 +183,18 @@ class Manifest(BaseModel):
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """One job to run: what to load, how to quantize it, where it runs and how it is written."""
+class ScheduledJob:
+    """One job of a batch: its :class:`JobSpec` and where and how often it may run."""
 
     name: str
-    model: dict[str, Any]  # canonical model source
-    model_source: str  # the same, as the user wrote it (for people)
-    config: QuantConfig
-    format: str = "safetensors"
+    spec: JobSpec
+    model_source: str  # the model source as the user wrote it (for people)
     queue: str = "cpu"
-    calibration: dict[str, Any] | None = None  # canonical calibration source
-    samples: int | None = None
     max_attempts: int = 3
-    weights_digest: str | None = None  # hf: sources: pipeline.digest.weights_digest
 
-    def payload(self) -> dict[str, Any]:
-        """What the job row stores and the worker needs (JSON)."""
-        payload = {
-            "model": self.model,
-            "quant": self.config.to_dict(),
-            "format": self.format,
-            "calibration": self.calibration,
-            "samples": self.samples,
-        }
-        if self.weights_digest is not None:  # so changed weights are a new job
-            payload["weights_digest"] = self.weights_digest
-        return payload
-
-    @cached_property
+    @property
     def idempotency_key(self) -> str:
-        """sha256 of the canonical model source, quantization config, format and calibration.
-
-        The queue is not part of it: the artifact is the same wherever it is computed.
-        """
-        text = json.dumps(self.payload(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return self.spec.idempotency_key
 
 
 def _weights_digest(model: Any) -> str | None:
@@ -237,73 +239,117 @@ def _validation_message(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _expand(
-    manifest: Manifest, source: str, default_attempts: int, base_dir: Path | None
-) -> list[JobSpec]:
-    from mono_quant.io.sources import parse_calibration_source, parse_model_source
+def _renamed(values: dict[str, Any]) -> dict[str, Any]:
+    """Read deprecated spellings (``device``) as their new names."""
+    for old, new in RENAMED.items():
+        if old in values:
+            if new in values and values[new] != values[old]:
+                raise BadConfigError(f"{old!r} and {new!r} disagree; keep only {new!r}")
+            values[new] = values.pop(old)
+    return values
 
-    defaults = manifest.defaults.model_dump(exclude_none=True)
-    keys = list(manifest.matrix)
-    combos = list(itertools.product(*manifest.matrix.values())) or [()]
-    specs: list[JobSpec] = []
-    errors: list[str] = []
-    for i, job in enumerate(manifest.jobs):
-        own = job.model_dump(exclude_none=True, exclude={"name", "model"})
-        clash = sorted(set(own) & set(keys))
-        if clash:
-            errors.append(f"{source}: jobs[{i}].{clash[0]}: is a matrix key; remove it from the "
-                          "job or from the matrix")
-            continue
+
+def _warn_renamed(manifest: Manifest, source: str) -> None:
+    """One deprecation notice per old spelling used anywhere in the manifest."""
+    sections = [manifest.matrix, manifest.defaults.model_dump(exclude_none=True)]
+    sections += [j.model_dump(exclude_none=True) for j in manifest.jobs]
+    for old, new in RENAMED.items():
+        if any(old in section for section in sections):
+            warnings.warn(f"{source}: manifest key {old!r} is deprecated; write {new!r}",
+                          FutureWarning, stacklevel=3)
+
+
+class _Expander:
+    """Turns one manifest's jobs × matrix into ScheduledJobs, collecting every error."""
+
+    def __init__(self, manifest: Manifest, source: str, default_attempts: int,
+                 base_dir: Path | None) -> None:
+        self.manifest, self.source = manifest, source
+        self.default_attempts, self.base_dir = default_attempts, base_dir
+        self.errors: list[str] = []
+        self._calibrations: dict[str, Any] = {}
+
+    def calibration(self, value: Any) -> Any:
+        """Parsed once per distinct value (a matrix repeats it for every combination)."""
+        from mono_quant.pipeline.sources import parse_calibration_source
+
+        key = json.dumps(value, sort_keys=True)
+        if key not in self._calibrations:
+            self._calibrations[key] = parse_calibration_source(value, base_dir=self.base_dir)
+        return self._calibrations[key]
+
+    def spec(self, model: Any, values: dict[str, Any], where: str,
+             digest: str | None = None) -> JobSpec | None:
         try:
-            model = parse_model_source(job.model, base_dir=base_dir)
-            digest = _weights_digest(model)
-        except MonoQuantError as e:
-            errors.append(f"{source}: jobs[{i}].model: {e}")
-            continue
-        for combo in combos:
-            varied = dict(zip(keys, combo, strict=True))
-            values = {**defaults, **varied, **own}
-            suffix = ",".join(f"{k}={v}" for k, v in varied.items())
-            where = f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else "")
+            values = _renamed(dict(values))
+            config = QuantConfig(**{k: values[k] for k in QUANT_FIELDS if k in values})
+        except BadConfigError as e:
+            self.errors.append(f"{self.source}: {where}: {e}")
+            return None
+        calibration = None
+        if "calibration" in values:
             try:
-                config = QuantConfig(**{k: values[k] for k in _QUANT_FIELDS if k in values})
-            except BadConfigError as e:
-                errors.append(f"{source}: {where}: {e}")
+                calibration = self.calibration(values["calibration"])
+            except MonoQuantError as e:
+                self.errors.append(f"{self.source}: {where}.calibration: {e}")
+                return None
+        elif config.mode == "static":
+            self.errors.append(f"{self.source}: {where}.calibration: mode 'static' needs a "
+                               "calibration source (in the job or in defaults)")
+            return None
+        try:
+            return JobSpec(model=model, config=config, calibration=calibration,
+                           format=values.get("format", "safetensors"),
+                           samples=values.get("samples"), stream=values.get("stream", False),
+                           weights_digest=digest)
+        except BadConfigError as e:
+            self.errors.append(f"{self.source}: {where}: {e}")
+            return None
+
+    def expand(self) -> list[ScheduledJob]:
+        from mono_quant.pipeline.sources import parse_model_source
+
+        m = self.manifest
+        defaults = m.defaults.model_dump(exclude_none=True)
+        keys = list(m.matrix)
+        combos = list(itertools.product(*m.matrix.values())) or [()]
+        out: list[ScheduledJob] = []
+        for i, job in enumerate(m.jobs):
+            own = job.model_dump(exclude_none=True, exclude={"name", "model"})
+            clash = sorted(set(own) & set(keys))
+            if clash:
+                self.errors.append(f"{self.source}: jobs[{i}].{clash[0]}: is a matrix key; "
+                                   "remove it from the job or from the matrix")
                 continue
-            calibration = None
-            if "calibration" in values:
-                try:
-                    calibration = parse_calibration_source(
-                        values["calibration"], base_dir=base_dir
-                    ).canonical()
-                except MonoQuantError as e:
-                    errors.append(f"{source}: {where}.calibration: {e}")
-                    continue
-            if config.mode == "static" and calibration is None:
-                errors.append(f"{source}: {where}.calibration: mode 'static' needs a "
-                              "calibration source (in the job or in defaults)")
+            try:
+                model = parse_model_source(job.model, base_dir=self.base_dir)
+                digest = _weights_digest(model)  # changed weights: a new key
+            except MonoQuantError as e:
+                self.errors.append(f"{self.source}: jobs[{i}].model: {e}")
                 continue
-            specs.append(JobSpec(
-                name=f"{job.name}[{suffix}]" if suffix else job.name,
-                model=model.canonical(),
-                model_source=job.model if isinstance(job.model, str) else str(model),
-                config=config,
-                format=values.get("format", "safetensors"),
-                queue=values.get("device", "cpu"),
-                calibration=calibration,
-                samples=values.get("samples"),
-                max_attempts=values.get("max_attempts", default_attempts),
-                weights_digest=digest,
-            ))
-    if errors:
-        raise BadInputError("invalid manifest:\n" + "\n".join(errors))
-    return specs
+            for combo in combos:
+                varied = dict(zip(keys, combo, strict=True))
+                values = {**defaults, **varied, **own}
+                suffix = ",".join(f"{k}={v}" for k, v in varied.items())
+                spec = self.spec(model, values,
+                                 f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else ""),
+                                 digest)
+                if spec is not None:
+                    out.append(ScheduledJob(
+                        name=f"{job.name}[{suffix}]" if suffix else job.name, spec=spec,
+                        model_source=job.model if isinstance(job.model, str) else str(model),
+                        queue=_renamed(dict(values)).get("queue", "cpu"),
+                        max_attempts=values.get("max_attempts", self.default_attempts),
+                    ))
+        if self.errors:
+            raise BadInputError("invalid manifest:\n" + "\n".join(self.errors))
+        return out
 
 
 def parse_manifest(
     data: Any, source: str = "<manifest>", default_attempts: int = 3,
     base_dir: Path | None = None,
-) -> tuple[Manifest, list[JobSpec]]:
+) -> tuple[Manifest, list[ScheduledJob]]:
     """Validate a manifest mapping and expand it; raises BadInputError listing every problem.
 
     Relative paths in model and calibration sources are resolved against ``base_dir`` (the
@@ -315,12 +361,13 @@ def parse_manifest(
         manifest = Manifest.model_validate(data)
     except ValidationError as e:
         raise BadInputError("invalid manifest:\n" + _validation_message(source, e)) from e
-    return manifest, _expand(manifest, source, default_attempts, base_dir)
+    _warn_renamed(manifest, source)
+    return manifest, _Expander(manifest, source, default_attempts, base_dir).expand()
 
 
 def load_manifest(
     path: str | Path, default_attempts: int = 3
-) -> tuple[Manifest, list[JobSpec], str]:
+) -> tuple[Manifest, list[ScheduledJob], str]:
     """Read, validate and expand a YAML manifest; also returns the sha256 of its bytes."""
     path = Path(path)
     try:

@@ -28,7 +28,7 @@ from mono_quant.catalog.batches import (
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
-from mono_quant.scheduler.manifest import JobSpec, load_manifest
+from mono_quant.scheduler.manifest import ScheduledJob, load_manifest
 
 __all__ = [
     "BatchStatus",
@@ -53,14 +53,14 @@ class SubmitResult:
     published: int = 0
 
 
-def _rows(specs: Iterable[JobSpec]) -> list[JobRow]:
+def _rows(jobs: Iterable[ScheduledJob]) -> list[JobRow]:
     return [
         JobRow(
-            name=s.name, model_source=s.model_source, model_source_json=s.model,
-            config=s.payload(), idempotency_key=s.idempotency_key, queue=s.queue,
-            max_attempts=s.max_attempts,
+            name=j.name, model_source=j.model_source,
+            model_source_json=j.spec.model.canonical(), spec=j.spec.to_payload(),
+            idempotency_key=j.idempotency_key, queue=j.queue, max_attempts=j.max_attempts,
         )
-        for s in specs
+        for j in jobs
     ]
 
 

@@ -7,8 +7,6 @@ import os
 import pytest
 import torch
 
-from mono_quant.config import get_settings
-
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -29,11 +27,8 @@ def kernel_path(request, monkeypatch):
 
     def use(path: str) -> None:
         monkeypatch.setenv("MONO_QUANT_COMPILE", {"eager": "never", "compiled": "always"}[path])
-        get_settings.cache_clear()
 
     yield use
-    monkeypatch.delenv("MONO_QUANT_COMPILE", raising=False)
-    get_settings.cache_clear()
 
 
 def pytest_configure(config):

@@ -1,21 +1,22 @@
 """``run_job``: one job, start to finish — the function every execution backend calls.
 
 The Celery task and the embedded local runner both call it with a job id; nothing else is in
-the message. In order:
+the message. It keeps only what is the service's, and leaves the job itself to
+:func:`~mono_quant.pipeline.run.run_pipeline` (the same function ``mono-quant quantize``
+calls):
 
 1. **claim** the job in the catalog (an atomic conditional UPDATE: two deliveries cannot both
-   run it; a job that keeps killing its worker is failed as poison here);
-2. start a **heartbeat** thread (also how a running job learns it was cancelled);
-3. **load** the model and calibration data, **calibrate, quantize, validate**
-   (``quantize_model``, with layer and batch progress in the job row); on CUDA out-of-memory
-   retry once with calibration batches halved;
-4. **write** the artifact to this attempt's own path in the storage root (a temporary name,
-   fsync, rename: ``save_model`` is atomic), **reload** it into the float architecture and
-   check it reproduces the quantized outputs bit for bit, then **hash** it;
-5. **record**: insert the artifact row and mark the job succeeded in one transaction; a file
+   run it; a job that keeps killing its worker is failed as poison here), and rebuild its
+   typed :class:`~mono_quant.pipeline.spec.JobSpec` from the stored payload (a payload this
+   version cannot read fails the job as ``bad_config``);
+2. start a **heartbeat** thread (also how a running job learns it was cancelled: the stage
+   callback stops the pipeline between steps);
+3. **run the pipeline** into this attempt's own path in the storage root, with layer and batch
+   progress in the job row;
+4. **record**: insert the artifact row and mark the job succeeded in one transaction; a file
    it replaced (a forced re-run) is deleted after the commit.
 
-Failures are classified: bad input / bad config fail at once; transient ones (I/O, database
+Failures are **classified**: bad input / bad config fail at once; transient ones (I/O, database
 or broker unavailable, out of memory) go back to ``queued`` and the caller re-sends the job
 after an exponential backoff with jitter, until ``max_attempts``. A failed attempt leaves no
 file, no temporary and no artifact row; what a killed attempt left is removed by the next.
@@ -25,13 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import json
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass
+from enum import Enum
 from functools import lru_cache
 from typing import Any
 
@@ -47,7 +48,7 @@ from mono_quant.errors import (
 )
 from mono_quant.worker.storage import artifact_key, remove, remove_earlier_attempts, resolve
 
-__all__ = ["Outcome", "backoff", "classify", "run_job"]
+__all__ = ["Outcome", "OutcomeStatus", "backoff", "classify", "run_job"]
 
 log = logging.getLogger("mono_quant.job")
 
@@ -57,11 +58,31 @@ def _event(level: int, event: str, context: dict[str, Any], **fields: Any) -> No
     log.log(level, json.dumps({"event": event, **context, **fields}, default=str))
 
 
+class OutcomeStatus(str, Enum):
+    """How ``run_job`` ended, for its caller (the Celery task, the embedded runner)."""
+
+    SUCCEEDED = "succeeded"
+    #: failed for good (bad input or config, internal error, attempts exhausted)
+    FAILED = "failed"
+    #: a transient failure: the job is queued again; re-send it after ``retry_in``
+    QUEUED = "queued"
+    #: not claimed: the job is held by a live worker (look again after ``retry_in``)
+    RUNNING = "running"
+    #: not claimed: the job is in another state, or gone
+    PENDING = "pending"
+    CANCELLED = "cancelled"
+    MISSING = "missing"
+    #: cancelled or taken over while it ran: nothing recorded
+    STOPPED = "stopped"
+    #: the catalog did not answer: nothing recorded, try again later
+    UNREACHABLE = "unreachable"
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How ``run_job`` ended. ``retry_in``: re-send the job after this many seconds."""
 
-    status: str
+    status: OutcomeStatus
     retry_in: float | None = None
     error: str | None = None
 
@@ -84,15 +105,10 @@ def backoff(attempt: int, settings: Settings) -> float:
 #: errno values that retrying cannot fix (permissions, read-only or missing storage).
 _PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
                                errno.ENOTDIR, errno.EISDIR})
-#: Model weights larger than this are not hashed for the catalog's model digest.
-DIGEST_LIMIT_BYTES = 2 << 30
-
-
 def _oom_error() -> type[BaseException]:
-    import torch
+    from mono_quant.pipeline.run import _oom_error as oom
 
-    # torch.OutOfMemoryError is new in 2.5; torch.cuda's alias is older
-    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return oom()
 
 
 def _is_transient_os_error(e: OSError) -> bool:
@@ -165,156 +181,101 @@ class _Heartbeat(threading.Thread):
         self._stop_event.set()
 
 
-def _halve(batches: list[Any]) -> list[Any]:
-    """The same samples in batches half as large (for an out-of-memory retry)."""
-    import torch
+@dataclass(frozen=True)
+class _Claimed:
+    """A job this worker now runs: its typed spec (or why it has none) and its context."""
 
-    def split(item: Any) -> list[Any]:
-        if isinstance(item, torch.Tensor):
-            return list(item.chunk(2)) if item.ndim and item.shape[0] > 1 else [item]
-        if isinstance(item, dict):
-            parts = {k: split(v) for k, v in item.items()}
-            n = min(len(p) for p in parts.values()) if parts else 1
-            return [{k: p[i] if len(p) == n else p[0] for k, p in parts.items()} for i in range(n)]
-        if isinstance(item, (list, tuple)):
-            parts = [split(v) for v in item]
-            n = min(len(p) for p in parts) if parts else 1
-            return [type(item)(p[i] if len(p) == n else p[0] for p in parts) for i in range(n)]
-        return [item]
-
-    return [half for item in batches for half in split(item)]
-
-
-def _load(payload: dict[str, Any], beat: _Heartbeat, device: str):
-    from mono_quant.io.hashing import state_dict_digest
-    from mono_quant.io.sources import parse_calibration_source, parse_model_source
-
-    beat.stage("loading")
-    source = parse_model_source(payload["model"])
-    model = source.load().to(device)
-    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    digest = state_dict_digest(model) if size <= DIGEST_LIMIT_BYTES else None  # "where cheap"
-    batches = None
-    if payload.get("calibration"):
-        beat.stage("loading calibration data")
-        calibration = parse_calibration_source(payload["calibration"])
-        batches = calibration.load(source, payload.get("samples"))
-    return model, batches, digest
-
-
-def _quantize(model, config, batches, beat: _Heartbeat, device: str):
-    """quantize_model; on out-of-memory, once more with calibration batches halved."""
-    import torch
-
-    from mono_quant import quantize_model
-
-    beat.stage("quantizing")
-    try:
-        return quantize_model(model, config, batches, progress=False, on_progress=beat.step)
-    except _oom_error():
-        if not batches:
-            raise
-    # Outside the except block: its traceback no longer pins the failed attempt's tensors.
-    _event(logging.WARNING, "out_of_memory", beat.context,
-           action="retrying once with calibration batches halved")
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    beat.stage("quantizing (smaller calibration batches)")
-    return quantize_model(model, config, _halve(batches), progress=False, on_progress=beat.step)
+    payload: dict[str, Any]
+    key: str
+    attempt: int
+    context: dict[str, Any]
 
 
 def _claim(catalog: Catalog, job_id: int, worker: str, device: str, s: Settings,
-           task_id: str | None):
-    with catalog.begin() as session:
-        got = job_state.claim(session, job_id, worker=worker, device=device,
-                              stale_before=job_state.stale_cutoff(s.stale_after),
-                              task_id=task_id)
-        if not got.claimed:
-            return got, None
-        job = got.job
-        return got, (dict(job.config), job.idempotency_key, job.batch_id)
+           task_id: str | None) -> _Claimed | Outcome:
+    """Claim the job; an Outcome when it is not ours to run."""
+    try:
+        with catalog.begin() as session:
+            got = job_state.claim(session, job_id, worker=worker, device=device,
+                                  stale_before=job_state.stale_cutoff(s.stale_after),
+                                  task_id=task_id)
+            job = got.job if got.claimed else None
+            claimed = job and (dict(job.spec), job.idempotency_key, job.batch_id)
+    except MonoQuantError as e:  # the catalog is unreachable or misconfigured: later
+        _event(logging.WARNING, "claim_failed", {"job": job_id, "node": worker}, error=str(e))
+        return Outcome(OutcomeStatus.UNREACHABLE, error=str(e))
+    context = {"job": job_id, "batch": claimed[2] if claimed else None, "attempt": got.attempt,
+               "node": worker, "device": device}
+    if not claimed:
+        status = OutcomeStatus(got.status.value) if got.status else OutcomeStatus.MISSING
+        _event(logging.INFO, "not_claimed", context, status=status.value)
+        if got.status == JobStatus.RUNNING:  # held by a live worker: look again once it
+            return Outcome(status, retry_in=s.stale_after)  # would count as stale
+        return Outcome(status)
+    return _Claimed(claimed[0], claimed[1], got.attempt, context)
 
 
 def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
             task_id: str | None = None) -> Outcome:
     """Run job ``job_id`` as ``worker`` (a unique node name); see the module docstring."""
-    from mono_quant import QuantConfig
-    from mono_quant.io import save_model
-    from mono_quant.io.hashing import sha256_path, size_path
-    from mono_quant.io.sources import parse_model_source
-    from mono_quant.pipeline.card import source_files
-    from mono_quant.pipeline.served import served_check
     from mono_quant.worker.pinning import pick_device
 
     s = settings or get_settings()
     catalog = _catalog(s.catalog_url)
     device = pick_device()
-    try:
-        got, claimed = _claim(catalog, job_id, worker, device, s, task_id)
-    except MonoQuantError as e:  # the catalog is unreachable or misconfigured: later
-        _event(logging.WARNING, "claim_failed", {"job": job_id, "node": worker}, error=str(e))
-        return Outcome("unreachable", error=str(e))
-    context = {"job": job_id, "batch": claimed[2] if claimed else None, "attempt": got.attempt,
-               "node": worker, "device": device}
-    if claimed is None:
-        status = got.status.value if got.status else "missing"
-        _event(logging.INFO, "not_claimed", context, status=status)
-        if got.status == JobStatus.RUNNING:  # held by a live worker: look again once it
-            return Outcome(status, retry_in=s.stale_after)  # would count as stale
-        return Outcome(status)
-    payload, key, _ = claimed
-    attempt = got.attempt
-
-    started = time.monotonic()
+    claimed = _claim(catalog, job_id, worker, device, s, task_id)
+    if isinstance(claimed, Outcome):
+        return claimed
+    context, started = claimed.context, time.monotonic()
     _event(logging.INFO, "started", context)
     beat = _Heartbeat(catalog, job_id, worker, s.heartbeat_interval, context)
     beat.start()
     path = None
     try:
-        fmt = payload.get("format", "safetensors")
-        storage_key = artifact_key(key, fmt, job_id, attempt)
+        from mono_quant.pipeline import JobSpec, run_pipeline
+
+        spec = JobSpec.from_payload(claimed.payload)  # bad_config when this version cannot
+        storage_key = artifact_key(claimed.key, spec.format, job_id, claimed.attempt)
         path = resolve(s.storage_root, storage_key)
-        remove_earlier_attempts(path, job_id, attempt)  # what killed attempts left behind
-        model, batches, digest = _load(payload, beat, device)
-        qmodel, info = _quantize(model, QuantConfig.from_dict(payload["quant"]), batches, beat,
-                                 device)
-        beat.stage("writing")
-        save_model(qmodel, path, info=info, format=fmt,
-                   extra_files=source_files(parse_model_source(payload["model"]), qmodel, info,
-                                            fmt))
-        beat.stage("reloading")
-        served_check(path, fmt, model, qmodel, info, batches[0] if batches else None)
-        del model, qmodel
-        sha, size = sha256_path(path), size_path(path)
-        beat.stage("recording")
-        with catalog.begin() as session:
-            recorded = job_state.succeed(
-                session, job_id, worker, storage_root=s.storage_root, storage_key=storage_key,
-                fmt=fmt, sha256=sha, size_bytes=size, info=info, model_digest=digest,
-            )
-        if recorded is None:
-            raise _Stop("the job was cancelled or taken over before it could be recorded")
-        _, replaced = recorded
-        if replaced is not None and replaced != storage_key:  # a forced re-run took the key
-            with contextlib.suppress(MonoQuantError, OSError):
-                remove(resolve(s.storage_root, replaced))
-        _event(logging.INFO, "succeeded", context, artifact=storage_key, bytes=size,
-               seconds=round(time.monotonic() - started, 3))
-        return Outcome("succeeded")
+        remove_earlier_attempts(path, job_id, claimed.attempt)  # what killed attempts left
+        result = run_pipeline(spec, path, on_stage=beat.stage, on_progress=beat.step,
+                              device=device)
+        _record_success(catalog, job_id, worker, s, storage_key, spec.format, result, beat)
+        _event(logging.INFO, "succeeded", context, artifact=storage_key,
+               bytes=result.size_bytes, seconds=round(time.monotonic() - started, 3))
+        return Outcome(OutcomeStatus.SUCCEEDED)
     except _Stop as e:
         _remove_unrecorded(path)
         _event(logging.INFO, "stopped", context, reason=str(e))
-        return Outcome("stopped", error=str(e))
+        return Outcome(OutcomeStatus.STOPPED, error=str(e))
     except BaseException as e:  # the task boundary: record every failure
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         _remove_unrecorded(path)
-        return _record_failure(catalog, job_id, worker, e, context, attempt, started, s)
+        return _record_failure(catalog, job_id, worker, e, context, claimed.attempt, started, s)
     finally:
         beat.stop()
         with contextlib.suppress(Exception):
             beat.join(timeout=5)
+
+
+def _record_success(catalog: Catalog, job_id: int, worker: str, s: Settings, storage_key: str,
+                    fmt: str, result: Any, beat: _Heartbeat) -> None:
+    """The artifact row and the job's success, in one transaction; then the file it replaced
+    (a forced re-run of the same key) is deleted."""
+    beat.stage("recording")
+    with catalog.begin() as session:
+        recorded = job_state.succeed(
+            session, job_id, worker, storage_root=s.storage_root, storage_key=storage_key,
+            fmt=fmt, sha256=result.sha256, size_bytes=result.size_bytes, info=result.info,
+            model_digest=result.model_digest,
+        )
+    if recorded is None:
+        raise _Stop("the job was cancelled or taken over before it could be recorded")
+    _, replaced = recorded
+    if replaced is not None and replaced != storage_key:  # a forced re-run took the key
+        with contextlib.suppress(MonoQuantError, OSError):
+            remove(resolve(s.storage_root, replaced))
 
 
 def _remove_unrecorded(path) -> None:
@@ -341,10 +302,11 @@ def _record_failure(catalog: Catalog, job_id: int, worker: str, e: BaseException
     except MonoQuantError as db_error:  # cannot record it: reconcile will find the job
         _event(logging.ERROR, "failure_not_recorded", context, error=message,
                catalog_error=str(db_error))
-        return Outcome("unreachable", error=message)
+        return Outcome(OutcomeStatus.UNREACHABLE, error=message)
     _event(logging.WARNING, "failed", context, kind=kind.value, error=message,
            status=status.value if status else "not ours",
            seconds=round(time.monotonic() - started, 3))
     if status == JobStatus.QUEUED:
-        return Outcome("queued", retry_in=backoff(attempt, s), error=message)
-    return Outcome(status.value if status else "stopped", error=message)
+        return Outcome(OutcomeStatus.QUEUED, retry_in=backoff(attempt, s), error=message)
+    return Outcome(OutcomeStatus(status.value) if status else OutcomeStatus.STOPPED,
+                   error=message)

@@ -17,9 +17,9 @@ def _check_serveable(args) -> None:
     from mono_quant.scheduler.commands.quantize import serveable
     from mono_quant.scheduler.manifest import load_manifest
 
-    for spec in load_manifest(args.manifest)[1]:
-        serveable(check_scheme(spec.config, spec.format), spec.format, args.strict,
-                  where=f"{args.manifest}: job {spec.name}: ")
+    for job in load_manifest(args.manifest)[1]:
+        serveable(check_scheme(job.spec.config, job.spec.format), job.spec.format, args.strict,
+                  where=f"{args.manifest}: job {job.name}: ")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

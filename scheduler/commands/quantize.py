@@ -121,58 +121,42 @@ def serveable(verdict, fmt: str, strict: bool, where: str = "") -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def run_quantize(args: argparse.Namespace) -> int:
-    from mono_quant import (
-        BadInputError,
-        quantize_checkpoint,
-        quantize_model,
-        save_model,
+def _spec(args: argparse.Namespace):
+    """The flags as the typed JobSpec every caller of the pipeline takes."""
+    from mono_quant.io import detect_format
+    from mono_quant.pipeline import JobSpec, parse_calibration_source, parse_model_source
+
+    return JobSpec(
+        model=parse_model_source(args.source),
+        config=_config(args),
+        format=detect_format(args.output, args.format),
+        calibration=parse_calibration_source(args.calibration) if args.calibration else None,
+        samples=args.samples,
+        stream=args.stream,
     )
-    from mono_quant.io import detect_format, parse_calibration_source, parse_model_source
 
-    config = _config(args)
-    if args.samples is not None and not args.calibration:
-        raise BadInputError("--samples counts calibration samples: give --calibration too")
-    fmt = detect_format(args.output, args.format)
-    from mono_quant.io.serveability import check_scheme
 
-    serveable(check_scheme(config, fmt), fmt, args.strict)
-    source = parse_model_source(args.source)
-    if args.stream:
-        if source.scheme != "hf" or args.calibration:
-            raise BadInputError(
-                "--stream reads an hf: folder's safetensors weights (weight-only, no "
-                "--calibration)"
-            )
-        if fmt != "safetensors":
-            raise BadInputError("--stream writes a .safetensors file")
-        info = quantize_checkpoint(source.folder, args.output, config, progress=not args.quiet)
-        _report(args.source, info, args.output, fmt, "not run (--stream builds no model)")
-        return 0
-    print(f"loading {source} ...", file=sys.stderr)
-    model = source.load()
-    batches: list[Any] = []
-    if args.calibration:
-        batches = parse_calibration_source(args.calibration).load(source, args.samples)
-    # a batch the model rejects is a BadInputError from quantize_model, naming the batch
-    qmodel, info = quantize_model(model, config, batches or None, num_samples=args.samples,
-                                  progress=not args.quiet)
-    from mono_quant.io.serveability import Serveability
-    from mono_quant.pipeline.served import record_serveability
+def run_quantize(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
 
-    record_serveability(fmt, qmodel, info)  # with the layer shapes, before writing
-    if args.strict:
-        serveable(Serveability(info.metrics["serveable_by"], info.metrics["serveable_reason"]),
-                  fmt, strict=True)
-    from mono_quant.pipeline.card import source_files
+    from mono_quant.io.serveability import Serveability, check_scheme
+    from mono_quant.pipeline import run_pipeline
 
-    path = save_model(qmodel, args.output, info, format=fmt,
-                      extra_files=source_files(source, qmodel, info, fmt))
-    from mono_quant.pipeline.served import served_check
+    spec = _spec(args)
+    serveable(check_scheme(spec.config, spec.format), spec.format, args.strict)
 
-    # the float model is no longer needed: the artifact may be rebuilt into it
-    reload = served_check(path, fmt, model, qmodel, info, batches[0] if batches else None)
-    _report(args.source, info, path, fmt, reload)
+    def announce(stage: str, **_: Any) -> None:
+        if not args.quiet:
+            print(f"{stage} ...", file=sys.stderr)
+
+    result = run_pipeline(spec, args.output, on_stage=announce, progress=not args.quiet)
+    m = result.info.metrics
+    verdict = Serveability(m.get("serveable_by", "vllm"), m.get("serveable_reason", ""))
+    if args.strict and spec.format == "compressed-tensors" and verdict.serveable_by != "vllm":
+        shutil.rmtree(Path(result.path), ignore_errors=True)  # the layer shapes, known now
+        serveable(verdict, spec.format, strict=True)
+    _report(args.source, result.info, result.path, spec.format, m["reload_check"])
     return 0
 
 

@@ -23,18 +23,16 @@ from mono_quant.errors import (
 )
 
 if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
-    from mono_quant.io import (
+    from mono_quant.io import load_model, load_quantized, read_info, save_model
+    from mono_quant.pipeline import (
         CalibrationSource,
+        JobSpec,
         ModelSource,
-        load_model,
-        load_quantized,
         parse_calibration_source,
         parse_model_source,
         quantize_checkpoint,
-        read_info,
-        save_model,
+        run_pipeline,
     )
-    from mono_quant.io.info import QuantizationInfo
     from mono_quant.quant import (
         CalibrationResult,
         MinMaxObserver,
@@ -47,6 +45,7 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
         PerTensor,
         QuantConfig,
         QuantConv2d,
+        QuantizationInfo,
         QuantizedTensor,
         QuantLinear,
         dequantize,
@@ -63,10 +62,11 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
 # main process and `mono-quant --help` never load torch; the job's process does, when it needs it.
 _EXPORTS = {
     "CalibrationResult": "mono_quant.quant",
-    "CalibrationSource": "mono_quant.io",
+    "CalibrationSource": "mono_quant.pipeline",
+    "JobSpec": "mono_quant.pipeline",
     "MSEObserver": "mono_quant.quant",
     "MinMaxObserver": "mono_quant.quant",
-    "ModelSource": "mono_quant.io",
+    "ModelSource": "mono_quant.pipeline",
     "MovingAverageMinMaxObserver": "mono_quant.quant",
     "Observer": "mono_quant.quant",
     "PerChannel": "mono_quant.quant",
@@ -76,26 +76,27 @@ _EXPORTS = {
     "QuantConfig": "mono_quant.quant",
     "QuantConv2d": "mono_quant.quant",
     "QuantLinear": "mono_quant.quant",
-    "QuantizationInfo": "mono_quant.io.info",
+    "QuantizationInfo": "mono_quant.quant",
     "QuantizedTensor": "mono_quant.quant",
     "dequantize": "mono_quant.quant",
     "fake_quantize": "mono_quant.quant",
     "load_model": "mono_quant.io",
     "load_quantized": "mono_quant.io",
     "make_observer": "mono_quant.quant",
-    "parse_calibration_source": "mono_quant.io",
-    "parse_model_source": "mono_quant.io",
-    "quantize_checkpoint": "mono_quant.io",
+    "parse_calibration_source": "mono_quant.pipeline",
+    "parse_model_source": "mono_quant.pipeline",
+    "quantize_checkpoint": "mono_quant.pipeline",
     "quantize_model": "mono_quant.quant",
     "quantize_weight_int8": "mono_quant.quant",
     "quantize_with_qparams": "mono_quant.quant",
     "read_info": "mono_quant.io",
     "run_calibration": "mono_quant.quant",
+    "run_pipeline": "mono_quant.pipeline",
     "save_model": "mono_quant.io",
     "select_layers": "mono_quant.quant",
 }
-_SUBMODULES = ("catalog", "config", "demo_models", "errors", "io", "quant", "scheduler",
-               "validate", "worker")
+_SUBMODULES = ("catalog", "config", "demo_models", "errors", "io", "pipeline", "quant",
+               "scheduler", "worker")
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 
 __version__ = "0.1.0"
@@ -105,6 +106,7 @@ __all__ = [
     "BadInputError",
     "CalibrationResult",
     "CalibrationSource",
+    "JobSpec",
     "MSEObserver",
     "MinMaxObserver",
     "ModelSource",
@@ -135,6 +137,7 @@ __all__ = [
     "quantize_with_qparams",
     "read_info",
     "run_calibration",
+    "run_pipeline",
     "save_model",
     "select_layers",
 ]

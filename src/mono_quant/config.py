@@ -1,12 +1,18 @@
 """Settings, read once from the environment.
 
-Every setting is an environment variable ``MONO_QUANT_<NAME>``; each one is documented where it
-is defined below and in the README's settings table. A URL setting wins over host/port parts.
+Every setting is an environment variable ``MONO_QUANT_<NAME>``, declared once in
+:data:`VARIABLES` (name, default, meaning): the settings table in ``docs/settings.md`` is
+generated from it (``python scripts/settings_table.py``), and reading an undeclared variable is
+a bug caught at once. A URL setting wins over host/port parts.
+
+The library (``mono_quant.quant``, ``io``, ``pipeline``) never reads these: its own switches
+(``MONO_QUANT_COMPILE``, ``MONO_QUANT_COMPILE_MIN_NUMEL``) live in
+:mod:`mono_quant.quant.options`.
 
 Example:
-    >>> from mono_quant.config import get_settings
-    >>> get_settings().compile in ("auto", "always", "never")
-    True
+    >>> from mono_quant.config import Settings
+    >>> Settings.from_env({"MONO_QUANT_STALE_AFTER": "30"}).stale_after
+    30.0
 """
 
 from __future__ import annotations
@@ -20,19 +26,12 @@ from typing import TypeVar
 
 from mono_quant.errors import BadConfigError
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["VARIABLES", "Settings", "Variable", "get_settings", "settings_table"]
 
 _PREFIX = "MONO_QUANT_"
 
 #: Where the embedded runner keeps its SQLite catalog and artifacts when nothing else is set.
 DEFAULT_DATA_DIR = "./mono-quant-data"
-
-#: ``auto``: use a torch.compile CPU kernel for large tensors when a C++ compiler works;
-#: ``always``: for every CPU tensor; ``never``: plain torch ops only.
-DEFAULT_COMPILE = "auto"
-
-#: Tensors with at least this many elements take the compiled CPU path under ``auto``.
-DEFAULT_COMPILE_MIN_NUMEL = 1 << 20
 
 #: The Celery broker when neither MONO_QUANT_BROKER_URL nor MONO_QUANT_REDIS_HOST is set.
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
@@ -60,6 +59,75 @@ DEFAULT_SOFT_SHUTDOWN_TIMEOUT = 0.0
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable (or a group read together), as the settings table shows it."""
+
+    #: Names without the ``MONO_QUANT_`` prefix.
+    names: tuple[str, ...]
+    #: The default, as people read it (Markdown).
+    default: str
+    #: What it does (Markdown).
+    meaning: str
+
+
+#: Every variable the service reads: the one home of their names, defaults and meanings.
+VARIABLES: tuple[Variable, ...] = (
+    Variable(("DATA_DIR",), f"`{DEFAULT_DATA_DIR}`",
+             "folder of the embedded catalog and artifacts"),
+    Variable(("CATALOG_URL",), "SQLite at `$MONO_QUANT_DATA_DIR/catalog.db`",
+             "SQLAlchemy URL of the catalog (`postgresql+psycopg://…` when deployed); wins over "
+             "the `DB_*` parts"),
+    Variable(("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD"),
+             "unset, `5432`, `mono_quant`, `postgres`, unset",
+             "PostgreSQL catalog from parts, used when `MONO_QUANT_CATALOG_URL` is unset and "
+             "`DB_HOST` is set"),
+    Variable(("STORAGE_ROOT",), "`$MONO_QUANT_DATA_DIR/artifacts`",
+             "root folder of artifacts (a shared volume in a fleet)"),
+    Variable(("BROKER_URL",), f"`{DEFAULT_BROKER_URL}`",
+             "Celery broker; wins over the `REDIS_*` parts"),
+    Variable(("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"),
+             "unset, `6379`, `0`, unset",
+             "broker from parts, used when `MONO_QUANT_BROKER_URL` is unset and `REDIS_HOST` is "
+             "set"),
+    Variable(("SOFT_TIME_LIMIT",), f"`{DEFAULT_SOFT_TIME_LIMIT}`",
+             "seconds a job may run before it is asked to stop (it fails cleanly)"),
+    Variable(("TIME_LIMIT",), f"`{DEFAULT_TIME_LIMIT}` (at least soft + 60)",
+             "seconds after which the job's process is killed; must exceed the soft limit"),
+    Variable(("VISIBILITY_TIMEOUT",), "time limit + `600`",
+             "seconds before Redis redelivers an unacknowledged message; must exceed the time "
+             "limit"),
+    Variable(("MAX_ATTEMPTS",), f"`{DEFAULT_MAX_ATTEMPTS}`",
+             "attempts per job (a manifest may set its own); a job whose attempts keep dying "
+             "with their worker is failed as `poison`"),
+    Variable(("HEARTBEAT_INTERVAL",), f"`{DEFAULT_HEARTBEAT_INTERVAL:g}`",
+             "seconds between heartbeats (and progress updates) of a running job"),
+    Variable(("STALE_AFTER",), f"`{DEFAULT_STALE_AFTER:g}`",
+             "a running job whose heartbeat is older than this is presumed dead (reconcile "
+             "re-enqueues it); must exceed twice the heartbeat interval"),
+    Variable(("RETRY_BACKOFF", "RETRY_BACKOFF_MAX"),
+             f"`{DEFAULT_RETRY_BACKOFF:g}`, `{DEFAULT_RETRY_BACKOFF_MAX:g}`",
+             "first delay (s) before retrying a transient failure, doubled per attempt with "
+             "jitter, and its cap"),
+    Variable(("SOFT_SHUTDOWN_TIMEOUT",), f"`{DEFAULT_SOFT_SHUTDOWN_TIMEOUT:g}`",
+             "seconds a worker stopping *cold* (SIGQUIT, or SIGTERM with "
+             "`REMAP_SIGTERM=SIGQUIT`) lets its running job finish before cancelling it and "
+             "putting its message back on the queue (Celery's `worker_soft_shutdown_timeout`); "
+             "`deploy/` sets `300` and stop grace periods of `360`"),
+)
+_DECLARED = frozenset(n for v in VARIABLES for n in v.names)
+
+
+def settings_table(variables: tuple[Variable, ...] = VARIABLES) -> str:
+    """The Markdown table of ``variables`` (docs/settings.md is made of these)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for v in variables:
+        first, *rest = v.names
+        names = ", ".join([f"`{_PREFIX}{first}`", *(f"`_{n}`" for n in rest)])
+        rows.append(f"| {names} | {v.default} | {v.meaning} |")
+    return "\n".join(rows) + "\n"
+
+
 class _Env:
     """Typed reads of ``MONO_QUANT_*`` variables from one mapping (``os.environ`` usually)."""
 
@@ -67,6 +135,8 @@ class _Env:
         self.environ = environ
 
     def text(self, name: str, default: str | None = None) -> str | None:
+        if name not in _DECLARED:  # a bug of ours: every variable is declared in VARIABLES
+            raise KeyError(f"{_PREFIX}{name} is read but not declared in config.VARIABLES")
         value = self.environ.get(_PREFIX + name)
         return default if value is None or value == "" else value
 
@@ -128,10 +198,6 @@ class Settings:
 
     #: MONO_QUANT_DATA_DIR — folder for the embedded catalog and artifacts.
     data_dir: Path
-    #: MONO_QUANT_COMPILE — ``auto`` | ``always`` | ``never`` (see DEFAULT_COMPILE).
-    compile: str
-    #: MONO_QUANT_COMPILE_MIN_NUMEL — size threshold for the compiled path under ``auto``.
-    compile_min_numel: int
     #: MONO_QUANT_CATALOG_URL (or MONO_QUANT_DB_HOST/PORT/NAME/USER/PASSWORD) — SQLAlchemy URL
     #: of the catalog; default: SQLite at ``<data_dir>/catalog.db``.
     catalog_url: str
@@ -163,11 +229,6 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from ``environ`` (default: ``os.environ``)."""
         env = _Env(os.environ if environ is None else environ)
-        compile_mode = (env.text("COMPILE", DEFAULT_COMPILE) or DEFAULT_COMPILE).lower()
-        if compile_mode not in ("auto", "always", "never"):
-            raise BadConfigError(
-                f"{_PREFIX}COMPILE={compile_mode!r}: expected one of 'auto', 'always', 'never'"
-            )
         data_dir = Path(env.text("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR).resolve()
         soft = env.integer("SOFT_TIME_LIMIT", DEFAULT_SOFT_TIME_LIMIT)
         hard = env.integer("TIME_LIMIT", max(DEFAULT_TIME_LIMIT, soft + 60))
@@ -196,8 +257,6 @@ class Settings:
             raise BadConfigError(f"{_PREFIX}MAX_ATTEMPTS={attempts}: expected at least 1")
         return cls(
             data_dir=data_dir,
-            compile=compile_mode,
-            compile_min_numel=env.integer("COMPILE_MIN_NUMEL", DEFAULT_COMPILE_MIN_NUMEL),
             catalog_url=_catalog_url(env, data_dir),
             storage_root=Path(env.text("STORAGE_ROOT") or data_dir / "artifacts").resolve(),
             broker_url=_broker_url(env),

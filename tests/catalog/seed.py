@@ -51,7 +51,7 @@ def seed(session, n: int = N, rng_seed: int = 20240501) -> list[dict[str, Any]]:
         status = JobStatus.SUCCEEDED if i % 7 else rng.choice(
             [JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.RUNNING])
         key = _digest(f"job-{i}")
-        job = Job(batch=batch, name=f"job-{i}", model_source=model, config=config.to_dict(),
+        job = Job(batch=batch, name=f"job-{i}", model_source=model, spec=config.to_dict(),
                   idempotency_key=key, queue="cpu", status=status)
         session.add(job)
 

@@ -44,7 +44,7 @@ def catalog(catalog_url):
 
 def _job(session, i: int = 0, model: str = "hf:org/mlp@main") -> Job:
     batch = session.get(Batch, 1) or Batch(name="b")
-    job = Job(batch=batch, name=f"job-{i}", model_source=model, config={},
+    job = Job(batch=batch, name=f"job-{i}", model_source=model, spec={},
               idempotency_key=hashlib.sha256(f"k{i}".encode()).hexdigest(), queue="cpu")
     session.add(job)
     session.flush()

@@ -127,7 +127,7 @@ def test_job_status_counts(seeded, catalog_url):
         from mono_quant.catalog import Job
 
         # jobs without artifacts count too
-        session.add_all(Job(batch_id=2, name=f"extra-{i}", model_source="m", config={},
+        session.add_all(Job(batch_id=2, name=f"extra-{i}", model_source="m", spec={},
                             idempotency_key=f"{i:064x}", queue="gpu", status=s)
                         for i, s in enumerate([JobStatus.PENDING, JobStatus.QUEUED,
                                                JobStatus.QUEUED]))

@@ -57,7 +57,7 @@ def seed_catalog(url: str) -> tuple[Counter, int, Counter]:
         records = seedmod.seed(session)
         batch = Batch(name="gpu-batch")
         extra = [JobStatus.PENDING, JobStatus.QUEUED, JobStatus.QUEUED, JobStatus.RUNNING]
-        jobs = [Job(batch=batch, name=f"g{i}", model_source="hf:org/x@main", config={},
+        jobs = [Job(batch=batch, name=f"g{i}", model_source="hf:org/x@main", spec={},
                     idempotency_key=f"{i:064x}", queue="gpu.h100", status=status)
                 for i, status in enumerate(extra)]
         session.add_all(jobs)
@@ -135,7 +135,7 @@ def test_scrape_matches_catalog_and_broker(redis_url, catalog_url, tmp_path):
         catalog = Catalog(catalog_url)
         with catalog.begin() as session:
             session.add(Job(batch=Batch(name="late"), name="late", model_source="m",
-                            config={}, idempotency_key="f" * 64, queue="gpu.a100",
+                            spec={}, idempotency_key="f" * 64, queue="gpu.a100",
                             status=JobStatus.QUEUED))
         catalog.dispose()
         fill_broker(redis_url, {"gpu.a100": 1}, unacked=0)

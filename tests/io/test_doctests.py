@@ -1,4 +1,4 @@
-"""The docstring examples of the io modules run (they are documentation, keep them true)."""
+"""The docstring examples of the io, pipeline and quant modules run (keep them true)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ MODULES = [
     "mono_quant.io._safetensors_stream",
     "mono_quant.io.formats",
     "mono_quant.io.interop",
-    "mono_quant.io.sources",
-    "mono_quant.io.streaming",
+    "mono_quant.pipeline",
+    "mono_quant.pipeline.run",
+    "mono_quant.pipeline.sources",
+    "mono_quant.pipeline.spec",
+    "mono_quant.pipeline.streaming",
+    "mono_quant.quant.info",
+    "mono_quant.quant.options",
 ]
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from mono_quant import QuantConfig, quantize_model, save_model
-from mono_quant.io import parse_model_source
+from mono_quant.pipeline import parse_model_source
 from mono_quant.pipeline.card import source_files
 from tests.io.hf_fixture import make_hf_folder
 

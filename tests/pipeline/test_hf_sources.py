@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from mono_quant.errors import BadConfigError, BadInputError
-from mono_quant.io import parse_model_source
+from mono_quant.pipeline import parse_model_source
 from mono_quant.pipeline.digest import weights_digest
 from mono_quant.scheduler.manifest import parse_manifest
 from tests.pipeline.archs import ARCHS

@@ -16,8 +16,8 @@ from safetensors import safe_open
 from mono_quant import QuantConfig, load_quantized, quantize_model, save_model
 from mono_quant.errors import MonoQuantError
 from mono_quant.pipeline.served import probe_batch, served_check
+from mono_quant.quant.metrics import first_tensor
 from mono_quant.quant.ties import output_embedding_name, shared_weights
-from mono_quant.validate.metrics import first_tensor
 from tests.pipeline.archs import ARCHS, Arch
 
 pytest.importorskip("transformers", reason="transformers is not installed (the 'hf' extra)")

@@ -13,7 +13,7 @@ from mono_quant import (
     demo_models,
     quantize_model,
 )
-from mono_quant.validate import sqnr_db
+from mono_quant.quant.metrics import sqnr_db
 
 CONFIGS = [
     pytest.param(QuantConfig(), id="sym-channel"),

@@ -42,10 +42,14 @@ def test_db_upgrade_creates_then_reports_up_to_date(empty_url):
     assert "no catalog schema; run `mono-quant db upgrade` first" in out.stderr
     out = cli("db", "upgrade", url=empty_url)
     assert out.returncode == 0, out.stderr
-    assert "upgraded from empty to revision 0001" in out.stdout
-    assert "up to date (revision 0001)" in cli("db", "upgrade", url=empty_url).stdout
+    from mono_quant.catalog.db import head_revision
+
+    head = head_revision()
+    assert f"upgraded from empty to revision {head}" in out.stdout
+    assert f"up to date (revision {head})" in cli("db", "upgrade", url=empty_url).stdout
     out = cli("db", "current", url=empty_url)
-    assert (out.returncode, "revision 0001 (head 0001, up to date)" in out.stdout) == (0, True)
+    assert (out.returncode, f"revision {head} (head {head}, up to date)" in out.stdout) == (
+        0, True)
     out = cli("catalog", "list", "--json", url=empty_url)
     assert (out.returncode, json.loads(out.stdout)) == (0, [])
 
@@ -141,7 +145,7 @@ def _store(catalog_url, root):
         batch = Batch(name="b")
         ids = []
         for i, p in enumerate(paths):
-            job = Job(batch=batch, name=f"j{i}", model_source="hf:o/m", config={},
+            job = Job(batch=batch, name=f"j{i}", model_source="hf:o/m", spec={},
                       idempotency_key=f"{i:064x}", queue="cpu")
             s.add(job)
             ids.append(add_artifact(s, job, p, info, storage_root=root).id)

@@ -17,11 +17,11 @@ def test_defaults_matrix_and_overrides_expand():
     manifest, specs = _parse({
         "name": "nightly",
         "labels": {"team": "search"},
-        "defaults": {"scheme": "asymmetric", "format": "pt", "device": "gpu"},
+        "defaults": {"scheme": "asymmetric", "format": "pt", "queue": "gpu"},
         "matrix": {"granularity": ["per_channel", "per_group"], "format": ["safetensors", "pt"]},
         "jobs": [{"name": "a", "model": MLP},
                  {"name": "b", "model": {"factory": "mono_quant.demo_models:cnn"},
-                  "scheme": "symmetric", "device": "gpu.h100"}],
+                  "scheme": "symmetric", "queue": "gpu.h100"}],
     })
     assert manifest.name == "nightly" and manifest.labels == {"team": "search"}
     assert [s.name for s in specs] == [
@@ -31,17 +31,18 @@ def test_defaults_matrix_and_overrides_expand():
         "b[granularity=per_group,format=safetensors]", "b[granularity=per_group,format=pt]",
     ]
     a0, b3 = specs[0], specs[7]
-    assert a0.config == QuantConfig(scheme="asymmetric", granularity="per_channel")
-    assert (a0.format, a0.queue, a0.model_source) == ("safetensors", "gpu", MLP)
-    assert b3.config == QuantConfig(scheme="symmetric", granularity="per_group", group_size=128)
-    assert (b3.format, b3.queue) == ("pt", "gpu.h100")
+    assert a0.spec.config == QuantConfig(scheme="asymmetric", granularity="per_channel")
+    assert (a0.spec.format, a0.queue, a0.model_source) == ("safetensors", "gpu", MLP)
+    assert b3.spec.config == QuantConfig(scheme="symmetric", granularity="per_group",
+                                         group_size=128)
+    assert (b3.spec.format, b3.queue) == ("pt", "gpu.h100")
     assert len({s.idempotency_key for s in specs}) == 8
 
 
 def test_idempotency_key_is_canonical_and_ignores_the_queue():
     one = _parse({"jobs": [{"name": "a", "model": f"{MLP}?hidden=64&seed=1",
-                            "device": "cpu"}]})[1][0]
-    two = _parse({"jobs": [{"name": "b", "device": "gpu",
+                            "queue": "cpu"}]})[1][0]
+    two = _parse({"jobs": [{"name": "b", "queue": "gpu",
                             "model": {"factory": "mono_quant.demo_models:mlp",
                                       "kwargs": {"seed": 1, "hidden": 64}}}]})[1][0]
     other = _parse({"jobs": [{"name": "a", "model": f"{MLP}?hidden=64&seed=2"}]})[1][0]
@@ -65,8 +66,8 @@ def test_idempotency_key_is_canonical_and_ignores_the_queue():
                      "jobs.yaml: jobs[0].model: ", id="bad-source"),
         pytest.param({"jobs": [{"name": "a", "model": MLP, "mode": "static"}]},
                      "jobs.yaml: jobs[0].calibration: mode 'static' needs", id="static"),
-        pytest.param({"jobs": [{"name": "a", "model": MLP, "device": "tpu"}]},
-                     "jobs.yaml: jobs[0].device: ", id="device"),
+        pytest.param({"jobs": [{"name": "a", "model": MLP, "queue": "tpu"}]},
+                     "jobs.yaml: jobs[0].queue: ", id="queue"),
         pytest.param({"jobs": [{"name": "a", "model": MLP, "format": "gguf"}]},
                      "jobs.yaml: jobs[0].format: expected one of safetensors", id="format"),
         pytest.param({"matrix": {"bits": [4]}, "jobs": [{"name": "a", "model": MLP}]},
@@ -74,8 +75,13 @@ def test_idempotency_key_is_canonical_and_ignores_the_queue():
         pytest.param({"matrix": {"format": ["pt", "onnx"]}, "jobs": [{"name": "a", "model": MLP}]},
                      "jobs.yaml: matrix: format[1]='onnx': expected one of safetensors",
                      id="matrix-format"),
-        pytest.param({"matrix": {"device": ["GPU-H100"]}, "jobs": [{"name": "a", "model": MLP}]},
-                     "jobs.yaml: matrix: device[0]='GPU-H100': ", id="matrix-device"),
+        pytest.param({"matrix": {"queue": ["GPU-H100"]}, "jobs": [{"name": "a", "model": MLP}]},
+                     "jobs.yaml: matrix: queue[0]='GPU-H100': ", id="matrix-queue"),
+        pytest.param({"jobs": [{"name": "a", "model": MLP, "stream": True}]},
+                     "jobs.yaml: jobs[0]: stream: true: the model must be an hf: folder",
+                     id="stream-factory"),
+        pytest.param({"jobs": [{"name": "a", "model": MLP, "stream": "yes"}]},
+                     "jobs.yaml: jobs[0].stream: Input should be a valid boolean", id="stream"),
         pytest.param({"matrix": {"scheme": ["symmetric"]},
                       "jobs": [{"name": "a", "model": MLP, "scheme": "asymmetric"}]},
                      "jobs[0].scheme: is a matrix key", id="matrix-clash"),
@@ -105,10 +111,60 @@ def test_load_manifest_reads_yaml_and_resolves_paths_against_it(tmp_path):
     path.write_text("jobs:\n  - name: a\n    model: {factory: 'mono_quant.demo_models:mlp', "
                     "weights: w.safetensors}\n")
     _, specs, digest = load_manifest(path)
-    assert specs[0].model["weights"] == str(tmp_path / "sub" / "w.safetensors")
+    assert specs[0].spec.model.weights == str(tmp_path / "sub" / "w.safetensors")
     assert len(digest) == 64
     path.write_text("jobs: [unclosed")
     with pytest.raises(BadInputError, match="jobs.yaml: not valid YAML"):
         load_manifest(path)
     with pytest.raises(BadInputError, match="cannot read the manifest"):
         load_manifest(tmp_path / "missing.yaml")
+
+
+def test_deprecated_device_key_still_names_the_queue_with_a_notice():
+    with pytest.warns(FutureWarning, match="jobs.yaml: manifest key 'device' is deprecated; "
+                                           "write 'queue'"):
+        _, (old,) = _parse({"defaults": {"device": "gpu"}, "jobs": [{"name": "a", "model": MLP}]})
+    _, (new,) = _parse({"defaults": {"queue": "gpu"}, "jobs": [{"name": "a", "model": MLP}]})
+    assert old.queue == new.queue == "gpu" and old.spec == new.spec
+    with pytest.warns(FutureWarning), pytest.raises(BadInputError, match="disagree"):
+        _parse({"jobs": [{"name": "a", "model": MLP, "device": "gpu", "queue": "cpu"}]})
+
+
+#: A valid value other than the default for every QuantConfig field. A field added to
+#: QuantConfig must be a manifest key with no edit to the manifest module; this table is how
+#: the test knows a value to try (add one for the new field).
+_SAMPLES = {
+    "scheme": "asymmetric", "granularity": "per_group", "group_size": 64, "mode": "static",
+    "weight_observer": "mse", "activation_observer": "percentile",
+    "activation_scheme": "symmetric", "include": ["0"], "exclude": ["2"], "min_layer_size": 8,
+}
+
+
+#: Other fields a sample value needs to take effect.
+_NEEDS = {"group_size": {"granularity": "per_group"}}
+
+
+def test_every_quant_config_field_is_a_manifest_key():
+    import dataclasses
+
+    calibration = "factory:mono_quant.demo_models:vector_batches"
+    for field in dataclasses.fields(QuantConfig):
+        assert field.name in _SAMPLES, f"no sample value for QuantConfig.{field.name}"
+        value = _SAMPLES[field.name]
+        extra = {"calibration": calibration, **_NEEDS.get(field.name, {})}
+        _, (job,) = _parse({"defaults": {field.name: value, **extra},
+                            "jobs": [{"name": "a", "model": MLP}]})
+        got = getattr(job.spec.config, field.name)
+        assert (list(got) if isinstance(got, tuple) else got) == value, field.name
+        _, jobs = _parse({"matrix": {field.name: [value]}, "jobs": [{"name": "a", "model": MLP,
+                                                                     **extra}]})
+        assert len(jobs) == 1, field.name
+
+
+def test_stream_reaches_the_job_spec(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    _, (job,) = _parse({"jobs": [{"name": "a", "model": f"hf:{tmp_path / 'm'}", "stream": True}]})
+    assert job.spec.stream is True and job.spec.to_payload()["stream"] is True
+    _, (plain,) = _parse({"jobs": [{"name": "a", "model": f"hf:{tmp_path / 'm'}"}]})
+    assert plain.idempotency_key != job.idempotency_key

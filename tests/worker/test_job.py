@@ -10,16 +10,17 @@ import pytest
 import torch
 from sqlalchemy import select
 
-import mono_quant
+import mono_quant.quant.quantize
 from mono_quant.catalog import Artifact, Catalog, ErrorKind, Job, JobStatus
 from mono_quant.catalog import jobs as js
 from mono_quant.catalog.batches import create_batch
 from mono_quant.config import Settings
 from mono_quant.errors import BadConfigError, BadInputError, StorageError, TransientError
+from mono_quant.pipeline.run import _halve
 from mono_quant.scheduler.manifest import parse_manifest
 from mono_quant.scheduler.service import _rows
 from mono_quant.worker import job as job_module
-from mono_quant.worker.job import _halve, backoff, classify, run_job
+from mono_quant.worker.job import backoff, classify, run_job
 from mono_quant.worker.storage import artifact_key, resolve
 
 
@@ -72,9 +73,9 @@ def test_one_structured_log_line_per_job_event(settings, caplog):
     with caplog.at_level("INFO", logger="mono_quant.job"):
         run_job(job_id, "w@test", settings=settings)
     events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mono_quant.job"]
-    assert [e["event"] for e in events] == ["started"] + ["stage"] * 5 + ["succeeded"]
+    assert [e["event"] for e in events] == ["started"] + ["stage"] * 6 + ["succeeded"]
     assert [e["stage"] for e in events if e["event"] == "stage"] == [
-        "loading", "quantizing", "writing", "reloading", "recording"]
+        "loading", "quantizing", "writing", "reloading", "hashing", "recording"]
     for e in events:
         assert (e["job"], e["batch"], e["attempt"], e["node"], e["device"]) == (
             job_id, 1, 1, "w@test", "cpu")
@@ -131,7 +132,7 @@ def test_a_forced_rerun_replaces_the_artifact_file(settings):
 def test_cuda_out_of_memory_retries_once_with_halved_batches(settings, monkeypatch):
     # No GPU here: the OOM is injected (the one thing these tests cannot produce for real).
     calls: list[list[int]] = []
-    real = mono_quant.quantize_model
+    real = mono_quant.quant.quantize.quantize_model
 
     def fake(model, config, data, **kw):
         calls.append([b.shape[0] for b in data])
@@ -139,7 +140,7 @@ def test_cuda_out_of_memory_retries_once_with_halved_batches(settings, monkeypat
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, config, data, **kw)
 
-    monkeypatch.setattr(mono_quant, "quantize_model", fake)
+    monkeypatch.setattr(mono_quant.quant.quantize, "quantize_model", fake)
     (job_id,) = _submit(settings, [{
         "name": "a", "model": "factory:tests.jobfixtures:tiny", "mode": "static",
         "calibration": "factory:mono_quant.demo_models:vector_batches?n=2&batch=8&features=64"}])
@@ -152,7 +153,7 @@ def test_out_of_memory_twice_is_transient(settings, monkeypatch):
     def oom(*a, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(mono_quant, "quantize_model", oom)
+    monkeypatch.setattr(mono_quant.quant.quantize, "quantize_model", oom)
     (job_id,) = _submit(settings, [{
         "name": "a", "model": "factory:tests.jobfixtures:tiny", "mode": "static",
         "calibration": "factory:mono_quant.demo_models:vector_batches?n=1&features=64"}])

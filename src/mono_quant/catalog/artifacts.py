@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from mono_quant.catalog.models import Artifact, ArtifactFormat, Job
 from mono_quant.errors import BadInputError, StorageError
 from mono_quant.io.hashing import sha256_path, size_path
-from mono_quant.io.info import QuantizationInfo
+from mono_quant.quant.info import QuantizationInfo
 
 __all__ = [
     "VerifyResult",

@@ -40,7 +40,7 @@ class JobRow:
     name: str
     model_source: str
     model_source_json: dict[str, Any]
-    config: dict[str, Any]
+    spec: dict[str, Any]
     idempotency_key: str
     queue: str
     max_attempts: int
@@ -64,7 +64,7 @@ def create_batch(
     values = [
         {
             "batch_id": batch.id, "name": r.name, "model_source": r.model_source,
-            "model_source_json": r.model_source_json, "config": r.config,
+            "model_source_json": r.model_source_json, "spec": r.spec,
             "idempotency_key": r.idempotency_key, "queue": r.queue,
             "status": JobStatus.PENDING, "attempts": 0, "max_attempts": r.max_attempts,
             "created_at": now,

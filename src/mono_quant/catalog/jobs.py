@@ -47,7 +47,7 @@ from mono_quant.catalog.models import (
 )
 from mono_quant.catalog.types import utcnow
 from mono_quant.errors import BadInputError
-from mono_quant.io.info import QuantizationInfo
+from mono_quant.quant.info import QuantizationInfo
 
 __all__ = [
     "Claim",

@@ -169,9 +169,10 @@ class Job(Base):
     model_source: Mapped[str] = mapped_column(Text)
     #: The model source as structured JSON (kind, path, revision, …).
     model_source_json: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    #: QuantConfig dict plus output format, device class and calibration spec.
-    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    #: sha256 hex of the canonical model source + config.
+    #: The job's typed contract: ``JobSpec.to_payload()`` (model, quantization config,
+    #: format, calibration, samples, stream), decoded by ``JobSpec.from_payload``.
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: sha256 hex of the spec (``JobSpec.idempotency_key``).
     idempotency_key: Mapped[Digest]
     #: Device class = Celery queue: "gpu", "gpu.h100", "cpu", …
     queue: Mapped[str] = mapped_column(String(64))

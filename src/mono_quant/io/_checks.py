@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mono_quant.errors import BadInputError
-from mono_quant.io.info import QuantizationInfo
+from mono_quant.quant.info import QuantizationInfo
 
 __all__ = ["check_quantized_tensors", "load_state_dict_strict"]
 

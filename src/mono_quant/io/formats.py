@@ -50,8 +50,8 @@ from mono_quant.io._atomic import atomic_dir, atomic_file
 from mono_quant.io._checks import check_quantized_tensors, load_state_dict_strict
 from mono_quant.io._pt import read_pt, write_pt
 from mono_quant.io._safetensors_stream import SafetensorsWriter, TensorSpec, read_header
-from mono_quant.io.info import QuantizationInfo
 from mono_quant.io.layout import FORMATS, detect_format
+from mono_quant.quant.info import QuantizationInfo
 
 __all__ = [
     "FORMATS",

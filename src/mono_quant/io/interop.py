@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from mono_quant.errors import BadConfigError, BadInputError
-from mono_quant.io.info import QuantizationInfo
+from mono_quant.quant.info import QuantizationInfo
 
 __all__ = [
     "CONFIG_FILE",

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from mono_quant.io.info import QuantizationInfo
+from mono_quant.quant.info import QuantizationInfo
 
 __all__ = ["COPIED_FILES", "companion_files", "model_card", "source_files"]
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from mono_quant.errors import MonoQuantError
-from mono_quant.io.info import QuantizationInfo
+from mono_quant.quant.info import QuantizationInfo
 
 __all__ = ["SERVED_COSINE_MIN", "probe_batch", "record_serveability", "served_check"]
 
@@ -63,7 +63,7 @@ def probe_batch(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
 def _outputs(model: nn.Module, batch: Any) -> torch.Tensor | None:
     from mono_quant.quant.calibration import call_model, to_device
-    from mono_quant.validate.metrics import first_tensor
+    from mono_quant.quant.metrics import first_tensor
 
     param = next(iter(model.parameters()), next(iter(model.buffers()), None))
     if param is not None:

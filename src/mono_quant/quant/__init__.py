@@ -6,6 +6,7 @@ from mono_quant._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from mono_quant.quant.calibration import CalibrationResult, run_calibration
+    from mono_quant.quant.info import QuantizationInfo, library_versions
     from mono_quant.quant.modules import QuantConv2d, QuantLinear
     from mono_quant.quant.observers import (
         MinMaxObserver,
@@ -39,9 +40,11 @@ _EXPORTS = {
     "QuantConfig": "mono_quant.quant.qconfig",
     "QuantConv2d": "mono_quant.quant.modules",
     "QuantLinear": "mono_quant.quant.modules",
+    "QuantizationInfo": "mono_quant.quant.info",
     "QuantizedTensor": "mono_quant.quant.primitives",
     "dequantize": "mono_quant.quant.primitives",
     "fake_quantize": "mono_quant.quant.primitives",
+    "library_versions": "mono_quant.quant.info",
     "make_observer": "mono_quant.quant.observers",
     "quantize_model": "mono_quant.quant.quantize",
     "quantize_weight_int8": "mono_quant.quant.primitives",
@@ -64,9 +67,11 @@ __all__ = [
     "QuantConfig",
     "QuantConv2d",
     "QuantLinear",
+    "QuantizationInfo",
     "QuantizedTensor",
     "dequantize",
     "fake_quantize",
+    "library_versions",
     "make_observer",
     "quantize_model",
     "quantize_weight_int8",

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from mono_quant.config import get_settings
+from mono_quant.quant import options
 
 __all__ = ["TINY", "fused_minmax_quantize", "qparams_from_minmax", "quantize_rows"]
 
@@ -86,11 +86,17 @@ _compiled: dict[str, Callable] = {}
 _compile_failed = False
 
 
-def _use_compiled(x: torch.Tensor) -> bool:
-    settings = get_settings()
-    if _compile_failed or settings.compile == "never" or x.device.type != "cpu":
+def _use_compiled(x: torch.Tensor, name: str) -> bool:
+    """The compiled kernel ``name`` for ``x``? (see :mod:`mono_quant.quant.options`)"""
+    mode = options.compile_mode()
+    if _compile_failed or mode == "never" or x.device.type != "cpu":
         return False
-    return settings.compile == "always" or x.numel() >= settings.compile_min_numel
+    if mode == "always":
+        return True
+    if x.numel() < options.compile_min_numel():
+        return False
+    # auto: only when compiling pays, or is already paid for in this process
+    return name in _compiled or options.current_job_work() >= options.COMPILE_MIN_WORK
 
 
 def _get_compiled(name: str, fn: Callable) -> Callable:
@@ -167,8 +173,8 @@ def fused_minmax_quantize(rows: torch.Tensor, symmetric: bool):
 
     Returns ``(q [R, C] int8, scale [R, 1] float32, zero_point [R, 1] float32)``.
     """
-    if rows.shape[0] > 1 and _use_compiled(rows):
-        name, fn = ("sym", _fused_sym) if symmetric else ("asym", _fused_asym)
+    name, fn = ("sym", _fused_sym) if symmetric else ("asym", _fused_asym)
+    if rows.shape[0] > 1 and _use_compiled(rows, name):
         result = _run_compiled(name, fn, rows)
         if result is not None:
             q, lo, hi = result

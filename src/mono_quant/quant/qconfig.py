@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -41,6 +42,12 @@ def _patterns(value: Any, field: str) -> tuple[str, ...]:
                     f"{field}: {p!r} is not a valid regular expression: {e}"
                 ) from e
     return tuple(value)
+
+
+def _matches(pattern: str, name: str, type_name: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.match(pattern[3:], name) is not None
+    return type_name == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,16 @@ class QuantConfig:
         m = self.min_layer_size
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise BadConfigError(f"min_layer_size={m!r}: expected a non-negative integer")
+
+    def selects(self, name: str, type_name: str, numel: int) -> bool:
+        """Whether a layer called ``name``, of class ``type_name``, with ``numel`` weight
+        elements is quantized: the one place the include/exclude/size rules live (in-memory
+        and streaming quantization both ask it)."""
+        if self.include and not any(_matches(p, name, type_name) for p in self.include):
+            return False
+        if any(_matches(p, name, type_name) for p in self.exclude):
+            return False
+        return numel >= self.min_layer_size
 
     @property
     def granularity_spec(self) -> Granularity:

@@ -16,9 +16,7 @@ Example:
 from __future__ import annotations
 
 import copy
-import fnmatch
 import itertools
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
-from mono_quant.io.info import QuantizationInfo, library_versions
+from mono_quant.quant import options
 from mono_quant.quant.calibration import (
     OnProgress,
     batch_size,
@@ -37,23 +35,24 @@ from mono_quant.quant.calibration import (
     run_calibration,
     to_device,
 )
+from mono_quant.quant.info import QuantizationInfo, library_versions
+from mono_quant.quant.metrics import (
+    ErrorAccumulator,
+    check_int8_ranges,
+    first_tensor,
+    state_dict_bytes,
+    weight_error,
+)
 from mono_quant.quant.modules import float_weight, is_quantizable, quantized_like
 from mono_quant.quant.observers import make_observer
 from mono_quant.quant.primitives import (
     QuantizedTensor,
-    dequantize,
     quantize_weight_int8,
     quantize_with_qparams,
 )
 from mono_quant.quant.qconfig import QuantConfig
 from mono_quant.quant.specs import qrange
 from mono_quant.quant.ties import named_explicitly, shared_weights, tied_layers
-from mono_quant.validate.metrics import (
-    ErrorAccumulator,
-    check_int8_ranges,
-    first_tensor,
-    state_dict_bytes,
-)
 
 __all__ = ["LOW_COMPRESSION", "LOW_OUTPUT_COSINE", "layer_types", "quantize_model",
            "quantize_weight", "select_layers"]
@@ -64,12 +63,6 @@ LOW_COMPRESSION = 1.5
 #: An output cosine below this against the float model is a warning (int8 weights alone
 #: give 0.999+ on the models of the architecture matrix).
 LOW_OUTPUT_COSINE = 0.99
-
-
-def _matches(pattern: str, name: str, module: nn.Module) -> bool:
-    if pattern.startswith("re:"):
-        return re.match(pattern[3:], name) is not None
-    return type(module).__name__ == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
 def select_layers(model: nn.Module, config: QuantConfig) -> list[str]:
@@ -83,17 +76,10 @@ def select_layers(model: nn.Module, config: QuantConfig) -> list[str]:
     tied = tied_layers(model)
     selected = []
     for name, module in model.named_modules():
-        if not is_quantizable(module):
-            continue
-        if config.include and not any(_matches(p, name, module) for p in config.include):
-            continue
-        if any(_matches(p, name, module) for p in config.exclude):
-            continue
-        if module.weight.numel() < config.min_layer_size:
-            continue
-        if name in tied and not named_explicitly(config.include, name):
-            continue
-        selected.append(name)
+        if is_quantizable(module) and config.selects(
+            name, type(module).__name__, module.weight.numel()
+        ) and (name not in tied or named_explicitly(config.include, name)):
+            selected.append(name)
     return selected
 
 
@@ -164,6 +150,47 @@ def _output_metrics(
     if batches == 0:
         return {}
     return {"output_sqnr_db": acc.sqnr_db, "output_cosine": acc.cosine, "eval_batches": batches}
+
+
+def _structural_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s modules that shares its parameters and buffers (no tensor is
+    copied): the selected layers are then replaced in the copy, so ``model`` is never
+    modified and only the new int8 tensors take memory."""
+    memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(),
+                                                              model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def _swap_layers(qmodel: nn.Module, layers: list[str], config: QuantConfig, calibration,
+                 progress: bool, on_progress: OnProgress | None):
+    """Replace each selected layer of ``qmodel`` by its quantized twin; the weight error sums
+    (overall and per layer) come back."""
+    qmin, qmax = qrange(config.scheme)
+    total = ErrorAccumulator()
+    per_layer: dict[str, float] = {}
+    work = sum(qmodel.get_submodule(n).weight.numel() * 4 for n in layers)
+    with torch.no_grad(), options.job_work(work):
+        for done, name in enumerate(
+            tqdm(layers, desc="quantizing", unit="layer", disable=not progress), start=1
+        ):
+            layer = qmodel.get_submodule(name)
+            weight = float_weight(layer)  # [out, in]: Conv1D's is transposed
+            qw = quantize_weight(weight, config, f"{name}.weight")
+            problems = check_int8_ranges(name, qw.data, qw.scale, qw.zero_point, qmin, qmax)
+            if problems:  # a bug of ours, never the user's input
+                raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
+            acc = weight_error(weight, qw)
+            total.merge(acc)
+            per_layer[name] = acc.sqnr_db
+            qlayer = quantized_like(layer, config)
+            qlayer.set_weight(qw)
+            if calibration is not None:
+                qlayer.set_input_qparams(*calibration.observers[name].compute_qparams())
+            parent, _, child = name.rpartition(".")
+            setattr(qmodel.get_submodule(parent), child, qlayer)
+            if on_progress is not None:
+                on_progress("quantizing", done, len(layers))
+    return total, per_layer
 
 
 def _tie_report(model: nn.Module, qmodel: nn.Module, layers: list[str]) -> dict[str, Any]:
@@ -239,7 +266,7 @@ def quantize_model(
             f"layers need an include pattern naming them); layer types found: {found}"
         )
     calibration_data = _reiterable(calibration_data, num_samples)
-    qmodel = copy.deepcopy(model)
+    qmodel = _structural_copy(model)
     samples = 0
     calibration = None
     if config.mode == "static":
@@ -250,32 +277,7 @@ def quantize_model(
         )
         samples = calibration.samples
 
-    qmin, qmax = qrange(config.scheme)
-    total = ErrorAccumulator()
-    per_layer: dict[str, float] = {}
-    with torch.no_grad():
-        for done, name in enumerate(
-            tqdm(layers, desc="quantizing", unit="layer", disable=not progress), start=1
-        ):
-            layer = qmodel.get_submodule(name)
-            weight = float_weight(layer)
-            qw = quantize_weight(weight, config, f"{name}.weight")
-            problems = check_int8_ranges(name, qw.data, qw.scale, qw.zero_point, qmin, qmax)
-            if problems:  # a bug of ours, never the user's input
-                raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
-            acc = ErrorAccumulator()
-            acc.add(weight, dequantize(qw))
-            total.merge(acc)
-            per_layer[name] = acc.sqnr_db
-            qlayer = quantized_like(layer, config)
-            qlayer.set_weight(qw)
-            if calibration is not None:
-                qlayer.set_input_qparams(*calibration.observers[name].compute_qparams())
-            parent, _, child = name.rpartition(".")
-            setattr(qmodel.get_submodule(parent), child, qlayer)
-            if on_progress is not None:
-                on_progress("quantizing", done, len(layers))
-
+    total, per_layer = _swap_layers(qmodel, layers, config, calibration, progress, on_progress)
     size_fp, size_q = state_dict_bytes(model), state_dict_bytes(qmodel)
     metrics: dict[str, Any] = {
         "weight_sqnr_db": total.sqnr_db,

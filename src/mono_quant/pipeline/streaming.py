@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +56,14 @@ from mono_quant.io._safetensors_stream import (
     read_tensor,
 )
 from mono_quant.io.formats import _build_metadata, detect_format
-from mono_quant.io.info import QuantizationInfo, library_versions
+from mono_quant.quant import options
+from mono_quant.quant.info import QuantizationInfo, library_versions
 
 __all__ = ["checkpoint_files", "quantize_checkpoint"]
 
 INDEX_FILE = "model.safetensors.index.json"
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-_ROW_CHUNK = 1 << 18  # elements per chunk of the SQNR sums (float64 temporaries: 2 MiB)
 
-
-#: Stands in for the module when matching class-name patterns: every candidate is a "Linear".
-_AsLinear = type("Linear", (), {})
 
 #: Hugging Face model types built from ``transformers.pytorch_utils.Conv1D`` (weight
 #: ``[in, out]``), and their architecture class-name prefixes: every model in transformers
@@ -157,16 +153,9 @@ def _linear_layers(headers: list[SafetensorsHeader]) -> list[str]:
 
 
 def _select(layers: list[str], headers: list[SafetensorsHeader], config) -> list[str]:
-    from mono_quant.quant.quantize import _matches  # the patterns quantize_model uses
-
     numel = {n: math.prod(e.shape) for h in headers for n, e in h.tensors.items()}
-    module = _AsLinear()
-    return [
-        layer for layer in layers
-        if (not config.include or any(_matches(p, layer, module) for p in config.include))
-        and not any(_matches(p, layer, module) for p in config.exclude)
-        and numel[f"{layer}.weight"] >= config.min_layer_size
-    ]
+    # the rules quantize_model applies; every 2-D weight here is an nn.Linear's
+    return [layer for layer in layers if config.selects(layer, "Linear", numel[f"{layer}.weight"])]
 
 
 def _plan(headers, selected, config, transposed: set[str]) -> dict[str, TensorSpec]:
@@ -199,40 +188,13 @@ def _plan(headers, selected, config, transposed: set[str]) -> dict[str, TensorSp
     return specs
 
 
-def _row_parts(w: torch.Tensor, qw) -> Iterator[tuple[torch.Tensor, Any]]:
-    from mono_quant.quant.primitives import QuantizedTensor
-
-    step = max(1, _ROW_CHUNK // max(1, w[0].numel()))
-    for r0 in range(0, w.shape[0], step):
-        rows = slice(r0, r0 + step)
-        per_tensor = qw.granularity.name == "per_tensor"
-        scale = qw.scale if per_tensor else qw.scale[rows]
-        zp = qw.zero_point if per_tensor else qw.zero_point[rows]
-        yield w[rows], QuantizedTensor(qw.data[rows], scale, zp, qw.scheme, qw.granularity)
-
-
-def _sqnr_sums(w: torch.Tensor, qw):
-    """An ErrorAccumulator holding only the SQNR sums (float64, chunked, via dot products:
-    a third of the temporaries of ``ErrorAccumulator.add``, which also sums for cosine)."""
-    from mono_quant.quant.primitives import dequantize
-    from mono_quant.validate.metrics import ErrorAccumulator
-
-    acc = ErrorAccumulator()
-    for ref, part in _row_parts(w, qw):
-        r = ref.reshape(-1).double()
-        d = r - dequantize(part).reshape(-1).double()
-        acc.signal += float(torch.dot(r, r))
-        acc.noise += float(torch.dot(d, d))
-    return acc
-
-
 def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer, buffer,
                   transpose: bool = False):
     """Quantize and write one weight (a Conv1D one transposed to ``[out, in]`` first); its
     buffers are freed when this returns."""
+    from mono_quant.quant.metrics import check_int8_ranges, weight_error
     from mono_quant.quant.quantize import quantize_weight
     from mono_quant.quant.specs import qrange
-    from mono_quant.validate.metrics import check_int8_ranges
 
     w = read_tensor(f, h, name, out=buffer)
     if transpose:
@@ -241,7 +203,7 @@ def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer
     problems = check_int8_ranges(layer, qw.data, qw.scale, qw.zero_point, *qrange(config.scheme))
     if problems:  # a bug of ours, never the user's input
         raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
-    acc = _sqnr_sums(w, qw)
+    acc = weight_error(w, qw)
     writer.write(name, qw.data)
     writer.write(f"{layer}.weight_scale", qw.scale)
     writer.write(f"{layer}.weight_zero_point", qw.zero_point)
@@ -272,8 +234,9 @@ def quantize_checkpoint(
     Weight-only modes only: static W8A8 needs calibration through the model. Returns the
     :class:`QuantizationInfo` stored in ``dst``'s header.
 
-    Every 2-D float ``<layer>.weight`` is taken as an ``nn.Linear`` weight ``[out, in]``, but
-    the ``Conv1D`` layers of a GPT-2-like family are transposed first (module docstring).
+    Every 2-D float ``<layer>.weight`` is taken as an ``nn.Linear`` weight ``[out, in]`` (see
+    the module docstring), but the ``Conv1D`` layers of a GPT-2-like family are transposed
+    first.
 
     Raises:
         BadConfigError: static mode or nothing selected.
@@ -281,8 +244,8 @@ def quantize_checkpoint(
             that cannot be quantized (non-finite values, group size).
         StorageError: ``dst`` could not be written (nothing is left there).
     """
+    from mono_quant.quant.metrics import ErrorAccumulator
     from mono_quant.quant.qconfig import QuantConfig
-    from mono_quant.validate.metrics import ErrorAccumulator
 
     config = config or QuantConfig()
     if config.mode != "weight_only":
@@ -316,7 +279,9 @@ def quantize_checkpoint(
     # one buffer for every weight read and every chunked copy: no allocation per tensor
     buffer = torch.empty(max(e.nbytes for h in headers for n, e in h.tensors.items()
                              if n in quantized), dtype=torch.uint8)
-    with atomic_file(dst) as out, tqdm(
+    work = sum(4 * math.prod(e.shape) for h in headers for n, e in h.tensors.items()
+               if n in quantized)  # float32 bytes the kernels will see
+    with atomic_file(dst) as out, options.job_work(work), tqdm(
         total=size_fp, unit="B", unit_scale=True, desc="streaming", disable=not progress
     ) as bar:
         writer = SafetensorsWriter(out, specs, _build_metadata(None), reserve=reserve)

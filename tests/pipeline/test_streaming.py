@@ -20,7 +20,7 @@ from mono_quant import (
     read_info,
     save_model,
 )
-from mono_quant.io import checkpoint_files
+from mono_quant.pipeline import checkpoint_files
 
 pytest.importorskip("transformers", reason="the tiny transformer needs the 'hf' extra")
 
@@ -179,7 +179,7 @@ def test_streaming_quantizes_conv1d_checkpoints_like_the_model(tmp_path, tiny_gp
          "gpt-bigcode-is-linear", "llama"],
 )
 def test_conv1d_families_by_config(tmp_path, config, conv1d):
-    from mono_quant.io.streaming import _conv1d_layers
+    from mono_quant.pipeline.streaming import _conv1d_layers
 
     (tmp_path / "config.json").write_text(json.dumps(config))
     layers = ["h.0.attn.c_attn", "h.0.mlp.c_fc", "h.0.mlp.c_proj", "lm_head", "score"]
@@ -202,7 +202,7 @@ def test_conv1d_list_matches_the_installed_transformers():
     import re
     from pathlib import Path
 
-    from mono_quant.io.streaming import _CONV1D_MODEL_TYPES
+    from mono_quant.pipeline.streaming import _CONV1D_MODEL_TYPES
 
     models = Path(importlib.util.find_spec("transformers").submodule_search_locations[0]) / "models"
     found = set()

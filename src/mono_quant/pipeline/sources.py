@@ -21,7 +21,7 @@ call (``.pt`` only with ``weights_only=True``).
 * ``hf:`` is a local Hugging Face folder (``config.json`` + safetensors weights), loaded with
   transformers (the ``hf`` extra) from local files only; its tokenizer tokenizes ``text:``
   calibration files. A target that is not an existing folder and reads ``org/name[@rev]`` is
-  a hub id, resolved from the local Hugging Face cache (:mod:`mono_quant.io.hub_cache`).
+  a hub id, resolved from the local Hugging Face cache (:mod:`mono_quant.pipeline.hub_cache`).
 * ``factory:`` **imports and runs arbitrary code** by design: it is trusted configuration,
   like a Python entry point. Never accept factory sources from untrusted users.
 * ``tensors:`` files hold one tensor ``[N, ...]`` (batches are slices of it, passed
@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
-from mono_quant.io._grammar import (
+from mono_quant.pipeline._grammar import (
     TARGET,
     Source,
     call_factory,
@@ -101,7 +101,7 @@ class ModelSource(Source):
         """An ``hf:`` source's folder: the path, or a hub id's cached snapshot."""
         if os.path.isabs(self.target):
             return self.target
-        from mono_quant.io.hub_cache import hub_id, resolve_snapshot
+        from mono_quant.pipeline.hub_cache import hub_id, resolve_snapshot
 
         repo, revision = hub_id(self.target) or (self.target, None)
         return str(resolve_snapshot(repo, revision, self.text))
@@ -222,7 +222,7 @@ def parse_model_source(
             raise BadInputError(f"{text}: hf: sources take no arguments ({', '.join(options)})")
         path = resolve_path(target, base_dir, text, "hf:")
         if not os.path.isdir(path) and isinstance(target, str):
-            from mono_quant.io.hub_cache import hub_id
+            from mono_quant.pipeline.hub_cache import hub_id
 
             if hub_id(target) is not None:  # not a folder: a hub id, resolved when loaded
                 return ModelSource("hf", target, text=text)

@@ -30,7 +30,7 @@ def reload_check(path: str | Path, float_model: nn.Module, qmodel: nn.Module,
 
     from mono_quant.io.formats import load_quantized
     from mono_quant.quant.calibration import call_model, to_device
-    from mono_quant.validate.metrics import first_tensor
+    from mono_quant.quant.metrics import first_tensor
 
     again = load_quantized(path, float_model)
     if batch is None:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from mono_quant import BadInputError, demo_models, save_model
-from mono_quant.io import (
+from mono_quant.pipeline import (
     CalibrationSource,
     ModelSource,
     parse_calibration_source,
@@ -258,12 +258,12 @@ def test_sources_built_in_code():
         "batch_size": 2, "kwargs": {}, "scheme": "tensors", "target": "/x.safetensors"}
 
 
-def test_sources_and_io_exports_import_without_torch():
+def test_sources_and_pipeline_exports_import_without_torch():
     # A fresh interpreter (this one has torch already): the scheduler parses sources of every
     # job it submits, and must not pay for torch.
     code = (
-        "import sys, mono_quant.io, mono_quant.io.sources as s\n"
-        "from mono_quant.io import parse_calibration_source, parse_model_source\n"
+        "import sys, mono_quant.io, mono_quant.pipeline.sources as s\n"
+        "from mono_quant.pipeline import JobSpec, parse_calibration_source\n"
         "m = s.parse_model_source('factory:mono_quant.demo_models:mlp?hidden=128')\n"
         "c = parse_calibration_source('text:calib.txt?batch_size=4')\n"
         "print(m.canonical()['kwargs'], c.scheme, 'torch' in sys.modules)"

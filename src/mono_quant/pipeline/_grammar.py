@@ -1,5 +1,5 @@
 """The string and mapping grammar shared by model and calibration sources (see
-:mod:`mono_quant.io.sources` for the user-facing description).
+:mod:`mono_quant.pipeline.sources` for the user-facing description).
 
 Example:
     >>> _query("factory:m:f?a=1&b=x%26y", "a=1&b=x%26y")

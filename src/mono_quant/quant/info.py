@@ -23,12 +23,10 @@ import math
 import platform
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from mono_quant.errors import BadConfigError, BadInputError
-
-if TYPE_CHECKING:
-    from mono_quant.quant.qconfig import QuantConfig
+from mono_quant.quant.qconfig import QuantConfig
 
 __all__ = ["QuantizationInfo", "library_versions"]
 
@@ -138,8 +136,6 @@ class QuantizationInfo:
         dtype = data.get("dtype", "int8")
         if dtype != "int8":
             raise bad(f"field 'dtype': expected 'int8', got {dtype!r}")
-        from mono_quant.quant.qconfig import QuantConfig  # quant imports this module
-
         try:
             config = QuantConfig.from_dict(data.get("config", {}))
         except BadConfigError as e:

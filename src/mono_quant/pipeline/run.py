@@ -1,0 +1,213 @@
+"""``run_pipeline``: one job from model source to checked artifact, for every caller.
+
+``mono-quant quantize``, the Celery worker's ``run_job`` and the embedded runner all call it,
+so a spec gives the same artifact bytes whoever runs it. In order, each step announced to
+``on_stage`` first:
+
+1. ``loading`` the model (and ``loading calibration data``);
+2. ``quantizing``: :func:`~mono_quant.quant.quantize.quantize_model` (calibration included);
+   on out-of-memory, once more with the calibration batches halved. With ``spec.stream`` the
+   checkpoint is instead quantized tensor by tensor into the destination
+   (:func:`~mono_quant.pipeline.streaming.quantize_checkpoint`), no model built;
+3. ``writing`` the artifact (:func:`~mono_quant.io.formats.save_model`: temporary name,
+   fsync, rename);
+4. ``reloading`` it and checking it reproduces the quantized model's outputs bit for bit;
+5. ``hashing`` it (sha256 and size, for the catalog).
+
+``on_stage`` may raise to stop the job between steps (the worker does when the job was
+cancelled). Errors are the library's: ``BadInputError`` / ``BadConfigError`` for the user's
+input, ``torch.OutOfMemoryError`` after the smaller-batch retry, ``MonoQuantError`` for a
+reload check that fails.
+
+Example:
+    >>> from mono_quant.pipeline import JobSpec, parse_model_source, run_pipeline
+    >>> spec = JobSpec(parse_model_source("factory:mono_quant.demo_models:mlp?hidden=32"))
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "mlp.safetensors"
+    >>> result = run_pipeline(spec, out)
+    >>> result.info.selected_layers, result.path == out, len(result.sha256)
+    (['0', '2'], True, 64)
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+from mono_quant.pipeline.spec import JobSpec
+from mono_quant.quant.info import QuantizationInfo
+
+__all__ = ["DIGEST_LIMIT_BYTES", "OnStage", "PipelineResult", "Stage", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+#: Model weights larger than this are not hashed for the catalog's model digest (a full
+#: second read of a large model would cost more than the digest is worth).
+DIGEST_LIMIT_BYTES = 2 << 30
+
+
+class Stage(str, Enum):
+    """The steps of a job, as ``on_stage`` hears them and the catalog's progress shows them."""
+
+    LOADING = "loading"
+    LOADING_CALIBRATION = "loading calibration data"
+    QUANTIZING = "quantizing"
+    QUANTIZING_SMALLER = "quantizing (smaller calibration batches)"
+    WRITING = "writing"
+    RELOADING = "reloading"
+    HASHING = "hashing"
+
+
+class OnStage(Protocol):
+    def __call__(self, stage: str, /, **extra: Any) -> None: ...
+
+
+#: ``on_progress(stage, done, total)`` inside a step (calibration batches, layers).
+OnProgress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What a run produced: the artifact and what the catalog records about it."""
+
+    #: The artifact written (a file, or a folder for compressed-tensors).
+    path: Path
+    #: Its QuantizationInfo; ``metrics["reload_check"]`` says which check ran.
+    info: QuantizationInfo
+    #: sha256 of the artifact's bytes (files in name order for a folder) and their size.
+    sha256: str
+    size_bytes: int
+    #: sha256 of the float model's state dict (None: streamed, or over DIGEST_LIMIT_BYTES).
+    model_digest: str | None
+
+
+def _no_stage(stage: str, /, **extra: Any) -> None:
+    log.debug("stage %s %s", stage, extra or "")
+
+
+def run_pipeline(
+    spec: JobSpec,
+    destination: str | Path,
+    *,
+    on_stage: OnStage | None = None,
+    on_progress: OnProgress | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> PipelineResult:
+    """Run ``spec`` and write its artifact at ``destination``; see the module docstring.
+
+    ``device`` is where the model is loaded and quantized (``"cuda:0"``, …); ``progress``
+    shows tqdm bars (the CLI's, not a worker's).
+    """
+    from mono_quant.io.hashing import sha256_path, size_path
+
+    stage = on_stage or _no_stage
+    path = Path(destination)
+    if spec.stream:
+        info, digest = _streamed(spec, path, stage, progress)
+    else:
+        info, digest = _in_memory(spec, path, stage, on_progress, device, progress)
+    stage(Stage.HASHING.value)
+    return PipelineResult(path, info, sha256_path(path), size_path(path), digest)
+
+
+def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool):
+    from mono_quant.io.formats import load_model
+    from mono_quant.pipeline.streaming import quantize_checkpoint
+
+    stage(Stage.QUANTIZING.value)
+    info = quantize_checkpoint(spec.model.folder, path, spec.config, progress=progress)
+    stage(Stage.RELOADING.value)
+    tensors = load_model(path)  # every tensor, strictly, with the int8 range checks
+    info.metrics["reload_check"] = (
+        f"ok: {len(tensors)} tensors loaded strictly (streaming builds no model to compare "
+        "outputs with)"
+    )
+    return info, None
+
+
+def _in_memory(spec: JobSpec, path: Path, stage: OnStage, on_progress: OnProgress | None,
+               device: str, progress: bool):
+    from mono_quant.io.formats import save_model
+    from mono_quant.pipeline.card import source_files
+    from mono_quant.pipeline.served import served_check
+
+    model, batches, digest = _load(spec, stage, device)
+    qmodel, info = _quantize(model, spec, batches, stage, on_progress, device, progress)
+    stage(Stage.WRITING.value)
+    save_model(qmodel, path, info=info, format=spec.format,
+               extra_files=source_files(spec.model, qmodel, info, spec.format))
+    stage(Stage.RELOADING.value)
+    # the float model is not needed any more: the artifact may be rebuilt into it
+    served_check(path, spec.format, model, qmodel, info, batches[0] if batches else None)
+    return info, digest
+
+
+def _load(spec: JobSpec, stage: OnStage, device: str):
+    from mono_quant.io.hashing import state_dict_digest
+
+    stage(Stage.LOADING.value)
+    model = spec.model.load().to(device)
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    digest = state_dict_digest(model) if size <= DIGEST_LIMIT_BYTES else None
+    batches = None
+    if spec.calibration is not None:
+        stage(Stage.LOADING_CALIBRATION.value)
+        batches = spec.calibration.load(spec.model, spec.samples)
+    return model, batches, digest
+
+
+def _oom_error() -> type[BaseException]:
+    import torch
+
+    # torch.OutOfMemoryError is new in 2.5; torch.cuda's alias is older
+    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def _quantize(model, spec: JobSpec, batches, stage: OnStage, on_progress, device: str,
+              progress: bool) -> tuple[Any, QuantizationInfo]:
+    """quantize_model; on out-of-memory, once more with calibration batches halved."""
+    import torch
+
+    from mono_quant.quant.quantize import quantize_model
+
+    stage(Stage.QUANTIZING.value)
+    try:
+        return quantize_model(model, spec.config, batches, progress=progress,
+                              on_progress=on_progress)
+    except _oom_error():
+        if not batches:
+            raise
+    # Outside the except block: its traceback no longer pins the failed attempt's tensors.
+    log.warning("out of memory: retrying once with calibration batches halved")
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    stage(Stage.QUANTIZING_SMALLER.value)
+    return quantize_model(model, spec.config, _halve(batches), progress=progress,
+                          on_progress=on_progress)
+
+
+def _halve(batches: list[Any]) -> list[Any]:
+    """The same samples in batches half as large (for an out-of-memory retry)."""
+    import torch
+
+    def split(item: Any) -> list[Any]:
+        if isinstance(item, torch.Tensor):
+            return list(item.chunk(2)) if item.ndim and item.shape[0] > 1 else [item]
+        if isinstance(item, dict):
+            parts = {k: split(v) for k, v in item.items()}
+            n = min(len(p) for p in parts.values()) if parts else 1
+            return [{k: p[i] if len(p) == n else p[0] for k, p in parts.items()} for i in range(n)]
+        if isinstance(item, (list, tuple)):
+            parts = [split(v) for v in item]
+            n = min(len(p) for p in parts) if parts else 1
+            return [type(item)(p[i] if len(p) == n else p[0] for p in parts) for i in range(n)]
+        return [item]
+
+    return [half for item in batches for half in split(item)]

@@ -1,0 +1,167 @@
+"""``JobSpec``: the typed, versioned contract of one quantization job.
+
+One value travels from the manifest (or the CLI's flags) to the worker unchanged: the
+scheduler builds a ``JobSpec``, stores :meth:`JobSpec.to_payload` in the catalog's
+``jobs.spec`` column, and the worker rebuilds it with :meth:`JobSpec.from_payload`, which
+validates every field (an unknown version or field is a ``BadConfigError``, never a crash).
+:func:`~mono_quant.pipeline.run.run_pipeline` takes it.
+
+Payload (JSON, version 1)::
+
+    {"version": 1,
+     "model": {...},            # canonical model source (ModelSource.canonical())
+     "quant": {...},            # QuantConfig.to_dict()
+     "format": "safetensors",   # one of FORMATS
+     "calibration": {...},      # canonical calibration source, or null
+     "samples": 64,             # calibration samples to use, or null (all)
+     "stream": false}           # tensor-by-tensor weight-only quantization (hf: only)
+
+Example:
+    >>> from mono_quant.pipeline.spec import JobSpec
+    >>> spec = JobSpec.from_payload({"model": "factory:mono_quant.demo_models:mlp?hidden=32"})
+    >>> spec.format, spec.config.mode, spec.stream
+    ('safetensors', 'weight_only', False)
+    >>> JobSpec.from_payload(spec.to_payload()) == spec
+    True
+    >>> JobSpec.from_payload({**spec.to_payload(), "version": 9})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mono_quant.errors.BadConfigError: job spec version 9 is not supported ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+from mono_quant.errors import BadConfigError, MonoQuantError
+from mono_quant.io.layout import FORMATS
+from mono_quant.pipeline.sources import (
+    CalibrationSource,
+    ModelSource,
+    parse_calibration_source,
+    parse_model_source,
+)
+from mono_quant.quant.qconfig import QuantConfig
+
+__all__ = ["JobSpec"]
+
+_FIELDS = ("version", "model", "quant", "format", "calibration", "samples", "stream",
+           "weights_digest")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What one job does: which model, how it is quantized, how the artifact is written."""
+
+    #: Where the model comes from (``hf:`` folder or ``factory:`` callable).
+    model: ModelSource
+    #: How it is quantized.
+    config: QuantConfig = field(default_factory=QuantConfig)
+    #: Artifact format: one of :data:`~mono_quant.io.layout.FORMATS`.
+    format: str = "safetensors"
+    #: Calibration batches (needed by ``mode="static"``), or None.
+    calibration: CalibrationSource | None = None
+    #: Calibration samples to use (None: all the source yields).
+    samples: int | None = None
+    #: Quantize an ``hf:`` checkpoint tensor by tensor without building the model
+    #: (weight-only, ``.safetensors`` output, bounded memory).
+    stream: bool = False
+    #: ``hf:`` sources: :func:`~mono_quant.pipeline.digest.weights_digest` of the folder at
+    #: submit, so changed weights make a new idempotency key (None: not digested).
+    weights_digest: str | None = None
+
+    VERSION: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise BadConfigError(f"format={self.format!r}: expected one of {', '.join(FORMATS)}")
+        n = self.samples
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise BadConfigError(f"samples={n!r}: expected a positive integer")
+        if n is not None and self.calibration is None:
+            raise BadConfigError("samples counts calibration samples: give a calibration "
+                                 "source too")
+        if self.config.mode == "static" and self.calibration is None:
+            raise BadConfigError("mode 'static' needs a calibration source to choose "
+                                 "activation scales")
+        if not isinstance(self.stream, bool):
+            raise BadConfigError(f"stream={self.stream!r}: expected true or false")
+        if self.stream:
+            self._check_stream()
+
+    def _check_stream(self) -> None:
+        problems = []
+        if self.model.scheme != "hf":
+            problems.append("the model must be an hf: folder (its safetensors are streamed)")
+        if self.calibration is not None or self.config.mode != "weight_only":
+            problems.append("streaming is weight-only: no calibration, mode 'weight_only'")
+        if self.format != "safetensors":
+            problems.append("streaming writes the safetensors format")
+        if problems:
+            raise BadConfigError("stream: true: " + "; ".join(problems))
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON the catalog stores and the worker reads (see the module docstring)."""
+        payload = {
+            "version": self.VERSION,
+            "model": self.model.canonical(),
+            "quant": self.config.to_dict(),
+            "format": self.format,
+            "calibration": None if self.calibration is None else self.calibration.canonical(),
+            "samples": self.samples,
+            "stream": self.stream,
+        }
+        if self.weights_digest is not None:  # absent otherwise: earlier keys stay the same
+            payload["weights_digest"] = self.weights_digest
+        return payload
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any]) -> JobSpec:
+        """Validate and decode a payload; every problem is a ``BadConfigError`` naming it."""
+        if not isinstance(data, Mapping):
+            raise BadConfigError(f"job spec: expected a mapping, got {type(data).__name__}")
+        version = data.get("version", cls.VERSION)  # payloads before versioning were v1
+        if version != cls.VERSION:
+            raise BadConfigError(
+                f"job spec version {version!r} is not supported (this mono-quant reads "
+                f"version {cls.VERSION}); upgrade mono-quant"
+            )
+        unknown = sorted(set(data) - set(_FIELDS))
+        if unknown:
+            raise BadConfigError(f"job spec: unknown field(s) {', '.join(map(str, unknown))}; "
+                                 f"expected some of {', '.join(_FIELDS)}")
+        if "model" not in data:
+            raise BadConfigError("job spec: field 'model' is missing")
+        try:
+            model = parse_model_source(data["model"])
+            calibration = (None if data.get("calibration") is None
+                           else parse_calibration_source(data["calibration"]))
+        except MonoQuantError as e:
+            raise BadConfigError(f"job spec: {e}") from e
+        return cls(
+            model=model,
+            config=QuantConfig.from_dict(data.get("quant", {})),
+            format=data.get("format", "safetensors"),
+            calibration=calibration,
+            samples=data.get("samples"),
+            stream=data.get("stream", False),
+            weights_digest=data.get("weights_digest"),
+        )
+
+    @cached_property
+    def idempotency_key(self) -> str:
+        """sha256 of everything that determines the artifact: canonical model source,
+        quantization config, format, calibration source and samples (and ``stream`` when
+        set). Where the job runs (its queue) is not part of it.
+        """
+        payload = self.to_payload()
+        del payload["version"]
+        if not self.stream:  # keys of in-memory jobs are those of payloads before `stream`
+            del payload["stream"]
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
