@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from celery import Celery
 
 from mono_quant.errors import TransientError
+from mono_quant.worker.app import TASK_NAME
 
 __all__ = ["publish_jobs"]
 
@@ -35,7 +36,7 @@ def _pipelined(channel):
 
 
 def publish_jobs(
-    app: Celery, jobs: Iterable[tuple[int, str]], *, task_name: str = "mono_quant.run_job",
+    app: Celery, jobs: Iterable[tuple[int, str]], *, task_name: str = TASK_NAME,
     chunk: int = 1000,
 ) -> int:
     """Send one task message per ``(job_id, queue)``; returns how many were sent.

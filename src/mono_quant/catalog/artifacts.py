@@ -50,13 +50,6 @@ __all__ = [
     "verify_artifacts",
 ]
 
-_SUFFIX_FORMATS = {
-    ".safetensors": ArtifactFormat.SAFETENSORS,
-    ".pt": ArtifactFormat.PT,
-    ".pth": ArtifactFormat.PT,
-}
-
-
 def normalize_storage_key(key: str) -> str:
     """Check a storage key and return it in canonical form (no ``.`` parts, no doubled ``/``)."""
 
@@ -115,16 +108,12 @@ def _key_from_path(path: str | Path, storage_root: Path) -> str:
 
 def infer_format(path: str | Path) -> ArtifactFormat:
     """The artifact format of a path: a folder is compressed-tensors, else by suffix."""
-    path = Path(path)
-    if path.is_dir():
-        return ArtifactFormat.COMPRESSED_TENSORS
-    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise BadInputError(
-            f"artifact {path}: cannot tell its format from the name; expected a .safetensors "
-            "or .pt file or a compressed-tensors folder, or pass format="
-        )
-    return fmt
+    from mono_quant.io.layout import detect_format
+
+    try:
+        return ArtifactFormat(detect_format(path))
+    except BadInputError as e:
+        raise BadInputError(f"artifact {e}; or pass format=") from e
 
 
 def config_digest(info: QuantizationInfo) -> str:

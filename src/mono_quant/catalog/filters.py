@@ -25,6 +25,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mono_quant.errors import BadInputError
+from mono_quant.io.layout import FORMATS
+from mono_quant.io.serveability import SERVEABLE_BY
+from mono_quant.quant.qconfig import GRANULARITIES, MODES
+from mono_quant.quant.specs import SCHEMES
 
 __all__ = [
     "DTYPES",
@@ -40,15 +44,9 @@ __all__ = [
     "parse_size",
 ]
 
-# The values the library writes (mono_quant.quant.qconfig; a test keeps them in step).
-SCHEMES = ("symmetric", "asymmetric")
-GRANULARITIES = ("per_tensor", "per_channel", "per_group")
-MODES = ("weight_only", "static")
+# The values the library writes: taken from it (torch-free modules), one home per fact.
 DTYPES = ("int8",)
-FORMATS = ("safetensors", "pt", "compressed-tensors")
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
-#: serveable_by values (mono_quant.io.serveability).
-SERVEABLE_BY = ("vllm", "mono-quant", "none")
 #: Columns ``order_by`` accepts.
 ORDER_FIELDS = (
     "created_at", "id", "model_source", "weight_sqnr_db", "weight_sqnr_db_min",

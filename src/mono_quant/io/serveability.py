@@ -38,7 +38,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mono_quant.quant.qconfig import QuantConfig
 
-__all__ = ["MARLIN_GROUP_SIZES", "Serveability", "check_layers", "check_scheme"]
+__all__ = ["MARLIN_GROUP_SIZES", "SERVEABLE_BY", "Serveability", "check_layers", "check_scheme"]
+
+#: The verdicts: vLLM serves it; mono-quant's load_quantized does; nothing we know of does.
+SERVEABLE_BY = ("vllm", "mono-quant", "none")
 
 #: Group sizes vLLM's Marlin kernels take (vLLM ``MARLIN_SUPPORTED_GROUP_SIZES``, -1 aside).
 MARLIN_GROUP_SIZES = (32, 64, 128)
