@@ -1,17 +1,21 @@
-"""Queue overhead: the same job function through Redis + Celery workers vs. a plain loop.
+"""Queue overhead and bulk at scale, each figure with its floor from the same run.
 
-Prints jobs/s for:
+Part 1, the queue (catalog on PostgreSQL): jobs/s for ``loop`` — ``run_job(job_id)`` in a
+loop in this process (the floor); ``1 worker`` — the same jobs through Redis and one
+``mono-quant worker``; ``2 workers``; and the per-job overhead ``(t_1worker - t_loop) / N``.
 
-* ``loop``      — ``run_job(job_id)`` called in a loop in this process (the floor);
-* ``1 worker``  — the same jobs through Redis and one ``mono-quant worker``;
-* ``2 workers`` — through two workers (the machine has 2 cores);
+Part 2, bulk at scale (``bulk_scale.py``), on SQLite and PostgreSQL, each in a fresh process:
+submit 10k / 100k jobs against the floor (a bare Redis ``LPUSH`` of as many small payloads
+plus a bare ``COPY`` / ``executemany`` of the same rows), the submit's peak RSS, Redis
+memory per queued job, ``status`` of the 100k batch, a reconcile sweep over 100k queued
+jobs, and ``--latest`` for 100 models at 1M artifacts.
 
-the per-job overhead of the queue, ``(t_1worker - t_loop) / N`` in ms, and the time to
-``submit`` a 10,000-job manifest (validate, write the batch, publish) — targets: overhead
-< 50 ms per job, 10,000 jobs submitted in < 5 s.
+Targets: submit 10k / 100k < 3 s / < 30 s and <= 3x the floor; status < 200 ms; reconcile
+< 5 s; --latest < 10 ms; queue overhead < 5 ms per job; peak < 500 MB for 100k.
 
-Runs against the PostgreSQL and Redis on this machine: a throwaway database and Redis
-database 8 (flushed before and after). Usage: ``python benchmarks/queue_overhead.py [--jobs 500]``
+Throwaway PostgreSQL databases; Redis database 8 of ``--redis`` (flushed before and after).
+Usage: ``python benchmarks/queue_overhead.py [--jobs 500] [--sizes 10000,100000]
+[--latest-rows 1000000] [--skip-workers]``
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from pathlib import Path
 
 import psycopg
 import redis
+from bulk_scale import run_child
 
 REPO = Path(__file__).resolve().parents[1]
-BROKER = "redis://127.0.0.1:6379/8"
 MODEL = "mono_quant.demo_models:mlp"
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -79,22 +83,15 @@ def stop(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=30)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=500)
-    parser.add_argument("--submit-jobs", type=int, default=10_000)
-    args = parser.parse_args()
-    n = args.jobs
+def workers_part(n: int, broker: str, tmp: Path) -> list[tuple[str, float]]:
+    """Part 1: the loop and 1 and 2 workers over n jobs; returns (row name, seconds)."""
     db = f"mq_bench_{secrets.token_hex(4)}"
-    tmp = Path(tempfile.mkdtemp(prefix="mq-bench-"))
-    env = dict(os.environ, MONO_QUANT_BROKER_URL=BROKER, MONO_QUANT_COMPILE="never",
+    env = dict(os.environ, MONO_QUANT_BROKER_URL=broker, MONO_QUANT_COMPILE="never",
                MONO_QUANT_CATALOG_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
                MONO_QUANT_STORAGE_ROOT=str(tmp / "store"), PYTHONPATH=str(REPO))
     os.environ.update(env)
     with psycopg.connect(ADMIN, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{db}"')
-    r = redis.Redis.from_url(BROKER)
-    r.flushdb()
     try:
         from mono_quant.catalog import Catalog
         from mono_quant.scheduler.service import submit
@@ -103,18 +100,14 @@ def main() -> None:
 
         catalog = Catalog()
         catalog.upgrade()
-        # warm-up: imports, first quantization
         warm = submit(manifest(tmp / "w.json", 3, "warm"), catalog, app=None)
-        for job_id in warm.job_ids:
+        for job_id in warm.job_ids:  # imports, first quantization
             run_job(job_id, "loop@bench")
-
         loop = submit(manifest(tmp / "a.json", n, "loop"), catalog, app=None)
         t0 = time.perf_counter()
         for job_id in loop.job_ids:
             run_job(job_id, "loop@bench")
-        t_loop = time.perf_counter() - t0
-
-        rows = [("loop (run_job in one process)", t_loop)]
+        rows = [("loop (run_job in one process)", time.perf_counter() - t0)]
         for k in (1, 2):
             procs = start_workers(k, env, f"w{k}-")
             try:
@@ -127,26 +120,122 @@ def main() -> None:
                              time.perf_counter() - t0))
             finally:
                 stop(procs)
+        catalog.dispose()
+        return rows
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
-        big = manifest(tmp / "big.json", args.submit_jobs, "big")
+
+def _database(backend: str, tmp: Path):
+    """A fresh catalog URL on ``backend`` and its cleanup."""
+    if backend == "sqlite":
+        path = tmp / f"{secrets.token_hex(4)}.db"
+        return f"sqlite:///{path}", lambda: [p.unlink(missing_ok=True)
+                                             for p in tmp.glob(f"{path.name}*")]
+    db = f"mq_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(ADMIN, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{db}"')
+
+    def drop() -> None:
+        with psycopg.connect(ADMIN, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}", drop
+
+
+def bulk_part(sizes: list[int], backends: list[str], latest_rows: int, broker: str,
+              tmp: Path) -> dict:
+    results: dict = {}
+    for backend in backends:
+        for n in sizes:
+            url, drop = _database(backend, tmp)
+            try:
+                results[backend, n] = run_child("submit", url, str(n), broker)
+            finally:
+                drop()
+            print(f"  {backend} {n}: {results[backend, n]}", flush=True)
+        if latest_rows:
+            url, drop = _database(backend, tmp)
+            try:
+                results[backend, "latest"] = run_child("latest", url, str(latest_rows))
+            finally:
+                drop()
+            print(f"  {backend} latest: {results[backend, 'latest']}", flush=True)
+    return results
+
+
+def _cell(value: float, unit: str, floor: float | None = None) -> str:
+    text = f"{value:.2f} {unit}" if unit != "ms" else f"{value:.1f} ms"
+    return text + (f" ({value / floor:.1f}x floor)" if floor else "")
+
+
+def print_bulk(results: dict, sizes: list[int], backends: list[str], latest_rows: int) -> None:
+    def row(name: str, cells: list[str], target: str) -> None:
+        print(f"| {name} | " + " | ".join(cells) + f" | {target} |")
+
+    print("| figure | " + " | ".join(backends) + " | target |")
+    print("| --- | " + " | ".join("---:" for _ in backends) + " | --- |")
+    for n in sizes:
+        r = {b: results[b, n] for b in backends}
+        floors = {b: r[b]["floor_insert"] + r[b]["floor_lpush"] for b in backends}
+        target = "< 3 s" if n <= 10_000 else "< 30 s"
+        row(f"submit {n:,} jobs", [_cell(r[b]["submit"], "s", floors[b]) for b in backends],
+            f"{target}, <= 3x floor")
+        bare = "/".join("COPY" if b == "postgresql" else "executemany" for b in backends)
+        row(f"floor: bare LPUSH + {bare}",
+            [f"{floors[b]:.2f} s ({r[b]['floor_lpush']:.2f} + {r[b]['floor_insert']:.2f})"
+             for b in backends], "")
+        row(f"peak RSS of the {n:,}-job submit", [f"{r[b]['peak_mb']:.0f} MB" for b in backends],
+            "< 500 MB" if n >= 100_000 else "")
+    big = max(sizes)
+    r = {b: results[b, big] for b in backends}
+    row(f"status of a {big:,}-job batch", [_cell(r[b]["status_ms"], "ms") for b in backends],
+        "< 200 ms")
+    row(f"reconcile of {big:,} queued jobs", [_cell(r[b]["reconcile"], "s") for b in backends],
+        "< 5 s")
+    row("Redis memory per queued job", [f"{r[b]['redis_bytes_per_job']:.0f} B" for b in backends],
+        "")
+    if latest_rows:
+        row(f"`--latest`, 100 models, at {latest_rows:,} artifacts (median, p95)",
+            [f"{results[b, 'latest']['latest_ms']:.2f} ms "
+             f"({results[b, 'latest']['latest_p95']:.2f})" for b in backends], "< 10 ms")
+        row("peer: the window function --latest ran before (median, p95)",
+            [f"{results[b, 'latest']['window_ms']:.2f} ms "
+             f"({results[b, 'latest']['window_p95']:.2f})" for b in backends], "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--sizes", default="10000,100000", help="submit sizes")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--latest-rows", type=int, default=1_000_000, help="0: skip")
+    parser.add_argument("--skip-workers", action="store_true")
+    parser.add_argument("--redis", default=os.environ.get("MONO_QUANT_TEST_REDIS",
+                                                         "redis://127.0.0.1:6379"))
+    args = parser.parse_args()
+    broker = args.redis.rstrip("/") + "/8"
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    backends = args.backends.split(",")
+    tmp = Path(tempfile.mkdtemp(prefix="mq-bench-"))
+    r = redis.Redis.from_url(broker)
+    r.flushdb()
+    try:
+        rows = [] if args.skip_workers else workers_part(args.jobs, broker, tmp)
+        results = bulk_part(sizes, backends, args.latest_rows, broker, tmp)
+    finally:
         r.flushdb()
-        t0 = time.perf_counter()
-        res = submit(big, catalog, app=app)
-        t_submit = time.perf_counter() - t0
-        assert r.llen("cpu") == args.submit_jobs == len(res.job_ids)
-
-        print(f"{n} jobs (tiny MLP, weight-only int8, safetensors), catalog on PostgreSQL")
+    if rows:
+        n = args.jobs
+        print(f"\n{n} jobs (tiny MLP, weight-only int8, safetensors), catalog on PostgreSQL")
         print(f"{'path':34} {'seconds':>8} {'jobs/s':>8}")
         for name, t in rows:
             print(f"{name:34} {t:8.2f} {n / t:8.1f}")
         overhead = (rows[1][1] - rows[0][1]) / n * 1e3
-        print(f"queue overhead per job (1 worker vs loop): {overhead:.1f} ms (target < 50 ms)")
-        print(f"submit {args.submit_jobs} jobs (validate, write, publish): {t_submit:.2f} s "
-              f"(target < 5 s)")
-    finally:
-        r.flushdb()
-        with psycopg.connect(ADMIN, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        print(f"queue overhead per job (1 worker vs loop): {overhead:.1f} ms (target < 5 ms)")
+    print()
+    print_bulk(results, sizes, backends, args.latest_rows)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ import types
 import typing
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ from mono_quant.io.layout import FORMATS
 from mono_quant.pipeline.spec import JobSpec
 from mono_quant.quant.qconfig import QuantConfig
 
-__all__ = ["FORMATS", "Manifest", "ScheduledJob", "load_manifest", "parse_manifest"]
+__all__ = [
+    "FORMATS", "Manifest", "ScheduledJob", "load_manifest", "parse_manifest", "stream_manifest",
+]
 
 #: libyaml's safe loader when PyYAML was built with it (10x faster on big manifests).
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -268,6 +271,7 @@ class _Expander:
         self.default_attempts, self.base_dir = default_attempts, base_dir
         self.errors: list[str] = []
         self._calibrations: dict[str, Any] = {}
+        self._configs: dict[str, QuantConfig] = {}  # one per distinct set of values
 
     def calibration(self, value: Any) -> Any:
         """Parsed once per distinct value (a matrix repeats it for every combination)."""
@@ -282,7 +286,9 @@ class _Expander:
              digest: str | None = None) -> JobSpec | None:
         try:
             values = _renamed(dict(values))
-            config = QuantConfig(**{k: values[k] for k in QUANT_FIELDS if k in values})
+            quant = {k: values[k] for k in QUANT_FIELDS if k in values}
+            config = self._configs.get(repr(quant)) or QuantConfig(**quant)
+            self._configs[repr(quant)] = config
         except BadConfigError as e:
             self.errors.append(f"{self.source}: {where}: {e}")
             return None
@@ -307,13 +313,17 @@ class _Expander:
             return None
 
     def expand(self) -> list[ScheduledJob]:
+        return list(self.iter_expand())
+
+    def iter_expand(self) -> Iterator[ScheduledJob]:
+        """Yield the valid jobs one by one; at the end raise BadInputError listing every
+        invalid one (a caller writing jobs as they come rolls back then)."""
         from mono_quant.pipeline.sources import parse_model_source
 
         m = self.manifest
         defaults = m.defaults.model_dump(exclude_none=True)
         keys = list(m.matrix)
         combos = list(itertools.product(*m.matrix.values())) or [()]
-        out: list[ScheduledJob] = []
         for i, job in enumerate(m.jobs):
             own = job.model_dump(exclude_none=True, exclude={"name", "model"})
             clash = sorted(set(own) & set(keys))
@@ -327,6 +337,8 @@ class _Expander:
             except MonoQuantError as e:
                 self.errors.append(f"{self.source}: jobs[{i}].model: {e}")
                 continue
+            # rendered once per job, not once per matrix combination
+            model_source = job.model if isinstance(job.model, str) else str(model)
             for combo in combos:
                 varied = dict(zip(keys, combo, strict=True))
                 values = {**defaults, **varied, **own}
@@ -335,15 +347,25 @@ class _Expander:
                                  f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else ""),
                                  digest)
                 if spec is not None:
-                    out.append(ScheduledJob(
+                    yield ScheduledJob(
                         name=f"{job.name}[{suffix}]" if suffix else job.name, spec=spec,
-                        model_source=job.model if isinstance(job.model, str) else str(model),
+                        model_source=model_source,
                         queue=_renamed(dict(values)).get("queue", "cpu"),
                         max_attempts=values.get("max_attempts", self.default_attempts),
-                    ))
+                    )
         if self.errors:
             raise BadInputError("invalid manifest:\n" + "\n".join(self.errors))
-        return out
+
+
+def _validated(data: Any, source: str) -> Manifest:
+    if not isinstance(data, dict):
+        raise BadInputError(f"{source}: expected a mapping with a 'jobs' list at the top level")
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as e:
+        raise BadInputError("invalid manifest:\n" + _validation_message(source, e)) from e
+    _warn_renamed(manifest, source)
+    return manifest
 
 
 def parse_manifest(
@@ -355,13 +377,7 @@ def parse_manifest(
     Relative paths in model and calibration sources are resolved against ``base_dir`` (the
     manifest's folder when loaded from a file).
     """
-    if not isinstance(data, dict):
-        raise BadInputError(f"{source}: expected a mapping with a 'jobs' list at the top level")
-    try:
-        manifest = Manifest.model_validate(data)
-    except ValidationError as e:
-        raise BadInputError("invalid manifest:\n" + _validation_message(source, e)) from e
-    _warn_renamed(manifest, source)
+    manifest = _validated(data, source)
     return manifest, _Expander(manifest, source, default_attempts, base_dir).expand()
 
 
@@ -369,6 +385,16 @@ def load_manifest(
     path: str | Path, default_attempts: int = 3
 ) -> tuple[Manifest, list[ScheduledJob], str]:
     """Read, validate and expand a YAML manifest; also returns the sha256 of its bytes."""
+    manifest, jobs, digest = stream_manifest(path, default_attempts)
+    return manifest, list(jobs), digest
+
+
+def stream_manifest(
+    path: str | Path, default_attempts: int = 3
+) -> tuple[Manifest, Iterator[ScheduledJob], str]:
+    """Like :func:`load_manifest`, but the jobs come lazily, so a submit can write a
+    100,000-job matrix in chunks; the iterator raises BadInputError at its end if any job
+    was invalid."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -381,5 +407,8 @@ def load_manifest(
             data = yaml.load(raw, Loader=_Loader)  # a safe loader (C or pure Python)
         except yaml.YAMLError as e:
             raise BadInputError(f"{path}: not valid YAML: {e}") from e
-    manifest, specs = parse_manifest(data, str(path), default_attempts, path.parent.resolve())
-    return manifest, specs, hashlib.sha256(raw).hexdigest()
+    digest = hashlib.sha256(raw).hexdigest()
+    manifest = _validated(data, str(path))
+    del raw, data  # the validated manifest is all the expansion needs
+    expander = _Expander(manifest, str(path), default_attempts, path.parent.resolve())
+    return manifest, expander.iter_expand(), digest

@@ -8,9 +8,11 @@ truth; Redis only carries job ids.
 from __future__ import annotations
 
 import getpass
+import itertools
 import json
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from mono_quant.catalog import Artifact, Batch, Catalog, Job, JobStatus, job_sta
 from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.batches import (
     JobRow,
+    add_jobs,
     create_batch,
     existing_artifacts,
     jobs_in_flight,
@@ -28,7 +31,7 @@ from mono_quant.catalog.batches import (
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
-from mono_quant.scheduler.manifest import ScheduledJob, load_manifest
+from mono_quant.scheduler.manifest import ScheduledJob, stream_manifest
 
 __all__ = [
     "BatchStatus",
@@ -64,6 +67,11 @@ def _rows(jobs: Iterable[ScheduledJob]) -> list[JobRow]:
     ]
 
 
+#: Jobs per chunk of a submit: expanded, checked against the catalog, written, then dropped,
+#: so a 100,000-job manifest never holds all its specs at once.
+SUBMIT_CHUNK = 10_000
+
+
 def submit(
     manifest_path: str | Path,
     catalog: Catalog,
@@ -78,40 +86,56 @@ def submit(
     Jobs whose artifact already exists (same idempotency key) are skipped unless ``force``;
     jobs whose key another job is still working on (pending, queued, running) are skipped
     always: two jobs racing for one artifact would waste a GPU.
+    The manifest's jobs stream through expansion, these checks and the insert in chunks of
+    ``SUBMIT_CHUNK``, all in one transaction: an invalid job anywhere rolls everything back.
     With ``app=None`` nothing is published (the embedded runner runs the jobs itself). When
-    publishing fails the jobs stay ``pending`` and ``reconcile`` publishes them later; the
-    TransientError says so.
+    publishing fails the unsent jobs stay ``pending`` and ``reconcile`` publishes them
+    later; the TransientError says so.
     """
     s = settings or get_settings()
     path = Path(manifest_path)
-    manifest, specs, digest = load_manifest(path, default_attempts=s.max_attempts)
+    manifest, specs, digest = stream_manifest(path, default_attempts=s.max_attempts)
+    result = SubmitResult(0, [], [])
     seen: set[str] = set()
-    unique, duplicates = [], []
-    for spec in specs:
-        key = spec.idempotency_key
-        (duplicates.append(spec.name) if key in seen else unique.append(spec))
-        seen.add(key)
-    keys = [sp.idempotency_key for sp in unique]
     with catalog.begin() as session:
-        existing = {} if force else existing_artifacts(session, keys)
-        live = jobs_in_flight(session, keys)
-        todo = [sp for sp in unique
-                if sp.idempotency_key not in existing and sp.idempotency_key not in live]
-        skipped = [(sp.name, existing[sp.idempotency_key]) for sp in unique
-                   if sp.idempotency_key in existing]
-        in_flight = [(sp.name, live[sp.idempotency_key]) for sp in unique
-                     if sp.idempotency_key in live and sp.idempotency_key not in existing]
-        batch, ids = create_batch(
-            session, _rows(todo), name=manifest.name or path.stem, manifest_digest=digest,
+        batch, _ = create_batch(
+            session, [], name=manifest.name or path.stem, manifest_digest=digest,
             requested_by=requested_by or _user(), labels=dict(manifest.labels),
         )
-        batch_id = batch.id
-    result = SubmitResult(batch_id, ids, [sp.queue for sp in todo], skipped, duplicates,
-                          in_flight)
-    if app is not None and ids:
-        publish(catalog, app, list(zip(ids, result.queues, strict=True)))
-        result.published = len(ids)
+        result.batch_id = batch.id
+        for chunk in _chunked(specs, SUBMIT_CHUNK):
+            todo = _screen(session, chunk, seen, force, result)
+            result.job_ids += add_jobs(session, batch.id, _rows(todo))
+            result.queues += [sp.queue for sp in todo]
+    if app is not None and result.job_ids:
+        result.published = publish(catalog, app, list(zip(result.job_ids, result.queues,
+                                                          strict=True)))
     return result
+
+
+def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _screen(session: Any, chunk: list[ScheduledJob], seen: set[str], force: bool,
+            result: SubmitResult) -> list[ScheduledJob]:
+    """The specs of ``chunk`` to write; records duplicates and skipped ones in ``result``."""
+    unique = []
+    for spec in chunk:
+        key = spec.idempotency_key
+        (result.duplicates.append(spec.name) if key in seen else unique.append(spec))
+        seen.add(key)
+    keys = [sp.idempotency_key for sp in unique]
+    existing = {} if force else existing_artifacts(session, keys)
+    live = jobs_in_flight(session, keys)
+    result.skipped += [(sp.name, existing[sp.idempotency_key]) for sp in unique
+                       if sp.idempotency_key in existing]
+    result.in_flight += [(sp.name, live[sp.idempotency_key]) for sp in unique
+                         if sp.idempotency_key in live and sp.idempotency_key not in existing]
+    return [sp for sp in unique
+            if sp.idempotency_key not in existing and sp.idempotency_key not in live]
 
 
 def _user() -> str | None:
@@ -121,19 +145,26 @@ def _user() -> str | None:
         return None
 
 
-def publish(catalog: Catalog, app: Any, jobs: list[tuple[int, str]]) -> None:
-    """Publish job messages, then mark the jobs queued."""
+def publish(catalog: Catalog, app: Any, jobs: list[tuple[int, str]]) -> int:
+    """Publish job messages; each chunk's jobs are marked ``queued`` once the broker has them.
+
+    Returns how many were published. On a broker failure the jobs not yet sent stay
+    ``pending`` (and ``reconcile`` publishes them); those already sent are ``queued``, so
+    nothing is lost and nothing is sent twice.
+    """
     from mono_quant.scheduler.publish import publish_jobs
 
+    def queued(ids: list[int]) -> None:
+        with catalog.begin() as session:
+            job_state.mark_queued(session, ids)
+
     try:
-        publish_jobs(app, jobs)
+        return publish_jobs(app, jobs, on_sent=queued)
     except TransientError as e:
         raise TransientError(
-            f"{e}; the {len(jobs)} job(s) stay pending in the catalog and `mono-quant "
+            f"{e}; the job(s) not sent stay pending in the catalog and `mono-quant "
             "reconcile` will publish them once the broker is back"
         ) from e
-    with catalog.begin() as session:
-        job_state.mark_queued(session, [job_id for job_id, _ in jobs])
 
 
 @dataclass
@@ -168,7 +199,14 @@ def latest_batch_id(catalog: Catalog) -> int:
     return batch_id
 
 
+#: Failed and running jobs listed in full by ``status`` (the first ones by id; the counts
+#: cover all of them, ``list_jobs`` pages through the rest).
+SHOWN = 100
+
+
 def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
+    """Counts per status and the first failed and running jobs: indexed queries only
+    (``ix_jobs_batch_id_status_id``), so a 100,000-job batch answers in milliseconds."""
     batch_id = latest_batch_id(catalog) if batch_id is None else batch_id
     with catalog.begin() as session:
         batch = session.get(Batch, batch_id)
@@ -180,7 +218,7 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
              "error": j.last_error, "attempts": j.attempts}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.FAILED)
-                .order_by(Job.id)
+                .order_by(Job.id).limit(SHOWN)
             )
         ]
         artifacts = session.scalar(
@@ -192,7 +230,7 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
              "heartbeat_at": j.heartbeat_at.isoformat() if j.heartbeat_at else None}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)
-                .order_by(Job.id)
+                .order_by(Job.id).limit(SHOWN)
             )
         ]
         return BatchStatus(batch_id, batch.name, counts, failures, artifacts,
@@ -235,8 +273,34 @@ def cancel(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
     return ids
 
 
+#: Messages per ``LRANGE`` page of the reconcile scan (bounds the reply held in memory).
+SCAN_PAGE = 10_000
+#: A job id in a task message: the ``argsrepr`` header ``"(123,)"`` (what send_task writes).
+_ARGSREPR = re.compile(rb'"argsrepr": "\((\d+),\)"')
+
+
+def _job_of(raw: bytes) -> int | None:
+    """The job id of one raw broker entry, or None for a message that is not a job's."""
+    m = _ARGSREPR.search(raw)
+    if m is not None:
+        return int(m.group(1))
+    try:  # another layout: decode it properly
+        message = json.loads(raw)
+        if isinstance(message, list):  # unacked entries are [message, exchange, key]
+            message = message[0]
+        args = message["headers"].get("argsrepr") or "()"
+        return int(args.strip("(),").split(",")[0])
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+
+
 def broker_job_ids(app: Any, queues: Iterable[str]) -> set[int] | None:
     """Job ids with a message on the Redis broker (waiting or delivered but unacknowledged).
+
+    One scan: each queue is read in ``LRANGE`` pages from its head (new messages shift the
+    pages, so an entry may be seen twice but none is missed), then the ``unacked`` hash
+    (read last, so a message delivered during the scan is still seen). Job ids are taken
+    from the ``argsrepr`` header with a regular expression, falling back to JSON decoding.
 
     None when the broker is not Redis (then reconcile relies on ages alone). Unacknowledged
     messages count whatever their age: a worker legitimately holds one it reserved behind a
@@ -251,24 +315,20 @@ def broker_job_ids(app: Any, queues: Iterable[str]) -> set[int] | None:
     client = redis.Redis.from_url(url)
     found: set[int] = set()
 
-    def job_of(raw: bytes) -> None:
-        try:
-            message = json.loads(raw)
-            if isinstance(message, list):  # unacked entries are [message, exchange, key]
-                message = message[0]
-            args = message["headers"].get("argsrepr") or "()"
-            found.add(int(args.strip("(),").split(",")[0]))
-        except (ValueError, KeyError, TypeError, IndexError):
-            pass
+    def add(entries: Iterable[bytes]) -> None:
+        found.update(j for j in map(_job_of, entries) if j is not None)
 
     try:
-        for queue in set(queues):
-            for raw in client.lrange(queue, 0, -1):
-                job_of(raw)
-        for raw in client.hvals("unacked"):
-            job_of(raw)
+        for queue in sorted(set(queues)):
+            start = 0
+            while page := client.lrange(queue, start, start + SCAN_PAGE - 1):
+                add(page)
+                start += len(page)
+        add(client.hvals("unacked"))
     except redis.RedisError as e:
         raise TransientError(f"cannot inspect the broker {url}: {e}") from e
+    finally:
+        client.close()
     return found
 
 
@@ -276,7 +336,8 @@ def reconcile(catalog: Catalog, app: Any, *, settings: Settings | None = None) -
     """Re-publish jobs whose messages were lost; returns their ids (see jobs.reconcile)."""
     s = settings or get_settings()
     with catalog.begin() as session:
-        queues = list(session.scalars(select(Job.queue).distinct()))
+        queues = list(session.scalars(  # (status, queue) index: no scan of old jobs
+            select(Job.queue).where(Job.status == JobStatus.QUEUED).distinct()))
     on_broker = broker_job_ids(app, queues)
     cutoff = job_state.stale_cutoff(s.stale_after)
     with catalog.begin() as session:

@@ -41,7 +41,7 @@ def info():
 def _rows(n: int, max_attempts: int = 3) -> list[JobRow]:
     return [
         JobRow(name=f"job-{i}", model_source="factory:m:f", model_source_json={"i": i},
-                  config={"i": i}, idempotency_key=hashlib.sha256(b"%d" % i).hexdigest(),
+                  spec={"i": i}, idempotency_key=hashlib.sha256(b"%d" % i).hexdigest(),
                   queue="cpu" if i % 2 else "gpu", max_attempts=max_attempts)
         for i in range(n)
     ]

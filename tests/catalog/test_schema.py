@@ -117,7 +117,7 @@ def test_bad_url_is_bad_config(url):
 
 
 def _job(batch, **kw) -> Job:
-    fields = {"batch": batch, "name": "j", "model_source": "hf:o/m", "config": {},
+    fields = {"batch": batch, "name": "j", "model_source": "hf:o/m", "spec": {},
               "idempotency_key": "a" * 64, "queue": "cpu"}
     return Job(**(fields | kw))
 
@@ -146,12 +146,12 @@ CONSTRAINTS = {
         " 'minmax', 0, '{}')"
     ),
     "job-bad-status": (
-        "INSERT INTO jobs (batch_id, name, model_source, model_source_json, config,"
+        "INSERT INTO jobs (batch_id, name, model_source, model_source_json, spec,"
         " idempotency_key, queue, status, attempts, max_attempts, created_at)"
         " VALUES (:b, 'j', 'm', '{}', '{}', :k, 'cpu', 'done', 0, 3, :t)"
     ),
     "job-without-batch": (
-        "INSERT INTO jobs (batch_id, name, model_source, model_source_json, config,"
+        "INSERT INTO jobs (batch_id, name, model_source, model_source_json, spec,"
         " idempotency_key, queue, status, attempts, max_attempts, created_at)"
         " VALUES (999, 'j', 'm', '{}', '{}', :k, 'cpu', 'pending', 0, 3, :t)"
     ),

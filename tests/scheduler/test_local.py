@@ -63,19 +63,22 @@ def test_publishing_is_pipelined(monkeypatch):
     except redis.RedisError as e:
         pytest.skip(f"Redis at {url} is unreachable: {e}")
     client.flushdb()
-    executes: list[int] = []
+    pushes: list[list[tuple[bytes, int]]] = []  # per round trip: (queue, messages) per LPUSH
     real = redis.client.Pipeline.execute
 
     def counting(self, *a, **kw):  # a spy on the real pipeline: counts round trips
-        executes.append(len(self.command_stack))
+        lpush = [(c[0][1], len(c[0]) - 2) for c in self.command_stack if c[0][0] == "LPUSH"]
+        if lpush:
+            pushes.append(lpush)
         return real(self, *a, **kw)
 
     monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
     app = Celery("t", broker=url)
     try:
-        assert publish_jobs(app, [(i, "cpu" if i % 2 else "gpu") for i in range(2500)]) == 2500
-        # one round trip per 1000 messages (kombu's own small pipelines declare the queues)
-        assert [n for n in executes if n > 10] == [1000, 1000, 500]
+        jobs = [(i, "cpu" if i % 2 else "gpu") for i in range(2500)]
+        assert publish_jobs(app, jobs, chunk=1000) == 2500
+        # one round trip per 1000 messages, one multi-value LPUSH per queue in each
+        assert pushes == [[("cpu", 500), ("gpu", 500)]] * 2 + [[("cpu", 250), ("gpu", 250)]]
         assert client.llen("cpu") == 1250 and client.llen("gpu") == 1250
         message = json.loads(client.lindex("gpu", -1))  # the first one published
         assert message["headers"]["task"] == "mono_quant.run_job"

@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mono_quant.catalog import latest
 from mono_quant.catalog.models import Artifact, ArtifactFormat, Job
 from mono_quant.errors import BadInputError, StorageError
 from mono_quant.io.hashing import sha256_path, size_path
@@ -254,6 +255,7 @@ def add_artifact(
         artifact.created_at = created_at
     session.add(artifact)
     session.flush()
+    latest.on_insert(session, artifact)
     return artifact
 
 

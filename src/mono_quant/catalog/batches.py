@@ -7,17 +7,22 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import ARRAY, String, any_, bindparam, select, text
 from sqlalchemy.orm import Session
 
+from mono_quant.catalog.bulk import insert_rows
 from mono_quant.catalog.models import Artifact, Batch, Job, JobStatus
 from mono_quant.catalog.types import utcnow
 
-__all__ = ["JobRow", "chunks", "create_batch", "existing_artifacts", "jobs_in_flight", "pairs"]
+__all__ = [
+    "JobRow", "add_jobs", "chunks", "create_batch", "existing_artifacts", "jobs_in_flight",
+    "pairs",
+]
 
 #: ids or keys per ``IN (...)`` list: well below SQLite's parameter limit.
 CHUNK = 900
@@ -55,37 +60,64 @@ def create_batch(
     requested_by: str | None = None,
     labels: dict[str, Any] | None = None,
 ) -> tuple[Batch, list[int]]:
-    """Write a batch and its jobs (status ``pending``); returns the batch and the job ids."""
+    """Write a batch and its jobs (status ``pending``); returns the batch and the job ids.
+
+    More jobs can be added to the batch in the same transaction with :func:`add_jobs` (a
+    submit streams a big manifest through in chunks).
+    """
     batch = Batch(name=name, manifest_digest=manifest_digest, requested_by=requested_by,
                   labels=labels or {})
     session.add(batch)
     session.flush()
+    return batch, add_jobs(session, batch.id, rows)
+
+
+#: The job columns :func:`add_jobs` writes (the others keep their NULL defaults).
+_JOB_COLUMNS = (
+    "batch_id", "name", "model_source", "model_source_json", "spec", "idempotency_key",
+    "queue", "status", "attempts", "max_attempts", "created_at",
+)
+
+
+def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow]) -> list[int]:
+    """Write ``rows`` as ``pending`` jobs of batch ``batch_id``; returns their ids in order.
+
+    Uses the database's bulk path (PostgreSQL ``COPY``, SQLite ``executemany``; see
+    :mod:`mono_quant.catalog.bulk`) on the session's connection: same transaction.
+    """
     now = utcnow()
+    pending = JobStatus.PENDING.value
     values = [
-        {
-            "batch_id": batch.id, "name": r.name, "model_source": r.model_source,
-            "model_source_json": r.model_source_json, "spec": r.spec,
-            "idempotency_key": r.idempotency_key, "queue": r.queue,
-            "status": JobStatus.PENDING, "attempts": 0, "max_attempts": r.max_attempts,
-            "created_at": now,
-        }
+        (batch_id, r.name, r.model_source, r.model_source_json, r.spec, r.idempotency_key,
+         r.queue, pending, 0, r.max_attempts, now)
         for r in rows
     ]
-    ids: list[int] = []
-    if values:
-        ids = list(session.scalars(
-            insert(Job).returning(Job.id, sort_by_parameter_order=True), values
-        ))
-    return batch, ids
+    return insert_rows(session, Job.__table__, _JOB_COLUMNS, values)
+
+
+#: Keys per lookup in :func:`existing_artifacts` / :func:`jobs_in_flight`: one bound array
+#: (PostgreSQL) or JSON list (SQLite) parameter, so a submit chunk is one query.
+KEY_CHUNK = 10_000
+
+
+def _one_of(session: Session, column: Any, keys: Sequence[str]) -> Any:
+    """``column IN keys`` with ONE parameter: ``= ANY(:array)`` / ``IN json_each(:json)``.
+
+    An ``IN (…)`` of 10,000 bound values costs more to compile and bind than to run.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam("keys", list(keys), type_=ARRAY(String)))
+    listed = text("SELECT value FROM json_each(:keys)").bindparams(keys=json.dumps(list(keys)))
+    return column.in_(listed.columns(value=String))
 
 
 def existing_artifacts(session: Session, keys: Iterable[str]) -> dict[str, int]:
     """Idempotency key → artifact id, for the keys that already have an artifact."""
     found: dict[str, int] = {}
-    for chunk in chunks(sorted(set(keys))):
+    for chunk in chunks(sorted(set(keys)), KEY_CHUNK):
         found.update(pairs(session.execute(
             select(Artifact.idempotency_key, Artifact.id)
-            .where(Artifact.idempotency_key.in_(chunk))
+            .where(_one_of(session, Artifact.idempotency_key, chunk))
         )))
     return found
 
@@ -98,9 +130,9 @@ def jobs_in_flight(session: Session, keys: Iterable[str]) -> dict[str, int]:
     """
     found: dict[str, int] = {}
     live = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
-    for chunk in chunks(sorted(set(keys))):
+    for chunk in chunks(sorted(set(keys)), KEY_CHUNK):
         found.update(pairs(session.execute(
             select(Job.idempotency_key, Job.id)
-            .where(Job.idempotency_key.in_(chunk), Job.status.in_(live))
+            .where(_one_of(session, Job.idempotency_key, chunk), Job.status.in_(live))
         )))
     return found

@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from mono_quant.catalog import latest
 from mono_quant.catalog.artifacts import add_artifact, artifact_for_key
 from mono_quant.catalog.batches import chunks, pairs
 from mono_quant.catalog.models import (
@@ -194,8 +195,10 @@ def succeed(
     previous = artifact_for_key(session, job.idempotency_key)
     if previous is not None and previous.job_id != job.id:
         replaced = previous.storage_key
+        group = (previous.model_source, previous.config_digest, previous.format.value)
         session.delete(previous)
         session.flush()
+        latest.on_delete(session, group)
     artifact = add_artifact(
         session, job, storage_key, info, storage_root=storage_root, format=fmt, sha256=sha256,
         size_bytes=size_bytes, model_digest=model_digest,

@@ -36,6 +36,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    text,
 )
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -157,7 +159,8 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        Index(None, "batch_id", "status"),  # a batch's status counts
+        # a batch's status counts (index-only), and its jobs of a status in id order (pages)
+        Index(None, "batch_id", "status", "id"),
         Index(None, "status", "queue"),  # claim / reconcile scans
         Index(None, "idempotency_key"),  # not unique: retries and --force may repeat a key
     )
@@ -256,6 +259,9 @@ class Artifact(Base):
     sha256: Mapped[Digest]
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
+    #: The newest artifact of its (model, config, format) group, by (created_at, id); kept
+    #: by mono_quant.catalog.latest, read by --latest through ix_artifacts_latest_flag.
+    is_latest: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     # QuantizationInfo, typed.
     dtype: Mapped[str] = mapped_column(String(16))
@@ -302,4 +308,16 @@ Index(
     Artifact.format,
     Artifact.created_at.desc(),
     Artifact.id.desc(),
+)
+# The maintained flag: one row per group (unique), only flagged rows indexed (partial).
+Index(
+    "ix_artifacts_latest_flag",
+    Artifact.model_source,
+    Artifact.config_digest,
+    Artifact.format,
+    unique=True,
+    # written as each database's own rendering of ``WHERE is_latest``, so a query's
+    # ``.where(Artifact.is_latest)`` matches the index predicate (SQLite matches it textually)
+    postgresql_where=text("is_latest"),
+    sqlite_where=text("is_latest = 1"),
 )

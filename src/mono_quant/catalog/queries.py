@@ -81,9 +81,24 @@ def _filtered(q: ArtifactQuery) -> Select[Any]:
     return stmt
 
 
+#: Filters that can differ within a (model, config, format) group. Without them (models,
+#: schemes, granularities, modes and formats are constant within a group) --latest can use
+#: the maintained flag (see mono_quant.catalog.latest).
+_ROW_FILTERS = ("model_digests", "dtypes", "batches", "statuses", "min_sqnr", "min_cosine",
+                "max_size", "since")
+
+
+def _group_filters_only(q: ArtifactQuery) -> bool:
+    return all(getattr(q, name) in ((), None) for name in _ROW_FILTERS)
+
+
 def artifacts_statement(q: ArtifactQuery) -> Select[tuple[Artifact]]:
     """The SELECT that :func:`list_artifacts` runs (for EXPLAIN and for callers that page)."""
-    if q.latest:
+    if q.latest and _group_filters_only(q):
+        # Every filter is constant within a (model, config, format) group, so "newest of the
+        # filtered rows" is the group's flagged row: read through the partial index.
+        stmt = _filtered(q).with_only_columns(Artifact).where(Artifact.is_latest)
+    elif q.latest:
         # Newest per (model, config, format) among the filtered rows: one window pass over
         # the rows the filters select, read in index order (ix_artifacts_latest).
         ranked = _filtered(q).add_columns(

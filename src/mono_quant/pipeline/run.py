@@ -26,7 +26,7 @@ Example:
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "mlp.safetensors"
     >>> result = run_pipeline(spec, out)
     >>> result.info.selected_layers, result.path == out, len(result.sha256)
-    (['0', '2'], True, 64)
+    (['0', '2', '4'], True, 64)
 """
 
 from __future__ import annotations

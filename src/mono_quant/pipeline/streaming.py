@@ -26,7 +26,8 @@ Example:
     >>> import tempfile, torch
     >>> from torch import nn
     >>> from mono_quant import QuantConfig
-    >>> from mono_quant.io import save_model, load_model, quantize_checkpoint
+    >>> from mono_quant.io import save_model, load_model
+    >>> from mono_quant.pipeline import quantize_checkpoint
     >>> d = tempfile.mkdtemp()
     >>> src = save_model(nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32)), d + "/fp.safetensors")
     >>> info = quantize_checkpoint(src, d + "/q.safetensors", QuantConfig(), progress=False)

@@ -1,7 +1,7 @@
 """Artifacts: who serves them (serveable_by, serveable_reason) and low_compression.
 
 Revision ID: 0004
-Revises: 0002 (after merging main; the lead re-chains at merge)
+Revises: 0003 (after merging main; the lead re-chains at merge)
 Create Date: 2026-11-30
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | None = None
 depends_on: str | None = None
 

@@ -1,0 +1,163 @@
+"""Submitting big batches: counts, one transaction, and a broker that fails midway.
+
+Real SQLite and PostgreSQL catalogs; a redis-server of the test's own whose ``maxmemory``
+makes it refuse writes partway through publishing (a real broker failure: Redis answers
+``OOM command not allowed``), then is given memory back for ``reconcile``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from mono_quant.catalog import Batch, Catalog, Job, JobStatus
+from mono_quant.config import Settings
+from mono_quant.errors import BadInputError, TransientError
+from mono_quant.scheduler import publish as publish_module
+from mono_quant.scheduler import service
+from mono_quant.scheduler.service import reconcile, submit
+from mono_quant.worker.app import create_app
+
+MODEL = "mono_quant.demo_models:mlp"
+
+
+@pytest.fixture
+def catalog(catalog_url):
+    catalog = Catalog(catalog_url)
+    yield catalog
+    catalog.dispose()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A redis-server of this test's own (its memory limit is changed by the test)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0", client
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _manifest(path: Path, models: int, *, bad_last: bool = False) -> Path:
+    """``models`` models × a 2 × 2 matrix = 4 × ``models`` jobs."""
+    jobs = [{"name": f"m{i}", "model": {"factory": MODEL, "kwargs": {"seed": i}}}
+            for i in range(models)]
+    if bad_last:
+        jobs[-1]["mode"] = "static"  # without a calibration source: invalid
+    path.write_text(json.dumps({"matrix": {"scheme": ["symmetric", "asymmetric"],
+                                           "format": ["safetensors", "pt"]}, "jobs": jobs}))
+    return path
+
+
+def _messages(client: redis.Redis) -> Counter[int]:
+    """Job id → number of messages for it on the broker's ``cpu`` queue."""
+    return Counter(int(json.loads(raw)["headers"]["argsrepr"].strip("(),"))
+                   for raw in client.lrange("cpu", 0, -1))
+
+
+def _statuses(catalog: Catalog) -> dict[JobStatus, list[int]]:
+    with catalog.begin() as s:
+        rows = s.execute(select(Job.status, Job.id).order_by(Job.id)).all()
+    out: dict[JobStatus, list[int]] = {}
+    for status, job_id in rows:
+        out.setdefault(status, []).append(job_id)
+    return out
+
+
+def _submit_through_a_failing_broker(catalog, broker, tmp_path, models: int) -> None:
+    url, client = broker
+    n = 4 * models
+    settings = Settings.from_env({"MONO_QUANT_BROKER_URL": url})
+    app = create_app(settings)
+    # enough memory for roughly a third of the messages (about 1 KB each)
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + n * 350)
+    with pytest.raises(TransientError, match="stay pending"):
+        submit(_manifest(tmp_path / "m.json", models), catalog, app=app, settings=settings)
+    # every job was written, in one batch; those sent are queued, the rest pending
+    with catalog.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Batch)) == 1
+        assert s.scalar(select(func.count(func.distinct(Job.idempotency_key)))) == n
+    statuses = _statuses(catalog)
+    queued, pending = statuses.get(JobStatus.QUEUED, []), statuses.get(JobStatus.PENDING, [])
+    assert len(queued) + len(pending) == n
+    assert 0 < len(queued) < n, "the broker should have failed midway"
+    on_broker = _messages(client)
+    assert sorted(on_broker) == queued and set(on_broker.values()) == {1}
+    # the broker is back: reconcile publishes exactly the pending ones
+    client.config_set("maxmemory", 0)
+    again = reconcile(catalog, app, settings=dataclasses.replace(settings, stale_after=0.0))
+    assert again == pending
+    on_broker = _messages(client)
+    assert sorted(on_broker) == sorted(queued + pending)  # none lost
+    assert set(on_broker.values()) == {1}  # none sent twice
+    assert _statuses(catalog) == {JobStatus.QUEUED: sorted(queued + pending)}
+
+
+def test_a_broker_failure_midway_leaves_the_unsent_jobs_pending(
+        catalog, broker, tmp_path, monkeypatch):
+    monkeypatch.setattr(publish_module, "CHUNK", 500)
+    _submit_through_a_failing_broker(catalog, broker, tmp_path, models=750)
+
+
+def test_an_invalid_job_after_the_first_chunks_rolls_the_whole_batch_back(
+        catalog, tmp_path, monkeypatch):
+    monkeypatch.setattr(service, "SUBMIT_CHUNK", 40)
+    with pytest.raises(BadInputError, match=r"jobs\[49\].*calibration"):
+        submit(_manifest(tmp_path / "m.json", 50, bad_last=True), catalog)
+    with catalog.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
+        assert s.scalar(select(func.count()).select_from(Batch)) == 0
+
+
+def test_chunks_keep_duplicates_and_in_flight_keys_out(catalog, tmp_path, monkeypatch):
+    monkeypatch.setattr(service, "SUBMIT_CHUNK", 7)
+    first = submit(_manifest(tmp_path / "a.json", 5), catalog)
+    assert len(first.job_ids) == 20 and first.job_ids == sorted(first.job_ids)
+    path = tmp_path / "b.json"
+    data = json.loads(_manifest(path, 8).read_text())
+    data["jobs"].append({"name": "again", "model": data["jobs"][7]["model"]})
+    path.write_text(json.dumps(data))
+    second = submit(path, catalog)
+    assert len(second.in_flight) == 20  # m0..m4: the first batch's jobs are still pending
+    assert sorted(second.duplicates) == [f"again[scheme={s},format={f}]"
+                                         for s in ("asymmetric", "symmetric")
+                                         for f in ("pt", "safetensors")]
+    assert len(second.job_ids) == 12
+    with catalog.begin() as s:
+        keys = s.scalars(select(Job.idempotency_key)).all()
+    assert len(keys) == len(set(keys)) == 32
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_100k_jobs_submit_in_one_transaction_and_survive_a_broker_failure(
+        catalog, broker, tmp_path):
+    _submit_through_a_failing_broker(catalog, broker, tmp_path, models=25_000)
