@@ -6,8 +6,10 @@ is ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub`` (
 source is resolved, so a worker's environment decides, as for ``huggingface_hub`` itself). A
 miss is a ``BadInputError`` naming the id, the revision and the folder searched.
 
-An ``hf:`` target that is an existing folder is a folder (relative paths keep working); only a
-target that is not one and looks like ``org/name`` (optionally ``@revision``) is a hub id.
+An ``hf:`` target that is an existing folder is a folder (relative paths keep working); a
+target that is not one, looks like ``org/name`` and either names a ``@revision`` or is in the
+cache is a hub id (:func:`in_cache`). Any other missing ``org/name`` stays a path; loading it
+fails with the cache-miss message, which names the id, the revision and the cache.
 
 Example:
     >>> hub_id("meta-llama/Llama-3.2-1B@main")
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from mono_quant.errors import BadConfigError, BadInputError
 
-__all__ = ["cache_dir", "hub_id", "resolve_snapshot"]
+__all__ = ["cache_dir", "hub_id", "in_cache", "resolve_snapshot"]
 
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")
 
@@ -33,6 +35,17 @@ def hub_id(target: str) -> tuple[str, str | None] | None:
     """``(repo_id, revision)`` when ``target`` has the form of a hub id, else None."""
     m = _HUB_ID.match(target)
     return None if m is None else (m["repo"], m["rev"])
+
+
+def in_cache(target: str) -> bool:
+    """Whether an ``hf:`` target that is not a folder is read as a hub id: it has the form
+    ``org/name`` and either names a revision (``@rev``) or has a repository folder in the
+    cache. Otherwise it stays a (relative) path, and a miss names both places."""
+    found = hub_id(target)
+    if found is None:
+        return False
+    repo, revision = found
+    return revision is not None or (cache_dir() / f"models--{repo.replace('/', '--')}").is_dir()
 
 
 def cache_dir() -> Path:

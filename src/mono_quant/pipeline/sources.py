@@ -111,6 +111,11 @@ class ModelSource(Source):
         if self.scheme == "hf":
             folder = self.folder
             if not Path(folder).is_dir():
+                from mono_quant.pipeline.hub_cache import hub_id, resolve_snapshot
+
+                hub = hub_id(self.text.partition(":")[2])
+                if hub is not None:  # neither a folder nor cached: say where both were looked
+                    resolve_snapshot(*hub, self.text)
                 raise BadInputError(f"{self.text}: no such folder {folder}")
             if not (Path(folder) / "config.json").is_file():
                 raise BadInputError(
@@ -222,9 +227,9 @@ def parse_model_source(
             raise BadInputError(f"{text}: hf: sources take no arguments ({', '.join(options)})")
         path = resolve_path(target, base_dir, text, "hf:")
         if not os.path.isdir(path) and isinstance(target, str):
-            from mono_quant.pipeline.hub_cache import hub_id
+            from mono_quant.pipeline.hub_cache import in_cache
 
-            if hub_id(target) is not None:  # not a folder: a hub id, resolved when loaded
+            if in_cache(target):  # not a folder but a cached hub id (or an explicit @rev)
                 return ModelSource("hf", target, text=text)
         return ModelSource("hf", path, text=text)
     kwargs = kwargs_of(options, {"weights"}, text, mapping)
