@@ -214,6 +214,20 @@ class ScheduledJob:
         return self.spec.idempotency_key
 
 
+def _weights_digest(model: Any) -> str | None:
+    """The weight digest of an ``hf:`` source whose folder is here (a hub id resolves from
+    the local cache; a folder only the workers see cannot be digested at submit)."""
+    if model.scheme != "hf":
+        return None
+    from mono_quant.pipeline.digest import weights_digest
+
+    try:
+        folder = model.folder
+    except MonoQuantError:
+        return None
+    return weights_digest(folder) if Path(folder).is_dir() else None
+
+
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -293,7 +307,8 @@ class _Expander:
                                                                factories=self.factories)
         return self._calibrations[key]
 
-    def spec(self, model: Any, values: dict[str, Any], where: str) -> JobSpec | None:
+    def spec(self, model: Any, values: dict[str, Any], where: str,
+             digest: str | None = None) -> JobSpec | None:
         try:
             values = _renamed(dict(values))
             quant = {k: values[k] for k in QUANT_FIELDS if k in values}
@@ -317,7 +332,8 @@ class _Expander:
         try:
             return JobSpec(model=model, config=config, calibration=calibration,
                            format=values.get("format", "safetensors"),
-                           samples=values.get("samples"), stream=values.get("stream", False))
+                           samples=values.get("samples"), stream=values.get("stream", False),
+                           weights_digest=digest)
         except BadConfigError as e:
             self.errors.append(f"{self.source}: {where}: {e}")
             return None
@@ -344,6 +360,7 @@ class _Expander:
             try:
                 model = parse_model_source(job.model, base_dir=self.base_dir,
                                            factories=self.factories)
+                digest = _weights_digest(model)  # changed weights: a new key
             except MonoQuantError as e:
                 (self.refused if isinstance(e, BadConfigError) else self.errors).append(
                     f"{self.source}: jobs[{i}].model: {e}")
@@ -355,7 +372,8 @@ class _Expander:
                 values = {**defaults, **varied, **own}
                 suffix = ",".join(f"{k}={v}" for k, v in varied.items())
                 spec = self.spec(model, values,
-                                 f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else ""))
+                                 f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else ""),
+                                 digest)
                 if spec is not None:
                     scheduled = ScheduledJob(
                         name=f"{job.name}[{suffix}]" if suffix else job.name, spec=spec,

@@ -22,6 +22,22 @@ def tiny(seed: int = 0):
     return demo_models.mlp(in_features=64, hidden=64, out_features=16, seed=seed)
 
 
+def noisy():
+    """A model whose output is not a function of its input (it adds fresh noise): no
+    artifact of it reproduces the quantized model's outputs, so the served check fails."""
+    import torch
+
+    class Noisy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny()
+
+        def forward(self, x):
+            return self.inner(x) + torch.randn(1)
+
+    return Noisy()
+
+
 def probe(out: str):
     """Record what the job's process sees (GPU pinning), then return a model."""
     import torch

@@ -22,7 +22,8 @@ from mono_quant.scheduler.commands.args import batch_ref, catalog_id, count, pri
 
 # Filters whose values come from a fixed set; "a,b" is split. The artifact format filter is
 # --artifact-format (as in `quantize`); --output-format picks the output format.
-_SPLIT = ("scheme", "granularity", "mode", "artifact-format", "dtype", "status")
+_SPLIT = ("scheme", "granularity", "mode", "artifact-format", "dtype", "status",
+          "serveable-by")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -134,6 +135,7 @@ def _query(args: argparse.Namespace) -> Any:
         schemes=split(args.scheme), granularities=split(args.granularity),
         modes=split(args.mode), formats=split(args.artifact_format), dtypes=split(args.dtype),
         statuses=split(args.status), batches=args.batch,
+        serveable_by=split(args.serveable_by),
         min_sqnr=args.min_sqnr, min_cosine=args.min_cosine,
         max_size=None if args.max_size is None else parse_size(args.max_size),
         since=None if args.since is None else parse_since(args.since),

@@ -29,6 +29,21 @@ _RETRY_EPILOG = """examples:
 """
 
 
+_STRICT = ("refuse the manifest when a compressed-tensors job's scheme is one vLLM's int8 "
+           "kernels cannot serve (default: a warning)")
+
+
+def _check_serveable(args) -> None:
+    """Each job's scheme against vLLM's kernels: a warning, or BadConfigError with --strict."""
+    from mono_quant.io.serveability import check_scheme
+    from mono_quant.scheduler.commands.quantize import serveable
+    from mono_quant.scheduler.manifest import load_manifest
+
+    for job in load_manifest(args.manifest)[1]:
+        serveable(check_scheme(job.spec.config, job.spec.format), job.spec.format, args.strict,
+                  where=f"{args.manifest}: job {job.name}: ")
+
+
 def _job_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="the manifest (YAML or JSON) to run")
     p.add_argument("--force", action="store_true",
@@ -38,6 +53,7 @@ def _job_selection(p: argparse.ArgumentParser) -> None:
                         "redoes just that job")
     p.add_argument("--quiet", action="store_true",
                    help="no progress output, no third-party bars or warnings")
+    p.add_argument("--strict", action="store_true", help=_STRICT)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -195,6 +211,7 @@ def _submit(args) -> int:
     from mono_quant.scheduler.service import batch_status, submit
 
     quiet_third_party(quiet=args.quiet)
+    _check_serveable(args)
     catalog = _catalog()
     t0 = time.perf_counter()
     result = submit(args.manifest, catalog, app=_app(), force=args.force, only=args.job)
@@ -214,6 +231,7 @@ def _run(args) -> int:
     from mono_quant.scheduler.local import run_local
 
     quiet_third_party(quiet=args.quiet)
+    _check_serveable(args)
     run = run_local(args.manifest, workers=args.workers, force=args.force,
                     progress=not args.quiet, only=args.job or None, events=args.events)
     result, status = run.submitted, run.status

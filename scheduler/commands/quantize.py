@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", action="store_true",
                    help="hf: sources only: quantize the safetensors weights tensor by tensor "
                         "without building the model (weight-only, .safetensors output)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a compressed-tensors artifact vLLM's int8 kernels cannot serve "
+                        "(default: a warning)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars, no third-party progress or warnings")
     p.set_defaults(handler=run_quantize)
@@ -121,6 +124,8 @@ def _report(source: str, info, path, fmt: str, reload: str) -> None:
     _line("size", f"{_mib(m['size_bytes_fp'])} float -> {_mib(m['size_bytes_quant'])} int8 "
                   f"({m['compression_ratio']:.2f}x); artifact {_mib(size_path(path))} on disk")
     _line("reload", reload)
+    for warning in m.get("warnings", []):
+        _line("warning", warning)
     _line("wrote", f"{path} ({fmt})")
 
 
@@ -130,6 +135,19 @@ def _factories():
     from mono_quant.pipeline.allowlist import FactoryAllowList
 
     return FactoryAllowList(get_settings().allowed_factories)
+
+
+def serveable(verdict, fmt: str, strict: bool, where: str = "") -> None:
+    """A compressed-tensors artifact vLLM cannot serve: BadConfigError with ``--strict``,
+    else a warning on stderr."""
+    from mono_quant import BadConfigError
+
+    if fmt != "compressed-tensors" or verdict.serveable_by == "vllm":
+        return
+    message = f"{where}not serveable by vLLM: {verdict.reason}"
+    if strict:
+        raise BadConfigError(message + " (--strict)")
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _spec(args: argparse.Namespace):
@@ -150,11 +168,16 @@ def _spec(args: argparse.Namespace):
 
 
 def run_quantize(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from mono_quant.io.serveability import Serveability, check_scheme
     from mono_quant.pipeline import run_pipeline
     from mono_quant.scheduler.cliutil import quiet_third_party
 
     quiet_third_party(quiet=args.quiet)
     spec = _spec(args)
+    serveable(check_scheme(spec.config, spec.format), spec.format, args.strict)
 
     def announce(stage: str, **_: Any) -> None:
         if not args.quiet:
@@ -162,8 +185,12 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     result = run_pipeline(spec, args.output, on_stage=announce, progress=not args.quiet,
                           factories=_factories())
-    _report(args.source, result.info, result.path, spec.format,
-            result.info.metrics["reload_check"])
+    m = result.info.metrics
+    verdict = Serveability(m.get("serveable_by", "vllm"), m.get("serveable_reason", ""))
+    if args.strict and spec.format == "compressed-tensors" and verdict.serveable_by != "vllm":
+        shutil.rmtree(Path(result.path), ignore_errors=True)  # the layer shapes, known now
+        serveable(verdict, spec.format, strict=True)
+    _report(args.source, result.info, result.path, spec.format, m["reload_check"])
     return 0
 
 

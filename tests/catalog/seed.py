@@ -16,6 +16,7 @@ from typing import Any
 
 from mono_quant import QuantConfig, QuantizationInfo
 from mono_quant.catalog import ArtifactQuery, Batch, Job, JobStatus, add_artifact
+from mono_quant.io.serveability import check_scheme
 
 MODELS = [f"hf:org/model-{i}@main" for i in range(5)] + ["file:models/mlp.pt"]
 BATCHES = ["nightly", "weekly", "adhoc"]
@@ -63,6 +64,9 @@ def seed(session, n: int = N, rng_seed: int = 20240501) -> list[dict[str, Any]]:
             "size_bytes_fp": 4000 * (i + 1), "size_bytes_quant": 1000 * (i + 1) + 64,
             "compression_ratio": round(4000 * (i + 1) / (1000 * (i + 1) + 64), 4),
         }
+        metrics.update(check_scheme(config, fmt).metrics())
+        if i % 5 == 0:
+            metrics["warnings"] = ["low compression: 1.20x (< 1.5x); ..."]
         if config.mode == "static" or i % 4 == 0:
             metrics["output_cosine"] = math.nan if i == 10 else round(rng.uniform(0.95, 1), 5)
             metrics["output_sqnr_db"] = round(rng.uniform(15.0, 45.0), 3)
@@ -93,7 +97,8 @@ def seed(session, n: int = N, rng_seed: int = 20240501) -> list[dict[str, Any]]:
             "output_cosine": None if cosine is None or math.isnan(cosine) else cosine,
             "output_sqnr_db": metrics.get("output_sqnr_db"), "size_bytes": size,
             "compression_ratio": metrics["compression_ratio"], "created_at": created,
-            "sha256": sha, "info": info,
+            "sha256": sha, "info": info, "serveable_by": metrics["serveable_by"],
+            "low_compression": i % 5 == 0,
         })
     session.flush()
     return records
@@ -113,6 +118,7 @@ def _matches(r: dict[str, Any], q: ArtifactQuery) -> bool:
         and one_of(r["mode"], q.modes) and one_of(r["format"], q.formats)
         and one_of(r["dtype"], q.dtypes) and one_of(r["job_status"], q.statuses)
         and batches_ok
+        and one_of(r["serveable_by"], q.serveable_by)
         and (q.min_sqnr is None or r["weight_sqnr_db"] >= q.min_sqnr)
         and (q.min_cosine is None or (r["output_cosine"] is not None
                                       and r["output_cosine"] >= q.min_cosine))

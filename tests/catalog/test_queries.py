@@ -52,6 +52,9 @@ QUERIES = {
     "order-size-limit": {"order_by": "size_bytes", "limit": 5},
     "order-model": {"order_by": "model_source", "descending": False, "limit": 20},
     "order-id-asc": {"order_by": "id", "descending": False, "limit": 3},
+    "serveable-by-vllm": {"serveable_by": ["vllm"], "limit": None},
+    "serveable-by-others": {"serveable_by": ["mono-quant", "none"], "formats": ["pt",
+                            "compressed-tensors"], "limit": None},
     "nothing-matches": {"models": ["hf:nobody/none"]},
 }
 
@@ -103,6 +106,9 @@ def test_typed_columns_and_info_round_trip(seeded):
             assert type(r["info"]).from_dict(a.info).to_json() == r["info"].to_json()
             rec = artifact_record(a, with_info=True)
             assert rec["job_status"] == r["job_status"] and rec["batch_id"] == r["batch_id"]
+            assert rec["serveable_by"] == r["serveable_by"]
+            assert rec["serveable_reason"] == r["info"].metrics["serveable_reason"]
+            assert rec["low_compression"] is r["low_compression"]
     assert math.isinf(by_id[1]["weight_sqnr_db"]) and by_id[11]["output_cosine"] is None
 
 

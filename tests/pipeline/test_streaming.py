@@ -133,36 +133,39 @@ def tiny_gpt2(tmp_path_factory):
     return folder, sharded
 
 
-def _gpt2_message(config_json) -> str:
-    return (
-        f"{config_json}: model_type 'gpt2' (architectures ['GPT2LMHeadModel']) is built from "
-        "transformers' Conv1D layers, which store their weights as [in, out], transposed from "
-        "nn.Linear's [out, in]; quantize_checkpoint reads every 2-D weight as [out, in], so "
-        "per-channel scales would land on the input axis. Load the model and use "
-        "quantize_model instead (it quantizes nn.Linear / nn.Conv2d layers; Conv1D layers "
-        "stay in float)"
-    )
+def test_streaming_quantizes_conv1d_checkpoints_like_the_model(tmp_path, tiny_gpt2):
+    """GPT-2's Conv1D weights are [in, out]: streaming transposes them before quantizing, so
+    the artifact equals quantize_model's (QuantConv1D) tensor for tensor, on every layout of
+    the checkpoint, and loads into the float model (old code refused these checkpoints)."""
+    from transformers import GPT2LMHeadModel
 
-
-def test_streaming_refuses_conv1d_checkpoints(tmp_path, tiny_gpt2):
     folder, sharded = tiny_gpt2
     # the premise: Conv1D's c_attn weight is [in=32, out=96], where nn.Linear's is [96, 32]
     assert load_file(folder / "model.safetensors")["transformer.h.0.attn.c_attn.weight"].shape \
         == (32, 96)
-    out = tmp_path / "q.safetensors"
-    for src, config_json in [
-        (folder, folder / "config.json"),
-        (folder / "model.safetensors", folder / "config.json"),
-        (sharded / "model.safetensors.index.json", sharded / "config.json"),
-    ]:
-        with pytest.raises(BadConfigError) as err:
-            quantize_checkpoint(src, out, progress=False)
-        assert str(err.value) == _gpt2_message(config_json)
-    assert not out.exists()
+    model = GPT2LMHeadModel.from_pretrained(folder)
+    qmodel, info = quantize_model(model, QuantConfig(), progress=False)
+    assert "transformer.h.0.attn.c_attn" in info.selected_layers
+    expected = save_model(qmodel, tmp_path / "memory.safetensors", info)
+    want = load_file(expected)
+    for i, src in enumerate([folder, folder / "model.safetensors",
+                             sharded / "model.safetensors.index.json"]):
+        out = tmp_path / f"q{i}.safetensors"
+        streamed = quantize_checkpoint(src, out, progress=False)
+        assert streamed.selected_layers == info.selected_layers
+        got = load_file(out)
+        assert got.keys() == want.keys()
+        for name, t in want.items():
+            assert torch.equal(got[name], t), name
+    assert got["transformer.h.0.attn.c_attn.weight"].shape == (96, 32)  # [out, in] int8
+    again = load_quantized(out, GPT2LMHeadModel.from_pretrained(folder))
+    ids = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(again(ids).logits, qmodel(ids).logits)
 
 
 @pytest.mark.parametrize(
-    ("config", "refused"),
+    ("config", "conv1d"),
     [
         ({"architectures": ["GPT2LMHeadModel"]}, True),
         ({"model_type": "openai-gpt"}, True),
@@ -175,15 +178,14 @@ def test_streaming_refuses_conv1d_checkpoints(tmp_path, tiny_gpt2):
     ids=["gpt2-architecture-only", "openai-gpt", "imagegpt", "decision-transformer", "clvp",
          "gpt-bigcode-is-linear", "llama"],
 )
-def test_conv1d_families_by_config(tmp_path, config, refused):
-    src = save_model(demo_models.mlp(64, 96, 16), tmp_path / "model.safetensors")
+def test_conv1d_families_by_config(tmp_path, config, conv1d):
+    from mono_quant.pipeline.streaming import _conv1d_layers
+
     (tmp_path / "config.json").write_text(json.dumps(config))
-    out = tmp_path / "q.safetensors"
-    if refused:
-        with pytest.raises(BadConfigError, match=r"is built from transformers' Conv1D layers"):
-            quantize_checkpoint(src, out, progress=False)
-    else:
-        assert quantize_checkpoint(src, out, progress=False).selected_layers == ["0", "2", "4"]
+    layers = ["h.0.attn.c_attn", "h.0.mlp.c_fc", "h.0.mlp.c_proj", "lm_head", "score"]
+    expected = {"h.0.attn.c_attn", "h.0.mlp.c_fc", "h.0.mlp.c_proj"} if conv1d else set()
+    assert _conv1d_layers(tmp_path, layers) == expected
+    assert _conv1d_layers(tmp_path / "model.safetensors", layers) == expected
 
 
 def test_unreadable_config_json_is_bad_input(tmp_path):
@@ -195,7 +197,7 @@ def test_unreadable_config_json_is_bad_input(tmp_path):
 
 
 def test_conv1d_list_matches_the_installed_transformers():
-    """Every transformers model built from pytorch_utils.Conv1D is in the refused list."""
+    """Every transformers model built from pytorch_utils.Conv1D is in the transposed list."""
     import importlib.util
     import re
     from pathlib import Path

@@ -43,7 +43,7 @@ def test_quantize_factory_static_then_inspect(tmp_path):
     report = _report(res.stdout)
     assert report["config"] == "symmetric per_channel static (weights: minmax)"
     assert report["layers"] == "2 of 3 quantized"
-    assert report["reload"] == "ok: reloaded model's outputs identical on 1 batch"
+    assert report["reload"] == "ok (load_quantized): outputs identical on 1 batch"
     assert report["wrote"] == f"{out} (safetensors)"
     info = read_info(out)
     assert info.selected_layers == ["0", "2"] and info.calibration_samples == 20
@@ -58,6 +58,18 @@ def test_quantize_factory_static_then_inspect(tmp_path):
     assert f"artifact {out} (safetensors," in res.stdout
     assert "layers       2 quantized: 0, 2" in res.stdout
     assert "20 calibration samples" in res.stdout
+
+
+def test_low_compression_is_a_warning_in_the_summary(tmp_path):
+    out = tmp_path / "one-layer.safetensors"
+    res = cli("quantize", MLP, "-o", out, "--include", "4", "--quiet")
+    assert res.returncode == 0, res.stderr
+    ratio = read_info(out).metrics["compression_ratio"]
+    assert ratio < 1.5
+    warning = [line for line in res.stdout.splitlines() if line.startswith("  warning")]
+    assert warning == [f"  warning      low compression: {ratio:.2f}x (< 1.5x); 1 of 3 layers "
+                       "quantized, the rest of the weights (embeddings, float layers) stay as "
+                       "they were"]
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +89,30 @@ def test_quantize_hf_with_text_calibration_to_compressed_tensors(tmp_path, hf_fo
     report = _report(res.stdout)
     assert report["layers"] == "14 of 15 quantized"
     assert report["wrote"] == f"{out} (compressed-tensors)"
-    assert report["reload"].startswith("ok: reloaded model's outputs identical")
+    # a compressed-tensors folder of a transformers model is checked where it is served
+    assert report["reload"].startswith("ok (transformers): outputs cosine ")
     assert (out / "config.json").is_file() and read_info(out).calibration_samples == 4
     model = load_quantized(out, demo_models.tiny_transformer())
     with torch.inference_mode():
         model(**demo_models.token_batches(n=1)[0])
+
+
+def test_unserveable_scheme_warns_and_strict_refuses(tmp_path, hf_folder):
+    out = tmp_path / "tensor-w8a16"
+    args = ["quantize", f"hf:{hf_folder}", "-o", out, "--format", "compressed-tensors",
+            "--granularity", "per_tensor", "--quiet"]
+    reason = ("not serveable by vLLM: vLLM's CompressedTensorsWNA16 (Marlin) takes per-channel "
+              "or per-group weights (group size 32, 64 or 128); got per_tensor")
+    res = cli(*args, "--strict")
+    assert res.returncode == 2 and f"{reason} (--strict)" in res.stderr
+    assert not out.exists()
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert f"warning: {reason}" in res.stderr
+    assert f"  warning      {reason}" in res.stdout.splitlines()
+    metrics = read_info(out).metrics  # recorded before writing, so the file has it too
+    assert metrics["serveable_by"] == "none"
+    assert metrics["serveable_reason"] == reason.removeprefix("not serveable by vLLM: ")
 
 
 def test_quantize_stream(tmp_path, hf_folder):

@@ -60,6 +60,7 @@ def test_success_writes_the_artifact_and_its_row(settings):
         assert artifact.storage_key == artifact_key(job.idempotency_key, "compressed-tensors",
                                                     job_id, 1)
         assert artifact.info["metrics"]["reload_check"].startswith("ok")
+        assert artifact.info["metrics"]["served_check"] == "load_quantized"  # not a HF model
         assert artifact.model_digest == mono_quant.io.hashing.state_dict_digest(
             __import__("tests.jobfixtures").jobfixtures.tiny())
     assert (settings.storage_root / artifact.storage_key / "config.json").exists()
@@ -161,6 +162,18 @@ def test_out_of_memory_twice_is_transient(settings, monkeypatch):
     assert out.status == "queued" and 0.25 <= out.retry_in <= 0.5
     job = _job(settings, job_id)
     assert job.status is JobStatus.QUEUED and job.error_kind is ErrorKind.TRANSIENT
+
+
+def test_an_artifact_failing_the_served_check_fails_the_job(settings):
+    (job_id,) = _submit(settings, [{
+        "name": "a", "model": "factory:tests.jobfixtures:noisy",
+        "calibration": "factory:mono_quant.demo_models:vector_batches?n=1&features=64"}])
+    out = run_job(job_id, "w@test", settings=settings)
+    assert out.status == "failed"
+    job = _job(settings, job_id)
+    assert "the artifact loaded with load_quantized does not reproduce the quantized " \
+        "model's outputs" in job.last_error
+    assert not list(settings.storage_root.rglob("*.safetensors"))  # nothing recorded or left
 
 
 def test_bad_config_fails_without_retry(settings):

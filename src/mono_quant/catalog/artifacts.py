@@ -131,6 +131,10 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def info_columns(info: QuantizationInfo) -> dict[str, Any]:
     """The artifact columns that come from a QuantizationInfo (typed, plus the full JSON)."""
     m, versions, config = info.metrics, info.library_versions, info.config
@@ -160,6 +164,10 @@ def info_columns(info: QuantizationInfo) -> dict[str, Any]:
         "mono_quant_version": versions.get("mono-quant"),
         "safetensors_version": versions.get("safetensors"),
         "python_version": versions.get("python"),
+        "serveable_by": _str_or_none(m.get("serveable_by")),
+        "serveable_reason": _str_or_none(m.get("serveable_reason")),
+        "low_compression": any(str(w).startswith("low compression")
+                               for w in m.get("warnings") or ()),
         "info": info.to_dict(),
     }
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from mono_quant.errors import BadInputError
 from mono_quant.io.layout import FORMATS
+from mono_quant.io.serveability import SERVEABLE_BY
 from mono_quant.quant.qconfig import GRANULARITIES, MODES
 from mono_quant.quant.specs import SCHEMES
 
@@ -36,6 +37,7 @@ __all__ = [
     "MODES",
     "ORDER_FIELDS",
     "SCHEMES",
+    "SERVEABLE_BY",
     "STATUSES",
     "ArtifactQuery",
     "parse_since",
@@ -58,7 +60,7 @@ DEFAULT_LIMIT = 100
 _CHOICES = {
     "schemes": ("scheme", SCHEMES), "granularities": ("granularity", GRANULARITIES),
     "modes": ("mode", MODES), "dtypes": ("dtype", DTYPES), "formats": ("format", FORMATS),
-    "statuses": ("status", STATUSES),
+    "statuses": ("status", STATUSES), "serveable_by": ("serveable_by", SERVEABLE_BY),
 }
 
 
@@ -104,6 +106,8 @@ class ArtifactQuery:
     dtypes: tuple[str, ...] = ()
     batches: tuple[int | str, ...] = ()
     statuses: tuple[str, ...] = ()
+    #: Who serves the artifact (vllm, mono-quant, none).
+    serveable_by: tuple[str, ...] = ()
     #: Minimum overall weight SQNR in dB (inclusive).
     min_sqnr: float | None = None
     #: Minimum output cosine similarity (inclusive); artifacts without one never match.

@@ -290,6 +290,11 @@ class Artifact(Base):
     mono_quant_version: Mapped[str | None] = mapped_column(String(64))
     safetensors_version: Mapped[str | None] = mapped_column(String(64))
     python_version: Mapped[str | None] = mapped_column(String(64))
+    #: Who serves it: "vllm", "mono-quant" (load_quantized) or "none"; and why (io.serveability).
+    serveable_by: Mapped[str | None] = mapped_column(String(16), index=True)
+    serveable_reason: Mapped[str | None] = mapped_column(Text)
+    #: compression_ratio below quant.quantize.LOW_COMPRESSION (a warning of the job's result).
+    low_compression: Mapped[bool | None] = mapped_column(Boolean)
     #: The full QuantizationInfo.to_dict() (non-finite floats as {"__float__": "inf"}).
     #: Deferred: list queries do not need it, and it can be large (per-layer metrics).
     info: Mapped[dict[str, Any]] = mapped_column(deferred=True)

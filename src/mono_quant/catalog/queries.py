@@ -41,6 +41,7 @@ RECORD_FIELDS = (
     "size_bytes_quant", "compression_ratio", "created_at", "job_id", "job_name", "batch_id",
     "job_status", "storage_key", "path", "uri", "sha256", "idempotency_key", "config_digest",
     "torch_version", "mono_quant_version", "safetensors_version", "python_version",
+    "serveable_by", "serveable_reason", "low_compression",
 )
 
 
@@ -51,6 +52,7 @@ def _filtered(q: ArtifactQuery) -> Select[Any]:
         (Artifact.model_source, q.models), (Artifact.model_digest, q.model_digests),
         (Artifact.scheme, q.schemes), (Artifact.granularity, q.granularities),
         (Artifact.mode, q.modes), (Artifact.format, q.formats), (Artifact.dtype, q.dtypes),
+        (Artifact.serveable_by, q.serveable_by),
     )
     for column, values in columns:
         if len(values) == 1:  # "=" rather than "IN (x)": planners pick indexes more readily

@@ -65,6 +65,24 @@ def check_quantized_tensors(
             need("input_zero_point", torch.int8, (1,), "its static input zero point")
 
 
+def _tie_back(
+    expected: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]
+) -> Mapping[str, torch.Tensor]:
+    """Fill the names of a tie the file stores once (save_model keeps the first name): every
+    name of a tensor the model shares gets the stored tensor."""
+    groups: dict[tuple[object, ...], list[str]] = {}
+    for name, t in expected.items():
+        if t.numel():
+            groups.setdefault((t.device, t.data_ptr(), t.dtype, tuple(t.shape)), []).append(name)
+    filled = dict(tensors)
+    for names in groups.values():
+        stored = [n for n in names if n in tensors]
+        if len(names) > 1 and stored:
+            for n in names:
+                filled.setdefault(n, tensors[stored[0]])
+    return filled
+
+
 def load_state_dict_strict(
     model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str
 ) -> None:
@@ -74,6 +92,7 @@ def load_state_dict_strict(
     integer/float mismatches are errors.
     """
     expected = model.state_dict()
+    tensors = _tie_back(expected, tensors)
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     if missing or unexpected:

@@ -109,7 +109,22 @@ def _tensors(obj: nn.Module | Mapping[str, Any]) -> dict[str, torch.Tensor]:
         raise BadInputError(
             f"save_model: tensor {meta[0]!r} is on the meta device and has no data to save"
         )
-    return {k: v.detach() for k, v in obj.items()}
+    return _dedupe_shared({k: v.detach() for k, v in obj.items()})
+
+
+def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep one name per shared tensor (a tied ``lm_head`` and embedding): the first, as
+    ``save_pretrained`` does, so a tie is stored once and loaders tie it back
+    (:func:`~mono_quant.io._checks.load_state_dict_strict`, transformers)."""
+    seen: set[tuple[Any, ...]] = set()
+    out = {}
+    for name, t in tensors.items():
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if t.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[name] = t
+    return out
 
 
 def _write_safetensors(
@@ -135,7 +150,7 @@ def _hf_config(obj: object) -> dict[str, Any] | None:
 
 def _write_compressed_tensors(
     tensors: Mapping[str, torch.Tensor], path: Path, info: QuantizationInfo | None,
-    hf_config: dict[str, Any] | None,
+    hf_config: dict[str, Any] | None, extra_files: Mapping[str, bytes] | None = None,
 ) -> None:
     if info is None:
         raise BadInputError(
@@ -149,6 +164,11 @@ def _write_compressed_tensors(
         _write_safetensors(compressed, tmp / interop.MODEL_FILE, _build_metadata(info))
         with atomic_file(tmp / interop.CONFIG_FILE) as f:
             f.write(json.dumps(config, indent=2, sort_keys=True).encode() + b"\n")
+        for name, data in (extra_files or {}).items():  # tokenizer, model card (pipeline)
+            if Path(name).name != name or name in (interop.CONFIG_FILE, interop.MODEL_FILE):
+                raise BadInputError(f"{path}: extra file {name!r} must be a plain file name")
+            with atomic_file(tmp / name) as f:
+                f.write(data)
 
 
 def save_model(
@@ -156,17 +176,21 @@ def save_model(
     path: str | os.PathLike[str],
     info: QuantizationInfo | None = None,
     format: str | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write a model's state dict (and its info) atomically; return the final path.
 
     ``format`` is ``"safetensors"``, ``"pt"`` or ``"compressed-tensors"``; by default it comes
-    from the extension. Tensors on a GPU are copied to the CPU one at a time.
+    from the extension. ``extra_files`` (``{name: bytes}``, compressed-tensors only) are
+    written into the folder with the rest, atomically: tokenizer files, a model card.
+    Tensors on a GPU are copied to the CPU one at a time.
 
     Raises:
         BadInputError: unknown format or extension, entries that are not tensors, tensors
             that do not match ``info`` (a quantized layer without its scale), an existing
             ``path`` that is not a mono-quant artifact of this format (it is left untouched).
-        BadConfigError: a model the format cannot hold (Conv2d in compressed-tensors).
+        BadConfigError: a model the format cannot hold (Conv2d or transformers Conv1D
+            layers in compressed-tensors).
         StorageError: the file could not be written (nothing is left at ``path``).
     """
     path = Path(path)
@@ -182,7 +206,10 @@ def save_model(
     elif fmt == "pt":
         write_pt(tensors, path, _build_metadata(info))
     else:
-        _write_compressed_tensors(tensors, path, info, _hf_config(model_or_state_dict))
+        if isinstance(model_or_state_dict, nn.Module) and info is not None:
+            interop.check_layer_types(model_or_state_dict, info)
+        _write_compressed_tensors(tensors, path, info, _hf_config(model_or_state_dict),
+                                  extra_files)
     return path
 
 
@@ -290,7 +317,7 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
         BadInputError: no mono-quant metadata, a layer the model lacks or cannot quantize,
             tensors that do not match the model (names missing or unexpected, shapes).
     """
-    from mono_quant.quant.modules import SUPPORTED_LAYERS, quantized_like
+    from mono_quant.quant.modules import is_quantizable, quantized_like
 
     tensors, info = _load(path)
     if info is None:
@@ -306,10 +333,10 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
                 f"{path}: the artifact quantizes layer {name!r} but the model has no such layer "
                 "(is this the architecture the artifact was made from?)"
             ) from e
-        if not isinstance(layer, SUPPORTED_LAYERS):
+        if not is_quantizable(layer):
             raise BadInputError(
                 f"{path}: layer {name!r} is a {type(layer).__name__}; expected the float "
-                "nn.Linear / nn.Conv2d the artifact was quantized from"
+                "nn.Linear / nn.Conv2d / Conv1D the artifact was quantized from"
             )
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, quantized_like(layer, info.config))

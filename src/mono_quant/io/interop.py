@@ -49,6 +49,7 @@ __all__ = [
     "CONFIG_FILE",
     "CT_FORMATS",
     "MODEL_FILE",
+    "check_layer_types",
     "from_compressed",
     "pack_int8",
     "quantization_config",
@@ -98,6 +99,32 @@ def _check_supported(tensors: Mapping[str, torch.Tensor], info: QuantizationInfo
                 f"format 'compressed-tensors' holds quantized Linear layers only; layer "
                 f"{layer!r} has a {w.ndim}-D weight (a Conv2d?): exclude it (e.g. "
                 "--exclude Conv2d) or save as safetensors"
+            )
+
+
+#: Quantized layer classes compressed-tensors has no form for, and why (README: GPT-2).
+_NO_CT_FORM = {
+    "QuantConv1D": (
+        "transformers' Conv1D (GPT-2 family) stores its weight [in, out]: compressed-tensors "
+        "sizes scales from that [in, out] weight when transformers loads the folder, and "
+        "vLLM's GPT-2 loader transposes only tensors named '*.weight' (not weight_packed, "
+        "nor the scales), so no compressed-tensors folder of these layers loads correctly "
+        "in either runtime"
+    ),
+}
+
+
+def check_layer_types(qmodel: Any, info: QuantizationInfo) -> None:
+    """BadConfigError naming the layer type when a quantized layer has no compressed-tensors
+    form (the check :func:`to_compressed` cannot make from tensors alone)."""
+    for layer in info.selected_layers:
+        kind = type(qmodel.get_submodule(layer)).__name__
+        why = _NO_CT_FORM.get(kind)
+        if why is not None:
+            raise BadConfigError(
+                f"format 'compressed-tensors' cannot hold layer {layer!r} "
+                f"({kind.removeprefix('Quant')}): {why}. Formats that work for it: "
+                "'safetensors' and 'pt' (loaded with mono_quant.load_quantized)"
             )
 
 

@@ -130,7 +130,7 @@ def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool):
     from mono_quant.pipeline.streaming import quantize_checkpoint
 
     stage(Stage.QUANTIZING.value)
-    info = quantize_checkpoint(spec.model.target, path, spec.config, progress=progress)
+    info = quantize_checkpoint(spec.model.folder, path, spec.config, progress=progress)
     stage(Stage.RELOADING.value)
     tensors = load_model(path)  # every tensor, strictly, with the int8 range checks
     info.metrics["reload_check"] = (
@@ -143,16 +143,17 @@ def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool):
 def _in_memory(spec: JobSpec, path: Path, stage: OnStage, on_progress: OnProgress | None,
                device: str, progress: bool, factories: FactoryAllowList | None):
     from mono_quant.io.formats import save_model
-    from mono_quant.pipeline.reload import reload_check
+    from mono_quant.pipeline.card import source_files
+    from mono_quant.pipeline.served import served_check
 
     model, batches, digest = _load(spec, stage, device, factories)
     qmodel, info = _quantize(model, spec, batches, stage, on_progress, device, progress)
     stage(Stage.WRITING.value)
-    save_model(qmodel, path, info=info, format=spec.format)
+    save_model(qmodel, path, info=info, format=spec.format,
+               extra_files=source_files(spec.model, qmodel, info, spec.format))
     stage(Stage.RELOADING.value)
-    # the float model is not needed any more: the artifact is rebuilt into it
-    info.metrics["reload_check"] = reload_check(path, model, qmodel,
-                                                batches[0] if batches else None)
+    # the float model is not needed any more: the artifact may be rebuilt into it
+    served_check(path, spec.format, model, qmodel, info, batches[0] if batches else None)
     return info, digest
 
 

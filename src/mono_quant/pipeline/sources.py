@@ -4,6 +4,7 @@ Grammar (strings; the manifest mapping form is shown on the right)::
 
     MODEL
       hf:PATH                          {hf: PATH}
+      hf:ORG/NAME[@REVISION]           {hf: ORG/NAME@REVISION}   (local HF cache only)
       factory:MODULE:CALLABLE[?ARGS]   {factory: MODULE:CALLABLE, kwargs: {...}, weights: PATH}
     CALIBRATION
       factory:MODULE:CALLABLE[?ARGS]   {factory: MODULE:CALLABLE, kwargs: {...}}
@@ -19,7 +20,8 @@ call (``.pt`` only with ``weights_only=True``).
 
 * ``hf:`` is a local Hugging Face folder (``config.json`` + safetensors weights), loaded with
   transformers (the ``hf`` extra) from local files only; its tokenizer tokenizes ``text:``
-  calibration files.
+  calibration files. A target that is not an existing folder and reads ``org/name[@rev]`` is
+  a hub id, resolved from the local Hugging Face cache (:mod:`mono_quant.pipeline.hub_cache`).
 * ``factory:`` **imports and runs code** by design: it is trusted configuration, like a
   Python entry point. Services pass a :class:`~mono_quant.pipeline.allowlist.FactoryAllowList`
   (``factories=``) so only modules the operator allowed are ever imported.
@@ -97,15 +99,31 @@ class ModelSource(Source):
     def _options(self) -> dict[str, Any]:
         return {"weights": self.weights}
 
+    @property
+    def folder(self) -> str:
+        """An ``hf:`` source's folder: the path, or a hub id's cached snapshot."""
+        if os.path.isabs(self.target):
+            return self.target
+        from mono_quant.pipeline.hub_cache import hub_id, resolve_snapshot
+
+        repo, revision = hub_id(self.target) or (self.target, None)
+        return str(resolve_snapshot(repo, revision, self.text))
+
     def check(self, factories: FactoryAllowList | None = None) -> None:
         """Cheap checks without building the model: paths exist, the factory imports (only
         if ``factories`` allows its module)."""
         if self.scheme == "hf":
-            if not Path(self.target).is_dir():
-                raise BadInputError(f"{self.text}: no such folder {self.target}")
-            if not (Path(self.target) / "config.json").is_file():
+            folder = self.folder
+            if not Path(folder).is_dir():
+                from mono_quant.pipeline.hub_cache import hub_id, resolve_snapshot
+
+                hub = hub_id(self.text.partition(":")[2])
+                if hub is not None:  # neither a folder nor cached: say where both were looked
+                    resolve_snapshot(*hub, self.text)
+                raise BadInputError(f"{self.text}: no such folder {folder}")
+            if not (Path(folder) / "config.json").is_file():
                 raise BadInputError(
-                    f"{self.text}: {self.target} has no config.json (expected a Hugging Face "
+                    f"{self.text}: {folder} has no config.json (expected a Hugging Face "
                     "model folder written by save_pretrained)"
                 )
         else:
@@ -141,7 +159,7 @@ class ModelSource(Source):
             raise BadInputError(f"{self.text}: only hf: model sources have a tokenizer")
         AutoTokenizer = _transformers(self.text).AutoTokenizer
         try:
-            tok = AutoTokenizer.from_pretrained(self.target, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
         except _LOAD_ERRORS as e:
             raise BadInputError(f"{self.text}: cannot load the tokenizer: {e}") from e
         if tok.pad_token is None:
@@ -167,7 +185,7 @@ def _transformers(text: str) -> Any:
 def _refuse_pickles(source: ModelSource) -> None:
     """An hf: folder is read through its safetensors weights only: a pickle checkpoint
     (``pytorch_model.bin``) could run code while it loads, and is refused by name."""
-    folder = Path(source.target)
+    folder = Path(source.folder)
     if any(folder.glob("*.safetensors")):
         return
     pickles = sorted(p.name for p in folder.iterdir()
@@ -182,15 +200,41 @@ def _refuse_pickles(source: ModelSource) -> None:
 
 def _load_hf(source: ModelSource) -> nn.Module:
     transformers = _transformers(source.text)
+    folder = source.folder
     _refuse_pickles(source)
     try:
-        config = transformers.AutoConfig.from_pretrained(source.target, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         arch = (getattr(config, "architectures", None) or [None])[0]
         cls = getattr(transformers, arch, None) if arch else None
         cls = cls or transformers.AutoModel
-        return cls.from_pretrained(source.target, local_files_only=True, use_safetensors=True)
+        return cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     except _LOAD_ERRORS as e:
         raise BadInputError(f"{source.text}: transformers could not load the model: {e}") from e
+    except Exception as e:  # transformers' own error types; the rest is not the input's fault
+        raise _hf_load_error(e, source.text, Path(folder)) from e
+
+
+#: Phrases of transformers' config validators -> the config.json fields they are about.
+_CONFIG_FIELDS = {"hidden size": "hidden_size", "attention heads": "num_attention_heads",
+                  "key value heads": "num_key_value_heads", "head dim": "head_dim"}
+
+
+def _hf_load_error(e: Exception, text: str, folder: Path) -> Exception:
+    """A clear error for what transformers raises on a bad folder, or ``e`` itself."""
+    import pickle
+
+    if isinstance(e, pickle.UnpicklingError):
+        files = sorted(p.name for p in folder.glob("*.bin")) or ["the weights"]
+        return BadInputError(
+            f"{text}: {folder / files[0]}: refused: the pickle needs code outside torch's "
+            "weights_only allow-list (it was not run); convert the weights to safetensors"
+        )
+    if any(c.__name__ == "StrictDataclassError" for c in type(e).__mro__):
+        detail = " ".join(str(e).split())
+        fields = [f for phrase, f in _CONFIG_FIELDS.items() if phrase in detail.lower()]
+        named = f" (fields {', '.join(fields)})" if fields else ""
+        return BadConfigError(f"{text}: {folder / 'config.json'}{named} is invalid: {detail}")
+    return e
 
 
 def parse_model_source(
@@ -206,7 +250,13 @@ def parse_model_source(
     if scheme == "hf":
         if options:
             raise BadInputError(f"{text}: hf: sources take no arguments ({', '.join(options)})")
-        return ModelSource("hf", resolve_path(target, base_dir, text, "hf:"), text=text)
+        path = resolve_path(target, base_dir, text, "hf:")
+        if not os.path.isdir(path) and isinstance(target, str):
+            from mono_quant.pipeline.hub_cache import in_cache
+
+            if in_cache(target):  # not a folder but a cached hub id (or an explicit @rev)
+                return ModelSource("hf", target, text=text)
+        return ModelSource("hf", path, text=text)
     kwargs = kwargs_of(options, {"weights"}, text, mapping)
     weights = options.get("weights")
     if weights is not None:

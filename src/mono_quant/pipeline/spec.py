@@ -51,7 +51,8 @@ from mono_quant.quant.qconfig import QuantConfig
 
 __all__ = ["JobSpec"]
 
-_FIELDS = ("version", "model", "quant", "format", "calibration", "samples", "stream")
+_FIELDS = ("version", "model", "quant", "format", "calibration", "samples", "stream",
+           "weights_digest")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class JobSpec:
     #: Quantize an ``hf:`` checkpoint tensor by tensor without building the model
     #: (weight-only, ``.safetensors`` output, bounded memory).
     stream: bool = False
+    #: ``hf:`` sources: :func:`~mono_quant.pipeline.digest.weights_digest` of the folder at
+    #: submit, so changed weights make a new idempotency key (None: not digested).
+    weights_digest: str | None = None
 
     VERSION: ClassVar[int] = 1
 
@@ -104,7 +108,7 @@ class JobSpec:
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON the catalog stores and the worker reads (see the module docstring)."""
-        return {
+        payload = {
             "version": self.VERSION,
             "model": self.model.canonical(),
             "quant": self.config.to_dict(),
@@ -113,6 +117,9 @@ class JobSpec:
             "samples": self.samples,
             "stream": self.stream,
         }
+        if self.weights_digest is not None:  # absent otherwise: earlier keys stay the same
+            payload["weights_digest"] = self.weights_digest
+        return payload
 
     @classmethod
     def from_payload(cls, data: Mapping[str, Any],
@@ -147,6 +154,7 @@ class JobSpec:
             calibration=calibration,
             samples=data.get("samples"),
             stream=data.get("stream", False),
+            weights_digest=data.get("weights_digest"),
         )
 
     @cached_property

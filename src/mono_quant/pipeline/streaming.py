@@ -13,12 +13,14 @@ The config's ``include``/``exclude`` patterns then apply to ``<layer>`` as in
 ``quantize_model`` (the class-name pattern ``"Linear"`` matches every such layer; ``"Conv2d"``
 none). Use ``exclude=["lm_head"]`` to keep a head in float.
 
-Layout assumption: every such weight is taken to be an ``nn.Linear`` weight, ``[out, in]``,
-so per-channel scales go along dimension 0. transformers' ``Conv1D`` (GPT-2, OpenAI GPT,
-ImageGPT, Decision Transformer, CLVP) stores ``[in, out]`` instead; the shapes cannot tell
-them apart. A checkpoint whose folder has a ``config.json`` naming one of those families is
-refused (``BadConfigError``); a lone file with no ``config.json`` next to it is trusted to
-hold ``[out, in]`` weights.
+Layout: every such weight is taken to be an ``nn.Linear`` weight, ``[out, in]``, so
+per-channel scales go along dimension 0, except in checkpoints whose folder has a
+``config.json`` naming a family built from transformers' ``Conv1D`` (GPT-2, OpenAI GPT,
+ImageGPT, Decision Transformer, CLVP): there the layers named ``c_attn``, ``q_attn``,
+``c_proj`` and ``c_fc`` (the names vLLM's GPT-2 loader transposes) store ``[in, out]`` and are
+transposed before quantizing, so the artifact holds ``[out, in]`` int8 weights exactly as
+:class:`~mono_quant.quant.modules.QuantConv1D` does in memory (``load_quantized`` reads both).
+A lone file with no ``config.json`` next to it is trusted to hold ``[out, in]`` weights.
 
 Example:
     >>> import tempfile, torch
@@ -108,11 +110,16 @@ def checkpoint_files(src: str | os.PathLike[str]) -> list[Path]:
     return [src]
 
 
-def _refuse_conv1d(src: Path) -> None:
-    """BadConfigError if the checkpoint's ``config.json`` names a Conv1D model family."""
+#: Layer names (last component) that are Conv1D in those families.
+_CONV1D_LAYER_NAMES = frozenset({"c_attn", "q_attn", "c_proj", "c_fc"})
+
+
+def _conv1d_layers(src: Path, layers: list[str]) -> set[str]:
+    """The layers of ``layers`` stored ``[in, out]``: none unless the checkpoint's
+    ``config.json`` names a Conv1D model family (module docstring)."""
     config = (src if src.is_dir() else src.parent) / "config.json"
     if not config.is_file():
-        return  # a lone file: its 2-D weights are taken as [out, in] (module docstring)
+        return set()  # a lone file: its 2-D weights are taken as [out, in] (module docstring)
     try:
         data = json.loads(config.read_text())
     except (OSError, ValueError) as e:
@@ -127,15 +134,8 @@ def _refuse_conv1d(src: Path) -> None:
     if model_type not in _CONV1D_MODEL_TYPES and not any(
         a.startswith(_CONV1D_ARCHITECTURES) for a in architectures
     ):
-        return
-    raise BadConfigError(
-        f"{config}: model_type {model_type!r} (architectures {architectures}) is built from "
-        "transformers' Conv1D layers, which store their weights as [in, out], transposed from "
-        "nn.Linear's [out, in]; quantize_checkpoint reads every 2-D weight as [out, in], so "
-        "per-channel scales would land on the input axis. Load the model and use "
-        "quantize_model instead (it quantizes nn.Linear / nn.Conv2d layers; Conv1D layers "
-        "stay in float)"
-    )
+        return set()
+    return {layer for layer in layers if layer.rpartition(".")[2] in _CONV1D_LAYER_NAMES}
 
 
 def _is_embedding(layer: str) -> bool:
@@ -160,7 +160,7 @@ def _select(layers: list[str], headers: list[SafetensorsHeader], config) -> list
     return [layer for layer in layers if config.selects(layer, "Linear", numel[f"{layer}.weight"])]
 
 
-def _plan(headers, selected, config) -> dict[str, TensorSpec]:
+def _plan(headers, selected, config, transposed: set[str]) -> dict[str, TensorSpec]:
     gran = config.granularity_spec
     specs: dict[str, TensorSpec] = {}
     quantized = {f"{layer}.weight": layer for layer in selected}
@@ -172,11 +172,12 @@ def _plan(headers, selected, config) -> dict[str, TensorSpec]:
             if layer is None:
                 specs[name] = TensorSpec(e.torch_dtype, e.shape)
                 continue
+            shape = tuple(reversed(e.shape)) if layer in transposed else tuple(e.shape)
             try:
-                pshape = tuple(gran.param_shape(torch.Size(e.shape)))
+                pshape = tuple(gran.param_shape(torch.Size(shape)))
             except BadInputError as err:
                 raise BadInputError(f"{h.path}: tensor {name!r}: {err}") from err
-            specs[name] = TensorSpec(torch.int8, e.shape)
+            specs[name] = TensorSpec(torch.int8, shape)
             for suffix, dtype in (("weight_scale", torch.float32),
                                   ("weight_zero_point", torch.int8)):
                 extra = f"{layer}.{suffix}"
@@ -189,13 +190,17 @@ def _plan(headers, selected, config) -> dict[str, TensorSpec]:
     return specs
 
 
-def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer, buffer):
-    """Quantize and write one weight; its buffers are freed when this returns."""
+def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer, buffer,
+                  transpose: bool = False):
+    """Quantize and write one weight (a Conv1D one transposed to ``[out, in]`` first); its
+    buffers are freed when this returns."""
     from mono_quant.quant.metrics import check_int8_ranges, weight_error
     from mono_quant.quant.quantize import quantize_weight
     from mono_quant.quant.specs import qrange
 
     w = read_tensor(f, h, name, out=buffer)
+    if transpose:
+        w = w.t().contiguous()  # (in, out) -> (out, in): a copy, the buffer is reused
     qw = quantize_weight(w, config, name)  # the kernel quantize_model uses: identical output
     problems = check_int8_ranges(layer, qw.data, qw.scale, qw.zero_point, *qrange(config.scheme))
     if problems:  # a bug of ours, never the user's input
@@ -232,11 +237,11 @@ def quantize_checkpoint(
     :class:`QuantizationInfo` stored in ``dst``'s header.
 
     Every 2-D float ``<layer>.weight`` is taken as an ``nn.Linear`` weight ``[out, in]`` (see
-    the module docstring); a checkpoint whose ``config.json`` names a transformers ``Conv1D``
-    family (``[in, out]`` weights: GPT-2 and kin) is refused.
+    the module docstring), but the ``Conv1D`` layers of a GPT-2-like family are transposed
+    first.
 
     Raises:
-        BadConfigError: static mode, nothing selected, or a Conv1D model family.
+        BadConfigError: static mode or nothing selected.
         BadInputError: a missing/corrupt checkpoint, duplicate tensors across shards, a weight
             that cannot be quantized (non-finite values, group size).
         StorageError: ``dst`` could not be written (nothing is left there).
@@ -254,12 +259,12 @@ def quantize_checkpoint(
     if detect_format(dst) != "safetensors":
         raise BadInputError(f"{dst}: quantize_checkpoint writes .safetensors")
     files = checkpoint_files(src)
-    _refuse_conv1d(Path(src))
     if Path(src).is_dir():  # a model folder: not into it (a file src: not over it, below)
         check_outside_source(dst, src)
     check_replaceable(dst, "safetensors")
     headers = [read_header(f) for f in files]
     layers = _linear_layers(headers)
+    transposed = _conv1d_layers(Path(src), layers)
     selected = _select(layers, headers, config)
     if not selected:
         raise BadConfigError(
@@ -267,7 +272,7 @@ def quantize_checkpoint(
             f"include={list(config.include)} exclude={list(config.exclude)} "
             f"min_layer_size={config.min_layer_size}"
         )
-    specs = _plan(headers, selected, config)
+    specs = _plan(headers, selected, config, transposed)
     quantized = {f"{layer}.weight": layer for layer in selected}
     template = QuantizationInfo(config, selected, 0, {}, _metrics_template(selected))
     template.library_versions = library_versions()
@@ -293,7 +298,8 @@ def quantize_checkpoint(
                     if layer is None:
                         copy_tensor_bytes(f, h, name, writer, scratch=buffer)
                     else:
-                        acc = _quantize_one(f, h, name, layer, config, writer, buffer)
+                        acc = _quantize_one(f, h, name, layer, config, writer, buffer,
+                                            layer in transposed)
                         total.merge(acc)
                         per_layer[layer] = acc.sqnr_db
                     bar.update(e.nbytes)

@@ -1,4 +1,8 @@
-"""Quantized layers that stay runnable: ``QuantLinear`` and ``QuantConv2d``.
+"""Quantized layers that stay runnable: ``QuantLinear``, ``QuantConv2d`` and ``QuantConv1D``.
+
+Which float layers can be quantized is a registry (:func:`register_qmodule`), keyed by the
+float class's qualified name so that optional libraries (transformers' ``Conv1D``) need not
+be imported to be recognised: :func:`qmodule_for` walks a module's MRO, so subclasses match.
 
 Buffers use the names compressed-tensors and vLLM read, so a state dict of a quantized model
 is already in their layout:
@@ -6,7 +10,7 @@ is already in their layout:
 ==================  ========  =========================================================
 buffer              dtype     shape
 ==================  ========  =========================================================
-weight              int8      as the float weight
+weight              int8      as the float weight, ``[out, in]`` for ``Conv1D`` (transposed)
 weight_scale        float32   ``[out, 1]`` per channel, ``[out, in/g]`` per group, ``[1]``
 weight_zero_point   int8      as weight_scale (zeros for the symmetric scheme)
 bias                float     as the float bias (absent when the layer has none)
@@ -30,9 +34,65 @@ from mono_quant.quant.primitives import QuantizedTensor, dequantize, fake_quanti
 from mono_quant.quant.qconfig import QuantConfig
 from mono_quant.quant.specs import Granularity
 
-__all__ = ["SUPPORTED_LAYERS", "QuantConv2d", "QuantLinear", "quantized_like"]
+__all__ = [
+    "SUPPORTED_LAYERS",
+    "QuantConv1D",
+    "QuantConv2d",
+    "QuantLinear",
+    "float_weight",
+    "is_quantizable",
+    "qmodule_for",
+    "quantized_like",
+    "register_qmodule",
+]
 
+#: Float classes whose layers are quantized, by ``module.qualname`` (see register_qmodule).
+_REGISTRY: dict[str, type[_QuantLayer]] = {}
+#: Kept for callers that only need the torch classes; the registry is the authority.
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_qmodule(float_class: str | type[nn.Module]):
+    """Class decorator: quantize layers of ``float_class`` (a class or its qualified name)
+    with the decorated ``_QuantLayer`` subclass.
+
+    Example:
+        >>> qmodule_for(nn.Linear(2, 2)).__name__
+        'QuantLinear'
+    """
+    key = float_class if isinstance(float_class, str) else _qualname(float_class)
+
+    def wrap(qcls: type[_QuantLayer]) -> type[_QuantLayer]:
+        _REGISTRY[key] = qcls
+        return qcls
+
+    return wrap
+
+
+def qmodule_for(module: nn.Module) -> type[_QuantLayer] | None:
+    """The quantized class registered for ``module``'s class (or a base class), if any."""
+    for cls in type(module).__mro__:
+        qcls = _REGISTRY.get(_qualname(cls))
+        if qcls is not None:
+            return qcls
+    return None
+
+
+def is_quantizable(module: nn.Module) -> bool:
+    """Whether a registered quantized class stands in for ``module``."""
+    return qmodule_for(module) is not None
+
+
+def float_weight(module: nn.Module) -> torch.Tensor:
+    """``module``'s weight in the layout it is quantized in: ``[out, in, ...]``."""
+    qcls = qmodule_for(module)
+    if qcls is None:
+        raise TypeError(f"cannot quantize a {type(module).__name__}")
+    return qcls.weight_of(module)
 
 
 class _QuantLayer(nn.Module):
@@ -41,8 +101,13 @@ class _QuantLayer(nn.Module):
     weight_zero_point: torch.Tensor
     bias: torch.Tensor | None
 
+    @staticmethod
+    def weight_of(float_layer: nn.Module) -> torch.Tensor:
+        """The float weight, output channels first (what the scales are computed on)."""
+        return float_layer.weight
+
     def _init_buffers(self, float_layer: nn.Module, config: QuantConfig) -> None:
-        w = float_layer.weight
+        w = self.weight_of(float_layer)
         gran: Granularity = config.granularity_spec
         pshape = gran.param_shape(w.shape)
         self.scheme = config.scheme
@@ -84,6 +149,7 @@ class _QuantLayer(nn.Module):
         return x, self.dequantized_weight(x.dtype)
 
 
+@register_qmodule(nn.Linear)
 class QuantLinear(_QuantLayer):
     """int8 stand-in for ``nn.Linear``."""
 
@@ -105,6 +171,7 @@ class QuantLinear(_QuantLayer):
         )
 
 
+@register_qmodule(nn.Conv2d)
 class QuantConv2d(_QuantLayer):
     """int8 stand-in for ``nn.Conv2d`` (every padding mode)."""
 
@@ -131,10 +198,29 @@ class QuantConv2d(_QuantLayer):
         )
 
 
+@register_qmodule("transformers.pytorch_utils.Conv1D")
+class QuantConv1D(QuantLinear):
+    """int8 stand-in for transformers' ``Conv1D`` (GPT-2 and kin), a linear layer whose
+    weight is stored ``[in, out]``.
+
+    The int8 weight is kept ``[out, in]`` like ``QuantLinear``'s, so scales, groups and the
+    kernels are the same: a per-channel scale is per output feature, as for any linear layer.
+    Only the artifact's ``<layer>.weight`` shape differs from the float checkpoint's.
+    """
+
+    @staticmethod
+    def weight_of(float_layer: nn.Module) -> torch.Tensor:
+        return float_layer.weight.t()  # (in, out) -> (out, in)
+
+    def __init__(self, float_layer: nn.Module, config: QuantConfig) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = float_layer.weight.shape
+        self._init_buffers(float_layer, config)
+
+
 def quantized_like(float_layer: nn.Module, config: QuantConfig) -> _QuantLayer:
     """An empty quantized layer shaped like ``float_layer`` (fill it, or load a state dict)."""
-    if isinstance(float_layer, nn.Linear):
-        return QuantLinear(float_layer, config)
-    if isinstance(float_layer, nn.Conv2d):
-        return QuantConv2d(float_layer, config)
-    raise TypeError(f"cannot quantize a {type(float_layer).__name__}")
+    qcls = qmodule_for(float_layer)
+    if qcls is None:
+        raise TypeError(f"cannot quantize a {type(float_layer).__name__}")
+    return qcls(float_layer, config)

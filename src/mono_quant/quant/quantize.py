@@ -43,7 +43,7 @@ from mono_quant.quant.metrics import (
     state_dict_bytes,
     weight_error,
 )
-from mono_quant.quant.modules import SUPPORTED_LAYERS, quantized_like
+from mono_quant.quant.modules import float_weight, is_quantizable, quantized_like
 from mono_quant.quant.observers import make_observer
 from mono_quant.quant.primitives import (
     QuantizedTensor,
@@ -52,19 +52,46 @@ from mono_quant.quant.primitives import (
 )
 from mono_quant.quant.qconfig import QuantConfig
 from mono_quant.quant.specs import qrange
+from mono_quant.quant.ties import named_explicitly, shared_weights, tied_layers
 
-__all__ = ["quantize_model", "quantize_weight", "select_layers"]
+__all__ = ["LOW_COMPRESSION", "LOW_OUTPUT_COSINE", "layer_types", "quantize_model",
+           "quantize_weight", "select_layers"]
+
+#: A compression ratio below this is a warning: the artifact barely saves memory (a model
+#: whose weights are mostly embeddings or float layers, or a misconfigured selection).
+LOW_COMPRESSION = 1.5
+#: An output cosine below this against the float model is a warning (int8 weights alone
+#: give 0.999+ on the models of the architecture matrix).
+LOW_OUTPUT_COSINE = 0.99
 
 
 def select_layers(model: nn.Module, config: QuantConfig) -> list[str]:
-    """Qualified names of the ``nn.Linear`` / ``nn.Conv2d`` layers ``config`` selects."""
+    """Qualified names of the quantizable layers (``nn.Linear``, ``nn.Conv2d``,
+    transformers ``Conv1D``: the :mod:`~mono_quant.quant.modules` registry) ``config`` selects.
+
+    A layer whose weight is tied to another (``lm_head`` and the embedding) stays in float
+    unless an ``include`` pattern names it (:func:`~mono_quant.quant.ties.named_explicitly`):
+    quantizing it unties it, which must be asked for.
+    """
+    tied = tied_layers(model)
     selected = []
     for name, module in model.named_modules():
-        if isinstance(module, SUPPORTED_LAYERS) and config.selects(
+        if is_quantizable(module) and config.selects(
             name, type(module).__name__, module.weight.numel()
-        ):
+        ) and (name not in tied or named_explicitly(config.include, name)):
             selected.append(name)
     return selected
+
+
+def layer_types(model: nn.Module) -> dict[str, int]:
+    """Count of the leaf layer types that hold a weight: what a user can select from."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if next(module.children(), None) is None and isinstance(
+            getattr(module, "weight", None), torch.Tensor
+        ):
+            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def quantize_weight(weight: torch.Tensor, config: QuantConfig, name: str) -> QuantizedTensor:
@@ -149,11 +176,12 @@ def _swap_layers(qmodel: nn.Module, layers: list[str], config: QuantConfig, cali
             start=1,
         ):
             layer = qmodel.get_submodule(name)
-            qw = quantize_weight(layer.weight, config, f"{name}.weight")
+            weight = float_weight(layer)  # [out, in]: Conv1D's is transposed
+            qw = quantize_weight(weight, config, f"{name}.weight")
             problems = check_int8_ranges(name, qw.data, qw.scale, qw.zero_point, qmin, qmax)
             if problems:  # a bug of ours, never the user's input
                 raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
-            acc = weight_error(layer.weight, qw)
+            acc = weight_error(weight, qw)
             total.merge(acc)
             per_layer[name] = acc.sqnr_db
             qlayer = quantized_like(layer, config)
@@ -165,6 +193,27 @@ def _swap_layers(qmodel: nn.Module, layers: list[str], config: QuantConfig, cali
             if on_progress is not None:
                 on_progress("quantizing", done, len(layers))
     return total, per_layer
+
+
+def _tie_report(model: nn.Module, qmodel: nn.Module, layers: list[str]) -> dict[str, Any]:
+    """Ties kept (``tied_weights``) and layers untied on purpose (``untied`` + a warning);
+    an untied output embedding also clears ``tie_word_embeddings`` in ``qmodel``'s config,
+    so that a runtime reading the config does not tie the float table back over it."""
+    out: dict[str, Any] = {}
+    kept = shared_weights(qmodel)
+    if kept:
+        out["tied_weights"] = kept
+    untied = sorted(set(tied_layers(model)) & set(layers))
+    if not untied:
+        return out
+    out["untied"] = untied
+    config = getattr(qmodel, "config", None)
+    note = f"untied {', '.join(untied)}: an include pattern named the tied layer(s)"
+    if getattr(config, "tie_word_embeddings", False):
+        config.tie_word_embeddings = False
+        note += "; config.tie_word_embeddings set to false"
+    out["warnings"] = [note + " (the float embedding is stored as well)"]
+    return out
 
 
 def quantize_model(
@@ -210,11 +259,13 @@ def quantize_model(
         )
     layers = select_layers(model, config)
     if not layers:
-        n = sum(isinstance(m, SUPPORTED_LAYERS) for m in model.modules())
+        n = sum(is_quantizable(m) for m in model.modules())
+        found = ", ".join(f"{k} x{v}" for k, v in layer_types(model).items()) or "none"
         raise BadConfigError(
-            f"no layers selected: the model has {n} Linear/Conv2d layer(s) and none matched "
-            f"include={list(config.include)} exclude={list(config.exclude)} "
-            f"min_layer_size={config.min_layer_size}"
+            f"no layers selected: the model has {n} quantizable (Linear/Conv2d/Conv1D) "
+            f"layer(s) and none matched include={list(config.include)} "
+            f"exclude={list(config.exclude)} min_layer_size={config.min_layer_size} (tied "
+            f"layers need an include pattern naming them); layer types found: {found}"
         )
     calibration_data = _reiterable(calibration_data, num_samples)
     qmodel = _structural_copy(model)
@@ -235,12 +286,19 @@ def quantize_model(
         "weight_sqnr_db_min": min(per_layer.values()),
         "layer_weight_sqnr_db": per_layer,
         "layers_quantized": len(layers),
-        "layers_total": sum(isinstance(m, SUPPORTED_LAYERS) for m in model.modules()),
+        "layers_total": sum(is_quantizable(m) for m in model.modules()),
         "size_bytes_fp": size_fp,
         "size_bytes_quant": size_q,
         "compression_ratio": size_fp / size_q if size_q else float("nan"),
         "range_check": "ok",
     }
+    metrics.update(_tie_report(model, qmodel, layers))
+    if metrics["compression_ratio"] < LOW_COMPRESSION:
+        metrics.setdefault("warnings", []).append(
+            f"low compression: {metrics['compression_ratio']:.2f}x (< {LOW_COMPRESSION}x); "
+            f"{len(layers)} of {metrics['layers_total']} layers quantized, the rest of the "
+            "weights (embeddings, float layers) stay as they were"
+        )
     if eval_data is not None:
         eval_source, stage = _reiterable(eval_data, None), "evaluation"
     else:
@@ -248,6 +306,13 @@ def quantize_model(
     if eval_source is not None:
         metrics.update(_output_metrics(model, qmodel, eval_source, max_eval_batches, stage,
                                        on_progress))
+    cosine = metrics.get("output_cosine")
+    if isinstance(cosine, float) and cosine < LOW_OUTPUT_COSINE:
+        metrics.setdefault("warnings", []).append(
+            f"low output cosine: {cosine:.4f} (< {LOW_OUTPUT_COSINE}) against the float model: "
+            "a quantized layer may be read by the model in a way its int8 weight breaks "
+            "(ViT casts its input to the patch projection's weight dtype): exclude it"
+        )
     info = QuantizationInfo(
         config=config,
         selected_layers=layers,

@@ -1,0 +1,167 @@
+"""The served-load check: an artifact must load in the runtime it is served by, and run.
+
+=====================  =================================  ===============================
+format                 loaded with                        compared with the quantized
+                                                          model's outputs
+=====================  =================================  ===============================
+compressed-tensors     transformers ``from_pretrained``   cosine >= ``SERVED_COSINE_MIN``
+(of a transformers     (compressed-tensors decompresses   (the runtime dequantizes in its
+model)                 the folder), when installed        own order of operations)
+safetensors, pt, or    :func:`mono_quant.load_quantized`  bit for bit
+compressed-tensors
+without transformers
+=====================  =================================  ===============================
+
+The batch is the first calibration batch; without one, a transformers model gets a small
+seeded probe batch built from its config (token ids, or pixel values), so the check always
+runs the model. Which check ran is recorded in ``metrics["served_check"]`` and the outcome in
+``metrics["reload_check"]``; a folder that does not load, or outputs that differ, raise
+:class:`~mono_quant.errors.MonoQuantError` (the job fails with the reason).
+
+Example:
+    qmodel, info = quantize_model(model, config, batches)
+    save_model(qmodel, path, info=info, format=fmt)
+    served_check(path, fmt, model, qmodel, info, batches[0])  # `model` may be rebuilt in place
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mono_quant.errors import MonoQuantError
+from mono_quant.quant.info import QuantizationInfo
+
+__all__ = ["SERVED_COSINE_MIN", "probe_batch", "record_serveability", "served_check"]
+
+#: Outputs of the folder as transformers loads it must match the quantized model's this
+#: closely (same integers and scales; float rounding differs with the order of operations).
+SERVED_COSINE_MIN = 0.9999
+
+
+def probe_batch(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """A tiny seeded batch for a transformers model (``input_ids`` or ``pixel_values``), or
+    None when the model's config does not say what it takes."""
+    config = getattr(model, "config", None)
+    main = getattr(model, "main_input_name", None)
+    gen = torch.Generator().manual_seed(0)
+    if main == "input_ids" and isinstance(getattr(config, "vocab_size", None), int):
+        ids = torch.randint(0, config.vocab_size, (2, 8), generator=gen)
+        batch = {"input_ids": ids}
+        if getattr(config, "is_encoder_decoder", False):
+            batch["decoder_input_ids"] = ids[:, :4]
+        return batch
+    if main == "pixel_values" and isinstance(getattr(config, "image_size", None), int):
+        size, channels = config.image_size, getattr(config, "num_channels", 3)
+        return {"pixel_values": torch.randn(2, channels, size, size, generator=gen)}
+    return None
+
+
+def _outputs(model: nn.Module, batch: Any) -> torch.Tensor | None:
+    from mono_quant.quant.calibration import call_model, to_device
+    from mono_quant.quant.metrics import first_tensor
+
+    param = next(iter(model.parameters()), next(iter(model.buffers()), None))
+    if param is not None:
+        batch = to_device(batch, param.device)
+    with torch.inference_mode():
+        out = first_tensor(call_model(model.eval(), batch))
+    return None if out is None else out.float().cpu()
+
+
+def _transformers_class(path: Path, qmodel: nn.Module) -> Any | None:
+    """The transformers class to load a compressed-tensors folder with, or None when the
+    runtime is not installed or the model is not a transformers model."""
+    if importlib.util.find_spec("transformers") is None:
+        return None
+    if importlib.util.find_spec("compressed_tensors") is None:
+        return None
+    from_pretrained = getattr(type(qmodel), "from_pretrained", None)
+    if from_pretrained is None or getattr(qmodel, "config", None) is None:
+        return None
+    return type(qmodel)
+
+
+def _load_served(path: Path, fmt: str, float_model: nn.Module, qmodel: nn.Module):
+    """(loaded model, check name, exact?) for the runtime ``fmt`` is served by."""
+    if fmt == "compressed-tensors":
+        cls = _transformers_class(path, qmodel)
+        if cls is not None:
+            try:
+                loaded = cls.from_pretrained(path, local_files_only=True)
+            except Exception as e:  # any failure of the runtime is the finding
+                raise MonoQuantError(
+                    f"{path}: the compressed-tensors folder does not load in transformers "
+                    f"({cls.__name__}.from_pretrained): {type(e).__name__}: {e}"
+                ) from e
+            return loaded.to(torch.float32), "transformers", False
+    from mono_quant.io.formats import load_quantized
+
+    return load_quantized(path, float_model), "load_quantized", True
+
+
+def record_serveability(fmt: str, qmodel: nn.Module, info: QuantizationInfo) -> None:
+    """``serveable_by`` / ``serveable_reason`` in ``info.metrics`` from the quantized layers'
+    shapes (:mod:`mono_quant.io.serveability`); a compressed-tensors folder vLLM cannot serve
+    is a warning."""
+    from mono_quant.io.serveability import check_layers
+
+    if "serveable_by" in info.metrics:
+        return  # checked before writing (quantize --strict)
+    shapes = {}
+    for name in info.selected_layers:
+        w = qmodel.get_submodule(name).weight  # int8, [out, in, ...]
+        shapes[name] = (int(w.shape[0]), int(w[0].numel()))
+    verdict = check_layers(info.config, fmt, shapes)
+    info.metrics.update(verdict.metrics())
+    if fmt == "compressed-tensors" and verdict.serveable_by != "vllm":
+        info.metrics.setdefault("warnings", []).append(f"not serveable by vLLM: {verdict.reason}")
+
+
+def served_check(
+    path: str | Path, fmt: str, float_model: nn.Module, qmodel: nn.Module,
+    info: QuantizationInfo, batch: Any | None = None,
+) -> str:
+    """Load the artifact at ``path`` the way ``fmt`` is served and compare its outputs with
+    ``qmodel``'s on ``batch`` (or a probe batch); record the check in ``info.metrics``.
+
+    ``float_model`` is rebuilt in place when the check uses ``load_quantized``: pass a model
+    you no longer need. Returns the one-line outcome (also ``metrics["reload_check"]``).
+
+    Raises:
+        MonoQuantError: the artifact does not load, or its outputs differ.
+    """
+    path = Path(path)
+    record_serveability(fmt, qmodel, info)
+    batch = batch if batch is not None else probe_batch(qmodel)
+    loaded, check, exact = _load_served(path, fmt, float_model, qmodel)
+    info.metrics["served_check"] = check
+    if batch is None:
+        result = f"ok ({check}): loaded strictly (no batch to compare outputs on)"
+        info.metrics["reload_check"] = result
+        return result
+    ref, out = _outputs(qmodel, batch), _outputs(loaded, batch)
+    if ref is None or out is None or ref.shape != out.shape:
+        raise MonoQuantError(f"{path}: the model loaded with {check} returned no comparable "
+                             "output tensor")
+    if exact:
+        if not torch.equal(ref, out):
+            raise MonoQuantError(
+                f"{path}: the artifact loaded with {check} does not reproduce the quantized "
+                f"model's outputs (max |difference| {(ref - out).abs().max().item():.3g})"
+            )
+        result = f"ok ({check}): outputs identical on 1 batch"
+    else:
+        cos = torch.nn.functional.cosine_similarity(ref.flatten(), out.flatten(), dim=0).item()
+        if not cos >= SERVED_COSINE_MIN:
+            raise MonoQuantError(
+                f"{path}: the artifact loaded with {check} gives outputs that differ from the "
+                f"quantized model's (cosine {cos:.6f} < {SERVED_COSINE_MIN})"
+            )
+        result = f"ok ({check}): outputs cosine {cos:.6f} on 1 batch"
+    info.metrics["reload_check"] = result
+    return result
