@@ -17,7 +17,8 @@ from typing import Any
 
 # Filters whose values come from a fixed set; "a,b" is split. The artifact format filter is
 # --artifact-format because --format picks the output format.
-_SPLIT = ("scheme", "granularity", "mode", "artifact-format", "dtype", "status")
+_SPLIT = ("scheme", "granularity", "mode", "artifact-format", "dtype", "status",
+          "weight-algorithm")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--min-sqnr", type=float, metavar="DB", help="weight SQNR at least (dB)")
     ls.add_argument("--min-cosine", type=float, help="output cosine similarity at least")
     ls.add_argument("--max-size", metavar="SIZE", help="artifact size at most, e.g. 500MB")
+    ls.add_argument("--smoothquant", action=argparse.BooleanOptionalAction, default=None,
+                    help="only artifacts made with (--smoothquant) or without SmoothQuant")
+    ls.add_argument("--max-perplexity-increase", type=float, metavar="X",
+                    help="perplexity increase at most (artifacts evaluated on a text)")
     ls.add_argument("--since", metavar="TIME", help="created since: 2024-05-01, ISO time, 7d")
     ls.add_argument("--latest", action="store_true",
                     help="only the newest artifact per model, config and format")
@@ -102,6 +107,8 @@ def _query(args: argparse.Namespace) -> Any:
         schemes=split(args.scheme), granularities=split(args.granularity),
         modes=split(args.mode), formats=split(args.artifact_format), dtypes=split(args.dtype),
         statuses=split(args.status), batches=args.batch,
+        weight_algorithms=split(args.weight_algorithm), smoothquant=args.smoothquant,
+        max_perplexity_increase=args.max_perplexity_increase,
         min_sqnr=args.min_sqnr, min_cosine=args.min_cosine,
         max_size=None if args.max_size is None else parse_size(args.max_size),
         since=None if args.since is None else parse_since(args.since),

@@ -34,6 +34,7 @@ __all__ = [
     "ORDER_FIELDS",
     "SCHEMES",
     "STATUSES",
+    "WEIGHT_ALGORITHMS",
     "ArtifactQuery",
     "parse_since",
     "parse_size",
@@ -42,7 +43,8 @@ __all__ = [
 # The values the library writes (mono_quant.quant.qconfig; a test keeps them in step).
 SCHEMES = ("symmetric", "asymmetric")
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
-MODES = ("weight_only", "static")
+MODES = ("weight_only", "static", "dynamic")
+WEIGHT_ALGORITHMS = ("rtn", "gptq")
 DTYPES = ("int8",)
 FORMATS = ("safetensors", "pt", "compressed-tensors")
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
@@ -50,6 +52,7 @@ STATUSES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
 ORDER_FIELDS = (
     "created_at", "id", "model_source", "weight_sqnr_db", "weight_sqnr_db_min",
     "output_sqnr_db", "output_cosine", "size_bytes", "compression_ratio",
+    "perplexity_increase", "perplexity_quant",
 )
 
 #: Rows returned when no limit is given (``limit=None`` means all).
@@ -60,6 +63,7 @@ _CHOICES = {
     "schemes": ("scheme", SCHEMES), "granularities": ("granularity", GRANULARITIES),
     "modes": ("mode", MODES), "dtypes": ("dtype", DTYPES), "formats": ("format", FORMATS),
     "statuses": ("status", STATUSES),
+    "weight_algorithms": ("weight algorithm", WEIGHT_ALGORITHMS),
 }
 
 
@@ -105,6 +109,11 @@ class ArtifactQuery:
     dtypes: tuple[str, ...] = ()
     batches: tuple[int | str, ...] = ()
     statuses: tuple[str, ...] = ()
+    weight_algorithms: tuple[str, ...] = ()
+    #: True: only SmoothQuant artifacts; False: only those without; None: both.
+    smoothquant: bool | None = None
+    #: Maximum perplexity increase (inclusive); artifacts without one never match.
+    max_perplexity_increase: float | None = None
     #: Minimum overall weight SQNR in dB (inclusive).
     min_sqnr: float | None = None
     #: Minimum output cosine similarity (inclusive); artifacts without one never match.
@@ -133,6 +142,10 @@ class ArtifactQuery:
         object.__setattr__(self, "batches", self._batches(self.batches))
         object.__setattr__(self, "min_sqnr", _number("min_sqnr", self.min_sqnr))
         object.__setattr__(self, "min_cosine", _number("min_cosine", self.min_cosine))
+        object.__setattr__(self, "max_perplexity_increase",
+                           _number("max_perplexity_increase", self.max_perplexity_increase))
+        if self.smoothquant is not None and not isinstance(self.smoothquant, bool):
+            raise BadInputError(f"smoothquant={self.smoothquant!r}: expected true, false or None")
         size = self.max_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise BadInputError(f"max_size={size!r}: expected a non-negative number of bytes")
