@@ -50,7 +50,8 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _QUANT_FIELDS = (
     "scheme", "granularity", "group_size", "mode", "weight_observer", "activation_observer",
-    "activation_scheme", "include", "exclude", "min_layer_size",
+    "activation_scheme", "include", "exclude", "min_layer_size", "smoothquant",
+    "weight_algorithm", "gptq_damping", "gptq_block_size", "gptq_act_order", "target",
 )
 MATRIX_KEYS = (*_QUANT_FIELDS, "format", "device")
 
@@ -70,6 +71,13 @@ class _Settings(BaseModel):
     include: list[str] | None = None
     exclude: list[str] | None = None
     min_layer_size: int | None = None
+    smoothquant: float | None = None
+    weight_algorithm: str | None = None
+    gptq_damping: float | None = None
+    gptq_block_size: int | None = None
+    gptq_act_order: bool | None = None
+    target: dict[str, float] | None = None
+    evaluation: str | dict[str, Any] | None = None
     format: str | None = None
     device: str | None = None
     calibration: str | dict[str, Any] | None = None
@@ -170,16 +178,20 @@ class JobSpec:
     calibration: dict[str, Any] | None = None  # canonical calibration source
     samples: int | None = None
     max_attempts: int = 3
+    evaluation: dict[str, Any] | None = None  # canonical evaluation text (perplexity)
 
     def payload(self) -> dict[str, Any]:
         """What the job row stores and the worker needs (JSON)."""
-        return {
+        payload = {
             "model": self.model,
             "quant": self.config.to_dict(),
             "format": self.format,
             "calibration": self.calibration,
             "samples": self.samples,
         }
+        if self.evaluation is not None:  # absent otherwise: older keys stay the same
+            payload["evaluation"] = self.evaluation
+        return payload
 
     @cached_property
     def idempotency_key(self) -> str:
@@ -219,9 +231,21 @@ def _validation_message(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _needs_calibration(config: QuantConfig) -> str | None:
+    """The option that needs calibration data, named as the manifest spells it."""
+    if config.mode == "static":
+        return "mode 'static'"
+    if config.smoothquant is not None:
+        return f"smoothquant {config.smoothquant}"
+    if config.weight_algorithm == "gptq":
+        return "weight_algorithm 'gptq'"
+    return None
+
+
 def _expand(
     manifest: Manifest, source: str, default_attempts: int, base_dir: Path | None
 ) -> list[JobSpec]:
+    from mono_quant.io.evaluation import parse_evaluation_source
     from mono_quant.io.sources import parse_calibration_source, parse_model_source
 
     defaults = manifest.defaults.model_dump(exclude_none=True)
@@ -260,10 +284,19 @@ def _expand(
                 except MonoQuantError as e:
                     errors.append(f"{source}: {where}.calibration: {e}")
                     continue
-            if config.mode == "static" and calibration is None:
-                errors.append(f"{source}: {where}.calibration: mode 'static' needs a "
+            needs = _needs_calibration(config)
+            if needs and calibration is None:
+                errors.append(f"{source}: {where}.calibration: {needs} needs a "
                               "calibration source (in the job or in defaults)")
                 continue
+            evaluation = None
+            if "evaluation" in values:
+                try:
+                    evaluation = parse_evaluation_source(
+                        values["evaluation"], base_dir=base_dir).canonical()
+                except MonoQuantError as e:
+                    errors.append(f"{source}: {where}.evaluation: {e}")
+                    continue
             specs.append(JobSpec(
                 name=f"{job.name}[{suffix}]" if suffix else job.name,
                 model=model.canonical(),
@@ -274,6 +307,7 @@ def _expand(
                 calibration=calibration,
                 samples=values.get("samples"),
                 max_attempts=values.get("max_attempts", default_attempts),
+                evaluation=evaluation,
             ))
     if errors:
         raise BadInputError("invalid manifest:\n" + "\n".join(errors))

@@ -202,7 +202,21 @@ def _load(payload: dict[str, Any], beat: _Heartbeat, device: str):
     return model, batches, digest
 
 
-def _quantize(model, config, batches, beat: _Heartbeat, device: str):
+def _evaluation(payload: dict[str, Any], beat: _Heartbeat) -> dict[str, Any]:
+    """quantize_model's perplexity arguments for the job's ``evaluation`` text, if any."""
+    if not payload.get("evaluation"):
+        return {}
+    from mono_quant.io.evaluation import parse_evaluation_source
+    from mono_quant.io.sources import parse_model_source
+
+    beat.stage("loading evaluation text")
+    source = parse_evaluation_source(payload["evaluation"])
+    tokens = source.token_ids(parse_model_source(payload["model"]).tokenizer())
+    return {"eval_tokens": tokens, "eval_context": source.context}
+
+
+def _quantize(model, config, batches, beat: _Heartbeat, device: str,
+              evaluation: dict[str, Any] | None = None):
     """quantize_model; on out-of-memory, once more with calibration batches halved."""
     import torch
 
@@ -210,7 +224,8 @@ def _quantize(model, config, batches, beat: _Heartbeat, device: str):
 
     beat.stage("quantizing")
     try:
-        return quantize_model(model, config, batches, progress=False, on_progress=beat.step)
+        return quantize_model(model, config, batches, progress=False, on_progress=beat.step,
+                              **(evaluation or {}))
     except _oom_error():
         if not batches:
             raise
@@ -221,7 +236,8 @@ def _quantize(model, config, batches, beat: _Heartbeat, device: str):
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     beat.stage("quantizing (smaller calibration batches)")
-    return quantize_model(model, config, _halve(batches), progress=False, on_progress=beat.step)
+    return quantize_model(model, config, _halve(batches), progress=False, on_progress=beat.step,
+                          **(evaluation or {}))
 
 
 def _claim(catalog: Catalog, job_id: int, worker: str, device: str, s: Settings,
@@ -276,7 +292,7 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         remove_earlier_attempts(path, job_id, attempt)  # what killed attempts left behind
         model, batches, digest = _load(payload, beat, device)
         qmodel, info = _quantize(model, QuantConfig.from_dict(payload["quant"]), batches, beat,
-                                 device)
+                                 device, _evaluation(payload, beat))
         beat.stage("writing")
         save_model(qmodel, path, info=info, format=fmt)
         beat.stage("reloading")

@@ -22,7 +22,7 @@ from typing import Any
 
 # Torch-free modules: `mono-quant --help` stays fast.
 from mono_quant.io.layout import FORMATS
-from mono_quant.quant.qconfig import GRANULARITIES, MODES, OBSERVERS
+from mono_quant.quant.qconfig import GRANULARITIES, MODES, OBSERVERS, WEIGHT_ALGORITHMS
 from mono_quant.quant.specs import SCHEMES
 
 
@@ -48,6 +48,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="layers to quantize: class name, name glob or re:REGEX (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="layers to keep in float (repeatable; wins over --include)")
+    p.add_argument("--smoothquant", type=float, metavar="ALPHA",
+                   help="SmoothQuant migration strength in (0, 1) for W8A8 (static/dynamic)")
+    p.add_argument("--weight-algorithm", choices=WEIGHT_ALGORITHMS, default="rtn",
+                   help="weight rounding: rtn, or gptq (needs --calibration)")
+    p.add_argument("--gptq-damping", type=float, default=0.01, metavar="F")
+    p.add_argument("--gptq-block-size", type=int, default=128, metavar="N")
+    p.add_argument("--gptq-act-order", action="store_true")
+    p.add_argument("--target", action="append", default=[], metavar="METRIC=VALUE",
+                   help="accuracy target, e.g. output_cosine=0.999 (repeatable; also "
+                        "output_sqnr_db, perplexity_increase)")
+    p.add_argument("--evaluation", metavar="text:FILE[?context=N]",
+                   help="measure perplexity (float and quantized) of a causal LM on a text")
     p.add_argument("--format", choices=FORMATS, help="default: from the output's extension")
     p.add_argument("--stream", action="store_true",
                    help="hf: sources only: quantize the safetensors weights tensor by tensor "
@@ -69,6 +81,23 @@ def _line(label: str, value: str) -> None:
     print(f"  {label:<12} {value}")
 
 
+def _targets(items: list[str]) -> dict[str, float] | None:
+    from mono_quant import BadConfigError
+
+    target = {}
+    for item in items:
+        metric, sep, value = item.partition("=")
+        try:
+            target[metric.strip()] = float(value)
+        except ValueError as e:
+            raise BadConfigError(
+                f"--target {item!r}: expected METRIC=NUMBER, e.g. output_cosine=0.999"
+            ) from e
+        if not sep:
+            raise BadConfigError(f"--target {item!r}: expected METRIC=NUMBER")
+    return target or None
+
+
 def _config(args: argparse.Namespace):
     from mono_quant import QuantConfig
 
@@ -76,7 +105,10 @@ def _config(args: argparse.Namespace):
         scheme=args.scheme, granularity=args.granularity, group_size=args.group_size,
         mode=args.mode, weight_observer=args.observer,
         activation_observer=args.activation_observer, include=args.include,
-        exclude=args.exclude,
+        exclude=args.exclude, smoothquant=args.smoothquant,
+        weight_algorithm=args.weight_algorithm, gptq_damping=args.gptq_damping,
+        gptq_block_size=args.gptq_block_size, gptq_act_order=args.gptq_act_order,
+        target=_targets(args.target),
     )
 
 
@@ -87,8 +119,12 @@ def _report(source: str, info, path, fmt: str, reload: str) -> None:
     cfg = info.config
     print(f"mono-quant quantize: {source}")
     group = f" (group {cfg.group_size})" if cfg.group_size else ""
+    extra = "".join([
+        f", {cfg.weight_algorithm}" if cfg.weight_algorithm != "rtn" else "",
+        f", smoothquant {cfg.smoothquant}" if cfg.smoothquant is not None else "",
+    ])
     _line("config", f"{cfg.scheme} {cfg.granularity}{group} {cfg.mode} "
-                    f"(weights: {cfg.weight_observer})")
+                    f"(weights: {cfg.weight_observer}{extra})")
     _line("layers", f"{m['layers_quantized']} of {m['layers_total']} quantized")
     _line("weight SQNR", f"{m['weight_sqnr_db']:.2f} dB overall, "
                          f"{m['weight_sqnr_db_min']:.2f} dB worst layer")
@@ -97,6 +133,12 @@ def _report(source: str, info, path, fmt: str, reload: str) -> None:
                         f"on {m['eval_batches']} batch(es)")
     else:
         _line("output", "not measured (no calibration data: pass --calibration)")
+    if "perplexity_quant" in m:
+        _line("perplexity", f"{m['perplexity_fp']:.4f} float -> {m['perplexity_quant']:.4f} "
+                            f"int8 (+{m['perplexity_increase']:.4f})")
+    if m.get("accuracy_target"):
+        kept = m["accuracy_target"]["excluded_layers"]
+        _line("target", f"met; {len(kept)} layer(s) kept in float: {', '.join(kept) or '-'}")
     _line("size", f"{_mib(m['size_bytes_fp'])} float -> {_mib(m['size_bytes_quant'])} int8 "
                   f"({m['compression_ratio']:.2f}x); artifact {_mib(size_path(path))} on disk")
     _line("reload", reload)
@@ -133,9 +175,16 @@ def run_quantize(args: argparse.Namespace) -> int:
     batches: list[Any] = []
     if args.calibration:
         batches = parse_calibration_source(args.calibration).load(source, args.samples)
+    evaluation = {}
+    if args.evaluation:
+        from mono_quant.io.evaluation import parse_evaluation_source
+
+        ev = parse_evaluation_source(args.evaluation)
+        evaluation = {"eval_tokens": ev.token_ids(source.tokenizer()),
+                      "eval_context": ev.context}
     # a batch the model rejects is a BadInputError from quantize_model, naming the batch
     qmodel, info = quantize_model(model, config, batches or None, num_samples=args.samples,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, **evaluation)
     path = save_model(qmodel, args.output, info, format=fmt)
     from mono_quant.validate.reload import reload_check
 

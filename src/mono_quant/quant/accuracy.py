@@ -56,7 +56,7 @@ def check_data_needs(
                 "comes from its inputs); pass calibration batches or use weight_algorithm='rtn'"
             )
     target = config.target_dict
-    if target and calibration is None and eval_data is None:
+    if target and calibration is None and eval_data is None and eval_tokens is None:
         raise BadConfigError(
             f"target={target}: needs calibration or evaluation data to measure the model"
         )
