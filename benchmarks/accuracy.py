@@ -23,7 +23,8 @@ Peers, on the same float weights and the same token ids:
 Time is the wall time of the quantization call (calibration included); peak memory is the
 process's peak RSS growth during it (sampled every 2 ms).
 
-Usage: ``python benchmarks/accuracy.py [--models outlier llama] [--llmcompressor-python PY]``
+Usage: ``python benchmarks/accuracy.py [--models outlier llama] [--llmcompressor-python PY]
+[--threads 1]``
 """
 
 from __future__ import annotations
@@ -190,7 +191,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--llmcompressor-python", help="python of a venv with llmcompressor")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in args.models:

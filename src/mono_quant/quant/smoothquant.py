@@ -150,15 +150,16 @@ class _Stats:
     """One pass over the data: per-channel input absmax of each linear, and which norm's
     output tensor (the same object) each linear read."""
 
-    def __init__(self, model: nn.Module, linears: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, linears: Sequence[str], track_norms: bool) -> None:
         self.absmax: dict[str, torch.Tensor] = {}
         self.fed_by: dict[str, set[str]] = {name: set() for name in linears}
         self._outputs: dict[int, str] = {}
         self._keep: list[torch.Tensor] = []  # holds outputs alive so ids are not reused
         modules = dict(model.named_modules())
         self.handles = [modules[n].register_forward_pre_hook(self._pre(n)) for n in linears]
-        self.handles += [m.register_forward_hook(self._post(n))
-                         for n, m in modules.items() if _is_norm(m)]
+        if track_norms:  # only for discovery: it keeps each batch's norm outputs alive
+            self.handles += [m.register_forward_hook(self._post(n))
+                             for n, m in modules.items() if _is_norm(m)]
 
     def _post(self, name: str):
         def hook(_m: nn.Module, _args: Any, out: Any) -> None:
@@ -214,6 +215,7 @@ def smoothing_scales(
 @torch.no_grad()
 def _apply(model: nn.Module, smooth: str, balance: Sequence[str], s: torch.Tensor) -> None:
     src = model.get_submodule(smooth)
+    s = s.to(src.weight.device)
     if _is_norm(src):
         src.weight.copy_((src.weight.double() / s).to(src.weight.dtype))
     else:  # a linear: its output channels are the rows of its weight
@@ -277,7 +279,7 @@ def smooth_model(
     """
     linears = [n for n, m in model.named_modules()
                if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
-    stats = _Stats(model, linears)
+    stats = _Stats(model, linears, track_norms=_model_key(model) not in MAPPINGS)
     device = next(iter(model.parameters()), torch.zeros(0)).device
     first_batch, samples = None, 0
     was_training = model.training
