@@ -124,11 +124,14 @@ from llmcompressor.modifiers.quantization import GPTQModifier
 from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
 sys.path.insert(0, sys.argv[2])
 from benchmarks.accuracy import PeakRSS, logits_metrics, data
+from tests.io.hf_fixture import make_tokenizer  # the dataset is tokenized: only required
 from transformers import LlamaConfig, LlamaForCausalLM
 work = sys.argv[1]
 spec = json.load(open(f"{work}/spec.json"))
 model = LlamaForCausalLM(LlamaConfig(**spec["config"])).eval()
 model.load_state_dict(load_file(f"{work}/model.safetensors"), strict=True)
+model.config.save_pretrained(work)  # oneshot re-reads the config from name_or_path
+model.config._name_or_path = work
 float_model = copy.deepcopy(model)
 calib, held, stream = data()
 ds = Dataset.from_dict({"input_ids": [r.tolist() for b in calib for r in b["input_ids"]],
@@ -138,7 +141,7 @@ recipe = [SmoothQuantModifier(smoothing_strength=0.8),
 t0 = time.perf_counter()
 with PeakRSS() as mem:
     oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(ds),
-            max_seq_length=64)
+            max_seq_length=64, processor=make_tokenizer())
 seconds = time.perf_counter() - t0
 out = logits_metrics(float_model, model, held, stream, spec["ppl_fp"])
 print(json.dumps({**out, "seconds": seconds, "peak_mib": mem.mib}))
@@ -168,13 +171,13 @@ MODELS = {
 }
 
 
-def rows(name: str, llmc_python: str | None):
+def rows(name: str, llmc_python: str | None, peers_only: bool = False):
     model = MODELS[name]()
     calib, held, stream = data()
     ppl_fp = perplexity(model, stream, context=CONTEXT)
     yield "float", {"cosine": 1.0, "sqnr": float("inf"), "ppl_increase": 0.0, "seconds": 0.0,
                     "peak_mib": 0.0, "ppl_fp": ppl_fp}
-    for mode in ("weight_only", "static", "dynamic"):
+    for mode in () if peers_only else ("weight_only", "static", "dynamic"):
         for sq in ((None,) if mode == "weight_only" else (None, 0.8)):
             for alg in ("rtn", "gptq"):
                 label = f"{mode}{' +SQ0.8' if sq else ''} {alg.upper()}"
@@ -192,6 +195,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--llmcompressor-python", help="python of a venv with llmcompressor")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--peers-only", action="store_true", help="only the peers' rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -201,7 +205,7 @@ def main() -> None:
         print("| row | output cosine | output SQNR dB | perplexity increase | time s | "
               "peak MiB |")
         print("|---|---:|---:|---:|---:|---:|")
-        for label, r in rows(name, args.llmcompressor_python):
+        for label, r in rows(name, args.llmcompressor_python, args.peers_only):
             if "error" in r:
                 print(f"| {label} | {r['error']} | | | | |")
                 continue
