@@ -56,7 +56,8 @@ from mono_quant.config import DEFAULT_MAX_JOBS_PER_BATCH
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.io.layout import FORMATS
 from mono_quant.pipeline.allowlist import FactoryAllowList
-from mono_quant.pipeline.spec import JobSpec
+from mono_quant.pipeline.evaluation import parse_evaluation_source
+from mono_quant.pipeline.spec import JobSpec, needs_calibration
 from mono_quant.quant.qconfig import QuantConfig
 from mono_quant.scheduler.bounds import (
     check_document,
@@ -101,6 +102,7 @@ class _Common(BaseModel):
     queue: str | None = None
     device: str | None = None  # deprecated spelling of `queue`
     calibration: str | dict[str, Any] | None = None
+    evaluation: str | dict[str, Any] | None = None
     samples: int | None = None
     stream: bool | None = None
     max_attempts: int | None = None
@@ -208,6 +210,7 @@ class ScheduledJob:
     model_source: str  # the model source as one string (derived from the spec: never disagrees)
     queue: str = "cpu"
     max_attempts: int = 3
+    evaluation: dict[str, Any] | None = None  # canonical evaluation text (perplexity)
 
     @property
     def idempotency_key(self) -> str:
@@ -325,15 +328,21 @@ class _Expander:
                 (self.refused if isinstance(e, BadConfigError) else self.errors).append(
                     f"{self.source}: {where}.calibration: {e}")
                 return None
-        elif config.mode == "static":
-            self.errors.append(f"{self.source}: {where}.calibration: mode 'static' needs a "
+        elif need := needs_calibration(config):
+            self.errors.append(f"{self.source}: {where}.calibration: {need} needs a "
                                "calibration source (in the job or in defaults)")
+            return None
+        try:
+            evaluation = (None if "evaluation" not in values else
+                          parse_evaluation_source(values["evaluation"], base_dir=self.base_dir))
+        except MonoQuantError as e:
+            self.errors.append(f"{self.source}: {where}.evaluation: {e}")
             return None
         try:
             return JobSpec(model=model, config=config, calibration=calibration,
                            format=values.get("format", "safetensors"),
                            samples=values.get("samples"), stream=values.get("stream", False),
-                           weights_digest=digest)
+                           weights_digest=digest, evaluation=evaluation)
         except BadConfigError as e:
             self.errors.append(f"{self.source}: {where}: {e}")
             return None

@@ -23,7 +23,7 @@ from mono_quant.scheduler.commands.args import batch_ref, catalog_id, count, pri
 # Filters whose values come from a fixed set; "a,b" is split. The artifact format filter is
 # --artifact-format (as in `quantize`); --output-format picks the output format.
 _SPLIT = ("scheme", "granularity", "mode", "artifact-format", "dtype", "status",
-          "serveable-by")
+          "serveable-by", "weight-algorithm")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--min-cosine", type=float, metavar="X",
                     help="output cosine similarity at least")
     ls.add_argument("--max-size", metavar="SIZE", help="artifact size at most, e.g. 500MB")
+    ls.add_argument("--smoothquant", action=argparse.BooleanOptionalAction, default=None,
+                    help="only artifacts made with (--smoothquant) or without SmoothQuant")
+    ls.add_argument("--max-perplexity-increase", type=float, metavar="X",
+                    help="perplexity increase at most (artifacts evaluated on a text)")
     ls.add_argument("--since", metavar="TIME", help="created since: 2024-05-01, ISO time, 7d")
     ls.add_argument("--latest", action="store_true",
                     help="only the newest artifact per model, config and format")
@@ -136,6 +140,8 @@ def _query(args: argparse.Namespace) -> Any:
         modes=split(args.mode), formats=split(args.artifact_format), dtypes=split(args.dtype),
         statuses=split(args.status), batches=args.batch,
         serveable_by=split(args.serveable_by),
+        weight_algorithms=split(args.weight_algorithm), smoothquant=args.smoothquant,
+        max_perplexity_increase=args.max_perplexity_increase,
         min_sqnr=args.min_sqnr, min_cosine=args.min_cosine,
         max_size=None if args.max_size is None else parse_size(args.max_size),
         since=None if args.since is None else parse_since(args.since),

@@ -22,7 +22,7 @@ from typing import Any
 
 # Torch-free modules: `mono-quant --help` stays fast.
 from mono_quant.io.layout import FORMATS
-from mono_quant.quant.qconfig import GRANULARITIES, MODES, OBSERVERS
+from mono_quant.quant.qconfig import GRANULARITIES, MODES, OBSERVERS, WEIGHT_ALGORITHMS
 from mono_quant.quant.specs import SCHEMES
 from mono_quant.scheduler.cliutil import HelpFormatter, add_deprecated_alias
 
@@ -62,6 +62,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="layers to quantize: class name, name glob or re:REGEX (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="layers to keep in float (repeatable; wins over --include)")
+    p.add_argument("--smoothquant", type=float, metavar="ALPHA",
+                   help="SmoothQuant migration strength in (0, 1) for W8A8 (static/dynamic)")
+    p.add_argument("--weight-algorithm", choices=WEIGHT_ALGORITHMS, default="rtn",
+                   help="weight rounding: rtn, or gptq (needs --calibration)")
+    p.add_argument("--gptq-damping", type=float, default=0.01, metavar="F")
+    p.add_argument("--gptq-block-size", type=int, default=128, metavar="N")
+    p.add_argument("--gptq-act-order", action="store_true")
+    p.add_argument("--target", action="append", default=[], metavar="METRIC=VALUE",
+                   help="accuracy target, e.g. output_cosine=0.999 (repeatable; also "
+                        "output_sqnr_db, perplexity_increase)")
+    p.add_argument("--evaluation", metavar="text:FILE[?context=N]",
+                   help="measure perplexity (float and quantized) of a causal LM on a text")
     p.add_argument("--format", "--artifact-format", dest="format", choices=FORMATS,
                    help="artifact format (default: from the output's extension)")
     p.add_argument("--stream", action="store_true",
@@ -93,6 +105,23 @@ def _line(label: str, value: str) -> None:
     print(f"  {label:<12} {value}")
 
 
+def _targets(items: list[str]) -> dict[str, float] | None:
+    from mono_quant import BadConfigError
+
+    target = {}
+    for item in items:
+        metric, sep, value = item.partition("=")
+        try:
+            target[metric.strip()] = float(value)
+        except ValueError as e:
+            raise BadConfigError(
+                f"--target {item!r}: expected METRIC=NUMBER, e.g. output_cosine=0.999"
+            ) from e
+        if not sep:
+            raise BadConfigError(f"--target {item!r}: expected METRIC=NUMBER")
+    return target or None
+
+
 def _config(args: argparse.Namespace):
     from mono_quant import QuantConfig
 
@@ -100,7 +129,10 @@ def _config(args: argparse.Namespace):
         scheme=args.scheme, granularity=args.granularity, group_size=args.group_size,
         mode=args.mode, weight_observer=args.weight_observer,
         activation_observer=args.activation_observer, include=args.include,
-        exclude=args.exclude,
+        exclude=args.exclude, smoothquant=args.smoothquant,
+        weight_algorithm=args.weight_algorithm, gptq_damping=args.gptq_damping,
+        gptq_block_size=args.gptq_block_size, gptq_act_order=args.gptq_act_order,
+        target=_targets(args.target),
     )
 
 
@@ -111,8 +143,12 @@ def _report(source: str, info, path, fmt: str, reload: str) -> None:
     cfg = info.config
     print(f"mono-quant quantize: {source}")
     group = f" (group {cfg.group_size})" if cfg.group_size else ""
+    extra = "".join([
+        f", {cfg.weight_algorithm}" if cfg.weight_algorithm != "rtn" else "",
+        f", smoothquant {cfg.smoothquant}" if cfg.smoothquant is not None else "",
+    ])
     _line("config", f"{cfg.scheme} {cfg.granularity}{group} {cfg.mode} "
-                    f"(weights: {cfg.weight_observer})")
+                    f"(weights: {cfg.weight_observer}{extra})")
     _line("layers", f"{m['layers_quantized']} of {m['layers_total']} quantized")
     _line("weight SQNR", f"{m['weight_sqnr_db']:.2f} dB overall, "
                          f"{m['weight_sqnr_db_min']:.2f} dB worst layer")
@@ -121,6 +157,12 @@ def _report(source: str, info, path, fmt: str, reload: str) -> None:
                         f"on {m['eval_batches']} batch(es)")
     else:
         _line("output", "not measured (no calibration data: pass --calibration)")
+    if "perplexity_quant" in m:
+        _line("perplexity", f"{m['perplexity_fp']:.4f} float -> {m['perplexity_quant']:.4f} "
+                            f"int8 (+{m['perplexity_increase']:.4f})")
+    if m.get("accuracy_target"):
+        kept = m["accuracy_target"]["excluded_layers"]
+        _line("target", f"met; {len(kept)} layer(s) kept in float: {', '.join(kept) or '-'}")
     _line("size", f"{_mib(m['size_bytes_fp'])} float -> {_mib(m['size_bytes_quant'])} int8 "
                   f"({m['compression_ratio']:.2f}x); artifact {_mib(size_path(path))} on disk")
     _line("reload", reload)
@@ -154,6 +196,7 @@ def _spec(args: argparse.Namespace):
     """The flags as the typed JobSpec every caller of the pipeline takes."""
     from mono_quant.io import detect_format
     from mono_quant.pipeline import JobSpec, parse_calibration_source, parse_model_source
+    from mono_quant.pipeline.evaluation import parse_evaluation_source
 
     allow = _factories()
     return JobSpec(
@@ -164,6 +207,7 @@ def _spec(args: argparse.Namespace):
         if args.calibration else None,
         samples=args.samples,
         stream=args.stream,
+        evaluation=parse_evaluation_source(args.evaluation) if args.evaluation else None,
     )
 
 

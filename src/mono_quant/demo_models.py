@@ -9,7 +9,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["cnn", "image_batches", "mlp", "tiny_transformer", "token_batches", "vector_batches"]
+__all__ = [
+    "cnn",
+    "image_batches",
+    "mlp",
+    "outlier_transformer",
+    "tiny_transformer",
+    "token_batches",
+    "vector_batches",
+]
 
 
 def mlp(in_features: int = 256, hidden: int = 512, out_features: int = 64, seed: int = 0):
@@ -50,6 +58,23 @@ def tiny_transformer(seed: int = 0, hidden: int = 64, layers: int = 2):
         max_position_embeddings=128,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def outlier_transformer(
+    seed: int = 0, hidden: int = 128, layers: int = 2, factor: float = 60.0,
+    channels: tuple[int, ...] = (5, 37, 90),
+):
+    """:func:`tiny_transformer` with activation outliers, the property of trained LLMs that
+    makes W8A8 hard: the weights of every RMSNorm are ``factor`` (30-100 in real models) on a
+    few ``channels`` and 1 elsewhere, so the inputs of q/k/v and gate/up carry a few channels
+    tens of times larger than the rest. The model's float function is otherwise ordinary.
+    """
+    model = tiny_transformer(seed=seed, hidden=hidden, layers=layers)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith("layernorm"):
+                module.weight[list(channels)] *= factor
+    return model
 
 
 def vector_batches(n: int = 8, batch: int = 16, features: int = 256, seed: int = 1):

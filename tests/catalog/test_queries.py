@@ -154,7 +154,7 @@ def test_get_missing_artifact_is_bad_input(catalog_url):
 BAD = {
     "scheme": ({"schemes": ["weird"]}, "unknown scheme 'weird'; expected one of symmetric"),
     "granularity": ({"granularities": ["per_row"]}, "unknown granularity 'per_row'"),
-    "mode": ({"modes": ["dynamic"]}, "unknown mode 'dynamic'; expected one of weight_only"),
+    "mode": ({"modes": ["float8"]}, "unknown mode 'float8'; expected one of weight_only"),
     "format": ({"formats": ["gguf"]}, "unknown format 'gguf'"),
     "dtype": ({"dtypes": ["int4"]}, "unknown dtype 'int4'"),
     "status": ({"statuses": ["done"]}, "unknown status 'done'"),

@@ -31,7 +31,7 @@ def test_group_size_is_normalised():
         pytest.param({"scheme": "sym"}, "scheme='sym'", id="scheme"),
         pytest.param({"granularity": "per_row"}, "granularity='per_row'", id="granularity"),
         pytest.param({"granularity": "per_group", "group_size": 0}, "group_size=0", id="group"),
-        pytest.param({"mode": "dynamic"}, "mode='dynamic'", id="mode"),
+        pytest.param({"mode": "float8"}, "mode='float8'", id="mode"),
         pytest.param({"weight_observer": "hist"}, "weight_observer='hist'", id="observer"),
         pytest.param({"activation_scheme": "x"}, "activation_scheme='x'", id="act-scheme"),
         pytest.param({"include": ["re:("]}, "include: 're:\\(' is not a valid", id="regex"),

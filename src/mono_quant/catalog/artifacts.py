@@ -139,6 +139,7 @@ def info_columns(info: QuantizationInfo) -> dict[str, Any]:
     """The artifact columns that come from a QuantizationInfo (typed, plus the full JSON)."""
     m, versions, config = info.metrics, info.library_versions, info.config
     static = info.mode == "static"
+    w8a8 = info.mode in ("static", "dynamic")
     return {
         "config_digest": config_digest(info),
         "dtype": info.dtype,
@@ -149,7 +150,7 @@ def info_columns(info: QuantizationInfo) -> dict[str, Any]:
         "per_channel": bool(info.per_channel),
         "weight_observer": info.observer,
         "activation_observer": config.activation_observer if static else None,
-        "activation_scheme": config.activation_scheme if static else None,
+        "activation_scheme": config.activation_scheme if w8a8 else None,
         "calibration_samples": int(info.calibration_samples),
         "layers_quantized": _int_or_none(m.get("layers_quantized")),
         "layers_total": _int_or_none(m.get("layers_total")),
@@ -160,6 +161,13 @@ def info_columns(info: QuantizationInfo) -> dict[str, Any]:
         "size_bytes_fp": _int_or_none(m.get("size_bytes_fp")),
         "size_bytes_quant": _int_or_none(m.get("size_bytes_quant")),
         "compression_ratio": _float_or_none(m.get("compression_ratio")),
+        "smoothquant_alpha": config.smoothquant,
+        "weight_algorithm": config.weight_algorithm,
+        "layers_excluded_for_accuracy": len(
+            (m.get("accuracy_target") or {}).get("excluded_layers", [])),
+        "perplexity_fp": _float_or_none(m.get("perplexity_fp")),
+        "perplexity_quant": _float_or_none(m.get("perplexity_quant")),
+        "perplexity_increase": _float_or_none(m.get("perplexity_increase")),
         "torch_version": versions.get("torch"),
         "mono_quant_version": versions.get("mono-quant"),
         "safetensors_version": versions.get("safetensors"),

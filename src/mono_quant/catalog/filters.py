@@ -27,7 +27,7 @@ from typing import Any
 from mono_quant.errors import BadInputError
 from mono_quant.io.layout import FORMATS
 from mono_quant.io.serveability import SERVEABLE_BY
-from mono_quant.quant.qconfig import GRANULARITIES, MODES
+from mono_quant.quant.qconfig import GRANULARITIES, MODES, WEIGHT_ALGORITHMS
 from mono_quant.quant.specs import SCHEMES
 
 __all__ = [
@@ -39,18 +39,21 @@ __all__ = [
     "SCHEMES",
     "SERVEABLE_BY",
     "STATUSES",
+    "WEIGHT_ALGORITHMS",
     "ArtifactQuery",
     "parse_since",
     "parse_size",
 ]
 
 # The values the library writes: taken from it (torch-free modules), one home per fact.
+
 DTYPES = ("int8",)
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
 #: Columns ``order_by`` accepts.
 ORDER_FIELDS = (
     "created_at", "id", "model_source", "weight_sqnr_db", "weight_sqnr_db_min",
     "output_sqnr_db", "output_cosine", "size_bytes", "compression_ratio",
+    "perplexity_increase", "perplexity_quant",
 )
 
 #: Rows returned when no limit is given (``limit=None`` means all).
@@ -61,6 +64,7 @@ _CHOICES = {
     "schemes": ("scheme", SCHEMES), "granularities": ("granularity", GRANULARITIES),
     "modes": ("mode", MODES), "dtypes": ("dtype", DTYPES), "formats": ("format", FORMATS),
     "statuses": ("status", STATUSES), "serveable_by": ("serveable_by", SERVEABLE_BY),
+    "weight_algorithms": ("weight algorithm", WEIGHT_ALGORITHMS),
 }
 
 
@@ -108,6 +112,11 @@ class ArtifactQuery:
     statuses: tuple[str, ...] = ()
     #: Who serves the artifact (vllm, mono-quant, none).
     serveable_by: tuple[str, ...] = ()
+    weight_algorithms: tuple[str, ...] = ()
+    #: True: only SmoothQuant artifacts; False: only those without; None: both.
+    smoothquant: bool | None = None
+    #: Maximum perplexity increase (inclusive); artifacts without one never match.
+    max_perplexity_increase: float | None = None
     #: Minimum overall weight SQNR in dB (inclusive).
     min_sqnr: float | None = None
     #: Minimum output cosine similarity (inclusive); artifacts without one never match.
@@ -136,6 +145,10 @@ class ArtifactQuery:
         object.__setattr__(self, "batches", self._batches(self.batches))
         object.__setattr__(self, "min_sqnr", _number("min_sqnr", self.min_sqnr))
         object.__setattr__(self, "min_cosine", _number("min_cosine", self.min_cosine))
+        object.__setattr__(self, "max_perplexity_increase",
+                           _number("max_perplexity_increase", self.max_perplexity_increase))
+        if self.smoothquant is not None and not isinstance(self.smoothquant, bool):
+            raise BadInputError(f"smoothquant={self.smoothquant!r}: expected true, false or None")
         size = self.max_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise BadInputError(f"max_size={size!r}: expected a non-negative number of bytes")

@@ -286,6 +286,17 @@ class Artifact(Base):
     size_bytes_fp: Mapped[int | None] = mapped_column(BigInteger)
     size_bytes_quant: Mapped[int | None] = mapped_column(BigInteger)
     compression_ratio: Mapped[float | None] = mapped_column(Metric())
+    # LLM-grade int8 (migration 0005); ``mode`` says static or dynamic activations.
+    #: SmoothQuant alpha, NULL when SmoothQuant was off.
+    smoothquant_alpha: Mapped[float | None] = mapped_column(Metric())
+    #: "rtn" or "gptq" (NULL for artifacts recorded before the column existed).
+    weight_algorithm: Mapped[str | None] = mapped_column(String(16))
+    #: Layers kept in float to meet an accuracy target (their names are in ``info``).
+    layers_excluded_for_accuracy: Mapped[int | None]
+    perplexity_fp: Mapped[float | None] = mapped_column(Metric())
+    perplexity_quant: Mapped[float | None] = mapped_column(Metric())
+    #: perplexity_quant - perplexity_fp on the evaluation text.
+    perplexity_increase: Mapped[float | None] = mapped_column(Metric())
     torch_version: Mapped[str | None] = mapped_column(String(64))
     mono_quant_version: Mapped[str | None] = mapped_column(String(64))
     safetensors_version: Mapped[str | None] = mapped_column(String(64))

@@ -38,7 +38,9 @@ RECORD_FIELDS = (
     "activation_scheme",
     "calibration_samples", "layers_quantized", "layers_total", "weight_sqnr_db",
     "weight_sqnr_db_min", "output_sqnr_db", "output_cosine", "size_bytes", "size_bytes_fp",
-    "size_bytes_quant", "compression_ratio", "created_at", "job_id", "job_name", "batch_id",
+    "size_bytes_quant", "compression_ratio", "smoothquant_alpha", "weight_algorithm",
+    "layers_excluded_for_accuracy", "perplexity_fp", "perplexity_quant", "perplexity_increase",
+    "created_at", "job_id", "job_name", "batch_id",
     "job_status", "storage_key", "path", "uri", "sha256", "idempotency_key", "config_digest",
     "torch_version", "mono_quant_version", "safetensors_version", "python_version",
     "serveable_by", "serveable_reason", "low_compression",
@@ -53,6 +55,7 @@ def _filtered(q: ArtifactQuery) -> Select[Any]:
         (Artifact.scheme, q.schemes), (Artifact.granularity, q.granularities),
         (Artifact.mode, q.modes), (Artifact.format, q.formats), (Artifact.dtype, q.dtypes),
         (Artifact.serveable_by, q.serveable_by),
+        (Artifact.weight_algorithm, q.weight_algorithms),
     )
     for column, values in columns:
         if len(values) == 1:  # "=" rather than "IN (x)": planners pick indexes more readily
@@ -78,6 +81,11 @@ def _filtered(q: ArtifactQuery) -> Select[Any]:
         stmt = stmt.where(Artifact.output_cosine >= q.min_cosine)
     if q.max_size is not None:
         stmt = stmt.where(Artifact.size_bytes <= q.max_size)
+    if q.smoothquant is not None:
+        column = Artifact.smoothquant_alpha
+        stmt = stmt.where(column.is_not(None) if q.smoothquant else column.is_(None))
+    if q.max_perplexity_increase is not None:
+        stmt = stmt.where(Artifact.perplexity_increase <= q.max_perplexity_increase)
     if q.since is not None:
         stmt = stmt.where(Artifact.created_at >= q.since)
     return stmt

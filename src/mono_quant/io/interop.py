@@ -10,6 +10,9 @@ mode           format              tensors of each quantized Linear layer
 static (W8A8)  ``int-quantized``   ``weight`` int8, ``weight_scale``, ``weight_zero_point``
                                    (asymmetric weights only), ``input_scale``,
                                    ``input_zero_point`` (asymmetric activations only)
+dynamic        ``int-quantized``   ``weight`` int8, ``weight_scale`` (no input tensors:
+(W8A8)                             ``input_activations`` is ``{dynamic: true, strategy:
+                                   token, symmetric: true}``, vLLM's per-token scheme)
 weight_only    ``pack-quantized``  ``weight_packed`` int32 (4 int8 values per word, offset
 (W8A16)                            by 128, little-endian), ``weight_shape`` int64,
                                    ``weight_scale``, ``weight_zero_point`` (asymmetric
@@ -60,7 +63,8 @@ __all__ = [
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 #: compressed-tensors format per mono-quant mode.
-CT_FORMATS = {"static": "int-quantized", "weight_only": "pack-quantized"}
+CT_FORMATS = {"static": "int-quantized", "dynamic": "int-quantized",
+              "weight_only": "pack-quantized"}
 _STRATEGY = {"per_tensor": "tensor", "per_channel": "channel", "per_group": "group"}
 
 
@@ -133,6 +137,14 @@ def _args(scheme: str, strategy: str, group_size: int | None) -> dict[str, Any]:
             "group_size": group_size, "strategy": strategy, "dynamic": False}
 
 
+def _input_args(cfg: Any) -> dict[str, Any] | None:
+    if cfg.mode == "static":
+        return _args(cfg.activation_scheme, "tensor", None)
+    if cfg.mode == "dynamic":  # the compressed-tensors W8A8 preset's per-token activations
+        return {**_args("symmetric", "token", None), "dynamic": True}
+    return None
+
+
 def quantization_config(
     info: QuantizationInfo, tensors: Mapping[str, torch.Tensor]
 ) -> dict[str, Any]:
@@ -148,9 +160,7 @@ def quantization_config(
     group: dict[str, Any] = {
         "targets": sorted(selected),
         "weights": _args(cfg.scheme, _STRATEGY[cfg.granularity], cfg.group_size),
-        "input_activations": (
-            _args(cfg.activation_scheme, "tensor", None) if cfg.mode == "static" else None
-        ),
+        "input_activations": _input_args(cfg),
         "output_activations": None,
         "format": fmt,
     }

@@ -57,6 +57,7 @@ class Stage(str, Enum):
 
     LOADING = "loading"
     LOADING_CALIBRATION = "loading calibration data"
+    LOADING_EVALUATION = "loading evaluation text"
     QUANTIZING = "quantizing"
     QUANTIZING_SMALLER = "quantizing (smaller calibration batches)"
     WRITING = "writing"
@@ -147,7 +148,9 @@ def _in_memory(spec: JobSpec, path: Path, stage: OnStage, on_progress: OnProgres
     from mono_quant.pipeline.served import served_check
 
     model, batches, digest = _load(spec, stage, device, factories)
-    qmodel, info = _quantize(model, spec, batches, stage, on_progress, device, progress)
+    evaluation = _evaluation(spec, stage)
+    qmodel, info = _quantize(model, spec, batches, stage, on_progress, device, progress,
+                             evaluation)
     stage(Stage.WRITING.value)
     save_model(qmodel, path, info=info, format=spec.format,
                extra_files=source_files(spec.model, qmodel, info, spec.format))
@@ -171,6 +174,15 @@ def _load(spec: JobSpec, stage: OnStage, device: str, factories: FactoryAllowLis
     return model, batches, digest
 
 
+def _evaluation(spec: JobSpec, stage: OnStage) -> dict[str, Any]:
+    """quantize_model's perplexity arguments for the spec's evaluation text, if any."""
+    if spec.evaluation is None:
+        return {}
+    stage(Stage.LOADING_EVALUATION.value)
+    tokens = spec.evaluation.token_ids(spec.model.tokenizer())
+    return {"eval_tokens": tokens, "eval_context": spec.evaluation.context}
+
+
 def _oom_error() -> type[BaseException]:
     import torch
 
@@ -179,7 +191,7 @@ def _oom_error() -> type[BaseException]:
 
 
 def _quantize(model, spec: JobSpec, batches, stage: OnStage, on_progress, device: str,
-              progress: bool) -> tuple[Any, QuantizationInfo]:
+              progress: bool, evaluation: dict[str, Any]) -> tuple[Any, QuantizationInfo]:
     """quantize_model; on out-of-memory, once more with calibration batches halved."""
     import torch
 
@@ -188,7 +200,7 @@ def _quantize(model, spec: JobSpec, batches, stage: OnStage, on_progress, device
     stage(Stage.QUANTIZING.value)
     try:
         return quantize_model(model, spec.config, batches, progress=progress,
-                              on_progress=on_progress)
+                              on_progress=on_progress, **evaluation)
     except _oom_error():
         if not batches:
             raise
@@ -199,7 +211,7 @@ def _quantize(model, spec: JobSpec, batches, stage: OnStage, on_progress, device
         torch.cuda.empty_cache()
     stage(Stage.QUANTIZING_SMALLER.value)
     return quantize_model(model, spec.config, _halve(batches), progress=progress,
-                          on_progress=on_progress)
+                          on_progress=on_progress, **evaluation)
 
 
 def _halve(batches: list[Any]) -> list[Any]:

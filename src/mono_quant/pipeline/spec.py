@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 from mono_quant.errors import BadConfigError, MonoQuantError
 from mono_quant.io.layout import FORMATS
 from mono_quant.pipeline.allowlist import FactoryAllowList
+from mono_quant.pipeline.evaluation import EvaluationSource, parse_evaluation_source
 from mono_quant.pipeline.sources import (
     CalibrationSource,
     ModelSource,
@@ -49,10 +50,22 @@ from mono_quant.pipeline.sources import (
 )
 from mono_quant.quant.qconfig import QuantConfig
 
-__all__ = ["JobSpec"]
+__all__ = ["JobSpec", "needs_calibration"]
 
 _FIELDS = ("version", "model", "quant", "format", "calibration", "samples", "stream",
-           "weights_digest")
+           "weights_digest", "evaluation")
+
+
+def needs_calibration(config: QuantConfig) -> str | None:
+    """The option of ``config`` that needs calibration data, as manifests spell it (None:
+    nothing does)."""
+    if config.mode == "static":
+        return "mode 'static'"
+    if config.smoothquant is not None:
+        return f"smoothquant {config.smoothquant}"
+    if config.weight_algorithm == "gptq":
+        return "weight_algorithm 'gptq'"
+    return None
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,9 @@ class JobSpec:
     #: ``hf:`` sources: :func:`~mono_quant.pipeline.digest.weights_digest` of the folder at
     #: submit, so changed weights make a new idempotency key (None: not digested).
     weights_digest: str | None = None
+    #: A text whose perplexity is measured with the float and the quantized model
+    #: (``text:FILE?context=N``; causal LMs from ``hf:`` folders), or None.
+    evaluation: EvaluationSource | None = None
 
     VERSION: ClassVar[int] = 1
 
@@ -87,9 +103,10 @@ class JobSpec:
         if n is not None and self.calibration is None:
             raise BadConfigError("samples counts calibration samples: give a calibration "
                                  "source too")
-        if self.config.mode == "static" and self.calibration is None:
-            raise BadConfigError("mode 'static' needs a calibration source to choose "
-                                 "activation scales")
+        need = needs_calibration(self.config)
+        if need and self.calibration is None:
+            raise BadConfigError(f"{need} needs a calibration source (activation statistics "
+                                 "come from it)")
         if not isinstance(self.stream, bool):
             raise BadConfigError(f"stream={self.stream!r}: expected true or false")
         if self.stream:
@@ -119,6 +136,8 @@ class JobSpec:
         }
         if self.weights_digest is not None:  # absent otherwise: earlier keys stay the same
             payload["weights_digest"] = self.weights_digest
+        if self.evaluation is not None:  # likewise
+            payload["evaluation"] = self.evaluation.canonical()
         return payload
 
     @classmethod
@@ -145,6 +164,8 @@ class JobSpec:
             calibration = (None if data.get("calibration") is None
                            else parse_calibration_source(data["calibration"],
                                                          factories=factories))
+            evaluation = (None if data.get("evaluation") is None
+                          else parse_evaluation_source(data["evaluation"]))
         except MonoQuantError as e:
             raise BadConfigError(f"job spec: {e}") from e
         return cls(
@@ -155,6 +176,7 @@ class JobSpec:
             samples=data.get("samples"),
             stream=data.get("stream", False),
             weights_digest=data.get("weights_digest"),
+            evaluation=evaluation,
         )
 
     @cached_property

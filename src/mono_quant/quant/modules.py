@@ -18,10 +18,13 @@ input_scale         float32   ``[1]`` (static mode only)
 input_zero_point    int8      ``[1]`` (static mode only)
 ==================  ========  =========================================================
 
+(dynamic mode has no input buffers: its scales are computed per token at run time.)
+
 ``forward`` dequantizes the weight (``(q - zp) * scale``) and, in static mode, fake-quantizes
 the input with the calibrated per-tensor qparams: the numerics of W8A8 simulated in float,
 as torch.ao's fake quantization and llm-compressor's calibration forward do. Serving runtimes
-run real int8 kernels on the same integers and scales.
+run real int8 kernels on the same integers and scales. In dynamic mode ``QuantLinear`` runs
+the int8 GEMM itself, exactly as vLLM's kernel computes it (:mod:`mono_quant.quant.dynamic`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mono_quant.quant.dynamic import fake_quantize_per_token, int8_linear
 from mono_quant.quant.primitives import QuantizedTensor, dequantize, fake_quantize
 from mono_quant.quant.qconfig import QuantConfig
 from mono_quant.quant.specs import Granularity
@@ -146,6 +150,8 @@ class _QuantLayer(nn.Module):
     def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mode == "static":
             x = fake_quantize(x, self.input_scale, self.input_zero_point, self.activation_scheme)
+        elif self.mode == "dynamic":
+            x = fake_quantize_per_token(x.movedim(-3, -1)).movedim(-1, -3)  # ([N,] C, H, W)
         return x, self.dequantized_weight(x.dtype)
 
 
@@ -160,6 +166,8 @@ class QuantLinear(_QuantLayer):
         self._init_buffers(float_layer, config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "dynamic":
+            return int8_linear(x, self.weight, self.weight_scale, self.bias)
         x, w = self._prepare(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w, bias)

@@ -16,11 +16,17 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from mono_quant.errors import BadConfigError
+from mono_quant.quant._options import (
+    ADVANCED_DEFAULTS,
+    TARGET_METRICS,
+    WEIGHT_ALGORITHMS,
+    check_advanced,
+)
 from mono_quant.quant.specs import Granularity, as_granularity, check_scheme
 
-__all__ = ["MODES", "OBSERVERS", "QuantConfig"]
+__all__ = ["MODES", "OBSERVERS", "TARGET_METRICS", "WEIGHT_ALGORITHMS", "QuantConfig"]
 
-MODES = ("weight_only", "static")
+MODES = ("weight_only", "static", "dynamic")
 #: Observer names accepted by the config (the allow-list used to decode them).
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse")
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
@@ -67,25 +73,45 @@ class QuantConfig:
     granularity: str = "per_channel"
     #: Group size for per_group (default 128); normalised to None for other granularities.
     group_size: int | None = None
-    #: "weight_only" (int8 weights, float activations) or "static" (W8A8, calibrated inputs).
+    #: "weight_only" (int8 weights, float activations), "static" (W8A8, per-tensor input
+    #: scales from calibration) or "dynamic" (W8A8, symmetric per-token input scales computed
+    #: at run time, as vLLM's CompressedTensorsW8A8Int8 serves it).
     mode: str = "weight_only"
     #: Observer for weight ranges; one of OBSERVERS.
     weight_observer: str = "minmax"
     #: Observer for activation ranges in static mode; one of OBSERVERS.
     activation_observer: str = "minmax"
-    #: Scheme of the per-tensor activation qparams in static mode.
-    activation_scheme: str = "asymmetric"
+    #: Scheme of the activation qparams: None means "asymmetric" for static, "symmetric" for
+    #: dynamic (the only scheme dynamic supports); resolved at construction.
+    activation_scheme: str | None = None
     #: Layers to quantize (class names, name globs, "re:" regexes); empty means all.
     include: tuple[str, ...] = ()
     #: Layers never to quantize; wins over include.
     exclude: tuple[str, ...] = ()
     #: Skip layers whose weight has fewer elements than this.
     min_layer_size: int = 0
+    #: SmoothQuant migration strength alpha in (0, 1); None is off (static and dynamic only).
+    smoothquant: float | None = None
+    #: How weights are rounded: "rtn" (round to nearest) or "gptq" (needs calibration data).
+    weight_algorithm: str = "rtn"
+    #: GPTQ damping, as a fraction of the mean Hessian diagonal added to the diagonal.
+    gptq_damping: float = 0.01
+    #: GPTQ columns updated together (lazy batch updates); results do not depend on it.
+    gptq_block_size: int = 128
+    #: GPTQ: quantize columns in order of decreasing Hessian diagonal.
+    gptq_act_order: bool = False
+    #: Accuracy target: {"output_cosine": 0.999}, {"output_sqnr_db": 30} and/or
+    #: {"perplexity_increase": 0.5}; the fewest sensitive layers are kept in float to meet it.
+    #: Stored as sorted (metric, value) pairs so the config stays hashable.
+    target: tuple[tuple[str, float], ...] | None = None
 
     VERSION: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         check_scheme(self.scheme, "scheme")
+        if self.activation_scheme is None:
+            act = "symmetric" if self.mode == "dynamic" else "asymmetric"
+            object.__setattr__(self, "activation_scheme", act)
         check_scheme(self.activation_scheme, "activation_scheme")
         if self.granularity not in GRANULARITIES:
             raise BadConfigError(
@@ -110,6 +136,7 @@ class QuantConfig:
         m = self.min_layer_size
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise BadConfigError(f"min_layer_size={m!r}: expected a non-negative integer")
+        check_advanced(self)
 
     def selects(self, name: str, type_name: str, numel: int) -> bool:
         """Whether a layer called ``name``, of class ``type_name``, with ``numel`` weight
@@ -129,8 +156,18 @@ class QuantConfig:
         d: dict[str, Any] = {"version": self.VERSION}
         for f in fields(self):
             value = getattr(self, f.name)
-            d[f.name] = list(value) if isinstance(value, tuple) else value
+            if f.name in ADVANCED_DEFAULTS and value == ADVANCED_DEFAULTS[f.name]:
+                continue  # left out at their defaults: digests of older configs stay the same
+            if f.name == "target":
+                d[f.name] = dict(value)
+            else:
+                d[f.name] = list(value) if isinstance(value, tuple) else value
         return d
+
+    @property
+    def target_dict(self) -> dict[str, float]:
+        """The accuracy target as a dict (empty when there is none)."""
+        return dict(self.target or ())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:

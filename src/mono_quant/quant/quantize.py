@@ -26,20 +26,22 @@ from tqdm.auto import tqdm
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.quant import options
+from mono_quant.quant.accuracy import (
+    check_data_needs,
+    output_metrics,
+    perplexity_metrics,
+    search_target,
+)
 from mono_quant.quant.calibration import (
     OnProgress,
     batch_size,
-    call_model,
-    planned_batches,
-    run_batch,
     run_calibration,
-    to_device,
 )
+from mono_quant.quant.gptq import collect_hessians, gptq_quantize
 from mono_quant.quant.info import QuantizationInfo, library_versions
 from mono_quant.quant.metrics import (
     ErrorAccumulator,
     check_int8_ranges,
-    first_tensor,
     state_dict_bytes,
     weight_error,
 )
@@ -51,6 +53,7 @@ from mono_quant.quant.primitives import (
     quantize_with_qparams,
 )
 from mono_quant.quant.qconfig import QuantConfig
+from mono_quant.quant.smoothquant import smooth_model
 from mono_quant.quant.specs import qrange
 from mono_quant.quant.ties import named_explicitly, shared_weights, tied_layers
 
@@ -118,40 +121,6 @@ def _reiterable(data: Iterable[Any] | None, num_samples: int | None) -> Iterable
     return items
 
 
-def _output_metrics(
-    float_model: nn.Module, qmodel: nn.Module, data: Iterable[Any], max_batches: int,
-    stage: str, on_progress: OnProgress | None,
-) -> dict[str, Any]:
-    acc = ErrorAccumulator()
-    was_training = float_model.training
-    device = next(iter(float_model.parameters()), torch.zeros(0)).device
-    batches = 0
-    total = min(planned_batches(data), max_batches)
-    try:
-        float_model.eval()
-        qmodel.eval()
-        with torch.inference_mode():
-            for item in itertools.islice(data, max_batches):
-                item = to_device(item, device)
-                # the float model rejecting a batch is the data's fault; the quantized copy
-                # failing where the float model ran is ours, so it is not relabelled
-                ref = first_tensor(run_batch(float_model, item, stage, batches))
-                out = first_tensor(call_model(qmodel, item))
-                if ref is None or out is None:
-                    raise BadInputError(
-                        "cannot compare model outputs: the model returned no tensor"
-                    )
-                acc.add(ref.float(), out.float())
-                batches += 1
-                if on_progress is not None:
-                    on_progress("evaluating", batches, total)
-    finally:
-        float_model.train(was_training)
-    if batches == 0:
-        return {}
-    return {"output_sqnr_db": acc.sqnr_db, "output_cosine": acc.cosine, "eval_batches": batches}
-
-
 def _structural_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model``'s modules that shares its parameters and buffers (no tensor is
     copied): the selected layers are then replaced in the copy, so ``model`` is never
@@ -159,40 +128,6 @@ def _structural_copy(model: nn.Module) -> nn.Module:
     memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(),
                                                               model.buffers())}
     return copy.deepcopy(model, memo)
-
-
-def _swap_layers(qmodel: nn.Module, layers: list[str], config: QuantConfig, calibration,
-                 progress: bool, on_progress: OnProgress | None):
-    """Replace each selected layer of ``qmodel`` by its quantized twin; the weight error sums
-    (overall and per layer) come back."""
-    qmin, qmax = qrange(config.scheme)
-    total = ErrorAccumulator()
-    per_layer: dict[str, float] = {}
-    work = sum(qmodel.get_submodule(n).weight.numel() * 4 for n in layers)
-    with torch.no_grad(), options.job_work(work):
-        for done, name in enumerate(
-            # disable=None: a bar only on a terminal
-            tqdm(layers, desc="quantizing", unit="layer", disable=None if progress else True),
-            start=1,
-        ):
-            layer = qmodel.get_submodule(name)
-            weight = float_weight(layer)  # [out, in]: Conv1D's is transposed
-            qw = quantize_weight(weight, config, f"{name}.weight")
-            problems = check_int8_ranges(name, qw.data, qw.scale, qw.zero_point, qmin, qmax)
-            if problems:  # a bug of ours, never the user's input
-                raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
-            acc = weight_error(weight, qw)
-            total.merge(acc)
-            per_layer[name] = acc.sqnr_db
-            qlayer = quantized_like(layer, config)
-            qlayer.set_weight(qw)
-            if calibration is not None:
-                qlayer.set_input_qparams(*calibration.observers[name].compute_qparams())
-            parent, _, child = name.rpartition(".")
-            setattr(qmodel.get_submodule(parent), child, qlayer)
-            if on_progress is not None:
-                on_progress("quantizing", done, len(layers))
-    return total, per_layer
 
 
 def _tie_report(model: nn.Module, qmodel: nn.Module, layers: list[str]) -> dict[str, Any]:
@@ -222,6 +157,8 @@ def quantize_model(
     calibration_data: Iterable[Any] | None = None,
     *,
     eval_data: Iterable[Any] | None = None,
+    eval_tokens: torch.Tensor | None = None,
+    eval_context: int = 512,
     num_samples: int | None = None,
     max_eval_batches: int = 8,
     progress: bool = True,
@@ -232,8 +169,12 @@ def quantize_model(
     The selected ``nn.Linear`` / ``nn.Conv2d`` layers of a deep copy are swapped for
     :class:`~mono_quant.quant.modules.QuantLinear` / ``QuantConv2d``; ``model`` itself is never
     modified. ``mode="static"`` calibrates the layers' input ranges on ``calibration_data``
-    (required). Output SQNR and cosine against the float model are measured on ``eval_data``
-    (or the calibration data) over at most ``max_eval_batches`` batches.
+    (required; so is it for ``smoothquant`` and ``weight_algorithm="gptq"``). Output SQNR and
+    cosine against the float model are measured on ``eval_data`` (or the calibration data)
+    over at most ``max_eval_batches`` batches. ``eval_tokens`` (1-D token ids) adds the
+    perplexity of a causal LM, float and quantized, strided over ``eval_context`` tokens.
+    ``config.target`` keeps the most sensitive layers in float until it is met
+    (:mod:`mono_quant.quant.targets`).
 
     ``on_progress(stage, done, total)`` is called after each calibration batch
     (``"calibrating"``), each quantized layer (``"quantizing"``, total = selected layers) and
@@ -241,7 +182,8 @@ def quantize_model(
     store the numbers: it runs inside the loops.
 
     Raises:
-        BadConfigError: nothing selected, or static mode without calibration data.
+        BadConfigError: nothing selected, an option that needs calibration or evaluation data
+            without it, or an accuracy target that cannot be met (with the best achieved).
         BadInputError: a weight that cannot be quantized (non-finite, wrong group size), or a
             calibration/evaluation batch that does not run through the model (the message
             names the batch index and its shapes).
@@ -252,11 +194,7 @@ def quantize_model(
         raise BadInputError(
             f"quantize_model: expected a torch.nn.Module, got {type(model).__name__}"
         )
-    if config.mode == "static" and calibration_data is None:
-        raise BadConfigError(
-            "mode='static' needs calibration_data to choose activation scales; pass "
-            "calibration batches or use mode='weight_only'"
-        )
+    check_data_needs(config, calibration_data, eval_data, eval_tokens)
     layers = select_layers(model, config)
     if not layers:
         n = sum(is_quantizable(m) for m in model.modules())
@@ -268,9 +206,14 @@ def quantize_model(
             f"layers need an include pattern naming them); layer types found: {found}"
         )
     calibration_data = _reiterable(calibration_data, num_samples)
-    qmodel = _structural_copy(model)
-    samples = 0
-    calibration = None
+    # Share the float tensors (no copy) unless SmoothQuant rescales weights in place.
+    qmodel = copy.deepcopy(model) if config.smoothquant is not None else _structural_copy(model)
+    extra: dict[str, Any] = {}
+    samples, calibration, hessians = 0, None, {}
+    if config.smoothquant is not None:
+        report = smooth_model(qmodel, calibration_data, alpha=config.smoothquant,
+                              layers=layers, num_samples=num_samples)
+        extra["smoothquant"] = report.to_metrics(config.smoothquant)
     if config.mode == "static":
         calibration = run_calibration(
             qmodel, calibration_data, layers=layers, observer=config.activation_observer,
@@ -278,41 +221,35 @@ def quantize_model(
             on_progress=on_progress,
         )
         samples = calibration.samples
+    if config.weight_algorithm == "gptq":
+        hessians = collect_hessians(qmodel, calibration_data, layers, num_samples)
+    if calibration is None and calibration_data is not None and (hessians or extra):
+        samples = _samples_of(calibration_data, num_samples)
+    accs, float_layers, algorithms = _quantize_layers(
+        qmodel, layers, config, calibration, hessians, progress, on_progress)
+    if config.weight_algorithm == "gptq":
+        extra["gptq"] = algorithms
 
-    total, per_layer = _swap_layers(qmodel, layers, config, calibration, progress, on_progress)
-    size_fp, size_q = state_dict_bytes(model), state_dict_bytes(qmodel)
-    metrics: dict[str, Any] = {
-        "weight_sqnr_db": total.sqnr_db,
-        "weight_sqnr_db_min": min(per_layer.values()),
-        "layer_weight_sqnr_db": per_layer,
-        "layers_quantized": len(layers),
-        "layers_total": sum(is_quantizable(m) for m in model.modules()),
-        "size_bytes_fp": size_fp,
-        "size_bytes_quant": size_q,
-        "compression_ratio": size_fp / size_q if size_q else float("nan"),
-        "range_check": "ok",
-    }
-    metrics.update(_tie_report(model, qmodel, layers))
-    if metrics["compression_ratio"] < LOW_COMPRESSION:
-        metrics.setdefault("warnings", []).append(
-            f"low compression: {metrics['compression_ratio']:.2f}x (< {LOW_COMPRESSION}x); "
-            f"{len(layers)} of {metrics['layers_total']} layers quantized, the rest of the "
-            "weights (embeddings, float layers) stay as they were"
-        )
     if eval_data is not None:
         eval_source, stage = _reiterable(eval_data, None), "evaluation"
     else:
         eval_source, stage = calibration_data, "calibration"
-    if eval_source is not None:
-        metrics.update(_output_metrics(model, qmodel, eval_source, max_eval_batches, stage,
-                                       on_progress))
-    cosine = metrics.get("output_cosine")
-    if isinstance(cosine, float) and cosine < LOW_OUTPUT_COSINE:
-        metrics.setdefault("warnings", []).append(
-            f"low output cosine: {cosine:.4f} (< {LOW_OUTPUT_COSINE}) against the float model: "
-            "a quantized layer may be read by the model in a way its int8 weight breaks "
-            "(ViT casts its input to the patch projection's weight dtype): exclude it"
-        )
+    out = {} if eval_source is None else output_metrics(
+        model, qmodel, eval_source, max_eval_batches, stage, on_progress)
+    if eval_tokens is not None:
+        out.update(perplexity_metrics(model, qmodel, eval_tokens, eval_context))
+    if config.target:
+        out, extra["accuracy_target"] = search_target(
+            model, qmodel, float_layers, config.target_dict, out, eval_source, max_eval_batches,
+            eval_tokens, eval_context)
+        excluded = set(extra["accuracy_target"]["excluded_layers"])
+        layers = [n for n in layers if n not in excluded]
+        accs = {n: a for n, a in accs.items() if n not in excluded}
+    metrics = _weight_metrics(model, qmodel, accs)
+    metrics.update(out)
+    metrics.update(extra)
+    metrics.update(_tie_report(model, qmodel, layers))
+    _warn_low(metrics, len(layers))
     info = QuantizationInfo(
         config=config,
         selected_layers=layers,
@@ -321,3 +258,96 @@ def quantize_model(
         metrics=metrics,
     )
     return qmodel, info
+
+
+def _samples_of(data: Iterable[Any], num_samples: int | None) -> int:
+    total = 0
+    for item in data:
+        total += batch_size(item)
+        if num_samples is not None and total >= num_samples:
+            break
+    return total
+
+
+def _quantize_layers(
+    qmodel: nn.Module, layers: list[str], config: QuantConfig, calibration: Any,
+    hessians: dict[str, torch.Tensor], progress: bool, on_progress: OnProgress | None,
+) -> tuple[dict[str, ErrorAccumulator], dict[str, nn.Module], dict[str, Any]]:
+    """Swap each selected layer for its quantized form; per-layer weight errors, the float
+    layers (for an accuracy target) and which weight algorithm each layer ended with."""
+    qmin, qmax = qrange(config.scheme)
+    accs: dict[str, ErrorAccumulator] = {}
+    float_layers: dict[str, nn.Module] = {}
+    rtn_kept: list[str] = []
+    tried = 0
+    work = sum(float_weight(qmodel.get_submodule(n)).numel() * 4 for n in layers)
+    with torch.no_grad(), options.job_work(work):
+        for done, name in enumerate(
+            # disable=None: a bar only on a terminal
+            tqdm(layers, desc="quantizing", unit="layer", disable=None if progress else True),
+            start=1,
+        ):
+            layer = qmodel.get_submodule(name)
+            weight = float_weight(layer)  # [out, in]: Conv1D's is transposed
+            qw = quantize_weight(weight, config, f"{name}.weight")
+            if name in hessians:
+                tried += 1
+                result = gptq_quantize(
+                    weight, hessians.pop(name), qw, damping=config.gptq_damping,
+                    block_size=config.gptq_block_size, act_order=config.gptq_act_order)
+                qw = result.qweight
+                if result.used == "rtn":
+                    rtn_kept.append(name)
+            problems = check_int8_ranges(name, qw.data, qw.scale, qw.zero_point, qmin, qmax)
+            if problems:  # a bug of ours, never the user's input
+                raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
+            accs[name] = weight_error(weight, qw)
+            qlayer = quantized_like(layer, config)
+            qlayer.set_weight(qw)
+            if calibration is not None:
+                qlayer.set_input_qparams(*calibration.observers[name].compute_qparams())
+            if config.target:
+                float_layers[name] = layer
+            parent, _, child = name.rpartition(".")
+            setattr(qmodel.get_submodule(parent), child, qlayer)
+            if on_progress is not None:
+                on_progress("quantizing", done, len(layers))
+    return accs, float_layers, {"layers_gptq": tried - len(rtn_kept), "layers_rtn_better": rtn_kept}
+
+
+def _warn_low(metrics: dict[str, Any], quantized: int) -> None:
+    """Warnings for an artifact that barely saves memory or drifts from the float model."""
+    if metrics["compression_ratio"] < LOW_COMPRESSION:
+        metrics.setdefault("warnings", []).append(
+            f"low compression: {metrics['compression_ratio']:.2f}x (< {LOW_COMPRESSION}x); "
+            f"{quantized} of {metrics['layers_total']} layers quantized, the rest of the "
+            "weights (embeddings, float layers) stay as they were"
+        )
+    cosine = metrics.get("output_cosine")
+    if isinstance(cosine, float) and cosine < LOW_OUTPUT_COSINE:
+        metrics.setdefault("warnings", []).append(
+            f"low output cosine: {cosine:.4f} (< {LOW_OUTPUT_COSINE}) against the float model: "
+            "a quantized layer may be read by the model in a way its int8 weight breaks "
+            "(ViT casts its input to the patch projection's weight dtype): exclude it"
+        )
+
+
+def _weight_metrics(
+    model: nn.Module, qmodel: nn.Module, accs: dict[str, ErrorAccumulator]
+) -> dict[str, Any]:
+    total = ErrorAccumulator()
+    for acc in accs.values():
+        total.merge(acc)
+    per_layer = {name: acc.sqnr_db for name, acc in accs.items()}
+    size_fp, size_q = state_dict_bytes(model), state_dict_bytes(qmodel)
+    return {
+        "weight_sqnr_db": total.sqnr_db,
+        "weight_sqnr_db_min": min(per_layer.values()),
+        "layer_weight_sqnr_db": per_layer,
+        "layers_quantized": len(accs),
+        "layers_total": sum(is_quantizable(m) for m in model.modules()),
+        "size_bytes_fp": size_fp,
+        "size_bytes_quant": size_q,
+        "compression_ratio": size_fp / size_q if size_q else float("nan"),
+        "range_check": "ok",
+    }

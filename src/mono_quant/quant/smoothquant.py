@@ -1,0 +1,316 @@
+"""SmoothQuant (Xiao et al., 2023): move activation outliers into the weights before W8A8.
+
+Trained LLMs have a few input channels whose activations are 10-100x larger than the rest;
+one per-tensor (or per-token) activation scale then wastes most of the int8 range on them.
+Per input channel ``j`` of a group of linears that read the same tensor, with ``X`` the
+calibration inputs and ``W`` the linears' weights stacked along the output axis::
+
+    s_j = max|X_j| ** alpha / max|W_{:,j}| ** (1 - alpha)
+
+The operation that produces ``X`` (a norm, or a linear) has its output channel ``j`` divided
+by ``s_j`` and every linear reading it has its input column ``j`` multiplied by ``s_j``:
+``(X / s) (s W^T) = X W^T``, so the float model computes the same function (a test holds it
+to a relative error below 1e-5) while ``X / s`` is much easier to quantize.
+
+Which operation feeds which linears comes from an architecture registry (keyed by the
+Hugging Face ``config.model_type``, else the model's class name; :func:`register_mapping`
+adds one), or, for unknown models, from the model's structure: a norm whose output tensor is
+the input of linears. Discovered pairs are checked by running a batch with test scales, and
+dropped unless the output is unchanged (a norm that also feeds a residual is not smoothable).
+Quantized layers that no mapping covers are left alone and listed in the report.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> torch.manual_seed(0) and None
+    >>> model = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 4))
+    >>> batches = [torch.randn(2, 8)]
+    >>> before = model(batches[0])
+    >>> report = smooth_model(model, batches, alpha=0.5, layers=["1"])
+    >>> report.mappings, report.unmapped
+    ([('0', ('1',))], [])
+    >>> bool(torch.allclose(model(batches[0]), before, rtol=1e-5, atol=1e-6))
+    True
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mono_quant.quant.calibration import batch_size, call_model, run_batch, to_device
+
+__all__ = [
+    "MAPPINGS",
+    "SmoothMapping",
+    "SmoothReport",
+    "register_mapping",
+    "smooth_model",
+    "smoothing_scales",
+]
+
+
+@dataclass(frozen=True)
+class SmoothMapping:
+    """``smooth`` (a norm or linear, relative to a block) feeds ``balance`` (linears).
+
+    Names are regular expressions for the part of a qualified name after the block prefix:
+    for ``model.layers.3.input_layernorm`` and ``smooth="input_layernorm"``, the balance
+    layers are looked up as ``model.layers.3.<balance>``.
+    """
+
+    smooth: str
+    balance: tuple[str, ...]
+
+
+_LLAMA = (
+    SmoothMapping("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    SmoothMapping("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+)
+_OPT = (
+    SmoothMapping("self_attn_layer_norm",
+                  ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    SmoothMapping("final_layer_norm", ("fc1",)),
+)
+# Post-LN encoders: a LayerNorm output also feeds the residual, so it cannot absorb scales;
+# the value projection can (attention mixes tokens, never channels).
+_BERT = (SmoothMapping("attention.self.value", ("attention.output.dense",)),)
+_GPT2 = (SmoothMapping("ln_1", ("attn.c_attn",)), SmoothMapping("ln_2", ("mlp.c_fc",)))
+
+#: Architecture registry: model_type (or class name) -> mappings.
+MAPPINGS: dict[str, tuple[SmoothMapping, ...]] = {
+    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA,
+    "opt": _OPT,
+    "bert": _BERT, "roberta": _BERT,
+    "gpt2": _GPT2,
+}
+
+
+def register_mapping(key: str, mappings: Sequence[SmoothMapping]) -> None:
+    """Register the SmoothQuant mappings of an architecture (``config.model_type``)."""
+    MAPPINGS[key] = tuple(mappings)
+
+
+@dataclass
+class SmoothReport:
+    """What :func:`smooth_model` did: (smoothed module, balanced linears) pairs, how they
+    were found, and the quantized layers no mapping covers (left unsmoothed)."""
+
+    mappings: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    source: str = "registry"
+    unmapped: list[str] = field(default_factory=list)
+
+    def to_metrics(self, alpha: float) -> dict[str, Any]:
+        return {"alpha": alpha, "source": self.source,
+                "smoothed": {s: list(b) for s, b in self.mappings},
+                "unmapped_layers": list(self.unmapped)}
+
+
+def _is_norm(module: nn.Module) -> bool:
+    w = getattr(module, "weight", None)
+    return "Norm" in type(module).__name__ and isinstance(w, torch.Tensor) and w.ndim == 1
+
+
+def _in_axis(module: nn.Module) -> int:
+    # transformers' Conv1D (GPT-2) stores its weight as [in, out]; nn.Linear as [out, in]
+    return 0 if type(module).__name__ == "Conv1D" else 1
+
+
+def _model_key(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None) or type(model).__name__
+
+
+def _registry_pairs(model: nn.Module) -> list[tuple[str, tuple[str, ...]]] | None:
+    mappings = MAPPINGS.get(_model_key(model))
+    if mappings is None:
+        return None
+    modules = dict(model.named_modules())
+    pairs = []
+    for m in mappings:
+        smooth_re = re.compile(rf"(?:(.*)\.)?{m.smooth}$")
+        for name in modules:
+            hit = smooth_re.fullmatch(name)
+            if hit is None:
+                continue
+            prefix = f"{hit.group(1)}." if hit.group(1) else ""
+            balance = tuple(prefix + b for b in m.balance)
+            if all(b in modules for b in balance):
+                pairs.append((name, balance))
+    return pairs
+
+
+class _Stats:
+    """One pass over the data: per-channel input absmax of each linear, and which norm's
+    output tensor (the same object) each linear read."""
+
+    def __init__(self, model: nn.Module, linears: Sequence[str], track_norms: bool) -> None:
+        self.absmax: dict[str, torch.Tensor] = {}
+        self.fed_by: dict[str, set[str]] = {name: set() for name in linears}
+        self._outputs: dict[int, str] = {}
+        self._keep: list[torch.Tensor] = []  # holds outputs alive so ids are not reused
+        modules = dict(model.named_modules())
+        self.handles = [modules[n].register_forward_pre_hook(self._pre(n)) for n in linears]
+        if track_norms:  # only for discovery: it keeps each batch's norm outputs alive
+            self.handles += [m.register_forward_hook(self._post(n))
+                             for n, m in modules.items() if _is_norm(m)]
+
+    def _post(self, name: str):
+        def hook(_m: nn.Module, _args: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                self._outputs[id(out)] = name
+                self._keep.append(out)
+        return hook
+
+    def _pre(self, name: str):
+        def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0] if args else None
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                return
+            amax = x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float()
+            prev = self.absmax.get(name)
+            self.absmax[name] = amax if prev is None else torch.maximum(prev, amax)
+            self.fed_by[name].add(self._outputs.get(id(x), ""))
+        return hook
+
+    def end_batch(self) -> None:
+        self._outputs.clear()
+        self._keep.clear()
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _discovered_pairs(stats: _Stats) -> list[tuple[str, tuple[str, ...]]]:
+    groups: dict[str, list[str]] = {}
+    for linear, sources in stats.fed_by.items():
+        if len(sources) == 1 and "" not in sources:
+            groups.setdefault(next(iter(sources)), []).append(linear)
+    return [(norm, tuple(linears)) for norm, linears in sorted(groups.items())]
+
+
+def smoothing_scales(
+    act_absmax: torch.Tensor, weights: Sequence[torch.Tensor], in_axes: Sequence[int],
+    alpha: float,
+) -> torch.Tensor:
+    """``s = max|X|^alpha / max|W|^(1-alpha)`` per input channel (float64, 1 where a channel
+    is all zero in the activations or the weights, so nothing is divided by zero)."""
+    w_absmax = torch.stack([
+        w.detach().double().abs().amax(dim=1 - axis) for w, axis in zip(weights, in_axes,
+                                                                         strict=True)
+    ]).amax(0)
+    a = act_absmax.double()
+    s = a.pow(alpha) / w_absmax.pow(1.0 - alpha)
+    ok = (a > 0) & (w_absmax > 0) & torch.isfinite(s)
+    return torch.where(ok, s.clamp(min=1e-5), torch.ones_like(s))
+
+
+@torch.no_grad()
+def _apply(model: nn.Module, smooth: str, balance: Sequence[str], s: torch.Tensor) -> None:
+    src = model.get_submodule(smooth)
+    s = s.to(src.weight.device)
+    if _is_norm(src):
+        src.weight.copy_((src.weight.double() / s).to(src.weight.dtype))
+    else:  # a linear: its output channels are the rows of its weight
+        w = src.weight
+        w.copy_((w.double() / s.reshape(-1, *([1] * (w.ndim - 1)))).to(w.dtype))
+    if getattr(src, "bias", None) is not None:
+        src.bias.copy_((src.bias.double() / s).to(src.bias.dtype))
+    for name in balance:
+        layer = model.get_submodule(name)
+        w, axis = layer.weight, _in_axis(layer)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        w.copy_((w.double() * s.reshape(shape)).to(w.dtype))
+
+
+def _verified(model: nn.Module, pairs: list[tuple[str, tuple[str, ...]]], batch: Any,
+              ) -> list[tuple[str, tuple[str, ...]]]:
+    """The discovered pairs whose smoothing leaves the model's output unchanged."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.inference_mode():
+        ref = _first(call_model(model, batch))
+
+    def preserves(subset: list[tuple[str, tuple[str, ...]]]) -> bool:
+        gen = torch.Generator().manual_seed(0)
+        for smooth, balance in subset:
+            n = model.get_submodule(balance[0]).weight.shape[_in_axis(
+                model.get_submodule(balance[0]))]
+            s = torch.rand(n, generator=gen, dtype=torch.float64) * 1.5 + 0.5
+            with torch.no_grad():
+                _apply(model, smooth, balance, s)
+        with torch.inference_mode():
+            out = _first(call_model(model, batch))
+        model.load_state_dict(state)
+        err = (out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp(min=1e-30)
+        return bool(err < 1e-4)
+
+    if not pairs or preserves(pairs):
+        return pairs
+    return [p for p in pairs if preserves([p])]
+
+
+def _first(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    values = out.values() if isinstance(out, dict) else out
+    return next(v for v in values if isinstance(v, torch.Tensor))
+
+
+def smooth_model(
+    model: nn.Module, data: Iterable[Any], *, alpha: float, layers: Sequence[str],
+    num_samples: int | None = None,
+) -> SmoothReport:
+    """Smooth ``model`` in place for the quantized ``layers``; return what was done.
+
+    One pass over ``data`` collects per-channel input maxima (and, for unregistered
+    architectures, which norm feeds which linears); then the scales are folded into the
+    weights. Only mappings with at least one quantized balance layer are applied.
+    """
+    linears = [n for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+    stats = _Stats(model, linears, track_norms=_model_key(model) not in MAPPINGS)
+    device = next(iter(model.parameters()), torch.zeros(0)).device
+    first_batch, samples = None, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for i, item in enumerate(data):
+                item = to_device(item, device)
+                first_batch = item if first_batch is None else first_batch
+                run_batch(model, item, "calibration", i)
+                stats.end_batch()
+                samples += batch_size(item)
+                if num_samples is not None and samples >= num_samples:
+                    break
+    finally:
+        stats.remove()
+        model.train(was_training)
+    pairs = _registry_pairs(model)
+    report = SmoothReport(source="registry")
+    if pairs is None:
+        report.source = "structure"
+        pairs = _verified(model, _discovered_pairs(stats), first_batch) if first_batch is not None \
+            else []
+    wanted = set(layers)
+    pairs = [(s, b) for s, b in pairs if wanted & set(b) and all(x in stats.absmax for x in b)]
+    for smooth, balance in pairs:
+        mods = [model.get_submodule(b) for b in balance]
+        s = smoothing_scales(stats.absmax[balance[0]].to(torch.float64),
+                             [m.weight for m in mods], [_in_axis(m) for m in mods], alpha)
+        _apply(model, smooth, balance, s.to(mods[0].weight.device))
+    report.mappings = pairs
+    covered = set(itertools.chain.from_iterable(b for _, b in pairs))
+    report.unmapped = [n for n in layers if n not in covered]
+    return report
