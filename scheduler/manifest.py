@@ -138,7 +138,8 @@ _hints = typing.get_type_hints(QuantConfig)
 #: Fields allowed in ``defaults`` and on each job (all optional): QuantConfig's and _Common's.
 _Settings = create_model(  # type: ignore[call-overload]
     "_Settings", __base__=_Common,
-    **{name: (_manifest_type(_hints[name]), None) for name in QUANT_FIELDS},
+    **{f.name: (_manifest_type(f.metadata.get("input", _hints[f.name])), None)
+       for f in dataclasses.fields(QuantConfig)},
 )
 
 

@@ -27,7 +27,7 @@ def catalog(catalog_url):
     with catalog.begin() as s:
         batch = Batch(name="b")
         for i, (name, (config, metrics)) in enumerate(ROWS.items()):
-            job = Job(batch=batch, name=name, model_source=f"hf:{name}", config={},
+            job = Job(batch=batch, name=name, model_source=f"hf:{name}", spec={},
                       idempotency_key=hashlib.sha256(name.encode()).hexdigest(), queue="cpu")
             s.add(job)
             s.flush()

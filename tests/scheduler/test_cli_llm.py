@@ -50,7 +50,7 @@ def test_dynamic_smoothquant_gptq_with_perplexity(tmp_path, hf_folder):
     [
         (("--mode", "static", "--smoothquant", "1.5", "--calibration", VECTORS),
          "smoothquant=1.5: expected the migration strength alpha in (0, 1)"),
-        (("--weight-algorithm", "gptq",), "weight_algorithm='gptq' needs calibration_data"),
+        (("--weight-algorithm", "gptq",), "weight_algorithm 'gptq' needs a calibration source"),
         (("--mode", "static", "--calibration", VECTORS, "--target", "output_sqnr_db=500"),
          "target: output_sqnr_db >= 500 cannot be met: the best achieved"),
         (("--target", "output_cosine"), "--target 'output_cosine': expected METRIC=NUMBER"),

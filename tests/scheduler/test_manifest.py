@@ -137,11 +137,13 @@ _SAMPLES = {
     "scheme": "asymmetric", "granularity": "per_group", "group_size": 64, "mode": "static",
     "weight_observer": "mse", "activation_observer": "percentile",
     "activation_scheme": "symmetric", "include": ["0"], "exclude": ["2"], "min_layer_size": 8,
+    "smoothquant": 0.5, "weight_algorithm": "gptq", "gptq_damping": 0.05,
+    "gptq_block_size": 64, "gptq_act_order": True, "target": {"output_cosine": 0.5},
 }
 
 
 #: Other fields a sample value needs to take effect.
-_NEEDS = {"group_size": {"granularity": "per_group"}}
+_NEEDS = {"group_size": {"granularity": "per_group"}, "smoothquant": {"mode": "dynamic"}}
 
 
 def test_every_quant_config_field_is_a_manifest_key():
@@ -154,7 +156,8 @@ def test_every_quant_config_field_is_a_manifest_key():
         extra = {"calibration": calibration, **_NEEDS.get(field.name, {})}
         _, (job,) = _parse({"defaults": {field.name: value, **extra},
                             "jobs": [{"name": "a", "model": MLP}]})
-        got = getattr(job.spec.config, field.name)
+        got = (job.spec.config.target_dict if field.name == "target"
+               else getattr(job.spec.config, field.name))
         assert (list(got) if isinstance(got, tuple) else got) == value, field.name
         _, jobs = _parse({"matrix": {field.name: [value]}, "jobs": [{"name": "a", "model": MLP,
                                                                      **extra}]})

@@ -27,19 +27,21 @@ def test_mode_by_smoothquant_matrix_expands_to_valid_configs(tmp_path):
     }, base_dir=tmp_path)
     assert len(specs) == 6
     assert specs[0].name == "m[mode=static,smoothquant=None]"
-    last = specs[-1]
+    last = specs[-1].spec
     assert last.config == QuantConfig(mode="dynamic", smoothquant=0.85, weight_algorithm="gptq",
                                       gptq_act_order=True, gptq_damping=0.05, gptq_block_size=64,
                                       target={"output_cosine": 0.99})
-    assert last.evaluation == {"text": str((tmp_path / "eval.txt").resolve()), "context": 32}
-    assert last.payload()["evaluation"] == last.evaluation
+    assert last.evaluation.canonical() == {"text": str((tmp_path / "eval.txt").resolve()),
+                                           "context": 32}
+    assert last.to_payload()["evaluation"] == last.evaluation.canonical()
     assert len({s.idempotency_key for s in specs}) == 6
 
 
 def test_keys_of_jobs_without_the_new_options_are_unchanged():
-    _, (spec,) = _parse({"jobs": [{"name": "a", "model": MLP}]})
-    assert set(spec.payload()) == {"model", "quant", "format", "calibration", "samples"}
-    assert set(spec.payload()["quant"]) == {
+    _, (job,) = _parse({"jobs": [{"name": "a", "model": MLP}]})
+    assert set(job.spec.to_payload()) == {"version", "model", "quant", "format", "calibration",
+                                          "samples", "stream"}
+    assert set(job.spec.to_payload()["quant"]) == {
         "version", "scheme", "granularity", "group_size", "mode", "weight_observer",
         "activation_observer", "activation_scheme", "include", "exclude", "min_layer_size"}
 

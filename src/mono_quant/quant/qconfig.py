@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, fields
+from dataclasses import field as dataclass_field
 from typing import Any, ClassVar
 
 from mono_quant.errors import BadConfigError
@@ -103,7 +104,9 @@ class QuantConfig:
     #: Accuracy target: {"output_cosine": 0.999}, {"output_sqnr_db": 30} and/or
     #: {"perplexity_increase": 0.5}; the fewest sensitive layers are kept in float to meet it.
     #: Stored as sorted (metric, value) pairs so the config stays hashable.
-    target: tuple[tuple[str, float], ...] | None = None
+    #: (``metadata["input"]``: the type callers and manifests give it.)
+    target: tuple[tuple[str, float], ...] | None = dataclass_field(
+        default=None, metadata={"input": dict[str, float]})
 
     VERSION: ClassVar[int] = 1
 

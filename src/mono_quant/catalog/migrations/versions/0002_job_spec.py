@@ -1,6 +1,10 @@
 """Rename jobs.config to jobs.spec: the column holds the whole typed job contract
 (``JobSpec.to_payload()``), not a quantization config.
 
+A plain ``ALTER TABLE … RENAME COLUMN`` (PostgreSQL, SQLite 3.25+): no table rebuild, so
+SQLite's foreign keys from ``attempts`` and ``artifacts`` to ``jobs`` are untouched (a batch
+rebuild would drop ``jobs`` under them).
+
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-30
@@ -17,10 +21,8 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
-        batch.alter_column("config", new_column_name="spec")
+    op.execute("ALTER TABLE jobs RENAME COLUMN config TO spec")
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
-        batch.alter_column("spec", new_column_name="config")
+    op.execute("ALTER TABLE jobs RENAME COLUMN spec TO config")
