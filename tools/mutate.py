@@ -84,7 +84,8 @@ GROUPS: dict[str, Group] = {
             "src/mono_quant/catalog/queries.py": ALL,
         },
         ("tests/catalog/test_jobs.py", "tests/catalog/test_queries.py",
-         "tests/catalog/test_thresholds.py", "tests/catalog/test_records.py"),
+         "tests/catalog/test_thresholds.py", "tests/catalog/test_records.py",
+         "tests/catalog/test_job_transitions.py"),
         # the PostgreSQL twin of each case doubles the time and kills the same SQL mutants
         skip="postgresql",
     ),
