@@ -62,7 +62,8 @@ GROUPS: dict[str, Group] = {
             "src/mono_quant/quant/_kernels.py": ALL,
         },
         ("tests/quant/test_primitives.py", "tests/quant/test_observers.py",
-         "tests/quant/test_bounds.py", "tests/quant/test_specs.py", "tests/quant/test_qconfig.py"),
+         "tests/quant/test_bounds.py", "tests/quant/test_specs.py", "tests/quant/test_qconfig.py",
+         "tests/quant/test_fake_quantize.py", "tests/quant/test_observer_errors.py"),
     ),
     "metrics": Group(
         {"src/mono_quant/validate/metrics.py": ALL},
