@@ -105,3 +105,19 @@ def test_reconcile_boundaries_are_strict_and_rows_are_requeued(catalog):
         s.execute(Job.__table__.update().where(Job.id == late).values(queued_at=t))
         assert js.reconcile_jobs(s, stale_before=t, pending_before=t - timedelta(days=1),
                                  queued_before=t) == []
+
+
+def test_cancel_records_who_and_when(catalog):
+    (job_id,) = _batch(catalog, 1)
+    _claim(catalog, job_id)
+    before = utcnow()
+    with catalog.begin() as s:
+        assert js.heartbeat(s, job_id, "w1@h", {"stage": "quantizing"})
+        assert js.cancel_jobs(s, job_ids=[job_id])[0] == [job_id]
+    job = _status(catalog, job_id)
+    assert (job.status, job.error_kind, job.last_error, job.progress) == (
+        S.CANCELLED, ErrorKind.CANCELLED, "cancelled by a user", None)
+    assert job.finished_at >= before
+    with pytest.raises(BadInputError) as err, catalog.begin() as s:
+        js.cancel_jobs(s, batch_id=1, job_ids=[job_id])
+    assert str(err.value) == "cancel: give a batch or job ids, not both"
