@@ -76,7 +76,8 @@ GROUPS: dict[str, Group] = {
             "src/mono_quant/io/formats.py": ALL,
         },
         ("tests/io/test_corrupt.py", "tests/io/test_formats.py", "tests/io/test_header_layout.py",
-         "tests/io/test_header_read.py", "tests/io/test_durability.py",
+         "tests/io/test_header_read.py", "tests/io/test_header_fields.py",
+         "tests/io/test_durability.py",
          "tests/io/test_compressed_config.py"),
     ),
     "catalog": Group(
