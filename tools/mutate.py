@@ -62,7 +62,8 @@ GROUPS: dict[str, Group] = {
             "src/mono_quant/quant/_kernels.py": ALL,
         },
         ("tests/quant/test_primitives.py", "tests/quant/test_observers.py",
-         "tests/quant/test_bounds.py", "tests/quant/test_specs.py", "tests/quant/test_qconfig.py"),
+         "tests/quant/test_bounds.py", "tests/quant/test_specs.py", "tests/quant/test_qconfig.py",
+         "tests/quant/test_fake_quantize.py", "tests/quant/test_observer_errors.py"),
     ),
     "metrics": Group(
         {"src/mono_quant/quant/metrics.py": ALL},
@@ -75,7 +76,9 @@ GROUPS: dict[str, Group] = {
             "src/mono_quant/io/formats.py": ALL,
         },
         ("tests/io/test_corrupt.py", "tests/io/test_formats.py", "tests/io/test_header_layout.py",
-         "tests/io/test_durability.py"),
+         "tests/io/test_header_read.py", "tests/io/test_header_fields.py",
+         "tests/io/test_durability.py",
+         "tests/io/test_compressed_config.py"),
     ),
     "catalog": Group(
         {
@@ -83,7 +86,8 @@ GROUPS: dict[str, Group] = {
             "src/mono_quant/catalog/queries.py": ALL,
         },
         ("tests/catalog/test_jobs.py", "tests/catalog/test_queries.py",
-         "tests/catalog/test_thresholds.py", "tests/catalog/test_records.py"),
+         "tests/catalog/test_thresholds.py", "tests/catalog/test_records.py",
+         "tests/catalog/test_job_transitions.py"),
         # the PostgreSQL twin of each case doubles the time and kills the same SQL mutants
         skip="postgresql",
     ),
