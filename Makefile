@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,hf,interop
 
-.PHONY: setup demo test lint layers bench clean
+.PHONY: setup demo test lint layers bench mutate clean
 
 setup: $(VENV)/.installed
 
@@ -41,5 +41,11 @@ bench: setup
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/quantize_speed.py
 
+# Mutation testing of the modules listed in tools/mutate.py; prints the score per module.
+# Slow (tens of minutes), so not part of `make test`; see docs/mutation.md.
+mutate: setup
+	$(BIN)/pip install --quiet -e ".[mutate]"
+	$(BIN)/python tools/mutate.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mutate

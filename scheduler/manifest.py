@@ -50,20 +50,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
 
+from mono_quant.config import DEFAULT_MAX_JOBS_PER_BATCH
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.io.layout import FORMATS
+from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.pipeline.spec import JobSpec
 from mono_quant.quant.qconfig import QuantConfig
+from mono_quant.scheduler.bounds import (
+    check_document,
+    clip,
+    count_jobs,
+    read_bytes,
+    read_document,
+)
+from mono_quant.scheduler.columns import check_batch, check_job
 
 __all__ = [
     "FORMATS", "Manifest", "ScheduledJob", "load_manifest", "parse_manifest", "stream_manifest",
 ]
 
-#: libyaml's safe loader when PyYAML was built with it (10x faster on big manifests).
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: Problems listed in one "invalid manifest" error; the rest are counted.
+MAX_PROBLEMS = 20
 
 #: The quantization keys: QuantConfig's fields, in their order.
 QUANT_FIELDS = tuple(f.name for f in dataclasses.fields(QuantConfig))
@@ -165,6 +174,11 @@ class Manifest(BaseModel):
                 )
             if not values:
                 raise ValueError(f"key {key!r} has an empty list of values")
+            seen = Counter(json.dumps(x, sort_keys=True, default=str) for x in values)
+            repeated = sorted(x for x, n in seen.items() if n > 1)
+            if repeated:
+                raise ValueError(f"key {key!r} repeats the value {clip(repeated[0], 80)} "
+                                 "(each value would run the same jobs twice)")
             for i, value in enumerate(values):  # each value as strictly as in `defaults`
                 try:
                     _Settings.model_validate({key: value})
@@ -191,7 +205,7 @@ class ScheduledJob:
 
     name: str
     spec: JobSpec
-    model_source: str  # the model source as the user wrote it (for people)
+    model_source: str  # the model source as one string (derived from the spec: never disagrees)
     queue: str = "cpu"
     max_attempts: int = 3
 
@@ -222,10 +236,18 @@ def _validation_message(source: str, err: ValidationError) -> str:
         seen.add(path)
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
-        got_s = "" if e["type"] == "missing" else f" (got {got!r})" if not isinstance(got, dict) \
-            else ""
-        lines.append(f"{source}: {path or '<top>'}: {msg}{got_s}")
-    return "\n".join(lines)
+        got_s = "" if e["type"] == "missing" else f" (got {clip(repr(got), 200)})" \
+            if not isinstance(got, dict) else ""
+        lines.append(f"{source}: {clip(path, 200) or '<top>'}: {clip(msg, 500)}{got_s}")
+    return _problems(lines)
+
+
+def _problems(lines: list[str]) -> str:
+    """The first MAX_PROBLEMS lines (and how many more there are), cut to a sane length."""
+    shown = lines[:MAX_PROBLEMS]
+    if len(lines) > MAX_PROBLEMS:
+        shown.append(f"... and {len(lines) - MAX_PROBLEMS} more problem(s)")
+    return clip("\n".join(shown))
 
 
 def _renamed(values: dict[str, Any]) -> dict[str, Any]:
@@ -252,10 +274,12 @@ class _Expander:
     """Turns one manifest's jobs × matrix into ScheduledJobs, collecting every error."""
 
     def __init__(self, manifest: Manifest, source: str, default_attempts: int,
-                 base_dir: Path | None) -> None:
+                 base_dir: Path | None, factories: FactoryAllowList | None = None) -> None:
         self.manifest, self.source = manifest, source
         self.default_attempts, self.base_dir = default_attempts, base_dir
+        self.factories = factories
         self.errors: list[str] = []
+        self.refused: list[str] = []  # factories outside the allow-list: configuration
         self._calibrations: dict[str, Any] = {}
         self._configs: dict[str, QuantConfig] = {}  # one per distinct set of values
 
@@ -265,7 +289,8 @@ class _Expander:
 
         key = json.dumps(value, sort_keys=True)
         if key not in self._calibrations:
-            self._calibrations[key] = parse_calibration_source(value, base_dir=self.base_dir)
+            self._calibrations[key] = parse_calibration_source(value, base_dir=self.base_dir,
+                                                               factories=self.factories)
         return self._calibrations[key]
 
     def spec(self, model: Any, values: dict[str, Any], where: str) -> JobSpec | None:
@@ -282,7 +307,8 @@ class _Expander:
             try:
                 calibration = self.calibration(values["calibration"])
             except MonoQuantError as e:
-                self.errors.append(f"{self.source}: {where}.calibration: {e}")
+                (self.refused if isinstance(e, BadConfigError) else self.errors).append(
+                    f"{self.source}: {where}.calibration: {e}")
                 return None
         elif config.mode == "static":
             self.errors.append(f"{self.source}: {where}.calibration: mode 'static' needs a "
@@ -316,12 +342,14 @@ class _Expander:
                                    "remove it from the job or from the matrix")
                 continue
             try:
-                model = parse_model_source(job.model, base_dir=self.base_dir)
+                model = parse_model_source(job.model, base_dir=self.base_dir,
+                                           factories=self.factories)
             except MonoQuantError as e:
-                self.errors.append(f"{self.source}: jobs[{i}].model: {e}")
+                (self.refused if isinstance(e, BadConfigError) else self.errors).append(
+                    f"{self.source}: jobs[{i}].model: {e}")
                 continue
             # rendered once per job, not once per matrix combination
-            model_source = job.model if isinstance(job.model, str) else str(model)
+            model_source = str(model)  # derived from the payload: never disagrees with it
             for combo in combos:
                 varied = dict(zip(keys, combo, strict=True))
                 values = {**defaults, **varied, **own}
@@ -329,68 +357,86 @@ class _Expander:
                 spec = self.spec(model, values,
                                  f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else ""))
                 if spec is not None:
-                    yield ScheduledJob(
+                    scheduled = ScheduledJob(
                         name=f"{job.name}[{suffix}]" if suffix else job.name, spec=spec,
-                        model_source=model_source,
+                        model_source=model_source,  # derived from the payload
                         queue=_renamed(dict(values)).get("queue", "cpu"),
                         max_attempts=values.get("max_attempts", self.default_attempts),
                     )
+                    where = f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else "")
+                    problems = check_job(scheduled)
+                    self.errors.extend(f"{self.source}: {where}.{p}" for p in problems)
+                    if not problems:
+                        yield scheduled
+        if self.refused:
+            raise BadConfigError("manifest refused:\n" + _problems(self.refused))
         if self.errors:
-            raise BadInputError("invalid manifest:\n" + "\n".join(self.errors))
+            raise BadInputError("invalid manifest:\n" + _problems(self.errors))
 
 
-def _validated(data: Any, source: str) -> Manifest:
+def _validated(data: Any, source: str, max_jobs: int) -> Manifest:
+    """The manifest document validated, its size bounded before any job is built."""
+    check_document(data, source)
     if not isinstance(data, dict):
         raise BadInputError(f"{source}: expected a mapping with a 'jobs' list at the top level")
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as e:
         raise BadInputError("invalid manifest:\n" + _validation_message(source, e)) from e
+    n = count_jobs(len(manifest.jobs), manifest.matrix)
+    if n > max_jobs:
+        raise BadInputError(
+            f"{source}: the manifest expands to {n} jobs ({len(manifest.jobs)} job(s) x "
+            f"{n // len(manifest.jobs)} matrix combination(s)); at most {max_jobs} are accepted "
+            "per batch (MONO_QUANT_MAX_JOBS_PER_BATCH): split it into smaller manifests"
+        )
+    problems = check_batch(manifest.name)
+    if problems:
+        raise BadInputError("invalid manifest:\n" + _problems(
+            [f"{source}: {p}" for p in problems]))
     _warn_renamed(manifest, source)
     return manifest
 
 
 def parse_manifest(
     data: Any, source: str = "<manifest>", default_attempts: int = 3,
-    base_dir: Path | None = None,
+    base_dir: Path | None = None, *, factories: FactoryAllowList | None = None,
+    max_jobs: int = DEFAULT_MAX_JOBS_PER_BATCH,
 ) -> tuple[Manifest, list[ScheduledJob]]:
     """Validate a manifest mapping and expand it; raises BadInputError listing every problem.
 
     Relative paths in model and calibration sources are resolved against ``base_dir`` (the
-    manifest's folder when loaded from a file).
+    manifest's folder when loaded from a file). ``factories``: the allow-list of factory
+    modules (BadConfigError outside it). More than ``max_jobs`` jobs are refused before any is
+    built; values the catalog's columns cannot store are refused here, on every backend.
     """
-    manifest = _validated(data, source)
-    return manifest, _Expander(manifest, source, default_attempts, base_dir).expand()
+    manifest = _validated(data, source, max_jobs)
+    return manifest, _Expander(manifest, source, default_attempts, base_dir,
+                               factories).expand()
 
 
 def load_manifest(
-    path: str | Path, default_attempts: int = 3
+    path: str | Path, default_attempts: int = 3, *, factories: FactoryAllowList | None = None,
+    max_jobs: int = DEFAULT_MAX_JOBS_PER_BATCH,
 ) -> tuple[Manifest, list[ScheduledJob], str]:
     """Read, validate and expand a YAML manifest; also returns the sha256 of its bytes."""
-    manifest, jobs, digest = stream_manifest(path, default_attempts)
+    manifest, jobs, digest = stream_manifest(path, default_attempts, factories=factories,
+                                             max_jobs=max_jobs)
     return manifest, list(jobs), digest
 
 
 def stream_manifest(
-    path: str | Path, default_attempts: int = 3
+    path: str | Path, default_attempts: int = 3, *, factories: FactoryAllowList | None = None,
+    max_jobs: int = DEFAULT_MAX_JOBS_PER_BATCH,
 ) -> tuple[Manifest, Iterator[ScheduledJob], str]:
     """Like :func:`load_manifest`, but the jobs come lazily, so a submit can write a
     100,000-job matrix in chunks; the iterator raises BadInputError at its end if any job
     was invalid."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise BadInputError(f"{path}: cannot read the manifest ({e.strerror})") from e
-    try:
-        data = json.loads(raw)  # JSON is YAML too, and generated manifests are often JSON
-    except ValueError:
-        try:
-            data = yaml.load(raw, Loader=_Loader)  # a safe loader (C or pure Python)
-        except yaml.YAMLError as e:
-            raise BadInputError(f"{path}: not valid YAML: {e}") from e
+    raw = read_bytes(path)
     digest = hashlib.sha256(raw).hexdigest()
-    manifest = _validated(data, str(path))
-    del raw, data  # the validated manifest is all the expansion needs
-    expander = _Expander(manifest, str(path), default_attempts, path.parent.resolve())
+    manifest = _validated(read_document(raw, str(path)), str(path), max_jobs)
+    del raw  # the validated manifest is all the expansion needs
+    expander = _Expander(manifest, str(path), default_attempts, path.parent.resolve(),
+                         factories)
     return manifest, expander.iter_expand(), digest

@@ -32,6 +32,7 @@ from celery import Celery
 from kombu.utils.json import dumps
 
 from mono_quant.errors import TransientError
+from mono_quant.worker.app import TASK_NAME
 
 __all__ = ["MessageTemplate", "publish_jobs"]
 
@@ -141,7 +142,7 @@ def _send_chunk(app: Celery, channel: Any, client: Any, templates: dict[str, Mes
 
 
 def publish_jobs(
-    app: Celery, jobs: Iterable[tuple[int, str]], *, task_name: str = "mono_quant.run_job",
+    app: Celery, jobs: Iterable[tuple[int, str]], *, task_name: str = TASK_NAME,
     chunk: int | None = None, on_sent: Callable[[list[int]], None] | None = None,
 ) -> int:
     """Send one task message per ``(job_id, queue)``; returns how many were sent.

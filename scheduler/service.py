@@ -12,14 +12,14 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
-from mono_quant.catalog import Artifact, Batch, Catalog, Job, JobStatus, job_status_counts
+from mono_quant.catalog import Artifact, Catalog, Job, JobStatus, job_status_counts
 from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.batches import (
     JobRow,
@@ -29,17 +29,22 @@ from mono_quant.catalog.batches import (
     jobs_in_flight,
 )
 from mono_quant.catalog.models import FINAL_STATUSES
+from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
+from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.scheduler.manifest import ScheduledJob, stream_manifest
+from mono_quant.scheduler.resolve import latest_batch, resolve_batch
 
 __all__ = [
     "BatchStatus",
     "SubmitResult",
     "batch_status",
     "cancel",
+    "message_job_id",
     "reconcile",
     "retry",
+    "select_jobs",
     "submit",
     "wait_for_batch",
 ]
@@ -80,6 +85,7 @@ def submit(
     force: bool = False,
     requested_by: str | None = None,
     settings: Settings | None = None,
+    only: Sequence[str] | None = None,
 ) -> SubmitResult:
     """Validate the manifest, write the batch and its jobs in one transaction, then publish.
 
@@ -90,11 +96,17 @@ def submit(
     ``SUBMIT_CHUNK``, all in one transaction: an invalid job anywhere rolls everything back.
     With ``app=None`` nothing is published (the embedded runner runs the jobs itself). When
     publishing fails the unsent jobs stay ``pending`` and ``reconcile`` publishes them
-    later; the TransientError says so.
+    later; the TransientError says so. ``only`` keeps just the jobs of the manifest with
+    these names (``--job NAME``; with ``force`` it redoes one job, not the whole manifest).
     """
     s = settings or get_settings()
     path = Path(manifest_path)
-    manifest, specs, digest = stream_manifest(path, default_attempts=s.max_attempts)
+    manifest, specs, digest = stream_manifest(
+        path, default_attempts=s.max_attempts, max_jobs=s.max_jobs_per_batch,
+        factories=FactoryAllowList(s.allowed_factories),
+    )
+    if only:
+        specs = select_jobs(specs, only, path)
     result = SubmitResult(0, [], [])
     seen: set[str] = set()
     with catalog.begin() as session:
@@ -111,6 +123,23 @@ def submit(
         result.published = publish(catalog, app, list(zip(result.job_ids, result.queues,
                                                           strict=True)))
     return result
+
+
+def select_jobs(specs: Iterable[ScheduledJob], names: Sequence[str], path: Path
+                ) -> Iterator[ScheduledJob]:
+    """The specs named ``names``, streamed; once the manifest is read, BadInputError naming
+    any name it does not have (raised inside submit's transaction: nothing is written)."""
+    wanted, found, some = set(names), set(), []
+    for spec in specs:
+        if len(some) < 20:
+            some.append(spec.name)
+        if spec.name in wanted:
+            found.add(spec.name)
+            yield spec
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise BadInputError(f"{path}: no job named {', '.join(map(repr, missing))}; its jobs "
+                            f"are: {', '.join(some)}{' ...' if len(some) == 20 else ''}")
 
 
 def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -191,12 +220,22 @@ class BatchStatus:
                 "running": self.running, "done": self.done}
 
 
+def _model_of(payload: Any) -> str:
+    """The model source a job's payload names, as one string: what ``status`` shows is what
+    the worker runs, never the row's separate ``model_source`` label. Nothing is imported."""
+    from mono_quant.errors import MonoQuantError
+    from mono_quant.pipeline import parse_model_source
+
+    try:
+        return str(parse_model_source(payload["model"]))
+    except (MonoQuantError, KeyError, TypeError):
+        return "(invalid job payload)"
+
+
 def latest_batch_id(catalog: Catalog) -> int:
+    """The newest batch that has jobs (see :func:`~mono_quant.scheduler.resolve.latest_batch`)."""
     with catalog.begin() as session:
-        batch_id = session.scalar(select(func.max(Batch.id)))
-    if batch_id is None:
-        raise BadInputError("the catalog has no batches yet; submit a manifest first")
-    return batch_id
+        return latest_batch(session).id
 
 
 #: Failed and running jobs listed in full by ``status`` (the first ones by id; the counts
@@ -204,18 +243,30 @@ def latest_batch_id(catalog: Catalog) -> int:
 SHOWN = 100
 
 
-def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
-    """Counts per status and the first failed and running jobs: indexed queries only
-    (``ix_jobs_batch_id_status_id``), so a 100,000-job batch answers in milliseconds."""
-    batch_id = latest_batch_id(catalog) if batch_id is None else batch_id
+def _heartbeat(job: Job, stale_after: float) -> dict[str, Any]:
+    """A running job's heartbeat time, its age in seconds, and whether it is stale (older
+    than MONO_QUANT_STALE_AFTER: its worker is presumed dead and the job is re-run)."""
+    if job.heartbeat_at is None:
+        return {"heartbeat_at": None, "heartbeat_age_s": None, "stale": True}
+    age = max(0.0, (utcnow() - job.heartbeat_at).total_seconds())
+    return {"heartbeat_at": job.heartbeat_at.isoformat(), "heartbeat_age_s": round(age, 1),
+            "stale": age > stale_after}
+
+
+def batch_status(catalog: Catalog, batch_id: int | str | None = None, *,
+                 settings: Settings | None = None) -> BatchStatus:
+    """Counts per status and the first failed and running jobs (with their heartbeat age):
+    indexed queries only (``ix_jobs_batch_id_status_id``), so a 100,000-job batch answers in
+    milliseconds. ``batch_id``: an id or a name (default: the newest batch with jobs);
+    BadInputError if it does not exist."""
+    stale_after = (settings or get_settings()).stale_after
     with catalog.begin() as session:
-        batch = session.get(Batch, batch_id)
-        if batch is None:
-            raise BadInputError(f"batch {batch_id} does not exist")
+        batch = latest_batch(session) if batch_id is None else resolve_batch(session, batch_id)
+        batch_id = batch.id
         counts = {s.value: n for s, n in job_status_counts(session, batch_id).items() if n}
         failures = [
             {"job": j.id, "name": j.name, "kind": j.error_kind.value if j.error_kind else None,
-             "error": j.last_error, "attempts": j.attempts}
+             "error": j.last_error, "attempts": j.attempts, "model": _model_of(j.spec)}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.FAILED)
                 .order_by(Job.id).limit(SHOWN)
@@ -226,8 +277,8 @@ def batch_status(catalog: Catalog, batch_id: int | None = None) -> BatchStatus:
         ) or 0
         running = [
             {"job": j.id, "name": j.name, "worker": j.worker, "device": j.device,
-             "attempt": j.attempts, "progress": j.progress,
-             "heartbeat_at": j.heartbeat_at.isoformat() if j.heartbeat_at else None}
+             "attempt": j.attempts, "progress": j.progress, "model": _model_of(j.spec),
+             **_heartbeat(j, stale_after)}
             for j in session.scalars(
                 select(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)
                 .order_by(Job.id).limit(SHOWN)
@@ -253,11 +304,19 @@ def wait_for_batch(
 
 
 def retry(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
-          job_ids: list[int] | None = None, all_failed: bool = False) -> list[int]:
-    """Re-enqueue failed jobs (a fresh attempt budget); returns their ids."""
+          job_ids: list[int] | None = None, all_failed: bool = False,
+          include_bad_input: bool = False) -> list[int]:
+    """Re-enqueue failed jobs (a fresh attempt budget); returns their ids.
+
+    Jobs that failed with bad input or a bad config stay failed unless ``include_bad_input``:
+    the same input fails the same way.
+    """
+    from mono_quant.scheduler.explain import PERMANENT_KINDS
+
     with catalog.begin() as session:
         todo = job_state.retry_jobs(session, batch_id=batch_id, job_ids=job_ids,
-                                    all_failed=all_failed)
+                                    all_failed=all_failed,
+                                    skip_kinds=() if include_bad_input else PERMANENT_KINDS)
     if app is not None and todo:
         publish(catalog, app, todo)
     return [job_id for job_id, _ in todo]
@@ -279,8 +338,9 @@ SCAN_PAGE = 10_000
 _ARGSREPR = re.compile(rb'"argsrepr": "\((\d+),\)"')
 
 
-def _job_of(raw: bytes) -> int | None:
-    """The job id of one raw broker entry, or None for a message that is not a job's."""
+def message_job_id(raw: bytes) -> int | None:
+    """The job id a raw Redis message carries (a queued one, or an unacknowledged entry
+    ``[message, exchange, routing key]``); None when it is not one of ours."""
     m = _ARGSREPR.search(raw)
     if m is not None:
         return int(m.group(1))
@@ -316,7 +376,7 @@ def broker_job_ids(app: Any, queues: Iterable[str]) -> set[int] | None:
     found: set[int] = set()
 
     def add(entries: Iterable[bytes]) -> None:
-        found.update(j for j in map(_job_of, entries) if j is not None)
+        found.update(j for j in map(message_job_id, entries) if j is not None)
 
     try:
         for queue in sorted(set(queues)):

@@ -7,7 +7,15 @@ import os
 import pytest
 import torch
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+pytest_plugins = ["pytester"]  # tests/test_conftest.py runs the fixtures in a scratch session
+
+#: Every device a test runs on; the CUDA cases are reported as skipped (with the reason) on a
+#: machine without a GPU rather than silently not generated.
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="CUDA is not available on this machine")),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -17,7 +25,7 @@ def _seed():
 
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
-    """Runs a test on every device present (CPU always; CUDA when there is a GPU)."""
+    """Runs a test on every device (CPU always; CUDA when there is a GPU, else skipped)."""
     return request.param
 
 
@@ -34,3 +42,6 @@ def kernel_path(request, monkeypatch):
 def pytest_configure(config):
     # Tests never write into the working tree's default data folder.
     os.environ.setdefault("MONO_QUANT_DATA_DIR", str(config.rootpath / ".pytest_cache" / "data"))
+    # The test factories (tests.jobfixtures, …) are trusted here, in this process and in the
+    # workers it starts; tests of the allow-list pass their own setting.
+    os.environ.setdefault("MONO_QUANT_ALLOWED_FACTORIES", "mono_quant.*,tests.*")

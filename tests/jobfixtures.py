@@ -75,3 +75,40 @@ def cancels_itself(catalog_url: str, job_id: int = 1):
         jobs.cancel_jobs(session, job_ids=[job_id])
     catalog.dispose()
     return tiny()
+
+
+def exits(code: int = 3, marker: str = ""):
+    """Calls ``sys.exit(code)`` (SystemExit), on every attempt or only while ``marker`` is
+    missing (then creates it)."""
+    if not marker or not Path(marker).exists():
+        if marker:
+            Path(marker).write_text("exited once")
+        sys.exit(code)
+    return tiny()
+
+
+def interrupts():
+    """Raises KeyboardInterrupt, as a library catching SIGINT badly might."""
+    raise KeyboardInterrupt("raised by the model factory")
+
+
+def hard_exit_first(marker: str):
+    """``os._exit(0)`` on the first attempt (no cleanup, no exception), fine afterwards."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("exited once")
+        os._exit(0)
+
+
+def hijack_storage(root: str, outside: str):
+    """Plants symlinks to ``outside`` over every key-prefix folder of the storage root while
+    the job runs (moving any real folder aside first), as a hostile user of a shared volume
+    could; then returns a model, so the job goes on to write its artifact."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for i in range(256):
+        prefix = Path(root) / f"{i:02x}"
+        if prefix.is_dir() and not prefix.is_symlink():
+            prefix.rename(prefix.with_name(prefix.name + ".moved"))
+        if not prefix.exists():
+            prefix.symlink_to(outside, target_is_directory=True)
+    return tiny()

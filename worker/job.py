@@ -46,7 +46,14 @@ from mono_quant.errors import (
     StorageError,
     TransientError,
 )
-from mono_quant.worker.storage import artifact_key, remove, remove_earlier_attempts, resolve
+from mono_quant.pipeline.allowlist import FactoryAllowList
+from mono_quant.worker.storage import (
+    artifact_key,
+    check_pinned,
+    pinned_folder,
+    remove,
+    remove_earlier_attempts,
+)
 
 __all__ = ["Outcome", "OutcomeStatus", "backoff", "classify", "run_job"]
 
@@ -104,7 +111,7 @@ def backoff(attempt: int, settings: Settings) -> float:
 
 #: errno values that retrying cannot fix (permissions, read-only or missing storage).
 _PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
-                               errno.ENOTDIR, errno.EISDIR})
+                               errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
 def _oom_error() -> type[BaseException]:
     from mono_quant.pipeline.run import _oom_error as oom
 
@@ -231,16 +238,22 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
     beat = _Heartbeat(catalog, job_id, worker, s.heartbeat_interval, context)
     beat.start()
     path = None
+    pins = contextlib.ExitStack()  # the open folder this attempt writes into
     try:
         from mono_quant.pipeline import JobSpec, run_pipeline
 
-        spec = JobSpec.from_payload(claimed.payload)  # bad_config when this version cannot
+        # bad_config when this version cannot read it, or it names a factory the operator did
+        # not allow (checked before anything is imported, and again when loading)
+        factories = FactoryAllowList(s.allowed_factories)
+        spec = JobSpec.from_payload(claimed.payload, factories)
         storage_key = artifact_key(claimed.key, spec.format, job_id, claimed.attempt)
-        path = resolve(s.storage_root, storage_key)
+        folder = pins.enter_context(pinned_folder(s.storage_root, storage_key))
+        path = folder / storage_key.rpartition("/")[2]
         remove_earlier_attempts(path, job_id, claimed.attempt)  # what killed attempts left
         result = run_pipeline(spec, path, on_stage=beat.stage, on_progress=beat.step,
-                              device=device)
-        _record_success(catalog, job_id, worker, s, storage_key, spec.format, result, beat)
+                              device=device, factories=factories)
+        check_pinned(s.storage_root, storage_key, folder)  # no symlink swapped in meanwhile
+        _record_success(catalog, job_id, worker, s, storage_key, spec, result, beat)
         _event(logging.INFO, "succeeded", context, artifact=storage_key,
                bytes=result.size_bytes, seconds=round(time.monotonic() - started, 3))
         return Outcome(OutcomeStatus.SUCCEEDED)
@@ -249,33 +262,51 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         _event(logging.INFO, "stopped", context, reason=str(e))
         return Outcome(OutcomeStatus.STOPPED, error=str(e))
     except BaseException as e:  # the task boundary: record every failure
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
+        if isinstance(e, (KeyboardInterrupt, SystemExit)) and _process_stopping():
+            raise  # not the job's doing: the worker hands the job back (see release)
         _remove_unrecorded(path)
         return _record_failure(catalog, job_id, worker, e, context, claimed.attempt, started, s)
     finally:
         beat.stop()
         with contextlib.suppress(Exception):
             beat.join(timeout=5)
+        pins.close()
 
 
 def _record_success(catalog: Catalog, job_id: int, worker: str, s: Settings, storage_key: str,
-                    fmt: str, result: Any, beat: _Heartbeat) -> None:
+                    spec: Any, result: Any, beat: _Heartbeat) -> None:
     """The artifact row and the job's success, in one transaction; then the file it replaced
-    (a forced re-run of the same key) is deleted."""
+    (a forced re-run of the same key) is deleted. The artifact's model source is the one the
+    validated spec ran, never the row's separate label."""
     beat.stage("recording")
     with catalog.begin() as session:
         recorded = job_state.succeed(
             session, job_id, worker, storage_root=s.storage_root, storage_key=storage_key,
-            fmt=fmt, sha256=result.sha256, size_bytes=result.size_bytes, info=result.info,
-            model_digest=result.model_digest,
+            fmt=spec.format, sha256=result.sha256, size_bytes=result.size_bytes,
+            info=result.info, model_digest=result.model_digest, model_source=str(spec.model),
         )
     if recorded is None:
         raise _Stop("the job was cancelled or taken over before it could be recorded")
     _, replaced = recorded
     if replaced is not None and replaced != storage_key:  # a forced re-run took the key
-        with contextlib.suppress(MonoQuantError, OSError):
-            remove(resolve(s.storage_root, replaced))
+        with contextlib.suppress(MonoQuantError, OSError), \
+                pinned_folder(s.storage_root, replaced, create=False) as old:
+            remove(old / replaced.rpartition("/")[2])
+
+
+def _process_stopping() -> bool:
+    """Whether a SystemExit / KeyboardInterrupt means this process is being stopped.
+
+    A Celery pool child is stopped by billiard's SIGTERM handler, which sets a flag before it
+    raises SystemExit; both pools ignore SIGINT in their children. Any other SystemExit or
+    KeyboardInterrupt came from the job's own code (a factory calling ``sys.exit``): that is
+    the job failing, and recording it keeps the job from being left ``running`` forever.
+    """
+    try:
+        from billiard.common import terminate_handler_fired
+    except ImportError:  # an older billiard: it cannot tell, so keep Celery's own handling
+        return True
+    return terminate_handler_fired()
 
 
 def _remove_unrecorded(path) -> None:
@@ -292,6 +323,9 @@ def _record_failure(catalog: Catalog, job_id: int, worker: str, e: BaseException
     if type(e).__name__ == "SoftTimeLimitExceeded":
         kind, retry = ErrorKind.INTERNAL, False
         message = f"exceeded the time limit of {s.soft_time_limit} s"
+    elif isinstance(e, (SystemExit, KeyboardInterrupt)):
+        message = (f"the job's own code raised {type(e).__name__}"
+                   f"({', '.join(map(repr, e.args))}) (a factory or data source exiting)")
     else:
         message = f"{type(e).__name__}: {e}" if kind == ErrorKind.INTERNAL else str(e)
     if kind == ErrorKind.INTERNAL:

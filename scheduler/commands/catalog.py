@@ -2,8 +2,10 @@
 
 Filters OR within a field (``--scheme symmetric,asymmetric`` or ``--model a --model b``) and
 AND across fields, with numeric ranges (``--min-sqnr``, ``--min-cosine``, ``--max-size``).
-Output: an aligned table for people, ``--json`` or ``--format csv`` for scripts (JSON writes
-non-finite floats as ``{"__float__": "inf"}``, like the artifact metadata).
+Output: an aligned table for people, ``--json`` or ``--output-format csv`` for scripts (JSON
+writes non-finite floats as ``{"__float__": "inf"}``, like the artifact metadata). Every row
+carries the artifact's absolute ``path`` and ``uri``; ``catalog path ID`` prints just the path.
+``--format`` is the deprecated spelling of ``--output-format``.
 """
 
 from __future__ import annotations
@@ -15,54 +17,84 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mono_quant.scheduler.cliutil import HelpFormatter, add_deprecated_alias
+from mono_quant.scheduler.commands.args import batch_ref, catalog_id, count, printable
+
 # Filters whose values come from a fixed set; "a,b" is split. The artifact format filter is
-# --artifact-format because --format picks the output format.
+# --artifact-format (as in `quantize`); --output-format picks the output format.
 _SPLIT = ("scheme", "granularity", "mode", "artifact-format", "dtype", "status")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("catalog", help="query the artifact catalog")
+    p = sub.add_parser("catalog", help="query the artifact catalog", formatter_class=HelpFormatter,
+                       epilog=_EPILOG)
     verbs = p.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
 
-    ls = verbs.add_parser("list", help="list artifacts matching filters")
+    ls = verbs.add_parser("list", help="list artifacts matching filters", epilog=_EPILOG,
+                          formatter_class=HelpFormatter)
     ls.add_argument("--model", action="extend", nargs="+", default=[], metavar="SOURCE",
                     help="model source(s), exact")
-    ls.add_argument("--model-digest", action="extend", nargs="+", default=[], metavar="SHA256")
+    ls.add_argument("--model-digest", action="extend", nargs="+", default=[], metavar="SHA256",
+                    help="float weights digest(s)")
     for name in _SPLIT:
         ls.add_argument(f"--{name}", action="append", default=[], metavar="VALUE[,VALUE]",
                         help=f"{name}(s); several values are OR-ed")
-    ls.add_argument("--batch", action="extend", nargs="+", default=[], metavar="ID|NAME")
+    ls.add_argument("--batch", type=batch_ref, action="extend", nargs="+", default=[],
+                    metavar="ID|NAME",
+                    help="batch id(s) or name(s); an unknown one exits 2")
     ls.add_argument("--min-sqnr", type=float, metavar="DB", help="weight SQNR at least (dB)")
-    ls.add_argument("--min-cosine", type=float, help="output cosine similarity at least")
+    ls.add_argument("--min-cosine", type=float, metavar="X",
+                    help="output cosine similarity at least")
     ls.add_argument("--max-size", metavar="SIZE", help="artifact size at most, e.g. 500MB")
     ls.add_argument("--since", metavar="TIME", help="created since: 2024-05-01, ISO time, 7d")
     ls.add_argument("--latest", action="store_true",
                     help="only the newest artifact per model, config and format")
-    ls.add_argument("--order-by", default="created_at:desc", metavar="FIELD[:asc|desc]")
-    ls.add_argument("--limit", type=int, default=100, help="at most N rows (0: all)")
+    ls.add_argument("--order-by", default="created_at:desc", metavar="FIELD[:asc|desc]",
+                    help="sort field and direction")
+    ls.add_argument("--limit", type=count, default=100, help="at most N rows (0: all)")
     _output_args(ls)
     ls.set_defaults(handler=run_list)
 
-    show = verbs.add_parser("show", help="show one artifact with its QuantizationInfo")
-    show.add_argument("id", type=int)
+    show = verbs.add_parser("show", help="show one artifact with its QuantizationInfo",
+                            formatter_class=HelpFormatter)
+    show.add_argument("id", type=catalog_id, metavar="ID", help="artifact id")
     _output_args(show, csv=False)
     show.set_defaults(handler=run_show)
 
-    verify = verbs.add_parser("verify", help="re-hash artifacts and report missing or changed")
-    verify.add_argument("ids", type=int, nargs="*", metavar="ID")
+    path = verbs.add_parser("path", help="print the absolute path of an artifact",
+                            formatter_class=HelpFormatter,
+                            epilog="example:\n  ls -l \"$(mono-quant catalog path 17)\"\n")
+    path.add_argument("id", type=catalog_id, metavar="ID", help="artifact id")
+    path.add_argument("--uri", action="store_true", help="print its file:// URI instead")
+    path.add_argument("--url", help="catalog URL (default: see `mono-quant where`)")
+    path.set_defaults(handler=run_path)
+
+    verify = verbs.add_parser("verify", help="re-hash artifacts and report missing or changed",
+                              formatter_class=HelpFormatter)
+    verify.add_argument("ids", type=catalog_id, nargs="*", metavar="ID",
+                        help="artifact id(s)")
     verify.add_argument("--all", action="store_true", help="every artifact in the catalog")
     verify.add_argument("--storage-root", help="default: MONO_QUANT_STORAGE_ROOT")
     _output_args(verify, csv=False)
     verify.set_defaults(handler=run_verify)
 
 
+_EPILOG = """examples:
+  mono-quant catalog list --model hf:./tiny-llama --min-sqnr 30 --order-by weight_sqnr_db
+  mono-quant catalog list --batch nightly --latest --output-format csv > nightly.csv
+  mono-quant catalog show 17 --json
+  mono-quant catalog path 17
+"""
+
+
 def _output_args(p: argparse.ArgumentParser, csv: bool = True) -> None:
-    p.add_argument("--url", help="catalog URL (default: MONO_QUANT_CATALOG_URL or SQLite)")
+    p.add_argument("--url", help="catalog URL (default: see `mono-quant where`)")
     formats = ["table", "json", "csv"] if csv else ["table", "json"]
-    p.add_argument("--format", dest="output", choices=formats, default="table",
+    p.add_argument("--output-format", dest="output", choices=formats, default="table",
                    help="output format")
+    add_deprecated_alias(p, "--format", "--output-format")
     p.add_argument("--json", dest="output", action="store_const", const="json",
-                   help="same as --format json")
+                   help="same as --output-format json")
 
 
 @contextmanager
@@ -73,7 +105,7 @@ def _catalog(args: argparse.Namespace) -> Iterator[Any]:
     from mono_quant.catalog import Catalog
     from mono_quant.errors import MonoQuantError
 
-    catalog = Catalog(args.url)
+    catalog = Catalog(args.url, create=False)  # read-only: never create a database
     try:
         catalog.require_schema()
         with catalog.begin() as session:
@@ -145,6 +177,7 @@ def _num(x: float | None, digits: int) -> str:
 
 _TABLE = (  # header, right-aligned, cell
     ("ID", True, lambda r: str(r["id"])),
+    ("JOB", False, lambda r: f"{r['job_id']} {r['job_name']}"),
     ("MODEL", False, lambda r: r["model_source"]),
     ("SCHEME", False, lambda r: r["scheme"]),
     ("GRANULARITY", False, lambda r: r["granularity"]
@@ -157,11 +190,12 @@ _TABLE = (  # header, right-aligned, cell
     ("SIZE", True, lambda r: _human_size(r["size_bytes"])),
     ("RATIO", True, lambda r: _num(r["compression_ratio"], 2)),
     ("CREATED (UTC)", False, lambda r: r["created_at"][:19].replace("T", " ")),
+    ("PATH", False, lambda r: r["path"]),
 )
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
-    cells = [[cell(r) for _, _, cell in _TABLE] for r in records]
+    cells = [[printable(cell(r)) for _, _, cell in _TABLE] for r in records]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, (h, _, _) in enumerate(_TABLE)]
 
     def line(values: list[str]) -> str:
@@ -179,18 +213,35 @@ def _print_csv(records: list[dict[str, Any]]) -> None:
 
     from mono_quant.catalog.queries import RECORD_FIELDS
 
-    writer = csv.DictWriter(sys.stdout, fieldnames=RECORD_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(sys.stdout, fieldnames=RECORD_FIELDS, lineterminator="\n",
+                            extrasaction="ignore")
     writer.writeheader()
     for r in records:
         writer.writerow({k: "" if v is None else v for k, v in r.items()})
 
 
+def _storage_root(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from mono_quant.config import get_settings
+
+    root = getattr(args, "storage_root", None)
+    return Path(root) if root else get_settings().storage_root
+
+
 def run_list(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from mono_quant.catalog import artifact_record, list_artifacts
+    from mono_quant.scheduler.resolve import resolve_batch_ids
 
     query = _query(args)
+    root = _storage_root(args)
     with _catalog(args) as session:
-        records = [artifact_record(a) for a in list_artifacts(session, query, load_jobs=True)]
+        if query.batches:  # an unknown batch is an error, not an empty table
+            query = replace(query, batches=tuple(resolve_batch_ids(session, query.batches)))
+        records = [artifact_record(a, storage_root=root)
+                   for a in list_artifacts(session, query, load_jobs=True)]
     if args.output == "json":
         _print_json(records)
     elif args.output == "csv":
@@ -204,9 +255,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from mono_quant.catalog import artifact_record, get_artifact
+    from mono_quant.scheduler.resolve import resolve_artifact_id
 
     with _catalog(args) as session:
-        record = artifact_record(get_artifact(session, args.id), with_info=True)
+        artifact = get_artifact(session, resolve_artifact_id(session, args.id))
+        record = artifact_record(artifact, with_info=True, storage_root=_storage_root(args))
     if args.output == "json":
         _print_json(record)
         return 0
@@ -216,9 +269,20 @@ def run_show(args: argparse.Namespace) -> int:
     width = max(len(k) for k in record)
     for key, value in record.items():
         shown = _num(value, 4) if isinstance(value, float) else ("-" if value is None else value)
-        print(f"{key:<{width}}  {shown}")
+        print(f"{key:<{width}}  {printable(shown)}")
     print("info:")
     print(json.dumps(info, indent=2, sort_keys=True))
+    return 0
+
+
+def run_path(args: argparse.Namespace) -> int:
+    from mono_quant.catalog import artifact_path, get_artifact
+    from mono_quant.scheduler.resolve import resolve_artifact_id
+
+    with _catalog(args) as session:
+        path = artifact_path(get_artifact(session, resolve_artifact_id(session, args.id)),
+                             _storage_root(args))
+    print(path.as_uri() if args.uri else path)
     return 0
 
 
@@ -240,8 +304,8 @@ def run_verify(args: argparse.Namespace) -> int:
             if args.output == "json":
                 results.append(r)
             elif not r.ok:
-                print(f"artifact {r.artifact_id} {r.storage_key}: {r.status.upper()} "
-                      f"({r.detail})")
+                print(f"artifact {r.artifact_id} {printable(r.storage_key)}: {r.status.upper()} "
+                      f"({printable(r.detail)})")
     if args.output == "json":
         from dataclasses import asdict
 

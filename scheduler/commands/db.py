@@ -6,12 +6,17 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("db", help="create or upgrade the catalog database")
+    from mono_quant.scheduler.cliutil import HelpFormatter
+
+    p = sub.add_parser("db", help="create or upgrade the catalog database",
+                       formatter_class=HelpFormatter,
+                       epilog="examples:\n  mono-quant db upgrade\n  mono-quant db current "
+                              "--url postgresql+psycopg://q@db/mono_quant\n")
     verbs = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     up = verbs.add_parser("upgrade", help="create the catalog or upgrade it to this version")
     cur = verbs.add_parser("current", help="print the database's schema revision")
     for v in (up, cur):
-        v.add_argument("--url", help="catalog URL (default: MONO_QUANT_CATALOG_URL or SQLite)")
+        v.add_argument("--url", help="catalog URL (default: see `mono-quant where`)")
     up.set_defaults(handler=run_upgrade)
     cur.set_defaults(handler=run_current)
 

@@ -6,7 +6,11 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="quantize the demo models locally and print a report")
+    from mono_quant.scheduler.cliutil import HelpFormatter
+
+    p = sub.add_parser("demo", help="quantize the demo models locally and print a report",
+                       formatter_class=HelpFormatter,
+                       epilog="example:\n  mono-quant demo --quiet\n")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run)
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from mono_quant.scheduler.cliutil import HelpFormatter
 from mono_quant.scheduler.health import DEFAULT_TIMEOUT
 
 #: The port ``mono-quant metrics`` listens on by default (unassigned in Prometheus' list).
@@ -20,7 +21,10 @@ DEFAULT_METRICS_PORT = 9818
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("health", help="check the broker, the catalog and the workers")
+    p = sub.add_parser("health", help="check the broker, the catalog and the workers",
+                       formatter_class=HelpFormatter,
+                       epilog="examples:\n  mono-quant health --no-worker      # scheduler probe\n"
+                              "  mono-quant health --worker gpu0@%h --no-catalog\n")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help=f"seconds each check may take (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("--worker", action="append", default=[], metavar="NAME",
@@ -34,7 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_health)
 
-    p = sub.add_parser("metrics", help="serve Prometheus metrics on /metrics")
+    p = sub.add_parser("metrics", help="serve Prometheus metrics on /metrics",
+                       formatter_class=HelpFormatter,
+                       epilog="examples:\n  mono-quant metrics --port 9818\n"
+                              "  mono-quant metrics --once | grep mono_quant_jobs\n")
     p.add_argument("--port", type=int, default=DEFAULT_METRICS_PORT,
                    help=f"port (default {DEFAULT_METRICS_PORT}; 0 = any free port)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")

@@ -24,23 +24,37 @@ from typing import Any
 from mono_quant.io.layout import FORMATS
 from mono_quant.quant.qconfig import GRANULARITIES, MODES, OBSERVERS
 from mono_quant.quant.specs import SCHEMES
+from mono_quant.scheduler.cliutil import HelpFormatter, add_deprecated_alias
+
+_QUANTIZE_EPILOG = """examples:
+  mono-quant quantize 'factory:mono_quant.demo_models:mlp' -o mlp.safetensors
+  mono-quant quantize hf:./tiny-llama -o tiny-w8a8 --artifact-format compressed-tensors \\
+      --mode static --calibration text:calib.txt --samples 32 --exclude lm_head
+  mono-quant quantize hf:./tiny-llama -o tiny.safetensors --stream
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quantize", help="quantize one model locally and write an artifact",
         description="Quantize one model locally, write the artifact, reload it and report.",
+        epilog=_QUANTIZE_EPILOG, formatter_class=HelpFormatter,
     )
     p.add_argument("source", help="hf:PATH or factory:MODULE:CALLABLE[?key=value&weights=PATH]")
     p.add_argument("-o", "--output", required=True,
                    help="artifact path: .safetensors, .pt/.pth, or a folder for "
                         "--format compressed-tensors")
-    p.add_argument("--scheme", choices=SCHEMES, default="symmetric")
-    p.add_argument("--granularity", choices=GRANULARITIES, default="per_channel")
+    p.add_argument("--scheme", choices=SCHEMES, default="symmetric", help="int8 scheme")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="per_channel",
+                   help="one scale per tensor, output channel or group")
     p.add_argument("--group-size", type=int, help="values per group for per_group (default 128)")
-    p.add_argument("--mode", choices=MODES, default="weight_only")
-    p.add_argument("--observer", choices=OBSERVERS, default="minmax", help="weight observer")
-    p.add_argument("--activation-observer", choices=OBSERVERS, default="minmax")
+    p.add_argument("--mode", choices=MODES, default="weight_only",
+                   help="weight_only (W8A16) or static (W8A8, needs --calibration)")
+    p.add_argument("--weight-observer", choices=OBSERVERS, default="minmax",
+                   help="how weight ranges are measured")
+    add_deprecated_alias(p, "--observer", "--weight-observer")
+    p.add_argument("--activation-observer", choices=OBSERVERS, default="minmax",
+                   help="how activation ranges are measured (static mode)")
     p.add_argument("--calibration", metavar="SOURCE",
                    help="factory:MODULE:CALLABLE, tensors:FILE.safetensors or text:FILE.txt")
     p.add_argument("--samples", type=int, help="calibration samples to use (default: all)")
@@ -48,16 +62,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="layers to quantize: class name, name glob or re:REGEX (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="layers to keep in float (repeatable; wins over --include)")
-    p.add_argument("--format", choices=FORMATS, help="default: from the output's extension")
+    p.add_argument("--format", "--artifact-format", dest="format", choices=FORMATS,
+                   help="artifact format (default: from the output's extension)")
     p.add_argument("--stream", action="store_true",
                    help="hf: sources only: quantize the safetensors weights tensor by tensor "
                         "without building the model (weight-only, .safetensors output)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars, no third-party progress or warnings")
     p.set_defaults(handler=run_quantize)
 
-    p = sub.add_parser("inspect", help="print an artifact's QuantizationInfo")
-    p.add_argument("artifact", help=".safetensors, .pt/.pth or a compressed-tensors folder")
+    p = sub.add_parser("inspect", help="print an artifact's QuantizationInfo (a path or an id)",
+                       formatter_class=HelpFormatter,
+                       epilog="examples:\n  mono-quant inspect mlp.safetensors\n"
+                              "  mono-quant inspect 17 --json   # artifact 17 of the catalog\n")
+    p.add_argument("artifact", help=".safetensors, .pt/.pth, a compressed-tensors folder, or "
+                                    "an artifact id of the catalog")
     p.add_argument("--json", action="store_true", help="the QuantizationInfo JSON, as stored")
+    p.add_argument("--url", help="catalog URL for an artifact id (default: see `where`)")
     p.set_defaults(handler=run_inspect)
 
 
@@ -74,7 +95,7 @@ def _config(args: argparse.Namespace):
 
     return QuantConfig(
         scheme=args.scheme, granularity=args.granularity, group_size=args.group_size,
-        mode=args.mode, weight_observer=args.observer,
+        mode=args.mode, weight_observer=args.weight_observer,
         activation_observer=args.activation_observer, include=args.include,
         exclude=args.exclude,
     )
@@ -103,16 +124,26 @@ def _report(source: str, info, path, fmt: str, reload: str) -> None:
     _line("wrote", f"{path} ({fmt})")
 
 
+def _factories():
+    """The operator's allow-list of factory modules (MONO_QUANT_ALLOWED_FACTORIES)."""
+    from mono_quant.config import get_settings
+    from mono_quant.pipeline.allowlist import FactoryAllowList
+
+    return FactoryAllowList(get_settings().allowed_factories)
+
+
 def _spec(args: argparse.Namespace):
     """The flags as the typed JobSpec every caller of the pipeline takes."""
     from mono_quant.io import detect_format
     from mono_quant.pipeline import JobSpec, parse_calibration_source, parse_model_source
 
+    allow = _factories()
     return JobSpec(
-        model=parse_model_source(args.source),
+        model=parse_model_source(args.source, factories=allow),
         config=_config(args),
         format=detect_format(args.output, args.format),
-        calibration=parse_calibration_source(args.calibration) if args.calibration else None,
+        calibration=parse_calibration_source(args.calibration, factories=allow)
+        if args.calibration else None,
         samples=args.samples,
         stream=args.stream,
     )
@@ -120,22 +151,43 @@ def _spec(args: argparse.Namespace):
 
 def run_quantize(args: argparse.Namespace) -> int:
     from mono_quant.pipeline import run_pipeline
+    from mono_quant.scheduler.cliutil import quiet_third_party
 
+    quiet_third_party(quiet=args.quiet)
     spec = _spec(args)
 
     def announce(stage: str, **_: Any) -> None:
         if not args.quiet:
             print(f"{stage} ...", file=sys.stderr)
 
-    result = run_pipeline(spec, args.output, on_stage=announce, progress=not args.quiet)
+    result = run_pipeline(spec, args.output, on_stage=announce, progress=not args.quiet,
+                          factories=_factories())
     _report(args.source, result.info, result.path, spec.format,
             result.info.metrics["reload_check"])
     return 0
 
 
+def _artifact_arg(text: str, url: str | None = None) -> str:
+    """A path as given, or the catalog path of an artifact id (a path that exists wins)."""
+    from pathlib import Path
+
+    if not text.isdigit() or Path(text).exists():
+        return text
+    from mono_quant.catalog import Catalog, artifact_path, get_artifact
+    from mono_quant.scheduler.resolve import resolve_artifact_id
+
+    catalog = Catalog(url)
+    catalog.require_schema()
+    with catalog.begin() as session:
+        path = artifact_path(get_artifact(session, resolve_artifact_id(session, text)))
+    catalog.dispose()
+    return str(path)
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     from mono_quant.io import detect_format, read_info, size_path
 
+    args.artifact = _artifact_arg(args.artifact, args.url)
     info = read_info(args.artifact)
     if args.json:
         print(info.to_json())

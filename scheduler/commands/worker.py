@@ -6,19 +6,34 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="run a worker: one per GPU, or a CPU worker")
+    from mono_quant.scheduler.cliutil import HelpFormatter
+
+    p = sub.add_parser("worker", help="run a worker: one per GPU, or a CPU worker",
+                       formatter_class=HelpFormatter,
+                       epilog="examples:\n  mono-quant worker --gpu 0\n"
+                              "  mono-quant worker --queues cpu --name cpu1@%h\n")
     p.add_argument("--gpu", type=int, default=None,
                    help="GPU index to pin (sets CUDA_VISIBLE_DEVICES before CUDA can start)")
     p.add_argument("--queues", default=None,
                    help="comma-separated queues (default: gpu,gpu.<model> with --gpu, else cpu)")
     p.add_argument("--name", default=None, help="node name (default gpuN@host / cpu-PID@host)")
-    p.add_argument("--loglevel", default="info")
+    p.add_argument("--loglevel", default="info",
+                   help="Celery log level: debug, info, warning, error")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # Pin first: nothing below may initialise CUDA in this process (it never imports torch).
+    import os
+
     from mono_quant.worker.pinning import node_name, pin_gpu, queues_for
+
+    # A worker's stderr is a log: no third-party bars (Celery would log every redraw as
+    # "WARNING celery.redirected"), transformers' chatter down to errors. The pool children
+    # inherit this environment.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
     if args.gpu is not None:
         pin_gpu(args.gpu)
@@ -27,14 +42,38 @@ def run(args: argparse.Namespace) -> int:
 
     from mono_quant.worker.app import app
 
+    sweeper = _start_sweeper_when_ready(name)
     try:
         app.worker_main([
             "worker", "--queues", ",".join(queues), "--hostname", name, "--concurrency", "1",
             "--pool", "prefork", "--loglevel", args.loglevel, "--task-events",
         ])
     finally:  # the pool is gone: whatever this node still holds was interrupted
+        if sweeper:
+            sweeper[0].stop()
         _release_claims(name)
     return 0
+
+
+def _start_sweeper_when_ready(name: str) -> list:
+    """Start this worker's reconcile sweeps (``scheduler.sweep``) once Celery is consuming
+    (its pool children are forked by then); returns a list that will hold the thread."""
+    from celery.signals import worker_ready
+
+    from mono_quant.config import get_settings
+    from mono_quant.scheduler.sweep import Sweeper
+
+    settings, started = get_settings(), []
+    if settings.reconcile_interval <= 0:
+        return started
+
+    @worker_ready.connect(weak=False)
+    def _start(**_: object) -> None:
+        sweeper = Sweeper(settings, name)
+        sweeper.start()
+        started.append(sweeper)
+
+    return started
 
 
 def _release_claims(name: str) -> None:

@@ -1,7 +1,9 @@
 """Settings, read once from the environment.
 
-Every setting is an environment variable ``MONO_QUANT_<NAME>``; each one is documented where it
-is defined below and in the README's settings table. A URL setting wins over host/port parts.
+Every setting is an environment variable ``MONO_QUANT_<NAME>``, declared once in
+:data:`VARIABLES` (name, default, meaning): the settings table in ``docs/settings.md`` is
+generated from it (``python scripts/settings_table.py``), and reading an undeclared variable is
+a bug caught at once. A URL setting wins over host/port parts.
 
 The library (``mono_quant.quant``, ``io``, ``pipeline``) never reads these: its own switches
 (``MONO_QUANT_COMPILE``, ``MONO_QUANT_COMPILE_MIN_NUMEL``) live in
@@ -24,14 +26,13 @@ from typing import TypeVar
 
 from mono_quant.errors import BadConfigError
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["VARIABLES", "Settings", "Variable", "get_settings", "settings_table"]
 
 _PREFIX = "MONO_QUANT_"
 
-#: Where the embedded runner keeps its SQLite catalog and artifacts when nothing else is set.
-DEFAULT_DATA_DIR = "./mono-quant-data"
 
 #: The Celery broker when neither MONO_QUANT_BROKER_URL nor MONO_QUANT_REDIS_HOST is set.
+#: Then no broker is *configured*: the embedded mode, where ``retry`` never publishes.
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 
 #: Seconds a job may run before Celery raises SoftTimeLimitExceeded in it (job fails cleanly).
@@ -47,14 +48,105 @@ DEFAULT_STALE_AFTER = 120.0
 #: First retry delay of a transient failure, doubled per attempt (with jitter), capped below.
 DEFAULT_RETRY_BACKOFF = 5.0
 DEFAULT_RETRY_BACKOFF_MAX = 600.0
+# MONO_QUANT_RECONCILE_INTERVAL has no constant: it defaults to the heartbeat interval.
 #: Seconds a worker asked to stop *cold* (SIGQUIT, or SIGTERM with ``REMAP_SIGTERM=SIGQUIT``)
 #: lets its running job continue before cancelling it; the cancelled job's message goes back
 #: to the broker for another worker. 0: cancel at once (Celery's default). Deployments set it
 #: and give the container/unit a stop grace period longer than it.
 DEFAULT_SOFT_SHUTDOWN_TIMEOUT = 0.0
+#: Modules whose ``factory:`` callables jobs may import and run (comma-separated ``fnmatch``
+#: patterns; ``pkg.*`` also matches ``pkg``; ``*`` allows every module). Factories are code:
+#: only mono-quant's own demo models unless the operator trusts more.
+DEFAULT_ALLOWED_FACTORIES = ("mono_quant.*",)
+#: Jobs one manifest may expand to (jobs × matrix combinations), refused before any is built.
+DEFAULT_MAX_JOBS_PER_BATCH = 10_000
 
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable (or a group read together), as the settings table shows it."""
+
+    #: Names without the ``MONO_QUANT_`` prefix.
+    names: tuple[str, ...]
+    #: The default, as people read it (Markdown).
+    default: str
+    #: What it does (Markdown).
+    meaning: str
+
+
+#: Every variable the service reads: the one home of their names, defaults and meanings.
+VARIABLES: tuple[Variable, ...] = (
+    Variable(("DATA_DIR",), "`data_dir` of the nearest `mono-quant.toml`, else the per-user "
+             "data folder (`~/.local/share/mono-quant` on Linux)",
+             "folder of the embedded catalog and artifacts (see the README's *Command line*)"),
+    Variable(("CATALOG_URL",), "SQLite at `$MONO_QUANT_DATA_DIR/catalog.db`",
+             "SQLAlchemy URL of the catalog (`postgresql+psycopg://…` when deployed); wins over "
+             "the `DB_*` parts"),
+    Variable(("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD"),
+             "unset, `5432`, `mono_quant`, `postgres`, unset",
+             "PostgreSQL catalog from parts, used when `MONO_QUANT_CATALOG_URL` is unset and "
+             "`DB_HOST` is set"),
+    Variable(("STORAGE_ROOT",), "`$MONO_QUANT_DATA_DIR/artifacts`",
+             "root folder of artifacts (a shared volume in a fleet)"),
+    Variable(("BROKER_URL",), f"`{DEFAULT_BROKER_URL}`",
+             "Celery broker; wins over the `REDIS_*` parts. With neither it nor "
+             "`MONO_QUANT_REDIS_HOST` set no broker is *configured* (the embedded mode): "
+             "`retry` then never publishes"),
+    Variable(("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"),
+             "unset, `6379`, `0`, unset",
+             "broker from parts, used when `MONO_QUANT_BROKER_URL` is unset and `REDIS_HOST` is "
+             "set"),
+    Variable(("SOFT_TIME_LIMIT",), f"`{DEFAULT_SOFT_TIME_LIMIT}`",
+             "seconds a job may run before it is asked to stop (it fails cleanly)"),
+    Variable(("TIME_LIMIT",), f"`{DEFAULT_TIME_LIMIT}` (at least soft + 60)",
+             "seconds after which the job's process is killed; must exceed the soft limit"),
+    Variable(("VISIBILITY_TIMEOUT",), "time limit + `600`",
+             "seconds before Redis redelivers an unacknowledged message; must exceed the time "
+             "limit"),
+    Variable(("MAX_ATTEMPTS",), f"`{DEFAULT_MAX_ATTEMPTS}`",
+             "attempts per job (a manifest may set its own); a job whose attempts keep dying "
+             "with their worker is failed as `poison`"),
+    Variable(("HEARTBEAT_INTERVAL",), f"`{DEFAULT_HEARTBEAT_INTERVAL:g}`",
+             "seconds between heartbeats (and progress updates) of a running job"),
+    Variable(("STALE_AFTER",), f"`{DEFAULT_STALE_AFTER:g}`",
+             "a running job whose heartbeat is older than this is presumed dead (reconcile "
+             "re-enqueues it); must exceed twice the heartbeat interval"),
+    Variable(("RECONCILE_INTERVAL",), "the heartbeat interval",
+             "seconds between the reconcile sweeps every worker runs (one at a time under a "
+             "catalog lock); a dead worker's job is re-run within `STALE_AFTER` plus this; `0`: "
+             "workers do not sweep; must be below `STALE_AFTER`"),
+    Variable(("RETRY_BACKOFF", "RETRY_BACKOFF_MAX"),
+             f"`{DEFAULT_RETRY_BACKOFF:g}`, `{DEFAULT_RETRY_BACKOFF_MAX:g}`",
+             "first delay (s) before retrying a transient failure, doubled per attempt with "
+             "jitter, and its cap"),
+    Variable(("SOFT_SHUTDOWN_TIMEOUT",), f"`{DEFAULT_SOFT_SHUTDOWN_TIMEOUT:g}`",
+             "seconds a worker stopping *cold* (SIGQUIT, or SIGTERM with "
+             "`REMAP_SIGTERM=SIGQUIT`) lets its running job finish before cancelling it and "
+             "putting its message back on the queue (Celery's `worker_soft_shutdown_timeout`); "
+             "`deploy/` sets `300` and stop grace periods of `360`"),
+    Variable(("ALLOWED_FACTORIES",), "`" + ",".join(DEFAULT_ALLOWED_FACTORIES) + "`",
+             "comma-separated module patterns (`pkg.*`, `pkg.mod`; `*` allows all) whose "
+             "`factory:` callables jobs may import and run; checked at `submit`, `run`, "
+             "`quantize` and again in the worker before anything is imported (README: Trust "
+             "model)"),
+    Variable(("MAX_JOBS_PER_BATCH",), f"`{DEFAULT_MAX_JOBS_PER_BATCH}`",
+             "jobs one manifest may expand to (jobs × matrix combinations); a bigger manifest "
+             "is refused before any job is built"),
+)
+_DECLARED = frozenset(n for v in VARIABLES for n in v.names)
+
+
+def settings_table(variables: tuple[Variable, ...] = VARIABLES) -> str:
+    """The Markdown table of ``variables`` (docs/settings.md is made of these)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for v in variables:
+        first, *rest = v.names
+        names = ", ".join([f"`{_PREFIX}{first}`", *(f"`_{n}`" for n in rest)])
+        rows.append(f"| {names} | {v.default} | {v.meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 class _Env:
@@ -64,6 +156,8 @@ class _Env:
         self.environ = environ
 
     def text(self, name: str, default: str | None = None) -> str | None:
+        if name not in _DECLARED:  # a bug of ours: every variable is declared in VARIABLES
+            raise KeyError(f"{_PREFIX}{name} is read but not declared in config.VARIABLES")
         value = self.environ.get(_PREFIX + name)
         return default if value is None or value == "" else value
 
@@ -123,7 +217,8 @@ def _broker_url(env: _Env) -> str:
 class Settings:
     """Process-wide settings (see the README's settings table)."""
 
-    #: MONO_QUANT_DATA_DIR — folder for the embedded catalog and artifacts.
+    #: MONO_QUANT_DATA_DIR — folder for the embedded catalog and artifacts; default: the
+    #: nearest mono-quant.toml's ``data_dir``, else the per-user data folder (mono_quant.home).
     data_dir: Path
     #: MONO_QUANT_CATALOG_URL (or MONO_QUANT_DB_HOST/PORT/NAME/USER/PASSWORD) — SQLAlchemy URL
     #: of the catalog; default: SQLite at ``<data_dir>/catalog.db``.
@@ -132,6 +227,9 @@ class Settings:
     storage_root: Path
     #: MONO_QUANT_BROKER_URL (or MONO_QUANT_REDIS_HOST/PORT/DB/PASSWORD) — Celery broker.
     broker_url: str
+    #: Whether either of those is set. False is the embedded mode: ``run`` executes jobs and
+    #: ``retry`` marks them for it instead of publishing to DEFAULT_BROKER_URL.
+    broker_configured: bool = True
     #: MONO_QUANT_SOFT_TIME_LIMIT — seconds before a job is asked to stop (fails cleanly).
     soft_time_limit: int = DEFAULT_SOFT_TIME_LIMIT
     #: MONO_QUANT_TIME_LIMIT — seconds before a job's process is killed.
@@ -151,12 +249,30 @@ class Settings:
     #: MONO_QUANT_SOFT_SHUTDOWN_TIMEOUT — seconds a stopping worker waits for its running job
     #: before cancelling (and requeueing) it; Celery's ``worker_soft_shutdown_timeout``.
     soft_shutdown_timeout: float = DEFAULT_SOFT_SHUTDOWN_TIMEOUT
+    #: MONO_QUANT_RECONCILE_INTERVAL — seconds between the reconcile sweeps each worker runs
+    #: (one at a time fleet-wide, under a catalog lock): a job whose worker died is re-run by
+    #: a live worker within STALE_AFTER plus this. Default: the heartbeat interval; 0: workers
+    #: do not sweep (then run ``mono-quant reconcile`` from cron).
+    reconcile_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    #: MONO_QUANT_ALLOWED_FACTORIES — module patterns ``factory:`` sources may name; checked
+    #: at submit, ``run``, ``quantize`` and in the worker before anything is imported.
+    allowed_factories: tuple[str, ...] = DEFAULT_ALLOWED_FACTORIES
+    #: MONO_QUANT_MAX_JOBS_PER_BATCH — jobs one manifest may expand to.
+    max_jobs_per_batch: int = DEFAULT_MAX_JOBS_PER_BATCH
+    #: Where ``data_dir`` came from (for ``mono-quant where``).
+    data_dir_source: str = "MONO_QUANT_DATA_DIR"
+    #: The mono-quant.toml that filled in settings, if one was found.
+    config_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from ``environ`` (default: ``os.environ``)."""
-        env = _Env(os.environ if environ is None else environ)
-        data_dir = Path(env.text("DATA_DIR", DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR).resolve()
+        """Read the settings from ``environ`` (default: ``os.environ``), filled in from the
+        nearest mono-quant.toml and the per-user data folder (:mod:`mono_quant.home`)."""
+        from mono_quant.home import find_home
+
+        home = find_home(os.environ if environ is None else environ)
+        env = _Env(home.environ)
+        data_dir = Path(env.text("DATA_DIR") or ".").resolve()  # find_home always sets it
         soft = env.integer("SOFT_TIME_LIMIT", DEFAULT_SOFT_TIME_LIMIT)
         hard = env.integer("TIME_LIMIT", max(DEFAULT_TIME_LIMIT, soft + 60))
         visibility = env.integer("VISIBILITY_TIMEOUT", hard + 600)
@@ -179,14 +295,27 @@ class Settings:
                 f"{_PREFIX}SOFT_SHUTDOWN_TIMEOUT={soft_shutdown}: expected seconds >= 0 "
                 "(0 cancels a running job at once on a cold shutdown)"
             )
+        sweep = env.seconds("RECONCILE_INTERVAL", heartbeat)
+        if not 0 <= sweep < stale:
+            raise BadConfigError(
+                f"{_PREFIX}RECONCILE_INTERVAL={sweep}: expected seconds >= 0 (0: workers do not "
+                f"sweep) and below {_PREFIX}STALE_AFTER ({stale}), or a dead worker's job waits "
+                "for the next sweep longer than for its heartbeat to go stale"
+            )
         attempts = env.integer("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
         if attempts < 1:
             raise BadConfigError(f"{_PREFIX}MAX_ATTEMPTS={attempts}: expected at least 1")
+        max_jobs = env.integer("MAX_JOBS_PER_BATCH", DEFAULT_MAX_JOBS_PER_BATCH)
+        if max_jobs < 1:
+            raise BadConfigError(f"{_PREFIX}MAX_JOBS_PER_BATCH={max_jobs}: expected at least 1")
+        factories = tuple(p.strip() for p in (env.text("ALLOWED_FACTORIES") or "").split(",")
+                          if p.strip())
         return cls(
             data_dir=data_dir,
             catalog_url=_catalog_url(env, data_dir),
             storage_root=Path(env.text("STORAGE_ROOT") or data_dir / "artifacts").resolve(),
             broker_url=_broker_url(env),
+            broker_configured=bool(env.text("BROKER_URL") or env.text("REDIS_HOST")),
             soft_time_limit=soft,
             time_limit=hard,
             visibility_timeout=visibility,
@@ -196,6 +325,11 @@ class Settings:
             retry_backoff=env.seconds("RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF),
             retry_backoff_max=env.seconds("RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX),
             soft_shutdown_timeout=soft_shutdown,
+            reconcile_interval=sweep,
+            allowed_factories=factories or DEFAULT_ALLOWED_FACTORIES,
+            max_jobs_per_batch=max_jobs,
+            data_dir_source=home.source,
+            config_file=home.config_file,
         )
 
 

@@ -198,7 +198,7 @@ def test_path_outside_root_and_missing_file(catalog, info, tmp_path):
             add_artifact(s, job, outside, info, storage_root=tmp_path / "store")
         with pytest.raises(StorageError, match="does not exist"):
             add_artifact(s, job, "nope.safetensors", info, storage_root=tmp_path)
-        with pytest.raises(BadInputError, match="cannot tell its format"):
+        with pytest.raises(BadInputError, match="cannot tell the format"):
             add_artifact(s, job, "model.bin", info, storage_root=tmp_path, sha256="0" * 64,
                          size_bytes=1)
         with pytest.raises(BadInputError, match="artifact format 'gguf'"):

@@ -9,7 +9,9 @@ import tempfile
 import pytest
 
 MODULES = ["mono_quant.catalog", "mono_quant.catalog.artifacts", "mono_quant.catalog.db",
-           "mono_quant.catalog.filters", "mono_quant.catalog.models", "mono_quant.catalog.types"]
+           "mono_quant.catalog.filters", "mono_quant.catalog.limits",
+           "mono_quant.catalog.locks", "mono_quant.catalog.models",
+           "mono_quant.catalog.types"]
 
 
 @pytest.mark.parametrize("name", MODULES, ids=MODULES)

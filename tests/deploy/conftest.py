@@ -59,7 +59,9 @@ def cli_env(broker_url: str, catalog: str, tmp_path: Path, **extra: str) -> dict
     env.update(MONO_QUANT_BROKER_URL=broker_url, MONO_QUANT_CATALOG_URL=catalog,
                MONO_QUANT_DATA_DIR=str(tmp_path / "data"),
                MONO_QUANT_STORAGE_ROOT=str(tmp_path / "artifacts"),
-               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), **extra)
+               MONO_QUANT_ALLOWED_FACTORIES="mono_quant.*,tests.*",  # the test factories
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(extra)
     return env
 
 

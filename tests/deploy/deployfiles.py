@@ -3,7 +3,7 @@
 Each loader returns plain data: the mono-quant command lines (``Invocation``), the
 environment variables set, the images referenced, and the worker stop settings (grace
 period vs soft shutdown), so the tests can check them against the real CLI parser, the
-README's settings table and config.py.
+docs/settings.md (generated from config.VARIABLES) and config.py.
 """
 
 from __future__ import annotations
@@ -279,17 +279,15 @@ def dockerfile_env() -> dict[str, str]:
 
 # ------------------------------------------------------------------ README and config
 
-def readme_settings() -> set[str]:
-    """Variables named in the first column of the README's settings table."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
-    names = set()
-    for line in section.splitlines():
-        if line.startswith("| `"):
-            first = line.split("|")[1]
-            for token in re.findall(r"`([A-Z_]+)`", first):
-                names.add(token if token.startswith("MONO_QUANT_") else "MONO_QUANT" + token)
-    return names
+def documented_settings() -> set[str]:
+    """Variables in the generated settings table (docs/settings.md): those declared in
+    ``mono_quant.config.VARIABLES`` (service) and ``mono_quant.quant.options`` (library)."""
+    from mono_quant.config import VARIABLES
+    from mono_quant.quant import options
+
+    names = {n for v in VARIABLES for n in v.names} | {n for ns, _, _ in options.VARIABLES
+                                                        for n in ns}
+    return {"MONO_QUANT_" + n for n in names}
 
 
 def config_reads() -> set[str]:

@@ -28,7 +28,7 @@ ALL_INVOCATIONS = {
 }
 
 #: Variables of other programs that deploy/ may set, and whose they are. Each must also be
-#: named in the README (checked below).
+#: named in docs/settings.md (checked below).
 FOREIGN_ENV = {
     "REMAP_SIGTERM": "Celery/billiard: SIGTERM starts a cold shutdown",
     "CELERY_BROKER_URL": "the celery command line (Flower)",
@@ -98,7 +98,7 @@ def _all_env_sets() -> dict[str, dict[str, str]]:
 
 
 def test_every_variable_is_a_documented_setting_read_by_config():
-    documented, read = df.readme_settings(), df.config_reads()
+    documented, read = df.documented_settings(), df.config_reads()
     assert "MONO_QUANT_BROKER_URL" in documented and "MONO_QUANT_DB_PASSWORD" in documented
     used: dict[str, str] = {}
     for where, env in _all_env_sets().items():
@@ -109,14 +109,14 @@ def test_every_variable_is_a_documented_setting_read_by_config():
         if path.is_file():
             for name in re.findall(r"\bMONO_QUANT_[A-Z0-9_]+", path.read_text()):
                 used.setdefault(name, str(path.relative_to(df.REPO)))
-    readme = (df.REPO / "README.md").read_text()
+    readme = (df.REPO / "docs" / "settings.md").read_text()
     for name, where in sorted(used.items()):
         if name.startswith("MONO_QUANT_"):
-            assert name in documented, f"{name} ({where}) is not in the README settings table"
+            assert name in documented, f"{name} ({where}) is not declared in config.VARIABLES"
             assert name in read, f"{name} ({where}) is not read by mono_quant/config.py"
         else:
             assert name in FOREIGN_ENV, f"{name} ({where}) is neither ours nor a known one"
-            assert f"`{name}" in readme, f"{name} ({where}) is not mentioned in the README"
+            assert f"`{name}" in readme, f"{name} ({where}) is not mentioned in docs/settings.md"
     assert {n for n in used if n.startswith("MONO_QUANT_")} >= {
         "MONO_QUANT_SOFT_SHUTDOWN_TIMEOUT", "MONO_QUANT_STORAGE_ROOT"}
 

@@ -31,3 +31,31 @@ def test_bad_soft_shutdown_timeout_is_a_config_error(monkeypatch, raw, message):
     with pytest.raises(BadConfigError, match="^" + message.replace("(", r"\(")
                        .replace(".", r"\.")):
         Settings.from_env()
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({}, 10.0),
+    ({"MONO_QUANT_HEARTBEAT_INTERVAL": "2"}, 2.0),
+    ({"MONO_QUANT_RECONCILE_INTERVAL": "30"}, 30.0),
+    ({"MONO_QUANT_RECONCILE_INTERVAL": "0"}, 0.0),
+], ids=["default-heartbeat", "follows-heartbeat", "set", "off"])
+def test_reconcile_interval_defaults_to_the_heartbeat_interval(environ, expected):
+    assert Settings.from_env(environ).reconcile_interval == expected
+
+
+@pytest.mark.parametrize("raw", ["-1", "120", "500"], ids=["negative", "stale", "above-stale"])
+def test_reconcile_interval_must_be_below_stale_after(raw):
+    with pytest.raises(BadConfigError, match="MONO_QUANT_RECONCILE_INTERVAL=.*STALE_AFTER"):
+        Settings.from_env({"MONO_QUANT_RECONCILE_INTERVAL": raw})
+
+
+@pytest.mark.parametrize(("environ", "configured"), [
+    ({}, False),
+    ({"MONO_QUANT_BROKER_URL": "redis://r:6379/0"}, True),
+    ({"MONO_QUANT_REDIS_HOST": "r"}, True),
+    ({"MONO_QUANT_BROKER_URL": ""}, False),
+], ids=["nothing", "url", "host", "empty"])
+def test_a_broker_is_configured_only_when_set(environ, configured):
+    settings = Settings.from_env(environ)
+    assert settings.broker_configured is configured
+    assert settings.broker_url.startswith("redis://")  # a URL either way, for Celery

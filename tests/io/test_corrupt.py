@@ -59,7 +59,7 @@ CASES = {
     "cut-in-data": (lambda raw, n, h, p: p.write_bytes(raw[:-100]),
                     "truncated safetensors file: the header describes"),
     "garbage": (lambda raw, n, h, p: p.write_bytes(bytes(range(256)) * 4),
-                "not a safetensors file (garbage header): the header length field says"),
+                "not a safetensors file (garbage header): the header length field is above"),
     "not-json": (lambda raw, n, h, p: p.write_bytes((16).to_bytes(8, "little") + b"{not json}" * 3),
                  "not a safetensors file (garbage header)"),
     "trailing-bytes": (lambda raw, n, h, p: p.write_bytes(raw + b"\0" * 8),

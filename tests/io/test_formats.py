@@ -220,12 +220,23 @@ def test_saved_files_are_world_readable(tmp_path):
 def test_overwrite_replaces_the_folder(tmp_path):
     qmodel, info, _ = _quantized(QuantConfig())
     path = save_model(qmodel, tmp_path / "ct", info, format="compressed-tensors")
-    (path / "stale.txt").write_text("old")
     qmodel2, info2, _ = _quantized(QuantConfig(scheme="asymmetric"))
     save_model(qmodel2, path, info2, format="compressed-tensors")
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
     assert read_info(path) == info2
     assert [p.name for p in tmp_path.iterdir()] == ["ct"]
+
+
+def test_overwrite_keeps_a_folder_holding_files_it_did_not_write(tmp_path):
+    qmodel, info, _ = _quantized(QuantConfig())
+    path = save_model(qmodel, tmp_path / "ct", info, format="compressed-tensors")
+    (path / "notes.txt").write_text("mine")
+    qmodel2, info2, _ = _quantized(QuantConfig(scheme="asymmetric"))
+    with pytest.raises(BadInputError, match=r"ct: exists and is not a compressed-tensors "
+                                            r"artifact written by mono-quant \(it holds notes.txt"):
+        save_model(qmodel2, path, info2, format="compressed-tensors")
+    assert (path / "notes.txt").read_text() == "mine"
+    assert read_info(path) == info
 
 
 _WRITER = """

@@ -163,3 +163,64 @@ def test_errors():
         MovingAverageMinMaxObserver(averaging_constant=0.0)
     with pytest.raises(BadConfigError, match="percentile"):
         PercentileObserver(percentile=20)
+
+
+def test_percentile_of_a_small_batch_is_its_extreme():
+    """On 10 values the 0.01th percentile has rank ceil(0.001) = 1: the minimum itself."""
+    obs = PercentileObserver("asymmetric", percentile=99.99)
+    obs.update(torch.arange(-5.0, 5.0))
+    assert (float(obs.min_val), float(obs.max_val)) == (-5.0, 4.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "ok"),
+    [
+        pytest.param({"averaging_constant": 1.0}, True, id="ema-1"),
+        pytest.param({"averaging_constant": 1.5}, False, id="ema-1.5"),
+        pytest.param({"averaging_constant": -0.5}, False, id="ema-neg"),
+    ],
+)
+def test_moving_average_constant_range(kwargs, ok):
+    if ok:
+        obs = MovingAverageMinMaxObserver(**kwargs)
+        obs.update(torch.tensor([-1.0, 1.0]))
+        obs.update(torch.tensor([-3.0, 2.0]))  # constant 1: the last batch wins
+        assert (float(obs.min_val), float(obs.max_val)) == (-3.0, 2.0)
+    else:
+        with pytest.raises(BadConfigError, match="expected a number in \\(0, 1\\]"):
+            MovingAverageMinMaxObserver(**kwargs)
+
+
+def test_batch_ranges_are_averaged_by_size_at_both_ends():
+    """Percentile 100 takes each batch's extremes; weights 2/8 and 6/8."""
+    obs = PercentileObserver("asymmetric", percentile=100.0)
+    obs.update(torch.tensor([-1.0, 2.0]))
+    obs.update(torch.tensor([-5.0, 0.0, 0.0, 0.0, 0.0, 6.0]))
+    assert (float(obs.min_val), float(obs.max_val)) == (0.25 * -1 + 0.75 * -5, 0.25 * 2 + 0.75 * 6)
+
+
+@pytest.mark.parametrize(("percentile", "ok"), [(50.0, False), (50.5, True), (100.0, True),
+                                                (100.5, False)])
+def test_percentile_range_bounds(percentile, ok):
+    if ok:
+        assert PercentileObserver(percentile=percentile).percentile == percentile
+    else:
+        with pytest.raises(BadConfigError, match=r"expected a number in \(50, 100\]"):
+            PercentileObserver(percentile=percentile)
+
+
+def test_mse_searches_down_to_exactly_the_largest_shrink():
+    """400k values in [-1, 1] and one at 12: the rounding error of the bulk outweighs clipping
+    the outlier down to a range of about 3.9, so the best allowed range is the last grid point,
+    exactly (1 - max_shrink) * 12, never one beyond it."""
+    x = torch.cat([torch.linspace(-1.0, 1.0, 400_000), torch.tensor([12.0])])
+    obs = MSEObserver("symmetric", grid=4, max_shrink=0.5)
+    obs.update(x)
+    assert float(obs.max_val) == 6.0 and float(obs.min_val) == -0.5
+
+
+def test_unknown_observer_lists_the_allowed_ones():
+    with pytest.raises(BadConfigError) as err:
+        make_observer("histo")
+    assert str(err.value) == (
+        "observer 'histo' is unknown; expected one of minmax, moving_average, percentile, mse")

@@ -27,7 +27,8 @@ from mono_quant.worker.storage import artifact_key, resolve
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     env = {"MONO_QUANT_DATA_DIR": str(tmp_path), "MONO_QUANT_COMPILE": "never",
-           "MONO_QUANT_RETRY_BACKOFF": "0.5", "MONO_QUANT_HEARTBEAT_INTERVAL": "30"}
+           "MONO_QUANT_RETRY_BACKOFF": "0.5", "MONO_QUANT_HEARTBEAT_INTERVAL": "30",
+           "MONO_QUANT_ALLOWED_FACTORIES": "mono_quant.*,tests.*"}
     s = Settings.from_env(env)
     Catalog(s.catalog_url).upgrade()
     return s

@@ -8,10 +8,13 @@ redis-server on a free port. The catalog is a throwaway PostgreSQL database.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -128,8 +131,9 @@ def test_bad_model_fails_once_the_rest_succeeds(env, workers, tmp_path):
         {"name": "good", "model": "factory:tests.jobfixtures:tiny"},
         {"name": "bad", "model": "factory:tests.jobfixtures:no_such_factory"},
         {"name": "good2", "model": "factory:tests.jobfixtures:tiny?seed=2"},
+        {"name": "exits", "model": "factory:tests.jobfixtures:exits?code=4"},
     ])
-    workers("w1@e2e")
+    w = workers("w1@e2e")
     out = cli("submit", str(manifest), "--wait", "--quiet", env=env)
     assert out.returncode == 1  # a job failed
     by_name = {j.name: j for j in _jobs(env)}
@@ -139,6 +143,11 @@ def test_bad_model_fails_once_the_rest_succeeds(env, workers, tmp_path):
     assert bad.attempts == 1 and len(bad.attempt_rows) == 1  # not retried
     assert by_name["good"].status is by_name["good2"].status is JobStatus.SUCCEEDED
     assert "failed job" in out.stdout and "no_such_factory" in out.stdout
+    exits = by_name["exits"]  # sys.exit in a factory fails its job, not the worker
+    assert exits.status is JobStatus.FAILED and exits.error_kind.value == "internal"
+    assert "the job's own code raised SystemExit(4)" in exits.last_error
+    assert [a.outcome for a in exits.attempt_rows] == [AttemptOutcome.FAILED]
+    assert w.proc.poll() is None
 
 
 def test_transient_failure_succeeds_on_retry(env, workers, tmp_path):
@@ -155,6 +164,8 @@ def test_transient_failure_succeeds_on_retry(env, workers, tmp_path):
 
 
 def test_sigkill_of_a_running_worker_completes_exactly_once(env, workers, tmp_path):
+    """The operator's path: workers that do not sweep, and `mono-quant reconcile` by hand."""
+    env["MONO_QUANT_RECONCILE_INTERVAL"] = "0"
     marker = tmp_path / "slow-marker"
     manifest = _manifest(tmp_path / "jobs.yaml", [
         {"name": "slow", "model": f"factory:tests.jobfixtures:slow_first?marker={marker}"}])
@@ -170,6 +181,9 @@ def test_sigkill_of_a_running_worker_completes_exactly_once(env, workers, tmp_pa
     workers("w2@e2e")
     # the heartbeat goes stale (3 s); reconcile re-enqueues the job for the new worker
     time.sleep(3.5)
+    shown = cli("status", env=env).stdout
+    assert re.search(rf"running job {job.id} slow: loading on w1@e2e \(cpu\), attempt 1, "
+                     r"heartbeat (\d+\.\d) s ago - STALE: its worker is presumed dead", shown)
     out = cli("reconcile", env=env)
     assert out.returncode == 0 and "re-enqueued 1 job(s)" in out.stdout, out.stdout + out.stderr
     (job,) = _wait_final(env, 1)
@@ -230,7 +244,9 @@ def _ping(port: int) -> bool:
 def test_reconcile_after_a_redis_restart_lost_the_queue(env, workers, tmp_path):
     port = _free_port()
     server = _redis_server(port, tmp_path)
-    own = dict(env, MONO_QUANT_BROKER_URL=f"redis://127.0.0.1:{port}/0")
+    # the operator's path (workers that sweep re-publish the lost messages by themselves)
+    own = dict(env, MONO_QUANT_BROKER_URL=f"redis://127.0.0.1:{port}/0",
+               MONO_QUANT_RECONCILE_INTERVAL="0")
     try:
         manifest = _manifest(tmp_path / "jobs.yaml", [
             {"name": f"m{i}", "model": f"factory:tests.jobfixtures:tiny?seed={i}"}
@@ -264,7 +280,9 @@ def test_retry_after_the_cause_is_fixed_and_cancel_of_queued_jobs(env, workers, 
     (job,) = _jobs(env)
     assert job.status is JobStatus.FAILED and job.error_kind.value == "bad_input"
     weights.write_text("ok")  # the cause is fixed
-    out = cli("retry", "--batch", "1", env=env)
+    out = cli("retry", "--batch", "1", env=env)  # bad input is not retried blindly
+    assert out.returncode == 0 and "re-enqueued 0 job(s)" in out.stdout
+    out = cli("retry", "--batch", "1", "--include-bad-input", env=env)
     assert out.returncode == 0 and "re-enqueued 1 job(s)" in out.stdout
     (job,) = _wait_final(env, 1)
     assert job.status is JobStatus.SUCCEEDED and len(job.attempt_rows) == 2
@@ -312,3 +330,46 @@ def test_invalid_manifest_enqueues_nothing_and_names_the_field(env, tmp_path):
     assert f"{manifest}: jobs[1].calibration" in out.stderr
     assert _jobs(env) == []
     assert redis.Redis.from_url(BROKER).llen("cpu") == 0
+
+
+def test_a_whole_worker_killed_is_recovered_by_a_peer_without_reconcile(env, workers, tmp_path):
+    """No reconcile process: the surviving worker's own sweep re-runs the job within
+    STALE_AFTER (3 s here) plus one sweep (the heartbeat interval, 0.5 s here)."""
+    from mono_quant.scheduler.metrics import MetricsSource
+
+    marker = tmp_path / "slow-marker"
+    manifest = _manifest(tmp_path / "jobs.yaml", [
+        {"name": "slow", "model": f"factory:tests.jobfixtures:slow_first?marker={marker}"}])
+    started = {w.name: w for w in (workers("w1@e2e"), workers("w2@e2e"))}
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "mono_quant.scheduler.cli", "submit", str(manifest), "--wait",
+         "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(marker.exists, 60, what="the job to start")
+    (job,) = _jobs(env)
+    doomed = started[job.worker]
+    (peer,) = [w for name, w in started.items() if name != job.worker]
+    doomed.kill(signal.SIGKILL)  # the main process and its pool child: nobody hands it back
+    killed_at = time.monotonic()
+    killed_utc = datetime.now(timezone.utc)
+    doomed.proc.wait(timeout=10)
+    stdout, stderr = waiter.communicate(timeout=90)  # submit --wait finishes by itself
+    assert waiter.returncode == 0, stdout + stderr
+    (job,) = _jobs(env)
+    assert job.status is JobStatus.SUCCEEDED and job.worker == peer.name
+    assert [a.outcome for a in job.attempt_rows] == [AttemptOutcome.LOST,
+                                                     AttemptOutcome.SUCCEEDED]
+    requeued = (job.queued_at - killed_utc).total_seconds()  # the sweep set queued_at
+    claimed = (job.attempt_rows[1].started_at - killed_utc).total_seconds()
+    # stale 3 s after the last heartbeat (at most 0.5 s before the kill), then one sweep
+    # (0.5 s ± 20 %); 2 s of slack for a loaded machine. The claim comes after the peer's
+    # pool child imported torch for its first job (seconds on a busy CI machine).
+    assert 2.5 < requeued < 3 + 0.6 + 2, requeued
+    print(f"re-enqueued by a sweep {requeued:.1f} s after the kill, claimed by {peer.name} "
+          f"after {claimed:.1f} s; --wait returned after {time.monotonic() - killed_at:.1f} s")
+    source = MetricsSource(env["MONO_QUANT_CATALOG_URL"], BROKER, queues=["cpu"], timeout=5)
+    try:  # the dead worker's unacknowledged message does not linger until its visibility
+        wait_until(lambda: source.queue_lengths(["cpu"]) == ({"cpu": 0}, 0), 10,
+                   what="the unacked-messages gauge to return to 0")
+    finally:
+        source.close()
+    assert peer.proc.poll() is None

@@ -34,6 +34,12 @@ from mono_quant.catalog.db import (
     upgrade,
 )
 from mono_quant.catalog.filters import ArtifactQuery, parse_since, parse_size
+from mono_quant.catalog.locate import (
+    artifact_path,
+    artifact_path_by_id,
+    artifact_uri,
+    load_artifact,
+)
 from mono_quant.catalog.models import (
     FINAL_STATUSES,
     Artifact,
@@ -70,7 +76,10 @@ __all__ = [
     "VerifyResult",
     "add_artifact",
     "artifact_for_key",
+    "artifact_path",
+    "artifact_path_by_id",
     "artifact_record",
+    "artifact_uri",
     "artifacts_statement",
     "config_digest",
     "current_revision",
@@ -79,6 +88,7 @@ __all__ = [
     "info_columns",
     "job_status_counts",
     "list_artifacts",
+    "load_artifact",
     "make_engine",
     "make_sessionmaker",
     "normalize_storage_key",

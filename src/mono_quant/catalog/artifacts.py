@@ -51,13 +51,6 @@ __all__ = [
     "verify_artifacts",
 ]
 
-_SUFFIX_FORMATS = {
-    ".safetensors": ArtifactFormat.SAFETENSORS,
-    ".pt": ArtifactFormat.PT,
-    ".pth": ArtifactFormat.PT,
-}
-
-
 def normalize_storage_key(key: str) -> str:
     """Check a storage key and return it in canonical form (no ``.`` parts, no doubled ``/``)."""
 
@@ -116,16 +109,12 @@ def _key_from_path(path: str | Path, storage_root: Path) -> str:
 
 def infer_format(path: str | Path) -> ArtifactFormat:
     """The artifact format of a path: a folder is compressed-tensors, else by suffix."""
-    path = Path(path)
-    if path.is_dir():
-        return ArtifactFormat.COMPRESSED_TENSORS
-    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise BadInputError(
-            f"artifact {path}: cannot tell its format from the name; expected a .safetensors "
-            "or .pt file or a compressed-tensors folder, or pass format="
-        )
-    return fmt
+    from mono_quant.io.layout import detect_format
+
+    try:
+        return ArtifactFormat(detect_format(path))
+    except BadInputError as e:
+        raise BadInputError(f"artifact {e}; or pass format=") from e
 
 
 def config_digest(info: QuantizationInfo) -> str:
@@ -154,7 +143,7 @@ def info_columns(info: QuantizationInfo) -> dict[str, Any]:
         "group_size": info.group_size,
         "mode": info.mode,
         "per_channel": bool(info.per_channel),
-        "observer": info.observer,
+        "weight_observer": info.observer,
         "activation_observer": config.activation_observer if static else None,
         "activation_scheme": config.activation_scheme if static else None,
         "calibration_samples": int(info.calibration_samples),
@@ -194,6 +183,7 @@ def add_artifact(
     size_bytes: int | None = None,
     model_digest: str | None = None,
     created_at: datetime | None = None,
+    model_source: str | None = None,
 ) -> Artifact:
     """Record the artifact of ``job`` stored at ``path`` (absolute under the root, or a key).
 
@@ -246,7 +236,7 @@ def add_artifact(
     artifact = Artifact(
         job=job,
         idempotency_key=job.idempotency_key,
-        model_source=job.model_source,
+        model_source=job.model_source if model_source is None else model_source,
         model_digest=model_digest,
         storage_key=key,
         format=fmt,
@@ -296,7 +286,7 @@ def _verify_one(root: Path, a: Artifact) -> VerifyResult:
         return VerifyResult(status="missing", detail=f"{path} does not exist", **base)
     try:
         digest, size = sha256_path(path), size_path(path)
-    except OSError as e:
+    except (OSError, BadInputError) as e:  # BadInputError: a FIFO or device (never opened)
         return VerifyResult(status="unreadable", detail=f"{path}: {e}", **base)
     if digest != a.sha256 or size != a.size_bytes:
         return VerifyResult(

@@ -68,11 +68,12 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, create: bool = True, **kwargs: Any) -> Engine:
     """An engine for a catalog URL (SQLite or PostgreSQL), configured for the catalog.
 
-    For a SQLite file the parent folder is created. Extra keyword arguments go to
-    :func:`sqlalchemy.create_engine`.
+    For a SQLite file the parent folder is created, unless ``create=False`` (read-only
+    commands): then a missing SQLite file is a BadConfigError and nothing is created. Extra
+    keyword arguments go to :func:`sqlalchemy.create_engine`.
     """
     try:
         parsed = make_url(url)
@@ -86,7 +87,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if backend == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(database).expanduser()
+            if not create and not path.is_file():
+                raise BadConfigError(
+                    f"catalog database {path} does not exist (a read-only command creates "
+                    "nothing); check --url / MONO_QUANT_CATALOG_URL, or create it with "
+                    "`mono-quant db upgrade`"
+                )
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
     elif backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")  # the driver we depend on
@@ -201,13 +210,14 @@ class Catalog:
     database was never upgraded (or is newer than this mono-quant).
     """
 
-    def __init__(self, url: str | None = None, *, engine: Engine | None = None) -> None:
+    def __init__(self, url: str | None = None, *, engine: Engine | None = None,
+                 create: bool = True) -> None:
         if engine is None:
             if url is None:
                 from mono_quant.config import get_settings
 
                 url = get_settings().catalog_url
-            engine = make_engine(url)
+            engine = make_engine(url, create=create)
         self.engine = engine
         self.url = str(engine.url)
         self.Session = make_sessionmaker(engine)
@@ -231,7 +241,8 @@ class Catalog:
         if current is None:
             raise MonoQuantError(
                 f"catalog database {redact(self.url)} has no catalog schema; "
-                "run `mono-quant db upgrade` first"
+                "run `mono-quant db upgrade` first (`mono-quant where` shows which catalog "
+                "this folder uses, and why)"
             )
         if current != head:
             raise MonoQuantError(

@@ -25,6 +25,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mono_quant.errors import BadInputError
+from mono_quant.io.layout import FORMATS
+from mono_quant.quant.qconfig import GRANULARITIES, MODES
+from mono_quant.quant.specs import SCHEMES
 
 __all__ = [
     "DTYPES",
@@ -39,12 +42,8 @@ __all__ = [
     "parse_size",
 ]
 
-# The values the library writes (mono_quant.quant.qconfig; a test keeps them in step).
-SCHEMES = ("symmetric", "asymmetric")
-GRANULARITIES = ("per_tensor", "per_channel", "per_group")
-MODES = ("weight_only", "static")
+# The values the library writes: taken from it (torch-free modules), one home per fact.
 DTYPES = ("int8",)
-FORMATS = ("safetensors", "pt", "compressed-tensors")
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
 #: Columns ``order_by`` accepts.
 ORDER_FIELDS = (
@@ -152,11 +151,18 @@ class ArtifactQuery:
     def _batches(value: Any) -> tuple[int | str, ...]:
         if value is None:
             return ()
+        from mono_quant.catalog.limits import parse_id
+
         items = (value,) if isinstance(value, (int, str)) else tuple(value)
+        out: list[int | str] = []
         for v in items:
             if isinstance(v, bool) or not isinstance(v, (int, str)) or v == "":
                 raise BadInputError(f"batches: {v!r} is neither a batch id nor a batch name")
-        return items
+            # ASCII digits are an id (in the column's range); anything else is a name, so
+            # "٢" is not batch 2
+            is_id = isinstance(v, int) or (v.isascii() and v.isdigit())
+            out.append(parse_id(str(v), "batch id") if is_id else v)
+        return tuple(out)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -189,7 +195,12 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     m = _AGO.match(text)
     if m:
         now = now or datetime.now(timezone.utc)
-        return now - timedelta(**{_AGO_UNITS[m.group(2).lower()]: float(m.group(1))})
+        try:
+            return now - timedelta(**{_AGO_UNITS[m.group(2).lower()]: float(m.group(1))})
+        except OverflowError as e:
+            raise BadInputError(
+                f"time {text[:40]!r}: an age that reaches before year 1; give a smaller one"
+            ) from e
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as e:

@@ -177,8 +177,12 @@ def heartbeat(session: Session, job_id: int, worker: str,
 def succeed(
     session: Session, job_id: int, worker: str, *, storage_root, storage_key: str, fmt: str,
     sha256: str, size_bytes: int, info: QuantizationInfo, model_digest: str | None = None,
+    model_source: str | None = None,
 ) -> tuple[Artifact, str | None] | None:
     """Mark the job succeeded and record its artifact, in the caller's transaction.
+
+    ``model_source``: what ran, derived by the worker from the payload it validated (the
+    job's own column is only a fallback for callers that have nothing better).
 
     Returns ``(artifact, replaced storage key or None)``, or None (and changes nothing) when
     the job is no longer ours. A forced re-run of an idempotency key that already has an
@@ -201,7 +205,7 @@ def succeed(
         latest.on_delete(session, group)
     artifact = add_artifact(
         session, job, storage_key, info, storage_root=storage_root, format=fmt, sha256=sha256,
-        size_bytes=size_bytes, model_digest=model_digest,
+        size_bytes=size_bytes, model_digest=model_digest, model_source=model_source,
     )
     _close_attempts(session, [job_id], AttemptOutcome.SUCCEEDED)
     return artifact, replaced
@@ -234,7 +238,8 @@ def fail(session: Session, job_id: int, worker: str, kind: ErrorKind, error: str
     return status
 
 
-def release(session: Session, worker: str) -> list[int]:
+def release(session: Session, worker: str,
+            why: str = "interrupted: the worker shut down") -> list[int]:
     """A worker shutting down hands its running jobs back: ``running → queued``.
 
     The interrupted attempt is closed as lost but does not count toward ``max_attempts``: an
@@ -247,8 +252,7 @@ def release(session: Session, worker: str) -> list[int]:
             attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
         ).returning(Job.id)
     ))
-    _close_attempts(session, ids, AttemptOutcome.LOST, ErrorKind.INTERNAL,
-                    "interrupted: the worker shut down")
+    _close_attempts(session, ids, AttemptOutcome.LOST, ErrorKind.INTERNAL, why)
     return ids
 
 
@@ -287,10 +291,13 @@ def cancel_jobs(session: Session, *, batch_id: int | None = None,
 
 def retry_jobs(session: Session, *, batch_id: int | None = None,
                job_ids: Sequence[int] | None = None,
-               all_failed: bool = False) -> list[tuple[int, str]]:
+               all_failed: bool = False,
+               skip_kinds: Sequence[ErrorKind] = ()) -> list[tuple[int, str]]:
     """``failed → pending`` with a fresh attempt budget; returns ``(job id, queue)`` to publish.
 
     ``attempts`` counts attempts since the last retry; the attempts table keeps them all.
+    Jobs that failed with an error kind in ``skip_kinds`` stay failed (retrying bad input
+    cannot help unless the input changed).
     """
     if sum(x is not None and x is not False for x in (batch_id, job_ids, all_failed)) != 1:
         raise BadInputError("retry: give exactly one of a batch, job ids or all failed jobs")
@@ -299,6 +306,8 @@ def retry_jobs(session: Session, *, batch_id: int | None = None,
         cond.append(Job.batch_id == batch_id)
     elif job_ids is not None:
         cond.append(Job.id.in_(list(job_ids)))
+    if skip_kinds:
+        cond.append(or_(Job.error_kind.is_(None), Job.error_kind.not_in(list(skip_kinds))))
     rows = session.execute(
         update(Job).where(*cond).values(status=S.PENDING, attempts=0, finished_at=None)
         .returning(Job.id, Job.queue)

@@ -40,7 +40,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import Enum as SAEnum
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, synonym
 
 from mono_quant.catalog.types import JSONDocument, Metric, UTCDateTime, utcnow
 
@@ -270,7 +270,10 @@ class Artifact(Base):
     group_size: Mapped[int | None]
     mode: Mapped[str] = mapped_column(String(16))
     per_channel: Mapped[bool] = mapped_column(Boolean)
-    observer: Mapped[str] = mapped_column(String(32))
+    #: The weight observer (column "observer": renamed in the API only, no migration).
+    weight_observer: Mapped[str] = mapped_column("observer", String(32))
+    #: Deprecated spelling of ``weight_observer``.
+    observer: Mapped[str] = synonym("weight_observer")
     activation_observer: Mapped[str | None] = mapped_column(String(32))
     activation_scheme: Mapped[str | None] = mapped_column(String(16))
     calibration_samples: Mapped[int]

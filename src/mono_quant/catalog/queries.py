@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
@@ -33,12 +34,13 @@ __all__ = [
 #: The fields of :func:`artifact_record`, in display order.
 RECORD_FIELDS = (
     "id", "model_source", "model_digest", "scheme", "granularity", "group_size", "mode",
-    "format", "dtype", "per_channel", "observer", "activation_observer", "activation_scheme",
+    "format", "dtype", "per_channel", "weight_observer", "activation_observer",
+    "activation_scheme",
     "calibration_samples", "layers_quantized", "layers_total", "weight_sqnr_db",
     "weight_sqnr_db_min", "output_sqnr_db", "output_cosine", "size_bytes", "size_bytes_fp",
-    "size_bytes_quant", "compression_ratio", "created_at", "job_id", "batch_id", "job_status",
-    "storage_key", "sha256", "idempotency_key", "config_digest", "torch_version",
-    "mono_quant_version", "safetensors_version", "python_version",
+    "size_bytes_quant", "compression_ratio", "created_at", "job_id", "job_name", "batch_id",
+    "job_status", "storage_key", "path", "uri", "sha256", "idempotency_key", "config_digest",
+    "torch_version", "mono_quant_version", "safetensors_version", "python_version",
 )
 
 
@@ -60,8 +62,8 @@ def _filtered(q: ArtifactQuery) -> Select[Any]:
         if q.statuses:
             stmt = stmt.where(Job.status.in_([JobStatus(s) for s in q.statuses]))
         if q.batches:
-            ids = [b for b in q.batches if isinstance(b, int) or b.isdigit()]
-            names = [b for b in q.batches if isinstance(b, str) and not b.isdigit()]
+            ids = [b for b in q.batches if isinstance(b, int)]  # ArtifactQuery parsed them
+            names = [b for b in q.batches if isinstance(b, str)]
             conds = []
             if ids:
                 conds.append(Job.batch_id.in_([int(b) for b in ids]))
@@ -171,19 +173,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def artifact_record(artifact: Artifact, *, with_info: bool = False) -> dict[str, Any]:
-    """A flat dict of an artifact (JSON-ready apart from ±inf floats) for output."""
+def artifact_record(artifact: Artifact, *, with_info: bool = False,
+                    storage_root: str | Path | None = None) -> dict[str, Any]:
+    """A flat dict of an artifact (JSON-ready apart from ±inf floats) for output.
+
+    ``path`` is the artifact's absolute path under ``storage_root`` (default: the configured
+    MONO_QUANT_STORAGE_ROOT) and ``uri`` its ``file://`` URI. ``observer`` repeats
+    ``weight_observer`` under its deprecated name (removed in a later release).
+    """
+    from mono_quant.catalog.locate import artifact_path
+
     job = artifact.job
+    path = artifact_path(artifact, storage_root)
+    computed = {"batch_id": job.batch_id, "job_status": job.status, "job_name": job.name,
+                "path": str(path), "uri": path.as_uri()}
     record: dict[str, Any] = {}
     for name in RECORD_FIELDS:
-        if name == "batch_id":
-            value = job.batch_id
-        elif name == "job_status":
-            value = job.status
-        else:
-            value = getattr(artifact, name)
+        value = computed[name] if name in computed else getattr(artifact, name)
         record[name] = _plain(value)
+    record["observer"] = record["weight_observer"]
     if with_info:
         record["info"] = artifact.info
     return record
-

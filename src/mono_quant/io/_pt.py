@@ -22,11 +22,13 @@ import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from mono_quant.errors import BadInputError
+from mono_quant.errors import BadInputError, StorageError
 from mono_quant.io._atomic import atomic_file
+from mono_quant.io._files import refuse_special_file
 
 __all__ = ["read_pt", "write_pt"]
 
@@ -103,7 +105,33 @@ def write_pt(
     payload = {"state_dict": {k: _plain(t) for k, t in tensors.items()},
                "metadata": dict(metadata)}
     with atomic_file(path) as f:
-        torch.save(payload, f)
+        out = _KeepsWriteErrors(f)
+        try:
+            torch.save(payload, out)
+        except RuntimeError:
+            if out.error is None:
+                raise
+            # torch's zip writer reports a failed write as "unexpected pos"; the OSError it
+            # swallowed (ENOSPC: "no space left on device") says what happened
+            raise StorageError(f"{path}: writing failed: {out.error}") from out.error
+
+
+class _KeepsWriteErrors:
+    """A file for ``torch.save`` that keeps the OSError of a failed write (torch drops it)."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def read_pt(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
@@ -115,6 +143,7 @@ def read_pt(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict
             never run); content that is not a state dict.
     """
     path = Path(path)
+    refuse_special_file(path)  # a FIFO: refused by what it is, not "no such file"
     if not path.is_file():
         raise BadInputError(f"{path}: no such file")
     try:

@@ -35,6 +35,7 @@ from typing import BinaryIO
 import torch
 
 from mono_quant.errors import BadInputError, StorageError
+from mono_quant.io._files import refuse_special_file
 
 __all__ = [
     "DTYPES",
@@ -141,6 +142,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     """
     path = Path(path)
     try:
+        refuse_special_file(path)  # opening a FIFO would block
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
@@ -151,14 +153,14 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
                 ))
             n = int.from_bytes(prefix, "little")
             if n > MAX_HEADER_SIZE:
-                raise _bad(path, (
-                    f"not a safetensors file (garbage header): the header length field says "
-                    f"{n} bytes, above the {MAX_HEADER_SIZE} byte limit"
+                raise _bad(path, (  # not the value: it is the file's first 8 bytes
+                    "not a safetensors file (garbage header): the header length field is "
+                    f"above the {MAX_HEADER_SIZE} byte limit"
                 ))
             if 8 + n > size:
                 raise _bad(path, (
-                    f"truncated safetensors file: the header declares {n} bytes but only "
-                    f"{size - 8} follow the length field"
+                    "truncated safetensors file: the header declares more than the "
+                    f"{size - 8} bytes that follow its length field"
                 ))
             raw = f.read(n)
     except FileNotFoundError as e:
@@ -169,8 +171,13 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         raise StorageError(f"{path}: cannot read: {e}") from e
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:  # its message would show the file's bytes
+        raise _bad(path, f"not a safetensors file (garbage header): not UTF-8 at header "
+                         f"byte {e.start}") from e
+    except ValueError as e:
         raise _bad(path, f"not a safetensors file (garbage header): {e}") from e
+    except RecursionError as e:
+        raise _bad(path, "not a safetensors file (garbage header): nested too deeply") from e
     if not isinstance(header, dict):
         raise _bad(path, "not a safetensors file (garbage header): the header is not an object")
     metadata = header.pop("__metadata__", None)

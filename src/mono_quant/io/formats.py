@@ -50,6 +50,7 @@ from mono_quant.io._atomic import atomic_dir, atomic_file
 from mono_quant.io._checks import check_quantized_tensors, load_state_dict_strict
 from mono_quant.io._pt import read_pt, write_pt
 from mono_quant.io._safetensors_stream import SafetensorsWriter, TensorSpec, read_header
+from mono_quant.io._targets import check_replaceable
 from mono_quant.io.layout import FORMATS, detect_format
 from mono_quant.quant.info import QuantizationInfo
 
@@ -163,7 +164,8 @@ def save_model(
 
     Raises:
         BadInputError: unknown format or extension, entries that are not tensors, tensors
-            that do not match ``info`` (a quantized layer without its scale).
+            that do not match ``info`` (a quantized layer without its scale), an existing
+            ``path`` that is not a mono-quant artifact of this format (it is left untouched).
         BadConfigError: a model the format cannot hold (Conv2d in compressed-tensors).
         StorageError: the file could not be written (nothing is left at ``path``).
     """
@@ -174,6 +176,7 @@ def save_model(
         if not isinstance(info, QuantizationInfo):
             raise BadInputError(f"save_model: info must be a QuantizationInfo, got {info!r}")
         check_quantized_tensors(tensors, info, f"save_model({path})")
+    check_replaceable(path, fmt)  # never destroy what mono-quant did not write
     if fmt == "safetensors":
         _write_safetensors(tensors, path, _build_metadata(info))
     elif fmt == "pt":

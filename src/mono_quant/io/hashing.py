@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from mono_quant.io._files import refuse_special_file
+
 __all__ = ["sha256_path", "size_path", "state_dict_digest"]
 
 _BLOCK = 1 << 20
@@ -24,6 +26,7 @@ _BLOCK = 1 << 20
 
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
+    refuse_special_file(path)  # a FIFO would block the read forever
     with open(path, "rb") as f:
         while block := f.read(_BLOCK):
             h.update(block)
@@ -31,7 +34,12 @@ def _sha256_file(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
+    """The regular files under ``folder``; a FIFO, device or socket in it is refused."""
+    found = []
+    for p in folder.rglob("*"):
+        if refuse_special_file(p) is not None and p.is_file():
+            found.append(p)
+    return sorted(found, key=lambda p: p.as_posix())
 
 
 def sha256_path(path: str | Path) -> str:
@@ -50,7 +58,8 @@ def size_path(path: str | Path) -> int:
     path = Path(path)
     if path.is_dir():
         return sum(f.stat().st_size for f in _files(path))
-    return path.stat().st_size
+    st = refuse_special_file(path)
+    return path.stat().st_size if st is None else st.st_size
 
 
 def state_dict_digest(module) -> str:

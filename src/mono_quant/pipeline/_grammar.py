@@ -17,10 +17,13 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
 
 from mono_quant.errors import BadInputError, MonoQuantError
+
+if TYPE_CHECKING:
+    from mono_quant.pipeline.allowlist import FactoryAllowList
 
 __all__ = ["TARGET", "Source", "call_factory", "import_target", "kwargs_of", "parse_parts",
            "resolve_path"]
@@ -122,9 +125,12 @@ def kwargs_of(options: dict, allowed: set[str], text: str, mapping: bool) -> dic
     return dict(kwargs)
 
 
-def import_target(target: str, text: str) -> Any:
+def import_target(target: str, text: str, allow: FactoryAllowList | None = None) -> Any:
+    """The callable ``module:attr``; with ``allow``, checked before the import and after."""
     if not TARGET.match(target):
         raise BadInputError(f"{text}: factory target {target!r} is not 'package.module:callable'")
+    if allow is not None:
+        allow.check_target(target, text)
     module_name, _, attr = target.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
@@ -139,14 +145,17 @@ def import_target(target: str, text: str) -> Any:
             obj = getattr(obj, part)
         except AttributeError as e:
             raise BadInputError(f"{text}: module {module_name!r} has no {attr!r}") from e
+    if allow is not None:
+        allow.check_callable(obj, text)
     if not callable(obj):
         raise BadInputError(f"{text}: {target!r} is a {type(obj).__name__}, not a callable")
     return obj
 
 
-def call_factory(target: str, kwargs: dict[str, Any], text: str) -> Any:
+def call_factory(target: str, kwargs: dict[str, Any], text: str,
+                 allow: FactoryAllowList | None = None) -> Any:
     """Import ``module:callable`` and call it: this runs configured code, by design."""
-    fn = import_target(target, text)
+    fn = import_target(target, text, allow)
     try:
         return fn(**kwargs)
     except MonoQuantError:  # already classified (a TransientError stays retryable)

@@ -26,7 +26,7 @@ Example:
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "mlp.safetensors"
     >>> result = run_pipeline(spec, out)
     >>> result.info.selected_layers, result.path == out, len(result.sha256)
-    (['0', '2'], True, 64)
+    (['0', '2', '4'], True, 64)
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.pipeline.spec import JobSpec
 from mono_quant.quant.info import QuantizationInfo
 
@@ -98,20 +99,28 @@ def run_pipeline(
     on_progress: OnProgress | None = None,
     device: str = "cpu",
     progress: bool = False,
+    factories: FactoryAllowList | None = None,
 ) -> PipelineResult:
     """Run ``spec`` and write its artifact at ``destination``; see the module docstring.
 
     ``device`` is where the model is loaded and quantized (``"cuda:0"``, …); ``progress``
-    shows tqdm bars (the CLI's, not a worker's).
+    shows tqdm bars (the CLI's, not a worker's). ``factories``: the modules ``factory:``
+    sources may import (services pass the operator's allow-list; None: the caller vouches).
+    Before any work, a destination inside an ``hf:`` source folder, or an existing one that
+    is not a mono-quant artifact of this format, is refused (BadInputError).
     """
+    from mono_quant.io._targets import check_outside_source, check_replaceable
     from mono_quant.io.hashing import sha256_path, size_path
 
     stage = on_stage or _no_stage
     path = Path(destination)
+    if spec.model.scheme == "hf":
+        check_outside_source(path, spec.model.target)
+    check_replaceable(path, spec.format)
     if spec.stream:
         info, digest = _streamed(spec, path, stage, progress)
     else:
-        info, digest = _in_memory(spec, path, stage, on_progress, device, progress)
+        info, digest = _in_memory(spec, path, stage, on_progress, device, progress, factories)
     stage(Stage.HASHING.value)
     return PipelineResult(path, info, sha256_path(path), size_path(path), digest)
 
@@ -132,11 +141,11 @@ def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool):
 
 
 def _in_memory(spec: JobSpec, path: Path, stage: OnStage, on_progress: OnProgress | None,
-               device: str, progress: bool):
+               device: str, progress: bool, factories: FactoryAllowList | None):
     from mono_quant.io.formats import save_model
     from mono_quant.pipeline.reload import reload_check
 
-    model, batches, digest = _load(spec, stage, device)
+    model, batches, digest = _load(spec, stage, device, factories)
     qmodel, info = _quantize(model, spec, batches, stage, on_progress, device, progress)
     stage(Stage.WRITING.value)
     save_model(qmodel, path, info=info, format=spec.format)
@@ -147,17 +156,17 @@ def _in_memory(spec: JobSpec, path: Path, stage: OnStage, on_progress: OnProgres
     return info, digest
 
 
-def _load(spec: JobSpec, stage: OnStage, device: str):
+def _load(spec: JobSpec, stage: OnStage, device: str, factories: FactoryAllowList | None):
     from mono_quant.io.hashing import state_dict_digest
 
     stage(Stage.LOADING.value)
-    model = spec.model.load().to(device)
+    model = spec.model.load(factories).to(device)
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     digest = state_dict_digest(model) if size <= DIGEST_LIMIT_BYTES else None
     batches = None
     if spec.calibration is not None:
         stage(Stage.LOADING_CALIBRATION.value)
-        batches = spec.calibration.load(spec.model, spec.samples)
+        batches = spec.calibration.load(spec.model, spec.samples, factories)
     return model, batches, digest
 
 

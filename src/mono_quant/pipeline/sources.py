@@ -20,8 +20,9 @@ call (``.pt`` only with ``weights_only=True``).
 * ``hf:`` is a local Hugging Face folder (``config.json`` + safetensors weights), loaded with
   transformers (the ``hf`` extra) from local files only; its tokenizer tokenizes ``text:``
   calibration files.
-* ``factory:`` **imports and runs arbitrary code** by design: it is trusted configuration,
-  like a Python entry point. Never accept factory sources from untrusted users.
+* ``factory:`` **imports and runs code** by design: it is trusted configuration, like a
+  Python entry point. Services pass a :class:`~mono_quant.pipeline.allowlist.FactoryAllowList`
+  (``factories=``) so only modules the operator allowed are ever imported.
 * ``tensors:`` files hold one tensor ``[N, ...]`` (batches are slices of it, passed
   positionally) or several tensors sharing ``N`` (batches are dicts of keyword arguments).
 
@@ -62,6 +63,8 @@ from mono_quant.pipeline._grammar import (
 if TYPE_CHECKING:
     from torch import nn
 
+    from mono_quant.pipeline.allowlist import FactoryAllowList
+
 __all__ = [
     "CalibrationSource",
     "ModelSource",
@@ -94,8 +97,9 @@ class ModelSource(Source):
     def _options(self) -> dict[str, Any]:
         return {"weights": self.weights}
 
-    def check(self) -> None:
-        """Cheap checks without building the model: paths exist, the factory imports."""
+    def check(self, factories: FactoryAllowList | None = None) -> None:
+        """Cheap checks without building the model: paths exist, the factory imports (only
+        if ``factories`` allows its module)."""
         if self.scheme == "hf":
             if not Path(self.target).is_dir():
                 raise BadInputError(f"{self.text}: no such folder {self.target}")
@@ -105,19 +109,19 @@ class ModelSource(Source):
                     "model folder written by save_pretrained)"
                 )
         else:
-            import_target(self.target, self.text)
+            import_target(self.target, self.text, factories)
         if self.weights is not None and not Path(self.weights).is_file():
             raise BadInputError(f"{self.text}: weights file {self.weights} does not exist")
 
-    def load(self) -> nn.Module:
-        """Build the model (in eval mode)."""
+    def load(self, factories: FactoryAllowList | None = None) -> nn.Module:
+        """Build the model (in eval mode); a factory runs only if ``factories`` allows it."""
         from torch import nn
 
-        self.check()
+        self.check(factories)
         if self.scheme == "hf":
             model = _load_hf(self)
         else:
-            model = call_factory(self.target, dict(self.kwargs), self.text)
+            model = call_factory(self.target, dict(self.kwargs), self.text, factories)
             if not isinstance(model, nn.Module):
                 raise BadInputError(
                     f"{self.text}: the factory returned a {type(model).__name__}, expected a "
@@ -160,22 +164,43 @@ def _transformers(text: str) -> Any:
     return transformers
 
 
+def _refuse_pickles(source: ModelSource) -> None:
+    """An hf: folder is read through its safetensors weights only: a pickle checkpoint
+    (``pytorch_model.bin``) could run code while it loads, and is refused by name."""
+    folder = Path(source.target)
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir()
+                     if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    if pickles:
+        raise BadInputError(
+            f"{source.text}: {folder / pickles[0]} is a pickle checkpoint, which mono-quant "
+            "does not load (pickles can run code); convert the folder to safetensors "
+            "(model.save_pretrained(path, safe_serialization=True))"
+        )
+
+
 def _load_hf(source: ModelSource) -> nn.Module:
     transformers = _transformers(source.text)
+    _refuse_pickles(source)
     try:
         config = transformers.AutoConfig.from_pretrained(source.target, local_files_only=True)
         arch = (getattr(config, "architectures", None) or [None])[0]
         cls = getattr(transformers, arch, None) if arch else None
         cls = cls or transformers.AutoModel
-        return cls.from_pretrained(source.target, local_files_only=True)
+        return cls.from_pretrained(source.target, local_files_only=True, use_safetensors=True)
     except _LOAD_ERRORS as e:
         raise BadInputError(f"{source.text}: transformers could not load the model: {e}") from e
 
 
 def parse_model_source(
-    value: str | Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None
+    value: str | Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None,
+    factories: FactoryAllowList | None = None,
 ) -> ModelSource:
-    """Parse ``hf:PATH`` / ``factory:MODULE:CALLABLE?k=v&weights=PATH`` or their mapping."""
+    """Parse ``hf:PATH`` / ``factory:MODULE:CALLABLE?k=v&weights=PATH`` or their mapping.
+
+    With ``factories``, a factory outside the allow-list is a BadConfigError (nothing is
+    imported while parsing)."""
     scheme, target, options, text = parse_parts(value, "model", MODEL_SCHEMES)
     mapping = not isinstance(value, str)
     if scheme == "hf":
@@ -188,6 +213,8 @@ def parse_model_source(
         weights = resolve_path(weights, base_dir, text, "weights")
     if not isinstance(target, str) or not TARGET.match(target):
         raise BadInputError(f"{text}: factory target {target!r} is not 'package.module:callable'")
+    if factories is not None:
+        factories.check_target(target, text)
     return ModelSource("factory", target, tuple(sorted(kwargs.items())), weights, text=text)
 
 
@@ -209,8 +236,10 @@ class CalibrationSource(Source):
         opts = {"batch_size": self.batch_size, "max_length": self.max_length}
         return {k: v for k, v in opts.items() if v is not None}
 
-    def load(self, model_source: ModelSource | None = None, samples: int | None = None):
-        """A list of batches holding ``samples`` samples (all when None)."""
+    def load(self, model_source: ModelSource | None = None, samples: int | None = None,
+             factories: FactoryAllowList | None = None):
+        """A list of batches holding ``samples`` samples (all when None); a factory runs only
+        if ``factories`` allows it."""
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
                                     or samples < 1):
             raise BadInputError(f"{self.text}: samples={samples!r}: expected a positive integer")
@@ -218,7 +247,7 @@ class CalibrationSource(Source):
         from torch import nn
 
         if self.scheme == "factory":
-            items = call_factory(self.target, dict(self.kwargs), self.text)
+            items = call_factory(self.target, dict(self.kwargs), self.text, factories)
             if isinstance(items, (torch.Tensor, nn.Module)) or not isinstance(items, Iterable):
                 raise BadInputError(
                     f"{self.text}: the factory returned a {type(items).__name__}, expected an "
@@ -327,9 +356,11 @@ def _positive(value: Any, name: str, text: str) -> int | None:
 
 
 def parse_calibration_source(
-    value: str | Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None
+    value: str | Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None,
+    factories: FactoryAllowList | None = None,
 ) -> CalibrationSource:
-    """Parse ``factory:...`` / ``tensors:PATH`` / ``text:PATH`` (or a bare path) or a mapping."""
+    """Parse ``factory:...`` / ``tensors:PATH`` / ``text:PATH`` (or a bare path) or a mapping;
+    a factory outside ``factories`` (when given) is a BadConfigError."""
     scheme, target, options, text = parse_parts(value, "calibration", CALIBRATION_SCHEMES)
     mapping = not isinstance(value, str)
     if scheme == "factory":
@@ -338,6 +369,8 @@ def parse_calibration_source(
             raise BadInputError(
                 f"{text}: factory target {target!r} is not 'package.module:callable'"
             )
+        if factories is not None:
+            factories.check_target(target, text)
         return CalibrationSource("factory", target, tuple(sorted(kwargs.items())), text=text)
     allowed = {"batch_size"} | ({"max_length"} if scheme == "text" else set())
     unknown = sorted(set(options) - allowed)

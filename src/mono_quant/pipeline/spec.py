@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 from mono_quant.errors import BadConfigError, MonoQuantError
 from mono_quant.io.layout import FORMATS
+from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.pipeline.sources import (
     CalibrationSource,
     ModelSource,
@@ -114,8 +115,10 @@ class JobSpec:
         }
 
     @classmethod
-    def from_payload(cls, data: Mapping[str, Any]) -> JobSpec:
-        """Validate and decode a payload; every problem is a ``BadConfigError`` naming it."""
+    def from_payload(cls, data: Mapping[str, Any],
+                     factories: FactoryAllowList | None = None) -> JobSpec:
+        """Validate and decode a payload; every problem is a ``BadConfigError`` naming it
+        (a factory outside ``factories``, when given, included: nothing is imported)."""
         if not isinstance(data, Mapping):
             raise BadConfigError(f"job spec: expected a mapping, got {type(data).__name__}")
         version = data.get("version", cls.VERSION)  # payloads before versioning were v1
@@ -131,9 +134,10 @@ class JobSpec:
         if "model" not in data:
             raise BadConfigError("job spec: field 'model' is missing")
         try:
-            model = parse_model_source(data["model"])
+            model = parse_model_source(data["model"], factories=factories)
             calibration = (None if data.get("calibration") is None
-                           else parse_calibration_source(data["calibration"]))
+                           else parse_calibration_source(data["calibration"],
+                                                         factories=factories))
         except MonoQuantError as e:
             raise BadConfigError(f"job spec: {e}") from e
         return cls(
@@ -151,9 +155,16 @@ class JobSpec:
         quantization config, format, calibration source and samples (and ``stream`` when
         set). Where the job runs (its queue) is not part of it.
         """
-        payload = self.to_payload()
-        del payload["version"]
-        if not self.stream:  # keys of in-memory jobs are those of payloads before `stream`
-            del payload["stream"]
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return _idempotency_key(self.to_payload())
+
+
+def _idempotency_key(payload: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a payload without its version (and without ``stream``
+    when it is false: keys of in-memory jobs are those of payloads from before ``stream``).
+    A plain function: mutation testing (tools/mutate.py) skips decorated ones."""
+    payload = dict(payload)
+    del payload["version"]
+    if not payload["stream"]:
+        del payload["stream"]
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

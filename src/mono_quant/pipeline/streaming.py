@@ -24,7 +24,8 @@ Example:
     >>> import tempfile, torch
     >>> from torch import nn
     >>> from mono_quant import QuantConfig
-    >>> from mono_quant.io import save_model, load_model, quantize_checkpoint
+    >>> from mono_quant.io import save_model, load_model
+    >>> from mono_quant.pipeline import quantize_checkpoint
     >>> d = tempfile.mkdtemp()
     >>> src = save_model(nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32)), d + "/fp.safetensors")
     >>> info = quantize_checkpoint(src, d + "/q.safetensors", QuantConfig(), progress=False)
@@ -37,7 +38,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +54,15 @@ from mono_quant.io._safetensors_stream import (
     read_header,
     read_tensor,
 )
+from mono_quant.io._targets import check_outside_source, check_replaceable
 from mono_quant.io.formats import _build_metadata, detect_format
+from mono_quant.quant import options
 from mono_quant.quant.info import QuantizationInfo, library_versions
 
 __all__ = ["checkpoint_files", "quantize_checkpoint"]
 
 INDEX_FILE = "model.safetensors.index.json"
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-_ROW_CHUNK = 1 << 18  # elements per chunk of the SQNR sums (float64 temporaries: 2 MiB)
 
 
 #: Hugging Face model types built from ``transformers.pytorch_utils.Conv1D`` (weight
@@ -188,36 +189,9 @@ def _plan(headers, selected, config) -> dict[str, TensorSpec]:
     return specs
 
 
-def _row_parts(w: torch.Tensor, qw) -> Iterator[tuple[torch.Tensor, Any]]:
-    from mono_quant.quant.primitives import QuantizedTensor
-
-    step = max(1, _ROW_CHUNK // max(1, w[0].numel()))
-    for r0 in range(0, w.shape[0], step):
-        rows = slice(r0, r0 + step)
-        per_tensor = qw.granularity.name == "per_tensor"
-        scale = qw.scale if per_tensor else qw.scale[rows]
-        zp = qw.zero_point if per_tensor else qw.zero_point[rows]
-        yield w[rows], QuantizedTensor(qw.data[rows], scale, zp, qw.scheme, qw.granularity)
-
-
-def _sqnr_sums(w: torch.Tensor, qw):
-    """An ErrorAccumulator holding only the SQNR sums (float64, chunked, via dot products:
-    a third of the temporaries of ``ErrorAccumulator.add``, which also sums for cosine)."""
-    from mono_quant.quant.metrics import ErrorAccumulator
-    from mono_quant.quant.primitives import dequantize
-
-    acc = ErrorAccumulator()
-    for ref, part in _row_parts(w, qw):
-        r = ref.reshape(-1).double()
-        d = r - dequantize(part).reshape(-1).double()
-        acc.signal += float(torch.dot(r, r))
-        acc.noise += float(torch.dot(d, d))
-    return acc
-
-
 def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer, buffer):
     """Quantize and write one weight; its buffers are freed when this returns."""
-    from mono_quant.quant.metrics import check_int8_ranges
+    from mono_quant.quant.metrics import check_int8_ranges, weight_error
     from mono_quant.quant.quantize import quantize_weight
     from mono_quant.quant.specs import qrange
 
@@ -226,7 +200,7 @@ def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer
     problems = check_int8_ranges(layer, qw.data, qw.scale, qw.zero_point, *qrange(config.scheme))
     if problems:  # a bug of ours, never the user's input
         raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
-    acc = _sqnr_sums(w, qw)
+    acc = weight_error(w, qw)
     writer.write(name, qw.data)
     writer.write(f"{layer}.weight_scale", qw.scale)
     writer.write(f"{layer}.weight_zero_point", qw.zero_point)
@@ -281,6 +255,9 @@ def quantize_checkpoint(
         raise BadInputError(f"{dst}: quantize_checkpoint writes .safetensors")
     files = checkpoint_files(src)
     _refuse_conv1d(Path(src))
+    if Path(src).is_dir():  # a model folder: not into it (a file src: not over it, below)
+        check_outside_source(dst, src)
+    check_replaceable(dst, "safetensors")
     headers = [read_header(f) for f in files]
     layers = _linear_layers(headers)
     selected = _select(layers, headers, config)
@@ -302,8 +279,11 @@ def quantize_checkpoint(
     # one buffer for every weight read and every chunked copy: no allocation per tensor
     buffer = torch.empty(max(e.nbytes for h in headers for n, e in h.tensors.items()
                              if n in quantized), dtype=torch.uint8)
-    with atomic_file(dst) as out, tqdm(
-        total=size_fp, unit="B", unit_scale=True, desc="streaming", disable=not progress
+    work = sum(4 * math.prod(e.shape) for h in headers for n, e in h.tensors.items()
+               if n in quantized)  # float32 bytes the kernels will see
+    with atomic_file(dst) as out, options.job_work(work), tqdm(
+        total=size_fp, unit="B", unit_scale=True, desc="streaming",
+        disable=None if progress else True,  # None: a bar only on a terminal
     ) as bar:
         writer = SafetensorsWriter(out, specs, _build_metadata(None), reserve=reserve)
         for h in headers:

@@ -51,7 +51,11 @@ def _qparams(lo: torch.Tensor, hi: torch.Tensor, symmetric: bool) -> tuple[torch
         return scale, torch.zeros_like(scale)
     lo = torch.clamp(lo, max=0.0)
     hi = torch.clamp(hi, min=0.0)
-    scale = torch.clamp((hi - lo) / 255.0, min=TINY)
+    span = (hi - lo) / 255.0
+    # hi - lo overflows float32 for finite ranges wider than 3.4e38: divide first there
+    # only, so every other range keeps the exact float32 formula
+    span = torch.where(torch.isinf(span), hi / 255.0 - lo / 255.0, span)
+    scale = torch.clamp(span, min=TINY)
     zp = torch.clamp(-128.0 - torch.round(lo / scale), -128.0, 127.0)
     return scale, zp
 
@@ -86,11 +90,17 @@ _compiled: dict[str, Callable] = {}
 _compile_failed = False
 
 
-def _use_compiled(x: torch.Tensor) -> bool:
+def _use_compiled(x: torch.Tensor, name: str) -> bool:
+    """The compiled kernel ``name`` for ``x``? (see :mod:`mono_quant.quant.options`)"""
     mode = options.compile_mode()
     if _compile_failed or mode == "never" or x.device.type != "cpu":
         return False
-    return mode == "always" or x.numel() >= options.compile_min_numel()
+    if mode == "always":
+        return True
+    if x.numel() < options.compile_min_numel():
+        return False
+    # auto: only when compiling pays, or is already paid for in this process
+    return name in _compiled or options.current_job_work() >= options.COMPILE_MIN_WORK
 
 
 def _get_compiled(name: str, fn: Callable) -> Callable:
@@ -167,8 +177,8 @@ def fused_minmax_quantize(rows: torch.Tensor, symmetric: bool):
 
     Returns ``(q [R, C] int8, scale [R, 1] float32, zero_point [R, 1] float32)``.
     """
-    if rows.shape[0] > 1 and _use_compiled(rows):
-        name, fn = ("sym", _fused_sym) if symmetric else ("asym", _fused_asym)
+    name, fn = ("sym", _fused_sym) if symmetric else ("asym", _fused_asym)
+    if rows.shape[0] > 1 and _use_compiled(rows, name):
         result = _run_compiled(name, fn, rows)
         if result is not None:
             q, lo, hi = result

@@ -201,16 +201,21 @@ def run_calibration(
     try:
         model.eval()
         with torch.inference_mode():
-            bar = tqdm(data, total=total or None, desc="calibrating", unit="batch",
-                       disable=not progress)
-            for item in bar:
+            # Counted by hand: a bar that wraps the iterable misses the batch the loop
+            # breaks on (it counts an item when the next one is fetched), so a run cut by
+            # num_samples stopped at 3/4. None: a bar only on a terminal.
+            bar = tqdm(total=total or None, desc="calibrating", unit="batch",
+                       disable=None if progress else True)
+            for item in data:
                 run_batch(model, to_device(item, device), "calibration", result.batches)
                 result.batches += 1
                 result.samples += batch_size(item)
+                bar.update(1)
                 if on_progress is not None:
                     on_progress("calibrating", result.batches, total)
                 if num_samples is not None and result.samples >= num_samples:
                     break
+            bar.close()
     finally:
         for h in handles:
             h.remove()

@@ -22,6 +22,7 @@ __all__ = [
     "first_tensor",
     "sqnr_db",
     "state_dict_bytes",
+    "weight_error",
 ]
 
 _CHUNK = 1 << 20
@@ -56,19 +57,58 @@ class ErrorAccumulator:
 
     @property
     def sqnr_db(self) -> float:
-        if self.noise == 0.0:
-            return math.inf
-        if self.signal == 0.0:
-            return -math.inf
-        return 10.0 * math.log10(self.signal / self.noise)
+        return _sqnr_db(self.signal, self.noise)
 
     @property
     def cosine(self) -> float:
-        if self.signal == 0.0 and self.approx_sq == 0.0:
-            return 1.0
-        if self.signal == 0.0 or self.approx_sq == 0.0:
-            return 0.0
-        return self.dot / math.sqrt(self.signal * self.approx_sq)
+        return _cosine(self.signal, self.approx_sq, self.dot)
+
+
+# The formulas as plain functions (not in the properties): mutation testing (tools/mutate.py)
+# skips decorated functions, and these numbers are the ones the catalog filters on.
+def _sqnr_db(signal: float, noise: float) -> float:
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def _cosine(signal: float, approx_sq: float, dot: float) -> float:
+    if signal == 0.0 and approx_sq == 0.0:
+        return 1.0
+    if signal == 0.0 or approx_sq == 0.0:
+        return 0.0
+    return dot / math.sqrt(signal * approx_sq)
+
+
+def weight_error(w: torch.Tensor, qt: Any) -> ErrorAccumulator:
+    """The error sums of a quantized weight against its float original, without building the
+    whole dequantized tensor: row chunks of ``w`` and of ``qt`` (a
+    :class:`~mono_quant.quant.primitives.QuantizedTensor`) of about 256K values are
+    dequantized and reduced with float32 dot products while they are in cache, and the chunk
+    sums are accumulated in float64. Within about 1e-5 (relative) of
+    ``ErrorAccumulator().add(w, dequantize(qt))``, which is float64 throughout and three
+    times slower: a weight-SQNR figure moves by under 0.001 dB.
+    """
+    from mono_quant.quant.primitives import QuantizedTensor, dequantize
+
+    acc = ErrorAccumulator()
+    per_tensor = qt.granularity.name == "per_tensor"
+    step = max(1, (_CHUNK // 4) // max(1, w[0].numel())) if w.ndim else 1
+    for r0 in range(0, w.shape[0] if w.ndim else 1, step):
+        rows = slice(r0, r0 + step)
+        part = QuantizedTensor(qt.data[rows], qt.scale if per_tensor else qt.scale[rows],
+                               qt.zero_point if per_tensor else qt.zero_point[rows],
+                               qt.scheme, qt.granularity)
+        r = w[rows].detach().reshape(-1).float()
+        a = dequantize(part).reshape(-1)
+        acc.signal += float(torch.dot(r, r))
+        acc.approx_sq += float(torch.dot(a, a))
+        acc.dot += float(torch.dot(r, a))
+        a.sub_(r)  # a - r: the error, squared by the dot below
+        acc.noise += float(torch.dot(a, a))
+    return acc
 
 
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
@@ -124,11 +164,10 @@ def check_int8_ranges(
     problems = []
     if data.dtype != torch.int8:
         problems.append(f"{name}: data dtype is {data.dtype}, expected torch.int8")
-    elif data.numel() and (int(data.min()) < qmin or int(data.max()) > qmax):
-        problems.append(
-            f"{name}: int8 values span [{int(data.min())}, {int(data.max())}], "
-            f"outside [{qmin}, {qmax}]"
-        )
+    elif data.numel():
+        lo, hi = (int(v) for v in torch.aminmax(data))  # one pass over the int8 data
+        if lo < qmin or hi > qmax:
+            problems.append(f"{name}: int8 values span [{lo}, {hi}], outside [{qmin}, {qmax}]")
     if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
         problems.append(f"{name}: scales must be finite and > 0")
     if zero_point.numel() and (int(zero_point.min()) < qmin or int(zero_point.max()) > qmax):

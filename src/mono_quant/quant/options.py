@@ -5,9 +5,11 @@ The library never reads the service's :class:`~mono_quant.config.Settings` (a ba
 
 ``MONO_QUANT_COMPILE``
     ``auto`` (default): a ``torch.compile`` CPU kernel only for tensors that are large enough
-    (``MONO_QUANT_COMPILE_MIN_NUMEL``) **and** in a process whose kernel is already compiled
-    or whose job is large enough to pay for compiling it (see :func:`use_compiled`);
-    ``always``: every CPU tensor; ``never``: plain torch ops only.
+    (``MONO_QUANT_COMPILE_MIN_NUMEL``, the shapes where it was measured to win) **and** only
+    when compiling pays: the kernel is already compiled in this process (a worker keeps it
+    across jobs), or the job quantizes at least :data:`COMPILE_MIN_WORK` bytes of such
+    tensors (:func:`job_work`). Otherwise eager. ``always``: every CPU tensor; ``never``:
+    plain torch ops only.
 ``MONO_QUANT_COMPILE_MIN_NUMEL``
     Tensors with at least this many elements may take the compiled path under ``auto``.
 
@@ -26,10 +28,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 from mono_quant.errors import BadConfigError
 
-__all__ = ["COMPILE_MODES", "compile_min_numel", "compile_mode", "compile_override"]
+__all__ = ["COMPILE_MIN_WORK", "COMPILE_MODES", "VARIABLES", "compile_min_numel",
+           "compile_mode", "compile_override", "current_job_work", "job_work"]
 
 COMPILE_MODES = ("auto", "always", "never")
 #: ``MONO_QUANT_COMPILE`` when unset.
@@ -38,7 +42,25 @@ DEFAULT_COMPILE = "auto"
 #: (benchmarks/quantize_speed.py): below this the eager row-chunk kernel is as fast.
 DEFAULT_COMPILE_MIN_NUMEL = 1 << 24
 
+#: Bytes of large float32 weights a job must quantize before compiling the kernel pays under
+#: ``auto``. Measured (benchmarks/quantize_speed.py, benchmarks/job_time.py): compiling costs
+#: about 7 s per process; on tensors of 16M+ values the compiled kernel saves about
+#: 0.02 s per GB against eager (21 against 14.6 GB/s), and on typical LLM shapes it is slower.
+COMPILE_MIN_WORK = 256 << 30
+
 _override: str | None = None
+_job_work: ContextVar[int] = ContextVar("mono_quant_job_work", default=0)
+
+#: The library's variables as (names without the MONO_QUANT_ prefix, default, meaning): the
+#: source of the library table in docs/settings.md.
+VARIABLES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("COMPILE",), f"`{DEFAULT_COMPILE}`",
+     "`auto`: a torch.compile CPU kernel only for tensors of at least "
+     "`MONO_QUANT_COMPILE_MIN_NUMEL` elements; `always`: every CPU tensor; `never`: plain torch "
+     "ops. Read by the library at each call, never through the service's settings"),
+    (("COMPILE_MIN_NUMEL",), f"`{DEFAULT_COMPILE_MIN_NUMEL}`",
+     "tensors at least this large may take the compiled path under `auto`"),
+)
 
 
 def compile_mode() -> str:
@@ -69,6 +91,22 @@ def compile_min_numel() -> int:
             "or unset it"
         )
     return value
+
+
+def current_job_work() -> int:
+    """Bytes of weights the running job quantizes (0 outside :func:`job_work`)."""
+    return _job_work.get()
+
+
+@contextlib.contextmanager
+def job_work(nbytes: int) -> Iterator[None]:
+    """Tell the kernels how much the job inside the block will quantize (``auto`` compiles
+    only when that pays)."""
+    token = _job_work.set(nbytes)
+    try:
+        yield
+    finally:
+        _job_work.reset(token)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
+from mono_quant.quant import options
 from mono_quant.quant.calibration import (
     OnProgress,
     batch_size,
@@ -40,12 +41,12 @@ from mono_quant.quant.metrics import (
     check_int8_ranges,
     first_tensor,
     state_dict_bytes,
+    weight_error,
 )
 from mono_quant.quant.modules import SUPPORTED_LAYERS, quantized_like
 from mono_quant.quant.observers import make_observer
 from mono_quant.quant.primitives import (
     QuantizedTensor,
-    dequantize,
     quantize_weight_int8,
     quantize_with_qparams,
 )
@@ -124,6 +125,48 @@ def _output_metrics(
     return {"output_sqnr_db": acc.sqnr_db, "output_cosine": acc.cosine, "eval_batches": batches}
 
 
+def _structural_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s modules that shares its parameters and buffers (no tensor is
+    copied): the selected layers are then replaced in the copy, so ``model`` is never
+    modified and only the new int8 tensors take memory."""
+    memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(),
+                                                              model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def _swap_layers(qmodel: nn.Module, layers: list[str], config: QuantConfig, calibration,
+                 progress: bool, on_progress: OnProgress | None):
+    """Replace each selected layer of ``qmodel`` by its quantized twin; the weight error sums
+    (overall and per layer) come back."""
+    qmin, qmax = qrange(config.scheme)
+    total = ErrorAccumulator()
+    per_layer: dict[str, float] = {}
+    work = sum(qmodel.get_submodule(n).weight.numel() * 4 for n in layers)
+    with torch.no_grad(), options.job_work(work):
+        for done, name in enumerate(
+            # disable=None: a bar only on a terminal
+            tqdm(layers, desc="quantizing", unit="layer", disable=None if progress else True),
+            start=1,
+        ):
+            layer = qmodel.get_submodule(name)
+            qw = quantize_weight(layer.weight, config, f"{name}.weight")
+            problems = check_int8_ranges(name, qw.data, qw.scale, qw.zero_point, qmin, qmax)
+            if problems:  # a bug of ours, never the user's input
+                raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
+            acc = weight_error(layer.weight, qw)
+            total.merge(acc)
+            per_layer[name] = acc.sqnr_db
+            qlayer = quantized_like(layer, config)
+            qlayer.set_weight(qw)
+            if calibration is not None:
+                qlayer.set_input_qparams(*calibration.observers[name].compute_qparams())
+            parent, _, child = name.rpartition(".")
+            setattr(qmodel.get_submodule(parent), child, qlayer)
+            if on_progress is not None:
+                on_progress("quantizing", done, len(layers))
+    return total, per_layer
+
+
 def quantize_model(
     model: nn.Module,
     config: QuantConfig | None = None,
@@ -174,7 +217,7 @@ def quantize_model(
             f"min_layer_size={config.min_layer_size}"
         )
     calibration_data = _reiterable(calibration_data, num_samples)
-    qmodel = copy.deepcopy(model)
+    qmodel = _structural_copy(model)
     samples = 0
     calibration = None
     if config.mode == "static":
@@ -185,31 +228,7 @@ def quantize_model(
         )
         samples = calibration.samples
 
-    qmin, qmax = qrange(config.scheme)
-    total = ErrorAccumulator()
-    per_layer: dict[str, float] = {}
-    with torch.no_grad():
-        for done, name in enumerate(
-            tqdm(layers, desc="quantizing", unit="layer", disable=not progress), start=1
-        ):
-            layer = qmodel.get_submodule(name)
-            qw = quantize_weight(layer.weight, config, f"{name}.weight")
-            problems = check_int8_ranges(name, qw.data, qw.scale, qw.zero_point, qmin, qmax)
-            if problems:  # a bug of ours, never the user's input
-                raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
-            acc = ErrorAccumulator()
-            acc.add(layer.weight, dequantize(qw))
-            total.merge(acc)
-            per_layer[name] = acc.sqnr_db
-            qlayer = quantized_like(layer, config)
-            qlayer.set_weight(qw)
-            if calibration is not None:
-                qlayer.set_input_qparams(*calibration.observers[name].compute_qparams())
-            parent, _, child = name.rpartition(".")
-            setattr(qmodel.get_submodule(parent), child, qlayer)
-            if on_progress is not None:
-                on_progress("quantizing", done, len(layers))
-
+    total, per_layer = _swap_layers(qmodel, layers, config, calibration, progress, on_progress)
     size_fp, size_q = state_dict_bytes(model), state_dict_bytes(qmodel)
     metrics: dict[str, Any] = {
         "weight_sqnr_db": total.sqnr_db,

@@ -1,0 +1,51 @@
+"""Manifest values against the catalog's columns, so SQLite and PostgreSQL accept the same.
+
+Each manifest field that lands in a typed column is checked with
+:func:`mono_quant.catalog.limits.check_column` against that column (its length or integer
+range comes from the model, not from a copy here). Strings in JSON columns (labels, factory
+arguments) are checked for NUL bytes by :func:`mono_quant.scheduler.bounds.check_document`.
+
+Example:
+    >>> check_batch("x" * 300)
+    ['name: expected at most 255 characters (got 300)']
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mono_quant.catalog.limits import check_column
+from mono_quant.catalog.models import Artifact, Batch, Job
+
+if TYPE_CHECKING:
+    from mono_quant.scheduler.manifest import ScheduledJob
+
+__all__ = ["check_batch", "check_job"]
+
+
+def _problems(pairs: list[tuple[str, Any, Any]]) -> list[str]:
+    out = []
+    for field, column, value in pairs:
+        if value is None:
+            continue
+        problem = check_column(column, value)
+        if problem:
+            out.append(f"{field}: {problem}")
+    return out
+
+
+def check_batch(name: str | None) -> list[str]:
+    """Problems of the batch's own fields (its name)."""
+    return _problems([("name", Batch.name, name)])
+
+
+def check_job(job: ScheduledJob) -> list[str]:
+    """Problems of one expanded job: its name (with the matrix suffix), queue, attempts, and
+    the QuantizationInfo values the artifact row will hold."""
+    return _problems([
+        ("name", Job.name, job.name),
+        ("queue", Job.queue, job.queue),
+        ("max_attempts", Job.max_attempts, job.max_attempts),
+        ("samples", Artifact.calibration_samples, job.spec.samples),
+        ("group_size", Artifact.group_size, job.spec.config.group_size),
+    ])

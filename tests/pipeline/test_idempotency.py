@@ -1,0 +1,153 @@
+"""The idempotency key decides whether a submitted job is skipped as already done, so it must
+change with everything that changes the artifact, and with nothing else.
+
+What the artifact depends on is listed here, independently of ``JobSpec.to_payload``: the model
+source, every quantization config field, the format, the calibration source, the number of
+calibration samples and streaming. The job's name, its queue and its attempt cap (a
+:class:`ScheduledJob`'s own fields) do not change it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+from hypothesis import given, reject, settings
+from hypothesis import strategies as st
+
+from mono_quant.errors import BadConfigError
+from mono_quant.io.layout import FORMATS
+from mono_quant.pipeline import JobSpec, parse_calibration_source, parse_model_source
+from mono_quant.quant.qconfig import MODES, OBSERVERS, QuantConfig
+from mono_quant.scheduler.manifest import ScheduledJob
+
+SCHEMES = ("symmetric", "asymmetric")
+PATTERNS = st.lists(st.sampled_from(["Linear", "Conv2d", "fc*", "re:.*lm_head"]), max_size=3,
+                    unique=True)
+MODELS = st.sampled_from([
+    parse_model_source(m) for m in (
+        "factory:mono_quant.demo_models:mlp", "factory:mono_quant.demo_models:cnn",
+        "factory:mono_quant.demo_models:mlp?hidden=64",
+        "factory:mono_quant.demo_models:mlp?weights=/w/a.safetensors",
+        "hf:/models/org-model", "hf:/models/other")
+])
+CALIBRATIONS = st.sampled_from([None] + [
+    parse_calibration_source(c) for c in (
+        "factory:mono_quant.demo_models:vector_batches",
+        "factory:mono_quant.demo_models:image_batches",
+        "tensors:/data/calib.safetensors", "text:/data/calib.txt?max_length=64")
+])
+#: QuantConfig field -> values it may take
+CONFIG_VALUES = {
+    "scheme": st.sampled_from(SCHEMES),
+    "granularity": st.sampled_from(["per_tensor", "per_channel", "per_group"]),
+    "group_size": st.sampled_from([None, 32, 64, 128]),
+    "mode": st.sampled_from(MODES),
+    "weight_observer": st.sampled_from(OBSERVERS),
+    "activation_observer": st.sampled_from(OBSERVERS),
+    "activation_scheme": st.sampled_from(SCHEMES),
+    "include": PATTERNS,
+    "exclude": PATTERNS,
+    "min_layer_size": st.integers(0, 10_000),
+}
+#: JobSpec field -> values, for the fields that decide the artifact
+ARTIFACT_VALUES = {
+    "model": MODELS,
+    "format": st.sampled_from(FORMATS),
+    "calibration": CALIBRATIONS,
+    "samples": st.none() | st.integers(1, 4096),
+    "stream": st.booleans(),
+}
+#: ScheduledJob fields that do not change the artifact
+OTHER_VALUES = {
+    "name": st.text(min_size=1, max_size=8),
+    "model_source": st.text(min_size=1, max_size=20),
+    "queue": st.sampled_from(["cpu", "gpu", "gpu.h100"]),
+    "max_attempts": st.integers(1, 10),
+}
+
+
+def _valid(make):
+    """The spec ``make()`` builds, or reject the example (e.g. samples without calibration)."""
+    try:
+        return make()
+    except BadConfigError:
+        reject()
+
+
+@st.composite
+def specs(draw) -> JobSpec:
+    config = _valid(lambda: QuantConfig(**{k: draw(v) for k, v in CONFIG_VALUES.items()}))
+    fields = {k: draw(v) for k, v in ARTIFACT_VALUES.items()}
+    return _valid(lambda: JobSpec(config=config, **fields))
+
+
+def _artifact_identity(spec: JobSpec) -> tuple:
+    return (spec.model, spec.config, spec.format, spec.calibration, spec.samples, spec.stream)
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=specs(), data=st.data())
+def test_the_key_changes_exactly_when_the_artifact_would(spec, data):
+    field = data.draw(st.sampled_from([*CONFIG_VALUES, *ARTIFACT_VALUES]))
+    if field in CONFIG_VALUES:
+        config = _valid(lambda: dataclasses.replace(
+            spec.config, **{field: data.draw(CONFIG_VALUES[field])}))
+        other = _valid(lambda: dataclasses.replace(spec, config=config))
+    else:
+        other = _valid(lambda: dataclasses.replace(
+            spec, **{field: data.draw(ARTIFACT_VALUES[field])}))
+    same = _artifact_identity(spec) == _artifact_identity(other)
+    assert (spec.idempotency_key == other.idempotency_key) == same, field
+
+
+@settings(max_examples=100, deadline=None)
+@given(spec=specs(), data=st.data())
+def test_the_key_ignores_name_queue_and_attempts(spec, data):
+    job = ScheduledJob(name="a", spec=spec, model_source="m")
+    field = data.draw(st.sampled_from(list(OTHER_VALUES)))
+    other = dataclasses.replace(job, **{field: data.draw(OTHER_VALUES[field])})
+    assert other.idempotency_key == job.idempotency_key == spec.idempotency_key
+
+
+def _base(**changes) -> JobSpec:
+    fields = {"model": parse_model_source("factory:m:f"), "config": QuantConfig(),
+              "calibration": parse_calibration_source("factory:m:c"), "samples": 8}
+    return JobSpec(**{**fields, **changes})
+
+
+def test_each_artifact_field_changes_the_key():
+    """One hand-picked change per field (the property test samples; this never misses one)."""
+    changes = [
+        {"model": parse_model_source("factory:m:g")}, {"format": "pt"},
+        {"calibration": None, "samples": None},
+        {"calibration": parse_calibration_source("factory:m:d")}, {"samples": 16},
+        {"samples": None},
+        *({"config": dataclasses.replace(QuantConfig(), **c)} for c in (
+            {"scheme": "asymmetric"}, {"granularity": "per_tensor"},
+            {"granularity": "per_group"}, {"mode": "static"}, {"weight_observer": "mse"},
+            {"activation_observer": "percentile"}, {"activation_scheme": "symmetric"},
+            {"include": ["Linear"]}, {"exclude": ["fc*"]}, {"min_layer_size": 1},
+        )),
+    ]
+    keys = {_base().idempotency_key}
+    for change in changes:
+        keys.add(_base(**change).idempotency_key)
+    assert len(keys) == len(changes) + 1
+    hf = JobSpec(parse_model_source("hf:/models/x"))
+    assert dataclasses.replace(hf, stream=True).idempotency_key != hf.idempotency_key
+
+
+def test_the_key_is_sha256_of_the_canonical_json():
+    """Keys are stored in the catalog: their canonical form must not drift between versions
+    (these are the keys of jobs submitted before the typed JobSpec). The JSON below is
+    written by hand (sorted keys, no spaces)."""
+    canonical = (
+        '{"calibration":{"kwargs":{},"scheme":"factory","target":"m:c"},"format":"safetensors",'
+        '"model":{"kwargs":{},"scheme":"factory","target":"m:f","weights":null},'
+        '"quant":{"activation_observer":"minmax","activation_scheme":"asymmetric",'
+        '"exclude":[],"granularity":"per_channel","group_size":null,"include":[],'
+        '"min_layer_size":0,"mode":"weight_only","scheme":"symmetric","version":1,'
+        '"weight_observer":"minmax"},"samples":8}'
+    )
+    assert _base().idempotency_key == hashlib.sha256(canonical.encode()).hexdigest()

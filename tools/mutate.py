@@ -1,0 +1,220 @@
+"""Mutation testing with mutmut over the modules whose bugs corrupt results silently.
+
+``make mutate`` runs every group below; ``python tools/mutate.py quant io`` runs some of them;
+``python tools/mutate.py --report`` prints the scores of the last runs again. Results and
+the score per module are printed as a table (see ``docs/mutation.md`` for the last scores
+and the surviving mutants judged equivalent).
+
+Why a staging copy: mutmut copies the sources into ``mutants/`` and imports them from there
+by the module name their path gives (``src/mono_quant/io/formats.py`` → ``mono_quant.io.
+formats``). ``worker/`` and ``scheduler/`` live outside ``src/`` and are installed under
+``mono_quant`` by setuptools' ``package-dir``; in ``.mutate/<group>/`` they are copied to where
+they are installed (``src/mono_quant/worker``), so mutmut names them as they are imported.
+Each group runs in its own staging folder with only the focused tests of its modules (the
+model-level tests are left out: on a small machine they make a run take hours), and mutmut
+then runs, per mutated function, only the tests that call it.
+
+Not part of CI: a full run takes tens of minutes. Add each new numeric or state-machine
+module (SmoothQuant, GPTQ, resume, admission) to ``GROUPS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE = ROOT / ".mutate"
+
+
+ALL = ("*",)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Modules mutated together and the tests that may kill their mutants.
+
+    ``modules`` maps a file (as installed: ``src/mono_quant/...``) to mutmut name globs of
+    the functions mutated in it (``*``: all of them; ``xǁJobSpecǁ*``: the methods of a class;
+    ``x__digest*``: the module-level function ``_digest``).
+    """
+
+    modules: dict[str, tuple[str, ...]]
+    tests: tuple[str, ...]
+    #: pytest ``-k`` expression: cases left out of the mutation run (they still run in CI)
+    skip: str = ""
+
+
+#: The mutation set: one home.
+GROUPS: dict[str, Group] = {
+    "quant": Group(
+        {
+            "src/mono_quant/quant/primitives.py": ALL,
+            "src/mono_quant/quant/specs.py": ALL,
+            "src/mono_quant/quant/observers.py": ALL,
+            "src/mono_quant/quant/_kernels.py": ALL,
+        },
+        ("tests/quant/test_primitives.py", "tests/quant/test_observers.py",
+         "tests/quant/test_bounds.py", "tests/quant/test_specs.py", "tests/quant/test_qconfig.py"),
+    ),
+    "metrics": Group(
+        {"src/mono_quant/quant/metrics.py": ALL},
+        ("tests/quant/test_metrics.py",),
+    ),
+    "io": Group(
+        {
+            "src/mono_quant/io/_safetensors_header.py": ALL,
+            "src/mono_quant/io/_atomic.py": ALL,
+            "src/mono_quant/io/formats.py": ALL,
+        },
+        ("tests/io/test_corrupt.py", "tests/io/test_formats.py", "tests/io/test_header_layout.py",
+         "tests/io/test_durability.py"),
+    ),
+    "catalog": Group(
+        {
+            "src/mono_quant/catalog/jobs.py": ALL,
+            "src/mono_quant/catalog/queries.py": ALL,
+        },
+        ("tests/catalog/test_jobs.py", "tests/catalog/test_queries.py",
+         "tests/catalog/test_thresholds.py", "tests/catalog/test_records.py"),
+        # the PostgreSQL twin of each case doubles the time and kills the same SQL mutants
+        skip="postgresql",
+    ),
+    "key": Group(
+        # only the idempotency key: JobSpec.to_payload and the key's digest
+        {"src/mono_quant/pipeline/spec.py": ("xǁJobSpecǁto_payload*", "x__idempotency_key*")},
+        ("tests/pipeline/test_idempotency.py", "tests/scheduler/test_manifest.py"),
+    ),
+}
+
+#: Where setuptools' package-dir installs the top-level packages.
+INSTALLED = {"worker": "src/mono_quant/worker", "scheduler": "src/mono_quant/scheduler"}
+
+#: mutmut's exit-code verdicts that count as detected.
+DETECTED = {"killed", "timeout", "segfault", "caught by type check"}
+
+
+def _stage(name: str, group: Group) -> Path:
+    """A copy of the working tree (tracked and new files) laid out as installed."""
+    dest = STAGE / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+        capture_output=True, text=True,
+    ).stdout.splitlines()
+    for rel in files:
+        top = rel.split("/", 1)[0]
+        target = INSTALLED[top] + rel[len(top):] if top in INSTALLED else rel
+        src = ROOT / rel
+        if src.is_file():
+            (dest / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / target)
+    config = {
+        "source_paths": ["src"],
+        "only_mutate": list(group.modules),
+        "pytest_add_cli_args_test_selection": list(group.tests),
+        # torch.compile cannot trace mutmut's trampolines: the compiled-kernel cases are left
+        # out (the eager kernels share the formulas and are what the other tests run)
+        "pytest_add_cli_args": ["-q", "-k", " and ".join(
+            f"not {k}" for k in ("compiled", group.skip) if k)],
+        "process_isolation": "forkserver",
+    }
+    with open(dest / "pyproject.toml", "a", encoding="utf-8") as f:
+        f.write("\n[tool.mutmut]\n")
+        for key, value in config.items():
+            f.write(f"{key} = {json.dumps(value)}\n")
+    return dest
+
+
+def _patterns(group: Group) -> list[str]:
+    return [f"{_module(path)}.{glob}" for path, globs in group.modules.items() for glob in globs]
+
+
+def _module(path: str) -> str:
+    return path.removeprefix("src/").removesuffix(".py").replace("/", ".")
+
+
+def run(name: str, children: int) -> int:
+    group = GROUPS[name]
+    dest = _stage(name, group)
+    env = {**os.environ, "MONO_QUANT_COMPILE": "never", "OMP_NUM_THREADS": "1",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children),
+           *_patterns(group)]
+    print(f"== {name}: {' '.join(cmd[3:])}", flush=True)
+    return subprocess.run(cmd, cwd=dest, env=env).returncode
+
+
+def _verdicts(name: str) -> dict[str, dict[str, str]]:
+    """module file -> {mutant name: verdict} from mutmut's result files of one group."""
+    from mutmut.stats import status_by_exit_code
+
+    out: dict[str, dict[str, str]] = {}
+    group = GROUPS[name]
+    for path, globs in group.modules.items():
+        meta = STAGE / name / "mutants" / f"{path}.meta"
+        if not meta.exists():
+            continue
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        wanted = [f"{_module(path)}.{glob}" for glob in globs]
+        out[path] = {k: status_by_exit_code[v] for k, v in codes.items()
+                     if any(fnmatch.fnmatchcase(k, w) for w in wanted)}
+    return out
+
+
+def report(names: list[str]) -> list[tuple[str, int, int, int, float]]:
+    """Print and return (module, detected, survived, not run, score %) per module."""
+    rows = []
+    print(f"{'module':48} {'killed':>7} {'survived':>8} {'other':>6} {'score':>7}")
+    for name in names:
+        for path, verdicts in _verdicts(name).items():
+            killed = sum(v in DETECTED for v in verdicts.values())
+            survived = sum(v == "survived" for v in verdicts.values())
+            other = len(verdicts) - killed - survived  # not checked, no tests, suspicious
+            score = 100.0 * killed / (killed + survived) if killed + survived else float("nan")
+            rows.append((path, killed, survived, other, score))
+            print(f"{path:48} {killed:7} {survived:8} {other:6} {score:6.1f}%")
+    return rows
+
+
+def survivors(names: list[str]) -> None:
+    for name in names:
+        for verdicts in _verdicts(name).values():
+            for mutant, verdict in sorted(verdicts.items()):
+                if verdict not in DETECTED:
+                    print(f"{verdict:12} {mutant}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("groups", nargs="*", metavar="GROUP",
+                        help=f"groups to run (default: all of {', '.join(GROUPS)})")
+    parser.add_argument("--report", action="store_true", help="only print the last scores")
+    parser.add_argument("--survivors", action="store_true", help="list surviving mutants")
+    parser.add_argument("--children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    args = parser.parse_args(argv)
+    unknown = [g for g in args.groups if g not in GROUPS]
+    if unknown:
+        parser.error(f"unknown group(s) {', '.join(unknown)}; expected some of {', '.join(GROUPS)}")
+    names = args.groups or list(GROUPS)
+    failed = []
+    if not (args.report or args.survivors):
+        failed = [n for n in names if run(n, args.children) != 0]
+    if args.survivors:
+        survivors(names)
+    report(names)
+    if failed:
+        print(f"mutmut failed for: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
