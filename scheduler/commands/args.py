@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["catalog_id", "count", "printable"]
+__all__ = ["batch_ref", "catalog_id", "count", "printable"]
 
 
 def catalog_id(text: str) -> int:
@@ -27,6 +27,15 @@ def catalog_id(text: str) -> int:
         return parse_id(text)
     except BadInputError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def batch_ref(text: str) -> int | str:
+    """A batch by id or by name: digits are an id (ASCII only, in range, checked here), any
+    other text a name, looked up later."""
+    raw = text.strip()
+    if any(c.isdigit() for c in raw) and raw.isdigit():
+        return catalog_id(raw)
+    return text
 
 
 def count(text: str) -> int:

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from mono_quant.scheduler.cliutil import HelpFormatter
+from mono_quant.scheduler.commands.args import batch_ref
 
 _STATES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
 
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("jobs", help="list jobs (filter by batch and state); `jobs show J`",
                        formatter_class=HelpFormatter, epilog=_JOBS_EPILOG)
-    p.add_argument("--batch", metavar="BATCH",
+    p.add_argument("--batch", type=batch_ref, metavar="BATCH",
                    help="batch id or name (the newest of that name); an unknown one exits 2")
     p.add_argument("--state", action="append", default=[], metavar="STATE",
                    help=f"job state(s), comma-separated or repeated: {', '.join(_STATES)}")

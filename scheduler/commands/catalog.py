@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from mono_quant.scheduler.cliutil import HelpFormatter, add_deprecated_alias
-from mono_quant.scheduler.commands.args import catalog_id, count, printable
+from mono_quant.scheduler.commands.args import batch_ref, catalog_id, count, printable
 
 # Filters whose values come from a fixed set; "a,b" is split. The artifact format filter is
 # --artifact-format (as in `quantize`); --output-format picks the output format.
@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name in _SPLIT:
         ls.add_argument(f"--{name}", action="append", default=[], metavar="VALUE[,VALUE]",
                         help=f"{name}(s); several values are OR-ed")
-    ls.add_argument("--batch", action="extend", nargs="+", default=[], metavar="ID|NAME",
+    ls.add_argument("--batch", type=batch_ref, action="extend", nargs="+", default=[],
+                    metavar="ID|NAME",
                     help="batch id(s) or name(s); an unknown one exits 2")
     ls.add_argument("--min-sqnr", type=float, metavar="DB", help="weight SQNR at least (dB)")
     ls.add_argument("--min-cosine", type=float, metavar="X",

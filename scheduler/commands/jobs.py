@@ -8,7 +8,7 @@ import sys
 import time
 
 from mono_quant.scheduler.cliutil import HelpFormatter, progress_bar
-from mono_quant.scheduler.commands.args import catalog_id, printable
+from mono_quant.scheduler.commands.args import batch_ref, catalog_id, printable
 
 _SUBMIT_EPILOG = """examples:
   mono-quant submit jobs.yaml --wait                 # enqueue, follow, print the artifacts
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("status", help="job counts, failures and artifacts of a batch",
                        epilog=_STATUS_EPILOG, formatter_class=fmt)
-    p.add_argument("batch", nargs="?", metavar="BATCH",
+    p.add_argument("batch", nargs="?", type=batch_ref, metavar="BATCH",
                    help="batch id or name (default: the newest batch with jobs)")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.add_argument("--watch", action="store_true",
@@ -72,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retry", help="re-enqueue failed jobs, saying which were skipped and why",
                        epilog=_RETRY_EPILOG, formatter_class=fmt)
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--batch", metavar="BATCH", help="the failed jobs of this batch (id/name)")
+    group.add_argument("--batch", type=batch_ref, metavar="BATCH",
+                       help="the failed jobs of this batch (id/name)")
     group.add_argument("--job", type=catalog_id, action="append", metavar="JOB",
                        help="this job id (repeatable)")
     group.add_argument("--all-failed", action="store_true", help="every failed job")
@@ -91,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cancel", help="cancel a batch (or --job J); running jobs are revoked",
                        epilog="examples:\n  mono-quant cancel nightly\n  mono-quant cancel "
                               "--job 12 --job 13\n", formatter_class=fmt)
-    p.add_argument("batch", nargs="?", metavar="BATCH", help="batch id or name")
+    p.add_argument("batch", nargs="?", type=batch_ref, metavar="BATCH",
+                   help="batch id or name")
     p.add_argument("--job", type=catalog_id, action="append", metavar="JOB",
                    help="job id (repeatable)")
     p.set_defaults(handler=_cancel)

@@ -3,7 +3,7 @@
 Each loader returns plain data: the mono-quant command lines (``Invocation``), the
 environment variables set, the images referenced, and the worker stop settings (grace
 period vs soft shutdown), so the tests can check them against the real CLI parser, the
-README's settings table and config.py.
+docs/settings.md (generated from config.VARIABLES) and config.py.
 """
 
 from __future__ import annotations
