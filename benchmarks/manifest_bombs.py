@@ -43,7 +43,7 @@ CASES = {
         ]) + "jobs: [{name: a, model: 'factory:mono_quant.demo_models:mlp'}]\n",
     "json-nesting": '{"jobs": ' + "[" * 100_000 + "]" * 100_000 + "}",
     "wide": json.dumps({"jobs": [{"name": f"j{i}", "model": "factory:mono_quant.demo_models:mlp",
-                                  "samples": 8} for i in range(10_000)]}),
+                                  "group_size": 64} for i in range(10_000)]}),
 }
 
 _CHILD = """

@@ -29,7 +29,8 @@ STATIC = {"name": "static", "model": "factory:tests.jobfixtures:tiny", "mode": "
 def _worker_artifact(tmp_path, job: dict) -> str:
     """sha256 of the artifact ``run_job`` writes for ``job`` (what a Celery worker runs)."""
     s = Settings.from_env({"MONO_QUANT_DATA_DIR": str(tmp_path / "worker"),
-                           "MONO_QUANT_COMPILE": "never"})
+                           "MONO_QUANT_COMPILE": "never",
+                           "MONO_QUANT_ALLOWED_FACTORIES": "mono_quant.*,tests.*"})
     catalog = Catalog(s.catalog_url)
     catalog.upgrade()
     _, scheduled = parse_manifest({"jobs": [job]})
