@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,hf,interop,web
 
-.PHONY: setup demo test lint layers bench mutate clean
+.PHONY: setup demo test test-slow lint layers bench mutate clean
 
 setup: $(VENV)/.installed
 
@@ -34,8 +34,13 @@ layers: setup
 	cp -r scheduler build/layers/mono_quant/scheduler
 	cd build/layers && PYTHONPATH=. ../../$(BIN)/lint-imports ../../pyproject.toml
 
+# `make test`: lint, then every test not marked slow (minutes); `make test-slow`: the slow
+# ones (architecture matrix, 100k-job submits, end-to-end queue faults). CI runs both.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
 
 bench: setup
 	$(BIN)/pip install --quiet -e ".[bench]"
