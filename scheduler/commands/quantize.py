@@ -66,9 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="SmoothQuant migration strength in (0, 1) for W8A8 (static/dynamic)")
     p.add_argument("--weight-algorithm", choices=WEIGHT_ALGORITHMS, default="rtn",
                    help="weight rounding: rtn, or gptq (needs --calibration)")
-    p.add_argument("--gptq-damping", type=float, default=0.01, metavar="F")
-    p.add_argument("--gptq-block-size", type=int, default=128, metavar="N")
-    p.add_argument("--gptq-act-order", action="store_true")
+    p.add_argument("--gptq-damping", type=float, default=0.01, metavar="F",
+                   help="GPTQ: damping added to the Hessian diagonal, as a fraction of its mean")
+    p.add_argument("--gptq-block-size", type=int, default=128, metavar="N",
+                   help="GPTQ: columns quantized per block")
+    p.add_argument("--gptq-act-order", action="store_true",
+                   help="GPTQ: quantize columns in order of decreasing Hessian diagonal")
     p.add_argument("--target", action="append", default=[], metavar="METRIC=VALUE",
                    help="accuracy target, e.g. output_cosine=0.999 (repeatable; also "
                         "output_sqnr_db, perplexity_increase)")

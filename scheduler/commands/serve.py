@@ -16,10 +16,15 @@ _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from mono_quant.scheduler.cliutil import HelpFormatter
+
     p = sub.add_parser(
         "serve", help="serve a read-only web catalog (pages and a JSON API)",
         description="Serve batches, jobs, artifacts and comparisons as web pages and JSON "
-                    "(/api/...), read-only. Example: mono-quant serve --port 8765",
+                    "(/api/...), read-only.",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n  mono-quant serve                       # http://127.0.0.1:8765\n"
+               "  MONO_QUANT_SERVE_TOKEN=s3cret mono-quant serve --host 0.0.0.0\n",
     )
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")

@@ -143,6 +143,7 @@ def test_a_pickle_only_folder_is_refused_naming_the_file(tmp_path, saved, capsys
     with pytest.raises(BadInputError) as err:
         parse_model_source(f"hf:{folder}").load()
     assert str(err.value) == (
-        f"hf:{folder}: {folder / 'pytorch_model.bin'}: refused: the pickle needs code outside "
-        "torch's weights_only allow-list (it was not run); convert the weights to safetensors")
+        f"hf:{folder}: {folder / 'pytorch_model.bin'} is a pickle checkpoint, which mono-quant "
+        "does not load (pickles can run code); convert the folder to safetensors "
+        "(model.save_pretrained(path, safe_serialization=True))")
     assert "this must never run" not in capsys.readouterr().out

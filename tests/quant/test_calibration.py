@@ -73,12 +73,22 @@ def test_errors_name_the_problem():
         run_calibration(model, ["text"], layers=["0"], progress=False)
 
 
-def test_progress_bar_can_be_quiet(capsys):
+def test_progress_bar_can_be_quiet(monkeypatch):
+    """A bar is drawn on a terminal only (never into logs or pipes), and never when quiet."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
     model = nn.Sequential(nn.Linear(8, 8))
-    run_calibration(model, [torch.randn(1, 8)], layers=["0"], progress=False)
-    assert "calibrating" not in capsys.readouterr().err
-    run_calibration(model, [torch.randn(1, 8)], layers=["0"], progress=True)
-    assert "calibrating" in capsys.readouterr().err
+    for progress, tty, shown in ((False, True, False), (True, True, True),
+                                 (True, False, False)):
+        stream = Terminal() if tty else io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        run_calibration(model, [torch.randn(1, 8)], layers=["0"], progress=progress)
+        assert ("calibrating" in stream.getvalue()) is shown, (progress, tty)
 
 
 def test_a_batch_the_model_rejects_names_the_batch_and_its_shapes():
