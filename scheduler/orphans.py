@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlalchemy import or_, select
 
@@ -26,7 +27,17 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process: alive
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A dead process its (new) parent has not reaped yet: signal 0 still reaches it. A
+    killed runner's pool child is one until init gets to it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc (not Linux): trust the signal
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def _dead_here(worker: str, prefix: str, host: str) -> bool:

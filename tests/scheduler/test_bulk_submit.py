@@ -95,7 +95,8 @@ def _statuses(catalog: Catalog) -> dict[JobStatus, list[int]]:
 def _submit_through_a_failing_broker(catalog, broker, tmp_path, models: int) -> None:
     url, client = broker
     n = 4 * models
-    settings = Settings.from_env({"MONO_QUANT_BROKER_URL": url})
+    settings = Settings.from_env({"MONO_QUANT_BROKER_URL": url,
+                                 "MONO_QUANT_MAX_JOBS_PER_BATCH": str(4 * models)})
     app = create_app(settings)
     # enough memory for roughly a third of the messages (about 1 KB each)
     client.config_set("maxmemory", client.info("memory")["used_memory"] + n * 350)

@@ -144,7 +144,7 @@ def test_retry_without_a_broker_marks_jobs_for_run_and_never_publishes(tmp_path)
     assert cli("run", manifest, "--quiet", env=env, timeout=240).returncode == 1
     weights.write_text("ok")  # the cause is fixed
     (tmp_path / "weights-2").write_text("ok")
-    out = cli("retry", "--batch", "1", env=env)
+    out = cli("retry", "--batch", "1", "--include-bad-input", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "marked 2 job(s) for re-run: 1, 2" in out.stdout
     assert "run them with `mono-quant run MANIFEST`" in out.stdout
@@ -165,7 +165,7 @@ def test_retry_run_runs_failed_jobs_here(tmp_path):
         {"name": "needs", "model": f"factory:tests.jobfixtures:needs_file?path={weights}"}])
     assert cli("run", manifest, "--quiet", env=env, timeout=240).returncode == 1
     weights.write_text("ok")
-    out = cli("retry", "--all-failed", "--run", env=env, timeout=240)
+    out = cli("retry", "--all-failed", "--include-bad-input", "--run", env=env, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "marked 1 job(s) for re-run: 1" in out.stdout and "job 1 needs: succeeded" in out.stdout
     (job,) = _jobs(env).values()

@@ -32,7 +32,8 @@ COPIED_FILES = (
     "preprocessor_config.json",
 )
 _MODE = {"weight_only": "W8A16 (int8 weights, float activations)",
-         "static": "W8A8 (int8 weights, static per-tensor int8 activations)"}
+         "static": "W8A8 (int8 weights, static per-tensor int8 activations)",
+         "dynamic": "W8A8 (int8 weights, dynamic per-token int8 activations)"}
 
 
 def _float_layers(qmodel: nn.Module) -> list[str]:
