@@ -36,6 +36,8 @@ from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from mono_quant.scheduler.broker import UNACKED_KEY
+
 __all__ = ["CONTENT_TYPE", "MetricsSource", "format_family", "render", "serve"]
 
 #: The Prometheus text exposition format.
@@ -43,7 +45,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Queues always reported (the defaults of ``mono-quant worker``), even before any job.
 DEFAULT_QUEUES = ("cpu", "gpu")
 #: The Redis hash where kombu keeps delivered, unacknowledged messages.
-UNACKED_KEY = "unacked"
 
 Sample = tuple[dict[str, str], float]
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import getpass
 import itertools
-import json
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
 from mono_quant.pipeline.allowlist import FactoryAllowList
+from mono_quant.scheduler.broker import broker_job_ids
 from mono_quant.scheduler.manifest import ScheduledJob, stream_manifest
 from mono_quant.scheduler.resolve import latest_batch, resolve_batch
 
@@ -41,7 +40,6 @@ __all__ = [
     "SubmitResult",
     "batch_status",
     "cancel",
-    "message_job_id",
     "reconcile",
     "retry",
     "select_jobs",
@@ -330,66 +328,6 @@ def cancel(catalog: Catalog, app: Any | None, *, batch_id: int | None = None,
     if app is not None and running:
         app.control.revoke(running, terminate=True, signal="SIGTERM")
     return ids
-
-
-#: Messages per ``LRANGE`` page of the reconcile scan (bounds the reply held in memory).
-SCAN_PAGE = 10_000
-#: A job id in a task message: the ``argsrepr`` header ``"(123,)"`` (what send_task writes).
-_ARGSREPR = re.compile(rb'"argsrepr": "\((\d+),\)"')
-
-
-def message_job_id(raw: bytes) -> int | None:
-    """The job id a raw Redis message carries (a queued one, or an unacknowledged entry
-    ``[message, exchange, routing key]``); None when it is not one of ours."""
-    m = _ARGSREPR.search(raw)
-    if m is not None:
-        return int(m.group(1))
-    try:  # another layout: decode it properly
-        message = json.loads(raw)
-        if isinstance(message, list):  # unacked entries are [message, exchange, key]
-            message = message[0]
-        args = message["headers"].get("argsrepr") or "()"
-        return int(args.strip("(),").split(",")[0])
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return None
-
-
-def broker_job_ids(app: Any, queues: Iterable[str]) -> set[int] | None:
-    """Job ids with a message on the Redis broker (waiting or delivered but unacknowledged).
-
-    One scan: each queue is read in ``LRANGE`` pages from its head (new messages shift the
-    pages, so an entry may be seen twice but none is missed), then the ``unacked`` hash
-    (read last, so a message delivered during the scan is still seen). Job ids are taken
-    from the ``argsrepr`` header with a regular expression, falling back to JSON decoding.
-
-    None when the broker is not Redis (then reconcile relies on ages alone). Unacknowledged
-    messages count whatever their age: a worker legitimately holds one it reserved behind a
-    running job for up to the time limit, and Redis restores abandoned ones by itself after
-    the visibility timeout.
-    """
-    url = str(app.conf.broker_url)
-    if not url.startswith(("redis://", "rediss://")):
-        return None
-    import redis
-
-    client = redis.Redis.from_url(url)
-    found: set[int] = set()
-
-    def add(entries: Iterable[bytes]) -> None:
-        found.update(j for j in map(message_job_id, entries) if j is not None)
-
-    try:
-        for queue in sorted(set(queues)):
-            start = 0
-            while page := client.lrange(queue, start, start + SCAN_PAGE - 1):
-                add(page)
-                start += len(page)
-        add(client.hvals("unacked"))
-    except redis.RedisError as e:
-        raise TransientError(f"cannot inspect the broker {url}: {e}") from e
-    finally:
-        client.close()
-    return found
 
 
 def reconcile(catalog: Catalog, app: Any, *, settings: Settings | None = None) -> list[int]:

@@ -35,15 +35,17 @@ from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.locks import try_sweep_lock
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.config import Settings
-from mono_quant.scheduler.service import broker_job_ids, message_job_id
+from mono_quant.scheduler.broker import (
+    UNACKED_INDEX_KEY,
+    UNACKED_KEY,
+    broker_job_ids,
+    message_job_id,
+)
 
 __all__ = ["SweepResult", "Sweeper", "prune_unacked", "sweep"]
 
 log = logging.getLogger("mono_quant.sweep")
 
-#: kombu's Redis keys for delivered, unacknowledged messages: a hash (delivery tag → message)
-#: and its index (a sorted set: delivery tag → time delivered).
-_UNACKED, _UNACKED_INDEX = "unacked", "unacked_index"
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def prune_unacked(catalog: Catalog, app: Any) -> int:
 
     client = redis.Redis.from_url(url)
     try:
-        entries = {tag: message_job_id(raw) for tag, raw in client.hgetall(_UNACKED).items()}
+        entries = {tag: message_job_id(raw) for tag, raw in client.hgetall(UNACKED_KEY).items()}
         ids = sorted({j for j in entries.values() if j is not None})
         if not ids:
             return 0
@@ -96,8 +98,8 @@ def prune_unacked(catalog: Catalog, app: Any) -> int:
         tags = [tag for tag, job in entries.items() if job in final]
         if tags:
             pipe = client.pipeline(transaction=False)
-            pipe.hdel(_UNACKED, *tags)
-            pipe.zrem(_UNACKED_INDEX, *tags)
+            pipe.hdel(UNACKED_KEY, *tags)
+            pipe.zrem(UNACKED_INDEX_KEY, *tags)
             pipe.execute()
         return len(tags)
     finally:

@@ -16,8 +16,9 @@ from sqlalchemy import select
 
 from mono_quant.catalog import Catalog, Job, JobStatus
 from mono_quant.config import Settings
+from mono_quant.scheduler.broker import broker_job_ids
 from mono_quant.scheduler.publish import MessageTemplate, publish_jobs
-from mono_quant.scheduler.service import broker_job_ids, submit
+from mono_quant.scheduler.service import submit
 from mono_quant.worker.app import TASK_NAME, create_app
 from tests.worker.harness import Worker, base_env, cli, flush, redis_db, wait_until
 

@@ -18,7 +18,7 @@ from mono_quant.catalog.batches import JobRow, create_batch
 from mono_quant.catalog.locks import try_sweep_lock
 from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings
-from mono_quant.scheduler.service import message_job_id
+from mono_quant.scheduler.broker import message_job_id
 from mono_quant.scheduler.sweep import sweep
 from tests.worker.harness import base_env, redis_db
 

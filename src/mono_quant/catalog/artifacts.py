@@ -216,28 +216,7 @@ def add_artifact(
             add_artifact(session, job, root / key, info, storage_root=root)
             ...  # mark the job succeeded in the same transaction
     """
-    if storage_root is None:
-        from mono_quant.config import get_settings
-
-        storage_root = get_settings().storage_root
-    root = Path(storage_root)
-    key = _key_from_path(path, root)
-    full = root / key
-    if format is None:
-        format = infer_format(full)
-    try:
-        fmt = ArtifactFormat(format)
-    except ValueError as e:
-        allowed = ", ".join(f.value for f in ArtifactFormat)
-        raise BadInputError(f"artifact format {format!r}: expected one of {allowed}") from e
-    if sha256 is None or size_bytes is None:
-        if not full.exists():
-            raise StorageError(f"artifact {full} does not exist; write it before recording it")
-        try:
-            sha256, size_bytes = sha256_path(full), size_path(full)
-        except OSError as e:
-            raise StorageError(f"artifact {full}: cannot read it to hash it: {e}") from e
-
+    key, fmt, sha256, size_bytes = _located(path, storage_root, format, sha256, size_bytes)
     if job.id is None:
         session.flush()  # the job needs its id before the artifact can point at it
     existing = artifact_for_key(session, job.idempotency_key)
@@ -266,6 +245,35 @@ def add_artifact(
     session.flush()
     latest.on_insert(session, artifact)
     return artifact
+
+
+def _located(path: str | Path, storage_root: str | Path | None, format: ArtifactFormat | str | None,
+             sha256: str | None, size_bytes: int | None) -> tuple[str, ArtifactFormat, str, int]:
+    """(storage key, format, sha256, size) of the artifact at ``path``: the key checked to
+    stay under the root, the format from the name unless given, the bytes hashed unless
+    both sha256 and size are given."""
+    if storage_root is None:
+        from mono_quant.config import get_settings
+
+        storage_root = get_settings().storage_root
+    root = Path(storage_root)
+    key = _key_from_path(path, root)
+    full = root / key
+    if format is None:
+        format = infer_format(full)
+    try:
+        fmt = ArtifactFormat(format)
+    except ValueError as e:
+        allowed = ", ".join(f.value for f in ArtifactFormat)
+        raise BadInputError(f"artifact format {format!r}: expected one of {allowed}") from e
+    if sha256 is None or size_bytes is None:
+        if not full.exists():
+            raise StorageError(f"artifact {full} does not exist; write it before recording it")
+        try:
+            sha256, size_bytes = sha256_path(full), size_path(full)
+        except OSError as e:
+            raise StorageError(f"artifact {full}: cannot read it to hash it: {e}") from e
+    return key, fmt, sha256, int(size_bytes)
 
 
 @dataclass(frozen=True)

@@ -133,14 +133,8 @@ def _entry(path: Path, name: str, raw: object) -> HeaderEntry:
     return entry
 
 
-def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
-    """Read and validate a safetensors header; every problem names the file.
-
-    Raises:
-        BadInputError: missing file, truncated file, garbage or inconsistent header.
-        StorageError: the file exists but cannot be read.
-    """
-    path = Path(path)
+def _raw_header(path: Path) -> tuple[bytes, int]:
+    """(header JSON bytes, file size) after checking the length field against the file."""
     try:
         refuse_special_file(path)  # opening a FIFO would block
         with open(path, "rb") as f:
@@ -169,6 +163,19 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         raise _bad(path, "is a folder, expected a .safetensors file") from e
     except OSError as e:
         raise StorageError(f"{path}: cannot read: {e}") from e
+    return raw, size
+
+
+def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Read and validate a safetensors header; every problem names the file.
+
+    Raises:
+        BadInputError: missing file, truncated file, garbage or inconsistent header.
+        StorageError: the file exists but cannot be read.
+    """
+    path = Path(path)
+    raw, size = _raw_header(path)
+    n = len(raw)
     try:
         header = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:  # its message would show the file's bytes

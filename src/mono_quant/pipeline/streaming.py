@@ -60,6 +60,7 @@ from mono_quant.io._targets import check_outside_source, check_replaceable
 from mono_quant.io.formats import _build_metadata, detect_format
 from mono_quant.quant import options
 from mono_quant.quant.info import QuantizationInfo, library_versions
+from mono_quant.quant.metrics import ErrorAccumulator
 
 __all__ = ["checkpoint_files", "quantize_checkpoint"]
 
@@ -212,6 +213,23 @@ def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer
     return acc
 
 
+def _metrics(total: Any, per_layer: dict[str, float], layers_total: int, size_fp: int,
+             size_q: int) -> dict[str, Any]:
+    """The streamed artifact's metrics (the keys quantize_model writes, plus ``streamed``)."""
+    return {
+        "weight_sqnr_db": total.sqnr_db,
+        "weight_sqnr_db_min": min(per_layer.values()),
+        "layer_weight_sqnr_db": per_layer,
+        "layers_quantized": len(per_layer),
+        "layers_total": layers_total,
+        "size_bytes_fp": size_fp,
+        "size_bytes_quant": size_q,
+        "compression_ratio": size_fp / size_q if size_q else float("nan"),
+        "range_check": "ok",
+        "streamed": True,
+    }
+
+
 def _metrics_template(selected: list[str]) -> dict[str, Any]:
     """Metrics with the longest value reprs: sizes the header space reserved for them."""
     longest = -1.2345678901234567e-308
@@ -246,7 +264,6 @@ def quantize_checkpoint(
             that cannot be quantized (non-finite values, group size).
         StorageError: ``dst`` could not be written (nothing is left there).
     """
-    from mono_quant.quant.metrics import ErrorAccumulator
     from mono_quant.quant.qconfig import QuantConfig
 
     config = config or QuantConfig()
@@ -272,6 +289,12 @@ def quantize_checkpoint(
             f"include={list(config.include)} exclude={list(config.exclude)} "
             f"min_layer_size={config.min_layer_size}"
         )
+    return _stream(dst, headers, layers, selected, transposed, config, progress)
+
+
+def _stream(dst: Path, headers: list[SafetensorsHeader], layers: list[str], selected: list[str],
+            transposed: set[str], config, progress: bool) -> QuantizationInfo:
+    """Write ``dst`` tensor by tensor: the selected weights quantized, the rest copied."""
     specs = _plan(headers, selected, config, transposed)
     quantized = {f"{layer}.weight": layer for layer in selected}
     template = QuantizationInfo(config, selected, 0, {}, _metrics_template(selected))
@@ -304,18 +327,7 @@ def quantize_checkpoint(
                         per_layer[layer] = acc.sqnr_db
                     bar.update(e.nbytes)
         size_q = sum(s.nbytes for s in specs.values())
-        metrics: dict[str, Any] = {
-            "weight_sqnr_db": total.sqnr_db,
-            "weight_sqnr_db_min": min(per_layer.values()),
-            "layer_weight_sqnr_db": per_layer,
-            "layers_quantized": len(selected),
-            "layers_total": len(layers),
-            "size_bytes_fp": size_fp,
-            "size_bytes_quant": size_q,
-            "compression_ratio": size_fp / size_q if size_q else float("nan"),
-            "range_check": "ok",
-            "streamed": True,
-        }
+        metrics = _metrics(total, per_layer, len(layers), size_fp, size_q)
         info = QuantizationInfo(config, selected, 0, library_versions(), metrics)
         writer.set_metadata(_build_metadata(info))
         writer.finish()

@@ -153,6 +153,29 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _feed(model: nn.Module, data: Iterable[Any], result: CalibrationResult,
+          num_samples: int | None, progress: bool, on_progress: OnProgress | None) -> None:
+    """Run the batches through ``model`` (its hooks observe), counting into ``result``."""
+    device = _device_of(model)
+    total = planned_batches(data, num_samples)
+    with torch.inference_mode():
+        # Counted by hand: a bar that wraps the iterable misses the batch the loop breaks
+        # on (it counts an item when the next one is fetched), so a run cut by num_samples
+        # stopped at 3/4. None: a bar only on a terminal.
+        bar = tqdm(total=total or None, desc="calibrating", unit="batch",
+                   disable=None if progress else True)
+        for item in data:
+            run_batch(model, to_device(item, device), "calibration", result.batches)
+            result.batches += 1
+            result.samples += batch_size(item)
+            bar.update(1)
+            if on_progress is not None:
+                on_progress("calibrating", result.batches, total)
+            if num_samples is not None and result.samples >= num_samples:
+                break
+        bar.close()
+
+
 def run_calibration(
     model: nn.Module,
     data: Iterable[Any],
@@ -196,26 +219,9 @@ def run_calibration(
 
     handles = [modules[name].register_forward_pre_hook(hook(name)) for name in layers]
     was_training = model.training
-    device = _device_of(model)
-    total = planned_batches(data, num_samples)
     try:
         model.eval()
-        with torch.inference_mode():
-            # Counted by hand: a bar that wraps the iterable misses the batch the loop
-            # breaks on (it counts an item when the next one is fetched), so a run cut by
-            # num_samples stopped at 3/4. None: a bar only on a terminal.
-            bar = tqdm(total=total or None, desc="calibrating", unit="batch",
-                       disable=None if progress else True)
-            for item in data:
-                run_batch(model, to_device(item, device), "calibration", result.batches)
-                result.batches += 1
-                result.samples += batch_size(item)
-                bar.update(1)
-                if on_progress is not None:
-                    on_progress("calibrating", result.batches, total)
-                if num_samples is not None and result.samples >= num_samples:
-                    break
-            bar.close()
+        _feed(model, data, result, num_samples, progress, on_progress)
     finally:
         for h in handles:
             h.remove()

@@ -195,36 +195,12 @@ def quantize_model(
             f"quantize_model: expected a torch.nn.Module, got {type(model).__name__}"
         )
     check_data_needs(config, calibration_data, eval_data, eval_tokens)
-    layers = select_layers(model, config)
-    if not layers:
-        n = sum(is_quantizable(m) for m in model.modules())
-        found = ", ".join(f"{k} x{v}" for k, v in layer_types(model).items()) or "none"
-        raise BadConfigError(
-            f"no layers selected: the model has {n} quantizable (Linear/Conv2d/Conv1D) "
-            f"layer(s) and none matched include={list(config.include)} "
-            f"exclude={list(config.exclude)} min_layer_size={config.min_layer_size} (tied "
-            f"layers need an include pattern naming them); layer types found: {found}"
-        )
+    layers = _selected(model, config)
     calibration_data = _reiterable(calibration_data, num_samples)
     # Share the float tensors (no copy) unless SmoothQuant rescales weights in place.
     qmodel = copy.deepcopy(model) if config.smoothquant is not None else _structural_copy(model)
-    extra: dict[str, Any] = {}
-    samples, calibration, hessians = 0, None, {}
-    if config.smoothquant is not None:
-        report = smooth_model(qmodel, calibration_data, alpha=config.smoothquant,
-                              layers=layers, num_samples=num_samples)
-        extra["smoothquant"] = report.to_metrics(config.smoothquant)
-    if config.mode == "static":
-        calibration = run_calibration(
-            qmodel, calibration_data, layers=layers, observer=config.activation_observer,
-            scheme=config.activation_scheme, num_samples=num_samples, progress=progress,
-            on_progress=on_progress,
-        )
-        samples = calibration.samples
-    if config.weight_algorithm == "gptq":
-        hessians = collect_hessians(qmodel, calibration_data, layers, num_samples)
-    if calibration is None and calibration_data is not None and (hessians or extra):
-        samples = _samples_of(calibration_data, num_samples)
+    calibration, hessians, samples, extra = _observe(
+        qmodel, config, layers, calibration_data, num_samples, progress, on_progress)
     accs, float_layers, algorithms = _quantize_layers(
         qmodel, layers, config, calibration, hessians, progress, on_progress)
     if config.weight_algorithm == "gptq":
@@ -245,19 +221,60 @@ def quantize_model(
         excluded = set(extra["accuracy_target"]["excluded_layers"])
         layers = [n for n in layers if n not in excluded]
         accs = {n: a for n, a in accs.items() if n not in excluded}
+    return qmodel, _info(model, qmodel, config, layers, samples, accs, {**out, **extra})
+
+
+def _info(model: nn.Module, qmodel: nn.Module, config: QuantConfig, layers: list[str],
+          samples: int, accs: dict[str, ErrorAccumulator],
+          measured: dict[str, Any]) -> QuantizationInfo:
+    """The QuantizationInfo of a quantized model: weight errors, sizes, what was measured,
+    ties and warnings."""
     metrics = _weight_metrics(model, qmodel, accs)
-    metrics.update(out)
-    metrics.update(extra)
+    metrics.update(measured)
     metrics.update(_tie_report(model, qmodel, layers))
     _warn_low(metrics, len(layers))
-    info = QuantizationInfo(
-        config=config,
-        selected_layers=layers,
-        calibration_samples=samples,
-        library_versions=library_versions(),
-        metrics=metrics,
-    )
-    return qmodel, info
+    return QuantizationInfo(config=config, selected_layers=layers, calibration_samples=samples,
+                            library_versions=library_versions(), metrics=metrics)
+
+
+def _selected(model: nn.Module, config: QuantConfig) -> list[str]:
+    """select_layers, or a BadConfigError listing the layer types the model has."""
+    layers = select_layers(model, config)
+    if not layers:
+        n = sum(is_quantizable(m) for m in model.modules())
+        found = ", ".join(f"{k} x{v}" for k, v in layer_types(model).items()) or "none"
+        raise BadConfigError(
+            f"no layers selected: the model has {n} quantizable (Linear/Conv2d/Conv1D) "
+            f"layer(s) and none matched include={list(config.include)} "
+            f"exclude={list(config.exclude)} min_layer_size={config.min_layer_size} (tied "
+            f"layers need an include pattern naming them); layer types found: {found}"
+        )
+    return layers
+
+
+def _observe(qmodel: nn.Module, config: QuantConfig, layers: list[str], calibration_data,
+             num_samples: int | None, progress: bool, on_progress: OnProgress | None):
+    """What the calibration data tells before any weight is rounded: SmoothQuant scales
+    (applied to ``qmodel``), static activation ranges, GPTQ Hessians. Returns
+    ``(calibration, hessians, samples, extra metrics)``."""
+    extra: dict[str, Any] = {}
+    samples, calibration, hessians = 0, None, {}
+    if config.smoothquant is not None:
+        report = smooth_model(qmodel, calibration_data, alpha=config.smoothquant,
+                              layers=layers, num_samples=num_samples)
+        extra["smoothquant"] = report.to_metrics(config.smoothquant)
+    if config.mode == "static":
+        calibration = run_calibration(
+            qmodel, calibration_data, layers=layers, observer=config.activation_observer,
+            scheme=config.activation_scheme, num_samples=num_samples, progress=progress,
+            on_progress=on_progress,
+        )
+        samples = calibration.samples
+    if config.weight_algorithm == "gptq":
+        hessians = collect_hessians(qmodel, calibration_data, layers, num_samples)
+    if calibration is None and calibration_data is not None and (hessians or extra):
+        samples = _samples_of(calibration_data, num_samples)
+    return calibration, hessians, samples, extra
 
 
 def _samples_of(data: Iterable[Any], num_samples: int | None) -> int:
