@@ -1,7 +1,7 @@
 """The job pipeline: a typed :class:`JobSpec` and :func:`run_pipeline`, which every caller
 (``mono-quant quantize``, the Celery worker's ``run_job``, the embedded runner) uses to turn a
 model source into a checked artifact: load → calibrate → quantize (in memory, or streaming)
-→ save → reload check → hash.
+→ save → served check (loads where it is served) → hash.
 
 Also here: where models and calibration data come from (:mod:`~mono_quant.pipeline.sources`,
 the ``hf:`` / ``factory:`` / ``tensors:`` / ``text:`` grammar) and the streaming quantizer
@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from mono_quant._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
-    from mono_quant.pipeline.reload import reload_check
     from mono_quant.pipeline.run import PipelineResult, Stage, run_pipeline
     from mono_quant.pipeline.sources import (
         CalibrationSource,
@@ -39,10 +38,9 @@ _EXPORTS = {
     "parse_calibration_source": "mono_quant.pipeline.sources",
     "parse_model_source": "mono_quant.pipeline.sources",
     "quantize_checkpoint": "mono_quant.pipeline.streaming",
-    "reload_check": "mono_quant.pipeline.reload",
     "run_pipeline": "mono_quant.pipeline.run",
 }
-_SUBMODULES = ("reload", "run", "sources", "spec", "streaming")
+_SUBMODULES = ("run", "served", "sources", "spec", "streaming")
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 
 __all__ = [
@@ -55,6 +53,5 @@ __all__ = [
     "parse_calibration_source",
     "parse_model_source",
     "quantize_checkpoint",
-    "reload_check",
     "run_pipeline",
 ]
