@@ -89,6 +89,31 @@ def test_where_prints_the_catalog_storage_and_broker(tmp_path, monkeypatch, caps
         "data_dir": str(tmp_path / "mq"),
         "data_dir_from": str(tmp_path / "mono-quant.toml"),
         "catalog_url": f"sqlite:///{tmp_path / 'mq' / 'catalog.db'}",
+        "catalog_url_from": "default: catalog.db in the data folder",
         "storage_root": str(tmp_path / "mq" / "artifacts"),
+        "storage_root_from": "default: artifacts/ in the data folder",
         "broker_url": "redis://:***@queue:6379/3",
+        "broker_url_from": f"{tmp_path / 'mono-quant.toml'} (broker_url)",
     }
+
+
+def test_where_names_the_variable_that_set_each_url(tmp_path, monkeypatch, capsys):
+    """The environment wins over the file, and `where` says which variable did it."""
+    (tmp_path / "mono-quant.toml").write_text('catalog_url = "sqlite:///file.db"\n')
+    monkeypatch.chdir(tmp_path)
+    for name in ("MONO_QUANT_DATA_DIR", "MONO_QUANT_CATALOG_URL", "MONO_QUANT_STORAGE_ROOT",
+                 "MONO_QUANT_BROKER_URL", "MONO_QUANT_REDIS_HOST", "MONO_QUANT_DB_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MONO_QUANT_DB_HOST", "db.internal")
+    monkeypatch.setenv("MONO_QUANT_STORAGE_ROOT", str(tmp_path / "store"))
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["where"]) == 0
+    finally:
+        get_settings.cache_clear()
+    lines = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    # the file's catalog_url is what the catalog URL was built from, not the DB_HOST variable
+    assert lines["catalog_url"] == "sqlite:///file.db"
+    assert lines["catalog_url_from"] == f"{tmp_path / 'mono-quant.toml'} (catalog_url)"
+    assert lines["storage_root_from"] == "environment (MONO_QUANT_STORAGE_ROOT)"
+    assert lines["broker_url_from"].startswith("default: none (embedded mode")

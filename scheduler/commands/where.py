@@ -27,15 +27,23 @@ def run_where(args: argparse.Namespace) -> int:
 
     from mono_quant.catalog.db import redact
     from mono_quant.config import get_settings
+    from mono_quant.home import environ_with_home
 
-    s = get_settings()
+    s, home = get_settings(), environ_with_home()
+    broker_default = ("default: none (embedded mode: `run` executes jobs itself)"
+                      if not s.broker_configured else "default")
     answer = {
         "config_file": str(s.config_file) if s.config_file else None,
         "data_dir": str(s.data_dir),
         "data_dir_from": s.data_dir_source,
         "catalog_url": redact(s.catalog_url),
+        "catalog_url_from": home.origin(("CATALOG_URL", "DB_HOST"),
+                                        "default: catalog.db in the data folder"),
         "storage_root": str(s.storage_root),
+        "storage_root_from": home.origin(("STORAGE_ROOT",),
+                                         "default: artifacts/ in the data folder"),
         "broker_url": redact(s.broker_url),
+        "broker_url_from": home.origin(("BROKER_URL", "REDIS_HOST"), broker_default),
     }
     if args.json:
         print(json.dumps(answer, indent=2))

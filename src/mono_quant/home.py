@@ -64,6 +64,24 @@ class Home:
     source: str
     #: The config file found, if any.
     config_file: Path | None
+    #: The ``MONO_QUANT_*`` names whose value came from the config file (the environment
+    #: left them unset), for ``mono-quant where``.
+    from_file: frozenset[str] = frozenset()
+
+    def origin(self, names: tuple[str, ...], default: str) -> str:
+        """Where the setting read from ``names`` (without the prefix, first wins) came from:
+        the environment variable, the config file's key, else ``default``.
+
+        >>> Home({"MONO_QUANT_BROKER_URL": "redis://q"}, "", None).origin(("BROKER_URL",), "-")
+        'environment (MONO_QUANT_BROKER_URL)'
+        """
+        for name in names:
+            key = "MONO_QUANT_" + name
+            if key in self.from_file:
+                return f"{self.config_file} ({name.lower()})"
+            if self.environ.get(key):
+                return f"environment ({key})"
+        return default
 
 
 def user_data_dir() -> Path:
@@ -126,7 +144,8 @@ def find_home(environ: Mapping[str, str], cwd: Path | None = None) -> Home:
     else:
         merged["MONO_QUANT_DATA_DIR"] = str(user_data_dir())
         source = "the per-user data folder"
-    return Home(merged, source, found)
+    taken = frozenset(k for k in from_file if not environ.get(k))
+    return Home(merged, source, found, taken)
 
 
 def environ_with_home(environ: Mapping[str, str] | None = None) -> Home:
