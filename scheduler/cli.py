@@ -109,8 +109,10 @@ def _main(argv: Sequence[str] | None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
+    from mono_quant.scheduler.cliutil import route_third_party_logs
     from mono_quant.scheduler.commands.args import printable
 
+    route_third_party_logs()
     def shown(e: Exception) -> str:  # control characters escaped, line by line
         return "\n".join(printable(line) for line in str(e).splitlines())
 

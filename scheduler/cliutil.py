@@ -8,6 +8,9 @@
 * :func:`quiet_third_party`: transformers' and huggingface_hub's bars and chatter off under
   ``--quiet`` and without a terminal, set through their environment variables so spawned job
   processes and workers inherit it.
+* :func:`route_third_party_logs`: transformers' and huggingface_hub's log records go through
+  Python's logging (our format and handlers, Celery's in a worker) instead of the stderr
+  handlers those libraries install on import.
 
 Example:
     >>> import argparse
@@ -33,6 +36,7 @@ __all__ = [
     "add_deprecated_alias",
     "progress_bar",
     "quiet_third_party",
+    "route_third_party_logs",
 ]
 
 #: Without a terminal, a progress line is printed at most this often (seconds).
@@ -136,3 +140,55 @@ def quiet_third_party(*, quiet: bool, stream: TextIO | None = None) -> None:
     if quiet:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+#: Logging modules of third-party libraries that install their own stderr handler, and the
+#: name of the library's root logger.
+_THIRD_PARTY_LOGGING = {"transformers.utils.logging": "transformers",
+                        "huggingface_hub.utils.logging": "huggingface_hub"}
+
+
+def _route(module: Any) -> None:
+    """Strip the library's own handlers from its root logger and let records propagate."""
+    import logging
+
+    configure = getattr(module, "_configure_library_root_logger", None)
+    if configure is not None:  # transformers adds its handler on first use, and only once
+        configure()
+    library = logging.getLogger(_THIRD_PARTY_LOGGING[module.__name__])
+    for handler in list(library.handlers):
+        library.removeHandler(handler)
+    library.propagate = True
+
+
+class _RouteOnImport:
+    """A ``sys.meta_path`` finder that runs :func:`_route` right after one of
+    :data:`_THIRD_PARTY_LOGGING` is imported. Importing transformers up front to configure it
+    would cost every command seconds; this costs nothing until a job imports it."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in _THIRD_PARTY_LOGGING:
+            return None
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_route(module: Any) -> None:
+            exec_module(module)
+            _route(module)
+
+        spec.loader.exec_module = exec_and_route  # type: ignore[method-assign]
+        return spec
+
+
+def route_third_party_logs() -> None:
+    """Send transformers' and huggingface_hub's logs through Python's logging from now on
+    (idempotent; applies at once to what is already imported, and on import to the rest)."""
+    for name in _THIRD_PARTY_LOGGING:
+        if name in sys.modules:
+            _route(sys.modules[name])
+    if not any(isinstance(f, _RouteOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RouteOnImport())

@@ -7,6 +7,7 @@ import io
 import subprocess
 import sys
 
+import pytest
 import torch
 from torch import nn
 
@@ -65,3 +66,46 @@ def test_quiet_turns_off_transformers_bars_and_warnings():
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "40"]  # logging.ERROR
+
+
+ROUTED = (
+    "import logging\n"
+    "logging.basicConfig(format='OURS %(levelname)s %(name)s: %(message)s')\n"
+    "from mono_quant.scheduler.cliutil import route_third_party_logs\n"
+    "{before}"
+    "route_third_party_logs()\n"
+    "route_third_party_logs()\n"  # idempotent: still one line per record
+    "from transformers.utils import logging as tl\n"
+    "tl.get_logger('transformers.modeling_utils').warning('some weights were not used')\n"
+    "tl.get_logger('transformers.x').info('below the level: not shown')\n"
+    "from huggingface_hub.utils import logging as hl\n"
+    "hl.get_logger('huggingface_hub.file_download').warning('hub says')\n"
+)
+
+
+@pytest.mark.parametrize("before", ["", "import transformers.utils.logging\n"],
+                         ids=["routed-on-import", "already-imported"])
+def test_third_party_logs_go_through_our_logging(before):
+    """transformers and huggingface_hub install their own stderr handlers ('[transformers]
+    ...', no level, no name); routed, each record comes out once, in our format."""
+    out = subprocess.run([sys.executable, "-c", ROUTED.format(before=before)],
+                         capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "OURS WARNING transformers.modeling_utils: some weights were not used",
+        "OURS WARNING huggingface_hub.file_download: hub says",
+    ]
+
+
+def test_the_command_line_routes_third_party_logs(tmp_path):
+    """`mono-quant` itself installs the routing before any command runs."""
+    code = ("import sys\nfrom mono_quant.scheduler import cli\ncli.main(['where', '--json'])\n"
+            "from transformers.utils import logging as tl\n"
+            "tl.get_logger('transformers.x').warning('routed')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+                              "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().endswith("WARNING transformers.x: routed"), out.stderr
