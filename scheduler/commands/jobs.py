@@ -57,6 +57,12 @@ def _job_selection(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_batch_commands(sub)
+    _register_repair_commands(sub)
+
+
+def _register_batch_commands(sub: argparse._SubParsersAction) -> None:
+    """submit, run and status."""
     fmt = HelpFormatter
     p = sub.add_parser("submit", help="validate a manifest, record its jobs, enqueue them",
                        epilog=_SUBMIT_EPILOG, formatter_class=fmt)
@@ -85,6 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=2.0, help="seconds between --watch updates")
     p.set_defaults(handler=_status)
 
+
+def _register_repair_commands(sub: argparse._SubParsersAction) -> None:
+    """retry, cancel and reconcile."""
+    fmt = HelpFormatter
     p = sub.add_parser("retry", help="re-enqueue failed jobs, saying which were skipped and why",
                        epilog=_RETRY_EPILOG, formatter_class=fmt)
     group = p.add_mutually_exclusive_group(required=True)

@@ -35,6 +35,11 @@ _QUANTIZE_EPILOG = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_quantize(sub)
+    _register_inspect(sub)
+
+
+def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quantize", help="quantize one model locally and write an artifact",
         description="Quantize one model locally, write the artifact, reload it and report.",
@@ -44,6 +49,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="artifact path: .safetensors, .pt/.pth, or a folder for "
                         "--format compressed-tensors")
+    _add_config_options(p)
+    p.add_argument("--format", "--artifact-format", dest="format", choices=FORMATS,
+                   help="artifact format (default: from the output's extension)")
+    p.add_argument("--stream", action="store_true",
+                   help="hf: sources only: quantize the safetensors weights tensor by tensor "
+                        "without building the model (weight-only, .safetensors output)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a compressed-tensors artifact vLLM's int8 kernels cannot serve "
+                        "(default: a warning)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars, no third-party progress or warnings")
+    p.set_defaults(handler=run_quantize)
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    """The QuantConfig, calibration and evaluation options of ``quantize``."""
     p.add_argument("--scheme", choices=SCHEMES, default="symmetric", help="int8 scheme")
     p.add_argument("--granularity", choices=GRANULARITIES, default="per_channel",
                    help="one scale per tensor, output channel or group")
@@ -77,18 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "output_sqnr_db, perplexity_increase)")
     p.add_argument("--evaluation", metavar="text:FILE[?context=N]",
                    help="measure perplexity (float and quantized) of a causal LM on a text")
-    p.add_argument("--format", "--artifact-format", dest="format", choices=FORMATS,
-                   help="artifact format (default: from the output's extension)")
-    p.add_argument("--stream", action="store_true",
-                   help="hf: sources only: quantize the safetensors weights tensor by tensor "
-                        "without building the model (weight-only, .safetensors output)")
-    p.add_argument("--strict", action="store_true",
-                   help="refuse a compressed-tensors artifact vLLM's int8 kernels cannot serve "
-                        "(default: a warning)")
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress bars, no third-party progress or warnings")
-    p.set_defaults(handler=run_quantize)
 
+
+def _register_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="print an artifact's QuantizationInfo (a path or an id)",
                        formatter_class=HelpFormatter,
                        epilog="examples:\n  mono-quant inspect mlp.safetensors\n"

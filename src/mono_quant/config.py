@@ -277,35 +277,7 @@ class Settings:
         home = find_home(os.environ if environ is None else environ)
         env = _Env(home.environ)
         data_dir = Path(env.text("DATA_DIR") or ".").resolve()  # find_home always sets it
-        soft = env.integer("SOFT_TIME_LIMIT", DEFAULT_SOFT_TIME_LIMIT)
-        hard = env.integer("TIME_LIMIT", max(DEFAULT_TIME_LIMIT, soft + 60))
-        visibility = env.integer("VISIBILITY_TIMEOUT", hard + 600)
-        heartbeat = env.seconds("HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL)
-        stale = env.seconds("STALE_AFTER", DEFAULT_STALE_AFTER)
-        if not 0 < soft < hard < visibility:
-            raise BadConfigError(
-                f"time limits must satisfy 0 < {_PREFIX}SOFT_TIME_LIMIT ({soft}) < "
-                f"{_PREFIX}TIME_LIMIT ({hard}) < {_PREFIX}VISIBILITY_TIMEOUT ({visibility}): "
-                "Redis must not redeliver a job that may still be running"
-            )
-        if not 0 < 2 * heartbeat < stale:
-            raise BadConfigError(
-                f"{_PREFIX}STALE_AFTER ({stale}) must exceed twice "
-                f"{_PREFIX}HEARTBEAT_INTERVAL ({heartbeat}) so a live job is never presumed dead"
-            )
-        soft_shutdown = env.seconds("SOFT_SHUTDOWN_TIMEOUT", DEFAULT_SOFT_SHUTDOWN_TIMEOUT)
-        if soft_shutdown < 0:
-            raise BadConfigError(
-                f"{_PREFIX}SOFT_SHUTDOWN_TIMEOUT={soft_shutdown}: expected seconds >= 0 "
-                "(0 cancels a running job at once on a cold shutdown)"
-            )
-        sweep = env.seconds("RECONCILE_INTERVAL", heartbeat)
-        if not 0 <= sweep < stale:
-            raise BadConfigError(
-                f"{_PREFIX}RECONCILE_INTERVAL={sweep}: expected seconds >= 0 (0: workers do not "
-                f"sweep) and below {_PREFIX}STALE_AFTER ({stale}), or a dead worker's job waits "
-                "for the next sweep longer than for its heartbeat to go stale"
-            )
+        timing = _timing(env)
         attempts = env.integer("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
         if attempts < 1:
             raise BadConfigError(f"{_PREFIX}MAX_ATTEMPTS={attempts}: expected at least 1")
@@ -320,22 +292,52 @@ class Settings:
             storage_root=Path(env.text("STORAGE_ROOT") or data_dir / "artifacts").resolve(),
             broker_url=_broker_url(env),
             broker_configured=bool(env.text("BROKER_URL") or env.text("REDIS_HOST")),
-            soft_time_limit=soft,
-            time_limit=hard,
-            visibility_timeout=visibility,
             max_attempts=attempts,
-            heartbeat_interval=heartbeat,
-            stale_after=stale,
             retry_backoff=env.seconds("RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF),
             retry_backoff_max=env.seconds("RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX),
-            soft_shutdown_timeout=soft_shutdown,
-            reconcile_interval=sweep,
             allowed_factories=factories or DEFAULT_ALLOWED_FACTORIES,
             max_jobs_per_batch=max_jobs,
             data_dir_source=home.source,
             config_file=home.config_file,
             serve_token=env.text("SERVE_TOKEN") or None,
+            **timing,
         )
+
+
+def _timing(env: _Env) -> dict[str, float]:
+    """The time limits, heartbeat, staleness and sweep settings, checked against each other."""
+    soft = env.integer("SOFT_TIME_LIMIT", DEFAULT_SOFT_TIME_LIMIT)
+    hard = env.integer("TIME_LIMIT", max(DEFAULT_TIME_LIMIT, soft + 60))
+    visibility = env.integer("VISIBILITY_TIMEOUT", hard + 600)
+    heartbeat = env.seconds("HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL)
+    stale = env.seconds("STALE_AFTER", DEFAULT_STALE_AFTER)
+    if not 0 < soft < hard < visibility:
+        raise BadConfigError(
+            f"time limits must satisfy 0 < {_PREFIX}SOFT_TIME_LIMIT ({soft}) < "
+            f"{_PREFIX}TIME_LIMIT ({hard}) < {_PREFIX}VISIBILITY_TIMEOUT ({visibility}): "
+            "Redis must not redeliver a job that may still be running"
+        )
+    if not 0 < 2 * heartbeat < stale:
+        raise BadConfigError(
+            f"{_PREFIX}STALE_AFTER ({stale}) must exceed twice "
+            f"{_PREFIX}HEARTBEAT_INTERVAL ({heartbeat}) so a live job is never presumed dead"
+        )
+    soft_shutdown = env.seconds("SOFT_SHUTDOWN_TIMEOUT", DEFAULT_SOFT_SHUTDOWN_TIMEOUT)
+    if soft_shutdown < 0:
+        raise BadConfigError(
+            f"{_PREFIX}SOFT_SHUTDOWN_TIMEOUT={soft_shutdown}: expected seconds >= 0 "
+            "(0 cancels a running job at once on a cold shutdown)"
+        )
+    sweep = env.seconds("RECONCILE_INTERVAL", heartbeat)
+    if not 0 <= sweep < stale:
+        raise BadConfigError(
+            f"{_PREFIX}RECONCILE_INTERVAL={sweep}: expected seconds >= 0 (0: workers do not "
+            f"sweep) and below {_PREFIX}STALE_AFTER ({stale}), or a dead worker's job waits "
+            "for the next sweep longer than for its heartbeat to go stale"
+        )
+    return {"soft_time_limit": soft, "time_limit": hard, "visibility_timeout": visibility,
+            "heartbeat_interval": heartbeat, "stale_after": stale,
+            "soft_shutdown_timeout": soft_shutdown, "reconcile_interval": sweep}
 
 
 @lru_cache(maxsize=1)
