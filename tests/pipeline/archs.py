@@ -65,8 +65,6 @@ class Arch:
     #: weight dtype, so an int8 projection truncates the pixels: the quantized model runs
     #: but its outputs are wrong (quantize_model warns on the output cosine; README).
     exclude: tuple[str, ...] = ()
-    #: (mode, format) -> why the served-load check must fail (a runtime's limitation)
-    unservable: tuple[tuple[str, str, str], ...] = ()
     #: the modes the matrix runs (dynamic where a later issue added it for the family)
     modes: tuple[str, ...] = ("weight_only", "static")
 
@@ -152,11 +150,7 @@ ARCHS = [
           "eos_token_id": 2, "tie_word_embeddings": False}),
     Arch("t5", "T5ForConditionalGeneration", "T5Config",
          {"vocab_size": 128, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2,
-          "num_heads": 4, "decoder_start_token_id": 0}, tied=True,
-         # transformers 5 re-initialises T5Attention's q/k/v weights on load, which
-         # compressed-tensors' pack-quantized layers no longer have (weight_packed instead)
-         unservable=(("weight_only", "compressed-tensors",
-                      "AttributeError: 'Linear' object has no attribute 'weight'"),)),
+          "num_heads": 4, "decoder_start_token_id": 0}, tied=True),
     Arch("vit", "ViTForImageClassification", "ViTConfig",
          {"image_size": 32, "patch_size": 8, "num_channels": 3, "hidden_size": 64,
           "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
