@@ -111,17 +111,22 @@ def test_a_file_replaced_by_a_copy_with_the_same_times_is_read_again(tmp_path, f
     assert _key(folder, cache) != first
 
 
-def test_an_unusable_cache_hashes_every_time_and_says_why(tmp_path, folder, caplog):
+def test_an_unusable_cache_hashes_at_every_submit_and_says_why(tmp_path, folder, caplog):
     (tmp_path / "blocked").write_text("a file where the cache's folder should be")
-    cache = ContentHashCache(tmp_path / "blocked" / CACHE_FILE)
+    where = tmp_path / "blocked" / CACHE_FILE
     with caplog.at_level(logging.WARNING, logger="mono_quant.pipeline.content_cache"):
+        cache = ContentHashCache(where)
         assert weights_digest(folder, cache) == _expected_digest(folder)
-        assert weights_digest(folder, cache) == _expected_digest(folder)
-    assert cache.stats == {"hits": 0, "misses": 4}
-    (record,) = caplog.records  # warned once
-    assert "weight hash cache unusable, hashing weight files in full each time" in (
-        record.getMessage())
-    assert str(tmp_path / "blocked" / CACHE_FILE) in record.getMessage()
+        assert weights_digest(folder, cache) == _expected_digest(folder)  # same submit
+        assert cache.stats == {"hits": 2, "misses": 2}
+        later = ContentHashCache(where)  # the next submit: nothing was kept
+        assert weights_digest(folder, later) == _expected_digest(folder)
+        assert later.stats == {"hits": 0, "misses": 2}
+    assert len(caplog.records) == 2  # once per submit
+    message = caplog.records[0].getMessage()
+    assert "weight hash cache unusable, hashing weight files in full each time" in message
+    assert message.startswith(f"{where}: ") and message.endswith(
+        f"(FileExistsError: [Errno 17] File exists: '{tmp_path / 'blocked'}')")
 
 
 @pytest.mark.slow

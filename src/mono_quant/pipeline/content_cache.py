@@ -64,13 +64,16 @@ class ContentHashCache:
     """sha256 of files' contents, remembered in the SQLite file ``path`` (module docstring).
 
     One row per resolved file path (a new hash replaces the old one), so the file grows with
-    the number of weight files digested, not with the number of submits.
+    the number of weight files digested, not with the number of submits. Within one instance
+    (one submit) a file already looked up costs a ``stat`` only: a manifest naming one folder
+    in many jobs opens the SQLite file once per weight file.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.stats = {"hits": 0, "misses": 0}
         self._broken: str | None = None  # why the cache is not used (warned once)
+        self._seen: dict[tuple[str, tuple[int, ...]], str] = {}  # this instance's lookups
 
     def _connect(self) -> sqlite3.Connection | None:
         if self._broken is None:
@@ -121,12 +124,14 @@ class ContentHashCache:
         """
         real = os.path.realpath(path)
         key = _stat_key(real)
-        digest = self._lookup(real, key)
+        digest = self._seen.get((real, key)) or self._lookup(real, key)
         if digest is not None:
             self.stats["hits"] += 1
-            return digest
-        self.stats["misses"] += 1
-        digest = sha256_path(real)
-        if _stat_key(real) == key:
+        else:
+            self.stats["misses"] += 1
+            digest = sha256_path(real)
+            if _stat_key(real) != key:
+                return digest  # changed while read: not remembered
             self._store(real, key, digest)
+        self._seen[(real, key)] = digest
         return digest
