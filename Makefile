@@ -5,6 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+# torchvision (the 'vision' extra) must match torch exactly (0.28.0 requires torch==2.13.0;
+# a newer one would pull a CUDA torch 2.14). PyPI's torchvision is a CUDA build whose C ops do
+# not load over the CPU torch wheel, and once in the venv its failing import breaks
+# transformers' imports too. So it is installed apart, with --no-deps, in $(VENV)/vision,
+# which only the tests' torchvision models add to their path (tests/pipeline/archs.py). With a
+# CUDA torch (or the CPU torchvision from the PyTorch index) install the extra instead:
+# pip install "mono-quant[vision]" in the same command as torch.
+TORCHVISION_SPEC ?= torchvision==0.28.0
 EXTRAS ?= dev,hf,interop,web
 
 .PHONY: setup demo test test-slow lint layers bench mutate clean
@@ -16,6 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/vision --upgrade $(TORCHVISION_SPEC) pillow
 	touch $@
 
 demo: setup

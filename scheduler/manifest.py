@@ -56,6 +56,7 @@ from mono_quant.config import DEFAULT_MAX_JOBS_PER_BATCH
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.io.layout import FORMATS
 from mono_quant.pipeline.allowlist import FactoryAllowList
+from mono_quant.pipeline.content_cache import ContentHashCache
 from mono_quant.pipeline.evaluation import parse_evaluation_source
 from mono_quant.pipeline.spec import JobSpec, needs_calibration
 from mono_quant.quant.qconfig import QuantConfig
@@ -218,9 +219,10 @@ class ScheduledJob:
         return self.spec.idempotency_key
 
 
-def _weights_digest(model: Any) -> str | None:
+def _weights_digest(model: Any, cache: ContentHashCache | None) -> str | None:
     """The weight digest of an ``hf:`` source whose folder is here (a hub id resolves from
-    the local cache; a folder only the workers see cannot be digested at submit)."""
+    the local cache; a folder only the workers see cannot be digested at submit); ``cache``
+    keeps the files' content hashes between submits."""
     if model.scheme != "hf":
         return None
     from mono_quant.pipeline.digest import weights_digest
@@ -229,7 +231,7 @@ def _weights_digest(model: Any) -> str | None:
         folder = model.folder
     except MonoQuantError:
         return None
-    return weights_digest(folder) if Path(folder).is_dir() else None
+    return weights_digest(folder, cache) if Path(folder).is_dir() else None
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -292,10 +294,11 @@ class _Expander:
     """Turns one manifest's jobs × matrix into ScheduledJobs, collecting every error."""
 
     def __init__(self, manifest: Manifest, source: str, default_attempts: int,
-                 base_dir: Path | None, factories: FactoryAllowList | None = None) -> None:
+                 base_dir: Path | None, factories: FactoryAllowList | None = None,
+                 hash_cache: ContentHashCache | None = None) -> None:
         self.manifest, self.source = manifest, source
         self.default_attempts, self.base_dir = default_attempts, base_dir
-        self.factories = factories
+        self.factories, self.hash_cache = factories, hash_cache
         self.errors: list[str] = []
         self.refused: list[str] = []  # factories outside the allow-list: configuration
         self._calibrations: dict[str, Any] = {}
@@ -370,7 +373,7 @@ class _Expander:
             try:
                 model = parse_model_source(job.model, base_dir=self.base_dir,
                                            factories=self.factories)
-                digest = _weights_digest(model)  # changed weights: a new key
+                digest = _weights_digest(model, self.hash_cache)  # changed weights: a new key
             except MonoQuantError as e:
                 (self.refused if isinstance(e, BadConfigError) else self.errors).append(
                     f"{self.source}: jobs[{i}].model: {e}")
@@ -429,7 +432,7 @@ def _validated(data: Any, source: str, max_jobs: int) -> Manifest:
 def parse_manifest(
     data: Any, source: str = "<manifest>", default_attempts: int = 3,
     base_dir: Path | None = None, *, factories: FactoryAllowList | None = None,
-    max_jobs: int = DEFAULT_MAX_JOBS_PER_BATCH,
+    max_jobs: int = DEFAULT_MAX_JOBS_PER_BATCH, hash_cache: ContentHashCache | None = None,
 ) -> tuple[Manifest, list[ScheduledJob]]:
     """Validate a manifest mapping and expand it; raises BadInputError listing every problem.
 
@@ -437,25 +440,26 @@ def parse_manifest(
     manifest's folder when loaded from a file). ``factories``: the allow-list of factory
     modules (BadConfigError outside it). More than ``max_jobs`` jobs are refused before any is
     built; values the catalog's columns cannot store are refused here, on every backend.
+    ``hash_cache`` keeps the content hashes of ``hf:`` weight files (None: read every time).
     """
     manifest = _validated(data, source, max_jobs)
     return manifest, _Expander(manifest, source, default_attempts, base_dir,
-                               factories).expand()
+                               factories, hash_cache).expand()
 
 
 def load_manifest(
     path: str | Path, default_attempts: int = 3, *, factories: FactoryAllowList | None = None,
-    max_jobs: int = DEFAULT_MAX_JOBS_PER_BATCH,
+    max_jobs: int = DEFAULT_MAX_JOBS_PER_BATCH, hash_cache: ContentHashCache | None = None,
 ) -> tuple[Manifest, list[ScheduledJob], str]:
     """Read, validate and expand a YAML manifest; also returns the sha256 of its bytes."""
     manifest, jobs, digest = stream_manifest(path, default_attempts, factories=factories,
-                                             max_jobs=max_jobs)
+                                             max_jobs=max_jobs, hash_cache=hash_cache)
     return manifest, list(jobs), digest
 
 
 def stream_manifest(
     path: str | Path, default_attempts: int = 3, *, factories: FactoryAllowList | None = None,
-    max_jobs: int = DEFAULT_MAX_JOBS_PER_BATCH,
+    max_jobs: int = DEFAULT_MAX_JOBS_PER_BATCH, hash_cache: ContentHashCache | None = None,
 ) -> tuple[Manifest, Iterator[ScheduledJob], str]:
     """Like :func:`load_manifest`, but the jobs come lazily, so a submit can write a
     100,000-job matrix in chunks; the iterator raises BadInputError at its end if any job
@@ -466,5 +470,5 @@ def stream_manifest(
     manifest = _validated(read_document(raw, str(path)), str(path), max_jobs)
     del raw  # the validated manifest is all the expansion needs
     expander = _Expander(manifest, str(path), default_attempts, path.parent.resolve(),
-                         factories)
+                         factories, hash_cache)
     return manifest, expander.iter_expand(), digest

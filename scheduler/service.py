@@ -31,6 +31,7 @@ from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings, get_settings
 from mono_quant.errors import BadInputError, TransientError
 from mono_quant.pipeline.allowlist import FactoryAllowList
+from mono_quant.pipeline.content_cache import CACHE_FILE, ContentHashCache
 from mono_quant.scheduler.broker import broker_job_ids
 from mono_quant.scheduler.manifest import ScheduledJob, stream_manifest
 from mono_quant.scheduler.resolve import latest_batch, resolve_batch
@@ -40,6 +41,7 @@ __all__ = [
     "SubmitResult",
     "batch_status",
     "cancel",
+    "hash_cache",
     "reconcile",
     "retry",
     "select_jobs",
@@ -57,6 +59,12 @@ class SubmitResult:
     duplicates: list[str] = field(default_factory=list)  # same key twice in one manifest
     in_flight: list[tuple[str, int]] = field(default_factory=list)  # (job name, live job id)
     published: int = 0
+
+
+def hash_cache(settings: Settings) -> ContentHashCache:
+    """The content hashes of ``hf:`` weight files, kept next to the catalog (in the data
+    folder): a submit re-reads only the weight files whose ``stat`` changed."""
+    return ContentHashCache(settings.data_dir / CACHE_FILE)
 
 
 def _rows(jobs: Iterable[ScheduledJob]) -> list[JobRow]:
@@ -101,7 +109,7 @@ def submit(
     path = Path(manifest_path)
     manifest, specs, digest = stream_manifest(
         path, default_attempts=s.max_attempts, max_jobs=s.max_jobs_per_batch,
-        factories=FactoryAllowList(s.allowed_factories),
+        factories=FactoryAllowList(s.allowed_factories), hash_cache=hash_cache(s),
     )
     if only:
         specs = select_jobs(specs, only, path)

@@ -35,11 +35,13 @@ _STRICT = ("refuse the manifest when a compressed-tensors job's scheme is one vL
 
 def _check_serveable(args) -> None:
     """Each job's scheme against vLLM's kernels: a warning, or BadConfigError with --strict."""
+    from mono_quant.config import get_settings
     from mono_quant.io.serveability import check_scheme
     from mono_quant.scheduler.commands.quantize import serveable
     from mono_quant.scheduler.manifest import load_manifest
+    from mono_quant.scheduler.service import hash_cache
 
-    for job in load_manifest(args.manifest)[1]:
+    for job in load_manifest(args.manifest, hash_cache=hash_cache(get_settings()))[1]:
         serveable(check_scheme(job.spec.config, job.spec.format), job.spec.format, args.strict,
                   where=f"{args.manifest}: job {job.name}: ")
 

@@ -99,7 +99,7 @@ def test_digest_of_cache_snapshots_uses_the_blob_hashes(tmp_path, saved):
     digest = weights_digest(snap)
     os.utime(snap / "model.safetensors", (0, 0), follow_symlinks=False)  # the link, not data
     assert weights_digest(snap) == digest
-    assert weights_digest(saved) != digest  # a plain folder: sizes, mtimes, headers
+    assert weights_digest(saved) != digest  # a plain folder: the sha256 of each file
 
 
 def _folder(tmp_path, saved, name):

@@ -158,8 +158,9 @@ def _write_compressed_tensors(
             "model (info=...) to describe its layers"
         )
     config = dict(hf_config or {})
-    config["quantization_config"] = interop.quantization_config(info, tensors)
-    compressed = interop.to_compressed(tensors, info)
+    fmt = interop.ct_format(info.config.mode, config.get("model_type"))
+    config["quantization_config"] = interop.quantization_config(info, tensors, fmt)
+    compressed = interop.to_compressed(tensors, info, fmt)
     with atomic_dir(path) as tmp:
         _write_safetensors(compressed, tmp / interop.MODEL_FILE, _build_metadata(info))
         with atomic_file(tmp / interop.CONFIG_FILE) as f:
@@ -254,7 +255,20 @@ def _read_compressed_tensors(path: Path) -> tuple[dict[str, torch.Tensor], Quant
             f"{model_file}: no mono-quant metadata ({INFO_KEY!r}); mono-quant loads the "
             "compressed-tensors folders it wrote (load others with transformers)"
         )
-    return interop.from_compressed(tensors, info, str(model_file)), info
+    return interop.from_compressed(tensors, info, str(model_file), _folder_format(path)), info
+
+
+def _folder_format(path: Path) -> str | None:
+    """The ``quantization_config.format`` of a compressed-tensors folder's config.json (None:
+    absent, so the mode's default)."""
+    config_file = path / interop.CONFIG_FILE
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"{config_file}: not readable JSON: {e}") from e
+    block = config.get("quantization_config") if isinstance(config, dict) else None
+    fmt = block.get("format") if isinstance(block, dict) else None
+    return fmt if isinstance(fmt, str) else None
 
 
 def _load(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], QuantizationInfo | None]:

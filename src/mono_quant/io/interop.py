@@ -26,6 +26,13 @@ weights (``CompressedTensorsWNA16``); the other combinations are valid compresse
 checkpoints that compressed-tensors and transformers decompress. Only Linear layers have a
 compressed-tensors form, so a model with quantized Conv2d layers cannot be saved this way.
 
+Weight-only models of the T5 family (:data:`INT_WEIGHT_ONLY_MODEL_TYPES`) are written
+``int-quantized`` (an int8 ``weight``, as for W8A8, with ``input_activations: null``):
+transformers 5 runs their ``_init_weights`` on every load, which reads ``q.weight`` of each
+attention layer directly, and a ``pack-quantized`` layer has ``weight_packed`` instead
+(``AttributeError: 'Linear' object has no attribute 'weight'``). compressed-tensors
+decompresses ``int-quantized`` weights the same way; vLLM serves no T5 model either way.
+
 ``targets`` lists the quantized layers by name; ``ignore`` lists every other 2-D ``*.weight``
 (unquantized Linear layers, which vLLM must be told about, and embeddings, which is harmless).
 
@@ -51,8 +58,10 @@ from mono_quant.quant.info import QuantizationInfo
 __all__ = [
     "CONFIG_FILE",
     "CT_FORMATS",
+    "INT_WEIGHT_ONLY_MODEL_TYPES",
     "MODEL_FILE",
     "check_layer_types",
+    "ct_format",
     "from_compressed",
     "pack_int8",
     "quantization_config",
@@ -66,6 +75,24 @@ MODEL_FILE = "model.safetensors"
 CT_FORMATS = {"static": "int-quantized", "dynamic": "int-quantized",
               "weight_only": "pack-quantized"}
 _STRATEGY = {"per_tensor": "tensor", "per_channel": "channel", "per_group": "group"}
+#: transformers ``model_type`` values whose weight-only folders are ``int-quantized`` (module
+#: docstring): the models whose ``_init_weights`` reads ``module.q.weight`` (T5Attention and
+#: its copies) or ``module.wi.weight`` directly. Measured for t5 (tests/pipeline/test_matrix);
+#: the others share T5's init code.
+INT_WEIGHT_ONLY_MODEL_TYPES = frozenset(
+    {"t5", "mt5", "umt5", "longt5", "switch_transformers", "pop2piano", "udop"})
+
+
+def ct_format(mode: str, model_type: str | None = None) -> str:
+    """The compressed-tensors format of a ``mode`` for a transformers ``model_type``.
+
+    Example:
+        >>> ct_format("weight_only"), ct_format("weight_only", "t5"), ct_format("static")
+        ('pack-quantized', 'int-quantized', 'int-quantized')
+    """
+    if mode == "weight_only" and model_type in INT_WEIGHT_ONLY_MODEL_TYPES:
+        return "int-quantized"
+    return CT_FORMATS[mode]
 
 
 def pack_int8(q: torch.Tensor, packed_dim: int = 1) -> torch.Tensor:
@@ -146,11 +173,12 @@ def _input_args(cfg: Any) -> dict[str, Any] | None:
 
 
 def quantization_config(
-    info: QuantizationInfo, tensors: Mapping[str, torch.Tensor]
+    info: QuantizationInfo, tensors: Mapping[str, torch.Tensor], fmt: str | None = None,
 ) -> dict[str, Any]:
-    """The ``quantization_config`` block of ``config.json`` for an artifact's tensors."""
+    """The ``quantization_config`` block of ``config.json`` for an artifact's tensors, in
+    ``fmt`` (default: the mode's, :func:`ct_format`)."""
     cfg = info.config
-    fmt = CT_FORMATS[cfg.mode]
+    fmt = fmt or ct_format(cfg.mode)
     selected = set(info.selected_layers)
     ignore = sorted(
         name[: -len(".weight")] for name, t in tensors.items()
@@ -178,18 +206,20 @@ def quantization_config(
 
 
 def to_compressed(
-    tensors: Mapping[str, torch.Tensor], info: QuantizationInfo
+    tensors: Mapping[str, torch.Tensor], info: QuantizationInfo, fmt: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Our state dict (QuantLinear buffers) -> the compressed-tensors tensors."""
+    """Our state dict (QuantLinear buffers) -> the compressed-tensors tensors in ``fmt``
+    (default: the mode's, :func:`ct_format`)."""
     _check_supported(tensors, info)
     cfg = info.config
+    packed = (fmt or ct_format(cfg.mode)) == "pack-quantized"
     out = dict(tensors)
     for layer in info.selected_layers:
         if cfg.scheme == "symmetric":
             del out[f"{layer}.weight_zero_point"]
         if cfg.mode == "static" and cfg.activation_scheme == "symmetric":
             del out[f"{layer}.input_zero_point"]
-        if cfg.mode == "weight_only":
+        if packed:
             w = out.pop(f"{layer}.weight")
             out[f"{layer}.weight_packed"] = pack_int8(w)
             out[f"{layer}.weight_shape"] = torch.tensor(w.shape, dtype=torch.int64)
@@ -200,10 +230,13 @@ def to_compressed(
 
 
 def from_compressed(
-    tensors: Mapping[str, torch.Tensor], info: QuantizationInfo, source: str
+    tensors: Mapping[str, torch.Tensor], info: QuantizationInfo, source: str,
+    fmt: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The compressed-tensors tensors -> our state dict (inverse of :func:`to_compressed`)."""
+    """The compressed-tensors tensors in ``fmt`` (default: the mode's) -> our state dict
+    (inverse of :func:`to_compressed`)."""
     cfg = info.config
+    packed = (fmt or ct_format(cfg.mode)) == "pack-quantized"
     out = dict(tensors)
 
     def take(name: str, why: str) -> torch.Tensor:
@@ -218,17 +251,17 @@ def from_compressed(
                 f"{source}: tensor '{layer}.weight_scale' is missing: quantized layer "
                 f"{layer!r} needs its scale"
             )
-        if cfg.mode == "weight_only":
-            packed = take(f"{layer}.weight_packed", f"layer {layer!r} needs its packed weight")
+        if packed:
+            words = take(f"{layer}.weight_packed", f"layer {layer!r} needs its packed weight")
             shape = take(f"{layer}.weight_shape", f"layer {layer!r} needs its weight shape")
             dims = tuple(int(d) for d in shape.tolist())
-            if packed.dtype != torch.int32 or len(dims) != 2 or packed.shape[0] != dims[0] \
-                    or packed.shape[1] != -(-dims[1] // 4):
+            if words.dtype != torch.int32 or len(dims) != 2 or words.shape[0] != dims[0] \
+                    or words.shape[1] != -(-dims[1] // 4):
                 raise BadInputError(
-                    f"{source}: tensor '{layer}.weight_packed' ({packed.dtype} "
-                    f"{list(packed.shape)}) does not hold an int8 weight of shape {list(dims)}"
+                    f"{source}: tensor '{layer}.weight_packed' ({words.dtype} "
+                    f"{list(words.shape)}) does not hold an int8 weight of shape {list(dims)}"
                 )
-            out[f"{layer}.weight"] = unpack_int8(packed, dims)
+            out[f"{layer}.weight"] = unpack_int8(words, dims)
             zp_name = f"{layer}.weight_zero_point"
             if cfg.scheme == "asymmetric" and cfg.granularity != "per_tensor":
                 zp = take(zp_name, f"asymmetric layer {layer!r} needs its zero points")

@@ -87,10 +87,17 @@ def check_scheme(config: QuantConfig, fmt: str) -> Serveability:
                                 "weights")
 
 
-def check_layers(config: QuantConfig, fmt: str,
-                 shapes: Mapping[str, tuple[int, int]]) -> Serveability:
-    """The verdict once the quantized layers' ``(out, in)`` shapes are known."""
+def check_layers(config: QuantConfig, fmt: str, shapes: Mapping[str, tuple[int, int]],
+                 model_type: str | None = None) -> Serveability:
+    """The verdict once the quantized layers' ``(out, in)`` shapes (and the transformers
+    ``model_type``, when there is one) are known."""
+    from mono_quant.io.interop import INT_WEIGHT_ONLY_MODEL_TYPES, ct_format  # torch: lazy
+
     verdict = check_scheme(config, fmt)
+    if verdict.serveable_by == "vllm" and model_type in INT_WEIGHT_ONLY_MODEL_TYPES:
+        return Serveability("none", f"vLLM has no {model_type} model (it serves no "
+                                    "encoder-decoder T5-family model); transformers loads the "
+                                    f"folder ({ct_format(config.mode, model_type)})")
     if verdict.serveable_by != "vllm" or config.mode != "weight_only":
         return verdict
     group = config.group_size if config.granularity == "per_group" else None

@@ -1,17 +1,18 @@
 """A cheap digest of an ``hf:`` model's weight files, part of the job's idempotency key.
 
-Re-running a manifest must not skip a job whose weights changed in place. Hashing every byte
-of a 70B checkpoint at each submit would cost minutes, so each weight file contributes:
+Re-running a manifest must skip a job whose weights are unchanged and run one whose weights
+changed, whatever the files' times say. Each weight file contributes the sha256 of its
+content:
 
 * in a Hugging Face cache snapshot, the name of the blob it links to: the hub names blobs by
   the sha256 of their content (LFS), so this is a content hash for free;
-* otherwise its name, size and modification time (``st_mtime_ns``), plus, for safetensors,
-  its header (names, dtypes, shapes, offsets and metadata: the first ``8 + N`` bytes).
+* otherwise the sha256 of its bytes, from a :class:`~mono_quant.pipeline.content_cache.
+  ContentHashCache` while the file's size, mtime, ctime, inode and device are unchanged (the
+  service keeps one next to the catalog), so a submit reads no weight byte of a file it has
+  digested before; a touched but unchanged file is read once more and keeps its key.
 
-Rewriting a file changes its mtime, so changed weights give a new key; touching a file
-without changing it also does (a spurious re-run, never a wrong skip). Weight files are
-``*.safetensors``, ``*.safetensors.index.json``, ``*.bin``, ``*.pt``, ``*.pth`` and
-``config.json`` (the architecture is part of what is quantized).
+Weight files are ``*.safetensors``, ``*.safetensors.index.json``, ``*.bin``, ``*.pt``,
+``*.pth`` and ``config.json`` (the architecture is part of what is quantized).
 
 Example:
     >>> import tempfile, pathlib
@@ -24,41 +25,31 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import struct
 from pathlib import Path
 
 from mono_quant.errors import BadInputError
+from mono_quant.io.hashing import sha256_path
+from mono_quant.pipeline.content_cache import ContentHashCache
 
 __all__ = ["WEIGHT_PATTERNS", "weights_digest"]
 
 #: The files of a model folder that the digest covers.
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.pt", "*.pth",
                    "config.json")
-_MAX_HEADER = 100 << 20  # safetensors' own limit on header size
 
 
-def _safetensors_header(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return head
-        (n,) = struct.unpack("<Q", head)
-        return head + f.read(min(n, _MAX_HEADER))
-
-
-def _entry(folder: Path, path: Path) -> str:
+def _entry(folder: Path, path: Path, cache: ContentHashCache | None) -> str:
     real = path.resolve()
+    name = path.relative_to(folder).as_posix()
     if real.parent.name == "blobs" and len(real.name) >= 40:  # a hub cache blob: its hash
-        return f"{path.relative_to(folder).as_posix()}\0blob\0{real.name}\n"
-    st = real.stat()
-    line = f"{path.relative_to(folder).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\0"
-    if path.name.endswith(".safetensors"):
-        line += hashlib.sha256(_safetensors_header(real)).hexdigest()
-    return line + "\n"
+        return f"{name}\0blob\0{real.name}\n"
+    digest = sha256_path(real) if cache is None else cache.sha256(real)
+    return f"{name}\0sha256\0{digest}\n"
 
 
-def weights_digest(folder: str | Path) -> str:
-    """sha256 over the weight files of ``folder`` (module docstring), in sorted order."""
+def weights_digest(folder: str | Path, cache: ContentHashCache | None = None) -> str:
+    """sha256 over the content hashes of the weight files of ``folder`` (module docstring),
+    in sorted order; ``cache`` remembers them (None: every file is read and hashed)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BadInputError(f"{folder}: not a folder (expected a model folder to digest)")
@@ -67,7 +58,7 @@ def weights_digest(folder: str | Path) -> str:
     h = hashlib.sha256()
     try:
         for path in files:
-            h.update(_entry(folder, path).encode())
+            h.update(_entry(folder, path, cache).encode())
     except OSError as e:
         raise BadInputError(f"{folder}: cannot read a weight file to digest it: {e}") from e
     return h.hexdigest()
