@@ -53,7 +53,8 @@ def _supported() -> str:
 
 
 def check_store_url(location: str, what: str) -> str:
-    """``location`` (an object-store URL) if its backend is installed, else BadConfigError.
+    """``location`` (an object-store URL, without a trailing ``/``) if its backend is
+    installed, else BadConfigError.
 
     ``what`` names the setting or argument, for the message. The backend module is imported
     here so a missing extra is found at start-up, not by the first job.
@@ -77,4 +78,4 @@ def check_store_url(location: str, what: str) -> str:
             f"{what}={location!r}: the {scheme}:// backend is not installed; install the "
             f"extra with `pip install 'mono-quant[{extra}]'`"
         ) from e
-    return location
+    return location.rstrip("/")

@@ -224,7 +224,7 @@ def _storage_root(value: str | None, data_dir: Path) -> Path | str:
     if not value:
         return (data_dir / "artifacts").resolve()
     if is_url(value):
-        return check_store_url(value.rstrip("/"), f"{_PREFIX}STORAGE_ROOT")
+        return check_store_url(value, f"{_PREFIX}STORAGE_ROOT")
     return Path(local_path(value)).expanduser().resolve()
 
 

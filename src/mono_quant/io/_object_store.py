@@ -71,7 +71,7 @@ class ObjectStore(Store):
         except MonoQuantError:
             raise
         except FileNotFoundError:
-            if what.startswith("read") and self._bucket_exists():
+            if self._bucket_exists():  # the key is missing, not the bucket
                 raise
             raise BadConfigError(
                 f"storage root {self.root}: the bucket {self.bucket!r} does not exist (or is "

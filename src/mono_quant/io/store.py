@@ -45,7 +45,7 @@ from mono_quant.errors import BadInputError, StorageError
 from mono_quant.io.hashing import folder_digest, sha256_path, size_path
 
 __all__ = ["LocalStore", "Store", "Stored", "cache_dir", "is_store_url", "local_source",
-           "normalize_storage_key", "open_store", "resolve_storage_key", "split_url"]
+           "normalize_storage_key", "open_store", "resolve_storage_key", "size_of", "split_url"]
 
 #: Bytes read and sent per step; also the multipart part size on object stores (S3's minimum
 #: part is 5 MiB). A file up to this size is one PUT.
@@ -268,7 +268,7 @@ def open_store(root: str | os.PathLike[str], *, what: str = "storage root") -> S
     if is_url(root):
         from mono_quant.io._object_store import ObjectStore
 
-        return ObjectStore(check_store_url(str(root).rstrip("/"), what))
+        return ObjectStore(check_store_url(str(root), what))
     return LocalStore(local_path(str(root)))
 
 
@@ -286,6 +286,14 @@ def local_source(location: str | os.PathLike[str]) -> Iterator[Path]:
         return
     store, key = split_url(str(location))
     yield store.local(key)
+
+
+def size_of(location: str | os.PathLike[str]) -> int:
+    """Bytes of a local artifact, or of one in an object store (file or folder)."""
+    if not is_url(location):
+        return size_path(local_path(str(location)))
+    store, key = split_url(str(location))
+    return store.size(key)
 
 
 def split_url(url: str) -> tuple[Any, str]:
