@@ -204,3 +204,21 @@ def test_read_info_reads_the_header_only_and_load_caches(bucket, tmp_path, monke
     assert torch.equal(loaded(x), qmodel(x))
     cached = list((tmp_path / "cache").rglob("1-1.safetensors"))
     assert len(cached) == 1 and cached[0].read_bytes() == path.read_bytes()
+
+
+def test_hf_source_may_be_a_folder_in_the_store(bucket, tmp_path):
+    pytest.importorskip("transformers", reason="needs the hf extra")
+    from mono_quant.pipeline import parse_model_source
+    from tests.io.hf_fixture import make_hf_folder
+
+    folder = make_hf_folder(tmp_path / "tiny", seed=3)
+    open_store(f"s3://{bucket}").put(folder, "models/tiny")
+    source = parse_model_source(f"hf:s3://{bucket}/models/tiny/")
+    assert source.target == f"s3://{bucket}/models/tiny"  # the URL, not a local path
+    source.check()  # config.json found without downloading
+    assert not (tmp_path / "cache").exists()
+    got = source.load().state_dict()
+    want = parse_model_source(f"hf:{folder}").load().state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(BadInputError, match="has no config.json"):
+        parse_model_source(f"hf:s3://{bucket}/models/none").check()
