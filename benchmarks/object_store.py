@@ -24,11 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.s3server
+from mono_quant.io.store import open_store
 
-from tests.s3server import client, moto_server, new_bucket, s3_env  # noqa: E402
-
-from mono_quant.io.store import open_store  # noqa: E402
+#: The repository, for tests/s3server.py (the moto server the tests start, reused here).
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _best(fn, repeat: int) -> float:
@@ -53,6 +52,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="MiB (default 1024)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from tests.s3server import client, moto_server, new_bucket, s3_env
+
     with moto_server() as endpoint, tempfile.TemporaryDirectory() as tmp:
         os.environ.update(s3_env(endpoint))
         bucket = new_bucket(endpoint)

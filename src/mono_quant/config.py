@@ -90,7 +90,9 @@ VARIABLES: tuple[Variable, ...] = (
              "PostgreSQL catalog from parts, used when `MONO_QUANT_CATALOG_URL` is unset and "
              "`DB_HOST` is set"),
     Variable(("STORAGE_ROOT",), "`$MONO_QUANT_DATA_DIR/artifacts`",
-             "root folder of artifacts (a shared volume in a fleet)"),
+             "root folder of artifacts (a shared volume in a fleet), or an object store's URL: "
+             "`s3://bucket/prefix`, `gs://…`, `az://…` with the `s3`, `gcs` or `azure` extra "
+             "(docs/object-stores.md); `file://` is a folder. Any other URL is refused"),
     Variable(("BROKER_URL",), f"`{DEFAULT_BROKER_URL}`",
              "Celery broker; wins over the `REDIS_*` parts. With neither it nor "
              "`MONO_QUANT_REDIS_HOST` set no broker is *configured* (the embedded mode): "

@@ -156,7 +156,7 @@ def _flipped_byte_found_by_deep_verify(env, fs, base, artifact) -> None:
     shallow = cli("catalog", "verify", "--all", env=env)
     assert shallow.returncode == 0 and "6 ok" in shallow.stdout  # sizes only
     deep = cli("catalog", "verify", "--all", "--deep", env=env)
-    assert deep.returncode == 1 and "5 ok, 1 changed" in deep.stdout, deep.stdout
+    assert deep.returncode == 1 and "1 changed, 5 ok" in deep.stdout, deep.stdout
     assert f"artifact {artifact.id} {artifact.storage_key}: CHANGED" in deep.stdout
     assert SECRET not in deep.stdout + deep.stderr + ok.stdout + shallow.stdout
 
