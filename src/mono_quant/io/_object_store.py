@@ -101,10 +101,10 @@ class ObjectStore(Store):
             out = self._call(f"writing {key}", self.fs.open, path, "wb", block_size=PART_SIZE)
             try:
                 stored = self._call(f"writing {key}", _hashed_copy, f, out)
+                self._call(f"writing {key}", out.close)  # completes the upload: now visible
             except BaseException:
-                _discard(out)
+                _discard(out)  # a failed completion too: abort, never half an object
                 raise
-            self._call(f"writing {key}", out.close)  # completes the upload: now visible
         return stored
 
     def open(self, key: str) -> BinaryIO:
