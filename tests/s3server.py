@@ -33,8 +33,8 @@ def _free_port() -> int:
 def moto_server(**env: str) -> Iterator[str]:
     """A moto server in a subprocess; yields its endpoint URL. ``env``: moto's own switches
     (``INITIAL_NO_AUTH_ACTION_COUNT=0`` makes it refuse every credential)."""
-    pytest.importorskip("moto.server", reason="needs the s3 extra: pip install -e '.[s3]'")
-    pytest.importorskip("s3fs", reason="needs the s3 extra: pip install -e '.[s3]'")
+    pytest.importorskip("moto.server", reason="needs the dev extra (moto[server])")
+    pytest.importorskip("s3fs", reason="needs the s3 extra: pip install -e '.[dev,s3]'")
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
