@@ -22,6 +22,15 @@ def tiny(seed: int = 0):
     return demo_models.mlp(in_features=64, hidden=64, out_features=16, seed=seed)
 
 
+def wide(rows: int = 4096, cols: int = 6144):
+    """One large Linear layer: a ``rows * cols`` byte int8 artifact (25 MB by default, several
+    multipart-upload parts), for tests that kill a worker mid-upload."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(cols, rows, bias=False))
+
+
 def noisy():
     """A model whose output is not a function of its input (it adds fresh noise): no
     artifact of it reproduces the quantized model's outputs, so the served check fails."""

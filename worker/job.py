@@ -47,13 +47,7 @@ from mono_quant.errors import (
     TransientError,
 )
 from mono_quant.pipeline.allowlist import FactoryAllowList
-from mono_quant.worker.storage import (
-    artifact_key,
-    check_pinned,
-    pinned_folder,
-    remove,
-    remove_earlier_attempts,
-)
+from mono_quant.worker.storage import artifact_key, attempt_output, discard_key
 
 __all__ = ["Outcome", "OutcomeStatus", "backoff", "classify", "run_job"]
 
@@ -237,8 +231,8 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
     _event(logging.INFO, "started", context)
     beat = _Heartbeat(catalog, job_id, worker, s.heartbeat_interval, context)
     beat.start()
-    path = None
-    pins = contextlib.ExitStack()  # the open folder this attempt writes into
+    out = None
+    pins = contextlib.ExitStack()  # the open (or scratch) folder this attempt writes into
     try:
         from mono_quant.pipeline import JobSpec, run_pipeline
 
@@ -247,24 +241,25 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         factories = FactoryAllowList(s.allowed_factories)
         spec = JobSpec.from_payload(claimed.payload, factories)
         storage_key = artifact_key(claimed.key, spec.format, job_id, claimed.attempt)
-        folder = pins.enter_context(pinned_folder(s.storage_root, storage_key))
-        path = folder / storage_key.rpartition("/")[2]
-        remove_earlier_attempts(path, job_id, claimed.attempt)  # what killed attempts left
-        result = run_pipeline(spec, path, on_stage=beat.stage, on_progress=beat.step,
+        # what killed attempts left is removed here
+        out = attempt_output(s.storage_root, storage_key, job_id, claimed.attempt, pins)
+        result = run_pipeline(spec, out.path, on_stage=beat.stage, on_progress=beat.step,
                               device=device, factories=factories)
-        check_pinned(s.storage_root, storage_key, folder)  # no symlink swapped in meanwhile
+        if out.store is not None:  # an object store: the upload is a stage of its own
+            beat.stage("uploading")
+        stored = out.publish(result.sha256, result.size_bytes)  # local: no symlink swapped in
         _record_success(catalog, job_id, worker, s, storage_key, spec, result, beat)
         _event(logging.INFO, "succeeded", context, artifact=storage_key,
-               bytes=result.size_bytes, seconds=round(time.monotonic() - started, 3))
+               bytes=stored.size, seconds=round(time.monotonic() - started, 3))
         return Outcome(OutcomeStatus.SUCCEEDED)
     except _Stop as e:
-        _remove_unrecorded(path)
+        _remove_unrecorded(out)
         _event(logging.INFO, "stopped", context, reason=str(e))
         return Outcome(OutcomeStatus.STOPPED, error=str(e))
     except BaseException as e:  # the task boundary: record every failure
         if isinstance(e, (KeyboardInterrupt, SystemExit)) and _process_stopping():
             raise  # not the job's doing: the worker hands the job back (see release)
-        _remove_unrecorded(path)
+        _remove_unrecorded(out)
         return _record_failure(catalog, job_id, worker, e, context, claimed.attempt, started, s)
     finally:
         beat.stop()
@@ -289,9 +284,8 @@ def _record_success(catalog: Catalog, job_id: int, worker: str, s: Settings, sto
         raise _Stop("the job was cancelled or taken over before it could be recorded")
     _, replaced = recorded
     if replaced is not None and replaced != storage_key:  # a forced re-run took the key
-        with contextlib.suppress(MonoQuantError, OSError), \
-                pinned_folder(s.storage_root, replaced, create=False) as old:
-            remove(old / replaced.rpartition("/")[2])
+        with contextlib.suppress(MonoQuantError, OSError):
+            discard_key(s.storage_root, replaced)
 
 
 def _process_stopping() -> bool:
@@ -309,11 +303,11 @@ def _process_stopping() -> bool:
     return terminate_handler_fired()
 
 
-def _remove_unrecorded(path) -> None:
-    """This attempt's file is nobody's artifact once the attempt failed (its path is unique)."""
-    if path is not None:
-        with contextlib.suppress(OSError):
-            remove(path)
+def _remove_unrecorded(out) -> None:
+    """This attempt's file is nobody's artifact once the attempt failed (its key is unique)."""
+    if out is not None:
+        with contextlib.suppress(OSError, MonoQuantError):
+            out.discard()
 
 
 def _record_failure(catalog: Catalog, job_id: int, worker: str, e: BaseException,

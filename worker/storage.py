@@ -14,6 +14,12 @@ the open folder itself (``/proc/self/fd/N``): a symlink planted later, anywhere 
 cannot redirect the temporary file, the rename, the reload or the hash. Before the artifact
 is recorded, :func:`check_pinned` walks the key again and requires it to reach the very same
 folder; otherwise the write is undone.
+
+On an object store (``MONO_QUANT_STORAGE_ROOT=s3://…``, :mod:`mono_quant.io.store`) there are
+no folders to pin: the pipeline writes into a scratch folder of this worker, and
+:meth:`AttemptOutput.publish` uploads it to the attempt's key, hashing while it streams
+(one PUT or multipart upload per file; see docs/object-stores.md). :func:`attempt_output`
+hands out either kind, so the job code is the same for both.
 """
 
 from __future__ import annotations
@@ -23,14 +29,18 @@ import errno
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mono_quant.errors import BadInputError, StorageError
 from mono_quant.io.layout import SUFFIX
+from mono_quant.io.store import Store, Stored, is_store_url, open_store, resolve_storage_key
 
-__all__ = ["artifact_key", "check_pinned", "pinned_folder", "remove", "remove_earlier_attempts",
-           "resolve"]
+__all__ = ["AttemptOutput", "artifact_key", "attempt_output", "check_pinned", "discard_key",
+           "pinned_folder", "remove", "remove_earlier_attempts", "resolve"]
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -52,8 +62,6 @@ def artifact_key(idempotency_key: str, fmt: str, job_id: int, attempt: int) -> s
 
 def resolve(root: str | Path, key: str) -> Path:
     """The path of ``key`` under ``root``; refuses keys (or symlinks) that leave the root."""
-    from mono_quant.catalog import resolve_storage_key
-
     return resolve_storage_key(root, key)
 
 
@@ -65,12 +73,17 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _attempt_name(job_id: int) -> re.Pattern[str]:
+    """Names an attempt of ``job_id`` leaves in its key's folder (group 1: the attempt)."""
+    return re.compile(rf"^\.?{int(job_id)}-(\d+)(\.safetensors|\.pt)?(\..*\.(tmp|old))?$")
+
+
 def remove_earlier_attempts(path: Path, job_id: int, attempt: int) -> list[Path]:
     """Remove what earlier attempts of this job left next to ``path``: finished files that
     were never recorded and temporaries of writers that were killed (``.<name>.*.tmp|.old``).
     Earlier attempts are dead — a claim only succeeds once they are presumed so."""
     removed = []
-    pattern = re.compile(rf"^\.?{int(job_id)}-(\d+)(\.safetensors|\.pt)?(\..*\.(tmp|old))?$")
+    pattern = _attempt_name(job_id)
     if not path.parent.is_dir():
         return removed
     for entry in path.parent.iterdir():
@@ -79,6 +92,86 @@ def remove_earlier_attempts(path: Path, job_id: int, attempt: int) -> list[Path]
             remove(entry)
             removed.append(entry)
     return removed
+
+
+def _remove_earlier_objects(store: Any, key: str, job_id: int, attempt: int) -> list[str]:
+    """:func:`remove_earlier_attempts` on an object store: earlier attempts' objects (files,
+    or a folder artifact's objects) and the incomplete uploads of writers that were killed."""
+    parent, _, _ = key.rpartition("/")
+    pattern = _attempt_name(job_id)
+    removed = []
+    for entry in store.list(parent):
+        m = pattern.match(entry.rpartition("/")[2])
+        if m and int(m.group(1)) < attempt:
+            store.delete(entry)
+            removed.append(entry)
+    store.abort_uploads(f"{parent}/{int(job_id)}-")
+    return removed
+
+
+@dataclass
+class AttemptOutput:
+    """Where one attempt writes (``path``, for the pipeline) and how it is published at
+    ``key``: in place in a pinned folder of a local root, or uploaded to an object store."""
+
+    root: str | Path
+    key: str
+    path: Path
+    #: The pinned folder of a local root; None on an object store.
+    folder: Path | None
+    store: Store | None = None
+
+    def publish(self, sha256: str, size: int) -> Stored:
+        """Make the pipeline's output the attempt's artifact; its (sha256, size) as stored.
+
+        Local: the file is already in place; check no symlink was swapped in meanwhile. Object
+        store: upload, hashing while it streams; a hash that differs from the pipeline's (the
+        scratch file changed under us) is a StorageError and the objects are removed."""
+        if self.store is None:
+            check_pinned(self.root, self.key, self.folder)
+            return Stored(sha256, size)
+        stored = self.store.put(self.path, self.key)
+        if stored.sha256 != sha256:
+            self.store.delete(self.key)
+            raise StorageError(
+                f"storage key {self.key!r}: uploaded sha256 {stored.sha256[:12]}… differs from "
+                f"the file the pipeline wrote ({sha256[:12]}…); the upload was removed"
+            )
+        return stored
+
+    def discard(self) -> None:
+        """Remove what this attempt wrote (it is nobody's artifact once the attempt failed)."""
+        if self.store is None:
+            remove(self.path)
+        else:
+            self.store.delete(self.key)
+            self.store.abort_uploads(self.key)
+
+
+def attempt_output(root: str | Path, key: str, job_id: int, attempt: int,
+                   stack: contextlib.ExitStack) -> AttemptOutput:
+    """The :class:`AttemptOutput` of one attempt, after removing what earlier (killed) attempts
+    of the job left; ``stack`` holds the pinned folder or the scratch folder open."""
+    name = key.rpartition("/")[2]
+    if not is_store_url(root):
+        folder = stack.enter_context(pinned_folder(root, key))
+        remove_earlier_attempts(folder / name, job_id, attempt)
+        return AttemptOutput(root, key, folder / name, folder)
+    store = open_store(root, what="MONO_QUANT_STORAGE_ROOT")
+    store.check()  # a missing bucket or refused credentials: bad_config before the work
+    _remove_earlier_objects(store, key, job_id, attempt)
+    scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="mono-quant-upload-"))
+    return AttemptOutput(root, key, Path(scratch) / name, None, store)
+
+
+def discard_key(root: str | Path, key: str) -> None:
+    """Remove the artifact at ``key`` (a forced re-run's replaced artifact), without following
+    symlinks on a local root."""
+    if is_store_url(root):
+        open_store(root, what="MONO_QUANT_STORAGE_ROOT").delete(key)
+        return
+    with pinned_folder(root, key, create=False) as old:
+        remove(old / key.rpartition("/")[2])
 
 
 def _open_child(parent_fd: int, name: str, root: Path, key: str, create: bool) -> int:

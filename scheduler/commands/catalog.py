@@ -80,6 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="artifact id(s)")
     verify.add_argument("--all", action="store_true", help="every artifact in the catalog")
     verify.add_argument("--storage-root", help="default: MONO_QUANT_STORAGE_ROOT")
+    verify.add_argument("--deep", action="store_true",
+                        help="re-hash objects in an object store too (default there: sizes "
+                             "only; a folder is always re-hashed)")
     _output_args(verify, csv=False)
     verify.set_defaults(handler=run_verify)
 
@@ -229,12 +232,16 @@ def _print_csv(records: list[dict[str, Any]]) -> None:
 
 
 def _storage_root(args: argparse.Namespace) -> Any:
+    """--storage-root (a folder or an object store's URL), else MONO_QUANT_STORAGE_ROOT."""
     from pathlib import Path
 
+    from mono_quant._storage_url import check_store_url, is_url
     from mono_quant.config import get_settings
 
     root = getattr(args, "storage_root", None)
-    return Path(root) if root else get_settings().storage_root
+    if not root:
+        return get_settings().storage_root
+    return check_store_url(root, "--storage-root") if is_url(root) else Path(root)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -290,24 +297,22 @@ def run_path(args: argparse.Namespace) -> int:
     with _catalog(args) as session:
         path = artifact_path(get_artifact(session, resolve_artifact_id(session, args.id)),
                              _storage_root(args))
-    print(path.as_uri() if args.uri else path)
+    print(path.as_uri() if args.uri and not isinstance(path, str) else path)  # str: a URL
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from mono_quant.catalog import verify_artifacts
-    from mono_quant.config import get_settings
     from mono_quant.errors import BadInputError
 
     if bool(args.ids) == bool(args.all):
         raise BadInputError("give artifact ids or --all (not both)")
-    root = Path(args.storage_root) if args.storage_root else get_settings().storage_root
+    root = _storage_root(args)
     counts: dict[str, int] = {}
     results = []
     with _catalog(args) as session:
-        for r in verify_artifacts(session, root, None if args.all else args.ids):
+        for r in verify_artifacts(session, root, None if args.all else args.ids,
+                                  deep=True if args.deep else None):
             counts[r.status] = counts.get(r.status, 0) + 1
             if args.output == "json":
                 results.append(r)

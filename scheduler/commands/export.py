@@ -35,6 +35,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from mono_quant.catalog import Catalog, artifact_path, get_artifact
     from mono_quant.io.export import export_folder
+    from mono_quant.io.store import local_source
     from mono_quant.quant.info import QuantizationInfo
     from mono_quant.scheduler.resolve import resolve_artifact_id
 
@@ -47,8 +48,9 @@ def run_export(args: argparse.Namespace) -> int:
         artifact_id = artifact.id
     catalog.dispose()
     info = QuantizationInfo.from_dict(info_dict)
-    files = export_folder(path, Path(args.dir), info, source_dir=_source_dir(source),
-                          title=f"{job_name} (artifact {artifact_id})", source=source,
-                          sha256=sha)
+    with local_source(path) as local:  # an object store's artifact: a cached download
+        files = export_folder(local, Path(args.dir), info, source_dir=_source_dir(source),
+                              title=f"{job_name} (artifact {artifact_id})", source=source,
+                              sha256=sha)
     print(f"exported artifact {artifact_id} to {Path(args.dir).resolve()}: {', '.join(files)}")
     return 0

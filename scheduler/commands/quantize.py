@@ -271,7 +271,8 @@ def _artifact_arg(text: str, url: str | None = None) -> str:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from mono_quant.io import detect_format, read_info, size_path
+    from mono_quant.io import detect_format, read_info
+    from mono_quant.io.store import size_of
 
     args.artifact = _artifact_arg(args.artifact, args.url)
     info = read_info(args.artifact)
@@ -280,7 +281,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         return 0
     cfg, m = info.config, info.metrics
     print(f"artifact {args.artifact} ({detect_format(args.artifact)}, "
-          f"{_mib(size_path(args.artifact))})")
+          f"{_mib(size_of(args.artifact))})")
     _line("format", f"mono-quant QuantizationInfo v{info.VERSION}, dtype {info.dtype}")
     group = f", group_size={cfg.group_size}" if cfg.group_size else ""
     _line("config", f"scheme={cfg.scheme}, granularity={cfg.granularity}{group}, "

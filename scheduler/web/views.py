@@ -158,12 +158,13 @@ def batch_detail(session: Session, batch_id: int, page: int = 1) -> dict[str, An
 
 
 def _path(storage_root: str, storage_key: str) -> dict[str, str]:
-    """Absolute path and file URI of an artifact: string work only, the disk is not read.
+    """Absolute path and file URI of an artifact (an object store's URL as both): string
+    work only, the disk is not read.
 
     Storage keys are relative POSIX paths without ``..`` (checked when the row was written).
     """
     path = posixpath.join(storage_root, storage_key)
-    return {"path": path, "uri": "file://" + path}
+    return {"path": path, "uri": path if "://" in storage_root else "file://" + path}
 
 
 def _row(a: Artifact, storage_root: str) -> dict[str, Any]:

@@ -90,7 +90,9 @@ VARIABLES: tuple[Variable, ...] = (
              "PostgreSQL catalog from parts, used when `MONO_QUANT_CATALOG_URL` is unset and "
              "`DB_HOST` is set"),
     Variable(("STORAGE_ROOT",), "`$MONO_QUANT_DATA_DIR/artifacts`",
-             "root folder of artifacts (a shared volume in a fleet)"),
+             "root folder of artifacts (a shared volume in a fleet), or an object store's URL: "
+             "`s3://bucket/prefix`, `gs://…`, `az://…` with the `s3`, `gcs` or `azure` extra "
+             "(docs/object-stores.md); `file://` is a folder. Any other URL is refused"),
     Variable(("BROKER_URL",), f"`{DEFAULT_BROKER_URL}`",
              "Celery broker; wins over the `REDIS_*` parts. With neither it nor "
              "`MONO_QUANT_REDIS_HOST` set no broker is *configured* (the embedded mode): "
@@ -215,6 +217,19 @@ def _broker_url(env: _Env) -> str:
     return DEFAULT_BROKER_URL
 
 
+def _storage_root(value: str | None, data_dir: Path) -> Path | str:
+    """A folder (resolved Path, ``file://`` accepted), or an object store's URL whose backend
+    is installed; any other URL is a BadConfigError naming the setting (never a local folder
+    called ``s3:``)."""
+    from mono_quant._storage_url import check_store_url, is_url, local_path
+
+    if not value:
+        return (data_dir / "artifacts").resolve()
+    if is_url(value):
+        return check_store_url(value, f"{_PREFIX}STORAGE_ROOT")
+    return Path(local_path(value)).expanduser().resolve()
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process-wide settings (see the README's settings table)."""
@@ -225,8 +240,10 @@ class Settings:
     #: MONO_QUANT_CATALOG_URL (or MONO_QUANT_DB_HOST/PORT/NAME/USER/PASSWORD) — SQLAlchemy URL
     #: of the catalog; default: SQLite at ``<data_dir>/catalog.db``.
     catalog_url: str
-    #: MONO_QUANT_STORAGE_ROOT — root folder of artifacts; default ``<data_dir>/artifacts``.
-    storage_root: Path
+    #: MONO_QUANT_STORAGE_ROOT — root folder of artifacts (a Path), or an object store's URL
+    #: (a str: ``s3://bucket/prefix``, ``gs://…``, ``az://…``; docs/object-stores.md);
+    #: default ``<data_dir>/artifacts``.
+    storage_root: Path | str
     #: MONO_QUANT_BROKER_URL (or MONO_QUANT_REDIS_HOST/PORT/DB/PASSWORD) — Celery broker.
     broker_url: str
     #: Whether either of those is set. False is the embedded mode: ``run`` executes jobs and
@@ -289,7 +306,7 @@ class Settings:
         return cls(
             data_dir=data_dir,
             catalog_url=_catalog_url(env, data_dir),
-            storage_root=Path(env.text("STORAGE_ROOT") or data_dir / "artifacts").resolve(),
+            storage_root=_storage_root(env.text("STORAGE_ROOT"), data_dir),
             broker_url=_broker_url(env),
             broker_configured=bool(env.text("BROKER_URL") or env.text("REDIS_HOST")),
             max_attempts=attempts,

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mono_quant._storage_url import url_scheme
 from mono_quant.errors import BadConfigError
 
 __all__ = [
@@ -117,7 +118,7 @@ def _read(path: Path) -> dict[str, str]:
             )
         if not isinstance(value, str) or not value:
             raise BadConfigError(f"{path}: {key} must be a non-empty string, got {value!r}")
-        if key in _PATH_KEYS:
+        if key in _PATH_KEYS and url_scheme(value) is None:  # URLs stay as written
             value = str((path.parent / Path(value).expanduser()).resolve())
         values["MONO_QUANT_" + key.upper()] = value
     return values

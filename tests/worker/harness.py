@@ -55,7 +55,8 @@ def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.Com
 class Worker:
     """``mono-quant worker`` in its own process group."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path, *extra: str) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, *extra: str,
+                 cwd: Path | None = None) -> None:
         self.name = name
         self.env = env
         self.log_path = log_dir / f"{name.replace('@', '_')}.log"
@@ -63,7 +64,7 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mono_quant.scheduler.cli", "worker", "--name", name,
              "--loglevel", "info", *extra],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:

@@ -27,7 +27,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -35,8 +35,15 @@ from sqlalchemy.orm import Session
 
 from mono_quant.catalog import latest
 from mono_quant.catalog.models import Artifact, ArtifactFormat, Job
-from mono_quant.errors import BadInputError, StorageError
+from mono_quant.errors import BadInputError, MonoQuantError, StorageError
 from mono_quant.io.hashing import sha256_path, size_path
+from mono_quant.io.store import (
+    Store,
+    is_store_url,
+    normalize_storage_key,
+    open_store,
+    resolve_storage_key,
+)
 from mono_quant.quant.info import QuantizationInfo
 
 __all__ = [
@@ -50,47 +57,6 @@ __all__ = [
     "resolve_storage_key",
     "verify_artifacts",
 ]
-
-def normalize_storage_key(key: str) -> str:
-    """Check a storage key and return it in canonical form (no ``.`` parts, no doubled ``/``)."""
-
-    def bad(why: str) -> BadInputError:
-        return BadInputError(
-            f"storage key {key!r}: {why}; expected a POSIX path relative to the storage root, "
-            "e.g. 'models/mlp/1f2e.safetensors'"
-        )
-
-    if not isinstance(key, str) or not key.strip():
-        raise bad("empty")
-    if "\\" in key or "\0" in key:
-        raise bad("backslashes and NUL bytes are not allowed")
-    path = PurePosixPath(key)
-    if path.is_absolute():
-        raise bad("absolute paths are not allowed")
-    if ".." in path.parts:
-        raise bad("'..' is not allowed")
-    parts = [p for p in path.parts if p != "."]
-    if not parts:
-        raise bad("names no file")
-    if ":" in parts[0]:
-        raise bad("URLs and drive letters are not allowed")
-    return "/".join(parts)
-
-
-def resolve_storage_key(storage_root: str | Path, key: str) -> Path:
-    """The path of a storage key under the root.
-
-    The key is checked first (relative, no ``..``, no URL); then the resolved path must still
-    be inside the resolved root, so a symlink inside the storage cannot lead out of it.
-    """
-    root = Path(storage_root)
-    path = root / normalize_storage_key(key)
-    real_root = root.resolve()
-    real = path.resolve()
-    if real != real_root and real_root not in real.parents:
-        raise StorageError(f"storage key {key!r} resolves outside the storage root {real_root}")
-    return path
-
 
 def _key_from_path(path: str | Path, storage_root: Path) -> str:
     path = Path(path)
@@ -256,6 +222,8 @@ def _located(path: str | Path, storage_root: str | Path | None, format: Artifact
         from mono_quant.config import get_settings
 
         storage_root = get_settings().storage_root
+    if is_store_url(storage_root):  # an object store: a key, and the digest the upload made
+        return _located_object(path, format, sha256, size_bytes)
     root = Path(storage_root)
     key = _key_from_path(path, root)
     full = root / key
@@ -274,6 +242,21 @@ def _located(path: str | Path, storage_root: str | Path | None, format: Artifact
         except OSError as e:
             raise StorageError(f"artifact {full}: cannot read it to hash it: {e}") from e
     return key, fmt, sha256, int(size_bytes)
+
+
+def _located_object(key: str | Path, format: ArtifactFormat | str | None, sha256: str | None,
+                    size_bytes: int | None) -> tuple[str, ArtifactFormat, str, int]:
+    if format is None or sha256 is None or size_bytes is None:
+        raise BadInputError(
+            f"artifact {key}: on an object store, record a storage key with its format, sha256 "
+            "and size (the worker computes them while uploading)"
+        )
+    try:
+        fmt = ArtifactFormat(format)
+    except ValueError as e:
+        allowed = ", ".join(f.value for f in ArtifactFormat)
+        raise BadInputError(f"artifact format {format!r}: expected one of {allowed}") from e
+    return normalize_storage_key(str(key)), fmt, sha256, int(size_bytes)
 
 
 @dataclass(frozen=True)
@@ -299,23 +282,25 @@ class VerifyResult:
         return self.status == "ok"
 
 
-def _verify_one(root: Path, a: Artifact) -> VerifyResult:
+def _verify_one(store: Store, a: Artifact, deep: bool) -> VerifyResult:
     base = {"artifact_id": a.id, "storage_key": a.storage_key,
             "expected_sha256": a.sha256, "expected_size": a.size_bytes}
     try:
-        path = resolve_storage_key(root, a.storage_key)
+        where = store.url(a.storage_key)
     except (BadInputError, StorageError) as e:  # a bad key, or a symlink out of the root
         return VerifyResult(status="invalid_key", detail=str(e), **base)
-    if not path.exists():
-        return VerifyResult(status="missing", detail=f"{path} does not exist", **base)
     try:
-        digest, size = sha256_path(path), size_path(path)
-    except (OSError, BadInputError) as e:  # BadInputError: a FIFO or device (never opened)
-        return VerifyResult(status="unreadable", detail=f"{path}: {e}", **base)
-    if digest != a.sha256 or size != a.size_bytes:
+        size = store.size(a.storage_key)
+        digest = store.sha256(a.storage_key) if deep else None
+    except FileNotFoundError:
+        return VerifyResult(status="missing", detail=f"{where} does not exist", **base)
+    except (OSError, MonoQuantError) as e:  # BadInputError: a FIFO or device (never opened)
+        return VerifyResult(status="unreadable", detail=f"{where}: {e}", **base)
+    if size != a.size_bytes or (deep and digest != a.sha256):
+        shown = f"sha256 {digest[:12]}… " if digest else ""
         return VerifyResult(
             status="changed", actual_sha256=digest, actual_size=size,
-            detail=f"{path}: sha256 {digest[:12]}… size {size}, "
+            detail=f"{where}: {shown}size {size}, "
                    f"catalog has {a.sha256[:12]}… size {a.size_bytes}",
             **base,
         )
@@ -323,13 +308,18 @@ def _verify_one(root: Path, a: Artifact) -> VerifyResult:
 
 
 def verify_artifacts(
-    session: Session, storage_root: str | Path, ids: Sequence[int] | None = None
+    session: Session, storage_root: str | Path, ids: Sequence[int] | None = None,
+    *, deep: bool | None = None,
 ) -> Iterator[VerifyResult]:
-    """Re-hash artifacts (``ids``, or all of them in id order) and yield one result each.
+    """Check artifacts (``ids``, or all of them in id order) and yield one result each.
 
-    Unknown ids raise BadInputError before anything is hashed.
+    ``deep``: re-hash them (streamed, never downloaded whole) as well as comparing sizes.
+    Default: on a folder, yes (as always); on an object store, sizes only, since hashing
+    reads every byte back over the network. Unknown ids raise BadInputError before anything
+    is read.
     """
-    root = Path(storage_root)
+    store = open_store(storage_root)
+    deep = not is_store_url(storage_root) if deep is None else deep
     stmt = select(Artifact).order_by(Artifact.id)
     if ids is not None:
         wanted = sorted(set(ids))
@@ -339,7 +329,7 @@ def verify_artifacts(
             raise BadInputError(
                 f"no artifact with id {', '.join(map(str, unknown))} in the catalog"
             )
-        yield from (_verify_one(root, a) for a in rows)
+        yield from (_verify_one(store, a, deep) for a in rows)
         return
     for a in session.scalars(stmt.execution_options(yield_per=500)):
-        yield _verify_one(root, a)
+        yield _verify_one(store, a, deep)

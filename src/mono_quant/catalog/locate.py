@@ -20,29 +20,35 @@ from typing import Any
 from mono_quant.catalog.artifacts import resolve_storage_key
 from mono_quant.catalog.models import Artifact
 from mono_quant.errors import BadInputError
+from mono_quant.io.store import is_store_url, open_store
 
 __all__ = ["artifact_path", "artifact_path_by_id", "artifact_uri", "load_artifact"]
 
 
-def _root(storage_root: str | Path | None) -> Path:
+def _root(storage_root: str | Path | None) -> str | Path:
     if storage_root is not None:
-        return Path(storage_root)
+        return storage_root
     from mono_quant.config import get_settings
 
     return get_settings().storage_root
 
 
-def artifact_path(artifact: Artifact, storage_root: str | Path | None = None) -> Path:
-    """The absolute path of an artifact row's file (or compressed-tensors folder).
+def artifact_path(artifact: Artifact, storage_root: str | Path | None = None) -> Path | str:
+    """The absolute path of an artifact row's file (or compressed-tensors folder); on an
+    object store, its URL (a str: ``s3://bucket/prefix/…``).
 
     ``storage_root`` defaults to MONO_QUANT_STORAGE_ROOT (see ``mono-quant where``).
     """
-    return resolve_storage_key(_root(storage_root), artifact.storage_key).absolute()
+    root = _root(storage_root)
+    if is_store_url(root):
+        return open_store(root).url(artifact.storage_key)
+    return resolve_storage_key(root, artifact.storage_key).absolute()
 
 
 def artifact_uri(artifact: Artifact, storage_root: str | Path | None = None) -> str:
-    """The ``file://`` URI of :func:`artifact_path`."""
-    return artifact_path(artifact, storage_root).as_uri()
+    """The ``file://`` URI of :func:`artifact_path` (an object store's URL as it is)."""
+    path = artifact_path(artifact, storage_root)
+    return path if isinstance(path, str) else path.as_uri()
 
 
 def _row(catalog: Any, artifact_id: int) -> Artifact:
@@ -69,10 +75,10 @@ def load_artifact(catalog: Any, artifact_id: int, model: Any = None, *,
     (``hf:`` folders, ``factory:`` sources).
     """
     artifact = _row(catalog, artifact_id)
-    path = artifact_path(artifact, storage_root)
-    if not path.exists():
+    store = open_store(_root(storage_root))
+    if not store.exists(artifact.storage_key):
         raise BadInputError(
-            f"artifact {artifact_id}: {path} is missing from storage "
+            f"artifact {artifact_id}: {store.url(artifact.storage_key)} is missing from storage "
             "(`mono-quant catalog verify` checks every artifact)"
         )
     from mono_quant.io import load_quantized
@@ -80,4 +86,4 @@ def load_artifact(catalog: Any, artifact_id: int, model: Any = None, *,
 
     if model is None:
         model = parse_model_source(artifact.model_source).load()
-    return load_quantized(path, model)
+    return load_quantized(store.local(artifact.storage_key), model)

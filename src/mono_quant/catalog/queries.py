@@ -188,15 +188,16 @@ def artifact_record(artifact: Artifact, *, with_info: bool = False,
     """A flat dict of an artifact (JSON-ready apart from ±inf floats) for output.
 
     ``path`` is the artifact's absolute path under ``storage_root`` (default: the configured
-    MONO_QUANT_STORAGE_ROOT) and ``uri`` its ``file://`` URI. ``observer`` repeats
+    MONO_QUANT_STORAGE_ROOT) and ``uri`` its ``file://`` URI (both the object's URL on an
+    object store). ``observer`` repeats
     ``weight_observer`` under its deprecated name (removed in a later release).
     """
     from mono_quant.catalog.locate import artifact_path
 
     job = artifact.job
-    path = artifact_path(artifact, storage_root)
+    path = artifact_path(artifact, storage_root)  # a str: an object store's URL
     computed = {"batch_id": job.batch_id, "job_status": job.status, "job_name": job.name,
-                "path": str(path), "uri": path.as_uri()}
+                "path": str(path), "uri": path if isinstance(path, str) else path.as_uri()}
     record: dict[str, Any] = {}
     for name in RECORD_FIELDS:
         value = computed[name] if name in computed else getattr(artifact, name)

@@ -133,12 +133,25 @@ def _entry(path: Path, name: str, raw: object) -> HeaderEntry:
     return entry
 
 
-def _raw_header(path: Path) -> tuple[bytes, int]:
-    """(header JSON bytes, file size) after checking the length field against the file."""
+def _open(path: Path | str) -> tuple[BinaryIO, int]:
+    """(reader, size) of a file, or of an object-store URL (each read a ranged GET)."""
+    if isinstance(path, str):
+        from mono_quant.io.store import split_url
+
+        store, key = split_url(path)
+        f = store.open(key)
+        return f, int(f.size)
+    refuse_special_file(path)  # opening a FIFO would block
+    f = open(path, "rb")  # noqa: SIM115 - closed by the caller's with
+    return f, os.fstat(f.fileno()).st_size
+
+
+def _raw_header(path: Path | str) -> tuple[bytes, int]:
+    """(header JSON bytes, file size) after checking the length field against the file;
+    ``path`` a str: an object-store URL, of which only the header's bytes are read."""
     try:
-        refuse_special_file(path)  # opening a FIFO would block
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        f, size = _open(path)
+        with f:
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise _bad(path, (
@@ -169,11 +182,16 @@ def _raw_header(path: Path) -> tuple[bytes, int]:
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     """Read and validate a safetensors header; every problem names the file.
 
+    ``path`` may be an object store's URL (``s3://bucket/key.safetensors``): then only the
+    length field and the header are read, as two ranged GETs.
+
     Raises:
         BadInputError: missing file, truncated file, garbage or inconsistent header.
         StorageError: the file exists but cannot be read.
     """
-    path = Path(path)
+    from mono_quant.io.store import is_store_url
+
+    path = str(path) if is_store_url(path) else Path(path)  # a URL: ranged reads
     raw, size = _raw_header(path)
     n = len(raw)
     try:

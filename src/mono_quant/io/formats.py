@@ -52,6 +52,7 @@ from mono_quant.io._pt import read_pt, write_pt
 from mono_quant.io._safetensors_stream import SafetensorsWriter, TensorSpec, read_header
 from mono_quant.io._targets import check_replaceable
 from mono_quant.io.layout import FORMATS, detect_format
+from mono_quant.io.store import local_source
 from mono_quant.quant.info import QuantizationInfo
 
 __all__ = [
@@ -272,7 +273,11 @@ def _folder_format(path: Path) -> str | None:
 
 
 def _load(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], QuantizationInfo | None]:
-    path = Path(path)
+    with local_source(path) as local:  # an object store's URL: a cached download
+        return _load_local(local)
+
+
+def _load_local(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo | None]:
     fmt = detect_format(path)
     if fmt == "safetensors":
         tensors, info = _read_safetensors(path)
@@ -287,7 +292,9 @@ def _load(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], Quanti
 
 def load_model(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load an artifact's state dict (format from the extension; a folder is
-    compressed-tensors). Quantized layers come back in mono-quant's layout
+    compressed-tensors). ``path`` may be an object store's URL (``s3://…``; downloaded once
+    into :func:`~mono_quant.io.store.cache_dir`), as for :func:`read_info` and
+    :func:`load_quantized`. Quantized layers come back in mono-quant's layout
     (``weight`` int8, ``weight_scale``, ``weight_zero_point``, ...).
 
     Raises:
@@ -303,15 +310,15 @@ def read_info(path: str | os.PathLike[str]) -> QuantizationInfo:
     Raises:
         BadInputError: the artifact has no mono-quant metadata, or it does not decode.
     """
-    path = Path(path)
     fmt = detect_format(path)
-    if fmt == "safetensors":
+    if fmt == "safetensors":  # the header only (on an object store: two ranged GETs)
         header = read_header(path)
-        info = _info_from_metadata(header.metadata, path)
-    elif fmt == "pt":
-        info = _read_pt(path)[1]
+        info = _info_from_metadata(header.metadata, header.path)
     else:
-        return _read_compressed_tensors(path)[1]
+        with local_source(path) as local:
+            if fmt == "compressed-tensors":
+                return _read_compressed_tensors(local)[1]
+            info = _read_pt(local)[1]
     if info is None:
         raise BadInputError(
             f"{path}: no mono-quant metadata: no {INFO_KEY!r} entry (the file was not "

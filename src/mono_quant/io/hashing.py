@@ -15,11 +15,12 @@ Example:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from mono_quant.io._files import refuse_special_file
 
-__all__ = ["sha256_path", "size_path", "state_dict_digest"]
+__all__ = ["folder_digest", "sha256_path", "size_path", "state_dict_digest"]
 
 _BLOCK = 1 << 20
 
@@ -42,14 +43,21 @@ def _files(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.as_posix())
 
 
+def folder_digest(files: Iterable[tuple[str, str]]) -> str:
+    """A folder's digest from ``(relative posix path, sha256 of the file)`` pairs (any order):
+    the one formula for a folder on disk and a folder in an object store."""
+    h = hashlib.sha256()
+    for rel, digest in sorted(files):
+        h.update(f"{rel}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
 def sha256_path(path: str | Path) -> str:
     """sha256 hex digest of a file, or of a folder's files as described above."""
     path = Path(path)
     if path.is_dir():
-        h = hashlib.sha256()
-        for f in _files(path):
-            h.update(f"{f.relative_to(path).as_posix()}\0{_sha256_file(f)}\n".encode())
-        return h.hexdigest()
+        return folder_digest((f.relative_to(path).as_posix(), _sha256_file(f))
+                             for f in _files(path))
     return _sha256_file(path)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mono_quant._storage_url import is_url
 from mono_quant.errors import BadInputError
 
 __all__ = ["FORMATS", "SUFFIX", "detect_format"]
@@ -29,6 +30,7 @@ def detect_format(path: str | os.PathLike[str], format: str | None = None) -> st
 
     A folder (or an existing folder with ``config.json``) is ``compressed-tensors``.
     """
+    url = is_url(path)  # an object store's URL: a name without an extension is a folder
     path = Path(path)
     ext = path.suffix.lower()
     if format is not None:
@@ -47,7 +49,7 @@ def detect_format(path: str | os.PathLike[str], format: str | None = None) -> st
         return format
     if ext in _EXTENSIONS:
         return _EXTENSIONS[ext]
-    if path.is_dir():
+    if url or path.is_dir():
         return "compressed-tensors"
     raise BadInputError(
         f"{path}: cannot tell the format from the extension {ext or '(none)'}; accepted: "

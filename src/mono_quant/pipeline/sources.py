@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
+from mono_quant.io.store import is_store_url, split_url
 from mono_quant.pipeline._grammar import (
     TARGET,
     Source,
@@ -101,7 +102,11 @@ class ModelSource(Source):
 
     @property
     def folder(self) -> str:
-        """An ``hf:`` source's folder: the path, or a hub id's cached snapshot."""
+        """An ``hf:`` source's folder: the path, a hub id's cached snapshot, or the cached
+        download of an object store's folder (``hf:s3://bucket/models/x``)."""
+        if is_store_url(self.target):
+            store, key = split_url(self.target)
+            return str(store.local(key))
         if os.path.isabs(self.target):
             return self.target
         from mono_quant.pipeline.hub_cache import hub_id, resolve_snapshot
@@ -112,7 +117,12 @@ class ModelSource(Source):
     def check(self, factories: FactoryAllowList | None = None) -> None:
         """Cheap checks without building the model: paths exist, the factory imports (only
         if ``factories`` allows its module)."""
-        if self.scheme == "hf":
+        if self.scheme == "hf" and is_store_url(self.target):  # no download to check it
+            store, key = split_url(self.target)
+            if not store.exists(f"{key}/config.json"):
+                raise BadInputError(f"{self.text}: {self.target} has no config.json (expected "
+                                    "a Hugging Face model folder written by save_pretrained)")
+        elif self.scheme == "hf":
             folder = self.folder
             if not Path(folder).is_dir():
                 from mono_quant.pipeline.hub_cache import hub_id, resolve_snapshot
@@ -250,6 +260,8 @@ def parse_model_source(
     if scheme == "hf":
         if options:
             raise BadInputError(f"{text}: hf: sources take no arguments ({', '.join(options)})")
+        if is_store_url(target):  # a folder in an object store: read when loaded
+            return ModelSource("hf", target.rstrip("/"), text=text)
         path = resolve_path(target, base_dir, text, "hf:")
         if not os.path.isdir(path) and isinstance(target, str):
             from mono_quant.pipeline.hub_cache import in_cache
