@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mono_quant import BadConfigError, QuantConfig, demo_models, quantize_model
-from mono_quant.quant.smoothquant import smooth_model, smoothing_scales
+from mono_quant.quant.smoothquant import channel_index, smooth_model, smoothing_scales
 
 transformers = pytest.importorskip("transformers", reason="the 'hf' extra is not installed")
 
@@ -50,8 +50,9 @@ def _out(model, batch):
 
 
 ARCHS = [
-    pytest.param(demo_models.outlier_transformer, 4, id="llama"),
-    pytest.param(_opt, 4, id="opt"),
+    # Llama: 2 norms + v_proj -> o_proj (grouped-query: 4 heads, 2 kv heads) + up -> down
+    pytest.param(demo_models.outlier_transformer, 8, id="llama"),
+    pytest.param(_opt, 6, id="opt"),
     pytest.param(_bert, 2, id="bert-post-ln"),
     pytest.param(_gpt2, 4, id="gpt2"),
 ]
@@ -82,8 +83,26 @@ def test_registry_maps_llama_norms_to_their_projections():
         "model.layers.0.self_attn.v_proj"))
     assert ("model.layers.1.post_attention_layernorm",
             ("model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj")) in report.mappings
-    # o_proj and down_proj read no norm: left alone and listed
-    assert report.unmapped == [n for n in layers if n.endswith(("o_proj", "down_proj"))]
+    assert ("model.layers.1.self_attn.v_proj", ("model.layers.1.self_attn.o_proj",)) in \
+        report.mappings
+    assert ("model.layers.0.mlp.up_proj", ("model.layers.0.mlp.down_proj",)) in report.mappings
+    assert report.unmapped == []
+
+
+def test_grouped_query_columns_read_their_kv_head():
+    # 4 query heads of dim 2 over 2 kv heads: heads 0, 1 read kv head 0; heads 2, 3 kv head 1
+    model = nn.Module()
+    model.config = transformers.LlamaConfig(num_attention_heads=4, num_key_value_heads=2,
+                                            hidden_size=8)
+    assert channel_index(model, 4, 8).tolist() == [0, 1, 0, 1, 2, 3, 2, 3]
+    assert channel_index(model, 3, 8) is None  # does not line up: the pair is left alone
+
+
+def test_grouped_query_scales_take_the_max_over_the_query_heads():
+    act = torch.tensor([1.0, 2.0, 8.0, 1.0])  # o_proj columns; kv channel 0 feeds 0 and 2
+    w = torch.ones(3, 4)
+    s = smoothing_scales(act, [w], [1], alpha=0.5, index=torch.tensor([0, 1, 0, 1]))
+    assert s.tolist() == [8.0 ** 0.5, 2.0 ** 0.5]
 
 
 class _PreNormBlock(nn.Module):
@@ -149,7 +168,6 @@ def test_smoothquant_info_lists_unmapped_layers():
     cfg = QuantConfig(mode="dynamic", smoothquant=0.8, exclude=["lm_head"])
     _, info = quantize_model(model, cfg, demo_models.token_batches(n=2), progress=False)
     sq = info.metrics["smoothquant"]
-    assert sq["alpha"] == 0.8 and sq["source"] == "registry" and len(sq["smoothed"]) == 4
-    assert sorted(sq["unmapped_layers"]) == sorted(
-        n for n in info.selected_layers if n.endswith(("o_proj", "down_proj")))
+    assert sq["alpha"] == 0.8 and sq["source"] == "registry" and len(sq["smoothed"]) == 8
+    assert sq["unmapped_layers"] == []
     assert info.calibration_samples == 8

@@ -50,6 +50,7 @@ __all__ = [
     "MAPPINGS",
     "SmoothMapping",
     "SmoothReport",
+    "channel_index",
     "register_mapping",
     "smooth_model",
     "smoothing_scales",
@@ -69,14 +70,22 @@ class SmoothMapping:
     balance: tuple[str, ...]
 
 
+# Besides the norms, two linear -> linear pairs are exact: attention mixes tokens, never
+# channels, so v_proj's output channels reach o_proj's input columns unchanged (repeated per
+# query head under grouped-query attention: see _channel_index); and SwiGLU multiplies
+# act(gate) by up channel by channel, so up_proj's rows can carry down_proj's columns. Those
+# are the inputs static per-tensor scales handle worst (down_proj's most of all).
 _LLAMA = (
     SmoothMapping("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
     SmoothMapping("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+    SmoothMapping("self_attn.v_proj", ("self_attn.o_proj",)),
+    SmoothMapping("mlp.up_proj", ("mlp.down_proj",)),
 )
 _OPT = (
     SmoothMapping("self_attn_layer_norm",
                   ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
     SmoothMapping("final_layer_norm", ("fc1",)),
+    SmoothMapping("self_attn.v_proj", ("self_attn.out_proj",)),
 )
 # Post-LN encoders: a LayerNorm output also feeds the residual, so it cannot absorb scales;
 # the value projection can (attention mixes tokens, never channels).
@@ -198,22 +207,68 @@ def _discovered_pairs(stats: _Stats) -> list[tuple[str, tuple[str, ...]]]:
 
 def smoothing_scales(
     act_absmax: torch.Tensor, weights: Sequence[torch.Tensor], in_axes: Sequence[int],
-    alpha: float,
+    alpha: float, index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``s = max|X|^alpha / max|W|^(1-alpha)`` per input channel (float64, 1 where a channel
-    is all zero in the activations or the weights, so nothing is divided by zero)."""
+    is all zero in the activations or the weights, so nothing is divided by zero).
+
+    ``index`` (see :func:`channel_index`) maps each input column to the smoothed layer's
+    output channel that feeds it; the maxima are then taken per output channel, and ``s``
+    has one value per output channel.
+    """
     w_absmax = torch.stack([
         w.detach().double().abs().amax(dim=1 - axis) for w, axis in zip(weights, in_axes,
                                                                          strict=True)
     ]).amax(0)
     a = act_absmax.double()
+    if index is not None:
+        a, w_absmax = _per_source(a, index), _per_source(w_absmax, index)
     s = a.pow(alpha) / w_absmax.pow(1.0 - alpha)
     ok = (a > 0) & (w_absmax > 0) & torch.isfinite(s)
     return torch.where(ok, s.clamp(min=1e-5), torch.ones_like(s))
 
 
+def _per_source(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Max of ``values`` (one per input column) over the columns each source channel feeds."""
+    n = int(index.max()) + 1
+    return torch.zeros(n, dtype=values.dtype).scatter_reduce(0, index, values, "amax",
+                                                             include_self=False)
+
+
+def channel_index(model: nn.Module, n_out: int, n_in: int) -> torch.Tensor | None:
+    """For each of the ``n_in`` input columns of the balance layers, which of the smoothed
+    layer's ``n_out`` output channels feeds it; None when that is not known.
+
+    One to one when the counts match. Under grouped-query attention ``o_proj`` reads
+    ``num_attention_heads`` heads while ``v_proj`` writes ``num_key_value_heads``: column
+    ``h * head_dim + d`` reads v channel ``(h // n_rep) * head_dim + d`` with
+    ``n_rep = heads / kv_heads`` (transformers' ``repeat_kv`` repeats each kv head in place).
+
+    Example:
+        >>> channel_index(nn.Identity(), 4, 4).tolist()
+        [0, 1, 2, 3]
+    """
+    if n_out == n_in:
+        return torch.arange(n_in)
+    config = getattr(model, "config", None)
+    heads = getattr(config, "num_attention_heads", None) or 0
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or (n_in // heads if heads else 0)
+    if not heads or heads % kv_heads or n_in != heads * head_dim or n_out != kv_heads * head_dim:
+        return None
+    col = torch.arange(n_in)
+    return (col // head_dim // (heads // kv_heads)) * head_dim + col % head_dim
+
+
+def _out_channels(module: nn.Module) -> int:
+    return int(module.weight.shape[0])  # a norm's [C] or a linear's [out, in]
+
+
 @torch.no_grad()
-def _apply(model: nn.Module, smooth: str, balance: Sequence[str], s: torch.Tensor) -> None:
+def _apply(model: nn.Module, smooth: str, balance: Sequence[str], s: torch.Tensor,
+           index: torch.Tensor | None = None) -> None:
+    """Divide ``smooth``'s output channels by ``s``; multiply the balance layers' input
+    columns by ``s[index]`` (``s`` itself when ``index`` is None)."""
     src = model.get_submodule(smooth)
     s = s.to(src.weight.device)
     if _is_norm(src):
@@ -223,6 +278,8 @@ def _apply(model: nn.Module, smooth: str, balance: Sequence[str], s: torch.Tenso
         w.copy_((w.double() / s.reshape(-1, *([1] * (w.ndim - 1)))).to(w.dtype))
     if getattr(src, "bias", None) is not None:
         src.bias.copy_((src.bias.double() / s).to(src.bias.dtype))
+    if index is not None:
+        s = s[index.to(s.device)]
     for name in balance:
         layer = model.get_submodule(name)
         w, axis = layer.weight, _in_axis(layer)
@@ -305,12 +362,27 @@ def smooth_model(
             else []
     wanted = set(layers)
     pairs = [(s, b) for s, b in pairs if wanted & set(b) and all(x in stats.absmax for x in b)]
-    for smooth, balance in pairs:
-        mods = [model.get_submodule(b) for b in balance]
-        s = smoothing_scales(stats.absmax[balance[0]].to(torch.float64),
-                             [m.weight for m in mods], [_in_axis(m) for m in mods], alpha)
-        _apply(model, smooth, balance, s.to(mods[0].weight.device))
-    report.mappings = pairs
-    covered = set(itertools.chain.from_iterable(b for _, b in pairs))
+    report.mappings = _smooth_pairs(model, pairs, stats.absmax, alpha)
+    covered = set(itertools.chain.from_iterable(b for _, b in report.mappings))
     report.unmapped = [n for n in layers if n not in covered]
     return report
+
+
+def _smooth_pairs(model: nn.Module, pairs: list[tuple[str, tuple[str, ...]]],
+                  absmax: dict[str, torch.Tensor], alpha: float,
+                  ) -> list[tuple[str, tuple[str, ...]]]:
+    """Fold the scales of each pair into the weights; return the pairs applied (a pair whose
+    channels do not line up, see :func:`channel_index`, is left alone)."""
+    applied = []
+    for smooth, balance in pairs:
+        mods = [model.get_submodule(b) for b in balance]
+        axis = _in_axis(mods[0])
+        index = channel_index(model, _out_channels(model.get_submodule(smooth)),
+                              int(mods[0].weight.shape[axis]))
+        if index is None:
+            continue
+        s = smoothing_scales(absmax[balance[0]].to(torch.float64), [m.weight for m in mods],
+                             [_in_axis(m) for m in mods], alpha, index)
+        _apply(model, smooth, balance, s.to(mods[0].weight.device), index)
+        applied.append((smooth, balance))
+    return applied
