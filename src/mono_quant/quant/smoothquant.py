@@ -45,6 +45,8 @@ import torch
 from torch import nn
 
 from mono_quant.quant.calibration import batch_size, call_model, run_batch, to_device
+from mono_quant.quant.qconfig import QuantConfig
+from mono_quant.quant.smoothsearch import choose_strengths
 
 __all__ = [
     "MAPPINGS",
@@ -114,10 +116,14 @@ class SmoothReport:
     mappings: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     source: str = "registry"
     unmapped: list[str] = field(default_factory=list)
+    #: The strength each mapping's smoothed module took (0.0: measured better unsmoothed).
+    strengths: dict[str, float] = field(default_factory=dict)
 
     def to_metrics(self, alpha: float) -> dict[str, Any]:
         return {"alpha": alpha, "source": self.source,
                 "smoothed": {s: list(b) for s, b in self.mappings},
+                "strengths": dict(self.strengths),
+                "not_smoothed": sorted(s for s, a in self.strengths.items() if a == 0),
                 "unmapped_layers": list(self.unmapped)}
 
 
@@ -155,12 +161,31 @@ def _registry_pairs(model: nn.Module) -> list[tuple[str, tuple[str, ...]]] | Non
     return pairs
 
 
+class _Ranges:
+    """Per-channel input minima and maxima (float32) of each linear."""
+
+    def __init__(self) -> None:
+        self.lo: dict[str, torch.Tensor] = {}
+        self.hi: dict[str, torch.Tensor] = {}
+
+    def update(self, name: str, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        if name in self.lo:
+            lo, hi = torch.minimum(self.lo[name], lo), torch.maximum(self.hi[name], hi)
+        self.lo[name], self.hi[name] = lo, hi
+
+    def absmax(self, name: str) -> torch.Tensor:
+        return torch.maximum(self.lo[name].abs(), self.hi[name].abs())
+
+
 class _Stats:
-    """One pass over the data: per-channel input absmax of each linear, and which norm's
-    output tensor (the same object) each linear read."""
+    """One pass over the data: per-channel input ranges of each linear (over every batch in
+    ``all``, over the even-numbered batches in ``fit``: the strength search fits on those
+    and measures on the others), and which norm's output tensor (the same object) each
+    linear read."""
 
     def __init__(self, model: nn.Module, linears: Sequence[str], track_norms: bool) -> None:
-        self.absmax: dict[str, torch.Tensor] = {}
+        self.all, self.fit = _Ranges(), _Ranges()
+        self.batches = 0
         self.fed_by: dict[str, set[str]] = {name: set() for name in linears}
         self._outputs: dict[int, str] = {}
         self._keep: list[torch.Tensor] = []  # holds outputs alive so ids are not reused
@@ -182,13 +207,16 @@ class _Stats:
             x = args[0] if args else None
             if not isinstance(x, torch.Tensor) or not x.is_floating_point():
                 return
-            amax = x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float()
-            prev = self.absmax.get(name)
-            self.absmax[name] = amax if prev is None else torch.maximum(prev, amax)
+            rows = x.detach().reshape(-1, x.shape[-1])
+            lo, hi = rows.amin(0).float(), rows.amax(0).float()
+            self.all.update(name, lo, hi)
+            if self.batches % 2 == 0:
+                self.fit.update(name, lo, hi)
             self.fed_by[name].add(self._outputs.get(id(x), ""))
         return hook
 
     def end_batch(self) -> None:
+        self.batches += 1
         self._outputs.clear()
         self._keep.clear()
 
@@ -326,21 +354,54 @@ def _first(out: Any) -> torch.Tensor:
 
 def smooth_model(
     model: nn.Module, data: Iterable[Any], *, alpha: float, layers: Sequence[str],
-    num_samples: int | None = None,
+    num_samples: int | None = None, config: QuantConfig | None = None,
 ) -> SmoothReport:
     """Smooth ``model`` in place for the quantized ``layers``; return what was done.
 
-    One pass over ``data`` collects per-channel input maxima (and, for unregistered
+    One pass over ``data`` collects per-channel input ranges (and, for unregistered
     architectures, which norm feeds which linears); then the scales are folded into the
-    weights. Only mappings with at least one quantized balance layer are applied.
+    weights. Only mappings with at least one quantized balance layer are applied. With the
+    ``config`` the model is quantized with, each mapping takes the strength up to ``alpha``
+    (or none) that measures best on ``data`` (:mod:`~mono_quant.quant.smoothsearch`; a
+    second pass); without it, every mapping takes ``alpha``.
     """
+    was_training = model.training
+    model.eval()
+    try:
+        stats, first_batch = _collect(model, data, num_samples)
+        pairs, source = _pairs(model, stats, first_batch)
+        wanted = set(layers)
+        pairs = [(s, b) for s, b in pairs if wanted & set(b)
+                 and all(x in stats.all.lo for x in b) and _index(model, (s, b)) is not None]
+        strengths = {p: alpha for p in pairs}
+        if config is not None:
+            fit = stats.fit
+            ranges = {b[0]: (fit.lo[b[0]], fit.hi[b[0]]) for _, b in pairs}
+            strengths = choose_strengths(
+                model, data, pairs, lambda p, a: _column_scales(model, p, fit, a), ranges,
+                config, num_samples, held_out=stats.batches > 1)
+    finally:
+        model.train(was_training)
+    for pair, a in strengths.items():
+        if a > 0:
+            s, index = _pair_scales(model, pair, stats.all, a)
+            _apply(model, pair[0], pair[1], s, index)
+    report = SmoothReport(source=source,
+                          mappings=[p for p in pairs if strengths[p] > 0],
+                          strengths={p[0]: a for p, a in strengths.items()})
+    covered = set(itertools.chain.from_iterable(b for _, b in pairs))
+    report.unmapped = [n for n in layers if n not in covered]
+    return report
+
+
+def _collect(model: nn.Module, data: Iterable[Any], num_samples: int | None,
+             ) -> tuple[_Stats, Any]:
+    """The statistics pass; returns the stats and the first batch (None if there was none)."""
     linears = [n for n, m in model.named_modules()
                if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
     stats = _Stats(model, linears, track_norms=_model_key(model) not in MAPPINGS)
     device = next(iter(model.parameters()), torch.zeros(0)).device
     first_batch, samples = None, 0
-    was_training = model.training
-    model.eval()
     try:
         with torch.inference_mode():
             for i, item in enumerate(data):
@@ -353,36 +414,41 @@ def smooth_model(
                     break
     finally:
         stats.remove()
-        model.train(was_training)
+    return stats, first_batch
+
+
+def _pairs(model: nn.Module, stats: _Stats, first_batch: Any,
+           ) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+    """The (smooth, balance) pairs from the registry, else discovered and verified."""
     pairs = _registry_pairs(model)
-    report = SmoothReport(source="registry")
-    if pairs is None:
-        report.source = "structure"
-        pairs = _verified(model, _discovered_pairs(stats), first_batch) if first_batch is not None \
-            else []
-    wanted = set(layers)
-    pairs = [(s, b) for s, b in pairs if wanted & set(b) and all(x in stats.absmax for x in b)]
-    report.mappings = _smooth_pairs(model, pairs, stats.absmax, alpha)
-    covered = set(itertools.chain.from_iterable(b for _, b in report.mappings))
-    report.unmapped = [n for n in layers if n not in covered]
-    return report
+    if pairs is not None:
+        return pairs, "registry"
+    if first_batch is None:
+        return [], "structure"
+    return _verified(model, _discovered_pairs(stats), first_batch), "structure"
 
 
-def _smooth_pairs(model: nn.Module, pairs: list[tuple[str, tuple[str, ...]]],
-                  absmax: dict[str, torch.Tensor], alpha: float,
-                  ) -> list[tuple[str, tuple[str, ...]]]:
-    """Fold the scales of each pair into the weights; return the pairs applied (a pair whose
-    channels do not line up, see :func:`channel_index`, is left alone)."""
-    applied = []
-    for smooth, balance in pairs:
-        mods = [model.get_submodule(b) for b in balance]
-        axis = _in_axis(mods[0])
-        index = channel_index(model, _out_channels(model.get_submodule(smooth)),
-                              int(mods[0].weight.shape[axis]))
-        if index is None:
-            continue
-        s = smoothing_scales(absmax[balance[0]].to(torch.float64), [m.weight for m in mods],
-                             [_in_axis(m) for m in mods], alpha, index)
-        _apply(model, smooth, balance, s.to(mods[0].weight.device), index)
-        applied.append((smooth, balance))
-    return applied
+def _index(model: nn.Module, pair: tuple[str, tuple[str, ...]]) -> torch.Tensor | None:
+    first = model.get_submodule(pair[1][0])
+    return channel_index(model, _out_channels(model.get_submodule(pair[0])),
+                         int(first.weight.shape[_in_axis(first)]))
+
+
+def _pair_scales(model: nn.Module, pair: tuple[str, tuple[str, ...]], stats: _Ranges,
+                 alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pair's scales per smoothed output channel, and the column -> channel index."""
+    index = _index(model, pair)
+    assert index is not None  # pairs that do not line up were dropped before
+    mods = [model.get_submodule(b) for b in pair[1]]
+    s = smoothing_scales(stats.absmax(pair[1][0]).to(torch.float64), [m.weight for m in mods],
+                         [_in_axis(m) for m in mods], alpha, index)
+    return s.to(mods[0].weight.device), index
+
+
+def _column_scales(model: nn.Module, pair: tuple[str, tuple[str, ...]], stats: _Ranges,
+                   alpha: float) -> torch.Tensor:
+    """The scale of each balance input column at ``alpha`` (ones at 0: not smoothed)."""
+    if alpha == 0:
+        return torch.ones_like(stats.lo[pair[1][0]])
+    s, index = _pair_scales(model, pair, stats, alpha)
+    return s[index.to(s.device)]
