@@ -8,7 +8,10 @@ vLLM reads compressed-tensors folders and picks a scheme from the ``quantization
 our mode        vLLM scheme                     weights vLLM takes
 ==============  ==============================  ==============================================
 static (W8A8)   ``CompressedTensorsW8A8Int8``   symmetric, per-channel or per-tensor (static
-                                                per-tensor activations, either scheme: azp)
+                                                per-tensor activations, either scheme: azp;
+                                                vLLM logs asymmetric as untested)
+dynamic (W8A8)  ``CompressedTensorsW8A8Int8``   symmetric, per-channel or per-tensor
+                                                (dynamic per-token activations)
 weight_only     ``CompressedTensorsWNA16``      symmetric (``uint8b128``), per-channel or
 (W8A16)         (Marlin, 8 bit)                 per-group with group size 32, 64 or 128
                                                 (``MARLIN_SUPPORTED_GROUP_SIZES``); every
@@ -67,13 +70,15 @@ def check_scheme(config: QuantConfig, fmt: str) -> Serveability:
         return Serveability("mono-quant", f"format {fmt!r} is mono-quant's layout: load it with "
                                           "mono_quant.load_quantized (vLLM reads "
                                           "compressed-tensors folders)")
-    if config.mode == "static":
+    if config.mode in ("static", "dynamic"):
         if config.scheme != "symmetric" or config.granularity == "per_group":
             return Serveability("none", f"vLLM's {W8A8} takes symmetric per-channel or "
                                         f"per-tensor weights; got {config.scheme} "
                                         f"{config.granularity}")
+        acts = (f"static per-tensor {config.activation_scheme}" if config.mode == "static"
+                else "dynamic per-token symmetric")
         return Serveability("vllm", f"{W8A8}: W8A8, symmetric {config.granularity} weights, "
-                                    f"static per-tensor {config.activation_scheme} activations")
+                                    f"{acts} activations")
     if config.granularity == "per_tensor" or (
         config.granularity == "per_group" and config.group_size not in MARLIN_GROUP_SIZES
     ):
