@@ -34,14 +34,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mono_quant.quant.qconfig import QuantConfig
 
-__all__ = ["MARLIN_GROUP_SIZES", "SERVEABLE_BY", "Serveability", "check_layers", "check_scheme"]
+__all__ = ["FUSED_SHARDS", "MARLIN_GROUP_SIZES", "SERVEABLE_BY", "Serveability", "check_layers",
+           "check_scheme"]
 
 #: The verdicts: vLLM serves it; mono-quant's load_quantized does; nothing we know of does.
 SERVEABLE_BY = ("vllm", "mono-quant", "none")
@@ -92,11 +93,43 @@ def check_scheme(config: QuantConfig, fmt: str) -> Serveability:
                                 "weights")
 
 
-def check_layers(config: QuantConfig, fmt: str,
-                 shapes: Mapping[str, tuple[int, int]]) -> Serveability:
-    """The verdict once the quantized layers' ``(out, in)`` shapes are known."""
+#: Layers vLLM loads as one fused layer (its models' ``packed_modules_mapping``: Llama,
+#: Mistral, Qwen2, OPT): every shard must have the same scheme, quantized or not, or vLLM
+#: refuses the checkpoint (``should_ignore_layer`` raises, ``find_matched_target`` finds no
+#: target for the fused layer).
+FUSED_SHARDS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _mixed_shards(quantized: Iterable[str], linears: Iterable[str]) -> str | None:
+    """The first fused group with quantized and float shards, described; else None."""
+    quantized, linears = set(quantized), set(linears)
+    for name in sorted(linears):
+        prefix, _, leaf = name.rpartition(".")
+        for group in FUSED_SHARDS:
+            if leaf != group[0]:
+                continue
+            shards = [f"{prefix}.{s}" if prefix else s for s in group]
+            present = [s for s in shards if s in linears]
+            kinds = {s in quantized for s in present}
+            if len(kinds) > 1:
+                floats = [s for s in present if s not in quantized]
+                return (f"vLLM fuses {', '.join(group)} into one layer and needs one scheme "
+                        f"for all of them; {', '.join(floats)} stay(s) float while the "
+                        "others are quantized")
+    return None
+
+
+def check_layers(config: QuantConfig, fmt: str, shapes: Mapping[str, tuple[int, int]],
+                 linears: Iterable[str] = ()) -> Serveability:
+    """The verdict once the quantized layers' ``(out, in)`` shapes are known; ``linears``
+    (every linear layer's name, quantized or not) adds vLLM's rule on fused shards."""
     verdict = check_scheme(config, fmt)
-    if verdict.serveable_by != "vllm" or config.mode != "weight_only":
+    if verdict.serveable_by != "vllm":
+        return verdict
+    mixed = _mixed_shards(shapes, linears)
+    if mixed is not None:
+        return Serveability("none", mixed)
+    if config.mode != "weight_only":
         return verdict
     group = config.group_size if config.granularity == "per_group" else None
     for name, (n, k) in shapes.items():
