@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mono_quant.io.serveability import check_layers, check_scheme
+from mono_quant.io.serveability import Serveability, check_layers, check_scheme
 from mono_quant.quant.qconfig import QuantConfig
 
 CT = "compressed-tensors"
@@ -56,3 +56,32 @@ def test_marlin_shapes():
     assert check_layers(QuantConfig(), CT, {"a": (64, 192)}).serveable_by == "none"
     # W8A8 has no shape rule here; other formats none at all
     assert check_layers(QuantConfig(mode="static"), CT, {"a": (3, 5)}).serveable_by == "vllm"
+
+
+def test_fused_shards_need_one_scheme():
+    # vLLM loads q/k/v as one qkv_proj and gate/up as one gate_up_proj: a k_proj left in
+    # float (an exclude, or an accuracy target keeping it) makes the checkpoint unloadable.
+    config = QuantConfig(mode="dynamic")
+    attn = ["m.0.attn.q_proj", "m.0.attn.k_proj", "m.0.attn.v_proj", "m.0.attn.o_proj"]
+    shapes = {n: (64, 64) for n in attn}
+    assert check_layers(config, CT, shapes, attn).serveable_by == "vllm"
+    del shapes["m.0.attn.k_proj"]
+    bad = check_layers(config, CT, shapes, attn)
+    assert bad == Serveability(
+        "none", "vLLM fuses q_proj, k_proj, v_proj into one layer and needs one scheme for all "
+                "of them; m.0.attn.k_proj stay(s) float while the others are quantized")
+    shapes = {"up_proj": (64, 64)}
+    assert check_layers(config, CT, shapes, ["gate_proj", "up_proj"]).serveable_by == "none"
+    assert check_layers(config, CT, {"o_proj": (64, 64)}, attn).serveable_by == "vllm"
+
+
+def test_the_pipeline_records_mixed_shards(tmp_path):
+    pytest.importorskip("transformers", reason="the 'hf' extra is not installed")
+    from mono_quant import demo_models, quantize_model
+    from mono_quant.pipeline.served import record_serveability
+
+    config = QuantConfig(mode="dynamic", exclude=["lm_head", "*.k_proj"])
+    qmodel, info = quantize_model(demo_models.tiny_transformer(), config, progress=False)
+    record_serveability("compressed-tensors", qmodel, info)
+    assert info.metrics["serveable_by"] == "none"
+    assert "model.layers.0.self_attn.k_proj stay(s) float" in info.metrics["serveable_reason"]

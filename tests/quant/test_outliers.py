@@ -47,3 +47,26 @@ def test_smoothquant_recovers_most_of_it(losses):
 def test_dynamic_beats_static(losses):
     assert losses["dynamic"] < 0.5 * losses["static"]
     assert losses["dynamic+sq"] < losses["static+sq"]
+
+
+@pytest.mark.slow
+def test_static_smoothquant_within_0002_of_dynamic_on_the_benchmark_data():
+    # benchmarks/accuracy.py's outlier rows (8 calibration batches of 4 x 64 tokens, 4
+    # held-out ones). Issue 11's goal: static + SmoothQuant within 0.002 output cosine of
+    # dynamic + SmoothQuant. Before v_proj -> o_proj, up_proj -> down_proj and the
+    # per-mapping strengths: 0.99323 vs 0.99783 (0.0046 apart); now 0.99744 vs 0.99934.
+    # With half the calibration tokens (the fixture above) static is 0.0024 behind: its
+    # per-tensor ranges need the data.
+    model = demo_models.outlier_transformer()
+    calibration = demo_models.token_batches(n=8, batch=4, seq=64, seed=1)
+    held_out = demo_models.token_batches(n=4, batch=4, seq=64, seed=9)
+
+    def cosine(mode: str) -> float:
+        config = QuantConfig(mode=mode, smoothquant=0.8, exclude=["lm_head"])
+        _, info = quantize_model(model, config, calibration, eval_data=held_out,
+                                 progress=False)
+        return info.metrics["output_cosine"]
+
+    static, dynamic = cosine("static"), cosine("dynamic")
+    assert dynamic - static < 0.002
+    assert static > 0.997 and dynamic > 0.999  # floors: 0.99323 / 0.99783 before

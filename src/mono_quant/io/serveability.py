@@ -8,7 +8,10 @@ vLLM reads compressed-tensors folders and picks a scheme from the ``quantization
 our mode        vLLM scheme                     weights vLLM takes
 ==============  ==============================  ==============================================
 static (W8A8)   ``CompressedTensorsW8A8Int8``   symmetric, per-channel or per-tensor (static
-                                                per-tensor activations, either scheme: azp)
+                                                per-tensor activations, either scheme: azp;
+                                                vLLM logs asymmetric as untested)
+dynamic (W8A8)  ``CompressedTensorsW8A8Int8``   symmetric, per-channel or per-tensor
+                                                (dynamic per-token activations)
 weight_only     ``CompressedTensorsWNA16``      symmetric (``uint8b128``), per-channel or
 (W8A16)         (Marlin, 8 bit)                 per-group with group size 32, 64 or 128
                                                 (``MARLIN_SUPPORTED_GROUP_SIZES``); every
@@ -31,14 +34,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mono_quant.quant.qconfig import QuantConfig
 
-__all__ = ["MARLIN_GROUP_SIZES", "SERVEABLE_BY", "Serveability", "check_layers", "check_scheme"]
+__all__ = ["FUSED_SHARDS", "MARLIN_GROUP_SIZES", "SERVEABLE_BY", "Serveability", "check_layers",
+           "check_scheme"]
 
 #: The verdicts: vLLM serves it; mono-quant's load_quantized does; nothing we know of does.
 SERVEABLE_BY = ("vllm", "mono-quant", "none")
@@ -67,13 +71,15 @@ def check_scheme(config: QuantConfig, fmt: str) -> Serveability:
         return Serveability("mono-quant", f"format {fmt!r} is mono-quant's layout: load it with "
                                           "mono_quant.load_quantized (vLLM reads "
                                           "compressed-tensors folders)")
-    if config.mode == "static":
+    if config.mode in ("static", "dynamic"):
         if config.scheme != "symmetric" or config.granularity == "per_group":
             return Serveability("none", f"vLLM's {W8A8} takes symmetric per-channel or "
                                         f"per-tensor weights; got {config.scheme} "
                                         f"{config.granularity}")
+        acts = (f"static per-tensor {config.activation_scheme}" if config.mode == "static"
+                else "dynamic per-token symmetric")
         return Serveability("vllm", f"{W8A8}: W8A8, symmetric {config.granularity} weights, "
-                                    f"static per-tensor {config.activation_scheme} activations")
+                                    f"{acts} activations")
     if config.granularity == "per_tensor" or (
         config.granularity == "per_group" and config.group_size not in MARLIN_GROUP_SIZES
     ):
@@ -87,18 +93,50 @@ def check_scheme(config: QuantConfig, fmt: str) -> Serveability:
                                 "weights")
 
 
+#: Layers vLLM loads as one fused layer (its models' ``packed_modules_mapping``: Llama,
+#: Mistral, Qwen2, OPT): every shard must have the same scheme, quantized or not, or vLLM
+#: refuses the checkpoint (``should_ignore_layer`` raises, ``find_matched_target`` finds no
+#: target for the fused layer).
+FUSED_SHARDS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _mixed_shards(quantized: Iterable[str], linears: Iterable[str]) -> str | None:
+    """The first fused group with quantized and float shards, described; else None."""
+    quantized, linears = set(quantized), set(linears)
+    for name in sorted(linears):
+        prefix, _, leaf = name.rpartition(".")
+        for group in FUSED_SHARDS:
+            if leaf != group[0]:
+                continue
+            shards = [f"{prefix}.{s}" if prefix else s for s in group]
+            present = [s for s in shards if s in linears]
+            kinds = {s in quantized for s in present}
+            if len(kinds) > 1:
+                floats = [s for s in present if s not in quantized]
+                return (f"vLLM fuses {', '.join(group)} into one layer and needs one scheme "
+                        f"for all of them; {', '.join(floats)} stay(s) float while the "
+                        "others are quantized")
+    return None
+
+
 def check_layers(config: QuantConfig, fmt: str, shapes: Mapping[str, tuple[int, int]],
-                 model_type: str | None = None) -> Serveability:
-    """The verdict once the quantized layers' ``(out, in)`` shapes (and the transformers
-    ``model_type``, when there is one) are known."""
+                 linears: Iterable[str] = (), model_type: str | None = None) -> Serveability:
+    """The verdict once the quantized layers' ``(out, in)`` shapes are known; ``linears``
+    (every linear layer's name, quantized or not) adds vLLM's rule on fused shards, and the
+    transformers ``model_type`` (when there is one) the families vLLM has no model for."""
     from mono_quant.io.interop import INT_WEIGHT_ONLY_MODEL_TYPES, ct_format  # torch: lazy
 
     verdict = check_scheme(config, fmt)
-    if verdict.serveable_by == "vllm" and model_type in INT_WEIGHT_ONLY_MODEL_TYPES:
+    if verdict.serveable_by != "vllm":
+        return verdict
+    if model_type in INT_WEIGHT_ONLY_MODEL_TYPES:
         return Serveability("none", f"vLLM has no {model_type} model (it serves no "
                                     "encoder-decoder T5-family model); transformers loads the "
                                     f"folder ({ct_format(config.mode, model_type)})")
-    if verdict.serveable_by != "vllm" or config.mode != "weight_only":
+    mixed = _mixed_shards(shapes, linears)
+    if mixed is not None:
+        return Serveability("none", mixed)
+    if config.mode != "weight_only":
         return verdict
     group = config.group_size if config.granularity == "per_group" else None
     for name, (n, k) in shapes.items():

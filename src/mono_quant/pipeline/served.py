@@ -116,8 +116,10 @@ def record_serveability(fmt: str, qmodel: nn.Module, info: QuantizationInfo) -> 
     for name in info.selected_layers:
         w = qmodel.get_submodule(name).weight  # int8, [out, in, ...]
         shapes[name] = (int(w.shape[0]), int(w[0].numel()))
+    linears = [n for n, m in qmodel.named_modules()
+               if isinstance(m, nn.Linear) or n in shapes]  # quantized or float
     model_type = getattr(getattr(qmodel, "config", None), "model_type", None)
-    verdict = check_layers(info.config, fmt, shapes, model_type)
+    verdict = check_layers(info.config, fmt, shapes, linears, model_type)
     info.metrics.update(verdict.metrics())
     if fmt == "compressed-tensors" and verdict.serveable_by != "vllm":
         info.metrics.setdefault("warnings", []).append(f"not serveable by vLLM: {verdict.reason}")

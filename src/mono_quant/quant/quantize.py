@@ -260,7 +260,7 @@ def _observe(qmodel: nn.Module, config: QuantConfig, layers: list[str], calibrat
     extra: dict[str, Any] = {}
     samples, calibration, hessians = 0, None, {}
     if config.smoothquant is not None:
-        report = smooth_model(qmodel, calibration_data, alpha=config.smoothquant,
+        report = smooth_model(qmodel, calibration_data, alpha=config.smoothquant, config=config,
                               layers=layers, num_samples=num_samples)
         extra["smoothquant"] = report.to_metrics(config.smoothquant)
     if config.mode == "static":

@@ -45,11 +45,14 @@ import torch
 from torch import nn
 
 from mono_quant.quant.calibration import batch_size, call_model, run_batch, to_device
+from mono_quant.quant.qconfig import QuantConfig
+from mono_quant.quant.smoothsearch import choose_strengths
 
 __all__ = [
     "MAPPINGS",
     "SmoothMapping",
     "SmoothReport",
+    "channel_index",
     "register_mapping",
     "smooth_model",
     "smoothing_scales",
@@ -69,14 +72,22 @@ class SmoothMapping:
     balance: tuple[str, ...]
 
 
+# Besides the norms, two linear -> linear pairs are exact: attention mixes tokens, never
+# channels, so v_proj's output channels reach o_proj's input columns unchanged (repeated per
+# query head under grouped-query attention: see _channel_index); and SwiGLU multiplies
+# act(gate) by up channel by channel, so up_proj's rows can carry down_proj's columns. Those
+# are the inputs static per-tensor scales handle worst (down_proj's most of all).
 _LLAMA = (
     SmoothMapping("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
     SmoothMapping("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+    SmoothMapping("self_attn.v_proj", ("self_attn.o_proj",)),
+    SmoothMapping("mlp.up_proj", ("mlp.down_proj",)),
 )
 _OPT = (
     SmoothMapping("self_attn_layer_norm",
                   ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
     SmoothMapping("final_layer_norm", ("fc1",)),
+    SmoothMapping("self_attn.v_proj", ("self_attn.out_proj",)),
 )
 # Post-LN encoders: a LayerNorm output also feeds the residual, so it cannot absorb scales;
 # the value projection can (attention mixes tokens, never channels).
@@ -105,10 +116,14 @@ class SmoothReport:
     mappings: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     source: str = "registry"
     unmapped: list[str] = field(default_factory=list)
+    #: The strength each mapping's smoothed module took (0.0: measured better unsmoothed).
+    strengths: dict[str, float] = field(default_factory=dict)
 
     def to_metrics(self, alpha: float) -> dict[str, Any]:
         return {"alpha": alpha, "source": self.source,
                 "smoothed": {s: list(b) for s, b in self.mappings},
+                "strengths": dict(self.strengths),
+                "not_smoothed": sorted(s for s, a in self.strengths.items() if a == 0),
                 "unmapped_layers": list(self.unmapped)}
 
 
@@ -146,12 +161,31 @@ def _registry_pairs(model: nn.Module) -> list[tuple[str, tuple[str, ...]]] | Non
     return pairs
 
 
+class _Ranges:
+    """Per-channel input minima and maxima (float32) of each linear."""
+
+    def __init__(self) -> None:
+        self.lo: dict[str, torch.Tensor] = {}
+        self.hi: dict[str, torch.Tensor] = {}
+
+    def update(self, name: str, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        if name in self.lo:
+            lo, hi = torch.minimum(self.lo[name], lo), torch.maximum(self.hi[name], hi)
+        self.lo[name], self.hi[name] = lo, hi
+
+    def absmax(self, name: str) -> torch.Tensor:
+        return torch.maximum(self.lo[name].abs(), self.hi[name].abs())
+
+
 class _Stats:
-    """One pass over the data: per-channel input absmax of each linear, and which norm's
-    output tensor (the same object) each linear read."""
+    """One pass over the data: per-channel input ranges of each linear (over every batch in
+    ``all``, over the even-numbered batches in ``fit``: the strength search fits on those
+    and measures on the others), and which norm's output tensor (the same object) each
+    linear read."""
 
     def __init__(self, model: nn.Module, linears: Sequence[str], track_norms: bool) -> None:
-        self.absmax: dict[str, torch.Tensor] = {}
+        self.all, self.fit = _Ranges(), _Ranges()
+        self.batches = 0
         self.fed_by: dict[str, set[str]] = {name: set() for name in linears}
         self._outputs: dict[int, str] = {}
         self._keep: list[torch.Tensor] = []  # holds outputs alive so ids are not reused
@@ -173,13 +207,16 @@ class _Stats:
             x = args[0] if args else None
             if not isinstance(x, torch.Tensor) or not x.is_floating_point():
                 return
-            amax = x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float()
-            prev = self.absmax.get(name)
-            self.absmax[name] = amax if prev is None else torch.maximum(prev, amax)
+            rows = x.detach().reshape(-1, x.shape[-1])
+            lo, hi = rows.amin(0).float(), rows.amax(0).float()
+            self.all.update(name, lo, hi)
+            if self.batches % 2 == 0:
+                self.fit.update(name, lo, hi)
             self.fed_by[name].add(self._outputs.get(id(x), ""))
         return hook
 
     def end_batch(self) -> None:
+        self.batches += 1
         self._outputs.clear()
         self._keep.clear()
 
@@ -198,22 +235,68 @@ def _discovered_pairs(stats: _Stats) -> list[tuple[str, tuple[str, ...]]]:
 
 def smoothing_scales(
     act_absmax: torch.Tensor, weights: Sequence[torch.Tensor], in_axes: Sequence[int],
-    alpha: float,
+    alpha: float, index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``s = max|X|^alpha / max|W|^(1-alpha)`` per input channel (float64, 1 where a channel
-    is all zero in the activations or the weights, so nothing is divided by zero)."""
+    is all zero in the activations or the weights, so nothing is divided by zero).
+
+    ``index`` (see :func:`channel_index`) maps each input column to the smoothed layer's
+    output channel that feeds it; the maxima are then taken per output channel, and ``s``
+    has one value per output channel.
+    """
     w_absmax = torch.stack([
         w.detach().double().abs().amax(dim=1 - axis) for w, axis in zip(weights, in_axes,
                                                                          strict=True)
     ]).amax(0)
     a = act_absmax.double()
+    if index is not None:
+        a, w_absmax = _per_source(a, index), _per_source(w_absmax, index)
     s = a.pow(alpha) / w_absmax.pow(1.0 - alpha)
     ok = (a > 0) & (w_absmax > 0) & torch.isfinite(s)
     return torch.where(ok, s.clamp(min=1e-5), torch.ones_like(s))
 
 
+def _per_source(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Max of ``values`` (one per input column) over the columns each source channel feeds."""
+    n = int(index.max()) + 1
+    return torch.zeros(n, dtype=values.dtype).scatter_reduce(0, index, values, "amax",
+                                                             include_self=False)
+
+
+def channel_index(model: nn.Module, n_out: int, n_in: int) -> torch.Tensor | None:
+    """For each of the ``n_in`` input columns of the balance layers, which of the smoothed
+    layer's ``n_out`` output channels feeds it; None when that is not known.
+
+    One to one when the counts match. Under grouped-query attention ``o_proj`` reads
+    ``num_attention_heads`` heads while ``v_proj`` writes ``num_key_value_heads``: column
+    ``h * head_dim + d`` reads v channel ``(h // n_rep) * head_dim + d`` with
+    ``n_rep = heads / kv_heads`` (transformers' ``repeat_kv`` repeats each kv head in place).
+
+    Example:
+        >>> channel_index(nn.Identity(), 4, 4).tolist()
+        [0, 1, 2, 3]
+    """
+    if n_out == n_in:
+        return torch.arange(n_in)
+    config = getattr(model, "config", None)
+    heads = getattr(config, "num_attention_heads", None) or 0
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or (n_in // heads if heads else 0)
+    if not heads or heads % kv_heads or n_in != heads * head_dim or n_out != kv_heads * head_dim:
+        return None
+    col = torch.arange(n_in)
+    return (col // head_dim // (heads // kv_heads)) * head_dim + col % head_dim
+
+
+def _out_channels(module: nn.Module) -> int:
+    return int(module.weight.shape[0])  # a norm's [C] or a linear's [out, in]
+
+
 @torch.no_grad()
-def _apply(model: nn.Module, smooth: str, balance: Sequence[str], s: torch.Tensor) -> None:
+def _apply(model: nn.Module, smooth: str, balance: Sequence[str], s: torch.Tensor,
+           index: torch.Tensor | None = None) -> None:
+    """Divide ``smooth``'s output channels by ``s``; multiply the balance layers' input
+    columns by ``s[index]`` (``s`` itself when ``index`` is None)."""
     src = model.get_submodule(smooth)
     s = s.to(src.weight.device)
     if _is_norm(src):
@@ -223,6 +306,8 @@ def _apply(model: nn.Module, smooth: str, balance: Sequence[str], s: torch.Tenso
         w.copy_((w.double() / s.reshape(-1, *([1] * (w.ndim - 1)))).to(w.dtype))
     if getattr(src, "bias", None) is not None:
         src.bias.copy_((src.bias.double() / s).to(src.bias.dtype))
+    if index is not None:
+        s = s[index.to(s.device)]
     for name in balance:
         layer = model.get_submodule(name)
         w, axis = layer.weight, _in_axis(layer)
@@ -269,21 +354,54 @@ def _first(out: Any) -> torch.Tensor:
 
 def smooth_model(
     model: nn.Module, data: Iterable[Any], *, alpha: float, layers: Sequence[str],
-    num_samples: int | None = None,
+    num_samples: int | None = None, config: QuantConfig | None = None,
 ) -> SmoothReport:
     """Smooth ``model`` in place for the quantized ``layers``; return what was done.
 
-    One pass over ``data`` collects per-channel input maxima (and, for unregistered
+    One pass over ``data`` collects per-channel input ranges (and, for unregistered
     architectures, which norm feeds which linears); then the scales are folded into the
-    weights. Only mappings with at least one quantized balance layer are applied.
+    weights. Only mappings with at least one quantized balance layer are applied. With the
+    ``config`` the model is quantized with, each mapping takes the strength up to ``alpha``
+    (or none) that measures best on ``data`` (:mod:`~mono_quant.quant.smoothsearch`; a
+    second pass); without it, every mapping takes ``alpha``.
     """
+    was_training = model.training
+    model.eval()
+    try:
+        stats, first_batch = _collect(model, data, num_samples)
+        pairs, source = _pairs(model, stats, first_batch)
+        wanted = set(layers)
+        pairs = [(s, b) for s, b in pairs if wanted & set(b)
+                 and all(x in stats.all.lo for x in b) and _index(model, (s, b)) is not None]
+        strengths = {p: alpha for p in pairs}
+        if config is not None:
+            fit = stats.fit
+            ranges = {b[0]: (fit.lo[b[0]], fit.hi[b[0]]) for _, b in pairs}
+            strengths = choose_strengths(
+                model, data, pairs, lambda p, a: _column_scales(model, p, fit, a), ranges,
+                config, num_samples, held_out=stats.batches > 1)
+    finally:
+        model.train(was_training)
+    for pair, a in strengths.items():
+        if a > 0:
+            s, index = _pair_scales(model, pair, stats.all, a)
+            _apply(model, pair[0], pair[1], s, index)
+    report = SmoothReport(source=source,
+                          mappings=[p for p in pairs if strengths[p] > 0],
+                          strengths={p[0]: a for p, a in strengths.items()})
+    covered = set(itertools.chain.from_iterable(b for _, b in pairs))
+    report.unmapped = [n for n in layers if n not in covered]
+    return report
+
+
+def _collect(model: nn.Module, data: Iterable[Any], num_samples: int | None,
+             ) -> tuple[_Stats, Any]:
+    """The statistics pass; returns the stats and the first batch (None if there was none)."""
     linears = [n for n, m in model.named_modules()
                if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
     stats = _Stats(model, linears, track_norms=_model_key(model) not in MAPPINGS)
     device = next(iter(model.parameters()), torch.zeros(0)).device
     first_batch, samples = None, 0
-    was_training = model.training
-    model.eval()
     try:
         with torch.inference_mode():
             for i, item in enumerate(data):
@@ -296,21 +414,41 @@ def smooth_model(
                     break
     finally:
         stats.remove()
-        model.train(was_training)
+    return stats, first_batch
+
+
+def _pairs(model: nn.Module, stats: _Stats, first_batch: Any,
+           ) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+    """The (smooth, balance) pairs from the registry, else discovered and verified."""
     pairs = _registry_pairs(model)
-    report = SmoothReport(source="registry")
-    if pairs is None:
-        report.source = "structure"
-        pairs = _verified(model, _discovered_pairs(stats), first_batch) if first_batch is not None \
-            else []
-    wanted = set(layers)
-    pairs = [(s, b) for s, b in pairs if wanted & set(b) and all(x in stats.absmax for x in b)]
-    for smooth, balance in pairs:
-        mods = [model.get_submodule(b) for b in balance]
-        s = smoothing_scales(stats.absmax[balance[0]].to(torch.float64),
-                             [m.weight for m in mods], [_in_axis(m) for m in mods], alpha)
-        _apply(model, smooth, balance, s.to(mods[0].weight.device))
-    report.mappings = pairs
-    covered = set(itertools.chain.from_iterable(b for _, b in pairs))
-    report.unmapped = [n for n in layers if n not in covered]
-    return report
+    if pairs is not None:
+        return pairs, "registry"
+    if first_batch is None:
+        return [], "structure"
+    return _verified(model, _discovered_pairs(stats), first_batch), "structure"
+
+
+def _index(model: nn.Module, pair: tuple[str, tuple[str, ...]]) -> torch.Tensor | None:
+    first = model.get_submodule(pair[1][0])
+    return channel_index(model, _out_channels(model.get_submodule(pair[0])),
+                         int(first.weight.shape[_in_axis(first)]))
+
+
+def _pair_scales(model: nn.Module, pair: tuple[str, tuple[str, ...]], stats: _Ranges,
+                 alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pair's scales per smoothed output channel, and the column -> channel index."""
+    index = _index(model, pair)
+    assert index is not None  # pairs that do not line up were dropped before
+    mods = [model.get_submodule(b) for b in pair[1]]
+    s = smoothing_scales(stats.absmax(pair[1][0]).to(torch.float64), [m.weight for m in mods],
+                         [_in_axis(m) for m in mods], alpha, index)
+    return s.to(mods[0].weight.device), index
+
+
+def _column_scales(model: nn.Module, pair: tuple[str, tuple[str, ...]], stats: _Ranges,
+                   alpha: float) -> torch.Tensor:
+    """The scale of each balance input column at ``alpha`` (ones at 0: not smoothed)."""
+    if alpha == 0:
+        return torch.ones_like(stats.lo[pair[1][0]])
+    s, index = _pair_scales(model, pair, stats, alpha)
+    return s[index.to(s.device)]
