@@ -26,6 +26,7 @@ from mono_quant.catalog.batches import (
     existing_artifacts,
     jobs_in_flight,
 )
+from mono_quant.catalog.bulk import JSONText
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings, get_settings
@@ -60,10 +61,11 @@ class SubmitResult:
 
 
 def _rows(jobs: Iterable[ScheduledJob]) -> list[JobRow]:
+    """The catalog rows of ``jobs``; their JSON columns as the specs' cached texts."""
     return [
         JobRow(
             name=j.name, model_source=j.model_source,
-            model_source_json=j.spec.model.canonical(), spec=j.spec.to_payload(),
+            model_source_json=JSONText(j.spec.model_json), spec=JSONText(j.spec.payload_json),
             idempotency_key=j.idempotency_key, queue=j.queue, max_attempts=j.max_attempts,
         )
         for j in jobs

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 import pytest
 from hypothesis import given, reject, settings
@@ -202,3 +203,15 @@ def test_keys_are_those_of_the_code_before_the_fast_path(case):
     assert spec.idempotency_key == key
     assert _idempotency_key(spec.to_payload()) == key  # the reference path agrees
 
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=specs(), digest=st.none() | st.just("ef" * 32))
+def test_the_fast_texts_equal_the_reference_serialisation(spec, digest):
+    """The cached texts a submit writes are exactly what json.dumps of the payload gives (the
+    catalog's serialiser), and the key is the reference ``_idempotency_key`` of it."""
+    spec = dataclasses.replace(spec, weights_digest=digest)
+    payload = spec.to_payload()
+    assert spec.payload_json == json.dumps(payload)
+    assert spec.model_json == json.dumps(payload["model"])
+    assert spec.idempotency_key == _idempotency_key(payload)

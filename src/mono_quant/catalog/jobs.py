@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from mono_quant.catalog import latest
 from mono_quant.catalog.artifacts import add_artifact, artifact_for_key
-from mono_quant.catalog.batches import chunks, pairs
+from mono_quant.catalog.batches import chunks, id_filters, pairs
 from mono_quant.catalog.models import (
     Artifact,
     Attempt,
@@ -95,9 +95,9 @@ def mark_queued(session: Session, job_ids: Sequence[int]) -> int:
     """``pending → queued`` after their messages were published; returns how many moved."""
     moved = 0
     now = utcnow()
-    for chunk in chunks(list(job_ids)):
+    for ids in id_filters(Job.id, job_ids):
         moved += session.execute(
-            update(Job).where(Job.id.in_(chunk), Job.status == S.PENDING)
+            update(Job).where(ids, Job.status == S.PENDING)
             .values(status=S.QUEUED, queued_at=now)
         ).rowcount
     return moved

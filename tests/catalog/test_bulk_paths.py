@@ -1,0 +1,75 @@
+"""The fast paths of bulk submits and status (issue 16) give what the reference paths give, on
+SQLite and PostgreSQL, in the number of statements they promise."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event, select, text
+
+from mono_quant.catalog import Catalog, Job, JobStatus
+from mono_quant.catalog import jobs as js
+from mono_quant.catalog.batches import JobRow, create_batch, id_runs
+from mono_quant.catalog.bulk import JSONText
+
+S = JobStatus
+
+
+@pytest.fixture
+def catalog(catalog_url):
+    catalog = Catalog(catalog_url)
+    yield catalog
+    catalog.dispose()
+
+
+@contextmanager
+def statements(catalog: Catalog):
+    """The SQL statements the engine sends inside the block (their text)."""
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        sent.append(statement)
+
+    event.listen(catalog.engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(catalog.engine, "before_cursor_execute", record)
+
+
+def _row(i: int, spec) -> JobRow:
+    return JobRow(name=f"j{i}", model_source="factory:m:f", model_source_json={"i": i},
+                  spec=spec, idempotency_key=f"{i:064x}", queue="cpu", max_attempts=3)
+
+
+def test_json_text_rows_are_stored_as_the_serialiser_would(catalog):
+    spec = {"version": 1, "model": {"kwargs": {"név": "✓", "x": [1, 2.5, None]}}, "b": True}
+    with catalog.begin() as s:
+        _, (a, b) = create_batch(s, [_row(0, spec), _row(1, JSONText(json.dumps(spec)))],
+                                 name="t")
+    with catalog.begin() as s:
+        specs = dict(s.execute(select(Job.id, Job.spec)).all())
+        raw = dict(s.execute(text("SELECT id, CAST(spec AS TEXT) FROM jobs")).all())
+    assert specs[a] == specs[b] == spec  # not double-encoded
+    assert raw[a] == raw[b]
+
+
+def test_id_runs():
+    assert id_runs([]) == ([], [])
+    assert id_runs([5, 5, 4]) == ([(4, 5)], [])
+    assert id_runs([3, 1, 10, 11, 12, 20]) == ([(10, 12)], [1, 3, 20])
+
+
+def test_mark_queued_moves_exactly_the_ids_in_few_statements(catalog):
+    with catalog.begin() as s:
+        _, ids = create_batch(s, [_row(i, {}) for i in range(3000)], name="t")
+    wanted = ids[:2000] + ids[2001:3000:2] + [ids[0]]  # one run, 500 strays, a duplicate
+    with catalog.begin() as s, statements(catalog) as sent:
+        assert js.mark_queued(s, wanted) == 2000 + 500
+    updates = [q for q in sent if q.lstrip().upper().startswith("UPDATE")]
+    assert len(updates) == 2  # one BETWEEN, one IN list of the strays
+    with catalog.begin() as s:
+        queued = set(s.scalars(select(Job.id).where(Job.status == S.QUEUED)))
+    assert queued == set(wanted)
