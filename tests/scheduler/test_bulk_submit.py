@@ -8,6 +8,7 @@ makes it refuse writes partway through publishing (a real broker failure: Redis 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import shutil
 import socket
@@ -155,6 +156,28 @@ def test_chunks_keep_duplicates_and_in_flight_keys_out(catalog, tmp_path, monkey
     with catalog.begin() as s:
         keys = s.scalars(select(Job.idempotency_key)).all()
     assert len(keys) == len(set(keys)) == 32
+
+
+def test_a_submit_pauses_the_garbage_collector_and_restores_it(catalog, tmp_path, monkeypatch):
+    during = []
+    real = service.stream_manifest
+
+    def spy(*args, **kwargs):
+        during.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "stream_manifest", spy)
+    assert gc.isenabled()
+    submit(_manifest(tmp_path / "a.json", 2), catalog)
+    with pytest.raises(BadInputError):
+        submit(_manifest(tmp_path / "b.json", 2, bad_last=True), catalog)
+    assert during == [False, False] and gc.isenabled()  # back on, after a failure too
+    gc.disable()
+    try:
+        submit(_manifest(tmp_path / "c.json", 3), catalog)
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
 
 
 @pytest.mark.slow

@@ -179,7 +179,7 @@ class JobSpec:
             evaluation=evaluation,
         )
 
-    @cached_property
+    @property
     def idempotency_key(self) -> str:
         """sha256 of everything that determines the artifact: canonical model source,
         quantization config, format, calibration source and samples (and ``stream`` when
@@ -189,25 +189,26 @@ class JobSpec:
         and calibration source across thousands of jobs): byte for byte the text
         :func:`_idempotency_key` serialises from :meth:`to_payload` (tested).
         """
-        texts = self._texts
+        return self._json[0]
+
+    @property
+    def payload_json(self) -> str:
+        """``json.dumps(self.to_payload())``: what the catalog's ``jobs.spec`` column stores."""
+        return self._json[1]
+
+    @property
+    def model_json(self) -> str:
+        """``json.dumps(self.model.canonical())``: the ``jobs.model_source_json`` column."""
+        return self._json[2]
+
+    @cached_property
+    def _json(self) -> tuple[str, str, str]:
+        """(idempotency key, payload JSON, model source JSON), computed together once."""
+        texts = {name: _part_texts(value) for name, value in self._parts().items()}
         names = sorted(n for n in texts if n != "version" and (n != "stream" or self.stream))
         key = "{" + ",".join(f'"{n}":{texts[n][0]}' for n in names) + "}"
-        return hashlib.sha256(key.encode()).hexdigest()
-
-    @cached_property
-    def payload_json(self) -> str:
-        """``json.dumps(self.to_payload())``, what the catalog's JSON column stores, from the
-        parts' cached texts."""
-        return "{" + ", ".join(f'"{n}": {t[1]}' for n, t in self._texts.items()) + "}"
-
-    @cached_property
-    def model_json(self) -> str:
-        """``json.dumps(self.model.canonical())`` (the ``jobs.model_source_json`` column)."""
-        return _part_texts(self.model)[1]
-
-    @cached_property
-    def _texts(self) -> dict[str, tuple[str, str]]:
-        return {name: _part_texts(value) for name, value in self._parts().items()}
+        payload = "{" + ", ".join(f'"{n}": {t[1]}' for n, t in texts.items()) + "}"
+        return hashlib.sha256(key.encode()).hexdigest(), payload, texts["model"][1]
 
 
 def _plain(part: Any) -> Any:
