@@ -205,12 +205,16 @@ def test_keys_are_those_of_the_code_before_the_fast_path(case):
 
 
 
-@settings(max_examples=200, deadline=None)
-@given(spec=specs(), digest=st.none() | st.just("ef" * 32))
-def test_the_fast_texts_equal_the_reference_serialisation(spec, digest):
+EVALUATIONS = st.sampled_from([None] + [parse_evaluation_source(e) for e in (
+    "text:/data/wiki.txt", "text:/data/é ✓.txt?context=64")])
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=specs(), digest=st.none() | st.text(max_size=70), evaluation=EVALUATIONS)
+def test_the_fast_texts_equal_the_reference_serialisation(spec, digest, evaluation):
     """The cached texts a submit writes are exactly what json.dumps of the payload gives (the
     catalog's serialiser), and the key is the reference ``_idempotency_key`` of it."""
-    spec = dataclasses.replace(spec, weights_digest=digest)
+    spec = dataclasses.replace(spec, weights_digest=digest, evaluation=evaluation)
     payload = spec.to_payload()
     assert spec.payload_json == json.dumps(payload)
     assert spec.model_json == json.dumps(payload["model"])

@@ -203,12 +203,36 @@ class JobSpec:
 
     @cached_property
     def _json(self) -> tuple[str, str, str]:
-        """(idempotency key, payload JSON, model source JSON), computed together once."""
-        texts = {name: _part_texts(value) for name, value in self._parts().items()}
-        names = sorted(n for n in texts if n != "version" and (n != "stream" or self.stream))
-        key = "{" + ",".join(f'"{n}":{texts[n][0]}' for n in names) + "}"
-        payload = "{" + ", ".join(f'"{n}": {t[1]}' for n, t in texts.items()) + "}"
-        return hashlib.sha256(key.encode()).hexdigest(), payload, texts["model"][1]
+        """(idempotency key, payload JSON, model source JSON), computed together once.
+
+        The two texts spell out :meth:`to_payload`'s layout: the key's fields in sorted order
+        (``calibration, evaluation, format, model, quant, samples, stream, weights_digest``)
+        without ``version`` (and ``stream`` when false), compact; the payload's in its own
+        order, as ``json.dumps`` writes them. A generic join over :meth:`_parts` costs twice
+        as much per job; the equality with the reference is tested over random specs.
+        """
+        model, quant = _part_texts(self.model), _part_texts(self.config)
+        cal = _NULL if self.calibration is None else _part_texts(self.calibration)
+        fmt, samples = _part_texts(self.format)[0], _part_texts(self.samples)[0]
+        stream = "true" if self.stream else "false"
+        ev = None if self.evaluation is None else _part_texts(self.evaluation)
+        digest = None if self.weights_digest is None else _part_texts(self.weights_digest)[0]
+        key = [f'{{"calibration":{cal[0]}']
+        key += [] if ev is None else [f'"evaluation":{ev[0]}']
+        key += [f'"format":{fmt}', f'"model":{model[0]}', f'"quant":{quant[0]}',
+                f'"samples":{samples}']
+        key += ['"stream":true'] if self.stream else []
+        key += [] if digest is None else [f'"weights_digest":{digest}']
+        payload = [f'{{"version": {self.VERSION}', f'"model": {model[1]}',
+                   f'"quant": {quant[1]}', f'"format": {fmt}', f'"calibration": {cal[1]}',
+                   f'"samples": {samples}', f'"stream": {stream}']
+        payload += [] if digest is None else [f'"weights_digest": {digest}']
+        payload += [] if ev is None else [f'"evaluation": {ev[1]}']
+        return (hashlib.sha256((",".join(key) + "}").encode()).hexdigest(),
+                ", ".join(payload) + "}", model[1])
+
+
+_NULL = ("null", "null")
 
 
 def _plain(part: Any) -> Any:
