@@ -114,6 +114,7 @@ def submit(
     requested_by: str | None = None,
     settings: Settings | None = None,
     only: Sequence[str] | None = None,
+    check: Callable[[ScheduledJob], None] | None = None,
 ) -> SubmitResult:
     """Validate the manifest, write the batch and its jobs in one transaction, then publish.
 
@@ -126,16 +127,18 @@ def submit(
     publishing fails the unsent jobs stay ``pending`` and ``reconcile`` publishes them
     later; the TransientError says so. ``only`` keeps just the jobs of the manifest with
     these names (``--job NAME``; with ``force`` it redoes one job, not the whole manifest).
+    ``check`` is called with each job as it streams by, before it is written (the CLI's
+    ``--strict`` serveability check): what it raises rolls the whole batch back.
     """
     with _gc_paused():
         return _submit(Path(manifest_path), catalog, app=app, force=force,
                        requested_by=requested_by, settings=settings or get_settings(),
-                       only=only)
+                       only=only, check=check)
 
 
 def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
-            requested_by: str | None, settings: Settings, only: Sequence[str] | None
-            ) -> SubmitResult:
+            requested_by: str | None, settings: Settings, only: Sequence[str] | None,
+            check: Callable[[ScheduledJob], None] | None) -> SubmitResult:
     s = settings
     manifest, specs, digest = stream_manifest(
         path, default_attempts=s.max_attempts, max_jobs=s.max_jobs_per_batch,
@@ -143,6 +146,8 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
     )
     if only:
         specs = select_jobs(specs, only, path)
+    if check is not None:
+        specs = _checked(specs, check)
     result = SubmitResult(0, [], [])
     seen: set[str] = set()
     with catalog.begin() as session:
@@ -176,6 +181,13 @@ def select_jobs(specs: Iterable[ScheduledJob], names: Sequence[str], path: Path
     if missing:
         raise BadInputError(f"{path}: no job named {', '.join(map(repr, missing))}; its jobs "
                             f"are: {', '.join(some)}{' ...' if len(some) == 20 else ''}")
+
+
+def _checked(specs: Iterable[ScheduledJob], check: Callable[[ScheduledJob], None]
+             ) -> Iterator[ScheduledJob]:
+    for spec in specs:
+        check(spec)
+        yield spec
 
 
 def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
