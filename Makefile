@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,hf,interop,web
+EXTRAS ?= dev,hf,interop,web,fast
 
 .PHONY: setup demo test test-slow lint layers bench mutate clean
 
