@@ -105,7 +105,8 @@ def child_submit(url: str, n: int, broker: str) -> dict:
     client.flushdb()
     manifest = write_manifest(Path(tempfile.mkdtemp(prefix="mq-bulk-")) / "m.json", n)
     settings = Settings.from_env({"MONO_QUANT_BROKER_URL": broker,
-                                  "MONO_QUANT_CATALOG_URL": url})
+                                  "MONO_QUANT_CATALOG_URL": url,
+                                  "MONO_QUANT_MAX_JOBS_PER_BATCH": str(max(n, 10_000))})
     catalog = Catalog(url)
     catalog.upgrade()
     app = create_app(settings)
