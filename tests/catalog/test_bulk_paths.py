@@ -7,9 +7,9 @@ import json
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, func, select, text
 
-from mono_quant.catalog import Catalog, Job, JobStatus
+from mono_quant.catalog import Catalog, Job, JobStatus, queries
 from mono_quant.catalog import jobs as js
 from mono_quant.catalog.batches import JobRow, create_batch, id_runs
 from mono_quant.catalog.bulk import JSONText
@@ -26,15 +26,18 @@ def catalog(catalog_url):
 
 @contextmanager
 def statements(catalog: Catalog):
-    """The SQL statements the engine sends inside the block (their text)."""
+    """The SQL statements the engine sends inside the block, and their parameters."""
     sent: list[str] = []
+    params: list = []
 
-    def record(conn, cursor, statement, *args):
+    def record(conn, cursor, statement, parameters, *args):
         sent.append(statement)
+        params.append(parameters)
+
 
     event.listen(catalog.engine, "before_cursor_execute", record)
     try:
-        yield sent
+        yield sent, params
     finally:
         event.remove(catalog.engine, "before_cursor_execute", record)
 
@@ -66,10 +69,38 @@ def test_mark_queued_moves_exactly_the_ids_in_few_statements(catalog):
     with catalog.begin() as s:
         _, ids = create_batch(s, [_row(i, {}) for i in range(3000)], name="t")
     wanted = ids[:2000] + ids[2001:3000:2] + [ids[0]]  # one run, 500 strays, a duplicate
-    with catalog.begin() as s, statements(catalog) as sent:
+    with catalog.begin() as s, statements(catalog) as (sent, _):
         assert js.mark_queued(s, wanted) == 2000 + 500
     updates = [q for q in sent if q.lstrip().upper().startswith("UPDATE")]
     assert len(updates) == 2  # one BETWEEN, one IN list of the strays
     with catalog.begin() as s:
         queued = set(s.scalars(select(Job.id).where(Job.status == S.QUEUED)))
     assert queued == set(wanted)
+
+
+def test_status_counts_equal_a_group_by_and_read_the_batch_index(catalog, backend):
+    with catalog.begin() as s:
+        _, ids = create_batch(s, [_row(i, {}) for i in range(60)], name="a")
+        create_batch(s, [_row(100 + i, {}) for i in range(7)], name="other")
+        js.mark_queued(s, ids[:25])
+        s.execute(text("UPDATE jobs SET status = 'failed' WHERE id IN (:a, :b)"),
+                  {"a": ids[30], "b": ids[31]})
+    with catalog.begin() as s:
+        counts = queries.job_status_counts(s, 1)
+        reference = dict(s.execute(select(Job.status, func.count()).where(Job.batch_id == 1)
+                                   .group_by(Job.status)).all())
+    assert {k: v for k, v in counts.items() if v} == reference
+    assert reference == {S.QUEUED: 25, S.PENDING: 33, S.FAILED: 2}
+    assert set(counts) == set(JobStatus)
+    with catalog.begin() as s, statements(catalog) as (sent, params):
+        queries.job_status_counts(s, 1)
+        assert len(sent) == 1  # one statement for every status
+        conn = s.connection()
+        if backend == "postgresql":  # a tiny table: make the planner show what it can use
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        explain = "EXPLAIN " if backend == "postgresql" else "EXPLAIN QUERY PLAN "
+        plan = "\n".join(str(r[-1]) for r in conn.exec_driver_sql(explain + sent[0],
+                                                                  params[0]))
+    assert "ix_jobs_batch_id_status_id" in plan
+    assert "Sort" not in plan and "TEMP B-TREE" not in plan and "SCAN jobs" not in plan
+
