@@ -51,7 +51,7 @@ def _floor_rows(manifest: Path, batch_id: int) -> list[tuple]:
     from mono_quant.scheduler.manifest import load_manifest
 
     now = datetime.now(timezone.utc)
-    _, jobs, _ = load_manifest(manifest)
+    _, jobs, _ = load_manifest(manifest, max_jobs=10**6)
     return [(batch_id, j.name, j.model_source, json.dumps(j.spec.model.canonical()),
              json.dumps(j.spec.to_payload()), j.idempotency_key, j.queue, "pending", 0,
              j.max_attempts, now) for j in jobs]
@@ -105,7 +105,8 @@ def child_submit(url: str, n: int, broker: str) -> dict:
     client.flushdb()
     manifest = write_manifest(Path(tempfile.mkdtemp(prefix="mq-bulk-")) / "m.json", n)
     settings = Settings.from_env({"MONO_QUANT_BROKER_URL": broker,
-                                  "MONO_QUANT_CATALOG_URL": url})
+                                  "MONO_QUANT_CATALOG_URL": url,
+                                  "MONO_QUANT_MAX_JOBS_PER_BATCH": str(max(n, 10_000))})
     catalog = Catalog(url)
     catalog.upgrade()
     app = create_app(settings)

@@ -89,7 +89,9 @@ def _templates() -> list[dict]:
                    "size_bytes_quant": 1_010_000, "compression_ratio": 3.96}
         info = QuantizationInfo(cfg, [f"layers.{i}.mlp.fc" for i in range(12)], 64, versions,
                                 metrics)
-        out.append(info_columns(info))
+        columns = info_columns(info)  # ORM attribute names; the Core insert wants columns'
+        columns["observer"] = columns.pop("weight_observer")  # (column "observer")
+        out.append(columns)
     return out
 
 

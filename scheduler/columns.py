@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from mono_quant.catalog.limits import check_column
@@ -42,10 +43,18 @@ def check_batch(name: str | None) -> list[str]:
 def check_job(job: ScheduledJob) -> list[str]:
     """Problems of one expanded job: its name (with the matrix suffix), queue, attempts, and
     the QuantizationInfo values the artifact row will hold."""
-    return _problems([
-        ("name", Job.name, job.name),
-        ("queue", Job.queue, job.queue),
-        ("max_attempts", Job.max_attempts, job.max_attempts),
-        ("samples", Artifact.calibration_samples, job.spec.samples),
-        ("group_size", Artifact.group_size, job.spec.config.group_size),
-    ])
+    spec = job.spec
+    return _problems([("name", Job.name, job.name)]) + list(
+        _settings_problems(job.queue, job.max_attempts, spec.samples, spec.config.group_size))
+
+
+@lru_cache(maxsize=1024, typed=True)
+def _settings_problems(queue: str, max_attempts: int, samples: int | None,
+                       group_size: int | None) -> tuple[str, ...]:
+    """The problems of the values a matrix repeats for thousands of jobs, once per set."""
+    return tuple(_problems([
+        ("queue", Job.queue, queue),
+        ("max_attempts", Job.max_attempts, max_attempts),
+        ("samples", Artifact.calibration_samples, samples),
+        ("group_size", Artifact.group_size, group_size),
+    ]))

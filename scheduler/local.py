@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from pathlib import Path
 from mono_quant.catalog import Catalog
 from mono_quant.config import get_settings
 from mono_quant.scheduler.cliutil import progress_bar
+from mono_quant.scheduler.manifest import ScheduledJob
 from mono_quant.scheduler.service import BatchStatus, SubmitResult, batch_status, submit
 
 __all__ = ["Interrupted", "LocalRun", "run_jobs", "run_local"]
@@ -240,17 +242,18 @@ def _final(catalog: Catalog, job_ids: list[int]) -> set[int]:
 def run_local(
     manifest: str | Path, *, workers: int = 1, force: bool = False, progress: bool = True,
     only: list[str] | None = None, events: str | Path | None = None,
+    check: Callable[[ScheduledJob], None] | None = None,
 ) -> LocalRun:
     """Submit ``manifest`` to the local catalog and run its jobs here (see the module
-    docstring for the jobs of earlier runs it picks up and for Ctrl-C). ``only``: just the
-    jobs with these names (see :func:`submit`); ``events``: see :func:`run_jobs`."""
+    docstring for the jobs of earlier runs it picks up and for Ctrl-C). ``only``, ``check``:
+    see :func:`submit`; ``events``: see :func:`run_jobs`."""
     from mono_quant.scheduler.orphans import recover_dead_local_jobs, resumable
 
     settings = get_settings()
     catalog = Catalog(settings.catalog_url)
     catalog.upgrade()  # the embedded catalog creates (or upgrades) itself
     recover_dead_local_jobs(catalog, _NODE_PREFIX, settings.stale_after)
-    result = submit(manifest, catalog, app=None, force=force, only=only)
+    result = submit(manifest, catalog, app=None, force=force, only=only, check=check)
     resumed = resumable(catalog, [job for _, job in result.in_flight])
     interrupted = run_jobs(catalog, [*result.job_ids, *resumed], workers=workers,
                            progress=progress, desc=f"batch {result.batch_id}", events=events)

@@ -303,6 +303,7 @@ class _Expander:
         self.refused: list[str] = []  # factories outside the allow-list: configuration
         self._calibrations: dict[str, Any] = {}
         self._configs: dict[str, QuantConfig] = {}  # one per distinct set of values
+        self._shared: dict[int, tuple[Any, ...]] = {}  # spec parts by id of a combination's values
 
     def calibration(self, value: Any) -> Any:
         """Parsed once per distinct value (a matrix repeats it for every combination)."""
@@ -314,8 +315,31 @@ class _Expander:
                                                                factories=self.factories)
         return self._calibrations[key]
 
-    def spec(self, model: Any, values: dict[str, Any], where: str,
-             digest: str | None = None) -> JobSpec | None:
+    def spec(self, model: Any, values: dict[str, Any], where: str, digest: str | None = None,
+             *, shared: bool = False) -> tuple[JobSpec, dict[str, Any]] | None:
+        """The job's spec and its values (old spellings renamed), or None with its problems
+        recorded. ``shared``: ``values`` is a
+        matrix combination's own dict, used by every job without values of its own, so what
+        is built from it alone (config, calibration, evaluation) is built once."""
+        parts = self._shared.get(id(values)) if shared else None
+        if parts is None:
+            parts = self._parts(values, where)
+            if parts is None:
+                return None
+            if shared:
+                self._shared[id(values)] = parts
+        renamed, config, calibration, evaluation = parts
+        try:
+            return JobSpec(model=model, config=config, calibration=calibration,
+                           format=renamed.get("format", "safetensors"),
+                           samples=renamed.get("samples"), stream=renamed.get("stream", False),
+                           weights_digest=digest, evaluation=evaluation), renamed
+        except BadConfigError as e:
+            self.errors.append(f"{self.source}: {where}: {e}")
+            return None
+
+    def _parts(self, values: dict[str, Any], where: str) -> tuple[Any, ...] | None:
+        """(values with their new names, config, calibration, evaluation), or None."""
         try:
             values = _renamed(dict(values))
             quant = {k: values[k] for k in QUANT_FIELDS if k in values}
@@ -342,14 +366,7 @@ class _Expander:
         except MonoQuantError as e:
             self.errors.append(f"{self.source}: {where}.evaluation: {e}")
             return None
-        try:
-            return JobSpec(model=model, config=config, calibration=calibration,
-                           format=values.get("format", "safetensors"),
-                           samples=values.get("samples"), stream=values.get("stream", False),
-                           weights_digest=digest, evaluation=evaluation)
-        except BadConfigError as e:
-            self.errors.append(f"{self.source}: {where}: {e}")
-            return None
+        return values, config, calibration, evaluation
 
     def expand(self) -> list[ScheduledJob]:
         return list(self.iter_expand())
@@ -362,7 +379,10 @@ class _Expander:
         m = self.manifest
         defaults = m.defaults.model_dump(exclude_none=True)
         keys = list(m.matrix)
-        combos = list(itertools.product(*m.matrix.values())) or [()]
+        plans = []  # per matrix combination: (its values, the name suffix); built once
+        for combo in list(itertools.product(*m.matrix.values())) or [()]:
+            varied = dict(zip(keys, combo, strict=True))
+            plans.append(({**defaults, **varied}, ",".join(f"{k}={v}" for k, v in varied.items())))
         for i, job in enumerate(m.jobs):
             own = job.model_dump(exclude_none=True, exclude={"name", "model"})
             clash = sorted(set(own) & set(keys))
@@ -380,25 +400,22 @@ class _Expander:
                 continue
             # rendered once per job, not once per matrix combination
             model_source = str(model)  # derived from the payload: never disagrees with it
-            for combo in combos:
-                varied = dict(zip(keys, combo, strict=True))
-                values = {**defaults, **varied, **own}
-                suffix = ",".join(f"{k}={v}" for k, v in varied.items())
-                spec = self.spec(model, values,
-                                 f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else ""),
-                                 digest)
-                if spec is not None:
-                    scheduled = ScheduledJob(
-                        name=f"{job.name}[{suffix}]" if suffix else job.name, spec=spec,
-                        model_source=model_source,  # derived from the payload
-                        queue=_renamed(dict(values)).get("queue", "cpu"),
-                        max_attempts=values.get("max_attempts", self.default_attempts),
-                    )
-                    where = f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else "")
-                    problems = check_job(scheduled)
-                    self.errors.extend(f"{self.source}: {where}.{p}" for p in problems)
-                    if not problems:
-                        yield scheduled
+            for shared, suffix in plans:
+                values = {**shared, **own} if own else shared
+                where = f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else "")
+                built = self.spec(model, values, where, digest, shared=not own)
+                if built is None:
+                    continue
+                scheduled = ScheduledJob(
+                    name=f"{job.name}[{suffix}]" if suffix else job.name, spec=built[0],
+                    model_source=model_source,  # derived from the payload
+                    queue=built[1].get("queue", "cpu"),
+                    max_attempts=values.get("max_attempts", self.default_attempts),
+                )
+                problems = check_job(scheduled)
+                self.errors.extend(f"{self.source}: {where}.{p}" for p in problems)
+                if not problems:
+                    yield scheduled
         if self.refused:
             raise BadConfigError("manifest refused:\n" + _problems(self.refused))
         if self.errors:

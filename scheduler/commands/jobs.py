@@ -33,17 +33,18 @@ _STRICT = ("refuse the manifest when a compressed-tensors job's scheme is one vL
            "kernels cannot serve (default: a warning)")
 
 
-def _check_serveable(args) -> None:
-    """Each job's scheme against vLLM's kernels: a warning, or BadConfigError with --strict."""
-    from mono_quant.config import get_settings
+def _serveability_check(args):
+    """A check of each job's scheme against vLLM's kernels, for ``submit`` to call as the
+    manifest's jobs stream by (the manifest is read once): a warning, or BadConfigError with
+    --strict (the batch is rolled back)."""
     from mono_quant.io.serveability import check_scheme
     from mono_quant.scheduler.commands.quantize import serveable
-    from mono_quant.scheduler.manifest import load_manifest
-    from mono_quant.scheduler.service import hash_cache
 
-    for job in load_manifest(args.manifest, hash_cache=hash_cache(get_settings()))[1]:
+    def check(job) -> None:
         serveable(check_scheme(job.spec.config, job.spec.format), job.spec.format, args.strict,
                   where=f"{args.manifest}: job {job.name}: ")
+
+    return check
 
 
 def _job_selection(p: argparse.ArgumentParser) -> None:
@@ -223,10 +224,10 @@ def _submit(args) -> int:
     from mono_quant.scheduler.service import batch_status, submit
 
     quiet_third_party(quiet=args.quiet)
-    _check_serveable(args)
     catalog = _catalog()
     t0 = time.perf_counter()
-    result = submit(args.manifest, catalog, app=_app(), force=args.force, only=args.job)
+    result = submit(args.manifest, catalog, app=_app(), force=args.force, only=args.job,
+                    check=_serveability_check(args))
     print(f"batch {result.batch_id}: {len(result.job_ids)} job(s) enqueued in "
           f"{time.perf_counter() - t0:.2f} s", file=sys.stderr)
     _print_skipped(result, sys.stderr)
@@ -243,9 +244,9 @@ def _run(args) -> int:
     from mono_quant.scheduler.local import run_local
 
     quiet_third_party(quiet=args.quiet)
-    _check_serveable(args)
     run = run_local(args.manifest, workers=args.workers, force=args.force,
-                    progress=not args.quiet, only=args.job or None, events=args.events)
+                    progress=not args.quiet, only=args.job or None, events=args.events,
+                    check=_serveability_check(args))
     result, status = run.submitted, run.status
     for name, artifact in result.skipped:
         print(f"skipped {printable(name)}: artifact {artifact} exists (use --force to redo)")

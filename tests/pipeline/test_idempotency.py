@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
+import pytest
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from mono_quant.errors import BadConfigError
 from mono_quant.io.layout import FORMATS
 from mono_quant.pipeline import JobSpec, parse_calibration_source, parse_model_source
+from mono_quant.pipeline.evaluation import parse_evaluation_source
+from mono_quant.pipeline.spec import _idempotency_key
 from mono_quant.quant.qconfig import MODES, OBSERVERS, QuantConfig
 from mono_quant.scheduler.manifest import ScheduledJob
 
@@ -151,3 +155,67 @@ def test_the_key_is_sha256_of_the_canonical_json():
         '"weight_observer":"minmax"},"samples":8}'
     )
     assert _base().idempotency_key == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: Keys computed by the code before the cached fast path (issue 16), pinned: the fast path
+#: must give byte-identical keys, or every stored job and artifact would look new.
+PINNED = {
+    "defaults": (lambda: JobSpec(parse_model_source("factory:mono_quant.demo_models:mlp")),
+                 "3dc95210b77235c889490de204a926f31c03dd15696c002dcfcc5838e53f6180"),
+    "kwargs, pt": (lambda: JobSpec(
+        parse_model_source({"factory": "mono_quant.demo_models:mlp", "kwargs": {
+            "seed": 7, "hidden": 64, "in_features": 64, "out_features": 16}}),
+        QuantConfig(scheme="asymmetric"), format="pt"),
+        "30a7ac5c2df02b3f7afa376a99948bcf6b73c80ae0ca0954645d2237bbb9a640"),
+    "unicode, nested kwargs": (lambda: JobSpec(parse_model_source({"factory": "m:f", "kwargs": {
+        "name": "modèle ✓", "dims": [1, 2.5], "opt": {"b": None, "a": True}}})),
+        "31c6159fda66015c1c0b3f11d8265d0ff031b632dd1c1d6e74cb001222348d71"),
+    "static, calibration": (lambda: JobSpec(
+        parse_model_source("factory:m:f?hidden=32"),
+        QuantConfig(mode="static", granularity="per_group", group_size=64, include=["Linear"],
+                    exclude=["re:.*lm_head"], min_layer_size=10),
+        calibration=parse_calibration_source("factory:mono_quant.demo_models:vector_batches"),
+        samples=16), "6f8f43b5b8ccc6fd0a02d30db6ea509a4142caf20c5f3854c5bacf169eceb789"),
+    "advanced, digest, evaluation": (lambda: JobSpec(
+        parse_model_source("hf:/models/org-model"),
+        QuantConfig(mode="dynamic", smoothquant=0.8, weight_algorithm="gptq",
+                    gptq_damping=0.05, gptq_act_order=True, target={"output_cosine": 0.999}),
+        calibration=parse_calibration_source("text:/data/calib.txt?max_length=64"),
+        weights_digest="ab" * 32, format="compressed-tensors",
+        evaluation=parse_evaluation_source("text:/data/wiki.txt?context=128")),
+        "c395eda240b364baf2cb1051b5c01d5b337adc60b0e934e43bf0b389dc7bafcf"),
+    "stream": (lambda: JobSpec(parse_model_source("hf:/models/other"), stream=True,
+                               weights_digest="cd" * 32),
+               "76fbbd716c7cb228c0414939aef571bd93b6115f451506f09be8f307f4dbb76c"),
+    "tensors calibration": (lambda: JobSpec(
+        parse_model_source("factory:m:f?weights=/w/a.safetensors"),
+        QuantConfig(granularity="per_tensor", weight_observer="mse",
+                    activation_observer="percentile", mode="static"),
+        calibration=parse_calibration_source("tensors:/data/calib.safetensors")),
+        "a838ce2920e0f88cf3cfc43a65c8dc4fed25f551c13520bedf1d2fc6298efbbf"),
+}
+
+
+@pytest.mark.parametrize("case", list(PINNED), ids=list(PINNED))
+def test_keys_are_those_of_the_code_before_the_fast_path(case):
+    make, key = PINNED[case]
+    spec = make()
+    assert spec.idempotency_key == key
+    assert _idempotency_key(spec.to_payload()) == key  # the reference path agrees
+
+
+
+EVALUATIONS = st.sampled_from([None] + [parse_evaluation_source(e) for e in (
+    "text:/data/wiki.txt", "text:/data/é ✓.txt?context=64")])
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=specs(), digest=st.none() | st.text(max_size=70), evaluation=EVALUATIONS)
+def test_the_fast_texts_equal_the_reference_serialisation(spec, digest, evaluation):
+    """The cached texts a submit writes are exactly what json.dumps of the payload gives (the
+    catalog's serialiser), and the key is the reference ``_idempotency_key`` of it."""
+    spec = dataclasses.replace(spec, weights_digest=digest, evaluation=evaluation)
+    payload = spec.to_payload()
+    assert spec.payload_json == json.dumps(payload)
+    assert spec.model_json == json.dumps(payload["model"])
+    assert spec.idempotency_key == _idempotency_key(payload)

@@ -8,6 +8,7 @@ makes it refuse writes partway through publishing (a real broker failure: Redis 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import shutil
 import socket
@@ -22,7 +23,7 @@ from sqlalchemy import func, select
 
 from mono_quant.catalog import Batch, Catalog, Job, JobStatus
 from mono_quant.config import Settings
-from mono_quant.errors import BadInputError, TransientError
+from mono_quant.errors import BadConfigError, BadInputError, TransientError
 from mono_quant.scheduler import publish as publish_module
 from mono_quant.scheduler import service
 from mono_quant.scheduler.service import reconcile, submit
@@ -155,6 +156,52 @@ def test_chunks_keep_duplicates_and_in_flight_keys_out(catalog, tmp_path, monkey
     with catalog.begin() as s:
         keys = s.scalars(select(Job.idempotency_key)).all()
     assert len(keys) == len(set(keys)) == 32
+
+
+def test_a_submit_pauses_the_garbage_collector_and_restores_it(catalog, tmp_path, monkeypatch):
+    during = []
+    real = service.stream_manifest
+
+    def spy(*args, **kwargs):
+        during.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "stream_manifest", spy)
+    assert gc.isenabled()
+    submit(_manifest(tmp_path / "a.json", 2), catalog)
+    with pytest.raises(BadInputError):
+        submit(_manifest(tmp_path / "b.json", 2, bad_last=True), catalog)
+    assert during == [False, False] and gc.isenabled()  # back on, after a failure too
+    gc.disable()
+    try:
+        submit(_manifest(tmp_path / "c.json", 3), catalog)
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
+
+
+def test_a_check_sees_each_job_once_and_its_error_rolls_the_batch_back(catalog, tmp_path,
+                                                                       monkeypatch):
+    """``submit(check=…)`` (the CLI's --strict serveability check) reads the manifest once:
+    the check runs on the jobs as they stream through, not on a second expansion."""
+    reads = []
+    real = service.stream_manifest
+    monkeypatch.setattr(service, "stream_manifest",
+                        lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    manifest = _manifest(tmp_path / "m.json", 3)
+    seen = []
+    result = submit(manifest, catalog, check=lambda job: seen.append(job.name))
+    assert len(reads) == 1 and len(seen) == 12 and len(set(seen)) == 12
+    assert len(result.job_ids) == 12
+
+    def refuse(job):
+        if job.name.startswith("m1"):
+            raise BadConfigError(f"{job.name}: not serveable (--strict)")
+
+    with pytest.raises(BadConfigError, match=r"m1\[.*--strict"):
+        submit(_manifest(tmp_path / "n.json", 3), catalog, force=True, check=refuse)
+    with catalog.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Batch)) == 1  # the first one only
 
 
 @pytest.mark.slow

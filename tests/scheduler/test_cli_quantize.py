@@ -171,3 +171,27 @@ def test_storage_failure_exits_1(tmp_path):
     assert res.returncode == 1, (res.stdout, res.stderr)
     assert "mono-quant quantize: failed:" in res.stderr and "cannot create the folder" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_run_strict_refuses_an_unserveable_manifest_job_before_writing_any(tmp_path):
+    """`run --strict` checks each job as submit streams the manifest (it is read once): the
+    refusal rolls the batch back, so no job of the manifest is written."""
+    import json
+    import os
+    import sqlite3
+
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"name": "ok", "model": MLP},
+        {"name": "tensor-w8a16", "model": MLP, "format": "compressed-tensors",
+         "granularity": "per_tensor"}]}))
+    env = dict(os.environ, MONO_QUANT_CATALOG_URL=f"sqlite:///{tmp_path / 'c.db'}",
+               MONO_QUANT_STORAGE_ROOT=str(tmp_path / "store"),
+               MONO_QUANT_DATA_DIR=str(tmp_path / "data"))
+    res = subprocess.run([sys.executable, "-m", "mono_quant.scheduler.cli", "run", str(manifest),
+                          "--strict", "--quiet"], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert res.returncode == 2, res.stderr
+    assert f"{manifest}: job tensor-w8a16: not serveable by vLLM: " in res.stderr
+    with sqlite3.connect(tmp_path / "c.db") as db:
+        assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)

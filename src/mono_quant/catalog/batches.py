@@ -8,20 +8,20 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ARRAY, String, any_, bindparam, select, text
+from sqlalchemy import ARRAY, String, any_, bindparam, or_, select, text
 from sqlalchemy.orm import Session
 
-from mono_quant.catalog.bulk import insert_rows
+from mono_quant.catalog.bulk import JSONText, insert_rows
 from mono_quant.catalog.models import Artifact, Batch, Job, JobStatus
 from mono_quant.catalog.types import utcnow
 
 __all__ = [
-    "JobRow", "add_jobs", "chunks", "create_batch", "existing_artifacts", "jobs_in_flight",
-    "pairs",
+    "JobRow", "add_jobs", "chunks", "create_batch", "existing_artifacts", "id_filters", "id_runs",
+    "jobs_in_flight", "pairs",
 ]
 
 #: ids or keys per ``IN (...)`` list: well below SQLite's parameter limit.
@@ -38,14 +38,50 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
+#: ``BETWEEN`` terms per statement of :func:`id_filters`.
+RUNS_PER_FILTER = 100
+
+
+def id_runs(ids: Iterable[int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """Distinct ``ids`` as runs of consecutive values and the ids standing alone.
+
+    >>> id_runs([7, 1, 2, 3, 9, 10, 5])
+    ([(1, 3), (9, 10)], [5, 7])
+    """
+    runs: list[tuple[int, int]] = []
+    alone: list[int] = []
+    ordered = sorted(set(ids))
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            first, last = ordered[start], ordered[i - 1]
+            (runs.append((first, last)) if last > first else alone.append(first))
+            start = i
+    return runs, alone
+
+
+def id_filters(column: Any, ids: Iterable[int]) -> Iterator[Any]:
+    """Conditions that together select exactly the rows whose ``column`` is in ``ids``.
+
+    A submit's or a batch's job ids come in runs (they are reserved together): each run is
+    one ``BETWEEN`` (an index range scan, two parameters) instead of an ``IN`` list of
+    thousands of bound values; the ids standing alone go in ``IN`` lists of :data:`CHUNK`.
+    """
+    runs, alone = id_runs(ids)
+    for part in chunks(runs, RUNS_PER_FILTER):
+        yield or_(*(column.between(first, last) for first, last in part))
+    for chunk in chunks(alone):
+        yield column.in_(chunk)
+
+
 @dataclass(frozen=True)
 class JobRow:
     """What ``create_batch`` needs to write one job."""
 
     name: str
     model_source: str
-    model_source_json: dict[str, Any]
-    spec: dict[str, Any]
+    model_source_json: dict[str, Any] | JSONText  # JSONText: already serialised
+    spec: dict[str, Any] | JSONText
     idempotency_key: str
     queue: str
     max_attempts: int

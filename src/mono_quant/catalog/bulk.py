@@ -12,7 +12,9 @@ path:
 
 Both run on the session's own connection, so the rows commit or roll back with the rest of
 the transaction. Values go through the columns' own bind processors (JSON serialiser, UTC
-timestamps), so the rows are byte for byte what the ORM would have written.
+timestamps), so the rows are byte for byte what the ORM would have written. A JSON value
+that is already the column serialiser's text (a :class:`JSONText`: a submit builds each job
+spec's text from cached parts) is written as it is.
 
 Example:
     with catalog.begin() as session:
@@ -29,7 +31,14 @@ from sqlalchemy import JSON, Table, insert, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-__all__ = ["insert_rows", "reserve_ids"]
+__all__ = ["JSONText", "insert_rows", "reserve_ids"]
+
+
+class JSONText(str):
+    """A JSON column's value given as its text, exactly as ``json.dumps`` (SQLAlchemy's
+    serialiser) would write it: :func:`insert_rows` writes it without serialising again."""
+
+    __slots__ = ()
 
 
 def reserve_ids(conn: Connection, table: Table, n: int) -> list[int]:
@@ -66,7 +75,9 @@ def _binder(active: list[tuple[int, Callable]]) -> Callable[[Sequence[Any]], lis
         for i, p in active:
             value = values[i]
             seen = last.get(i)
-            if seen is not None and seen[0] is value:
+            if type(value) is JSONText:
+                values[i] = str.__str__(value)
+            elif seen is not None and seen[0] is value:
                 values[i] = seen[1]
             else:
                 values[i] = p(value)
@@ -126,6 +137,7 @@ def insert_rows(session: Session, table: Table, columns: Sequence[str],
         _copy(conn, table, full, with_ids)
     elif name == "sqlite" and conn.dialect.driver == "pysqlite":
         _executemany(conn, table, full, with_ids)
-    else:
-        conn.execute(insert(table), [dict(zip(full, r, strict=True)) for r in with_ids])
+    else:  # the Core path serialises JSON itself
+        plain = [[json.loads(v) if type(v) is JSONText else v for v in r] for r in with_ids]
+        conn.execute(insert(table), [dict(zip(full, r, strict=True)) for r in plain])
     return ids

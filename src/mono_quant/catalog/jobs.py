@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from mono_quant.catalog import latest
 from mono_quant.catalog.artifacts import add_artifact, artifact_for_key
-from mono_quant.catalog.batches import chunks, pairs
+from mono_quant.catalog.batches import chunks, id_filters, pairs
 from mono_quant.catalog.models import (
     Artifact,
     Attempt,
@@ -95,9 +95,9 @@ def mark_queued(session: Session, job_ids: Sequence[int]) -> int:
     """``pending → queued`` after their messages were published; returns how many moved."""
     moved = 0
     now = utcnow()
-    for chunk in chunks(list(job_ids)):
+    for ids in id_filters(Job.id, job_ids):
         moved += session.execute(
-            update(Job).where(Job.id.in_(chunk), Job.status == S.PENDING)
+            update(Job).where(ids, Job.status == S.PENDING)
             .values(status=S.QUEUED, queued_at=now)
         ).rowcount
     return moved
@@ -333,12 +333,13 @@ def reconcile_jobs(
         update(Job).where(Job.status == S.PENDING, Job.created_at < pending_before)
         .values(status=S.QUEUED, queued_at=now).returning(Job.id, Job.queue)
     ))
-    waiting = [i for i in session.scalars(
+    queued = session.connection().execute(  # plain ids (100,000s), not ORM rows
         select(Job.id).where(Job.status == S.QUEUED, Job.queued_at < queued_before)
-    ) if i not in found and (on_broker is None or i not in on_broker)]
-    for chunk in chunks(waiting):
+    ).scalars().all()
+    waiting = sorted(set(queued).difference(found, on_broker or ()))
+    for ids in id_filters(Job.id, waiting):
         found.update(pairs(session.execute(
-            update(Job).where(Job.id.in_(chunk), Job.status == S.QUEUED,
+            update(Job).where(ids, Job.status == S.QUEUED,
                               Job.queued_at < queued_before)
             .values(queued_at=now).returning(Job.id, Job.queue)
         )))

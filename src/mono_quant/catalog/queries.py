@@ -166,13 +166,20 @@ def get_artifact(session: Session, artifact_id: int) -> Artifact:
 
 
 def job_status_counts(session: Session, batch_id: int) -> dict[JobStatus, int]:
-    """How many jobs of a batch are in each status (every status present, zeros included)."""
-    rows = session.execute(
-        select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
-    )
-    counts = dict.fromkeys(JobStatus, 0)
-    counts.update({status: n for status, n in rows})
-    return counts
+    """How many jobs of a batch are in each status (every status present, zeros included).
+
+    One statement of one ``count(*)`` per status, each a range of the ``(batch_id, status,
+    id)`` index: no sort and no grouping, whatever the planner believes about a batch
+    written a moment ago (a ``GROUP BY`` over a fresh 100,000-job batch made PostgreSQL sort
+    on disk, its statistics saying 100 rows).
+    """
+    per_status = [
+        select(func.count()).select_from(Job)
+        .where(Job.batch_id == batch_id, Job.status == status).scalar_subquery()
+        for status in JobStatus
+    ]
+    row = session.execute(select(*per_status)).one()
+    return dict(zip(JobStatus, row, strict=True))
 
 
 def _plain(value: Any) -> Any:

@@ -41,6 +41,8 @@ def _value(text: str) -> Any:
 
 
 def _render(value: Any) -> str:
+    if type(value) is int:  # what json.dumps writes, without the encoder (seeds, sizes)
+        return str(value)
     text = value if isinstance(value, str) and _value(value) == value else json.dumps(value)
     return quote(text, safe="/:.,-_[]\"'{} ")
 

@@ -123,22 +123,22 @@ class JobSpec:
         if problems:
             raise BadConfigError("stream: true: " + "; ".join(problems))
 
-    def to_payload(self) -> dict[str, Any]:
-        """The JSON the catalog stores and the worker reads (see the module docstring)."""
-        payload = {
-            "version": self.VERSION,
-            "model": self.model.canonical(),
-            "quant": self.config.to_dict(),
-            "format": self.format,
-            "calibration": None if self.calibration is None else self.calibration.canonical(),
-            "samples": self.samples,
+    def _parts(self) -> dict[str, Any]:
+        """The payload's fields in order; a source or config stands for its canonical JSON."""
+        parts: dict[str, Any] = {
+            "version": self.VERSION, "model": self.model, "quant": self.config,
+            "format": self.format, "calibration": self.calibration, "samples": self.samples,
             "stream": self.stream,
         }
         if self.weights_digest is not None:  # absent otherwise: earlier keys stay the same
-            payload["weights_digest"] = self.weights_digest
+            parts["weights_digest"] = self.weights_digest
         if self.evaluation is not None:  # likewise
-            payload["evaluation"] = self.evaluation.canonical()
-        return payload
+            parts["evaluation"] = self.evaluation
+        return parts
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON the catalog stores and the worker reads (see the module docstring)."""
+        return {name: _plain(value) for name, value in self._parts().items()}
 
     @classmethod
     def from_payload(cls, data: Mapping[str, Any],
@@ -179,18 +179,95 @@ class JobSpec:
             evaluation=evaluation,
         )
 
-    @cached_property
+    @property
     def idempotency_key(self) -> str:
         """sha256 of everything that determines the artifact: canonical model source,
         quantization config, format, calibration source and samples (and ``stream`` when
         set). Where the job runs (its queue) is not part of it.
+
+        Built from each part's cached JSON text (a matrix repeats its model source, config
+        and calibration source across thousands of jobs): byte for byte the text
+        :func:`_idempotency_key` serialises from :meth:`to_payload` (tested).
         """
-        return _idempotency_key(self.to_payload())
+        return self._json[0]
+
+    @property
+    def payload_json(self) -> str:
+        """``json.dumps(self.to_payload())``: what the catalog's ``jobs.spec`` column stores."""
+        return self._json[1]
+
+    @property
+    def model_json(self) -> str:
+        """``json.dumps(self.model.canonical())``: the ``jobs.model_source_json`` column."""
+        return self._json[2]
+
+    @cached_property
+    def _json(self) -> tuple[str, str, str]:
+        """(idempotency key, payload JSON, model source JSON), computed together once.
+
+        The two texts spell out :meth:`to_payload`'s layout: the key's fields in sorted order
+        (``calibration, evaluation, format, model, quant, samples, stream, weights_digest``)
+        without ``version`` (and ``stream`` when false), compact; the payload's in its own
+        order, as ``json.dumps`` writes them. A generic join over :meth:`_parts` costs twice
+        as much per job; the equality with the reference is tested over random specs.
+        """
+        model, quant = _part_texts(self.model), _part_texts(self.config)
+        cal = _NULL if self.calibration is None else _part_texts(self.calibration)
+        fmt, samples = _part_texts(self.format)[0], _part_texts(self.samples)[0]
+        stream = "true" if self.stream else "false"
+        ev = None if self.evaluation is None else _part_texts(self.evaluation)
+        digest = None if self.weights_digest is None else _part_texts(self.weights_digest)[0]
+        key = [f'{{"calibration":{cal[0]}']
+        key += [] if ev is None else [f'"evaluation":{ev[0]}']
+        key += [f'"format":{fmt}', f'"model":{model[0]}', f'"quant":{quant[0]}',
+                f'"samples":{samples}']
+        key += ['"stream":true'] if self.stream else []
+        key += [] if digest is None else [f'"weights_digest":{digest}']
+        payload = [f'{{"version": {self.VERSION}', f'"model": {model[1]}',
+                   f'"quant": {quant[1]}', f'"format": {fmt}', f'"calibration": {cal[1]}',
+                   f'"samples": {samples}', f'"stream": {stream}']
+        payload += [] if digest is None else [f'"weights_digest": {digest}']
+        payload += [] if ev is None else [f'"evaluation": {ev[1]}']
+        return (hashlib.sha256((",".join(key) + "}").encode()).hexdigest(),
+                ", ".join(payload) + "}", model[1])
+
+
+_NULL = ("null", "null")
+
+
+def _plain(part: Any) -> Any:
+    """A payload field's JSON value: a config's dict, a source's canonical dict, or itself."""
+    if isinstance(part, QuantConfig):
+        return part.to_dict()
+    if isinstance(part, (ModelSource, CalibrationSource, EvaluationSource)):
+        return part.canonical()
+    return part
+
+
+#: (part, compact sorted JSON, json.dumps' default JSON) by id(part); holding the part keeps
+#: its id from being reused while cached. Cleared when full: a submit's distinct parts are few.
+_TEXTS: dict[int, tuple[Any, str, str]] = {}
+_TEXTS_LIMIT = 4096
+
+
+def _part_texts(part: Any) -> tuple[str, str]:
+    """The JSON of a payload field twice: compact with sorted keys (the idempotency key's
+    form) and as ``json.dumps`` writes it by default (the catalog's); once per object."""
+    hit = _TEXTS.get(id(part))
+    if hit is not None and hit[0] is part:
+        return hit[1], hit[2]
+    value = _plain(part)
+    texts = json.dumps(value, sort_keys=True, separators=(",", ":")), json.dumps(value)
+    if len(_TEXTS) >= _TEXTS_LIMIT:
+        _TEXTS.clear()
+    _TEXTS[id(part)] = (part, *texts)
+    return texts
 
 
 def _idempotency_key(payload: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a payload without its version (and without ``stream``
     when it is false: keys of in-memory jobs are those of payloads from before ``stream``).
+    The reference the cached :attr:`JobSpec.idempotency_key` is tested against.
     A plain function: mutation testing (tools/mutate.py) skips decorated ones."""
     payload = dict(payload)
     del payload["version"]
