@@ -24,7 +24,7 @@ Example (the streaming writer the sequential pipeline uses, one block at a time)
     >>> with sharded_folder(out, max_shard_size=64) as w:
     ...     for i in range(3):                      # e.g. one decoder block after another
     ...         w.add(f"layers.{i}.weight", torch.zeros(4, 4))  # 64 bytes: one shard each
-    ...     w.set_metadata({"mono_quant.info": "{}"})   # known only at the end
+    ...     w.set_metadata({"note": "done"})   # e.g. the info JSON, known only at the end
     >>> sorted(p.name for p in out.iterdir())[:2]
     ['model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors']
     >>> sorted(read_sharded(out)[0])

@@ -14,7 +14,8 @@ Payload (JSON, version 1)::
      "format": "safetensors",   # one of FORMATS
      "calibration": {...},      # canonical calibration source, or null
      "samples": 64,             # calibration samples to use, or null (all)
-     "stream": false}           # tensor-by-tensor weight-only quantization (hf: only)
+     "stream": false,           # tensor-by-tensor weight-only quantization (hf: only)
+     "max_shard_size": 5000000000}  # optional: shard the weights (bytes; absent: one file)
 
 Example:
     >>> from mono_quant.pipeline.spec import JobSpec
@@ -53,7 +54,7 @@ from mono_quant.quant.qconfig import QuantConfig
 __all__ = ["JobSpec", "needs_calibration"]
 
 _FIELDS = ("version", "model", "quant", "format", "calibration", "samples", "stream",
-           "weights_digest", "evaluation")
+           "weights_digest", "evaluation", "max_shard_size")
 
 
 def needs_calibration(config: QuantConfig) -> str | None:
@@ -91,6 +92,10 @@ class JobSpec:
     #: A text whose perplexity is measured with the float and the quantized model
     #: (``text:FILE?context=N``; causal LMs from ``hf:`` folders), or None.
     evaluation: EvaluationSource | None = None
+    #: Shard the weights into files of at most this many bytes with the standard
+    #: ``model.safetensors.index.json`` (:mod:`mono_quant.io.sharded`; ``"5GB"`` is parsed);
+    #: None: one file. Safetensors and compressed-tensors only.
+    max_shard_size: int | None = None
 
     VERSION: ClassVar[int] = 1
 
@@ -111,6 +116,17 @@ class JobSpec:
             raise BadConfigError(f"stream={self.stream!r}: expected true or false")
         if self.stream:
             self._check_stream()
+        if self.max_shard_size is not None:
+            self._check_shards()
+
+    def _check_shards(self) -> None:
+        from mono_quant.io.sharded import parse_size
+
+        object.__setattr__(self, "max_shard_size", parse_size(self.max_shard_size))
+        if self.format == "pt" or self.stream:
+            raise BadConfigError("max_shard_size: shards are written for the safetensors and "
+                                 "compressed-tensors formats by the in-memory pipeline (not "
+                                 f"format {self.format!r}{', stream: true' * self.stream})")
 
     def _check_stream(self) -> None:
         problems = []
@@ -138,6 +154,8 @@ class JobSpec:
             payload["weights_digest"] = self.weights_digest
         if self.evaluation is not None:  # likewise
             payload["evaluation"] = self.evaluation.canonical()
+        if self.max_shard_size is not None:  # likewise
+            payload["max_shard_size"] = self.max_shard_size
         return payload
 
     @classmethod
@@ -177,6 +195,7 @@ class JobSpec:
             stream=data.get("stream", False),
             weights_digest=data.get("weights_digest"),
             evaluation=evaluation,
+            max_shard_size=data.get("max_shard_size"),
         )
 
     @cached_property
