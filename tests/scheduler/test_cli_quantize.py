@@ -171,3 +171,20 @@ def test_storage_failure_exits_1(tmp_path):
     assert res.returncode == 1, (res.stdout, res.stderr)
     assert "mono-quant quantize: failed:" in res.stderr and "cannot create the folder" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_quantize_max_shard_size_writes_a_sharded_folder_inspect_reads(tmp_path):
+    out = tmp_path / "mlp.safetensors"
+    res = cli("quantize", MLP, "-o", out, "--max-shard-size", "4KB", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert out.is_dir()
+    names = sorted(p.name for p in out.iterdir())
+    assert names[-1] == "model.safetensors.index.json" and len(names) >= 3, names
+    assert all(n.startswith("model-0000") for n in names[:-1])
+    assert _report(res.stdout)["reload"].startswith("ok (load_quantized): loaded strictly")
+    assert read_info(out).selected_layers == ["0", "2", "4"]
+    res = cli("inspect", out)
+    assert res.returncode == 0, res.stderr
+    assert f"artifact {out} (safetensors," in res.stdout
+    res = cli("quantize", MLP, "-o", tmp_path / "m.pt", "--max-shard-size", "4KB")
+    assert res.returncode != 0 and "max_shard_size" in res.stderr
