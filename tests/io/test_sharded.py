@@ -191,10 +191,10 @@ def test_streaming_writer_holds_no_tensor_between_adds(tmp_path):
 
 
 def test_writer_refuses_a_repeated_name(tmp_path):
-    with pytest.raises(BadInputError, match="'x' was added twice"):
-        with sharded_folder(tmp_path / "m.safetensors", 1000) as writer:
-            writer.add("x", torch.zeros(2))
-            writer.add("x", torch.zeros(2))
+    with pytest.raises(BadInputError, match="'x' was added twice"), \
+            sharded_folder(tmp_path / "m.safetensors", 1000) as writer:
+        writer.add("x", torch.zeros(2))
+        writer.add("x", torch.zeros(2))
     assert os.listdir(tmp_path) == []
 
 
