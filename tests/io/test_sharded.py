@@ -135,17 +135,19 @@ def test_sharded_compressed_tensors_loads_in_transformers_like_unsharded(tmp_pat
     assert read_info(many) == info
 
 
-def _fail_on_second_shard(monkeypatch):
-    real = sharded_mod.ShardedWriter._close_shard
+def _fail_on_second_shard(monkeypatch, method: str = "_write_shard"):
+    """Make the second shard's write fail like a full disk (``_write_shard``: save_model's
+    one-pass path; ``_close_shard``: the streaming path)."""
+    real = getattr(sharded_mod.ShardedWriter, method)
     calls = []
 
-    def close(self):
+    def close(self, *args):
         calls.append(1)
         if len(calls) == 2:
             raise OSError(28, "No space left on device (injected)")
-        real(self)
+        real(self, *args)
 
-    monkeypatch.setattr(sharded_mod.ShardedWriter, "_close_shard", close)
+    monkeypatch.setattr(sharded_mod.ShardedWriter, method, close)
     return calls
 
 
@@ -169,6 +171,28 @@ def test_failure_mid_write_of_a_new_artifact_leaves_nothing(tmp_path, monkeypatc
     with pytest.raises(OSError, match="injected"):
         save_model(qmodel, tmp_path / "m.safetensors", info, max_shard_size="10KB")
     assert os.listdir(tmp_path) == []
+
+
+def test_failure_mid_stream_leaves_nothing(tmp_path, monkeypatch):
+    calls = _fail_on_second_shard(monkeypatch, "_close_shard")
+    with pytest.raises(OSError, match="injected"), \
+            sharded_folder(tmp_path / "m.safetensors", max_shard_size=400) as writer:
+        for i in range(6):
+            writer.add(f"t{i}", torch.zeros(100))
+    assert len(calls) == 2 and os.listdir(tmp_path) == []
+
+
+def test_one_pass_and_streaming_writes_are_byte_identical(tmp_path):
+    torch.manual_seed(0)
+    tensors = {f"b.{i}.w": torch.randn(8, 3 + i) for i in range(7)}
+    tensors["head"] = torch.randn(40, 8).to(torch.bfloat16)
+    with sharded_folder(tmp_path / "a.safetensors", max_shard_size=300) as writer:
+        writer.add_all(tensors)
+    with sharded_folder(tmp_path / "b.safetensors", max_shard_size=300) as writer:
+        for name, t in tensors.items():
+            writer.add(name, t)
+    assert sha256_path(tmp_path / "a.safetensors") == sha256_path(tmp_path / "b.safetensors")
+    assert len(os.listdir(tmp_path / "a.safetensors")) > 3
 
 
 def test_streaming_writer_holds_no_tensor_between_adds(tmp_path):

@@ -136,8 +136,7 @@ def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _write_shards(tensors: Mapping[str, torch.Tensor], folder: Path,
                   info: QuantizationInfo | None, max_shard_size: int) -> None:
     with shard_writer(folder, max_shard_size) as writer:
-        for name, t in tensors.items():
-            writer.add(name, t)
+        writer.add_all(tensors)
         writer.set_metadata({INFO_KEY: info.to_json()} if info is not None else {})
 
 

@@ -112,8 +112,9 @@ class ShardedWriter:
     the shards ``model-0000i-of-0000N`` once N is known and writes the index. Use it through
     :func:`sharded_folder`, which makes the whole folder appear atomically.
 
-    Methods: :meth:`add` (name, tensor), :meth:`set_metadata` (the index's extra metadata,
-    str → str, e.g. the QuantizationInfo JSON known only at the end), :meth:`finish`.
+    Methods: :meth:`add` (name, tensor), :meth:`add_all` (tensors already in memory, written
+    in one pass), :meth:`set_metadata` (the index's extra metadata, str → str, e.g. the
+    QuantizationInfo JSON known only at the end), :meth:`finish`.
     """
 
     def __init__(self, folder: Path, max_shard_size: int) -> None:
@@ -127,8 +128,7 @@ class ShardedWriter:
         self._total = 0
         self._metadata: dict[str, str] = {}
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        """Append one tensor (any device; copied to the CPU alone) to the current shard."""
+    def _check(self, name: str, tensor: torch.Tensor) -> TensorSpec:
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise BadInputError(f"sharded writer: {name!r} is not a str -> torch.Tensor pair")
         if name in self._map:
@@ -137,7 +137,46 @@ class ShardedWriter:
             raise BadInputError(f"sharded writer: tensor {name!r} is on the meta device")
         spec = TensorSpec.of(tensor)
         _ = spec.st_dtype  # a dtype safetensors cannot hold fails here, naming it
-        if self._scratch is not None and self._used + spec.nbytes > self.max_shard_size:
+        return spec
+
+    def _full(self, used: int, nbytes: int) -> bool:
+        """Whether a non-empty shard holding ``used`` bytes has no room for ``nbytes``."""
+        return used > 0 and used + nbytes > self.max_shard_size
+
+    def add_all(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Add tensors that are all in memory already (``save_model``): the same shards as
+        :meth:`add` one by one, but each written in one pass, with no scratch copy."""
+        if self._scratch is not None:
+            self._close_shard()
+        group: dict[str, torch.Tensor] = {}
+        used = 0
+        for name, t in tensors.items():
+            nbytes = self._check(name, t).nbytes
+            if self._full(used, nbytes):
+                self._write_shard(group)
+                group, used = {}, 0
+            group[name] = t
+            used += nbytes
+        if group:
+            self._write_shard(group)
+
+    def _write_shard(self, group: Mapping[str, torch.Tensor]) -> None:
+        part = self.folder / f".part-{len(self._parts):05d}.safetensors"
+        specs = {k: TensorSpec.of(t) for k, t in group.items()}
+        with atomic_file(part) as f:
+            writer = SafetensorsWriter(f, specs, SHARD_METADATA, order=list(specs))
+            for name, t in group.items():
+                writer.write(name, t)
+            writer.finish()
+        for name, spec in specs.items():
+            self._map[name] = len(self._parts)
+            self._total += spec.nbytes
+        self._parts.append(part)
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Append one tensor (any device; copied to the CPU alone) to the current shard."""
+        spec = self._check(name, tensor)
+        if self._scratch is not None and self._full(self._used, spec.nbytes):
             self._close_shard()
         if self._scratch is None:
             fd, tmp = tempfile.mkstemp(prefix=".shard.", suffix=".data", dir=self.folder)
