@@ -9,6 +9,7 @@ all admission asks of CUDA. The requeue through a real Celery worker is in
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -116,8 +117,9 @@ def test_a_reused_pid_does_not_keep_a_reservation(tmp_path):
     ledger = Ledger(tmp_path, "cpu")
     gpu = adm.DeviceMemory("cpu", "host", total=100, free=100)
     ledger.admit(adm.Estimate("in_memory", {"m": 60}), gpu, job_id=1)
-    data = ledger.path.read_text().replace(f'"start": "{process_start(__import__("os").getpid())}"',
+    data = ledger.path.read_text().replace(f'"start": "{process_start(os.getpid())}"',
                                            '"start": "1"')
+    assert data != ledger.path.read_text()
     ledger.path.write_text(data)  # same pid, another start time: another process
     assert ledger.reserved() == {}
 
