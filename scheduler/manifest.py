@@ -21,6 +21,9 @@ jobs:
   - name: llama
     model: hf:./tiny-llama
     stream: true                 # weight-only, tensor by tensor, bounded memory
+  - name: big
+    model: hf:./big-llama
+    max_shard_size: 5GB          # shards + model.safetensors.index.json (or bytes)
 ```
 
 The quantization keys are :class:`~mono_quant.quant.qconfig.QuantConfig`'s fields, derived
@@ -106,6 +109,7 @@ class _Common(BaseModel):
     evaluation: str | dict[str, Any] | None = None
     samples: int | None = None
     stream: bool | None = None
+    max_shard_size: int | str | None = None
     max_attempts: int | None = None
 
     @field_validator("format")
@@ -333,7 +337,8 @@ class _Expander:
             return JobSpec(model=model, config=config, calibration=calibration,
                            format=renamed.get("format", "safetensors"),
                            samples=renamed.get("samples"), stream=renamed.get("stream", False),
-                           weights_digest=digest, evaluation=evaluation), renamed
+                           weights_digest=digest, evaluation=evaluation,
+                           max_shard_size=renamed.get("max_shard_size")), renamed
         except BadConfigError as e:
             self.errors.append(f"{self.source}: {where}: {e}")
             return None

@@ -5,6 +5,10 @@ the message. It keeps only what is the service's, and leaves the job itself to
 :func:`~mono_quant.pipeline.run.run_pipeline` (the same function ``mono-quant quantize``
 calls):
 
+0. **admit** it (:mod:`.admission`): its memory is estimated from the checkpoint headers and
+   reserved on this worker's device; a job that fits but not now is left queued and offered
+   again later (``OutcomeStatus.WAITING``, no attempt counted), one that fits no device is
+   claimed and failed as ``bad_config`` with the numbers;
 1. **claim** the job in the catalog (an atomic conditional UPDATE: two deliveries cannot both
    run it; a job that keeps killing its worker is failed as poison here), and rebuild its
    typed :class:`~mono_quant.pipeline.spec.JobSpec` from the stored payload (a payload this
@@ -77,6 +81,9 @@ class OutcomeStatus(str, Enum):
     STOPPED = "stopped"
     #: the catalog did not answer: nothing recorded, try again later
     UNREACHABLE = "unreachable"
+    #: not claimed: its memory is not available on this device now (admission); re-send it
+    #: after ``retry_in`` (no attempt counted)
+    WAITING = "waiting"
 
 
 @dataclass(frozen=True)
@@ -224,8 +231,12 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
     s = settings or get_settings()
     catalog = _catalog(s.catalog_url)
     device = pick_device()
+    gate = _admit(catalog, job_id, s, device, worker)
+    if isinstance(gate, Outcome):
+        return gate
     claimed = _claim(catalog, job_id, worker, device, s, task_id)
     if isinstance(claimed, Outcome):
+        gate.release()
         return claimed
     context, started = claimed.context, time.monotonic()
     _event(logging.INFO, "started", context)
@@ -236,6 +247,7 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
     try:
         from mono_quant.pipeline import JobSpec, run_pipeline
 
+        gate.check()  # a job that fits no device fails here, as bad_config
         # bad_config when this version cannot read it, or it names a factory the operator did
         # not allow (checked before anything is imported, and again when loading)
         factories = FactoryAllowList(s.allowed_factories)
@@ -266,6 +278,74 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         with contextlib.suppress(Exception):
             beat.join(timeout=5)
         pins.close()
+        gate.release()
+
+
+@dataclass
+class _Gate:
+    """Admission's answer for a job this worker may claim: a reservation to release, or a
+    refusal to record once the job is claimed."""
+
+    job_id: int
+    ledger: Any = None
+    never: str | None = None
+
+    def check(self) -> None:
+        if self.never is not None:
+            raise BadConfigError(f"admission: {self.never}")
+
+    def release(self) -> None:
+        if self.ledger is not None:
+            with contextlib.suppress(OSError):
+                self.ledger.release(self.job_id)
+            self.ledger = None
+
+
+def _admit(catalog: Catalog, job_id: int, s: Settings, device: str,
+           worker: str) -> _Gate | Outcome:
+    """Admission before the claim (module docstring, step 0). Anything admission cannot
+    judge (a factory model, an unreadable spec or checkpoint, a job not queued) passes: the
+    claim and the pipeline report those."""
+    from mono_quant.worker.admission import Verdict, device_memory, estimate_memory
+    from mono_quant.worker.pinning import pinned_gpu
+    from mono_quant.worker.reservations import Ledger
+
+    if not s.admission:
+        return _Gate(job_id)
+    try:
+        spec = _peek_spec(catalog, job_id, s)
+        memory = device_memory(device, pinned_gpu()) if spec is not None else None
+        estimate = estimate_memory(spec, memory.total) if memory is not None else None
+    except (MonoQuantError, OSError) as e:
+        _event(logging.INFO, "admission_skipped", {"job": job_id, "node": worker},
+               error=str(e))
+        return _Gate(job_id)
+    if estimate is None:
+        return _Gate(job_id)
+    ledger = Ledger(s.data_dir / "admission", memory.key)
+    decision = ledger.admit(estimate, memory, job_id)
+    _event(logging.INFO, "admission", {"job": job_id, "node": worker, "device": device},
+           verdict=decision.verdict.value, needed=decision.needed,
+           available=decision.available, reason=decision.reason)
+    if decision.verdict is Verdict.WAIT:
+        return Outcome(OutcomeStatus.WAITING, retry_in=s.admission_retry, error=decision.reason)
+    if decision.verdict is Verdict.NEVER:
+        return _Gate(job_id, never=decision.reason)
+    return _Gate(job_id, ledger=ledger)
+
+
+def _peek_spec(catalog: Catalog, job_id: int, s: Settings) -> Any | None:
+    """The typed spec of a queued job, read without claiming it (None: not queued)."""
+    from mono_quant.catalog import Job
+    from mono_quant.pipeline import JobSpec
+
+    with catalog.begin() as session:
+        job = session.get(Job, job_id)
+        payload = dict(job.spec) if job is not None and job.status in (
+            JobStatus.QUEUED, JobStatus.PENDING) else None
+    if payload is None:
+        return None
+    return JobSpec.from_payload(payload, FactoryAllowList(s.allowed_factories))
 
 
 def _record_success(catalog: Catalog, job_id: int, worker: str, s: Settings, storage_key: str,

@@ -17,7 +17,7 @@ import sys
 
 from mono_quant.errors import BadConfigError, BadInputError
 
-__all__ = ["detect_gpu_model", "node_name", "pick_device", "pin_gpu", "queues_for"]
+__all__ = ["detect_gpu_model", "node_name", "pick_device", "pin_gpu", "pinned_gpu", "queues_for"]
 
 _DEVICE_CLASS = re.compile(r"^(cpu|gpu)(\.[a-z0-9][a-z0-9_-]*)?$")
 
@@ -40,6 +40,11 @@ def pin_gpu(index: int) -> None:
         raise RuntimeError("CUDA was initialised before the GPU could be pinned")
     os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
     os.environ["MONO_QUANT_GPU_INDEX"] = str(index)
+
+
+def pinned_gpu() -> str | None:
+    """The physical GPU this process was pinned to (``pin_gpu``), else CUDA's own variable."""
+    return os.environ.get("MONO_QUANT_GPU_INDEX") or os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def detect_gpu_model(index: int) -> str | None:

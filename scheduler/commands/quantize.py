@@ -55,6 +55,10 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", action="store_true",
                    help="hf: sources only: quantize the safetensors weights tensor by tensor "
                         "without building the model (weight-only, .safetensors output)")
+    p.add_argument("--max-shard-size", metavar="SIZE",
+                   help="shard the weights into files of at most SIZE (e.g. 5GB, 500MiB, or "
+                        "bytes) with model.safetensors.index.json; a .safetensors output "
+                        "becomes a folder of that name")
     p.add_argument("--strict", action="store_true",
                    help="refuse a compressed-tensors artifact vLLM's int8 kernels cannot serve "
                         "(default: a warning)")
@@ -222,6 +226,7 @@ def _spec(args: argparse.Namespace):
         if args.calibration else None,
         samples=args.samples,
         stream=args.stream,
+        max_shard_size=args.max_shard_size,
         evaluation=parse_evaluation_source(args.evaluation) if args.evaluation else None,
     )
 

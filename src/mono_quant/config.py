@@ -60,6 +60,9 @@ DEFAULT_SOFT_SHUTDOWN_TIMEOUT = 0.0
 DEFAULT_ALLOWED_FACTORIES = ("mono_quant.*",)
 #: Jobs one manifest may expand to (jobs × matrix combinations), refused before any is built.
 DEFAULT_MAX_JOBS_PER_BATCH = 10_000
+#: Seconds a job that fits its device but not now (memory held by other jobs) waits before it
+#: is offered to a worker again; it is not counted as an attempt.
+DEFAULT_ADMISSION_RETRY = 30.0
 
 
 T = TypeVar("T")
@@ -137,6 +140,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(("MAX_JOBS_PER_BATCH",), f"`{DEFAULT_MAX_JOBS_PER_BATCH}`",
              "jobs one manifest may expand to (jobs × matrix combinations); a bigger manifest "
              "is refused before any job is built"),
+    Variable(("ADMISSION",), "`on`",
+             "`on`: before claiming a job a worker estimates its memory from the checkpoint "
+             "headers and reserves it on its GPU (or host); `off`: no admission check "
+             "(docs/operations.md: Admission)"),
+    Variable(("ADMISSION_RETRY",), f"`{DEFAULT_ADMISSION_RETRY:g}`",
+             "seconds a job that fits its device but not now waits before it is offered "
+             "again (not counted as an attempt)"),
     Variable(("SERVE_TOKEN",), "unset",
              "the token `mono-quant serve` requires (`--token` wins); unset: no token"),
 )
@@ -284,6 +294,10 @@ class Settings:
     config_file: Path | None = None
     #: MONO_QUANT_SERVE_TOKEN — the token ``mono-quant serve`` requires (default: none).
     serve_token: str | None = None
+    #: MONO_QUANT_ADMISSION — estimate and reserve a job's memory before claiming it.
+    admission: bool = True
+    #: MONO_QUANT_ADMISSION_RETRY — seconds before a job that does not fit now is offered again.
+    admission_retry: float = DEFAULT_ADMISSION_RETRY
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -317,6 +331,8 @@ class Settings:
             data_dir_source=home.source,
             config_file=home.config_file,
             serve_token=env.text("SERVE_TOKEN") or None,
+            admission=_on_off(env, "ADMISSION"),
+            admission_retry=env.seconds("ADMISSION_RETRY", DEFAULT_ADMISSION_RETRY),
             **timing,
         )
 
@@ -355,6 +371,13 @@ def _timing(env: _Env) -> dict[str, float]:
     return {"soft_time_limit": soft, "time_limit": hard, "visibility_timeout": visibility,
             "heartbeat_interval": heartbeat, "stale_after": stale,
             "soft_shutdown_timeout": soft_shutdown, "reconcile_interval": sweep}
+
+
+def _on_off(env: _Env, name: str) -> bool:
+    raw = (env.text(name) or "on").strip().lower()
+    if raw not in ("on", "off"):
+        raise BadConfigError(f"{_PREFIX}{name}={raw!r}: expected 'on' or 'off'")
+    return raw == "on"
 
 
 @lru_cache(maxsize=1)

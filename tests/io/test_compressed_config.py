@@ -73,7 +73,7 @@ def test_a_folder_missing_either_file_is_refused(tmp_path, missing):
         load_model(path)
     assert str(err.value) == (
         f"{path}: not a compressed-tensors artifact (expected config.json and "
-        "model.safetensors in the folder)")
+        "model.safetensors or model.safetensors.index.json with its shards in the folder)")
 
 
 def test_a_folder_without_our_metadata_is_refused(tmp_path):

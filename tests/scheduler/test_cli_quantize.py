@@ -195,3 +195,20 @@ def test_run_strict_refuses_an_unserveable_manifest_job_before_writing_any(tmp_p
     assert f"{manifest}: job tensor-w8a16: not serveable by vLLM: " in res.stderr
     with sqlite3.connect(tmp_path / "c.db") as db:
         assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+
+
+def test_quantize_max_shard_size_writes_a_sharded_folder_inspect_reads(tmp_path):
+    out = tmp_path / "mlp.safetensors"
+    res = cli("quantize", MLP, "-o", out, "--max-shard-size", "4KB", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert out.is_dir()
+    names = sorted(p.name for p in out.iterdir())
+    assert names[-1] == "model.safetensors.index.json" and len(names) >= 3, names
+    assert all(n.startswith("model-0000") for n in names[:-1])
+    assert _report(res.stdout)["reload"].startswith("ok (load_quantized): loaded strictly")
+    assert read_info(out).selected_layers == ["0", "2", "4"]
+    res = cli("inspect", out)
+    assert res.returncode == 0, res.stderr
+    assert f"artifact {out} (safetensors," in res.stdout
+    res = cli("quantize", MLP, "-o", tmp_path / "m.pt", "--max-shard-size", "4KB")
+    assert res.returncode != 0 and "max_shard_size" in res.stderr

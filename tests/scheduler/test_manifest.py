@@ -171,3 +171,22 @@ def test_stream_reaches_the_job_spec(tmp_path):
     assert job.spec.stream is True and job.spec.to_payload()["stream"] is True
     _, (plain,) = _parse({"jobs": [{"name": "a", "model": f"hf:{tmp_path / 'm'}"}]})
     assert plain.idempotency_key != job.idempotency_key
+
+
+def test_max_shard_size_reaches_the_job_spec_parsed():
+    _, (job,) = _parse({"defaults": {"max_shard_size": "5GB"},
+                        "jobs": [{"name": "a", "model": MLP}]})
+    assert job.spec.max_shard_size == 5 * 10**9
+    assert job.spec.to_payload()["max_shard_size"] == 5 * 10**9
+    _, (plain,) = _parse({"jobs": [{"name": "a", "model": MLP}]})
+    assert "max_shard_size" not in plain.spec.to_payload()  # earlier keys stay the same
+    assert plain.idempotency_key != job.idempotency_key
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"max_shard_size": "5XB"}, r"jobs\[0\]: max_shard_size='5XB': expected a size such as"),
+    ({"max_shard_size": "1GB", "format": "pt"}, r"jobs\[0\]: max_shard_size: .*format 'pt'"),
+], ids=["bad-unit", "pt-format"])
+def test_bad_max_shard_size_names_the_job(extra, message):
+    with pytest.raises(BadInputError, match=message):
+        _parse({"jobs": [{"name": "a", "model": MLP, **extra}]})

@@ -178,6 +178,15 @@ class SafetensorsWriter:
     def spec(self, name: str) -> TensorSpec:
         return self._specs[name]
 
+    @property
+    def data_start(self) -> int:
+        """File offset of the first tensor byte (the data section follows ``order``)."""
+        return self._data_start
+
+    def mark_all_written(self) -> None:
+        """The caller wrote the whole data section itself, in ``order`` (a raw copy)."""
+        self._pending.clear()
+
     def set_metadata(self, metadata: Mapping[str, str] | None) -> None:
         """Rewrite the header with new metadata; it must fit in the reserved length."""
         header = self._header(metadata)

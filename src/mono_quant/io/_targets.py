@@ -55,6 +55,35 @@ def _has_info(path: Path, fmt: str) -> bool:
     return bool(metadata) and INFO_KEY in metadata
 
 
+def _check_folder(path: Path, fmt: str, mode: int) -> None:
+    """A compressed-tensors folder, or a sharded safetensors folder, that mono-quant wrote:
+    only its own file names, and its info in the model file or the shard index."""
+    from mono_quant.io.formats import INFO_KEY
+    from mono_quant.io.interop import CONFIG_FILE, MODEL_FILE
+    from mono_quant.io.sharded import INDEX_FILE, is_shard_file, read_index
+
+    if not stat.S_ISDIR(mode):
+        raise _refuse(path, fmt, f"it is {kind_of(mode)}")
+    names = sorted(os.listdir(path))
+    own = (MODEL_FILE, CONFIG_FILE) if fmt == "compressed-tensors" else ()
+    other = [n for n in names if n not in own and not is_shard_file(n)]
+    if other:
+        raise _refuse(path, fmt, f"it holds {', '.join(other[:5])}")
+    if not names:
+        return
+    index, model = path / INDEX_FILE, path / MODEL_FILE
+    if index.is_file() and not index.is_symlink():
+        try:
+            ours = INFO_KEY in read_index(path)[1]
+        except BadInputError:
+            ours = False
+    else:
+        ours = model.is_file() and not model.is_symlink() and _has_info(model, "safetensors")
+    if not ours:
+        weights = MODEL_FILE if fmt == "compressed-tensors" else INDEX_FILE
+        raise _refuse(path, fmt, f"its {weights} has no mono-quant metadata")
+
+
 def check_replaceable(path: str | os.PathLike[str], fmt: str) -> None:
     """BadInputError unless ``path`` is absent or a mono-quant ``fmt`` artifact (see above)."""
     path = Path(path)
@@ -65,19 +94,8 @@ def check_replaceable(path: str | os.PathLike[str], fmt: str) -> None:
     except OSError as e:
         raise StorageError(f"{path}: cannot look at the target: {e}") from e
     mode = st.st_mode
-    if fmt == "compressed-tensors":
-        from mono_quant.io.interop import CONFIG_FILE, MODEL_FILE
-
-        if not stat.S_ISDIR(mode):
-            raise _refuse(path, fmt, f"it is {kind_of(mode)}")
-        names = sorted(os.listdir(path))
-        other = [n for n in names if n not in (MODEL_FILE, CONFIG_FILE)]
-        if other:
-            raise _refuse(path, fmt, f"it holds {', '.join(other[:5])}")
-        model = path / MODEL_FILE
-        if names and not (model.is_file() and not model.is_symlink() and
-                          _has_info(model, "safetensors")):
-            raise _refuse(path, fmt, f"its {MODEL_FILE} has no mono-quant metadata")
+    if fmt == "compressed-tensors" or (fmt == "safetensors" and stat.S_ISDIR(mode)):
+        _check_folder(path, fmt, mode)
         return
     if not stat.S_ISREG(mode):
         raise _refuse(path, fmt, f"it is {kind_of(mode)}")

@@ -11,6 +11,11 @@ format                    path                 content
                                                layout vLLM reads (see :mod:`.interop`)
 ========================  ===================  ==============================================
 
+With ``max_shard_size`` the safetensors and compressed-tensors weights are sharded
+(:mod:`.sharded`): ``model-0000i-of-0000N.safetensors`` plus ``model.safetensors.index.json``
+(which then holds the info), in a folder — a ``*.safetensors`` artifact becomes a folder of
+that name.
+
 Metadata is string → string only (:func:`_build_metadata`): the info is one JSON string, plus
 ``"format": "pt"`` which transformers requires; ``.pt`` files carry the same metadata dict.
 Every write is atomic (a temp file or folder in the same directory, fsynced, renamed into
@@ -44,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mono_quant.errors import BadInputError
+from mono_quant.errors import BadConfigError, BadInputError
 from mono_quant.io import interop
 from mono_quant.io._atomic import atomic_dir, atomic_file
 from mono_quant.io._checks import check_quantized_tensors, load_state_dict_strict
@@ -52,7 +57,8 @@ from mono_quant.io._pt import read_pt, write_pt
 from mono_quant.io._safetensors_stream import SafetensorsWriter, TensorSpec, read_header
 from mono_quant.io._targets import check_replaceable
 from mono_quant.io.layout import FORMATS, detect_format
-from mono_quant.io.store import local_source
+from mono_quant.io.sharded import INDEX_FILE, is_sharded, read_index, read_sharded, shard_writer
+from mono_quant.io.store import is_url, local_source
 from mono_quant.quant.info import QuantizationInfo
 
 __all__ = [
@@ -128,6 +134,13 @@ def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _write_shards(tensors: Mapping[str, torch.Tensor], folder: Path,
+                  info: QuantizationInfo | None, max_shard_size: int) -> None:
+    with shard_writer(folder, max_shard_size) as writer:
+        writer.add_all(tensors)
+        writer.set_metadata({INFO_KEY: info.to_json()} if info is not None else {})
+
+
 def _write_safetensors(
     tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]
 ) -> None:
@@ -152,6 +165,7 @@ def _hf_config(obj: object) -> dict[str, Any] | None:
 def _write_compressed_tensors(
     tensors: Mapping[str, torch.Tensor], path: Path, info: QuantizationInfo | None,
     hf_config: dict[str, Any] | None, extra_files: Mapping[str, bytes] | None = None,
+    max_shard_size: int | None = None,
 ) -> None:
     if info is None:
         raise BadInputError(
@@ -163,11 +177,15 @@ def _write_compressed_tensors(
     config["quantization_config"] = interop.quantization_config(info, tensors, fmt)
     compressed = interop.to_compressed(tensors, info, fmt)
     with atomic_dir(path) as tmp:
-        _write_safetensors(compressed, tmp / interop.MODEL_FILE, _build_metadata(info))
+        if max_shard_size is None:
+            _write_safetensors(compressed, tmp / interop.MODEL_FILE, _build_metadata(info))
+        else:
+            _write_shards(compressed, tmp, info, max_shard_size)
         with atomic_file(tmp / interop.CONFIG_FILE) as f:
             f.write(json.dumps(config, indent=2, sort_keys=True).encode() + b"\n")
         for name, data in (extra_files or {}).items():  # tokenizer, model card (pipeline)
-            if Path(name).name != name or name in (interop.CONFIG_FILE, interop.MODEL_FILE):
+            if Path(name).name != name or name in (interop.CONFIG_FILE, interop.MODEL_FILE,
+                                                   INDEX_FILE):
                 raise BadInputError(f"{path}: extra file {name!r} must be a plain file name")
             with atomic_file(tmp / name) as f:
                 f.write(data)
@@ -179,13 +197,16 @@ def save_model(
     info: QuantizationInfo | None = None,
     format: str | None = None,
     extra_files: Mapping[str, bytes] | None = None,
+    max_shard_size: int | str | None = None,
 ) -> Path:
     """Write a model's state dict (and its info) atomically; return the final path.
 
     ``format`` is ``"safetensors"``, ``"pt"`` or ``"compressed-tensors"``; by default it comes
     from the extension. ``extra_files`` (``{name: bytes}``, compressed-tensors only) are
     written into the folder with the rest, atomically: tokenizer files, a model card.
-    Tensors on a GPU are copied to the CPU one at a time.
+    Tensors on a GPU are copied to the CPU one at a time. ``max_shard_size`` (bytes, or
+    ``"5GB"``; safetensors and compressed-tensors) shards the weights (:mod:`.sharded`): a
+    safetensors artifact is then a folder named ``path``.
 
     Raises:
         BadInputError: unknown format or extension, entries that are not tensors, tensors
@@ -202,8 +223,12 @@ def save_model(
         if not isinstance(info, QuantizationInfo):
             raise BadInputError(f"save_model: info must be a QuantizationInfo, got {info!r}")
         check_quantized_tensors(tensors, info, f"save_model({path})")
+    shard = _shard_size(max_shard_size, fmt, path)
     check_replaceable(path, fmt)  # never destroy what mono-quant did not write
-    if fmt == "safetensors":
+    if fmt == "safetensors" and shard is not None:
+        with atomic_dir(path) as tmp:
+            _write_shards(tensors, tmp, info, shard)
+    elif fmt == "safetensors":
         _write_safetensors(tensors, path, _build_metadata(info))
     elif fmt == "pt":
         write_pt(tensors, path, _build_metadata(info))
@@ -211,8 +236,19 @@ def save_model(
         if isinstance(model_or_state_dict, nn.Module) and info is not None:
             interop.check_layer_types(model_or_state_dict, info)
         _write_compressed_tensors(tensors, path, info, _hf_config(model_or_state_dict),
-                                  extra_files)
+                                  extra_files, shard)
     return path
+
+
+def _shard_size(value: int | str | None, fmt: str, path: Path) -> int | None:
+    if value is None:
+        return None
+    from mono_quant.io.sharded import parse_size
+
+    if fmt == "pt":
+        raise BadConfigError(f"{path}: max_shard_size shards safetensors weights; format 'pt' "
+                             "is one file (use safetensors or compressed-tensors)")
+    return parse_size(value)
 
 
 def _info_from_metadata(meta: Mapping[str, str] | None, path: Path) -> QuantizationInfo | None:
@@ -243,14 +279,31 @@ def _read_pt(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo | No
     return tensors, _info_from_metadata(metadata, path)
 
 
-def _read_compressed_tensors(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo]:
-    model_file = path / interop.MODEL_FILE
-    if not (path / interop.CONFIG_FILE).is_file() or not model_file.is_file():
+def _read_sharded(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo | None]:
+    tensors, metadata = read_sharded(path)
+    return tensors, _info_from_metadata(metadata, path / INDEX_FILE)  # type: ignore[arg-type]
+
+
+def _sharded_info(path: Path) -> QuantizationInfo | None:
+    return _info_from_metadata(read_index(path)[1], path / INDEX_FILE)  # type: ignore[arg-type]
+
+
+def _ct_weights(path: Path) -> Path:
+    """The folder's index (sharded) or model file; BadInputError when it is not a
+    compressed-tensors folder."""
+    weights = path / (INDEX_FILE if is_sharded(path) else interop.MODEL_FILE)
+    if not (path / interop.CONFIG_FILE).is_file() or not weights.is_file():
         raise BadInputError(
             f"{path}: not a compressed-tensors artifact (expected {interop.CONFIG_FILE} and "
-            f"{interop.MODEL_FILE} in the folder)"
+            f"{interop.MODEL_FILE} or {INDEX_FILE} with its shards in the folder)"
         )
-    tensors, info = _read_safetensors(model_file)
+    return weights
+
+
+def _read_compressed_tensors(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo]:
+    model_file = _ct_weights(path)
+    sharded = model_file.name == INDEX_FILE
+    tensors, info = _read_sharded(path) if sharded else _read_safetensors(model_file)
     if info is None:
         raise BadInputError(
             f"{model_file}: no mono-quant metadata ({INFO_KEY!r}); mono-quant loads the "
@@ -279,7 +332,9 @@ def _load(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], Quanti
 
 def _load_local(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo | None]:
     fmt = detect_format(path)
-    if fmt == "safetensors":
+    if fmt == "safetensors" and path.is_dir():
+        tensors, info = _read_sharded(path)
+    elif fmt == "safetensors":
         tensors, info = _read_safetensors(path)
     elif fmt == "pt":
         tensors, info = _read_pt(path)
@@ -311,14 +366,19 @@ def read_info(path: str | os.PathLike[str]) -> QuantizationInfo:
         BadInputError: the artifact has no mono-quant metadata, or it does not decode.
     """
     fmt = detect_format(path)
-    if fmt == "safetensors":  # the header only (on an object store: two ranged GETs)
+    if fmt == "safetensors" and not is_url(path) and Path(path).is_dir():
+        info = _sharded_info(Path(path))
+    elif fmt == "safetensors":  # the header only (on an object store: two ranged GETs)
         header = read_header(path)
         info = _info_from_metadata(header.metadata, header.path)
     else:
         with local_source(path) as local:
-            if fmt == "compressed-tensors":
+            if fmt == "compressed-tensors" and _ct_weights(local).name == INDEX_FILE:
+                info = _sharded_info(local)
+            elif fmt == "compressed-tensors":
                 return _read_compressed_tensors(local)[1]
-            info = _read_pt(local)[1]
+            else:
+                info = _read_pt(local)[1]
     if info is None:
         raise BadInputError(
             f"{path}: no mono-quant metadata: no {INFO_KEY!r} entry (the file was not "

@@ -153,7 +153,8 @@ def _in_memory(spec: JobSpec, path: Path, stage: OnStage, on_progress: OnProgres
                              evaluation)
     stage(Stage.WRITING.value)
     save_model(qmodel, path, info=info, format=spec.format,
-               extra_files=source_files(spec.model, qmodel, info, spec.format))
+               extra_files=source_files(spec.model, qmodel, info, spec.format),
+               max_shard_size=spec.max_shard_size)
     stage(Stage.RELOADING.value)
     # the float model is not needed any more: the artifact may be rebuilt into it
     served_check(path, spec.format, model, qmodel, info, batches[0] if batches else None)

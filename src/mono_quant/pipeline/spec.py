@@ -14,7 +14,8 @@ Payload (JSON, version 1)::
      "format": "safetensors",   # one of FORMATS
      "calibration": {...},      # canonical calibration source, or null
      "samples": 64,             # calibration samples to use, or null (all)
-     "stream": false}           # tensor-by-tensor weight-only quantization (hf: only)
+     "stream": false,           # tensor-by-tensor weight-only quantization (hf: only)
+     "max_shard_size": 5000000000}  # optional: shard the weights (bytes; absent: one file)
 
 Example:
     >>> from mono_quant.pipeline.spec import JobSpec
@@ -53,7 +54,7 @@ from mono_quant.quant.qconfig import QuantConfig
 __all__ = ["JobSpec", "needs_calibration"]
 
 _FIELDS = ("version", "model", "quant", "format", "calibration", "samples", "stream",
-           "weights_digest", "evaluation")
+           "weights_digest", "evaluation", "max_shard_size")
 
 
 def needs_calibration(config: QuantConfig) -> str | None:
@@ -91,6 +92,10 @@ class JobSpec:
     #: A text whose perplexity is measured with the float and the quantized model
     #: (``text:FILE?context=N``; causal LMs from ``hf:`` folders), or None.
     evaluation: EvaluationSource | None = None
+    #: Shard the weights into files of at most this many bytes with the standard
+    #: ``model.safetensors.index.json`` (:mod:`mono_quant.io.sharded`; ``"5GB"`` is parsed);
+    #: None: one file. Safetensors and compressed-tensors only.
+    max_shard_size: int | None = None
 
     VERSION: ClassVar[int] = 1
 
@@ -111,6 +116,17 @@ class JobSpec:
             raise BadConfigError(f"stream={self.stream!r}: expected true or false")
         if self.stream:
             self._check_stream()
+        if self.max_shard_size is not None:
+            self._check_shards()
+
+    def _check_shards(self) -> None:
+        from mono_quant.io.sharded import parse_size
+
+        object.__setattr__(self, "max_shard_size", parse_size(self.max_shard_size))
+        if self.format == "pt" or self.stream:
+            raise BadConfigError("max_shard_size: shards are written for the safetensors and "
+                                 "compressed-tensors formats by the in-memory pipeline (not "
+                                 f"format {self.format!r}{', stream: true' * self.stream})")
 
     def _check_stream(self) -> None:
         problems = []
@@ -134,6 +150,8 @@ class JobSpec:
             parts["weights_digest"] = self.weights_digest
         if self.evaluation is not None:  # likewise
             parts["evaluation"] = self.evaluation
+        if self.max_shard_size is not None:  # likewise
+            parts["max_shard_size"] = self.max_shard_size
         return parts
 
     def to_payload(self) -> dict[str, Any]:
@@ -177,6 +195,7 @@ class JobSpec:
             stream=data.get("stream", False),
             weights_digest=data.get("weights_digest"),
             evaluation=evaluation,
+            max_shard_size=data.get("max_shard_size"),
         )
 
     @property
@@ -206,7 +225,8 @@ class JobSpec:
         """(idempotency key, payload JSON, model source JSON), computed together once.
 
         The two texts spell out :meth:`to_payload`'s layout: the key's fields in sorted order
-        (``calibration, evaluation, format, model, quant, samples, stream, weights_digest``)
+        (``calibration, evaluation, format, max_shard_size, model, quant, samples, stream,
+        weights_digest``)
         without ``version`` (and ``stream`` when false), compact; the payload's in its own
         order, as ``json.dumps`` writes them. A generic join over :meth:`_parts` costs twice
         as much per job; the equality with the reference is tested over random specs.
@@ -219,8 +239,10 @@ class JobSpec:
         digest = None if self.weights_digest is None else _part_texts(self.weights_digest)[0]
         key = [f'{{"calibration":{cal[0]}']
         key += [] if ev is None else [f'"evaluation":{ev[0]}']
-        key += [f'"format":{fmt}', f'"model":{model[0]}', f'"quant":{quant[0]}',
-                f'"samples":{samples}']
+        shards = None if self.max_shard_size is None else str(int(self.max_shard_size))
+        key += [f'"format":{fmt}']
+        key += [] if shards is None else [f'"max_shard_size":{shards}']
+        key += [f'"model":{model[0]}', f'"quant":{quant[0]}', f'"samples":{samples}']
         key += ['"stream":true'] if self.stream else []
         key += [] if digest is None else [f'"weights_digest":{digest}']
         payload = [f'{{"version": {self.VERSION}', f'"model": {model[1]}',
@@ -228,6 +250,7 @@ class JobSpec:
                    f'"samples": {samples}', f'"stream": {stream}']
         payload += [] if digest is None else [f'"weights_digest": {digest}']
         payload += [] if ev is None else [f'"evaluation": {ev[1]}']
+        payload += [] if shards is None else [f'"max_shard_size": {shards}']
         return (hashlib.sha256((",".join(key) + "}").encode()).hexdigest(),
                 ", ".join(payload) + "}", model[1])
 

@@ -58,13 +58,13 @@ from mono_quant.io._safetensors_stream import (
 )
 from mono_quant.io._targets import check_outside_source, check_replaceable
 from mono_quant.io.formats import _build_metadata, detect_format
+from mono_quant.io.sharded import INDEX_FILE
 from mono_quant.quant import options
 from mono_quant.quant.info import QuantizationInfo, library_versions
 from mono_quant.quant.metrics import ErrorAccumulator
 
 __all__ = ["checkpoint_files", "quantize_checkpoint"]
 
-INDEX_FILE = "model.safetensors.index.json"
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 

@@ -1,0 +1,298 @@
+"""Admission: does a job fit this worker's device, now, before the worker claims it?
+
+A worker reads the job's spec (without claiming it), estimates the memory the job needs from
+the checkpoint's safetensors **headers** (no weight is read) and the pipeline strategy, and
+compares it with its device:
+
+* **GPU**: ``torch.cuda.mem_get_info()`` (free, total) of the pinned GPU;
+* **CPU**: the host's ``MemAvailable`` / ``MemTotal`` from ``/proc/meminfo`` (CPU jobs are
+  admitted against host memory too: a CPU worker that swaps or meets the OOM killer loses
+  the job's time just as surely; a host without ``/proc/meminfo`` admits every job).
+
+Then, under the device's reservation ledger (:mod:`.reservations`):
+
+================  ===================================================  ====================
+verdict           when                                                 what the worker does
+================  ===================================================  ====================
+``never``         needed > the device's total memory                   claims the job and
+                                                                       fails it as
+                                                                       ``bad_config`` with
+                                                                       the numbers
+``wait``          needed > min(free now, total - reserved by others)   leaves the job queued
+                                                                       and offers it again
+                                                                       after
+                                                                       ``ADMISSION_RETRY`` s
+                                                                       (no attempt counted)
+``admit``         otherwise                                            reserves ``needed``
+                                                                       until the job ends
+================  ===================================================  ====================
+
+Estimates per strategy (a registry: :func:`register_strategy`; the sequential pipeline's
+estimate is registered here, its strategy name is the JobSpec's ``pipeline`` value):
+
+* ``in_memory`` ≈ float model (as loaded: float32) + its int8 copy (one byte per weight
+  element of every 2-D+ float tensor) + activations (a tenth of the float model, at least
+  :data:`MIN_ACTIVATION_BYTES`);
+* ``sequential`` ≈ twice the largest block (float and quantized, the GPTQ/SmoothQuant
+  statistics) + the activation cache (``samples × sequence × hidden × 4 B`` for a block's
+  inputs and outputs, ``sequence`` = ``max_position_embeddings`` capped at
+  :data:`MAX_SEQUENCE`);
+* ``auto``: ``in_memory`` if that fits the device's total memory, else ``sequential``.
+
+Jobs whose model is a ``factory:`` callable have no checkpoint to read: they are admitted
+without an estimate (nothing reserved).
+
+Example:
+    >>> summary = CheckpointSummary(float_bytes=4 << 30, int8_bytes=1 << 30,
+    ...                             largest_block_bytes=200 << 20, hidden_size=4096,
+    ...                             max_positions=4096)
+    >>> est = estimate_from_summary(summary, "in_memory", samples=None)
+    >>> est.bytes == (4 << 30) + (1 << 30) + (4 << 30) // 10
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from mono_quant.errors import BadInputError
+
+__all__ = [
+    "CheckpointSummary",
+    "Decision",
+    "DeviceMemory",
+    "Estimate",
+    "Verdict",
+    "decide",
+    "device_memory",
+    "estimate_from_summary",
+    "estimate_memory",
+    "gib",
+    "register_strategy",
+    "summarize_checkpoint",
+]
+
+log = logging.getLogger("mono_quant.admission")
+
+#: Activations of an in-memory job are at least this (calibration batches, observers).
+MIN_ACTIVATION_BYTES = 256 << 20
+#: Sequence length assumed for the activation cache of a sequential job.
+MAX_SEQUENCE = 2048
+#: Calibration samples assumed when a spec does not say how many.
+DEFAULT_SAMPLES = 128
+#: A repeated block's prefix: ``model.layers.3.``, ``transformer.h.11.``, ``encoder.layer.0.``
+_BLOCK = re.compile(r"^(.*?\b(?:layers|layer|h|blocks|block)\.\d+)\.")
+_FLOAT = ("F64", "F32", "F16", "BF16")
+
+
+def gib(n: int) -> str:
+    """``12.50 GiB`` for a byte count (``300.0 MiB`` below a GiB)."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """What the estimate needs of a checkpoint, read from its headers and config.json."""
+
+    #: The float model as loaded (float32 for every floating tensor).
+    float_bytes: int
+    #: Its int8 copy: one byte per element of every 2-D+ floating tensor.
+    int8_bytes: int
+    #: The largest repeated block (or non-block group: embeddings, head) as loaded.
+    largest_block_bytes: int
+    hidden_size: int | None = None
+    max_positions: int | None = None
+
+
+def summarize_checkpoint(folder: str | Path) -> CheckpointSummary:
+    """Sizes from the safetensors headers of an ``hf:`` folder (no weight is read)."""
+    from mono_quant.io._safetensors_stream import read_header
+    from mono_quant.pipeline.streaming import checkpoint_files
+
+    folder = Path(folder)
+    float_bytes = int8_bytes = 0
+    groups: dict[str, int] = {}
+    for path in checkpoint_files(folder):
+        for name, e in read_header(path).tensors.items():
+            numel = e.nbytes // max(1, _itemsize(e.dtype))
+            loaded = numel * 4 if e.dtype in _FLOAT else e.nbytes
+            float_bytes += loaded
+            if e.dtype in _FLOAT and len(e.shape) >= 2:
+                int8_bytes += numel
+            m = _BLOCK.match(name)
+            key = m.group(1) if m else name
+            groups[key] = groups.get(key, 0) + loaded
+    config = _config(folder)
+    return CheckpointSummary(
+        float_bytes=float_bytes, int8_bytes=int8_bytes,
+        largest_block_bytes=max(groups.values(), default=0),
+        hidden_size=_positive(config.get("hidden_size") or config.get("d_model")),
+        max_positions=_positive(config.get("max_position_embeddings")),
+    )
+
+
+def _itemsize(st_dtype: str) -> int:
+    from mono_quant.io._safetensors_header import DTYPES
+
+    dtype = DTYPES.get(st_dtype)
+    return dtype.itemsize if dtype is not None else 1
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _positive(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes a job needs on its device, by part, for one strategy."""
+
+    strategy: str
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        parts = " + ".join(f"{k} {gib(v)}" for k, v in self.parts.items())
+        return f"{gib(self.bytes)} ({self.strategy}: {parts})"
+
+
+#: strategy name -> parts of its estimate (summary, calibration samples or None).
+_STRATEGIES: dict[str, Callable[[CheckpointSummary, int | None], dict[str, int]]] = {}
+
+
+def register_strategy(name: str):
+    """Register the estimate of a pipeline strategy (``fn(summary, samples) -> parts``)."""
+    def wrap(fn):
+        _STRATEGIES[name] = fn
+        return fn
+    return wrap
+
+
+@register_strategy("in_memory")
+def _in_memory(s: CheckpointSummary, samples: int | None) -> dict[str, int]:
+    return {"float model": s.float_bytes, "int8 copy": s.int8_bytes,
+            "activations": max(MIN_ACTIVATION_BYTES, s.float_bytes // 10)}
+
+
+@register_strategy("sequential")
+def _sequential(s: CheckpointSummary, samples: int | None) -> dict[str, int]:
+    seq = min(s.max_positions or MAX_SEQUENCE, MAX_SEQUENCE)
+    cache = (samples or DEFAULT_SAMPLES) * seq * (s.hidden_size or 0) * 4 * 2
+    return {"largest block x2": 2 * s.largest_block_bytes, "activation cache": cache}
+
+
+def estimate_from_summary(summary: CheckpointSummary, strategy: str, samples: int | None,
+                          total: int | None = None) -> Estimate:
+    """The estimate for ``strategy``; ``auto`` picks in_memory when it fits ``total``."""
+    if strategy == "auto":
+        fits = total is None or estimate_from_summary(summary, "in_memory", samples).bytes <= total
+        strategy = "in_memory" if fits else "sequential"
+    try:
+        parts = _STRATEGIES[strategy](summary, samples)
+    except KeyError:
+        raise BadInputError(f"admission: no estimate for pipeline strategy {strategy!r}; "
+                            f"known: {', '.join(sorted(_STRATEGIES))}") from None
+    return Estimate(strategy, parts)
+
+
+def estimate_memory(spec: Any, total: int | None = None) -> Estimate | None:
+    """The estimate for a JobSpec (None: a ``factory:`` model, or a streamed job, which
+    bounds its own memory). ``spec.pipeline`` names the strategy where the spec has one."""
+    if spec.model.scheme != "hf" or spec.stream:
+        return None
+    strategy = getattr(spec, "pipeline", "in_memory") or "in_memory"
+    return estimate_from_summary(summarize_checkpoint(spec.model.folder), strategy,
+                                 spec.samples, total)
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """A device's memory as admission sees it."""
+
+    #: The ledger's name for the device (``gpu0``, ``cpu``).
+    key: str
+    #: For people: ``NVIDIA H100 80GB HBM3 (cuda:0)``, ``host memory``.
+    name: str
+    total: int
+    free: int
+
+
+def _meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
+    out = {}
+    try:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                fields = rest.split()
+                if fields and fields[0].isdigit():
+                    out[key] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    except OSError:
+        return {}
+    return out
+
+
+def device_memory(device: str, gpu_index: str | None = None) -> DeviceMemory | None:
+    """The pinned GPU's ``mem_get_info`` for ``cuda:*``, else host memory (None: unknown)."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, total = torch.cuda.mem_get_info(device)
+        name = f"{torch.cuda.get_device_name(device)} ({device}, GPU {gpu_index or '?'})"
+        return DeviceMemory(f"gpu{gpu_index or 0}", name, int(total), int(free))
+    info = _meminfo()
+    if "MemTotal" not in info or "MemAvailable" not in info:
+        return None
+    return DeviceMemory("cpu", "host memory (MemAvailable)", info["MemTotal"],
+                        info["MemAvailable"])
+
+
+class Verdict(str, Enum):
+    ADMIT = "admit"
+    WAIT = "wait"
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An admission verdict with its numbers (``reason`` is the sentence the job shows)."""
+
+    verdict: Verdict
+    needed: int
+    available: int
+    reason: str
+
+
+def decide(estimate: Estimate, memory: DeviceMemory, reserved: int) -> Decision:
+    """The verdict for ``estimate`` on ``memory`` with ``reserved`` bytes held by other jobs
+    of this device (their reservations: memory they may not have allocated yet)."""
+    needed = estimate.bytes
+    available = max(0, min(memory.free, memory.total - reserved))
+    if needed > memory.total:
+        return Decision(Verdict.NEVER, needed, memory.total, (
+            f"the job needs about {estimate.describe()} but {memory.name} has "
+            f"{gib(memory.total)} in all: it fits no device of this queue (use a larger "
+            "device class, pipeline: sequential, or fewer calibration samples)"))
+    if needed > available:
+        return Decision(Verdict.WAIT, needed, available, (
+            f"the job needs about {estimate.describe()}; {memory.name} has {gib(available)} "
+            f"available now (free {gib(memory.free)}, reserved by running jobs "
+            f"{gib(reserved)}, total {gib(memory.total)})"))
+    return Decision(Verdict.ADMIT, needed, available,
+                    f"admitted: {estimate.describe()} of {gib(available)} on {memory.name}")
