@@ -52,43 +52,60 @@ class Group:
     skip: str = ""
 
 
-#: The mutation set: one home.
+Q, IO, CAT = "src/mono_quant/quant/", "src/mono_quant/io/", "src/mono_quant/catalog/"
+
+#: The mutation set: one home. One group per module, each with the narrowest test files that
+#: check it (mutmut then runs, per mutated function, only the tests that call it).
 GROUPS: dict[str, Group] = {
-    "quant": Group(
-        {
-            "src/mono_quant/quant/primitives.py": ALL,
-            "src/mono_quant/quant/specs.py": ALL,
-            "src/mono_quant/quant/observers.py": ALL,
-            "src/mono_quant/quant/_kernels.py": ALL,
-        },
-        ("tests/quant/test_primitives.py", "tests/quant/test_observers.py",
-         "tests/quant/test_bounds.py", "tests/quant/test_specs.py", "tests/quant/test_qconfig.py",
-         "tests/quant/test_fake_quantize.py", "tests/quant/test_observer_errors.py"),
+    "primitives": Group(
+        {Q + "primitives.py": ALL},
+        ("tests/quant/test_primitives.py", "tests/quant/test_fake_quantize.py",
+         "tests/quant/test_bounds.py"),
     ),
-    "metrics": Group(
-        {"src/mono_quant/quant/metrics.py": ALL},
-        ("tests/quant/test_metrics.py",),
+    "specs": Group(
+        {Q + "specs.py": ALL},
+        ("tests/quant/test_specs.py", "tests/quant/test_qconfig.py",
+         "tests/quant/test_bounds.py", "tests/quant/test_primitives.py"),
     ),
-    "io": Group(
-        {
-            "src/mono_quant/io/_safetensors_header.py": ALL,
-            "src/mono_quant/io/_atomic.py": ALL,
-            "src/mono_quant/io/formats.py": ALL,
-        },
-        ("tests/io/test_corrupt.py", "tests/io/test_formats.py", "tests/io/test_header_layout.py",
-         "tests/io/test_header_read.py", "tests/io/test_header_fields.py",
-         "tests/io/test_durability.py",
-         "tests/io/test_compressed_config.py"),
+    "observers": Group(
+        {Q + "observers.py": ALL},
+        ("tests/quant/test_observers.py", "tests/quant/test_observer_errors.py",
+         "tests/quant/test_bounds.py"),
     ),
-    "catalog": Group(
-        {
-            "src/mono_quant/catalog/jobs.py": ALL,
-            "src/mono_quant/catalog/queries.py": ALL,
-        },
-        ("tests/catalog/test_jobs.py", "tests/catalog/test_queries.py",
-         "tests/catalog/test_thresholds.py", "tests/catalog/test_records.py",
-         "tests/catalog/test_job_transitions.py"),
-        # the PostgreSQL twin of each case doubles the time and kills the same SQL mutants
+    "kernels": Group(
+        {Q + "_kernels.py": ALL},
+        ("tests/quant/test_primitives.py", "tests/quant/test_fake_quantize.py",
+         "tests/quant/test_bounds.py"),
+    ),
+    "metrics": Group({Q + "metrics.py": ALL}, ("tests/quant/test_metrics.py",)),
+    "smoothquant": Group({Q + "smoothquant.py": ALL}, ("tests/quant/test_smoothquant.py",)),
+    "gptq": Group(
+        {Q + "gptq.py": ALL},
+        ("tests/quant/test_gptq_reference.py", "tests/quant/test_gptq.py"),
+        # the model-level case runs quantize_model three times (minutes per mutant here)
+        skip="quantize_model",
+    ),
+    "header": Group(
+        {IO + "_safetensors_header.py": ALL},
+        ("tests/io/test_header_layout.py", "tests/io/test_header_read.py",
+         "tests/io/test_header_fields.py", "tests/io/test_corrupt.py"),
+    ),
+    "atomic": Group({IO + "_atomic.py": ALL}, ("tests/io/test_durability.py",)),
+    "formats": Group(
+        {IO + "formats.py": ALL},
+        ("tests/io/test_formats.py", "tests/io/test_compressed_config.py",
+         "tests/io/test_corrupt.py"),
+    ),
+    # the PostgreSQL twin of each catalog case doubles the time and kills the same SQL mutants
+    "jobs": Group(
+        {CAT + "jobs.py": ALL},
+        ("tests/catalog/test_jobs.py", "tests/catalog/test_job_transitions.py"),
+        skip="postgresql",
+    ),
+    "queries": Group(
+        {CAT + "queries.py": ALL},
+        ("tests/catalog/test_queries.py", "tests/catalog/test_thresholds.py",
+         "tests/catalog/test_records.py"),
         skip="postgresql",
     ),
     "key": Group(
@@ -96,6 +113,13 @@ GROUPS: dict[str, Group] = {
         {"src/mono_quant/pipeline/spec.py": ("xǁJobSpecǁto_payload*", "x__idempotency_key*")},
         ("tests/pipeline/test_idempotency.py", "tests/scheduler/test_manifest.py"),
     ),
+}
+
+#: Names for several groups at once (``tools/mutate.py quant``).
+SETS = {
+    "quant": ("primitives", "specs", "observers", "kernels", "metrics", "smoothquant", "gptq"),
+    "io": ("header", "atomic", "formats"),
+    "catalog": ("jobs", "queries"),
 }
 
 #: Where setuptools' package-dir installs the top-level packages.
@@ -200,15 +224,17 @@ def survivors(names: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("groups", nargs="*", metavar="GROUP",
-                        help=f"groups to run (default: all of {', '.join(GROUPS)})")
+                        help=f"groups or sets to run (default: all of {', '.join(GROUPS)}; "
+                        f"sets: {', '.join(SETS)})")
     parser.add_argument("--report", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="list surviving mutants")
     parser.add_argument("--children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     args = parser.parse_args(argv)
-    unknown = [g for g in args.groups if g not in GROUPS]
+    unknown = [g for g in args.groups if g not in GROUPS and g not in SETS]
     if unknown:
-        parser.error(f"unknown group(s) {', '.join(unknown)}; expected some of {', '.join(GROUPS)}")
-    names = args.groups or list(GROUPS)
+        parser.error(f"unknown group(s) {', '.join(unknown)}; expected some of "
+                     f"{', '.join([*GROUPS, *SETS])}")
+    names = [n for g in args.groups for n in SETS.get(g, (g,))] or list(GROUPS)
     failed = []
     if not (args.report or args.survivors):
         failed = [n for n in names if run(n, args.children) != 0]
