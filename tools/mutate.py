@@ -94,7 +94,7 @@ GROUPS: dict[str, Group] = {
     "formats": Group(
         {IO + "formats.py": ALL},
         ("tests/io/test_formats.py", "tests/io/test_compressed_config.py",
-         "tests/io/test_corrupt.py"),
+         "tests/io/test_corrupt.py", "tests/io/test_format_errors.py"),
     ),
     # the PostgreSQL twin of each catalog case doubles the time and kills the same SQL mutants
     "jobs": Group(
