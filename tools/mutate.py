@@ -170,30 +170,57 @@ def _module(path: str) -> str:
     return path.removeprefix("src/").removesuffix(".py").replace("/", ".")
 
 
-def run(name: str, children: int) -> int:
+def run(name: str, children: int, again: bool = False) -> int:
+    """Run one group; ``again``: only the mutants not detected by its last run, keeping the
+    verdicts of the others (after new tests: re-measures in minutes instead of hours)."""
     group = GROUPS[name]
+    before = _exit_codes(name) if again else {}
+    targets = sorted(k for codes in before.values() for k, v in codes.items()
+                     if _verdict(v) not in DETECTED) if again else _patterns(group)
+    if again and not targets:
+        print(f"== {name}: no surviving mutants to run again", flush=True)
+        return 0
     dest = _stage(name, group)
     env = {**os.environ, "MONO_QUANT_COMPILE": "never", "OMP_NUM_THREADS": "1",
            "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children),
-           *_patterns(group)]
-    print(f"== {name}: {' '.join(cmd[3:])}", flush=True)
-    return subprocess.run(cmd, cwd=dest, env=env).returncode
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *targets]
+    print(f"== {name}: mutmut run of {len(targets)} pattern(s)/mutant(s)", flush=True)
+    code = subprocess.run(cmd, cwd=dest, env=env).returncode
+    for path, codes in before.items():  # keep the earlier verdicts of the mutants not re-run
+        meta = _meta(name, path)
+        data = json.loads(meta.read_text())
+        now = data["exit_code_by_key"]
+        data["exit_code_by_key"] = {**codes, **{k: v for k, v in now.items() if k in targets}}
+        meta.write_text(json.dumps(data))
+    return code
+
+
+def _meta(name: str, path: str) -> Path:
+    return STAGE / name / "mutants" / f"{path}.meta"
+
+
+def _exit_codes(name: str) -> dict[str, dict[str, int | None]]:
+    """module file -> {mutant name: mutmut exit code} of the group's last run."""
+    out = {}
+    for path in GROUPS[name].modules:
+        if _meta(name, path).exists():
+            out[path] = json.loads(_meta(name, path).read_text())["exit_code_by_key"]
+    return out
+
+
+def _verdict(code: int | None) -> str:
+    from mutmut.stats import status_by_exit_code
+
+    return status_by_exit_code[code]
 
 
 def _verdicts(name: str) -> dict[str, dict[str, str]]:
     """module file -> {mutant name: verdict} from mutmut's result files of one group."""
-    from mutmut.stats import status_by_exit_code
-
     out: dict[str, dict[str, str]] = {}
     group = GROUPS[name]
-    for path, globs in group.modules.items():
-        meta = STAGE / name / "mutants" / f"{path}.meta"
-        if not meta.exists():
-            continue
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
-        wanted = [f"{_module(path)}.{glob}" for glob in globs]
-        out[path] = {k: status_by_exit_code[v] for k, v in codes.items()
+    for path, codes in _exit_codes(name).items():
+        wanted = [f"{_module(path)}.{glob}" for glob in group.modules[path]]
+        out[path] = {k: _verdict(v) for k, v in codes.items()
                      if any(fnmatch.fnmatchcase(k, w) for w in wanted)}
     return out
 
@@ -228,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"sets: {', '.join(SETS)})")
     parser.add_argument("--report", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="list surviving mutants")
+    parser.add_argument("--again", action="store_true",
+                        help="run only the mutants the last run did not detect")
     parser.add_argument("--children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     args = parser.parse_args(argv)
     unknown = [g for g in args.groups if g not in GROUPS and g not in SETS]
@@ -237,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for g in args.groups for n in SETS.get(g, (g,))] or list(GROUPS)
     failed = []
     if not (args.report or args.survivors):
-        failed = [n for n in names if run(n, args.children) != 0]
+        failed = [n for n in names if run(n, args.children, args.again) != 0]
     if args.survivors:
         survivors(names)
     report(names)
