@@ -99,7 +99,8 @@ GROUPS: dict[str, Group] = {
     # the PostgreSQL twin of each catalog case doubles the time and kills the same SQL mutants
     "jobs": Group(
         {CAT + "jobs.py": ALL},
-        ("tests/catalog/test_jobs.py", "tests/catalog/test_job_transitions.py"),
+        ("tests/catalog/test_jobs.py", "tests/catalog/test_job_transitions.py",
+         "tests/catalog/test_job_columns.py"),
         skip="postgresql",
     ),
     "queries": Group(
