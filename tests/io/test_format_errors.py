@@ -39,3 +39,23 @@ def test_extra_files_are_written_with_the_artifact(tmp_path, quantized):
         "README.md", "config.json", "model.safetensors", "tokenizer.json"]
     assert (path / "README.md").read_bytes() == b"# card\n"
     assert sorted(load_model(path)) == sorted(qmodel.state_dict())
+
+
+def test_data_that_cannot_be_read_after_a_valid_header_is_bad_input(tmp_path, quantized,
+                                                                     monkeypatch):
+    # A read error below the header check (an I/O error, safetensors refusing the data) cannot
+    # be produced reliably with a real file whose header passed validation: safe_open is
+    # replaced by one that fails as the library does.
+    import safetensors
+
+    qmodel, info = quantized
+    path = save_model(qmodel, tmp_path / "m.safetensors", info)
+
+    def failing_open(*args, **kwargs):
+        raise OSError("Input/output error")
+
+    monkeypatch.setattr(safetensors, "safe_open", failing_open)
+    with pytest.raises(BadInputError) as err:
+        load_model(path)
+    assert str(err.value) == f"{path}: cannot read safetensors data: Input/output error"
+    assert isinstance(err.value.__cause__, OSError)
