@@ -1,14 +1,16 @@
-"""save_model's input checks that no round trip reaches: extra files of a compressed-tensors
-folder (plain names only, never our own two files), with the whole message and nothing left
-at the destination."""
+"""save_model's and load_model's checks that no round trip reaches: extra files of a
+compressed-tensors folder (plain names only, never our own two files), entries that are not
+tensors, extra metadata as strict sorted JSON, unreadable data; whole messages, and nothing
+left at the destination."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from mono_quant import BadInputError, QuantConfig, quantize_model, save_model
-from mono_quant.io.formats import load_model
+from mono_quant.io.formats import _build_metadata, load_model
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +61,31 @@ def test_data_that_cannot_be_read_after_a_valid_header_is_bad_input(tmp_path, qu
         load_model(path)
     assert str(err.value) == f"{path}: cannot read safetensors data: Input/output error"
     assert isinstance(err.value.__cause__, OSError)
+
+
+def test_extra_metadata_is_sorted_strict_json():
+    meta = _build_metadata(None, {"zeta": "as is", "cfg": {"b": 1, "a": [1.5, None]}})
+    assert meta == {"format": "pt", "zeta": "as is", "cfg": '{"a": [1.5, null], "b": 1}'}
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        _build_metadata(None, {"x": float("nan")})
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        pytest.param([1, 2], "save_model: expected an nn.Module or a state dict, got list",
+                     id="list"),
+        pytest.param({"w": [1.0]}, "save_model: state dict entry 'w' is not a str -> "
+                     "torch.Tensor pair", id="not-a-tensor"),
+        pytest.param({3: torch.zeros(1)}, "save_model: state dict entry 3 is not a str -> "
+                     "torch.Tensor pair", id="not-a-str"),
+        pytest.param({"ok": torch.zeros(1), "m": torch.zeros(2, device="meta")},
+                     "save_model: tensor 'm' is on the meta device and has no data to save",
+                     id="meta"),
+    ],
+)
+def test_what_save_model_cannot_save_is_named(tmp_path, obj, message):
+    with pytest.raises(BadInputError) as err:
+        save_model(obj, tmp_path / "m.safetensors")
+    assert str(err.value) == message
+    assert list(tmp_path.iterdir()) == []
