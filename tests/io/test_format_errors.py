@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mono_quant import BadInputError, QuantConfig, quantize_model, save_model
-from mono_quant.io.formats import _build_metadata, load_model
+from mono_quant.io.formats import _build_metadata, load_model, load_quantized
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +89,23 @@ def test_what_save_model_cannot_save_is_named(tmp_path, obj, message):
         save_model(obj, tmp_path / "m.safetensors")
     assert str(err.value) == message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_info_must_be_a_quantization_info(tmp_path, quantized):
+    qmodel, info = quantized
+    with pytest.raises(BadInputError) as err:
+        save_model(qmodel, tmp_path / "m.safetensors", info.to_json())
+    assert str(err.value).startswith("save_model: info must be a QuantizationInfo, got '{")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_quantized_refuses_a_layer_it_cannot_quantize(tmp_path, quantized):
+    qmodel, info = quantized
+    path = save_model(qmodel, tmp_path / "m.safetensors", info)
+    model = nn.Sequential(nn.ReLU())  # layer "0" is there, but not a Linear
+    with pytest.raises(BadInputError) as err:
+        load_quantized(path, model)
+    assert str(err.value) == (
+        f"{path}: layer '0' is a ReLU; expected the float nn.Linear / nn.Conv2d / Conv1D the "
+        "artifact was quantized from")
+    assert isinstance(model[0], nn.ReLU)  # nothing was replaced
