@@ -109,3 +109,15 @@ def test_load_quantized_refuses_a_layer_it_cannot_quantize(tmp_path, quantized):
         f"{path}: layer '0' is a ReLU; expected the float nn.Linear / nn.Conv2d / Conv1D the "
         "artifact was quantized from")
     assert isinstance(model[0], nn.ReLU)  # nothing was replaced
+
+
+def test_a_shared_tensor_is_stored_once_under_its_first_name(tmp_path):
+    tied, other, empty = torch.arange(6.0).reshape(2, 3), torch.ones(2), torch.zeros(0)
+    state = {"embed.weight": tied, "lm_head.weight": tied, "norm.weight": other,
+             "a.bias": empty, "b.bias": empty, "row": tied[0]}
+    path = save_model(state, tmp_path / "m.safetensors")
+    loaded = load_model(path)
+    # a tie is stored once, as save_pretrained does; empty tensors and views of another
+    # shape are not ties
+    assert sorted(loaded) == ["a.bias", "b.bias", "embed.weight", "norm.weight", "row"]
+    assert torch.equal(loaded["embed.weight"], tied) and torch.equal(loaded["row"], tied[0])
