@@ -121,3 +121,28 @@ def test_a_shared_tensor_is_stored_once_under_its_first_name(tmp_path):
     # shape are not ties
     assert sorted(loaded) == ["a.bias", "b.bias", "embed.weight", "norm.weight", "row"]
     assert torch.equal(loaded["embed.weight"], tied) and torch.equal(loaded["row"], tied[0])
+
+
+def test_load_quantized_messages_say_what_to_do(tmp_path, quantized):
+    qmodel, info = quantized
+    plain = save_model(qmodel, tmp_path / "plain.safetensors")
+    with pytest.raises(BadInputError) as err:
+        load_quantized(plain, nn.Sequential(nn.Linear(8, 4)))
+    assert str(err.value) == (
+        f"{plain}: no mono-quant metadata; load_quantized needs an artifact written with "
+        "info=... (use load_model for a plain state dict)")
+    path = save_model(qmodel, tmp_path / "m.safetensors", info)
+    with pytest.raises(BadInputError) as err:
+        load_quantized(path, nn.Sequential())
+    assert str(err.value) == (
+        f"{path}: the artifact quantizes layer '0' but the model has no such layer (is this "
+        "the architecture the artifact was made from?)")
+
+
+def test_bad_info_in_a_pt_file_names_the_file(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "metadata": {"mono_quant.info": "{bad"}},
+               path)
+    with pytest.raises(BadInputError) as err:
+        load_model(path)
+    assert str(err.value).startswith(f"{path}: metadata is not valid JSON")
