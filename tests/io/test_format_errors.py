@@ -146,3 +146,16 @@ def test_bad_info_in_a_pt_file_names_the_file(tmp_path):
     with pytest.raises(BadInputError) as err:
         load_model(path)
     assert str(err.value).startswith(f"{path}: metadata is not valid JSON")
+
+
+def test_load_quantized_replaces_nested_layers(tmp_path):
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Sequential(nn.Linear(8, 4), nn.ReLU()), nn.Linear(4, 2))
+
+    qmodel, info = quantize_model(model(), QuantConfig(), progress=False)
+    path = save_model(qmodel, tmp_path / "m.safetensors", info)
+    again = load_quantized(path, model())
+    assert type(again[0][0]) is type(qmodel[0][0]) and type(again[0][0]) is not nn.Linear
+    x = torch.randn(3, 8)
+    assert torch.equal(again(x), qmodel(x))
