@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mono_quant import BadInputError, QuantConfig, quantize_model, save_model
-from mono_quant.io.formats import _build_metadata, load_model, load_quantized
+from mono_quant.io.formats import _build_metadata, load_model, load_quantized, read_info
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,14 @@ def test_load_quantized_replaces_nested_layers(tmp_path):
     assert type(again[0][0]) is type(qmodel[0][0]) and type(again[0][0]) is not nn.Linear
     x = torch.randn(3, 8)
     assert torch.equal(again(x), qmodel(x))
+
+
+@pytest.mark.parametrize("name", ["m.safetensors", "m.pt"], ids=["safetensors", "pt"])
+def test_read_info_without_our_metadata_says_how_the_file_was_written(tmp_path, quantized,
+                                                                       name):
+    path = save_model(quantized[0], tmp_path / name)
+    with pytest.raises(BadInputError) as err:
+        read_info(path)
+    assert str(err.value) == (
+        f"{path}: no mono-quant metadata: no 'mono_quant.info' entry (the file was not written "
+        "by mono-quant's save_model with info=...)")
