@@ -125,17 +125,17 @@ def test_collect_hessians_averages_each_linear_input_over_the_samples_asked_for(
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2),
                                 torch.nn.Identity())
     model.train()
-    batches = [torch.randn(2, 3, generator=g) for _ in range(3)]
-    hs = collect_hessians(model, [*batches[:2], torch.full((2, 3), float("nan"))],
+    batches = [torch.randn(2, 1, 3, generator=g) for _ in range(3)]  # [batch, seq, in]
+    hs = collect_hessians(model, [*batches[:2], torch.full((2, 1, 3), float("nan"))],
                           ["0", "2"], num_samples=4)
     assert sorted(hs) == ["0", "2"] and model.training  # the third batch was never run
-    x0 = np.concatenate([b.double().numpy() for b in batches[:2]])  # [4, 3]
+    x0 = np.concatenate([b.double().numpy().reshape(-1, 3) for b in batches[:2]])  # [4, 3]
     np.testing.assert_allclose(hs["0"].numpy(), x0.T @ x0 / 4, rtol=1e-12)
     with torch.no_grad():
-        x2 = torch.relu(model[0](torch.cat(batches[:2]))).double().numpy()
+        x2 = torch.relu(model[0](torch.cat(batches[:2]))).double().numpy().reshape(-1, 4)
     np.testing.assert_allclose(hs["2"].numpy(), x2.T @ x2 / 4, rtol=1e-6)
     all3 = collect_hessians(model.eval(), batches, ["0", "3"])  # "3" is not a Linear: skipped
-    x = np.concatenate([b.double().numpy() for b in batches])
+    x = np.concatenate([b.double().numpy().reshape(-1, 3) for b in batches])
     assert sorted(all3) == ["0"] and not model.training
     np.testing.assert_allclose(all3["0"].numpy(), x.T @ x / 6, rtol=1e-12)
     assert not model[0]._forward_pre_hooks  # the hooks are removed
