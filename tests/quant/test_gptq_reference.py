@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from mono_quant import BadInputError
 from mono_quant.quant.gptq import (
     collect_hessians,
     gptq_quantize,
@@ -127,7 +128,7 @@ def test_collect_hessians_averages_each_linear_input_over_the_samples_asked_for(
     model.train()
     batches = [torch.randn(2, 1, 3, generator=g) for _ in range(3)]  # [batch, seq, in]
     hs = collect_hessians(model, [*batches[:2], torch.full((2, 1, 3), float("nan"))],
-                          ["0", "2"], num_samples=4)
+                          ["0", "2"], num_samples=3)  # reached within batch 2
     assert sorted(hs) == ["0", "2"] and model.training  # the third batch was never run
     x0 = np.concatenate([b.double().numpy().reshape(-1, 3) for b in batches[:2]])  # [4, 3]
     np.testing.assert_allclose(hs["0"].numpy(), x0.T @ x0 / 4, rtol=1e-12)
@@ -139,3 +140,11 @@ def test_collect_hessians_averages_each_linear_input_over_the_samples_asked_for(
     assert sorted(all3) == ["0"] and not model.training
     np.testing.assert_allclose(all3["0"].numpy(), x.T @ x / 6, rtol=1e-12)
     assert not model[0]._forward_pre_hooks  # the hooks are removed
+
+
+def test_a_batch_the_model_cannot_take_is_named():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with pytest.raises(BadInputError) as err:
+        collect_hessians(model, [torch.zeros(2, 3), torch.zeros(2, 5)], ["0"])
+    assert str(err.value).startswith(
+        "calibration batch 1 (tensor [2, 5]) does not run through the model: RuntimeError:")
