@@ -89,15 +89,16 @@ def test_gptq_equals_the_column_by_column_reference(scheme, gran, group, act_ord
 
 
 def test_hessian_and_reconstruction_error_by_hand():
-    x = torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]])  # [2, 1, 2]: two rows of 2 inputs
+    x = torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]], [[0.0, 0.0]], [[0.0, 0.0]]])  # 4 rows of 2
     h = hessian(x)
     assert h.dtype == torch.float64
-    assert h.tolist() == [[5.0, 7.0], [7.0, 10.0]]  # X^T X / 2
+    assert h.tolist() == [[2.5, 3.5], [3.5, 5.0]]  # X^T X / 4
+    assert hessian(torch.tensor([[2.0, 4.0]])).tolist() == [[4.0, 8.0], [8.0, 16.0]]  # 1 row
     w = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     w_hat = torch.tensor([[0.0, 0.0], [0.0, 1.0]])  # D = [[1, 0], [0, 1]]
-    assert reconstruction_error(w, w_hat, h) == 15.0  # tr(D H D^T) = 5 + 10
+    assert reconstruction_error(w, w_hat, h) == 7.5  # tr(D H D^T) = 2.5 + 5
     w_hat = torch.tensor([[0.0, 1.0], [0.0, 2.0]])  # D = [[1, -1], [0, 0]]
-    assert reconstruction_error(w, w_hat, h) == 1.0  # 5 - 2*7 + 10
+    assert reconstruction_error(w, w_hat, h) == 0.5  # 2.5 - 2*3.5 + 5
 
 
 def test_a_hessian_that_is_not_positive_definite_keeps_rtn():
