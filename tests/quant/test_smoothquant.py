@@ -148,6 +148,20 @@ def test_scales_follow_the_formula():
     assert torch.allclose(s, expected)
 
 
+def test_scales_combine_every_balanced_weight_by_its_input_axis():
+    act = torch.tensor([4.0, 1.0, 0.0, 1e-12])
+    w_linear = torch.tensor([[1.0, 2.0, 3.0, 0.0], [0.5, -4.0, 1.0, 0.0]])  # [out 2, in 4]
+    w_conv1d = torch.tensor([[9.0, 0.0], [0.0, 1.0], [0.0, 0.0], [-1.0, 0.0]])  # [in 4, out 2]
+    s = smoothing_scales(act, [w_linear, w_conv1d], [1, 0], alpha=0.5)
+    # max|W| per input channel over both: [9, 4, 3, 1]; channel 2 has no activation (1);
+    # channel 3: 1e-6 is clamped to 1e-5
+    assert s.dtype == torch.float64
+    assert s.tolist() == [2.0 / 3.0, 0.5, 1.0, 1e-5]
+    s = smoothing_scales(torch.tensor([16.0, 1.0]), [torch.tensor([[16.0, 0.0]])], [1],
+                         alpha=0.75)
+    assert s.tolist() == [4.0, 1.0]  # 16^0.75 / 16^0.25; a weight of zero: 1
+
+
 @pytest.mark.parametrize("alpha", [0.0, 1.0, -0.5, 1.5, float("nan"), "half"],
                          ids=["0", "1", "neg", "above", "nan", "str"])
 def test_alpha_outside_open_unit_interval_is_bad_config(alpha):

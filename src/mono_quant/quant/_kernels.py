@@ -7,6 +7,7 @@ Numerics (the contract every path below keeps bit for bit, and the tests check a
 * asymmetric: ``lo = min(min(x), 0)``, ``hi = max(max(x), 0)``,
   ``scale = max((hi - lo) / 255, tiny)``, ``zp = clamp(-128 - round(lo / scale), -128, 127)``
 * ``q = clamp(round(x * (1 / scale)) + zp, qmin, qmax)`` with round-half-to-even, all float32.
+* every ``/`` is the correctly rounded IEEE float32 division, on every device (see ``_div``).
 
 ``tiny`` is the smallest normal float32, so an all-zero row gets a positive scale and
 quantizes to exact zeros instead of dividing by zero.
@@ -43,18 +44,33 @@ _CHUNK = 1 << 20
 # --- shared formulas (used by both paths: keep them the only place the math lives) ---------
 
 
+def _div(x: torch.Tensor, d: float) -> torch.Tensor:
+    """``x / d`` for float32 ``x``: the correctly rounded float32 quotient on every device.
+
+    ``x / 255.0`` is not the same IEEE operation everywhere: the CPU kernel divides, but
+    CUDA's kernel for a Python-number divisor multiplies by the float32 reciprocal (its
+    comment: "may lose one bit of precision"), and Inductor rewrites a division by a constant
+    the same way — ``x * float32(1/255)`` differs from ``x / 255`` in the last bit for about
+    70 % of inputs. Taken in float64 (by either method) and rounded once to float32, the
+    quotient is the correctly rounded float32 one: for a divisor with at most 8 significant
+    bits, ``x / d`` is at least 2**-33 (relative) from any float32 rounding boundary, far
+    more than float64's error.
+    """
+    return (x.double() / d).float()
+
+
 def _qparams(lo: torch.Tensor, hi: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, ...]:
     """Per-row (scale, zero_point as float) from per-row min and max."""
     if symmetric:
         amax = torch.maximum(-lo, hi)
-        scale = torch.clamp(amax / 127.0, min=TINY)
+        scale = torch.clamp(_div(amax, 127.0), min=TINY)
         return scale, torch.zeros_like(scale)
     lo = torch.clamp(lo, max=0.0)
     hi = torch.clamp(hi, min=0.0)
-    span = (hi - lo) / 255.0
+    span = _div(hi - lo, 255.0)
     # hi - lo overflows float32 for finite ranges wider than 3.4e38: divide first there
     # only, so every other range keeps the exact float32 formula
-    span = torch.where(torch.isinf(span), hi / 255.0 - lo / 255.0, span)
+    span = torch.where(torch.isinf(span), _div(hi, 255.0) - _div(lo, 255.0), span)
     scale = torch.clamp(span, min=TINY)
     zp = torch.clamp(-128.0 - torch.round(lo / scale), -128.0, 127.0)
     return scale, zp
