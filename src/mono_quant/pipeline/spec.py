@@ -6,21 +6,26 @@ scheduler builds a ``JobSpec``, stores :meth:`JobSpec.to_payload` in the catalog
 validates every field (an unknown version or field is a ``BadConfigError``, never a crash).
 :func:`~mono_quant.pipeline.run.run_pipeline` takes it.
 
-Payload (JSON, version 1)::
+Payload (JSON, version 2)::
 
-    {"version": 1,
+    {"version": 2,
      "model": {...},            # canonical model source (ModelSource.canonical())
      "quant": {...},            # QuantConfig.to_dict()
      "format": "safetensors",   # one of FORMATS
      "calibration": {...},      # canonical calibration source, or null
      "samples": 64,             # calibration samples to use, or null (all)
-     "stream": false}           # tensor-by-tensor weight-only quantization (hf: only)
+     "stream": false,           # tensor-by-tensor weight-only quantization (hf: only)
+     "pipeline": "sequential"}  # only when not "auto": one of PIPELINES (version 2)
+
+Version 1 payloads (before ``pipeline``) still load: their pipeline is ``auto``. The
+idempotency key leaves out the version and an ``auto`` pipeline, so the keys of earlier jobs
+do not change.
 
 Example:
     >>> from mono_quant.pipeline.spec import JobSpec
     >>> spec = JobSpec.from_payload({"model": "factory:mono_quant.demo_models:mlp?hidden=32"})
-    >>> spec.format, spec.config.mode, spec.stream
-    ('safetensors', 'weight_only', False)
+    >>> spec.format, spec.config.mode, spec.stream, spec.pipeline
+    ('safetensors', 'weight_only', False, 'auto')
     >>> JobSpec.from_payload(spec.to_payload()) == spec
     True
     >>> JobSpec.from_payload({**spec.to_payload(), "version": 9})  # doctest: +ELLIPSIS
@@ -50,10 +55,16 @@ from mono_quant.pipeline.sources import (
 )
 from mono_quant.quant.qconfig import QuantConfig
 
-__all__ = ["JobSpec", "needs_calibration"]
+__all__ = ["PIPELINES", "JobSpec", "needs_calibration"]
 
 _FIELDS = ("version", "model", "quant", "format", "calibration", "samples", "stream",
-           "weights_digest", "evaluation")
+           "weights_digest", "evaluation", "pipeline")
+#: Payload versions this mono-quant reads (1: before ``pipeline``).
+_VERSIONS = (1, 2)
+#: How the model is quantized: block by block from the checkpoint (bounded memory,
+#: resumable), whole in memory, or ``auto``: sequential when the model does not fit
+#: (:func:`~mono_quant.pipeline.choose.choose_pipeline`).
+PIPELINES = ("auto", "in_memory", "sequential")
 
 
 def needs_calibration(config: QuantConfig) -> str | None:
@@ -91,8 +102,11 @@ class JobSpec:
     #: A text whose perplexity is measured with the float and the quantized model
     #: (``text:FILE?context=N``; causal LMs from ``hf:`` folders), or None.
     evaluation: EvaluationSource | None = None
+    #: One of :data:`PIPELINES`; ``stream`` (weight-only, no model) is separate and
+    #: excludes ``sequential``.
+    pipeline: str = "auto"
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -109,8 +123,30 @@ class JobSpec:
                                  "come from it)")
         if not isinstance(self.stream, bool):
             raise BadConfigError(f"stream={self.stream!r}: expected true or false")
+        if self.pipeline not in PIPELINES:
+            raise BadConfigError(f"pipeline={self.pipeline!r}: expected one of "
+                                 f"{', '.join(PIPELINES)}")
         if self.stream:
             self._check_stream()
+        if self.pipeline == "sequential":
+            problems = self.sequential_problems()
+            if problems:
+                raise BadConfigError("pipeline: sequential: " + "; ".join(problems))
+
+    def sequential_problems(self) -> list[str]:
+        """Why this job cannot run block by block (empty: it can)."""
+        problems = []
+        if self.stream:
+            problems.append("stream: true is its own pipeline (weight-only, no model built)")
+        if self.model.scheme != "hf":
+            problems.append("the model must be an hf: folder (blocks load from its safetensors)")
+        if self.format != "safetensors":
+            problems.append("it writes the safetensors format")
+        if self.config.target:
+            problems.append("an accuracy target needs the whole model (use in_memory)")
+        if self.evaluation is not None:
+            problems.append("perplexity evaluation needs the whole model (use in_memory)")
+        return problems
 
     def _check_stream(self) -> None:
         problems = []
@@ -138,6 +174,8 @@ class JobSpec:
             payload["weights_digest"] = self.weights_digest
         if self.evaluation is not None:  # likewise
             payload["evaluation"] = self.evaluation.canonical()
+        if self.pipeline != "auto":  # likewise
+            payload["pipeline"] = self.pipeline
         return payload
 
     @classmethod
@@ -147,12 +185,14 @@ class JobSpec:
         (a factory outside ``factories``, when given, included: nothing is imported)."""
         if not isinstance(data, Mapping):
             raise BadConfigError(f"job spec: expected a mapping, got {type(data).__name__}")
-        version = data.get("version", cls.VERSION)  # payloads before versioning were v1
-        if version != cls.VERSION:
+        version = data.get("version", 1)  # payloads before versioning were v1
+        if version not in _VERSIONS or isinstance(version, bool):
             raise BadConfigError(
                 f"job spec version {version!r} is not supported (this mono-quant reads "
-                f"version {cls.VERSION}); upgrade mono-quant"
+                f"versions {', '.join(map(str, _VERSIONS))}); upgrade mono-quant"
             )
+        if version == 1 and "pipeline" in data:
+            raise BadConfigError("job spec version 1 has no field 'pipeline' (version 2 does)")
         unknown = sorted(set(data) - set(_FIELDS))
         if unknown:
             raise BadConfigError(f"job spec: unknown field(s) {', '.join(map(str, unknown))}; "
@@ -177,6 +217,7 @@ class JobSpec:
             stream=data.get("stream", False),
             weights_digest=data.get("weights_digest"),
             evaluation=evaluation,
+            pipeline=data.get("pipeline", "auto"),
         )
 
     @cached_property
