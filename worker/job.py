@@ -250,8 +250,10 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         folder = pins.enter_context(pinned_folder(s.storage_root, storage_key))
         path = folder / storage_key.rpartition("/")[2]
         remove_earlier_attempts(path, job_id, claimed.attempt)  # what killed attempts left
+        # one progress folder per job, not per attempt: a retry resumes a sequential run
         result = run_pipeline(spec, path, on_stage=beat.stage, on_progress=beat.step,
-                              device=device, factories=factories)
+                              device=device, factories=factories,
+                              work_dir=folder / f"{job_id}.work")
         check_pinned(s.storage_root, storage_key, folder)  # no symlink swapped in meanwhile
         _record_success(catalog, job_id, worker, s, storage_key, spec, result, beat)
         _event(logging.INFO, "succeeded", context, artifact=storage_key,

@@ -305,9 +305,14 @@ def _cursor_hook(refs: list[torch.Tensor | None], cursor: list[int]):
 
 def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
                         device: Any = "cpu", factories: Any = None,
-                        on_block: OnBlock | None = None) -> QuantizationInfo:
+                        on_block: OnBlock | None = None,
+                        before_write: Callable[[QuantizationInfo], None] | None = None,
+                        ) -> QuantizationInfo:
     """Quantize ``spec`` block by block into ``dst`` (.safetensors), keeping progress in
     ``work_dir`` (resumed from when its fingerprint matches; removed on success).
+    ``on_block(event, block, blocks)`` hears ``"started"``/``"resumed"`` (the first block
+    this run quantizes) and ``"block"`` after each; ``before_write(info)`` may add metrics
+    before the header is written.
 
     Raises:
         BadInputError: a checkpoint that lacks a tensor of the model, batches that do not
@@ -335,6 +340,8 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
     info = _info(job, stats, tail)
     info.metrics["sequential"] = {"blocks": job.count, "block_list": job.blocks,
                                   "resumed_at_block": start}
+    if before_write is not None:
+        before_write(info)
     job.progress.assemble(Path(dst), _build_metadata(info))
     job.progress.remove()
     return info
@@ -376,3 +383,30 @@ def _info(job: _Job, stats: _Stats, tail: list[str]) -> QuantizationInfo:
     return QuantizationInfo(config=job.config, selected_layers=layers,
                             calibration_samples=stats.samples,
                             library_versions=library_versions(), metrics=metrics)
+
+
+def reload_check(path: Path, info: QuantizationInfo) -> str:
+    """Read the artifact back one layer at a time: its info, every selected layer's int8
+    weight, scale and zero point within range (memory: one layer)."""
+    from safetensors import safe_open
+
+    from mono_quant.io.formats import read_info
+    from mono_quant.quant.metrics import check_int8_ranges
+    from mono_quant.quant.specs import qrange
+
+    stored = read_info(path)
+    if stored.selected_layers != info.selected_layers:
+        raise MonoQuantError(f"{path}: the stored info lists other layers than were quantized")
+    qmin, qmax = qrange(info.config.scheme)
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+        for layer in info.selected_layers:
+            parts = [f"{layer}.{s}" for s in ("weight", "weight_scale", "weight_zero_point")]
+            missing = [p for p in parts if p not in names]
+            if missing:
+                raise MonoQuantError(f"{path}: tensor {missing[0]!r} is missing")
+            problems = check_int8_ranges(layer, *(f.get_tensor(p) for p in parts), qmin, qmax)
+            if problems:
+                raise MonoQuantError(f"{path}: " + "; ".join(problems))
+    return (f"ok: {len(names)} tensors, {len(info.selected_layers)} int8 layers read back one "
+            "layer at a time (sequential builds no whole model to compare outputs with)")
