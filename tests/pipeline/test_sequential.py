@@ -164,7 +164,7 @@ def test_auto_picks_sequential_when_the_model_does_not_fit(folders, tmp_path, mo
 
 
 def test_sequential_refuses_what_it_cannot_do(folders):
-    root, paths = folders
+    _, paths = folders
     with pytest.raises(BadConfigError, match=r"pipeline: sequential: the model must be an hf: "
                                              r"folder"):
         JobSpec(parse_model_source("factory:mono_quant.demo_models:mlp"), pipeline="sequential")

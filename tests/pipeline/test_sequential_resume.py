@@ -41,7 +41,7 @@ def job(tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_stopped_run_resumes_at_the_first_unfinished_block(job, tmp_path):
-    root, spec, reference = job
+    _, spec, reference = job
     out, stages = tmp_path / "q.safetensors", []
     with pytest.raises(Stopped):
         run_pipeline(spec, out, on_stage=stop_after(2, stages))

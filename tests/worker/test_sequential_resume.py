@@ -21,16 +21,11 @@ from mono_quant.io.formats import load_model, read_info
 from mono_quant.pipeline import run_pipeline
 from tests.io.hf_fixture import CALIBRATION_TEXT
 from tests.pipeline.test_sequential import make_folder, spec_of
-from tests.worker.harness import REPO, wait_until
-from tests.worker.test_queue_e2e import (  # noqa: F401 - fixtures
-    _jobs,
-    _manifest,
-    _no_temporaries,
-    _wait_final,
-    env,
-    pg_url,
-    workers,
-)
+from tests.worker import test_queue_e2e as e2e
+from tests.worker.harness import REPO, cli, wait_until
+
+# the end-to-end tests' fixtures: a flushed Redis database, a fresh catalog, worker processes
+pg_url, env, workers = e2e.pg_url, e2e.env, e2e.workers
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -56,18 +51,16 @@ def test_a_killed_sequential_job_resumes_at_the_unfinished_block(env, workers, t
     flag = tmp_path / "paused"
     env = {**env, "PYTHONPATH": f"{INJECT}{os.pathsep}{REPO}",
            "MQ_TEST_PAUSE_AT_BLOCK": "1", "MQ_TEST_PAUSE_FLAG": str(flag)}
-    manifest = _manifest(tmp_path / "jobs.yaml", [{
+    manifest = e2e._manifest(tmp_path / "jobs.yaml", [{
         "name": "seq", "model": f"hf:{folder}", "pipeline": "sequential", **quant,
         "calibration": f"text:{cal}?batch_size=4&max_length=16"}])
     w = workers("w1@seq", environ=env)
-    from tests.worker.harness import cli
-
     assert cli("submit", str(manifest), env=env).returncode == 0
     wait_until(flag.exists, 120, what="block 1 to be committed")
     child = int(flag.read_text())
     assert child in w.children()
     os.kill(child, signal.SIGKILL)  # mid-model: blocks 0 and 1 done, 2 and 3 not
-    (job,) = _wait_final(env, 1, timeout=180)
+    (job,) = e2e._wait_final(env, 1, timeout=180)
     assert job.status is JobStatus.SUCCEEDED, job.error
     assert [a.outcome for a in job.attempt_rows] == [AttemptOutcome.LOST,
                                                      AttemptOutcome.SUCCEEDED]
@@ -81,4 +74,4 @@ def test_a_killed_sequential_job_resumes_at_the_unfinished_block(env, workers, t
     assert sorted(got) == sorted(reference)
     assert [k for k in got if not torch.equal(got[k], reference[k])] == []
     assert not list(root.rglob("*.work"))  # the progress folder went with the success
-    _no_temporaries(root)
+    e2e._no_temporaries(root)
