@@ -45,7 +45,13 @@ from torch import nn
 
 from mono_quant.errors import BadInputError, MonoQuantError
 from mono_quant.pipeline.progress import Progress, fingerprint
-from mono_quant.pipeline.skeleton import CheckpointWeights, build_skeleton, find_blocks, free
+from mono_quant.pipeline.skeleton import (
+    CheckpointWeights,
+    build_skeleton,
+    find_blocks,
+    free,
+    move_buffers,
+)
 from mono_quant.quant.calibration import run_batch, to_device
 from mono_quant.quant.info import QuantizationInfo, library_versions
 from mono_quant.quant.metrics import ErrorAccumulator
@@ -323,6 +329,7 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
     job = _Job(spec, Path(work_dir), device, factories)
     saved = job.progress.resume()
     job.weights.materialize_outside(job.model, job.blocks, device)
+    move_buffers(job.model, device)
     start = 0 if saved is None else saved.blocks_done
     stats = _Stats(None if saved is None else saved.stats)
     acts = None

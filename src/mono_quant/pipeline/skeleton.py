@@ -32,7 +32,7 @@ from torch import nn
 from mono_quant.errors import BadInputError
 
 __all__ = ["BLOCK_LISTS", "CheckpointWeights", "build_skeleton", "find_blocks", "free",
-           "params_on_meta", "register_blocks"]
+           "move_buffers", "params_on_meta", "register_blocks"]
 
 #: ``config.model_type`` -> the qualified-name suffix of the block ModuleList.
 BLOCK_LISTS: dict[str, str] = {
@@ -194,6 +194,15 @@ def _set_param(root: nn.Module, name: str, value: torch.Tensor) -> None:
         for pname, p in list(module._parameters.items()):
             if p is old:
                 module._parameters[pname] = new
+
+
+def move_buffers(model: nn.Module, device: Any) -> None:
+    """Move the real buffers (rotary frequencies, position ids) to ``device``: they were
+    built on the CPU with the skeleton; parameters are loaded where they are needed."""
+    for module in model.modules():
+        for name, buf in list(module._buffers.items()):
+            if buf is not None and not buf.is_meta:
+                module._buffers[name] = buf.to(device)
 
 
 def free(module: nn.Module) -> None:
