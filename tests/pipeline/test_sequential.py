@@ -173,3 +173,18 @@ def test_sequential_refuses_what_it_cannot_do(folders):
     with pytest.raises(BadConfigError, match=r"pipeline='fast': expected one of auto, "
                                              r"in_memory, sequential"):
         JobSpec(parse_model_source(f"hf:{paths['opt']}"), pipeline="fast")
+
+
+def test_serveability_and_nothing_selected(folders, tmp_path):
+    root, paths = folders
+    spec = spec_of(paths["llama-untied"], root / "cal.txt", "sequential", mode="dynamic")
+    result = run_pipeline(spec, tmp_path / "q.safetensors")
+    in_memory = run_pipeline(spec_of(paths["llama-untied"], root / "cal.txt", "in_memory",
+                                     mode="dynamic"), tmp_path / "m.safetensors")
+    for key in ("serveable_by", "serveable_reason"):
+        assert result.info.metrics.get(key) == in_memory.info.metrics.get(key)
+    nothing = spec_of(paths["llama-untied"], root / "cal.txt", "sequential", mode="dynamic",
+                      exclude=["Linear"])
+    with pytest.raises(BadConfigError, match="no layers selected: the model has 15 "):
+        run_pipeline(nothing, tmp_path / "n.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "q.safetensors"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mono_quant.errors import BadInputError, MonoQuantError
+from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.pipeline.progress import Progress, fingerprint
 from mono_quant.pipeline.skeleton import (
     CheckpointWeights,
@@ -245,6 +246,13 @@ class _Job:
         self.order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
         self.layers_total = sum(is_quantizable(m) for m in self.model.modules())
         self.weights = CheckpointWeights(folder, self.model)
+        if not select_layers(self.model, self.config):  # on the skeleton: before any work
+            c = self.config
+            raise BadConfigError(
+                f"no layers selected: the model has {self.layers_total} quantizable "
+                f"(Linear/Conv2d/Conv1D) layer(s) and none matched include={list(c.include)} "
+                f"exclude={list(c.exclude)} min_layer_size={c.min_layer_size} (tied layers "
+                "need an include pattern naming them)")
         self.batches = None
         if spec.calibration is not None:
             self.batches = spec.calibration.load(spec.model, spec.samples, factories)
@@ -347,6 +355,7 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
     info = _info(job, stats, tail)
     info.metrics["sequential"] = {"blocks": job.count, "block_list": job.blocks,
                                   "resumed_at_block": start}
+    _record_serveability(job, info)
     if before_write is not None:
         before_write(info)
     job.progress.assemble(Path(dst), _build_metadata(info))
@@ -358,14 +367,27 @@ def _log_block(event: str, block: int, total: int) -> None:
     log.info("sequential: %s block %d of %d", event, block, total)
 
 
+def _record_serveability(job: _Job, info: QuantizationInfo) -> None:
+    """``serveable_by`` / ``serveable_reason`` from the int8 weights' shapes in the parts
+    (what :func:`~mono_quant.pipeline.served.record_serveability` reads from a model)."""
+    from mono_quant.io._safetensors_stream import read_header
+    from mono_quant.io.serveability import check_layers
+
+    weights = {n: e.shape for f in job.progress.part_files()
+               for n, e in read_header(f).tensors.items()}
+    shapes = {}
+    for name in info.selected_layers:
+        shape = weights[f"{name}.weight"]  # int8, [out, in, ...]
+        shapes[name] = (int(shape[0]), int(math.prod(shape[1:])))
+    info.metrics.update(check_layers(info.config, "safetensors", shapes).metrics())
+
+
 def _info(job: _Job, stats: _Stats, tail: list[str]) -> QuantizationInfo:
     """The QuantizationInfo: quantize_model's weight metrics over every block and the tail."""
     from mono_quant.io._safetensors_stream import read_header
     from mono_quant.quant.quantize import _tie_report, _warn_low
 
     layers = sorted(stats.layers, key=lambda n: job.order.get(n, len(job.order)))
-    if not layers:
-        raise MonoQuantError("no layers were quantized")  # select_layers refused earlier
     per_layer = {n: stats.layers[n] for n in layers}
     size_fp = job.weights.nbytes
     size_q = sum(e.nbytes for f in job.progress.part_files()
