@@ -91,3 +91,12 @@ def test_progress_of_another_fingerprint_is_discarded(tmp_path):
     assert torch.equal(state.activations[0]["h"], torch.ones(1))
     assert Progress(tmp_path / "work", "b").resume() is None
     assert not (tmp_path / "work").exists()
+
+
+def test_a_changed_fingerprint_removes_only_progress_files(tmp_path):
+    work = tmp_path / "work"
+    p = Progress(work, "a")
+    p.commit_block(0, {"x.0.w": torch.ones(2)}, [{"h": torch.zeros(1)}], {})
+    (work / "notes.txt").write_text("not ours")
+    assert Progress(work, "b").resume() is None
+    assert sorted(f.name for f in work.iterdir()) == ["notes.txt"]

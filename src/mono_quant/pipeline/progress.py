@@ -32,9 +32,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,8 @@ from mono_quant.errors import MonoQuantError
 __all__ = ["Progress", "SavedState", "fingerprint"]
 
 _STATE = "state.json"
+#: The files of a work folder besides ``parts/`` (temporaries included).
+_OURS = re.compile(r"^\.?(state\.json|acts-\d+\.pt)(\.tmp)?$")
 
 
 @dataclass
@@ -121,8 +125,7 @@ class Progress:
         folder is emptied: a changed input starts over)."""
         state = self._state()
         if state is None or state.get("fingerprint") != self.fingerprint:
-            if self.folder.exists():
-                shutil.rmtree(self.folder)
+            self.remove()
             return None
         acts = state.get("activations")
         activations = None
@@ -190,4 +193,14 @@ class Progress:
             writer.finish()
 
     def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete what this class writes (and the folder once it is empty): never a file
+        of someone else's that happens to be in the folder."""
+        if not self.folder.is_dir():
+            return
+        for entry in self.folder.iterdir():
+            if entry.name == "parts" and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif _OURS.match(entry.name) and entry.is_file():
+                entry.unlink()
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
