@@ -83,5 +83,5 @@ def test_quantize_pipeline_sequential(tmp_path, hf):
     report = _report(res.stdout)
     assert report["reload"].startswith("ok: ") and "one layer at a time" in report["reload"]
     metrics = read_info(out).metrics
-    assert metrics["sequential"]["blocks"] == 2 and metrics["peak_host_bytes"] > 0
+    assert metrics["sequential"]["blocks"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.safetensors"]

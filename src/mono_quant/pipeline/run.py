@@ -121,7 +121,9 @@ def run_pipeline(
     a run that finds it resumes there, and removes it on success.
 
     ``info.metrics`` gets ``peak_host_bytes`` (the process's ``VmHWM``, reset at the start
-    where Linux allows) and, on a GPU, ``peak_device_bytes``, measured up to the write.
+    where Linux allows) and, on a GPU, ``peak_device_bytes``, measured up to the reload
+    check: in the result (and so the catalog), not in the artifact, whose bytes stay the
+    same whoever runs the job.
     """
     from mono_quant.io._targets import check_outside_source, check_replaceable
     from mono_quant.io.hashing import sha256_path, size_path
@@ -139,6 +141,7 @@ def run_pipeline(
         info, digest = _sequential(spec, path, stage, device, factories, work), None
     else:
         info, digest = _in_memory(spec, path, stage, on_progress, device, progress, factories)
+    add_peaks(info, device)  # after the write: the artifact's bytes do not depend on them
     stage(Stage.HASHING.value)
     return PipelineResult(path, info, sha256_path(path), size_path(path), digest)
 
@@ -170,7 +173,7 @@ def _sequential(spec: JobSpec, path: Path, stage: OnStage, device: str,
                   blocks=total, resumed=event == "resumed")
 
     info = quantize_sequential(spec, path, work, device=device, factories=factories,
-                               on_block=on_block, before_write=lambda i: add_peaks(i, device))
+                               on_block=on_block)
     stage(Stage.RELOADING.value)
     info.metrics["reload_check"] = reload_check(path, info)
     return info
@@ -186,7 +189,6 @@ def _in_memory(spec: JobSpec, path: Path, stage: OnStage, on_progress: OnProgres
     evaluation = _evaluation(spec, stage)
     qmodel, info = _quantize(model, spec, batches, stage, on_progress, device, progress,
                              evaluation)
-    add_peaks(info, device)
     stage(Stage.WRITING.value)
     save_model(qmodel, path, info=info, format=spec.format,
                extra_files=source_files(spec.model, qmodel, info, spec.format))

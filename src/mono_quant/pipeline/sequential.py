@@ -319,14 +319,11 @@ def _cursor_hook(refs: list[torch.Tensor | None], cursor: list[int]):
 
 def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
                         device: Any = "cpu", factories: Any = None,
-                        on_block: OnBlock | None = None,
-                        before_write: Callable[[QuantizationInfo], None] | None = None,
-                        ) -> QuantizationInfo:
+                        on_block: OnBlock | None = None) -> QuantizationInfo:
     """Quantize ``spec`` block by block into ``dst`` (.safetensors), keeping progress in
     ``work_dir`` (resumed from when its fingerprint matches; removed on success).
     ``on_block(event, block, blocks)`` hears ``"started"``/``"resumed"`` (the first block
-    this run quantizes) and ``"block"`` after each; ``before_write(info)`` may add metrics
-    before the header is written.
+    this run quantizes) and ``"block"`` after each.
 
     Raises:
         BadInputError: a checkpoint that lacks a tensor of the model, batches that do not
@@ -356,8 +353,6 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
     info.metrics["sequential"] = {"blocks": job.count, "block_list": job.blocks,
                                   "resumed_at_block": start}
     _record_serveability(job, info)
-    if before_write is not None:
-        before_write(info)
     job.progress.assemble(Path(dst), _build_metadata(info))
     job.progress.remove()
     return info
