@@ -79,6 +79,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("mode", ["weight_only", "dynamic"])
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_weight_only_and_dynamic_give_identical_tensors(folders, tmp_path, name, mode):
     runs = both(folders, name, tmp_path, mode=mode)
     (a, ia), (b, ib) = runs["in_memory"], runs["sequential"]
@@ -97,6 +98,7 @@ def _block0(key: str) -> bool:
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_static_equal_in_block_0_and_bounded_after(folders, tmp_path, name):
     runs = both(folders, name, tmp_path, mode="static")
     a, b = runs["in_memory"][0], runs["sequential"][0]
@@ -109,6 +111,7 @@ def test_static_equal_in_block_0_and_bounded_after(folders, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_smoothquant_equal_in_block_0_and_bounded_after(folders, tmp_path, name):
     runs = both(folders, name, tmp_path, mode="static", smoothquant=0.5)
     a, b = runs["in_memory"][0], runs["sequential"][0]
@@ -121,6 +124,7 @@ def test_smoothquant_equal_in_block_0_and_bounded_after(folders, tmp_path, name)
     assert ib.metrics["smoothquant"]["smoothed"] == ia.metrics["smoothquant"]["smoothed"]
 
 
+@pytest.mark.slow
 def test_gptq_block_0_equal(folders, tmp_path):
     runs = both(folders, "llama-untied", tmp_path, mode="weight_only", weight_algorithm="gptq")
     a, b = runs["in_memory"][0], runs["sequential"][0]
@@ -130,6 +134,7 @@ def test_gptq_block_0_equal(folders, tmp_path):
     assert runs["sequential"][1].metrics["gptq"]["layers_gptq"] > 0
 
 
+@pytest.mark.slow
 def test_artifact_info_and_peaks(folders, tmp_path):
     root, paths = folders
     spec = spec_of(paths["llama-untied"], root / "cal.txt", "sequential", mode="static")
@@ -148,6 +153,7 @@ def test_artifact_info_and_peaks(folders, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.safetensors"]
 
 
+@pytest.mark.slow
 def test_auto_picks_sequential_when_the_model_does_not_fit(folders, tmp_path, monkeypatch):
     from mono_quant.pipeline import choose
 
@@ -176,6 +182,7 @@ def test_sequential_refuses_what_it_cannot_do(folders):
         JobSpec(parse_model_source(f"hf:{paths['opt']}"), pipeline="fast")
 
 
+@pytest.mark.slow
 def test_serveability_and_nothing_selected(folders, tmp_path):
     root, paths = folders
     spec = spec_of(paths["llama-untied"], root / "cal.txt", "sequential", mode="dynamic")
