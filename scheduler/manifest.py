@@ -61,7 +61,7 @@ from mono_quant.io.layout import FORMATS
 from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.pipeline.content_cache import ContentHashCache
 from mono_quant.pipeline.evaluation import parse_evaluation_source
-from mono_quant.pipeline.spec import JobSpec, needs_calibration
+from mono_quant.pipeline.spec import PIPELINES, JobSpec, needs_calibration
 from mono_quant.quant.qconfig import QuantConfig
 from mono_quant.scheduler.bounds import (
     check_document,
@@ -83,7 +83,7 @@ MAX_PROBLEMS = 20
 QUANT_FIELDS = tuple(f.name for f in dataclasses.fields(QuantConfig))
 #: Keys renamed, old spelling → new; the old one is still read, with a deprecation notice.
 RENAMED = {"device": "queue"}
-MATRIX_KEYS = (*QUANT_FIELDS, "format", "queue", "stream", *RENAMED)
+MATRIX_KEYS = (*QUANT_FIELDS, "format", "queue", "stream", "pipeline", *RENAMED)
 
 
 def _manifest_type(hint: Any) -> Any:
@@ -110,6 +110,7 @@ class _Common(BaseModel):
     samples: int | None = None
     stream: bool | None = None
     max_shard_size: int | str | None = None
+    pipeline: str | None = None
     max_attempts: int | None = None
 
     @field_validator("format")
@@ -117,6 +118,13 @@ class _Common(BaseModel):
     def _format(cls, v: str | None) -> str | None:
         if v is not None and v not in FORMATS:
             raise ValueError(f"expected one of {', '.join(FORMATS)}")
+        return v
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline(cls, v: str | None) -> str | None:
+        if v is not None and v not in PIPELINES:
+            raise ValueError(f"expected one of {', '.join(PIPELINES)}")
         return v
 
     @field_validator("samples", "max_attempts")
@@ -338,7 +346,8 @@ class _Expander:
                            format=renamed.get("format", "safetensors"),
                            samples=renamed.get("samples"), stream=renamed.get("stream", False),
                            weights_digest=digest, evaluation=evaluation,
-                           max_shard_size=renamed.get("max_shard_size")), renamed
+                           max_shard_size=renamed.get("max_shard_size"),
+                           pipeline=renamed.get("pipeline", "auto")), renamed
         except BadConfigError as e:
             self.errors.append(f"{self.source}: {where}: {e}")
             return None

@@ -22,6 +22,7 @@ from typing import Any
 
 # Torch-free modules: `mono-quant --help` stays fast.
 from mono_quant.io.layout import FORMATS
+from mono_quant.pipeline.spec import PIPELINES
 from mono_quant.quant.qconfig import GRANULARITIES, MODES, OBSERVERS, WEIGHT_ALGORITHMS
 from mono_quant.quant.specs import SCHEMES
 from mono_quant.scheduler.cliutil import HelpFormatter, add_deprecated_alias
@@ -55,6 +56,10 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", action="store_true",
                    help="hf: sources only: quantize the safetensors weights tensor by tensor "
                         "without building the model (weight-only, .safetensors output)")
+    p.add_argument("--pipeline", choices=PIPELINES, default="auto",
+                   help="sequential: block by block from an hf: folder's safetensors (bounded "
+                        "memory, resumable); in_memory: the whole model; auto (default): "
+                        "sequential when the model does not fit (docs/sequential.md)")
     p.add_argument("--max-shard-size", metavar="SIZE",
                    help="shard the weights into files of at most SIZE (e.g. 5GB, 500MiB, or "
                         "bytes) with model.safetensors.index.json; a .safetensors output "
@@ -227,6 +232,7 @@ def _spec(args: argparse.Namespace):
         samples=args.samples,
         stream=args.stream,
         max_shard_size=args.max_shard_size,
+        pipeline=args.pipeline,
         evaluation=parse_evaluation_source(args.evaluation) if args.evaluation else None,
     )
 

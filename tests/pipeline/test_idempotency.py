@@ -211,14 +211,15 @@ EVALUATIONS = st.sampled_from([None] + [parse_evaluation_source(e) for e in (
 
 @settings(max_examples=300, deadline=None)
 @given(spec=specs(), digest=st.none() | st.text(max_size=70), evaluation=EVALUATIONS,
-       shards=st.none() | st.integers(1, 10**13))
-def test_the_fast_texts_equal_the_reference_serialisation(spec, digest, evaluation, shards):
+       shards=st.none() | st.integers(1, 10**13), pipeline=st.sampled_from(["auto", "in_memory"]))
+def test_the_fast_texts_equal_the_reference_serialisation(spec, digest, evaluation, shards,
+                                                         pipeline):
     """The cached texts a submit writes are exactly what json.dumps of the payload gives (the
     catalog's serialiser), and the key is the reference ``_idempotency_key`` of it."""
     if spec.format == "pt" or spec.stream:  # sharding is refused there
         shards = None
     spec = dataclasses.replace(spec, weights_digest=digest, evaluation=evaluation,
-                               max_shard_size=shards)
+                               max_shard_size=shards, pipeline=pipeline)
     payload = spec.to_payload()
     assert spec.payload_json == json.dumps(payload)
     assert spec.model_json == json.dumps(payload["model"])

@@ -113,8 +113,8 @@ def test_a_stage_callback_that_raises_stops_before_writing(tmp_path):
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        ({"model": "factory:tests.jobfixtures:tiny", "version": 2},
-         "job spec version 2 is not supported"),
+        ({"model": "factory:tests.jobfixtures:tiny", "version": 3},
+         "job spec version 3 is not supported"),
         ({"model": "factory:tests.jobfixtures:tiny", "priority": 1},
          "job spec: unknown field(s) priority"),
         ({"quant": {}}, "job spec: field 'model' is missing"),

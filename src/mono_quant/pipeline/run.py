@@ -8,7 +8,11 @@ so a spec gives the same artifact bytes whoever runs it. In order, each step ann
 2. ``quantizing``: :func:`~mono_quant.quant.quantize.quantize_model` (calibration included);
    on out-of-memory, once more with the calibration batches halved. With ``spec.stream`` the
    checkpoint is instead quantized tensor by tensor into the destination
-   (:func:`~mono_quant.pipeline.streaming.quantize_checkpoint`), no model built;
+   (:func:`~mono_quant.pipeline.streaming.quantize_checkpoint`), no model built; with the
+   ``sequential`` pipeline (``spec.pipeline``, or ``auto`` when the model does not fit:
+   :mod:`~mono_quant.pipeline.choose`) block by block
+   (:func:`~mono_quant.pipeline.sequential.quantize_sequential`), announcing
+   ``quantizing block`` after each block, with progress kept in ``work_dir``;
 3. ``writing`` the artifact (:func:`~mono_quant.io.formats.save_model`: temporary name,
    fsync, rename);
 4. ``reloading`` it and checking it reproduces the quantized model's outputs bit for bit;
@@ -40,6 +44,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mono_quant.pipeline.allowlist import FactoryAllowList
+from mono_quant.pipeline.choose import choose_pipeline
+from mono_quant.pipeline.memory import add_peaks, reset_peaks
 from mono_quant.pipeline.spec import JobSpec
 from mono_quant.quant.info import QuantizationInfo
 
@@ -60,6 +66,7 @@ class Stage(str, Enum):
     LOADING_EVALUATION = "loading evaluation text"
     QUANTIZING = "quantizing"
     QUANTIZING_SMALLER = "quantizing (smaller calibration batches)"
+    QUANTIZING_BLOCK = "quantizing block"
     WRITING = "writing"
     RELOADING = "reloading"
     HASHING = "hashing"
@@ -101,6 +108,7 @@ def run_pipeline(
     device: str = "cpu",
     progress: bool = False,
     factories: FactoryAllowList | None = None,
+    work_dir: str | Path | None = None,
 ) -> PipelineResult:
     """Run ``spec`` and write its artifact at ``destination``; see the module docstring.
 
@@ -109,6 +117,13 @@ def run_pipeline(
     sources may import (services pass the operator's allow-list; None: the caller vouches).
     Before any work, a destination inside an ``hf:`` source folder, or an existing one that
     is not a mono-quant artifact of this format, is refused (BadInputError).
+    ``work_dir``: where a sequential run keeps its progress (default: ``<destination>.work``);
+    a run that finds it resumes there, and removes it on success.
+
+    ``info.metrics`` gets ``peak_host_bytes`` (the process's ``VmHWM``, reset at the start
+    where Linux allows) and, on a GPU, ``peak_device_bytes``, measured up to the reload
+    check: in the result (and so the catalog), not in the artifact, whose bytes stay the
+    same whoever runs the job.
     """
     from mono_quant.io._targets import check_outside_source, check_replaceable
     from mono_quant.io.hashing import sha256_path, size_path
@@ -118,10 +133,15 @@ def run_pipeline(
     if spec.model.scheme == "hf":
         check_outside_source(path, spec.model.target)
     check_replaceable(path, spec.format)
+    reset_peaks(device)
     if spec.stream:
         info, digest = _streamed(spec, path, stage, progress)
+    elif choose_pipeline(spec, device) == "sequential":
+        work = Path(work_dir) if work_dir is not None else path.with_name(path.name + ".work")
+        info, digest = _sequential(spec, path, stage, device, factories, work), None
     else:
         info, digest = _in_memory(spec, path, stage, on_progress, device, progress, factories)
+    add_peaks(info, device)  # after the write: the artifact's bytes do not depend on them
     stage(Stage.HASHING.value)
     return PipelineResult(path, info, sha256_path(path), size_path(path), digest)
 
@@ -139,6 +159,24 @@ def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool):
         "outputs with)"
     )
     return info, None
+
+
+def _sequential(spec: JobSpec, path: Path, stage: OnStage, device: str,
+                factories: FactoryAllowList | None, work: Path) -> QuantizationInfo:
+    from mono_quant.pipeline.sequential import quantize_sequential, reload_check
+
+    def on_block(event: str, block: int, total: int) -> None:
+        if event == "block":
+            stage(Stage.QUANTIZING_BLOCK.value, block=block + 1, blocks=total)
+        else:  # started / resumed: the first block this attempt runs
+            stage(Stage.QUANTIZING.value, pipeline="sequential", first_block=block,
+                  blocks=total, resumed=event == "resumed")
+
+    info = quantize_sequential(spec, path, work, device=device, factories=factories,
+                               on_block=on_block)
+    stage(Stage.RELOADING.value)
+    info.metrics["reload_check"] = reload_check(path, info)
+    return info
 
 
 def _in_memory(spec: JobSpec, path: Path, stage: OnStage, on_progress: OnProgress | None,

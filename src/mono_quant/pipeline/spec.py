@@ -6,22 +6,27 @@ scheduler builds a ``JobSpec``, stores :meth:`JobSpec.to_payload` in the catalog
 validates every field (an unknown version or field is a ``BadConfigError``, never a crash).
 :func:`~mono_quant.pipeline.run.run_pipeline` takes it.
 
-Payload (JSON, version 1)::
+Payload (JSON, version 2)::
 
-    {"version": 1,
+    {"version": 2,
      "model": {...},            # canonical model source (ModelSource.canonical())
      "quant": {...},            # QuantConfig.to_dict()
      "format": "safetensors",   # one of FORMATS
      "calibration": {...},      # canonical calibration source, or null
      "samples": 64,             # calibration samples to use, or null (all)
      "stream": false,           # tensor-by-tensor weight-only quantization (hf: only)
-     "max_shard_size": 5000000000}  # optional: shard the weights (bytes; absent: one file)
+     "max_shard_size": 5000000000,  # optional: shard the weights (bytes; absent: one file)
+     "pipeline": "sequential"}  # only when not "auto": one of PIPELINES (version 2)
+
+Version 1 payloads (before ``pipeline``) still load: their pipeline is ``auto``. The
+idempotency key leaves out the version and an ``auto`` pipeline, so the keys of earlier jobs
+do not change.
 
 Example:
     >>> from mono_quant.pipeline.spec import JobSpec
     >>> spec = JobSpec.from_payload({"model": "factory:mono_quant.demo_models:mlp?hidden=32"})
-    >>> spec.format, spec.config.mode, spec.stream
-    ('safetensors', 'weight_only', False)
+    >>> spec.format, spec.config.mode, spec.stream, spec.pipeline
+    ('safetensors', 'weight_only', False, 'auto')
     >>> JobSpec.from_payload(spec.to_payload()) == spec
     True
     >>> JobSpec.from_payload({**spec.to_payload(), "version": 9})  # doctest: +ELLIPSIS
@@ -51,10 +56,16 @@ from mono_quant.pipeline.sources import (
 )
 from mono_quant.quant.qconfig import QuantConfig
 
-__all__ = ["JobSpec", "needs_calibration"]
+__all__ = ["PIPELINES", "JobSpec", "needs_calibration"]
 
 _FIELDS = ("version", "model", "quant", "format", "calibration", "samples", "stream",
-           "weights_digest", "evaluation", "max_shard_size")
+           "weights_digest", "evaluation", "max_shard_size", "pipeline")
+#: Payload versions this mono-quant reads (1: before ``pipeline``).
+_VERSIONS = (1, 2)
+#: How the model is quantized: block by block from the checkpoint (bounded memory,
+#: resumable), whole in memory, or ``auto``: sequential when the model does not fit
+#: (:func:`~mono_quant.pipeline.choose.choose_pipeline`).
+PIPELINES = ("auto", "in_memory", "sequential")
 
 
 def needs_calibration(config: QuantConfig) -> str | None:
@@ -96,8 +107,11 @@ class JobSpec:
     #: ``model.safetensors.index.json`` (:mod:`mono_quant.io.sharded`; ``"5GB"`` is parsed);
     #: None: one file. Safetensors and compressed-tensors only.
     max_shard_size: int | None = None
+    #: One of :data:`PIPELINES`; ``stream`` (weight-only, no model) is separate and
+    #: excludes ``sequential``.
+    pipeline: str = "auto"
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -114,10 +128,17 @@ class JobSpec:
                                  "come from it)")
         if not isinstance(self.stream, bool):
             raise BadConfigError(f"stream={self.stream!r}: expected true or false")
+        if self.pipeline not in PIPELINES:
+            raise BadConfigError(f"pipeline={self.pipeline!r}: expected one of "
+                                 f"{', '.join(PIPELINES)}")
         if self.stream:
             self._check_stream()
         if self.max_shard_size is not None:
             self._check_shards()
+        if self.pipeline == "sequential":
+            problems = self.sequential_problems()
+            if problems:
+                raise BadConfigError("pipeline: sequential: " + "; ".join(problems))
 
     def _check_shards(self) -> None:
         from mono_quant.io.sharded import parse_size
@@ -127,6 +148,23 @@ class JobSpec:
             raise BadConfigError("max_shard_size: shards are written for the safetensors and "
                                  "compressed-tensors formats by the in-memory pipeline (not "
                                  f"format {self.format!r}{', stream: true' * self.stream})")
+
+    def sequential_problems(self) -> list[str]:
+        """Why this job cannot run block by block (empty: it can)."""
+        problems = []
+        if self.stream:
+            problems.append("stream: true is its own pipeline (weight-only, no model built)")
+        if self.model.scheme != "hf":
+            problems.append("the model must be an hf: folder (blocks load from its safetensors)")
+        if self.format != "safetensors":
+            problems.append("it writes the safetensors format")
+        if self.config.target:
+            problems.append("an accuracy target needs the whole model (use in_memory)")
+        if self.evaluation is not None:
+            problems.append("perplexity evaluation needs the whole model (use in_memory)")
+        if self.max_shard_size is not None:
+            problems.append("it writes one file (max_shard_size needs in_memory)")
+        return problems
 
     def _check_stream(self) -> None:
         problems = []
@@ -152,6 +190,8 @@ class JobSpec:
             parts["evaluation"] = self.evaluation
         if self.max_shard_size is not None:  # likewise
             parts["max_shard_size"] = self.max_shard_size
+        if self.pipeline != "auto":  # likewise
+            parts["pipeline"] = self.pipeline
         return parts
 
     def to_payload(self) -> dict[str, Any]:
@@ -165,12 +205,14 @@ class JobSpec:
         (a factory outside ``factories``, when given, included: nothing is imported)."""
         if not isinstance(data, Mapping):
             raise BadConfigError(f"job spec: expected a mapping, got {type(data).__name__}")
-        version = data.get("version", cls.VERSION)  # payloads before versioning were v1
-        if version != cls.VERSION:
+        version = data.get("version", 1)  # payloads before versioning were v1
+        if version not in _VERSIONS or isinstance(version, bool):
             raise BadConfigError(
                 f"job spec version {version!r} is not supported (this mono-quant reads "
-                f"version {cls.VERSION}); upgrade mono-quant"
+                f"versions {', '.join(map(str, _VERSIONS))}); upgrade mono-quant"
             )
+        if version == 1 and "pipeline" in data:
+            raise BadConfigError("job spec version 1 has no field 'pipeline' (version 2 does)")
         unknown = sorted(set(data) - set(_FIELDS))
         if unknown:
             raise BadConfigError(f"job spec: unknown field(s) {', '.join(map(str, unknown))}; "
@@ -196,6 +238,7 @@ class JobSpec:
             weights_digest=data.get("weights_digest"),
             evaluation=evaluation,
             max_shard_size=data.get("max_shard_size"),
+            pipeline=data.get("pipeline", "auto"),
         )
 
     @property
@@ -225,8 +268,8 @@ class JobSpec:
         """(idempotency key, payload JSON, model source JSON), computed together once.
 
         The two texts spell out :meth:`to_payload`'s layout: the key's fields in sorted order
-        (``calibration, evaluation, format, max_shard_size, model, quant, samples, stream,
-        weights_digest``)
+        (``calibration, evaluation, format, max_shard_size, model, pipeline, quant, samples,
+        stream, weights_digest``)
         without ``version`` (and ``stream`` when false), compact; the payload's in its own
         order, as ``json.dumps`` writes them. A generic join over :meth:`_parts` costs twice
         as much per job; the equality with the reference is tested over random specs.
@@ -242,7 +285,10 @@ class JobSpec:
         shards = None if self.max_shard_size is None else str(int(self.max_shard_size))
         key += [f'"format":{fmt}']
         key += [] if shards is None else [f'"max_shard_size":{shards}']
-        key += [f'"model":{model[0]}', f'"quant":{quant[0]}', f'"samples":{samples}']
+        key += [f'"model":{model[0]}']
+        pipe = None if self.pipeline == "auto" else json.dumps(self.pipeline)
+        key += [] if pipe is None else [f'"pipeline":{pipe}']
+        key += [f'"quant":{quant[0]}', f'"samples":{samples}']
         key += ['"stream":true'] if self.stream else []
         key += [] if digest is None else [f'"weights_digest":{digest}']
         payload = [f'{{"version": {self.VERSION}', f'"model": {model[1]}',
@@ -251,6 +297,7 @@ class JobSpec:
         payload += [] if digest is None else [f'"weights_digest": {digest}']
         payload += [] if ev is None else [f'"evaluation": {ev[1]}']
         payload += [] if shards is None else [f'"max_shard_size": {shards}']
+        payload += [] if pipe is None else [f'"pipeline": {pipe}']
         return (hashlib.sha256((",".join(key) + "}").encode()).hexdigest(),
                 ", ".join(payload) + "}", model[1])
 

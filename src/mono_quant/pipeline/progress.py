@@ -1,0 +1,206 @@
+"""Durable progress of a sequential job, and the one writer of its tensors.
+
+A work folder (next to the artifact; the worker names it per job, so every attempt of a
+job finds it) holds::
+
+    state.json           {"fingerprint", "blocks_done", "parts", "activations", "stats"}
+    parts/00003.safetensors   the quantized tensors of block 3 (full names)
+    parts/tail.safetensors    embeddings, final norm, head
+    acts-00004.pt        the cached inputs of block 4 (weights_only pickle of tensors)
+
+Order of writes after block ``i``: its part file and the next block's inputs (each to a
+temporary name, fsynced, renamed), then ``state.json`` the same way, then the previous
+activations are removed. A crash at any point leaves either the old state (block ``i`` is
+redone) or the new one: never a state naming a file that is not complete.
+
+:meth:`Progress.resume` returns the saved state only when its fingerprint (model files,
+config, calibration tensors) equals the job's: a changed input starts over from block 0.
+:meth:`Progress.assemble` copies the parts into the artifact in bounded chunks (the place
+where a sharded writer plugs in); :meth:`Progress.remove` deletes the folder once the
+artifact is in place, so a succeeded job leaves only the artifact.
+
+Example:
+    >>> import tempfile, torch
+    >>> p = Progress(tempfile.mkdtemp() + "/work", "f1")
+    >>> p.resume() is None
+    True
+    >>> p.commit_block(0, {"b.0.w": torch.ones(2)}, [{"x": torch.zeros(1)}], {"n": 1})
+    >>> state = Progress(p.folder, "f1").resume()
+    >>> state.blocks_done, state.stats, Progress(p.folder, "changed").resume() is None
+    (1, {'n': 1}, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mono_quant.errors import MonoQuantError
+
+__all__ = ["Progress", "SavedState", "fingerprint"]
+
+_STATE = "state.json"
+#: The files of a work folder besides ``parts/`` (temporaries included).
+_OURS = re.compile(r"^\.?(state\.json|acts-\d+\.pt)(\.tmp)?$")
+
+
+@dataclass
+class SavedState:
+    """What a previous attempt finished: blocks ``0 .. blocks_done - 1``."""
+
+    blocks_done: int
+    activations: list[Any] | None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint(payload: dict[str, Any], files: list[Path], batches: list[Any] | None) -> str:
+    """sha256 of the job's config, the checkpoint files (name, size, mtime; config.json's
+    bytes) and the calibration tensors' bytes."""
+    h = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
+    for f in sorted(files):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        if f.name == "config.json":
+            h.update(f.read_bytes())
+    _hash_item(h, batches)
+    return h.hexdigest()
+
+
+def _hash_item(h: Any, item: Any) -> None:
+    if isinstance(item, torch.Tensor):
+        t = item.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(item, dict):
+        for k in sorted(item):
+            h.update(str(k).encode())
+            _hash_item(h, item[k])
+    elif isinstance(item, (list, tuple)):
+        h.update(f"[{len(item)}".encode())
+        for v in item:
+            _hash_item(h, v)
+    else:
+        h.update(repr(item).encode())
+
+
+def _fsync_rename(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Progress:
+    """The work folder of one sequential job (see the module docstring)."""
+
+    def __init__(self, folder: str | Path, fingerprint: str) -> None:
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+
+    @property
+    def parts(self) -> Path:
+        return self.folder / "parts"
+
+    def _state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.folder / _STATE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def resume(self) -> SavedState | None:
+        """The saved state if it belongs to this fingerprint; otherwise None (and the
+        folder is emptied: a changed input starts over)."""
+        state = self._state()
+        if state is None or state.get("fingerprint") != self.fingerprint:
+            self.remove()
+            return None
+        acts = state.get("activations")
+        activations = None
+        if acts is not None:
+            activations = torch.load(self.folder / acts, weights_only=True)
+        return SavedState(state["blocks_done"], activations, state.get("stats", {}))
+
+    def _write_part(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        self.parts.mkdir(parents=True, exist_ok=True)
+        tmp = self.parts / f".{name}.tmp"
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        _fsync_rename(tmp, self.parts / f"{name}.safetensors")
+
+    def commit_block(self, index: int, tensors: dict[str, torch.Tensor],
+                     activations: list[Any] | None, stats: dict[str, Any]) -> None:
+        """Make block ``index`` durable: its tensors, the next block's inputs, the stats."""
+        self._write_part(f"{index:05d}", tensors)
+        acts = None
+        if activations is not None:
+            acts = f"acts-{index + 1:05d}.pt"
+            tmp = self.folder / f".{acts}.tmp"
+            torch.save(activations, tmp)
+            _fsync_rename(tmp, self.folder / acts)
+        old = self._state()
+        state = {"fingerprint": self.fingerprint, "blocks_done": index + 1,
+                 "activations": acts, "stats": stats}
+        tmp = self.folder / f".{_STATE}.tmp"
+        tmp.write_text(json.dumps(state, allow_nan=True))
+        _fsync_rename(tmp, self.folder / _STATE)
+        if old and old.get("activations") and old["activations"] != acts:
+            (self.folder / old["activations"]).unlink(missing_ok=True)
+
+    def write_tail(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The tensors outside the blocks (written last, never resumed from)."""
+        self._write_part("tail", tensors)
+
+    def part_files(self) -> list[Path]:
+        return sorted(self.parts.glob("*.safetensors"))
+
+    def assemble(self, dst: Path, metadata: dict[str, str]) -> None:
+        """Write the artifact ``dst`` from the parts, tensor bytes copied in chunks."""
+        from mono_quant.io._atomic import atomic_file
+        from mono_quant.io._safetensors_stream import (
+            SafetensorsWriter,
+            TensorSpec,
+            copy_tensor_bytes,
+            read_header,
+        )
+
+        headers = [read_header(f) for f in self.part_files()]
+        specs: dict[str, TensorSpec] = {}
+        for h in headers:
+            for name, e in h.tensors.items():
+                if name in specs:
+                    raise MonoQuantError(f"{h.path}: tensor {name!r} written twice")
+                specs[name] = TensorSpec(e.torch_dtype, e.shape)
+        with atomic_file(dst) as out:
+            writer = SafetensorsWriter(out, specs, metadata)
+            for h in headers:
+                with open(h.path, "rb") as f:
+                    for name in h.tensors:
+                        copy_tensor_bytes(f, h, name, writer)
+            writer.finish()
+
+    def remove(self) -> None:
+        """Delete what this class writes (and the folder once it is empty): never a file
+        of someone else's that happens to be in the folder."""
+        if not self.folder.is_dir():
+            return
+        for entry in self.folder.iterdir():
+            if entry.name == "parts" and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif _OURS.match(entry.name) and entry.is_file():
+                entry.unlink()
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()

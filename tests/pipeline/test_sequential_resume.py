@@ -1,0 +1,102 @@
+"""A sequential run stopped after a block resumes there; a changed input starts over."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mono_quant.io.formats import load_model
+from mono_quant.pipeline import run_pipeline
+from mono_quant.pipeline.progress import Progress
+from tests.io.hf_fixture import CALIBRATION_TEXT
+from tests.pipeline.test_sequential import make_folder, spec_of
+
+
+class Stopped(Exception):
+    pass
+
+
+def stop_after(block: int, stages: list):
+    def on_stage(stage: str, **extra) -> None:
+        stages.append((stage, extra))
+        if stage == "quantizing block" and extra["block"] == block:
+            raise Stopped(f"stopped after block {block}")
+    return on_stage
+
+
+def first_block(stages: list) -> tuple[int, bool]:
+    (extra,) = [e for s, e in stages if s == "quantizing" and "first_block" in e]
+    return extra["first_block"], extra["resumed"]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    folder = make_folder(root, "llama-untied", num_hidden_layers=4)
+    (root / "cal.txt").write_text(CALIBRATION_TEXT * 2)
+    spec = spec_of(folder, root / "cal.txt", "sequential", mode="static", smoothquant=0.5)
+    reference = run_pipeline(spec, root / "reference.safetensors")
+    return root, spec, load_model(reference.path)
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_at_the_first_unfinished_block(job, tmp_path):
+    _, spec, reference = job
+    out, stages = tmp_path / "q.safetensors", []
+    with pytest.raises(Stopped):
+        run_pipeline(spec, out, on_stage=stop_after(2, stages))
+    assert not out.exists()
+    work = tmp_path / "q.safetensors.work"
+    assert sorted(p.name for p in (work / "parts").iterdir()) == ["00000.safetensors",
+                                                                 "00001.safetensors"]
+    stages.clear()
+    result = run_pipeline(spec, out, on_stage=lambda s, **e: stages.append((s, e)))
+    assert first_block(stages) == (2, True)
+    assert [e["block"] for s, e in stages if s == "quantizing block"] == [3, 4]
+    assert result.info.metrics["sequential"]["resumed_at_block"] == 2
+    got = load_model(out)
+    assert sorted(got) == sorted(reference)
+    assert [k for k in got if not torch.equal(got[k], reference[k])] == []
+    assert not work.exists()  # a succeeded run leaves only the artifact
+
+
+@pytest.mark.slow
+def test_a_changed_calibration_file_starts_over(job, tmp_path):
+    root, spec, reference = job
+    out, stages = tmp_path / "q.safetensors", []
+    with pytest.raises(Stopped):
+        run_pipeline(spec, out, on_stage=stop_after(1, stages))
+    cal = root / "cal.txt"
+    original = cal.read_text()
+    try:
+        cal.write_text(original.replace("quick brown fox", "slow green frog"))
+        stages.clear()
+        run_pipeline(spec, out, on_stage=lambda s, **e: stages.append((s, e)))
+        assert first_block(stages) == (0, False)
+        assert [e["block"] for s, e in stages if s == "quantizing block"] == [1, 2, 3, 4]
+    finally:
+        cal.write_text(original)
+    changed = load_model(out)
+    assert any(not torch.equal(changed[k], reference[k]) for k in reference)
+
+
+def test_progress_of_another_fingerprint_is_discarded(tmp_path):
+    p = Progress(tmp_path / "work", "a")
+    p.commit_block(0, {"x.0.w": torch.ones(2)}, [{"h": torch.zeros(1)}], {"n": 1})
+    p.commit_block(1, {"x.1.w": torch.ones(2)}, [{"h": torch.ones(1)}], {"n": 2})
+    assert sorted(f.name for f in (tmp_path / "work").iterdir()) == ["acts-00002.pt", "parts",
+                                                                    "state.json"]
+    state = Progress(tmp_path / "work", "a").resume()
+    assert (state.blocks_done, state.stats) == (2, {"n": 2})
+    assert torch.equal(state.activations[0]["h"], torch.ones(1))
+    assert Progress(tmp_path / "work", "b").resume() is None
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_changed_fingerprint_removes_only_progress_files(tmp_path):
+    work = tmp_path / "work"
+    p = Progress(work, "a")
+    p.commit_block(0, {"x.0.w": torch.ones(2)}, [{"h": torch.zeros(1)}], {})
+    (work / "notes.txt").write_text("not ours")
+    assert Progress(work, "b").resume() is None
+    assert sorted(f.name for f in work.iterdir()) == ["notes.txt"]
