@@ -16,6 +16,8 @@ What is equal and what is bounded:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -196,3 +198,24 @@ def test_serveability_and_nothing_selected(folders, tmp_path):
     with pytest.raises(BadConfigError, match="no layers selected: the model has 15 "):
         run_pipeline(nothing, tmp_path / "n.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "q.safetensors"]
+
+
+def test_sequential_writes_shards_equal_to_its_single_file(folders, tmp_path):
+    """With max_shard_size the sequential pipeline writes a sharded folder (standard index)
+    holding exactly the tensors and info of its single-file artifact."""
+    root, paths = folders
+    single = run_pipeline(spec_of(paths["llama-untied"], root / "cal.txt", "sequential",
+                                  mode="static"), tmp_path / "one.safetensors")
+    spec = dataclasses.replace(
+        spec_of(paths["llama-untied"], root / "cal.txt", "sequential", mode="static"),
+        max_shard_size="64KB")
+    sharded = run_pipeline(spec, tmp_path / "sharded.safetensors")
+    assert sharded.path.is_dir()
+    shards = sorted(p.name for p in sharded.path.glob("model-*.safetensors"))
+    assert len(shards) >= 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((sharded.path / "model.safetensors.index.json").read_text())
+    a, b = load_model(single.path), load_model(sharded.path)
+    assert sorted(index["weight_map"]) == sorted(a) == sorted(b)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert read_info(sharded.path).selected_layers == single.info.selected_layers
+    assert sharded.info.metrics["reload_check"].startswith(f"ok: {len(a)} tensors")

@@ -167,8 +167,14 @@ class Progress:
     def part_files(self) -> list[Path]:
         return sorted(self.parts.glob("*.safetensors"))
 
-    def assemble(self, dst: Path, metadata: dict[str, str]) -> None:
-        """Write the artifact ``dst`` from the parts, tensor bytes copied in chunks."""
+    def assemble(self, dst: Path, metadata: dict[str, str],
+                 max_shard_size: int | None = None) -> None:
+        """Write the artifact ``dst`` from the parts, tensor bytes copied in chunks; with
+        ``max_shard_size``, a sharded folder (:mod:`mono_quant.io.sharded`) written one tensor
+        at a time, in the parts' order (blocks, then the tail)."""
+        if max_shard_size is not None:
+            self._assemble_shards(dst, metadata, max_shard_size)
+            return
         from mono_quant.io._atomic import atomic_file
         from mono_quant.io._safetensors_stream import (
             SafetensorsWriter,
@@ -191,6 +197,18 @@ class Progress:
                     for name in h.tensors:
                         copy_tensor_bytes(f, h, name, writer)
             writer.finish()
+
+    def _assemble_shards(self, dst: Path, metadata: dict[str, str], max_shard_size: int) -> None:
+        from safetensors import safe_open
+
+        from mono_quant.io.sharded import sharded_folder
+
+        with sharded_folder(dst, max_shard_size) as writer:
+            for part in self.part_files():
+                with safe_open(str(part), framework="pt") as f:
+                    for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                        writer.add(name, f.get_tensor(name))
+            writer.set_metadata(metadata)
 
     def remove(self) -> None:
         """Delete what this class writes (and the folder once it is empty): never a file

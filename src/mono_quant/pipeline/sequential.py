@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -353,7 +354,7 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
     info.metrics["sequential"] = {"blocks": job.count, "block_list": job.blocks,
                                   "resumed_at_block": start}
     _record_serveability(job, info)
-    job.progress.assemble(Path(dst), _build_metadata(info))
+    job.progress.assemble(Path(dst), _build_metadata(info), spec.max_shard_size)
     job.progress.remove()
     return info
 
@@ -422,15 +423,31 @@ def reload_check(path: Path, info: QuantizationInfo) -> str:
     if stored.selected_layers != info.selected_layers:
         raise MonoQuantError(f"{path}: the stored info lists other layers than were quantized")
     qmin, qmax = qrange(info.config.scheme)
-    with safe_open(str(path), framework="pt") as f:
-        names = set(f.keys())
+    with contextlib.ExitStack() as stack:
+        files = _artifact_files(path)  # tensor name -> its (shard) file
+        opened = {f: stack.enter_context(safe_open(str(f), framework="pt"))
+                  for f in set(files.values())}
         for layer in info.selected_layers:
             parts = [f"{layer}.{s}" for s in ("weight", "weight_scale", "weight_zero_point")]
-            missing = [p for p in parts if p not in names]
+            missing = [p for p in parts if p not in files]
             if missing:
                 raise MonoQuantError(f"{path}: tensor {missing[0]!r} is missing")
-            problems = check_int8_ranges(layer, *(f.get_tensor(p) for p in parts), qmin, qmax)
+            tensors = (opened[files[p]].get_tensor(p) for p in parts)
+            problems = check_int8_ranges(layer, *tensors, qmin, qmax)
             if problems:
                 raise MonoQuantError(f"{path}: " + "; ".join(problems))
-    return (f"ok: {len(names)} tensors, {len(info.selected_layers)} int8 layers read back one "
+    return (f"ok: {len(files)} tensors, {len(info.selected_layers)} int8 layers read back one "
             "layer at a time (sequential builds no whole model to compare outputs with)")
+
+
+def _artifact_files(path: Path) -> dict[str, Path]:
+    """Each tensor's file: the artifact itself, or its shard (a sharded folder's index)."""
+    from safetensors import safe_open
+
+    from mono_quant.io.sharded import read_index
+
+    if path.is_dir():
+        weight_map, _ = read_index(path)
+        return {name: path / shard for name, shard in weight_map.items()}
+    with safe_open(str(path), framework="pt") as f:
+        return dict.fromkeys(f.keys(), path)

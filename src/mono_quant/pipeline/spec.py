@@ -162,8 +162,6 @@ class JobSpec:
             problems.append("an accuracy target needs the whole model (use in_memory)")
         if self.evaluation is not None:
             problems.append("perplexity evaluation needs the whole model (use in_memory)")
-        if self.max_shard_size is not None:
-            problems.append("it writes one file (max_shard_size needs in_memory)")
         return problems
 
     def _check_stream(self) -> None:
