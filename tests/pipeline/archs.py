@@ -65,8 +65,8 @@ class Arch:
     #: weight dtype, so an int8 projection truncates the pixels: the quantized model runs
     #: but its outputs are wrong (quantize_model warns on the output cosine; README).
     exclude: tuple[str, ...] = ()
-    #: the modes the matrix runs (dynamic where a later issue added it for the family)
-    modes: tuple[str, ...] = ("weight_only", "static")
+    #: the modes the matrix runs: every mode mono-quant has
+    modes: tuple[str, ...] = ("weight_only", "static", "dynamic")
 
     def build(self, seed: int = 0) -> torch.nn.Module:
         import transformers
@@ -159,5 +159,5 @@ ARCHS = [
     # two): Conv2d + BatchNorm + one Linear head; every mode, no compressed-tensors form
     TorchvisionArch("resnet", "resnet.ResNet", "",
                     {"block": "BasicBlock", "layers": [1, 1, 1, 1], "num_classes": 10},
-                    conv2d=True, modes=("weight_only", "static", "dynamic")),
+                    conv2d=True),
 ]

@@ -1,8 +1,8 @@
 """The architecture matrix: tiny random checkpoints of real transformers classes and a
-torchvision ResNet, quantized in every mode their family runs (weight-only and static; dynamic
-for the ResNet) to every format their family supports, loaded the way each format is served
-(transformers for compressed-tensors, load_quantized otherwise); a format that cannot hold the
-family's layers is refused before anything is written.
+torchvision ResNet, quantized in every mode (weight-only, static and dynamic W8A8) to every
+format their family supports, loaded the way each format is served (transformers for
+compressed-tensors, load_quantized otherwise); a format that cannot hold the family's layers is
+refused before anything is written.
 """
 
 from __future__ import annotations
