@@ -122,7 +122,7 @@ from datasets import Dataset
 from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import GPTQModifier
 from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = [sys.argv[2], sys.argv[2] + "/src"]  # mono_quant need not be installed there
 from benchmarks.accuracy import PeakRSS, logits_metrics, data
 from tests.io.hf_fixture import make_tokenizer  # the dataset is tokenized: only required
 from transformers import LlamaConfig, LlamaForCausalLM
