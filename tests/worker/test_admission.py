@@ -136,8 +136,8 @@ def settings(tmp_path) -> Settings:
     return s
 
 
-def _submit(settings, model: str) -> int:
-    _, specs = parse_manifest({"jobs": [{"name": "a", "model": model}]})
+def _submit(settings, model: str, **fields) -> int:
+    _, specs = parse_manifest({"jobs": [{"name": "a", "model": model, **fields}]})
     with Catalog(settings.catalog_url).begin() as session:
         _, (job_id,) = create_batch(session, _rows(specs), name="t")
     return job_id
@@ -164,7 +164,8 @@ def fake_gpu(monkeypatch):
 
 def test_a_job_that_fits_no_gpu_fails_as_bad_config_with_the_numbers(settings, llama, fake_gpu):
     fake_gpu.update(free=64 * MiB, total=64 * MiB)
-    job_id = _submit(settings, f"hf:{llama}")
+    # in_memory: with `auto`, a job that does not fit whole runs sequentially (smaller)
+    job_id = _submit(settings, f"hf:{llama}", pipeline="in_memory")
     out = run_job(job_id, "w@test", settings=settings)
     assert out.status is OutcomeStatus.FAILED
     job = _job(settings, job_id)
