@@ -35,8 +35,11 @@ NAMES = ("llama-untied", "opt", "bert")
 
 #: measured worst relative difference of a later block's input_scale (static), x1.5
 INPUT_SCALE_BOUND = {"llama-untied": 0.0028 * 1.5, "opt": 0.174 * 1.5, "bert": 0.0038 * 1.5}
-#: measured worst relative difference of a later weight_scale with SmoothQuant 0.5, x1.5
-SMOOTH_SCALE_BOUND = {"llama-untied": 0.0042 * 1.5, "opt": 0.171 * 1.5, "bert": 0.0097 * 1.5}
+#: measured worst relative difference of a later weight_scale with SmoothQuant 0.5, x1.5,
+#: among the layers whose mapping took the same strength in both runs. Since SmoothQuant also
+#: smooths v_proj -> o_proj / out_proj (issue 11), those scales follow the value activations,
+#: which sequential takes from the quantized blocks: the random OPT's differ most.
+SMOOTH_SCALE_BOUND = {"llama-untied": 0.0087 * 1.5, "opt": 1.12 * 1.5, "bert": 0.0097 * 1.5}
 
 
 def make_folder(root: Path, name: str, seed: int = 0, **config) -> Path:
@@ -120,10 +123,17 @@ def test_smoothquant_equal_in_block_0_and_bounded_after(folders, tmp_path, name)
     for k in a:
         if _block0(k):
             assert torch.equal(a[k], b[k]), k
-    worst = max(relative(a[k], b[k]) for k in a if k.endswith("weight_scale"))
+    ia = runs["in_memory"][1].metrics["smoothquant"]
+    ib = runs["sequential"][1].metrics["smoothquant"]
+    assert sorted(ib["strengths"]) == sorted(ia["strengths"])  # every mapping, both runs
+    # each mapping's strength is searched on its block's inputs (smoothsearch): later blocks
+    # see the quantized blocks' outputs, so a search may settle on another strength there;
+    # where both runs chose the same one, the scales differ only as the inputs do
+    same = [s for s in ia["strengths"] if ia["strengths"][s] == ib["strengths"][s]]
+    assert all(ia["strengths"][s] == ib["strengths"][s] for s in ia["strengths"] if ".0." in s)
+    layers = {f"{layer}.weight_scale" for s in same for layer in ia["smoothed"].get(s, [])}
+    worst = max((relative(a[k], b[k]) for k in layers if k in a), default=0.0)
     assert worst <= SMOOTH_SCALE_BOUND[name]
-    ia, ib = runs["in_memory"][1], runs["sequential"][1]
-    assert ib.metrics["smoothquant"]["smoothed"] == ia.metrics["smoothquant"]["smoothed"]
 
 
 @pytest.mark.slow

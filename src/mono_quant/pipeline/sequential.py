@@ -179,8 +179,12 @@ class _Stats:
             self.total.merge(acc)
         sq = extra.get("smoothquant")
         if sq is not None:
-            merged = self.smooth or {**sq, "smoothed": {}, "unmapped_layers": []}
+            merged = self.smooth or {**sq, "smoothed": {}, "strengths": {}, "not_smoothed": [],
+                                     "unmapped_layers": []}
             merged["smoothed"].update(sq["smoothed"])
+            merged.setdefault("strengths", {}).update(sq.get("strengths", {}))
+            merged["not_smoothed"] = sorted({*merged.get("not_smoothed", []),
+                                             *sq.get("not_smoothed", [])})
             merged["unmapped_layers"] += sq["unmapped_layers"]
             self.smooth = merged
         self.gptq["layers_gptq"] += algorithms["layers_gptq"]
