@@ -109,6 +109,7 @@ def _manifest(path: Path, jobs: list[dict], **top) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_batch_on_two_workers_with_only_an_object_store(env, workers, tmp_path):
     manifest = _manifest(tmp_path / "jobs.yaml", [
         {"name": "a", "model": "factory:tests.jobfixtures:tiny?seed=1"},
