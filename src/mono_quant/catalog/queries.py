@@ -241,9 +241,12 @@ def artifact_records(
     """The :func:`artifact_record` of each artifact ``q`` selects, read as plain rows.
 
     The same records, in the same order, as ``[artifact_record(a) for a in
-    list_artifacts(session, q, load_jobs=True)]``, from one statement (the artifacts joined
-    with their jobs' three shown columns) and without building ORM objects: on a page of 100
-    artifacts that is most of the time spent (see ``docs/performance.md``, web catalog).
+    list_artifacts(session, q, load_jobs=True)]``, without building ORM objects (on a page
+    of 100 artifacts that was most of the time spent: ``docs/performance.md``, web catalog):
+    two statements, the artifacts' columns and then their jobs' three shown columns by id.
+    The jobs are not joined into the first: where a filter selects many rows before the
+    ORDER BY and LIMIT (a batch's 1,000 artifacts), the join would read all of their jobs
+    rather than the 100 shown.
 
     ``locate`` maps a storage key to ``(path, uri)``; by default they are
     :func:`artifact_record`'s, under ``storage_root``.
@@ -252,10 +255,16 @@ def artifact_records(
         records = artifact_records(session, ArtifactQuery(batches=[7]),
                                    locate=lambda key: (f"/srv/a/{key}", f"file:///srv/a/{key}"))
     """
-    stmt = artifacts_statement(q or ArtifactQuery())
-    columns = [getattr(Artifact, name).label(name) for name in _COLUMN_FIELDS]
-    columns += [column.label(name) for name, column in _JOB_FIELDS.items()]
-    stmt = stmt.with_only_columns(*columns).join(Job, Job.id == Artifact.job_id)
+    stmt = artifacts_statement(q or ArtifactQuery()).with_only_columns(
+        *(getattr(Artifact, name).label(name) for name in _COLUMN_FIELDS))
+    rows = session.execute(stmt).mappings().all()
+    jobs: dict[int, dict[str, Any]] = {}
+    if rows:
+        for job_id, *shown in session.execute(
+            select(Job.id, *_JOB_FIELDS.values())
+            .where(Job.id.in_(sorted({row["job_id"] for row in rows})))
+        ):
+            jobs[job_id] = dict(zip(_JOB_FIELDS, shown, strict=True))
     where = locate or (lambda key: _located(key, storage_root))
-    return [_record(row, *where(row["storage_key"]))
-            for row in session.execute(stmt).mappings()]
+    return [_record({**row, **jobs[row["job_id"]]}, *where(row["storage_key"]))
+            for row in rows]
