@@ -2,8 +2,9 @@
 
 Every function takes a (read-only) session and runs a bounded number of indexed queries,
 whatever the size of the catalog: lists are cut (batches: the newest 100; a batch's jobs:
-one page of :data:`JOBS_PER_PAGE`; artifacts: the query's limit), so each page stays well
-under 100 ms at 100k artifacts (``benchmarks/web_pages.py``).
+one page of :data:`JOBS_PER_PAGE`; artifacts: the query's limit), read as plain rows (no
+ORM objects), so each page's work does not grow with the catalog (``benchmarks/web_pages.py``;
+the figures at 100,000 artifacts are in ``docs/performance.md``).
 """
 
 from __future__ import annotations
