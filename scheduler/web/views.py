@@ -2,19 +2,21 @@
 
 Every function takes a (read-only) session and runs a bounded number of indexed queries,
 whatever the size of the catalog: lists are cut (batches: the newest 100; a batch's jobs:
-one page of :data:`JOBS_PER_PAGE`; artifacts: the query's limit), so each page stays well
-under 100 ms at 100k artifacts (``benchmarks/web_pages.py``).
+one page of :data:`JOBS_PER_PAGE`; artifacts: the query's limit), read as plain rows (no
+ORM objects), so each page's work does not grow with the catalog (``benchmarks/web_pages.py``;
+the figures at 100,000 artifacts are in ``docs/performance.md``).
 """
 
 from __future__ import annotations
 
 import math
 import posixpath
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, load_only, selectinload
+from sqlalchemy.orm import Session
 
 from mono_quant.catalog import (
     FINAL_STATUSES,
@@ -25,7 +27,7 @@ from mono_quant.catalog import (
     Job,
     JobStatus,
     artifact_record,
-    artifacts_statement,
+    artifact_records,
     get_artifact,
     job_status_counts,
 )
@@ -79,9 +81,16 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def batches_overview(session: Session, limit: int = BATCHES_SHOWN) -> list[dict[str, Any]]:
-    """The newest batches with their jobs counted per status and the share that is final."""
-    batches = list(session.scalars(select(Batch).order_by(Batch.id.desc()).limit(limit)))
-    counts = {b.id: {s.value: 0 for s in JobStatus} for b in batches}
+    """The newest batches with their jobs counted per status and the share that is final.
+
+    Two statements of plain rows: the batches, then their jobs counted per (batch, status)
+    from the ``(batch_id, status, id)`` index (index-only).
+    """
+    batches = session.execute(
+        select(Batch.id, Batch.name, Batch.submitted_at, Batch.requested_by, Batch.labels)
+        .order_by(Batch.id.desc()).limit(limit)
+    ).mappings().all()
+    counts = {b["id"]: {s.value: 0 for s in JobStatus} for b in batches}
     if batches:
         rows = session.execute(
             select(Job.batch_id, Job.status, func.count())
@@ -92,68 +101,88 @@ def batches_overview(session: Session, limit: int = BATCHES_SHOWN) -> list[dict[
             counts[batch_id][JobStatus(status).value] = n
     out = []
     for b in batches:
-        total = sum(counts[b.id].values())
-        done = sum(counts[b.id][s.value] for s in FINAL_STATUSES)
+        total = sum(counts[b["id"]].values())
+        done = sum(counts[b["id"]][s.value] for s in FINAL_STATUSES)
         out.append({
-            "id": b.id, "name": b.name, "submitted_at": b.submitted_at,
-            "requested_by": b.requested_by, "labels": b.labels, "jobs": total,
-            "counts": counts[b.id], "done": done,
+            **b, "jobs": total, "counts": counts[b["id"]], "done": done,
             "progress": round(done / total, 4) if total else 1.0,
         })
     return out
 
 
-# What the batch page shows of a job (not its config and source JSON).
+# What the batch page shows of a job (not its config and source JSON) and of an attempt.
 _JOB_COLUMNS = (
     Job.id, Job.name, Job.model_source, Job.status, Job.attempts, Job.max_attempts,
     Job.error_kind, Job.last_error, Job.worker, Job.device, Job.queue, Job.created_at,
     Job.queued_at, Job.started_at, Job.finished_at,
 )
+_ATTEMPT_COLUMNS = (
+    Attempt.job_id, Attempt.number, Attempt.worker, Attempt.device, Attempt.started_at,
+    Attempt.finished_at, Attempt.outcome, Attempt.error_kind, Attempt.error,
+)
 
 
-def _attempt(a: Attempt) -> dict[str, Any]:
+def _attempt(a: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "number": a.number, "worker": a.worker, "device": a.device,
-        "started_at": a.started_at, "finished_at": a.finished_at,
-        "duration_s": _seconds(a.started_at, a.finished_at),
-        "outcome": a.outcome.value if a.outcome else None,
-        "error_kind": a.error_kind.value if a.error_kind else None, "error": a.error,
+        "number": a["number"], "worker": a["worker"], "device": a["device"],
+        "started_at": a["started_at"], "finished_at": a["finished_at"],
+        "duration_s": _seconds(a["started_at"], a["finished_at"]),
+        "outcome": a["outcome"].value if a["outcome"] else None,
+        "error_kind": a["error_kind"].value if a["error_kind"] else None, "error": a["error"],
     }
 
 
-def _job(j: Job, artifact_id: int | None) -> dict[str, Any]:
+def _job(j: Mapping[str, Any], attempts: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "id": j.id, "name": j.name, "model_source": j.model_source, "status": j.status.value,
-        "attempts": j.attempts, "max_attempts": j.max_attempts,
-        "error_kind": j.error_kind.value if j.error_kind else None, "last_error": j.last_error,
-        "worker": j.worker, "device": j.device, "queue": j.queue,
-        "created_at": j.created_at, "queued_at": j.queued_at, "started_at": j.started_at,
-        "finished_at": j.finished_at, "duration_s": _seconds(j.started_at, j.finished_at),
-        "artifact_id": artifact_id, "attempt_list": [_attempt(a) for a in j.attempt_rows],
+        "id": j["id"], "name": j["name"], "model_source": j["model_source"],
+        "status": j["status"].value, "attempts": j["attempts"],
+        "max_attempts": j["max_attempts"],
+        "error_kind": j["error_kind"].value if j["error_kind"] else None,
+        "last_error": j["last_error"], "worker": j["worker"], "device": j["device"],
+        "queue": j["queue"], "created_at": j["created_at"], "queued_at": j["queued_at"],
+        "started_at": j["started_at"], "finished_at": j["finished_at"],
+        "duration_s": _seconds(j["started_at"], j["finished_at"]),
+        "artifact_id": j["artifact_id"], "attempt_list": attempts,
     }
+
+
+def _jobs_page(session: Session, batch_id: int, page: int) -> list[dict[str, Any]]:
+    """One page of a batch's jobs with their artifact ids (one statement, in id order from
+    the ``(batch_id, id)`` index) and their attempts (one more, from ``(job_id, number)``)."""
+    jobs = session.execute(
+        select(*_JOB_COLUMNS, Artifact.id.label("artifact_id"))
+        .outerjoin(Artifact, Artifact.job_id == Job.id)
+        .where(Job.batch_id == batch_id).order_by(Job.id)
+        .offset((page - 1) * JOBS_PER_PAGE).limit(JOBS_PER_PAGE)
+    ).mappings().all()
+    attempts: dict[int, list[dict[str, Any]]] = {j["id"]: [] for j in jobs}
+    if jobs:
+        for a in session.execute(
+            select(*_ATTEMPT_COLUMNS).where(Attempt.job_id.in_(list(attempts)))
+            .order_by(Attempt.job_id, Attempt.number)
+        ).mappings():
+            attempts[a["job_id"]].append(_attempt(a))
+    return [_job(j, attempts[j["id"]]) for j in jobs]
 
 
 def batch_detail(session: Session, batch_id: int, page: int = 1) -> dict[str, Any]:
-    """One batch: status counts, time spent, and one page of its jobs with their attempts."""
-    batch = session.get(Batch, batch_id)
+    """One batch: status counts, time spent, and one page of its jobs with their attempts.
+
+    Plain rows throughout (no ORM objects): four statements whatever the page size.
+    """
+    batch = session.execute(
+        select(Batch.id, Batch.name, Batch.submitted_at, Batch.requested_by, Batch.labels)
+        .where(Batch.id == batch_id)
+    ).mappings().one_or_none()
     if batch is None:
         raise NotFound(f"no batch with id {batch_id} in the catalog")
-    jobs = list(session.scalars(
-        select(Job).where(Job.batch_id == batch_id).order_by(Job.id)
-        .offset((page - 1) * JOBS_PER_PAGE).limit(JOBS_PER_PAGE)
-        .options(selectinload(Job.attempt_rows), load_only(*_JOB_COLUMNS))
-    ))
-    artifacts = dict(session.execute(
-        select(Artifact.job_id, Artifact.id).where(Artifact.job_id.in_([j.id for j in jobs]))
-    ).all()) if jobs else {}
     counts = {s.value: n for s, n in job_status_counts(session, batch_id).items()}
     total = sum(counts.values())
     return {
-        "id": batch.id, "name": batch.name, "submitted_at": batch.submitted_at,
-        "requested_by": batch.requested_by, "labels": batch.labels, "jobs_total": total,
+        **batch, "jobs_total": total,
         "counts": counts, "page": page, "pages": max(1, -(-total // JOBS_PER_PAGE)),
         "time": time_spent(session, batch_id),
-        "jobs": [_job(j, artifacts.get(j.id)) for j in jobs],
+        "jobs": _jobs_page(session, batch_id, page),
     }
 
 
@@ -167,20 +196,18 @@ def _path(storage_root: str, storage_key: str) -> dict[str, str]:
     return {"path": path, "uri": path if "://" in storage_root else "file://" + path}
 
 
-def _row(a: Artifact, storage_root: str) -> dict[str, Any]:
-    return {**artifact_record(a), "job_name": a.job.name,
-            **_path(storage_root, a.storage_key)}
-
-
 def artifacts_page(session: Session, query: ArtifactQuery,
                    storage_root: str) -> list[dict[str, Any]]:
     """The artifacts ``query`` selects (the ``catalog list`` query), with job names and paths.
 
-    Of each artifact's job only the few columns shown are loaded (not its config JSON).
+    Plain rows (:func:`~mono_quant.catalog.artifact_records`): one statement with the job's
+    shown columns joined, no ORM objects, paths by string work only (:func:`_path`).
     """
-    stmt = artifacts_statement(query).options(
-        selectinload(Artifact.job).load_only(Job.name, Job.batch_id, Job.status))
-    return [_row(a, storage_root) for a in session.scalars(stmt)]
+    def locate(key: str) -> tuple[str, str]:
+        where = _path(storage_root, key)
+        return where["path"], where["uri"]
+
+    return artifact_records(session, query, locate=locate)
 
 
 def artifact_detail(session: Session, artifact_id: int, storage_root: str) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from mono_quant.catalog.models import (
 )
 from mono_quant.catalog.queries import (
     artifact_record,
+    artifact_records,
     artifacts_statement,
     get_artifact,
     job_status_counts,
@@ -79,6 +80,7 @@ __all__ = [
     "artifact_path",
     "artifact_path_by_id",
     "artifact_record",
+    "artifact_records",
     "artifact_uri",
     "artifacts_statement",
     "config_digest",

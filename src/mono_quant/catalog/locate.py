@@ -22,7 +22,13 @@ from mono_quant.catalog.models import Artifact
 from mono_quant.errors import BadInputError
 from mono_quant.io.store import is_store_url, open_store
 
-__all__ = ["artifact_path", "artifact_path_by_id", "artifact_uri", "load_artifact"]
+__all__ = [
+    "artifact_path",
+    "artifact_path_by_id",
+    "artifact_uri",
+    "load_artifact",
+    "storage_key_path",
+]
 
 
 def _root(storage_root: str | Path | None) -> str | Path:
@@ -39,10 +45,15 @@ def artifact_path(artifact: Artifact, storage_root: str | Path | None = None) ->
 
     ``storage_root`` defaults to MONO_QUANT_STORAGE_ROOT (see ``mono-quant where``).
     """
+    return storage_key_path(artifact.storage_key, storage_root)
+
+
+def storage_key_path(storage_key: str, storage_root: str | Path | None = None) -> Path | str:
+    """:func:`artifact_path` from a storage key (for rows read without ORM objects)."""
     root = _root(storage_root)
     if is_store_url(root):
-        return open_store(root).url(artifact.storage_key)
-    return resolve_storage_key(root, artifact.storage_key).absolute()
+        return open_store(root).url(storage_key)
+    return resolve_storage_key(root, storage_key).absolute()
 
 
 def artifact_uri(artifact: Artifact, storage_root: str | Path | None = None) -> str:

@@ -161,6 +161,8 @@ class Job(Base):
     __table_args__ = (
         # a batch's status counts (index-only), and its jobs of a status in id order (pages)
         Index(None, "batch_id", "status", "id"),
+        # a batch's jobs in id order, a page at a time (migration 0006)
+        Index(None, "batch_id", "id"),
         Index(None, "status", "queue"),  # claim / reconcile scans
         Index(None, "idempotency_key"),  # not unique: retries and --force may repeat a key
     )

@@ -68,3 +68,37 @@ def test_time_spent_on_both_backends(catalog_url):
     assert got["waiting_s"] == pytest.approx(2.5 + 6 + 40, abs=1e-3)
     assert got["wall_s"] == pytest.approx(36.5, abs=1e-3)
     assert empty == {"run_s": {}, "waiting_s": 0.0, "wall_s": None}
+    # keys in RUN_KEYS order (running first, then outcomes alphabetically) on both backends
+    assert list(got["run_s"]) == ["running", "failed", "succeeded"]
+
+
+def test_time_spent_when_batches_interleave(catalog_url):
+    """Jobs of two batches submitted side by side have interleaved ids: the attempts between
+    a batch's lowest and highest job id include the other batch's, which must not count."""
+    catalog = Catalog(catalog_url)
+    try:
+        with catalog.begin() as s:
+            mine, theirs = Batch(name="mine", labels={}), Batch(name="theirs", labels={})
+            s.add_all([mine, theirs])
+            s.flush()
+            jobs = []
+            for i, b in enumerate([mine, theirs, mine, theirs, mine]):  # ids 1..5
+                j = Job(batch=b, name=f"j{i}", model_source="m", spec={},
+                        idempotency_key=f"k{i}", queue="cpu", status=JobStatus.SUCCEEDED,
+                        created_at=_at(0))
+                s.add(j)
+                jobs.append(j)
+            s.flush()
+            for i, j in enumerate(jobs):  # mine: 10, 30, 50 s; theirs: 1000, 3000 s
+                seconds = (10 + 20 * (i // 2)) if j.batch is mine else 1000 * (1 + 2 * (i // 2))
+                s.add(Attempt(job=j, number=1, started_at=_at(i), finished_at=_at(i + seconds),
+                              outcome=AttemptOutcome.SUCCEEDED))
+        with catalog.begin() as s:
+            got, other = time_spent(s, mine.id), time_spent(s, theirs.id)
+    finally:
+        catalog.dispose()
+    assert got["run_s"] == pytest.approx({"succeeded": 10 + 30 + 50}, abs=1e-3)
+    assert got["waiting_s"] == pytest.approx(0 + 2 + 4, abs=1e-3)
+    assert got["wall_s"] == pytest.approx(4 + 50, abs=1e-3)
+    assert other["run_s"] == pytest.approx({"succeeded": 1000 + 3000}, abs=1e-3)
+    assert other["waiting_s"] == pytest.approx(1 + 3, abs=1e-3)
