@@ -139,6 +139,15 @@ class AttemptOutput:
             )
         return stored
 
+    def work_dir(self, job_id: int) -> Path | str:
+        """Where a sequential run of the job keeps its progress: ``<job id>.work`` next to
+        the artifact, one per job so every attempt finds it — on an object store, the URL of
+        that prefix in the store (not this attempt's scratch folder, which another node
+        never sees)."""
+        if self.store is None:
+            return (self.folder or self.path.parent) / f"{int(job_id)}.work"
+        return self.store.url(f"{self.key.rpartition('/')[0]}/{int(job_id)}.work")
+
     def discard(self) -> None:
         """Remove what this attempt wrote (it is nobody's artifact once the attempt failed)."""
         if self.store is None:
