@@ -11,6 +11,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -222,3 +223,24 @@ def test_hf_source_may_be_a_folder_in_the_store(bucket, tmp_path):
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     with pytest.raises(BadInputError, match="has no config.json"):
         parse_model_source(f"hf:s3://{bucket}/models/none").check()
+
+
+def test_downloads_keep_the_objects_modification_times(bucket, tmp_path, monkeypatch):
+    """Two nodes' cached copies of a folder have the same mtimes (the objects'): what a
+    sequential job fingerprints a model by, so its progress resumes on another node."""
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "w.bin").write_bytes(b"w" * 100)
+    store = open_store(f"s3://{bucket}")
+    store.put(folder, "models/m")
+    fs = client(os.environ["AWS_ENDPOINT_URL"])
+    copies = []
+    for node in ("node1", "node2"):
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / node))
+        copies.append(store.local("models/m"))
+        if node == "node1":
+            time.sleep(1.1)  # a later download: a later mtime unless it is the object's
+    for rel in ("config.json", "sub/w.bin"):
+        want = fs.modified(f"{bucket}/models/m/{rel}").timestamp()
+        assert [(c / rel).stat().st_mtime for c in copies] == [want, want]

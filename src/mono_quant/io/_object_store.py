@@ -169,7 +169,22 @@ class ObjectStore(Store):
             with _staging(target) as tmp:
                 self._call(f"downloading {key}", self.fs.get, path, str(tmp),
                            recursive=len(entries) > 1 or entries[0]["type"] == "directory")
+                _keep_mtimes(tmp, path, entries)
         return target
+
+
+def _keep_mtimes(local: Path, path: str, entries: list[dict[str, Any]]) -> None:
+    """Give each downloaded file its object's modification time (as ``aws s3 sync`` does),
+    so every node's copy of a model looks the same to what fingerprints files by name, size
+    and mtime (a sequential job's progress, resumed on another node)."""
+    for e in entries:
+        when = next((e[k] for k in ("LastModified", "mtime", "last_modified") if e.get(k)),
+                    None)  # s3fs, gcsfs, adlfs
+        if not hasattr(when, "timestamp"):
+            continue
+        rel = e["name"].rstrip("/")[len(path) + 1:]
+        with contextlib.suppress(OSError):
+            os.utime(local / rel if rel else local, (when.timestamp(), when.timestamp()))
 
 
 @contextlib.contextmanager
