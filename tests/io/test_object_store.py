@@ -111,6 +111,26 @@ def test_put_file_is_hashed_while_streaming_and_multipart(bucket, tmp_path):
     assert store.list("ab") == ["ab/1-1.safetensors"]
 
 
+def test_parts_grow_so_no_upload_needs_more_than_s3s_part_limit(bucket, tmp_path,
+                                                                monkeypatch):
+    """8 MiB parts would take 10,001 parts for a 78 GiB file, which S3 (and moto) refuse;
+    the limit is lowered to 2 here so a 3-part file shows the rule at test size."""
+    from mono_quant.io import _object_store
+
+    assert _object_store.part_size(10_000 * PART_SIZE) == PART_SIZE
+    assert _object_store.part_size(10_000 * PART_SIZE + 1) == PART_SIZE + (1 << 20)
+    monkeypatch.setattr(_object_store, "MAX_PARTS", 2)
+    data = torch.randint(0, 256, (PART_SIZE * 2 + 12345,), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(1)).numpy().tobytes()
+    src = tmp_path / "a.bin"
+    src.write_bytes(data)
+    stored = open_store(f"s3://{bucket}/root").put(src, "ab/1-1.safetensors")
+    fs = client(os.environ["AWS_ENDPOINT_URL"])
+    assert fs.cat(f"{bucket}/root/ab/1-1.safetensors") == data
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert fs.info(f"{bucket}/root/ab/1-1.safetensors")["ETag"].strip('"').endswith("-2")
+
+
 def test_put_folder_digest_matches_the_local_formula(bucket, tmp_path):
     folder = tmp_path / "ct"
     (folder / "sub").mkdir(parents=True)
