@@ -9,9 +9,17 @@ file of SIZE MiB of random bytes, then times, best of REPEAT runs each, in the s
   ``aws s3 cp`` amounts to), no hash — the floor;
 * ``sha256`` of the local file alone, to show what the hash costs by itself.
 
+Both uploads run with s3fs's read timeout raised from its 15 s default (``--read-timeout``,
+through fsspec's configuration, as ``FSSPEC_S3='{"config_kwargs": {"read_timeout": 300}}'``
+would): moto's ``CompleteMultipartUpload`` copies the whole object in one request (over
+30 s for 1 GiB on a loaded machine); with 15 s the client times out and re-sends it while
+the first is still running, and moto's completion is not safe against itself (the second
+finds the parts freed: HTTP 500). The table counts the completions moto saw, and its 500s.
+
 Usage:
     python benchmarks/object_store.py                  # 1024 MiB
     python benchmarks/object_store.py --size 256 --repeat 3
+    python benchmarks/object_store.py --read-timeout 15  # s3fs's default: see above
 """
 
 from __future__ import annotations
@@ -47,15 +55,30 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _completions(log: Path) -> tuple[int, int]:
+    """(CompleteMultipartUpload requests, responses with status 500) in moto's request log."""
+    text = log.read_text(errors="replace")
+    posts = [line for line in text.splitlines() if "POST " in line and "uploadId=" in line]
+    return len(posts), text.count('" 500 -')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024, help="MiB (default 1024)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--read-timeout", type=float, default=300,
+                        help="s3fs read timeout in seconds (its default: 15)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    import fsspec.config
+
     from tests.s3server import client, moto_server, new_bucket, s3_env
 
-    with moto_server() as endpoint, tempfile.TemporaryDirectory() as tmp:
+    # what FSSPEC_S3='{"config_kwargs": {"read_timeout": N}}' sets: both uploads get it
+    fsspec.config.conf.setdefault("s3", {})["config_kwargs"] = {"read_timeout": args.read_timeout}
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp, \
+            moto_server(log=Path(tmp) / "moto.log") as endpoint:
         os.environ.update(s3_env(endpoint))
         bucket = new_bucket(endpoint)
         src = Path(tmp) / "artifact.safetensors"
@@ -67,9 +90,11 @@ def main() -> None:
         floor = _best(lambda: fs.put_file(str(src), f"{bucket}/floor/a.safetensors"),
                       args.repeat)
         hashing = _best(lambda: _sha256(src), args.repeat)
+        completions, errors = _completions(Path(tmp) / "moto.log")
     mib = args.size
-    print(f"upload of {mib} MiB to moto on 127.0.0.1, best of {args.repeat}; "
-          f"load {os.getloadavg()[0]:.2f}")
+    print(f"upload of {mib} MiB to moto on 127.0.0.1, best of {args.repeat}, s3fs read timeout "
+          f"{args.read_timeout:g} s; load {load_before:.2f} before, {os.getloadavg()[0]:.2f} "
+          f"after; moto saw {completions} CompleteMultipartUpload requests, {errors} HTTP 500s")
     print(f"{'path':<40} {'seconds':>8} {'MiB/s':>8} {'vs put':>7}")
     for name, t in (("Store.put (streamed, sha256 on the way)", ours),
                     ("fsspec put_file (the floor, no hash)", floor),
