@@ -19,7 +19,9 @@ On an object store (``MONO_QUANT_STORAGE_ROOT=s3://…``, :mod:`mono_quant.io.st
 no folders to pin: the pipeline writes into a scratch folder of this worker, and
 :meth:`AttemptOutput.publish` uploads it to the attempt's key, hashing while it streams
 (one PUT or multipart upload per file; see docs/object-stores.md). :func:`attempt_output`
-hands out either kind, so the job code is the same for both.
+hands out either kind, so the job code is the same for both. A sequential job's progress
+(:meth:`AttemptOutput.work_dir`) stays in the store, not in the scratch folder, so an attempt
+on another node resumes it.
 """
 
 from __future__ import annotations
