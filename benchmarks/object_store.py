@@ -38,13 +38,14 @@ from mono_quant.io.store import open_store
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def _timed(fn) -> float | str:
+    """Seconds ``fn()`` took, or why it failed (a failed upload is a result here)."""
+    t0 = time.perf_counter()
+    try:
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    except Exception as e:
+        return f"failed ({type(e).__name__}: {str(e)[:60]})"
+    return time.perf_counter() - t0
 
 
 def _sha256(path: Path) -> str:
@@ -86,21 +87,39 @@ def main() -> None:
             for _ in range(args.size):
                 f.write(os.urandom(1 << 20))
         store, fs = open_store(f"s3://{bucket}/bench"), client(endpoint)
-        ours = _best(lambda: store.put(src, "a/1-1.safetensors"), args.repeat)
-        floor = _best(lambda: fs.put_file(str(src), f"{bucket}/floor/a.safetensors"),
-                      args.repeat)
-        hashing = _best(lambda: _sha256(src), args.repeat)
+        paths = {
+            "Store.put (streamed, sha256 on the way)":
+                lambda: store.put(src, "a/1-1.safetensors"),
+            "fsspec put_file (the floor, no hash)":
+                lambda: fs.put_file(str(src), f"{bucket}/floor/a.safetensors"),
+            "sha256 of the local file alone": lambda: _sha256(src),
+        }
+        runs: dict[str, list] = {name: [] for name in paths}
+        for _ in range(args.repeat):  # interleaved: a change of load hits every path alike
+            for name, fn in paths.items():
+                runs[name].append(_timed(fn))
         completions, errors = _completions(Path(tmp) / "moto.log")
-    mib = args.size
-    print(f"upload of {mib} MiB to moto on 127.0.0.1, best of {args.repeat}, s3fs read timeout "
-          f"{args.read_timeout:g} s; load {load_before:.2f} before, {os.getloadavg()[0]:.2f} "
-          f"after; moto saw {completions} CompleteMultipartUpload requests, {errors} HTTP 500s")
-    print(f"{'path':<40} {'seconds':>8} {'MiB/s':>8} {'vs put':>7}")
-    for name, t in (("Store.put (streamed, sha256 on the way)", ours),
-                    ("fsspec put_file (the floor, no hash)", floor),
-                    ("sha256 of the local file alone", hashing)):
-        print(f"{name:<40} {t:8.2f} {mib / t:8.1f} {t / floor:7.2f}")
+    _report(args, runs, load_before, completions, errors)
 
+
+def _report(args, runs: dict[str, list], load_before: float, completions: int,
+            errors: int) -> None:
+    mib = args.size
+    print(f"upload of {mib} MiB to moto on 127.0.0.1, best of {args.repeat} (interleaved), s3fs "
+          f"read timeout {args.read_timeout:g} s; load {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after; moto saw {completions} CompleteMultipartUpload "
+          f"requests, {errors} HTTP 500s")
+    best = {name: min((t for t in ts if isinstance(t, float)), default=None)
+            for name, ts in runs.items()}
+    floor = best["fsspec put_file (the floor, no hash)"]
+    print(f"{'path':<40} {'seconds':>8} {'MiB/s':>8} {'vs put':>7}  every run")
+    for name, t in best.items():
+        every = ", ".join(f"{x:.1f}" if isinstance(x, float) else x for x in runs[name])
+        if t is None:
+            print(f"{name:<40} {'-':>8} {'-':>8} {'-':>7}  {every}")
+            continue
+        ratio = f"{t / floor:7.2f}" if floor else f"{'-':>7}"
+        print(f"{name:<40} {t:8.2f} {mib / t:8.1f} {ratio}  {every}")
 
 if __name__ == "__main__":
     main()
