@@ -179,3 +179,26 @@ def test_a_run_stopped_on_one_node_resumes_on_another_from_the_store(job, endpoi
     assert [k for k in got if not torch.equal(got[k], reference[k])] == []
     assert _stored(endpoint, work_url) == []  # a succeeded run leaves no progress behind
     assert not (tmp_path / "node2" / "q.safetensors.work").exists()
+
+
+@pytest.mark.parametrize("change", [{"activations": "../../outside.pt"},
+                                    {"activations": "acts-00001.pt\n"},
+                                    {"blocks_done": "2"}, {"blocks_done": -1}],
+                         ids=["escaping-name", "newline", "text-count", "negative"])
+def test_a_stored_state_changed_by_hand_starts_over(endpoint, work_url, tmp_path, change):
+    """The stored state.json names what a resume downloads: one not written by Progress is
+    discarded, and nothing is written outside the work folder."""
+    import json
+
+    from tests.s3server import client
+
+    acts = [{"x": torch.ones(1)}]
+    Progress(tmp_path / "node1", "f1", work_url).commit_block(0, {"w": torch.ones(1)}, acts, {})
+    fs, base = client(endpoint), work_url.removeprefix("s3://")
+    state = json.loads(fs.cat(f"{base}/state.json"))
+    fs.pipe(f"{base}/state.json", json.dumps({**state, **change}).encode())
+    node = tmp_path / "a" / "b" / "node2"
+    assert Progress(node, "f1", work_url).resume() is None
+    assert _stored(endpoint, work_url) == []
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "00000.safetensors", "acts-00001.pt", "state.json"]  # node1's own copy only

@@ -59,6 +59,7 @@ __all__ = ["Progress", "SavedState", "fingerprint"]
 _STATE = "state.json"
 #: The files of a work folder besides ``parts/`` (temporaries included).
 _OURS = re.compile(r"^\.?(state\.json|acts-\d+\.pt)(\.tmp)?$")
+_ACTS = re.compile(r"acts-\d{5,}\.pt")
 
 
 @dataclass
@@ -138,6 +139,15 @@ class _Remote:
         self.store.delete(self._key(rel) if rel else self.prefix)
 
 
+def _well_formed(state: Any) -> bool:
+    """Whether a stored state is one this class writes: it names files by these rules only,
+    so a state changed by hand cannot send a download anywhere else."""
+    return (isinstance(state, dict) and isinstance(state.get("fingerprint"), str)
+            and type(state.get("blocks_done")) is int and state["blocks_done"] >= 0
+            and (state.get("activations") is None
+                 or bool(_ACTS.fullmatch(str(state["activations"])))))
+
+
 def _fsync_rename(tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -190,9 +200,9 @@ class Progress:
         this fingerprint: :meth:`resume` then starts over and removes both copies)."""
         self._remove_local()
         state = self.remote.state()
-        if state is None or state.get("fingerprint") != self.fingerprint:
+        if not _well_formed(state) or state["fingerprint"] != self.fingerprint:
             return
-        names = [f"parts/{i:05d}.safetensors" for i in range(int(state["blocks_done"]))]
+        names = [f"parts/{i:05d}.safetensors" for i in range(state["blocks_done"])]
         if state.get("activations"):
             names.append(state["activations"])
         try:
