@@ -7,6 +7,8 @@ file of SIZE MiB of random bytes, then times, best of REPEAT runs each, in the s
   streamed write (multipart in 8 MiB parts) with the sha256 computed on the way;
 * ``fs.put_file`` of the same bytes: fsspec's own upload (s3fs's multipart put, what
   ``aws s3 cp`` amounts to), no hash — the floor;
+* ``fs.put_file`` again with ``Store.put``'s parts: 8 MiB, one at a time (s3fs's default is
+  50 MiB parts, 10 at a time), no hash — what is left of the gap is the hash's;
 * ``sha256`` of the local file alone, to show what the hash costs by itself.
 
 Both uploads run with s3fs's read timeout raised from its 15 s default (``--read-timeout``,
@@ -92,6 +94,9 @@ def main() -> None:
                 lambda: store.put(src, "a/1-1.safetensors"),
             "fsspec put_file (the floor, no hash)":
                 lambda: fs.put_file(str(src), f"{bucket}/floor/a.safetensors"),
+            "put_file, 8 MiB parts one at a time": lambda: fs.put_file(
+                str(src), f"{bucket}/serial/a.safetensors", chunksize=8 << 20,
+                max_concurrency=1),
             "sha256 of the local file alone": lambda: _sha256(src),
         }
         runs: dict[str, list] = {name: [] for name in paths}
@@ -112,7 +117,7 @@ def _report(args, runs: dict[str, list], load_before: float, completions: int,
     best = {name: min((t for t in ts if isinstance(t, float)), default=None)
             for name, ts in runs.items()}
     floor = best["fsspec put_file (the floor, no hash)"]
-    print(f"{'path':<40} {'seconds':>8} {'MiB/s':>8} {'vs put':>7}  every run")
+    print(f"{'path':<40} {'seconds':>8} {'MiB/s':>8} {'vs put':>7}  every run (s)")
     for name, t in best.items():
         every = ", ".join(f"{x:.1f}" if isinstance(x, float) else x for x in runs[name])
         if t is None:
