@@ -84,7 +84,9 @@ def client(endpoint: str):
                              client_kwargs={"region_name": "us-east-1"})
 
 
-def multipart_uploads(endpoint: str, bucket: str, prefix: str = "") -> list[dict]:
-    """The incomplete multipart uploads under ``prefix`` (invisible objects being written)."""
-    return client(endpoint).call_s3("list_multipart_uploads", Bucket=bucket,
-                                    Prefix=prefix).get("Uploads", [])
+def multipart_uploads(endpoint: str, bucket: str, prefix: str = "", fs=None) -> list[dict]:
+    """The incomplete multipart uploads under ``prefix`` (invisible objects being written).
+    ``fs``: a :func:`client` to reuse (a new one costs a second or more on a loaded machine,
+    longer than a small upload lasts)."""
+    return (fs or client(endpoint)).call_s3("list_multipart_uploads", Bucket=bucket,
+                                            Prefix=prefix).get("Uploads", [])

@@ -175,10 +175,10 @@ def test_worker_killed_mid_upload(env, workers, tmp_path):
     assert out.returncode == 0, out.stderr
     endpoint, base = env["AWS_ENDPOINT_URL"], _bucket_path(env)
     bucket = base.split("/")[0]
-    uploads = wait_until(lambda: multipart_uploads(endpoint, bucket), 180, interval=0.02,
-                         what="the artifact's upload to begin")
+    fs = client(endpoint)  # one client, so each look is one request: the upload lasts seconds
+    uploads = wait_until(lambda: multipart_uploads(endpoint, bucket, fs=fs), 180,
+                         interval=0.02, what="the artifact's upload to begin")
     w1.kill(signal.SIGKILL)
-    fs = client(endpoint)
     assert fs.find(base) == []  # the half-sent artifact is nowhere to be seen
     assert multipart_uploads(endpoint, bucket) and uploads[0]["Key"].endswith("-1.safetensors")
     workers("w2@s3")
