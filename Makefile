@@ -13,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 # CUDA torch (or the CPU torchvision from the PyTorch index) install the extra instead:
 # pip install "mono-quant[vision]" in the same command as torch.
 TORCHVISION_SPEC ?= torchvision==0.28.0
-EXTRAS ?= dev,hf,interop,web,s3,fast
+EXTRAS ?= dev,hf,interop,web,s3,gcs,azure,fast
 
 .PHONY: setup demo test test-slow lint layers bench mutate clean
 

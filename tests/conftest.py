@@ -45,3 +45,6 @@ def pytest_configure(config):
     # The test factories (tests.jobfixtures, …) are trusted here, in this process and in the
     # workers it starts; tests of the allow-list pass their own setting.
     os.environ.setdefault("MONO_QUANT_ALLOWED_FACTORIES", "mono_quant.*,tests.*")
+    # gcsfs reads this when it is imported, whichever test imports it first: without it, every
+    # gs:// bucket the GCS emulator serves costs a 60 s gRPC probe (tests/emulators.py).
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

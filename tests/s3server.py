@@ -30,15 +30,17 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def moto_server(**env: str) -> Iterator[str]:
+def moto_server(log: str | os.PathLike[str] | None = None, **env: str) -> Iterator[str]:
     """A moto server in a subprocess; yields its endpoint URL. ``env``: moto's own switches
-    (``INITIAL_NO_AUTH_ACTION_COUNT=0`` makes it refuse every credential)."""
+    (``INITIAL_NO_AUTH_ACTION_COUNT=0`` makes it refuse every credential); ``log``: a file
+    for the server's request log and tracebacks (default: discarded)."""
     pytest.importorskip("moto.server", reason="needs the dev extra (moto[server])")
     pytest.importorskip("s3fs", reason="needs the s3 extra: pip install -e '.[dev,s3]'")
     port = _free_port()
+    sink = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **env}, stdout=sink, stderr=sink,
     )
     try:
         deadline = time.monotonic() + 60
@@ -52,6 +54,8 @@ def moto_server(**env: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        if log is not None:
+            sink.close()
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
@@ -80,7 +84,9 @@ def client(endpoint: str):
                              client_kwargs={"region_name": "us-east-1"})
 
 
-def multipart_uploads(endpoint: str, bucket: str, prefix: str = "") -> list[dict]:
-    """The incomplete multipart uploads under ``prefix`` (invisible objects being written)."""
-    return client(endpoint).call_s3("list_multipart_uploads", Bucket=bucket,
-                                    Prefix=prefix).get("Uploads", [])
+def multipart_uploads(endpoint: str, bucket: str, prefix: str = "", fs=None) -> list[dict]:
+    """The incomplete multipart uploads under ``prefix`` (invisible objects being written).
+    ``fs``: a :func:`client` to reuse (a new one costs a second or more on a loaded machine,
+    longer than a small upload lasts)."""
+    return (fs or client(endpoint)).call_s3("list_multipart_uploads", Bucket=bucket,
+                                            Prefix=prefix).get("Uploads", [])

@@ -256,8 +256,8 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         # what killed attempts left is removed here
         out = attempt_output(s.storage_root, storage_key, job_id, claimed.attempt, pins)
         # one progress folder per job, not per attempt: a retry resumes a sequential run (on
-        # an object store it lives in this attempt's scratch folder: a retry starts over)
-        work_dir = (out.folder or out.path.parent) / f"{job_id}.work"
+        # an object store, under the key's prefix there: a retry on another node resumes)
+        work_dir = out.work_dir(job_id)
         result = run_pipeline(spec, out.path, on_stage=beat.stage, on_progress=beat.step,
                               device=device, factories=factories, work_dir=work_dir)
         if out.store is not None:  # an object store: the upload is a stage of its own

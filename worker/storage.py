@@ -19,7 +19,9 @@ On an object store (``MONO_QUANT_STORAGE_ROOT=s3://…``, :mod:`mono_quant.io.st
 no folders to pin: the pipeline writes into a scratch folder of this worker, and
 :meth:`AttemptOutput.publish` uploads it to the attempt's key, hashing while it streams
 (one PUT or multipart upload per file; see docs/object-stores.md). :func:`attempt_output`
-hands out either kind, so the job code is the same for both.
+hands out either kind, so the job code is the same for both. A sequential job's progress
+(:meth:`AttemptOutput.work_dir`) stays in the store, not in the scratch folder, so an attempt
+on another node resumes it.
 """
 
 from __future__ import annotations
@@ -138,6 +140,15 @@ class AttemptOutput:
                 f"the file the pipeline wrote ({sha256[:12]}…); the upload was removed"
             )
         return stored
+
+    def work_dir(self, job_id: int) -> Path | str:
+        """Where a sequential run of the job keeps its progress: ``<job id>.work`` next to
+        the artifact, one per job so every attempt finds it — on an object store, the URL of
+        that prefix in the store (not this attempt's scratch folder, which another node
+        never sees)."""
+        if self.store is None:
+            return (self.folder or self.path.parent) / f"{int(job_id)}.work"
+        return self.store.url(f"{self.key.rpartition('/')[0]}/{int(job_id)}.work")
 
     def discard(self) -> None:
         """Remove what this attempt wrote (it is nobody's artifact once the attempt failed)."""

@@ -11,6 +11,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -108,6 +109,26 @@ def test_put_file_is_hashed_while_streaming_and_multipart(bucket, tmp_path):
     assert store.size("ab/1-1.safetensors") == len(data)
     assert store.sha256("ab/1-1.safetensors") == stored.sha256
     assert store.list("ab") == ["ab/1-1.safetensors"]
+
+
+def test_parts_grow_so_no_upload_needs_more_than_s3s_part_limit(bucket, tmp_path,
+                                                                monkeypatch):
+    """8 MiB parts would take 10,001 parts for a 78 GiB file, which S3 (and moto) refuse;
+    the limit is lowered to 2 here so a 3-part file shows the rule at test size."""
+    from mono_quant.io import _object_store
+
+    assert _object_store.part_size(10_000 * PART_SIZE) == PART_SIZE
+    assert _object_store.part_size(10_000 * PART_SIZE + 1) == PART_SIZE + (1 << 20)
+    monkeypatch.setattr(_object_store, "MAX_PARTS", 2)
+    data = torch.randint(0, 256, (PART_SIZE * 2 + 12345,), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(1)).numpy().tobytes()
+    src = tmp_path / "a.bin"
+    src.write_bytes(data)
+    stored = open_store(f"s3://{bucket}/root").put(src, "ab/1-1.safetensors")
+    fs = client(os.environ["AWS_ENDPOINT_URL"])
+    assert fs.cat(f"{bucket}/root/ab/1-1.safetensors") == data
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert fs.info(f"{bucket}/root/ab/1-1.safetensors")["ETag"].strip('"').endswith("-2")
 
 
 def test_put_folder_digest_matches_the_local_formula(bucket, tmp_path):
@@ -222,3 +243,24 @@ def test_hf_source_may_be_a_folder_in_the_store(bucket, tmp_path):
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     with pytest.raises(BadInputError, match="has no config.json"):
         parse_model_source(f"hf:s3://{bucket}/models/none").check()
+
+
+def test_downloads_keep_the_objects_modification_times(bucket, tmp_path, monkeypatch):
+    """Two nodes' cached copies of a folder have the same mtimes (the objects'): what a
+    sequential job fingerprints a model by, so its progress resumes on another node."""
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "w.bin").write_bytes(b"w" * 100)
+    store = open_store(f"s3://{bucket}")
+    store.put(folder, "models/m")
+    fs = client(os.environ["AWS_ENDPOINT_URL"])
+    copies = []
+    for node in ("node1", "node2"):
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / node))
+        copies.append(store.local("models/m"))
+        if node == "node1":
+            time.sleep(1.1)  # a later download: a later mtime unless it is the object's
+    for rel in ("config.json", "sub/w.bin"):
+        want = fs.modified(f"{bucket}/models/m/{rel}").timestamp()
+        assert [(c / rel).stat().st_mtime for c in copies] == [want, want]

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 from pathlib import Path
 
 import pytest
 import redis
+import torch
 from sqlalchemy import select, text
 
 from mono_quant.catalog import Catalog, ErrorKind, Job, JobStatus
@@ -66,10 +68,10 @@ def workers(env, tmp_path):
     """Start a worker in a home of its own (cwd, TMPDIR, data folder, cache): no shared disk."""
     started: list[Worker] = []
 
-    def start(name: str) -> tuple[Worker, Path]:
+    def start(name: str, **extra: str) -> tuple[Worker, Path]:
         home = tmp_path / name.replace("@", "_")
         (home / "tmp").mkdir(parents=True)
-        w = Worker(name, {**env, "TMPDIR": str(home / "tmp"),
+        w = Worker(name, {**env, **extra, "TMPDIR": str(home / "tmp"),
                           "MONO_QUANT_DATA_DIR": str(home / "data"),
                           "XDG_CACHE_HOME": str(home / "cache")}, tmp_path, cwd=home)
         started.append(w)
@@ -173,10 +175,10 @@ def test_worker_killed_mid_upload(env, workers, tmp_path):
     assert out.returncode == 0, out.stderr
     endpoint, base = env["AWS_ENDPOINT_URL"], _bucket_path(env)
     bucket = base.split("/")[0]
-    uploads = wait_until(lambda: multipart_uploads(endpoint, bucket), 180, interval=0.02,
-                         what="the artifact's upload to begin")
+    fs = client(endpoint)  # one client, so each look is one request: the upload lasts seconds
+    uploads = wait_until(lambda: multipart_uploads(endpoint, bucket, fs=fs), 180,
+                         interval=0.02, what="the artifact's upload to begin")
     w1.kill(signal.SIGKILL)
-    fs = client(endpoint)
     assert fs.find(base) == []  # the half-sent artifact is nowhere to be seen
     assert multipart_uploads(endpoint, bucket) and uploads[0]["Key"].endswith("-1.safetensors")
     workers("w2@s3")
@@ -218,3 +220,59 @@ def test_store_problems_fail_the_job_as_bad_config(env, endpoint, tmp_path, prob
     assert SECRET not in out.stdout + out.stderr
     assert not [p for p in (tmp_path / "embedded").rglob("*")
                 if p.is_file() and SECRET.encode() in p.read_bytes()]
+
+
+@pytest.mark.slow
+def test_sequential_job_killed_after_block_1_resumes_on_another_worker(env, workers, tmp_path):
+    """The progress is in the store: worker 1 (SIGKILLed, whole process group, after block 1)
+    and worker 2 share no folder, and worker 2 starts at block 2. The model is a folder in
+    the store too, downloaded by each worker into its own cache."""
+    pytest.importorskip("transformers", reason="needs the hf extra")
+    from mono_quant.io.formats import load_model, read_info
+    from mono_quant.pipeline import run_pipeline
+    from tests.io.hf_fixture import CALIBRATION_TEXT
+    from tests.pipeline.test_sequential import make_folder, spec_of
+    from tests.worker.harness import REPO
+    from tests.worker.test_sequential_resume import INJECT, _stage_events
+
+    folder = make_folder(tmp_path / "src", "llama-untied", num_hidden_layers=4)
+    cal = tmp_path / "cal.txt"
+    cal.write_text(CALIBRATION_TEXT * 2)
+    quant = {"mode": "static", "smoothquant": 0.5}
+    reference = load_model(run_pipeline(spec_of(folder, cal, "sequential", **quant),
+                                        tmp_path / "reference.safetensors").path)
+    endpoint, base = env["AWS_ENDPOINT_URL"], _bucket_path(env)
+    bucket, fs = base.split("/")[0], client(endpoint)
+    for f in folder.iterdir():
+        fs.put_file(str(f), f"{bucket}/models/llama/{f.name}")
+    manifest = _manifest(tmp_path / "jobs.yaml", [{
+        "name": "seq", "model": f"hf:s3://{bucket}/models/llama", "pipeline": "sequential",
+        **quant, "calibration": f"text:{cal}?batch_size=4&max_length=16"}])
+    flag = tmp_path / "paused"
+    w1, home1 = workers("w1@s3", PYTHONPATH=f"{INJECT}{os.pathsep}{REPO}",
+                        MQ_TEST_PAUSE_AT_BLOCK="1", MQ_TEST_PAUSE_FLAG=str(flag))
+    assert cli("submit", str(manifest), "--quiet", env=env).returncode == 0
+    wait_until(flag.exists, 180, what="block 1 to be committed")
+    w1.kill(signal.SIGKILL)  # the worker and its pool child: that node is gone
+    (state_key,) = [p for p in fs.find(base) if p.endswith("/1.work/state.json")]
+    assert json.loads(fs.cat(state_key))["blocks_done"] == 2
+    w2, home2 = workers("w2@s3")
+    final = wait_until(lambda: (jobs := _jobs(env)) and jobs[0].status.value in (
+        "succeeded", "failed") and jobs, 240, interval=0.5, what="the job to finish")
+    job = final[0]
+    assert job.status is JobStatus.SUCCEEDED and job.worker == "w2@s3", job.last_error
+    starts = [(e["attempt"], e["first_block"], e["resumed"]) for e in _stage_events(w2.log_path)
+              if "first_block" in e]
+    assert starts == [(2, 2, True)]
+    key = job.artifact.storage_key
+    assert fs.find(base) == [f"{base}/{key}"]  # only the artifact: the progress went with it
+    assert multipart_uploads(endpoint, bucket) == []
+    fs.get(f"{base}/{key}", str(tmp_path / "got.safetensors"))
+    got_path = tmp_path / "got.safetensors"
+    assert read_info(got_path).metrics["sequential"]["resumed_at_block"] == 2
+    got = load_model(got_path)
+    assert sorted(got) == sorted(reference)
+    assert [k for k in got if not torch.equal(got[k], reference[k])] == []
+    for home in (home1, home2):  # each worker downloaded the model into its own cache
+        assert list((home / "cache").rglob("config.json"))
+    assert not list((home2 / "tmp").rglob("*.work"))

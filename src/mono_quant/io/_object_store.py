@@ -2,6 +2,8 @@
 
 Publishing a file is one streamed write: fsspec's backends send a file up to the part size as
 one PUT and a larger one as a multipart upload that is completed only when the file is closed.
+The part size grows with the file where 8 MiB parts would exceed S3's 10,000 parts
+(:func:`part_size`).
 An error before that aborts the upload (:func:`_discard`); a process killed mid-upload leaves
 an incomplete multipart upload, which no reader can see and which :meth:`ObjectStore.abort_uploads`
 removes (the next attempt of the job calls it).
@@ -31,9 +33,26 @@ from mono_quant.io.store import (
     normalize_storage_key,
 )
 
-__all__ = ["ObjectStore"]
+__all__ = ["MAX_PARTS", "ObjectStore", "part_size"]
 
 T = TypeVar("T")
+
+#: The most parts one S3 multipart upload may have (S3's limit; moto enforces it too).
+MAX_PARTS = 10_000
+
+
+def part_size(size: int) -> int:
+    """The part size for uploading ``size`` bytes: :data:`~mono_quant.io.store.PART_SIZE`,
+    or, where that would take more than :data:`MAX_PARTS` parts (a file over 78 GiB), the
+    smallest whole number of MiB that does not.
+
+    Example:
+        >>> part_size(1 << 30) >> 20, part_size(100 << 30) >> 20
+        (8, 11)
+    """
+    mib = 1 << 20
+    needed = -(-size // MAX_PARTS)  # ceil
+    return max(PART_SIZE, -(-needed // mib) * mib)
 
 
 def _discard(out: Any) -> None:
@@ -98,7 +117,8 @@ class ObjectStore(Store):
     def _put_file(self, src: Path, key: str) -> Stored:
         path = self._path(key)
         with open(src, "rb") as f:
-            out = self._call(f"writing {key}", self.fs.open, path, "wb", block_size=PART_SIZE)
+            out = self._call(f"writing {key}", self.fs.open, path, "wb",
+                             block_size=part_size(os.fstat(f.fileno()).st_size))
             try:
                 stored = self._call(f"writing {key}", _hashed_copy, f, out)
                 self._call(f"writing {key}", out.close)  # completes the upload: now visible
@@ -169,7 +189,22 @@ class ObjectStore(Store):
             with _staging(target) as tmp:
                 self._call(f"downloading {key}", self.fs.get, path, str(tmp),
                            recursive=len(entries) > 1 or entries[0]["type"] == "directory")
+                _keep_mtimes(tmp, path, entries)
         return target
+
+
+def _keep_mtimes(local: Path, path: str, entries: list[dict[str, Any]]) -> None:
+    """Give each downloaded file its object's modification time (as ``aws s3 sync`` does),
+    so every node's copy of a model looks the same to what fingerprints files by name, size
+    and mtime (a sequential job's progress, resumed on another node)."""
+    for e in entries:
+        when = next((e[k] for k in ("LastModified", "mtime", "last_modified") if e.get(k)),
+                    None)  # s3fs, gcsfs, adlfs
+        if not hasattr(when, "timestamp"):
+            continue
+        rel = e["name"].rstrip("/")[len(path) + 1:]
+        with contextlib.suppress(OSError):
+            os.utime(local / rel if rel else local, (when.timestamp(), when.timestamp()))
 
 
 @contextlib.contextmanager

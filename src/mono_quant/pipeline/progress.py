@@ -15,6 +15,14 @@ redone) or the new one: never a state naming a file that is not complete.
 
 :meth:`Progress.resume` returns the saved state only when its fingerprint (model files,
 config, calibration tensors) equals the job's: a changed input starts over from block 0.
+
+With ``remote`` (the URL of a prefix in an object store, ``s3://bucket/…/7.work``), the
+folder is this attempt's local scratch copy and the store holds the durable one, so an
+attempt on another node resumes too: after block ``i`` its part file and the next inputs
+are uploaded under the prefix, then ``state.json`` (one PUT: the commit point, so the stored
+state never names an object that is not complete), then the previous inputs are deleted
+there. :meth:`Progress.resume` downloads what the stored state names into the folder;
+:meth:`Progress.remove` deletes the prefix as well.
 :meth:`Progress.assemble` copies the parts into the artifact in bounded chunks (the place
 where a sharded writer plugs in); :meth:`Progress.remove` deletes the folder once the
 artifact is in place, so a succeeded job leaves only the artifact.
@@ -51,6 +59,7 @@ __all__ = ["Progress", "SavedState", "fingerprint"]
 _STATE = "state.json"
 #: The files of a work folder besides ``parts/`` (temporaries included).
 _OURS = re.compile(r"^\.?(state\.json|acts-\d+\.pt)(\.tmp)?$")
+_ACTS = re.compile(r"acts-\d{5,}\.pt")
 
 
 @dataclass
@@ -92,6 +101,53 @@ def _hash_item(h: Any, item: Any) -> None:
         h.update(repr(item).encode())
 
 
+class _Remote:
+    """The durable copy of a work folder under a prefix of an object store."""
+
+    def __init__(self, url: str) -> None:
+        from mono_quant.io.store import split_url
+
+        self.url = url.rstrip("/")
+        self.store, self.prefix = split_url(self.url)
+
+    def _key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}"
+
+    def state(self) -> dict[str, Any] | None:
+        try:
+            with self.store.open(self._key(_STATE)) as f:
+                return json.loads(f.read())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def push(self, folder: Path, rel: str) -> None:
+        self.store.put(folder / rel, self._key(rel))
+
+    def pull(self, rel: str, folder: Path) -> None:
+        """Download ``rel`` into ``folder`` (a temporary name, fsynced, renamed)."""
+        from mono_quant.io.store import PART_SIZE
+
+        final = folder / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp")
+        with self.store.open(self._key(rel)) as src, open(tmp, "wb") as dst:
+            while block := src.read(PART_SIZE):  # one ranged GET each
+                dst.write(block)
+        _fsync_rename(tmp, final)
+
+    def delete(self, rel: str | None = None) -> None:
+        self.store.delete(self._key(rel) if rel else self.prefix)
+
+
+def _well_formed(state: Any) -> bool:
+    """Whether a stored state is one this class writes: it names files by these rules only,
+    so a state changed by hand cannot send a download anywhere else."""
+    return (isinstance(state, dict) and isinstance(state.get("fingerprint"), str)
+            and type(state.get("blocks_done")) is int and state["blocks_done"] >= 0
+            and (state.get("activations") is None
+                 or bool(_ACTS.fullmatch(str(state["activations"])))))
+
+
 def _fsync_rename(tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -104,11 +160,13 @@ def _fsync_rename(tmp: Path, final: Path) -> None:
 
 
 class Progress:
-    """The work folder of one sequential job (see the module docstring)."""
+    """The work folder of one sequential job, and its copy in an object store when
+    ``remote`` is a URL (see the module docstring)."""
 
-    def __init__(self, folder: str | Path, fingerprint: str) -> None:
+    def __init__(self, folder: str | Path, fingerprint: str, remote: str | None = None) -> None:
         self.folder = Path(folder)
         self.fingerprint = fingerprint
+        self.remote = None if remote is None else _Remote(remote)
 
     @property
     def parts(self) -> Path:
@@ -122,7 +180,10 @@ class Progress:
 
     def resume(self) -> SavedState | None:
         """The saved state if it belongs to this fingerprint; otherwise None (and the
-        folder is emptied: a changed input starts over)."""
+        folder is emptied: a changed input starts over). With a remote copy, the folder is
+        first replaced by what the stored state names."""
+        if self.remote is not None:
+            self._pull()
         state = self._state()
         if state is None or state.get("fingerprint") != self.fingerprint:
             self.remove()
@@ -132,6 +193,27 @@ class Progress:
         if acts is not None:
             activations = torch.load(self.folder / acts, weights_only=True)
         return SavedState(state["blocks_done"], activations, state.get("stats", {}))
+
+    def _pull(self) -> None:
+        """Make the folder the store's copy: the parts of the blocks the stored state counts,
+        its activations, then its ``state.json`` (nothing when there is no stored state of
+        this fingerprint: :meth:`resume` then starts over and removes both copies)."""
+        self._remove_local()
+        state = self.remote.state()
+        if not _well_formed(state) or state["fingerprint"] != self.fingerprint:
+            return
+        names = [f"parts/{i:05d}.safetensors" for i in range(state["blocks_done"])]
+        if state.get("activations"):
+            names.append(state["activations"])
+        try:
+            for rel in names:
+                self.remote.pull(rel, self.folder)
+        except FileNotFoundError:  # not written by this class: start over
+            self._remove_local()
+            return
+        tmp = self.folder / f".{_STATE}.tmp"
+        tmp.write_text(json.dumps(state, allow_nan=True))
+        _fsync_rename(tmp, self.folder / _STATE)
 
     def _write_part(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
@@ -157,8 +239,17 @@ class Progress:
         tmp = self.folder / f".{_STATE}.tmp"
         tmp.write_text(json.dumps(state, allow_nan=True))
         _fsync_rename(tmp, self.folder / _STATE)
-        if old and old.get("activations") and old["activations"] != acts:
-            (self.folder / old["activations"]).unlink(missing_ok=True)
+        stale = old.get("activations") if old else None
+        if stale == acts:
+            stale = None
+        if self.remote is not None:  # the same order in the store: state.json commits
+            for rel in (f"parts/{index:05d}.safetensors", acts, _STATE):
+                if rel is not None:
+                    self.remote.push(self.folder, rel)
+            if stale:
+                self.remote.delete(stale)
+        if stale:
+            (self.folder / stale).unlink(missing_ok=True)
 
     def write_tail(self, tensors: dict[str, torch.Tensor]) -> None:
         """The tensors outside the blocks (written last, never resumed from)."""
@@ -212,7 +303,12 @@ class Progress:
 
     def remove(self) -> None:
         """Delete what this class writes (and the folder once it is empty): never a file
-        of someone else's that happens to be in the folder."""
+        of someone else's that happens to be in the folder; and the remote copy's prefix."""
+        self._remove_local()
+        if self.remote is not None:
+            self.remote.delete()
+
+    def _remove_local(self) -> None:
         if not self.folder.is_dir():
             return
         for entry in self.folder.iterdir():

@@ -118,7 +118,9 @@ def run_pipeline(
     Before any work, a destination inside an ``hf:`` source folder, or an existing one that
     is not a mono-quant artifact of this format, is refused (BadInputError).
     ``work_dir``: where a sequential run keeps its progress (default: ``<destination>.work``);
-    a run that finds it resumes there, and removes it on success.
+    a run that finds it resumes there, and removes it on success. It may be an object store's
+    URL (``s3://bucket/…/7.work``): the progress is then uploaded there after each block, so
+    a run on another machine resumes from it.
 
     ``info.metrics`` gets ``peak_host_bytes`` (the process's ``VmHWM``, reset at the start
     where Linux allows) and, on a GPU, ``peak_device_bytes``, measured up to the reload
@@ -137,7 +139,7 @@ def run_pipeline(
     if spec.stream:
         info, digest = _streamed(spec, path, stage, progress)
     elif choose_pipeline(spec, device) == "sequential":
-        work = Path(work_dir) if work_dir is not None else path.with_name(path.name + ".work")
+        work = work_dir if work_dir is not None else path.with_name(path.name + ".work")
         info, digest = _sequential(spec, path, stage, device, factories, work), None
     else:
         info, digest = _in_memory(spec, path, stage, on_progress, device, progress, factories)
@@ -162,7 +164,7 @@ def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool):
 
 
 def _sequential(spec: JobSpec, path: Path, stage: OnStage, device: str,
-                factories: FactoryAllowList | None, work: Path) -> QuantizationInfo:
+                factories: FactoryAllowList | None, work: str | Path) -> QuantizationInfo:
     from mono_quant.pipeline.sequential import quantize_sequential, reload_check
 
     def on_block(event: str, block: int, total: int) -> None:

@@ -242,7 +242,8 @@ def _needs_data(config: Any) -> bool:
 class _Job:
     """One sequential run: the skeleton, its checkpoint, the data and the progress."""
 
-    def __init__(self, spec: Any, work_dir: Path, device: Any, factories: Any) -> None:
+    def __init__(self, spec: Any, work_dir: Path, device: Any, factories: Any,
+                 remote: str | None = None) -> None:
         folder = Path(spec.model.folder)
         self.config, self.device = spec.config, device
         self.model = build_skeleton(folder, spec.model.text)
@@ -262,7 +263,8 @@ class _Job:
         if spec.calibration is not None:
             self.batches = spec.calibration.load(spec.model, spec.samples, factories)
         files = [*sorted(set(self.weights.files.values())), folder / "config.json"]
-        self.progress = Progress(work_dir, fingerprint(spec.to_payload(), files, self.batches))
+        self.progress = Progress(work_dir, fingerprint(spec.to_payload(), files, self.batches),
+                                 remote)
 
     def run_block(self, i: int, acts: list[dict[str, Any]] | None,
                   stats: _Stats) -> list[dict[str, Any]] | None:
@@ -326,7 +328,9 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
                         device: Any = "cpu", factories: Any = None,
                         on_block: OnBlock | None = None) -> QuantizationInfo:
     """Quantize ``spec`` block by block into ``dst`` (.safetensors), keeping progress in
-    ``work_dir`` (resumed from when its fingerprint matches; removed on success).
+    ``work_dir`` (resumed from when its fingerprint matches; removed on success). A
+    ``work_dir`` that is an object store's URL keeps it there, with a local copy in
+    ``<dst>.work`` (:class:`~mono_quant.pipeline.progress.Progress`).
     ``on_block(event, block, blocks)`` hears ``"started"``/``"resumed"`` (the first block
     this run quantizes) and ``"block"`` after each.
 
@@ -335,8 +339,11 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
             run through it, a model without repeated blocks.
     """
     from mono_quant.io.formats import _build_metadata
+    from mono_quant.io.store import is_store_url
 
-    job = _Job(spec, Path(work_dir), device, factories)
+    remote = str(work_dir) if is_store_url(work_dir) else None
+    local = Path(dst).with_name(Path(dst).name + ".work") if remote else Path(work_dir)
+    job = _Job(spec, local, device, factories, remote)
     saved = job.progress.resume()
     job.weights.materialize_outside(job.model, job.blocks, device)
     move_buffers(job.model, device)
