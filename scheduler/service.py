@@ -29,7 +29,7 @@ from mono_quant.catalog.batches import (
     existing_artifacts,
     jobs_in_flight,
 )
-from mono_quant.catalog.bulk import JSONText
+from mono_quant.catalog.bulk import SETTLE_MIN_ROWS, JSONText, settle
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings, get_settings
@@ -171,6 +171,8 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
     if app is not None and result.job_ids:
         result.published = publish_new(catalog, app, list(zip(result.job_ids, result.queues,
                                                               strict=True)))
+    if len(result.job_ids) >= SETTLE_MIN_ROWS:
+        settle(catalog.engine, Job.__table__)  # status counts read the index alone
     return result
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 
 from mono_quant.catalog import Batch, Catalog, Job, JobStatus
 from mono_quant.config import Settings
@@ -141,6 +141,23 @@ def test_a_published_submit_writes_each_job_once_already_queued(catalog, broker,
                         .where(Job.queued_at != Job.created_at)) == 0
     on_broker = _messages(client)
     assert sorted(on_broker) == sorted(result.job_ids) and set(on_broker.values()) == {1}
+
+
+def test_a_big_submit_leaves_its_jobs_countable_from_the_index_alone(
+        catalog, catalog_url, tmp_path, monkeypatch):
+    """PostgreSQL: after a submit of SETTLE_MIN_ROWS jobs (lowered here) the status counts are
+    an index-only scan with no heap fetch (the pages were vacuumed); before, every fresh
+    row was fetched from the heap (100,000 fetches, 130-170 ms, for a 100,000-job batch)."""
+    if not catalog_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's visibility map; SQLite counts from the index anyway")
+    monkeypatch.setattr(service, "SETTLE_MIN_ROWS", 40)
+    result = submit(_manifest(tmp_path / "m.json", 10), catalog)
+    with catalog.engine.connect() as conn:
+        conn.execute(text("SET enable_seqscan = off"))  # the batch's index, as at 100,000
+        plan = "\n".join(conn.execute(text(
+            "EXPLAIN (ANALYZE, COSTS OFF) SELECT count(*) FROM jobs "
+            "WHERE batch_id = :b AND status = 'pending'"), {"b": result.batch_id}).scalars())
+    assert "Index Only Scan" in plan and "Heap Fetches: 0" in plan, plan
 
 
 def test_a_broker_failure_midway_leaves_the_unsent_jobs_pending(
