@@ -57,6 +57,7 @@ from mono_quant.catalog.queries import (
     artifacts_statement,
     get_artifact,
     job_status_counts,
+    list_artifact_records,
     list_artifacts,
 )
 
@@ -87,6 +88,7 @@ __all__ = [
     "head_revision",
     "info_columns",
     "job_status_counts",
+    "list_artifact_records",
     "list_artifacts",
     "load_artifact",
     "make_engine",
