@@ -36,6 +36,7 @@ __all__ = [
     "job_status_counts",
     "list_artifact_records",
     "list_artifacts",
+    "records_statement",
 ]
 
 #: The fields of :func:`artifact_record`, in display order.
@@ -292,6 +293,17 @@ def _path_maker(storage_root: str | Path | None) -> Any:
     return make
 
 
+def records_statement(q: ArtifactQuery | None = None) -> Select[Any]:
+    """:func:`artifacts_statement` with only the columns of a record (the fields of
+    :data:`RECORD_FIELDS` that are stored, in order, then ``storage_key``), joined with the
+    jobs: what :func:`list_artifact_records` runs."""
+    fields = [f for f in RECORD_FIELDS if f not in ("path", "uri")]
+    columns = [_JOB_FIELDS[f] if f in _JOB_FIELDS else getattr(Artifact, f) for f in fields]
+    return (artifacts_statement(q or ArtifactQuery())
+            .with_only_columns(*columns, Artifact.storage_key)
+            .join(Job, Job.id == Artifact.job_id))
+
+
 def list_artifact_records(session: Session, q: ArtifactQuery | None = None, *,
                           storage_root: str | Path | None = None) -> list[dict[str, Any]]:
     """:func:`artifact_record` of each artifact :func:`list_artifacts` selects, read as plain
@@ -305,9 +317,7 @@ def list_artifact_records(session: Session, q: ArtifactQuery | None = None, *,
     """
     fields = [f for f in RECORD_FIELDS if f not in ("path", "uri")]
     columns = [_JOB_FIELDS[f] if f in _JOB_FIELDS else getattr(Artifact, f) for f in fields]
-    stmt = (artifacts_statement(q or ArtifactQuery())
-            .with_only_columns(*columns, Artifact.storage_key)
-            .join(Job, Job.id == Artifact.job_id))
+    stmt = records_statement(q)
     converters = [(i, c) for i, c in enumerate(map(_converter, columns)) if c is not None]
     paths = _path_maker(storage_root)
     at_path, observer = RECORD_FIELDS.index("path"), fields.index("weight_observer")
