@@ -29,7 +29,7 @@ from mono_quant.catalog.batches import (
     existing_artifacts,
     jobs_in_flight,
 )
-from mono_quant.catalog.bulk import JSONText
+from mono_quant.catalog.bulk import SETTLE_MIN_ROWS, JSONText, settle
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings, get_settings
@@ -166,11 +166,13 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
         result.batch_id = batch.id
         for chunk in _chunked(specs, SUBMIT_CHUNK):
             todo = _screen(session, chunk, seen, force, result)
-            result.job_ids += add_jobs(session, batch.id, _rows(todo))
+            result.job_ids += add_jobs(session, batch.id, _rows(todo), queued=app is not None)
             result.queues += [sp.queue for sp in todo]
     if app is not None and result.job_ids:
-        result.published = publish(catalog, app, list(zip(result.job_ids, result.queues,
-                                                          strict=True)))
+        result.published = publish_new(catalog, app, list(zip(result.job_ids, result.queues,
+                                                              strict=True)))
+    if len(result.job_ids) >= SETTLE_MIN_ROWS:
+        settle(catalog.engine, Job.__table__)  # status counts read the index alone
     return result
 
 
@@ -244,6 +246,30 @@ def publish(catalog: Catalog, app: Any, jobs: list[tuple[int, str]]) -> int:
     try:
         return publish_jobs(app, jobs, on_sent=queued)
     except TransientError as e:
+        raise TransientError(
+            f"{e}; the job(s) not sent stay pending in the catalog and `mono-quant "
+            "reconcile` will publish them once the broker is back"
+        ) from e
+
+
+def publish_new(catalog: Catalog, app: Any, jobs: list[tuple[int, str]]) -> int:
+    """Publish the messages of jobs a submit wrote ``queued``; returns how many were sent.
+
+    On a broker failure the jobs not yet sent go back to ``pending`` (one conditional
+    UPDATE per run of ids) and ``reconcile`` publishes them; those sent stay ``queued``, so
+    nothing is lost and nothing is sent twice.
+    """
+    from mono_quant.scheduler.publish import publish_jobs
+
+    sent: list[int] = []
+    try:
+        return publish_jobs(app, jobs, on_sent=sent.extend)
+    except Exception as e:
+        done = set(sent)
+        with catalog.begin() as session:
+            job_state.unsend(session, [job_id for job_id, _ in jobs if job_id not in done])
+        if not isinstance(e, TransientError):
+            raise
         raise TransientError(
             f"{e}; the job(s) not sent stay pending in the catalog and `mono-quant "
             "reconcile` will publish them once the broker is back"

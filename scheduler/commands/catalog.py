@@ -247,7 +247,7 @@ def _storage_root(args: argparse.Namespace) -> Any:
 def run_list(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from mono_quant.catalog import artifact_record, list_artifacts
+    from mono_quant.catalog import artifact_records
     from mono_quant.scheduler.resolve import resolve_batch_ids
 
     query = _query(args)
@@ -255,8 +255,7 @@ def run_list(args: argparse.Namespace) -> int:
     with _catalog(args) as session:
         if query.batches:  # an unknown batch is an error, not an empty table
             query = replace(query, batches=tuple(resolve_batch_ids(session, query.batches)))
-        records = [artifact_record(a, storage_root=root)
-                   for a in list_artifacts(session, query, load_jobs=True)]
+        records = artifact_records(session, query, storage_root=root)
     if args.output == "json":
         _print_json(records)
     elif args.output == "csv":

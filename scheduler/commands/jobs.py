@@ -204,7 +204,7 @@ def _print_skipped(result, out) -> None:
 
 def print_batch_artifacts(batch_id: int) -> None:
     """The artifact table of a batch: what ``run`` and ``submit --wait`` end with."""
-    from mono_quant.catalog import ArtifactQuery, Catalog, artifact_record, list_artifacts
+    from mono_quant.catalog import ArtifactQuery, Catalog, artifact_records
     from mono_quant.config import get_settings
     from mono_quant.scheduler.commands.catalog import print_table
 
@@ -212,8 +212,7 @@ def print_batch_artifacts(batch_id: int) -> None:
     with catalog.begin() as session:
         query = ArtifactQuery(batches=(batch_id,), order_by="id", descending=False, limit=None)
         root = get_settings().storage_root
-        records = [artifact_record(a, storage_root=root)
-                   for a in list_artifacts(session, query, load_jobs=True)]
+        records = artifact_records(session, query, storage_root=root)
     catalog.dispose()
     if records:
         print_table(records)

@@ -20,7 +20,7 @@ from mono_quant.catalog import (
     JobStatus,
 )
 from mono_quant.catalog import jobs as js
-from mono_quant.catalog.batches import JobRow, create_batch
+from mono_quant.catalog.batches import JobRow, add_jobs, create_batch
 from mono_quant.catalog.types import utcnow
 
 S = JobStatus
@@ -74,6 +74,21 @@ def test_create_batch_returns_ids_in_order(catalog):
         assert js.mark_queued(s, ids[:3]) == 3
         assert js.mark_queued(s, ids[:3]) == 0  # already queued
     assert _status(catalog, ids[0]).status is S.QUEUED
+
+
+def test_jobs_written_queued_and_unsend_of_the_unclaimed_ones(catalog):
+    with catalog.begin() as s:
+        batch, _ = create_batch(s, [], name="b")
+        ids = add_jobs(s, batch.id, _rows(4), queued=True)
+    jobs = [_status(catalog, i) for i in ids]
+    assert all(j.status is S.QUEUED and j.queued_at == j.created_at for j in jobs)
+    assert _claim(catalog, ids[0]).claimed  # a worker got the first message
+    with catalog.begin() as s:
+        assert js.unsend(s, ids) == 3  # the claimed one stays running
+        assert js.unsend(s, ids) == 0
+    jobs = [_status(catalog, i) for i in ids]
+    assert jobs[0].status is S.RUNNING
+    assert all(j.status is S.PENDING and j.queued_at is None for j in jobs[1:])
 
 
 def test_claim_is_exclusive_and_counts_attempts(catalog):

@@ -189,3 +189,27 @@ def test_recompute_and_the_migration_backfill_agree_with_the_reference(empty_url
             assert _flagged(s) == expected
     finally:
         engine.dispose()
+
+
+def _plan(catalog, query: ArtifactQuery) -> str:
+    stmt = artifacts_statement(query)
+    with catalog.engine.connect() as conn:
+        sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
+        if catalog.engine.dialect.name == "sqlite":
+            return " | ".join(r[3] for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+        for scan in ("seqscan", "bitmapscan"):  # the plan at size, on an empty table
+            conn.execute(text(f"SET enable_{scan} = off"))
+        return " | ".join(conn.execute(text("EXPLAIN (COSTS OFF) " + sql)).scalars())
+
+
+def test_latest_pages_newest_first_from_the_flagged_rows_index(catalog):
+    """The first page of ``--latest`` without a model reads ``ix_artifacts_latest_newest`` in
+    order (no sort of every flagged row); with models it looks each model up in
+    ``ix_artifacts_latest_flag`` (SQLite, without range statistics, would otherwise walk all
+    flagged rows to skip sorting a few)."""
+    page = _plan(catalog, ArtifactQuery(latest=True))
+    assert "ix_artifacts_latest_newest" in page and "TEMP B-TREE" not in page
+    assert "Sort" not in page, page
+    by_model = _plan(catalog, ArtifactQuery(latest=True, models=list(MODELS), limit=None))
+    assert "ix_artifacts_latest_flag" in by_model, by_model
+    assert "ix_artifacts_latest_newest" not in by_model, by_model

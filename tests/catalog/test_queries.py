@@ -14,6 +14,7 @@ from mono_quant.catalog import (
     artifact_record,
     get_artifact,
     job_status_counts,
+    artifact_records,
     list_artifacts,
     parse_since,
     parse_size,
@@ -78,6 +79,22 @@ def test_query_matches_python_reference(seeded, name):
     assert got == expected
     if name not in ("nothing-matches",):
         assert got, "the seed should give every query some rows"
+
+
+@pytest.mark.parametrize("name", list(QUERIES), ids=list(QUERIES))
+def test_plain_row_records_equal_the_orm_records(seeded, name, tmp_path):
+    """``artifact_records`` (what ``catalog list`` prints: plain rows, no ORM objects)
+    gives exactly the records the ORM path builds, in the same order."""
+    catalog, records = seeded
+    query = ArtifactQuery(**QUERIES[name])
+    with catalog.begin() as session:
+        orm = [artifact_record(a, storage_root=tmp_path)
+               for a in list_artifacts(session, query, load_jobs=True)]
+    with catalog.begin() as session:
+        plain = artifact_records(session, query, storage_root=tmp_path)
+    assert [list(r) for r in plain] == [list(r) for r in orm]  # same fields, same order
+    assert plain == orm
+    assert [r["id"] for r in plain] == seedmod.reference(records, query)
 
 
 def test_seed_covers_the_edge_cases(seeded):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, text
 
 from mono_quant.catalog import Batch, Catalog, Job, JobStatus
 from mono_quant.config import Settings
@@ -121,6 +121,43 @@ def _submit_through_a_failing_broker(catalog, broker, tmp_path, models: int) -> 
     assert sorted(on_broker) == sorted(queued + pending)  # none lost
     assert set(on_broker.values()) == {1}  # none sent twice
     assert _statuses(catalog) == {JobStatus.QUEUED: sorted(queued + pending)}
+
+
+def test_a_published_submit_writes_each_job_once_already_queued(catalog, broker, tmp_path):
+    """The rows go in ``queued`` in the submit's transaction: no UPDATE of the jobs after the
+    insert (re-writing every row cost as much as the insert), and every job's message is on
+    the broker exactly once."""
+    url, client = broker
+    app = create_app(Settings.from_env({"MONO_QUANT_BROKER_URL": url}))
+    statements: list[str] = []
+    event.listen(catalog.engine, "before_cursor_execute",
+                 lambda conn, cur, sql, *a: statements.append(sql))
+    result = submit(_manifest(tmp_path / "m.json", 30), catalog, app=app)
+    assert result.published == len(result.job_ids) == 120
+    assert not [q for q in statements if q.lstrip().upper().startswith("UPDATE JOBS")]
+    assert _statuses(catalog) == {JobStatus.QUEUED: sorted(result.job_ids)}
+    with catalog.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Job)
+                        .where(Job.queued_at != Job.created_at)) == 0
+    on_broker = _messages(client)
+    assert sorted(on_broker) == sorted(result.job_ids) and set(on_broker.values()) == {1}
+
+
+def test_a_big_submit_leaves_its_jobs_countable_from_the_index_alone(
+        catalog, catalog_url, tmp_path, monkeypatch):
+    """PostgreSQL: after a submit of SETTLE_MIN_ROWS jobs (lowered here) the status counts are
+    an index-only scan with no heap fetch (the pages were vacuumed); before, every fresh
+    row was fetched from the heap (100,000 fetches, 130-170 ms, for a 100,000-job batch)."""
+    if not catalog_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's visibility map; SQLite counts from the index anyway")
+    monkeypatch.setattr(service, "SETTLE_MIN_ROWS", 40)
+    result = submit(_manifest(tmp_path / "m.json", 10), catalog)
+    with catalog.engine.connect() as conn:
+        conn.execute(text("SET enable_seqscan = off"))  # the batch's index, as at 100,000
+        plan = "\n".join(conn.execute(text(
+            "EXPLAIN (ANALYZE, COSTS OFF) SELECT count(*) FROM jobs "
+            "WHERE batch_id = :b AND status = 'pending'"), {"b": result.batch_id}).scalars())
+    assert "Index Only Scan" in plan and "Heap Fetches: 0" in plan, plan
 
 
 def test_a_broker_failure_midway_leaves_the_unsent_jobs_pending(

@@ -1,4 +1,4 @@
-"""Writing a submitted batch: the batch row, its jobs (``pending``), and what already exists.
+"""Writing a submitted batch: the batch row, its jobs, and what already exists.
 
 Example:
     with catalog.begin() as session:
@@ -111,21 +111,27 @@ def create_batch(
 #: The job columns :func:`add_jobs` writes (the others keep their NULL defaults).
 _JOB_COLUMNS = (
     "batch_id", "name", "model_source", "model_source_json", "spec", "idempotency_key",
-    "queue", "status", "attempts", "max_attempts", "created_at",
+    "queue", "status", "attempts", "max_attempts", "created_at", "queued_at",
 )
 
 
-def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow]) -> list[int]:
-    """Write ``rows`` as ``pending`` jobs of batch ``batch_id``; returns their ids in order.
+def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow], *,
+             queued: bool = False) -> list[int]:
+    """Write ``rows`` as jobs of batch ``batch_id``; returns their ids in order.
 
-    Uses the database's bulk path (PostgreSQL ``COPY``, SQLite ``executemany``; see
+    They are ``pending``, or with ``queued`` already ``queued`` (``queued_at`` = now): a
+    submit that publishes right after its commit writes each row once in its final state
+    instead of inserting it and then rewriting it (see
+    :func:`mono_quant.catalog.jobs.unsend` for a publish that fails). Uses the database's
+    bulk path (PostgreSQL ``COPY``, SQLite ``executemany``; see
     :mod:`mono_quant.catalog.bulk`) on the session's connection: same transaction.
     """
     now = utcnow()
-    pending = JobStatus.PENDING.value
+    status = (JobStatus.QUEUED if queued else JobStatus.PENDING).value
+    queued_at = now if queued else None
     values = [
         (batch_id, r.name, r.model_source, r.model_source_json, r.spec, r.idempotency_key,
-         r.queue, pending, 0, r.max_attempts, now)
+         r.queue, status, 0, r.max_attempts, now, queued_at)
         for r in rows
     ]
     return insert_rows(session, Job.__table__, _JOB_COLUMNS, values)

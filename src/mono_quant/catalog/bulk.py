@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import JSON, Table, insert, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-__all__ = ["JSONText", "insert_rows", "reserve_ids"]
+__all__ = ["SETTLE_MIN_ROWS", "JSONText", "insert_rows", "reserve_ids", "settle"]
 
 
 class JSONText(str):
@@ -141,3 +141,23 @@ def insert_rows(session: Session, table: Table, columns: Sequence[str],
         plain = [[json.loads(v) if type(v) is JSONText else v for v in r] for r in with_ids]
         conn.execute(insert(table), [dict(zip(full, r, strict=True)) for r in plain])
     return ids
+
+
+#: Rows a bulk write must reach before :func:`settle` is worth its cost (a 10,000-job
+#: batch's status counts visit 10,000 heap rows without it: ~15 ms).
+SETTLE_MIN_ROWS = 10_000
+
+
+def settle(engine: Engine, table: Table) -> None:
+    """After a bulk write has committed: on PostgreSQL ``VACUUM (SKIP_LOCKED)`` the table,
+    so the freshly written pages are marked all-visible and index-only scans (a batch's
+    status counts over ``ix_jobs_batch_id_status_id``) stop visiting each new row in the
+    heap: 100,000 heap fetches, 130-170 ms, right after a 100,000-job submit, 20-40 ms after
+    (measured). It is what autovacuum does a minute later; VACUUM only reads the pages not
+    yet all-visible, and SKIP_LOCKED skips it when another VACUUM holds the table. SQLite
+    has no visibility map: nothing to do.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"VACUUM (SKIP_LOCKED) {table.name}"))

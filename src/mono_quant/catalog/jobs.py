@@ -2,12 +2,18 @@
 
 ```
 pending ──publish──▶ queued ──claim──▶ running ──succeed──▶ succeeded
-   │                   ▲  │               │ ──fail(retry)──▶ queued (new attempt later)
+   │    ◀──unsend───   ▲  │               │ ──fail(retry)──▶ queued (new attempt later)
    │                   │  │               │ ──fail─────────▶ failed
    │                   │  │               │ ──release / requeue_lost / reconcile──▶ queued
    └──────cancel───────┴──┴───────────────┴──cancel────────▶ cancelled
 failed ──retry_jobs──▶ pending
 ```
+
+A submit that publishes writes its new jobs ``queued`` directly (one write per row, not an
+insert and then an update of every row), commits, then sends their messages; the jobs whose
+messages could not be sent go back to ``pending`` (:func:`unsend`). If the process dies
+between the commit and the send, the jobs are ``queued`` without a message, which
+``reconcile`` finds by scanning the broker and re-publishes.
 
 Every transition is one conditional ``UPDATE … WHERE status … [AND worker = me]`` whose row
 count (or ``RETURNING``) says whether it happened, so two workers, a worker and a user, or a
@@ -63,6 +69,7 @@ __all__ = [
     "retry_jobs",
     "stale_cutoff",
     "succeed",
+    "unsend",
 ]
 
 S = JobStatus
@@ -99,6 +106,19 @@ def mark_queued(session: Session, job_ids: Sequence[int]) -> int:
         moved += session.execute(
             update(Job).where(ids, Job.status == S.PENDING)
             .values(status=S.QUEUED, queued_at=now)
+        ).rowcount
+    return moved
+
+
+def unsend(session: Session, job_ids: Sequence[int]) -> int:
+    """``queued → pending`` for jobs written ``queued`` whose message was never sent (a
+    submit's publish failed): ``reconcile`` publishes ``pending`` jobs. Only jobs not yet
+    claimed (no attempt) move; returns how many did."""
+    moved = 0
+    for ids in id_filters(Job.id, job_ids):
+        moved += session.execute(
+            update(Job).where(ids, Job.status == S.QUEUED, Job.attempts == 0)
+            .values(status=S.PENDING, queued_at=None)
         ).rowcount
     return moved
 

@@ -337,3 +337,13 @@ Index(
     postgresql_where=text("is_latest"),
     sqlite_where=text("is_latest = 1"),
 )
+# `catalog list --latest` without a model: the newest flagged rows first, a page at a time,
+# read in order from this partial index (a few hundred entries) instead of sorting every
+# flagged row (one per group: 60,000 at 1M artifacts).
+Index(
+    "ix_artifacts_latest_newest",
+    Artifact.created_at,
+    Artifact.id,
+    postgresql_where=text("is_latest"),
+    sqlite_where=text("is_latest = 1"),
+)

@@ -12,12 +12,18 @@ Example:
 
 from __future__ import annotations
 
+import enum
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import DateTime, Select, func, or_, select
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, selectinload, undefer
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from mono_quant.catalog.filters import ArtifactQuery
 from mono_quant.catalog.models import Artifact, Batch, Job, JobStatus
@@ -31,6 +37,7 @@ __all__ = [
     "get_artifact",
     "job_status_counts",
     "list_artifacts",
+    "records_statement",
 ]
 
 #: The fields of :func:`artifact_record`, in display order.
@@ -132,13 +139,41 @@ def artifacts_statement(q: ArtifactQuery) -> Select[tuple[Artifact]]:
     direction = (lambda c: c.desc()) if q.descending else (lambda c: c.asc())
     # NULLS LAST only where NULLs can occur: on a NOT NULL column it would stop PostgreSQL
     # from reading an index backwards for "newest first".
-    key = direction(column)
+    key = direction(_NoIndexOrder(column) if q.latest and q.models else column)
     stmt = stmt.order_by(key.nulls_last() if column.nullable else key)
     if q.order_by != "id":
         stmt = stmt.order_by(direction(Artifact.id))
     if q.limit is not None:
         stmt = stmt.limit(q.limit)
     return stmt
+
+
+class _NoIndexOrder(ColumnElement[Any]):
+    """A column as an ORDER BY term that SQLite cannot serve from an index (``+column``:
+    SQLite's documented unary-plus no-op; the plain column elsewhere).
+
+    ``--latest`` for given models reads a few rows per model through
+    ``ix_artifacts_latest_flag`` and sorts them; SQLite, without range statistics, would
+    rather walk all flagged rows in ``ix_artifacts_latest_newest`` to skip that small sort
+    (60,000 rows at 1M artifacts).
+    """
+
+    inherit_cache = True
+    _traverse_internals: ClassVar[list[Any]] = [("column", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, column: Any) -> None:
+        self.column = column
+        self.type = column.type
+
+
+@compiles(_NoIndexOrder)
+def _order_plain(element: _NoIndexOrder, compiler: Any, **kw: Any) -> str:
+    return compiler.process(element.column, **kw)
+
+
+@compiles(_NoIndexOrder, "sqlite")
+def _order_sqlite(element: _NoIndexOrder, compiler: Any, **kw: Any) -> str:
+    return "+" + compiler.process(element.column, **kw)
 
 
 def list_artifacts(
@@ -233,38 +268,109 @@ def artifact_record(artifact: Artifact, *, with_info: bool = False,
     return record
 
 
+def _converter(column: Any) -> Any:
+    """How :func:`_plain` changes this column's values: ``isoformat`` for timestamps,
+    ``.value`` for enums, None where values pass as they are (decided once per column, not
+    per value)."""
+    kind = column.type
+    if isinstance(kind, DateTime) or isinstance(getattr(kind, "impl", None), DateTime):
+        return lambda v: None if v is None else v.isoformat()
+    python_type = getattr(kind, "python_type", None) if isinstance(kind, SAEnum) else None
+    if isinstance(python_type, type) and issubclass(python_type, enum.Enum):
+        return lambda v: None if v is None else v.value
+    return None
+
+
+def _path_maker(storage_root: str | Path | None) -> Callable[[str], tuple[str, str]]:
+    """key -> (path, uri) as :func:`artifact_path` / :func:`artifact_uri` give them, with the
+    root looked at once: paths are computed from the checked key, not resolved on disk (a
+    listing never touches the storage; ``catalog verify`` and loading check where a path
+    really leads)."""
+    from urllib.parse import quote_from_bytes
+
+    from mono_quant.catalog.locate import _root
+    from mono_quant.io.store import is_store_url, normalize_storage_key, open_store
+
+    root = _root(storage_root)
+    if is_store_url(root):
+        store = open_store(root)
+        return lambda key: (store.url(key),) * 2
+    base = str(Path(root).absolute()).rstrip("/")
+    if os.name != "posix":  # pragma: no cover - the service runs on POSIX systems
+        return lambda key: (str(p := Path(base) / normalize_storage_key(key)), p.as_uri())
+
+    def make(key: str) -> tuple[str, str]:
+        path = f"{base}/{normalize_storage_key(key)}"
+        return path, "file://" + quote_from_bytes(os.fsencode(path))
+
+    return make
+
+
+def records_statement(q: ArtifactQuery | None = None) -> Select[Any]:
+    """:func:`artifacts_statement` with only the stored columns of a record (in
+    :data:`RECORD_FIELDS` order), then ``job_id`` and ``storage_key``: the first of
+    :func:`artifact_records`' two statements."""
+    return artifacts_statement(q or ArtifactQuery()).with_only_columns(
+        *(getattr(Artifact, name) for name in _COLUMN_FIELDS),
+        Artifact.job_id, Artifact.storage_key)
+
+
+def _converters(columns: Any) -> list[tuple[int, Any]]:
+    return [(i, c) for i, c in enumerate(map(_converter, columns)) if c is not None]
+
+
+def _job_fields(session: Session, job_ids: set[int]) -> dict[int, dict[str, Any]]:
+    """The record fields of each job (batch id, status, name) by id: one statement."""
+    convert = _converters(_JOB_FIELDS.values())
+    jobs: dict[int, dict[str, Any]] = {}
+    stmt = select(Job.id, *_JOB_FIELDS.values()).where(Job.id.in_(sorted(job_ids)))
+    for job_id, *values in session.connection().execute(stmt):
+        for i, c in convert:
+            values[i] = c(values[i])
+        jobs[job_id] = dict(zip(_JOB_FIELDS, values, strict=True))
+    return jobs
+
+
 def artifact_records(
     session: Session, q: ArtifactQuery | None = None, *,
     locate: Callable[[str], tuple[str, str]] | None = None,
     storage_root: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """The :func:`artifact_record` of each artifact ``q`` selects, read as plain rows.
+    """The :func:`artifact_record` of each artifact ``q`` selects, read as plain rows: what
+    ``catalog list``, ``jobs`` and the web catalog's tables show.
 
     The same records, in the same order, as ``[artifact_record(a) for a in
-    list_artifacts(session, q, load_jobs=True)]``, without building ORM objects (on a page
-    of 100 artifacts that was most of the time spent: ``docs/performance.md``, web catalog):
-    two statements, the artifacts' columns and then their jobs' three shown columns by id.
-    The jobs are not joined into the first: where a filter selects many rows before the
-    ORDER BY and LIMIT (a batch's 1,000 artifacts), the join would read all of their jobs
-    rather than the 100 shown.
+    list_artifacts(session, q, load_jobs=True)]`` (tested on both databases), without
+    building ORM objects (building ~50-attribute objects and their jobs cost more than the
+    query: ``docs/performance.md``): two Core statements, the artifacts' columns
+    (:func:`records_statement`) and then their jobs' three shown columns by id. The jobs are
+    not joined into the first: where a filter selects many rows before the ORDER BY and LIMIT
+    (a batch's 1,000 artifacts), the join would read all of their jobs rather than the 100
+    shown. Values are converted per column (timestamps, enums), decided once.
 
-    ``locate`` maps a storage key to ``(path, uri)``; by default they are
-    :func:`artifact_record`'s, under ``storage_root``.
+    ``locate`` maps a storage key to ``(path, uri)``; by default they are computed from the
+    key under ``storage_root`` without touching the storage (:func:`_path_maker`).
 
     Example:
         records = artifact_records(session, ArtifactQuery(batches=[7]),
                                    locate=lambda key: (f"/srv/a/{key}", f"file:///srv/a/{key}"))
     """
-    stmt = artifacts_statement(q or ArtifactQuery()).with_only_columns(
-        *(getattr(Artifact, name).label(name) for name in _COLUMN_FIELDS))
-    rows = session.execute(stmt).mappings().all()
-    jobs: dict[int, dict[str, Any]] = {}
-    if rows:
-        for job_id, *shown in session.execute(
-            select(Job.id, *_JOB_FIELDS.values())
-            .where(Job.id.in_(sorted({row["job_id"] for row in rows})))
-        ):
-            jobs[job_id] = dict(zip(_JOB_FIELDS, shown, strict=True))
-    where = locate or (lambda key: _located(key, storage_root))
-    return [_record({**row, **jobs[row["job_id"]]}, *where(row["storage_key"]))
-            for row in rows]
+    rows = session.connection().execute(records_statement(q)).all()
+    if not rows:
+        return []
+    convert = _converters(getattr(Artifact, name) for name in _COLUMN_FIELDS)
+    jobs = _job_fields(session, {row[-2] for row in rows})
+    where = locate or _path_maker(storage_root)
+    records = []
+    for row in rows:
+        values = list(row)
+        for i, c in convert:
+            values[i] = c(values[i])
+        *columns, job_id, key = values
+        path, uri = where(key)
+        merged = {**dict(zip(_COLUMN_FIELDS, columns, strict=True)), **jobs[job_id],
+                  "path": path, "uri": uri}
+        record = {name: merged[name] for name in RECORD_FIELDS}
+        record["observer"] = record["weight_observer"]
+        records.append(record)
+    return records
