@@ -148,6 +148,10 @@ def entry() -> None:
     # page fault per 2 MiB instead of per 4 KiB, and a job allocates gigabytes of them
     # (dequantized weights in each forward, the int8 copy). THP_MEM_ALLOC_ENABLE=0 opts out.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    # OpenMP threads that wait for work sleep instead of spinning: on a machine whose cores
+    # other processes also use, spinning threads stall torch's parallel ops (measured: a
+    # 100M job 20.1 s -> 10.7 s at load average 3.9, docs/performance.md). Set it to opt out.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     code = main()
     gc.freeze()
     sys.exit(code)
