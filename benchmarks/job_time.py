@@ -7,9 +7,12 @@ of about 20M, 100M and 1B parameters, each measured in a fresh process (imports 
                reads and writes the checkpoint costs at least;
 * ``torchao``— transformers ``from_pretrained`` + torchao ``Int8WeightOnlyConfig`` +
                ``torch.save`` of the state dict: the path a user would pick (``bench`` extra);
-* ``mono-quant``, ``MONO_QUANT_COMPILE=never`` and the default (``auto``) — ``run_pipeline``
-               (what ``mono-quant quantize`` and the workers run): load, quantize, save,
-               reload check, hash; each stage's time is printed.
+* ``mono-quant``, ``MONO_QUANT_COMPILE=never`` and the default (``auto``) — the command a
+               user runs, ``mono-quant quantize hf:FOLDER -o OUT.safetensors`` (``run_pipeline``:
+               load, quantize, save, served check, hash). Each stage's time is taken from the
+               command's own ``<stage> ...`` lines on stderr, timestamped as they arrive:
+               ``start`` is interpreter start-up, imports and argument parsing up to
+               ``loading``; ``exit`` runs from the report's last line to the process's end.
 
 Targets (issue 9): a whole job within 1.5x the floor for >= 100M parameters and faster than the
 torchao path; compile (``auto``) never more than 5 % slower than eager. Every figure is printed
@@ -82,24 +85,8 @@ t4 = time.perf_counter()
 print({"import": t1 - t0, "load": t2 - t1, "quantize": t3 - t2, "save": t4 - t3})
 """
 
-_OURS = """
-import sys, time
-t0 = time.perf_counter()
-from mono_quant.pipeline import JobSpec, parse_model_source, run_pipeline
-marks, last = {}, [time.perf_counter(), "import"]
-marks["import"] = last[0] - t0
-def on_stage(stage, **_):
-    now = time.perf_counter()
-    if last[1] != "import":
-        marks[last[1]] = marks.get(last[1], 0.0) + now - last[0]
-    last[0], last[1] = now, stage
-run_pipeline(JobSpec(parse_model_source("hf:" + sys.argv[1])), sys.argv[2], on_stage=on_stage)
-marks[last[1]] = time.perf_counter() - last[0]
-print(marks)
-"""
-
-#: run_pipeline's stages, as the table names them.
-STAGES = {"import": "import", "loading": "load", "loading calibration data": "calibrate",
+#: run_pipeline's stages (the CLI's ``<stage> ...`` lines), as the table names them.
+STAGES = {"loading": "load", "loading calibration data": "calibrate",
           "quantizing": "quantize", "writing": "save", "reloading": "reload",
           "hashing": "hash"}
 
@@ -113,6 +100,40 @@ def _run(code: str, *args: str, env: dict[str, str] | None = None) -> tuple[floa
         raise RuntimeError(out.stderr[-3000:])
     last = out.stdout.strip().splitlines()[-1]
     return wall, ast.literal_eval(last)
+
+
+def _cli() -> str:
+    """The ``mono-quant`` console script of this interpreter's environment."""
+    script = Path(sys.executable).parent / "mono-quant"
+    if not script.exists():
+        raise SystemExit(f"{script} not found: pip install -e . in this environment")
+    return str(script)
+
+
+def _run_cli(folder: Path, out: Path, mode: str) -> tuple[float, dict]:
+    """Wall time of ``mono-quant quantize`` and its stages, from its stderr lines' arrival."""
+    env = {**os.environ, "MONO_QUANT_COMPILE": mode, "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([_cli(), "quantize", f"hf:{folder}", "-o", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    parts: dict[str, float] = {}
+    stage, since, lines = "start", t0, []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        now = time.perf_counter()
+        lines.append(line)
+        name = line.strip().removesuffix(" ...")
+        if name in STAGES or line.startswith("mono-quant quantize:"):
+            parts[stage] = parts.get(stage, 0.0) + now - since
+            stage, since = STAGES.get(name, "report"), now
+    code = proc.wait()
+    end = time.perf_counter()
+    wall = end - t0
+    parts[stage] = parts.get(stage, 0.0) + end - since
+    if code != 0:
+        raise RuntimeError("".join(lines)[-3000:])
+    parts["exit"] = parts.pop("report", 0.0)
+    return wall, parts
 
 
 def _model(work: Path, size: str) -> tuple[Path, int]:
@@ -141,7 +162,8 @@ def main() -> None:
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     print(f"# job_time on {platform.processor() or platform.machine()}, {os.cpu_count()} "
-          f"cores, python {platform.python_version()}")
+          f"cores, python {platform.python_version()}, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     rows = []
     for size in args.sizes:
         folder, params = _model(args.work_dir, size)
@@ -154,9 +176,7 @@ def main() -> None:
             rows.append((size, params, mib, "transformers + torchao + torch.save", wall, floor,
                          parts))
         for mode in ("never", "auto"):
-            wall, parts = _run(_OURS, str(folder), f"{out}-{mode}.safetensors",
-                               env={"MONO_QUANT_COMPILE": mode})
-            parts = {STAGES.get(k, k): v for k, v in parts.items()}
+            wall, parts = _run_cli(folder, Path(f"{out}-{mode}.safetensors"), mode)
             rows.append((size, params, mib, f"mono-quant (COMPILE={mode})", wall, floor, parts))
         for f in args.work_dir.glob(f"out-{size}*"):
             f.unlink()
@@ -166,6 +186,7 @@ def main() -> None:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
         print(f"| {size} ({params / 1e6:.0f}M) | {mib:.0f} MiB | {what} | {wall:.2f} | "
               f"{wall / floor:.2f} | {stages} |")
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("\n" + json.dumps([r[:6] for r in rows]))
 
 

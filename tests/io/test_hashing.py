@@ -46,3 +46,25 @@ def test_state_dict_digest_covers_values_names_and_dtypes():
         b.bias[0] += 1e-6
     assert state_dict_digest(a) != state_dict_digest(b)
     assert state_dict_digest(a) != state_dict_digest(a.to(torch.bfloat16))
+
+
+def test_state_dict_digest_reads_every_layout_the_same_way():
+    """Contiguous tensors are hashed in place, others block by block: both give the bytes of
+    the tensor in row-major order (bfloat16, bool, a transposed view, a 1M+ value tensor)."""
+    import torch
+    from torch import nn
+
+    from mono_quant.io.hashing import state_dict_digest
+
+    torch.manual_seed(0)
+    m = nn.Module()
+    m.register_buffer("big", torch.randn(1100, 1000))  # more than one 1 MiB block
+    m.register_buffer("bf16", torch.randn(5, 7).to(torch.bfloat16))
+    m.register_buffer("flag", torch.tensor([True, False]))
+    m.register_buffer("transposed", torch.randn(6, 4).t())
+    m.register_buffer("empty", torch.empty(0, 3))
+    expected = hashlib.sha256()
+    for name, t in sorted(m.state_dict().items()):
+        expected.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        expected.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    assert state_dict_digest(m) == expected.hexdigest()

@@ -225,3 +225,33 @@ def test_on_progress_reports_each_stage():
     quantize_model(model, QuantConfig(min_layer_size=1), progress=False,
                    on_progress=lambda *a: calls.append(a))  # weight-only, no data
     assert calls == [("quantizing", 1, 3), ("quantizing", 2, 3), ("quantizing", 3, 3)]
+
+
+def test_a_quantized_layer_holds_the_quantizers_tensors_not_copies():
+    """quantize_model builds each layer around the int8 weight the kernel wrote (no zeroed
+    buffer filled by a copy): same storage, same bits; a view into a larger buffer is cut to
+    its own bytes, and a tensor of the wrong shape is refused."""
+    from mono_quant import quantize_weight_int8
+    from mono_quant.quant.modules import quantized_like
+    from mono_quant.quant.primitives import QuantizedTensor
+
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    qw = quantize_weight_int8(linear.weight)
+    layer = quantized_like(linear, QuantConfig(), qw)
+    assert layer.weight.data_ptr() == qw.data.data_ptr()
+    assert layer.weight.dtype == torch.int8 and torch.equal(layer.weight_scale, qw.scale)
+    empty = quantized_like(linear, QuantConfig())  # the old way: zeros, then set_weight
+    empty.set_weight(qw)
+    x = torch.randn(3, 64)
+    assert torch.equal(layer(x), empty(x))
+    assert not torch.equal(quantized_like(linear, QuantConfig()).weight, qw.data)  # zeros
+
+    big = torch.cat([qw.data, qw.data])  # [64, 64]: the weight is its first half
+    part = QuantizedTensor(big[:32], qw.scale, qw.zero_point, qw.scheme, qw.granularity)
+    cut = quantized_like(linear, QuantConfig(), part)
+    assert cut.weight.untyped_storage().nbytes() == 32 * 64
+    assert torch.equal(cut.weight, qw.data)
+    wrong = QuantizedTensor(big, qw.scale, qw.zero_point, qw.scheme, qw.granularity)
+    with pytest.raises(ValueError, match=r"weight: shape \(64, 64\), the layer needs \(32, 64\)"):
+        quantized_like(linear, QuantConfig(), wrong)

@@ -212,3 +212,30 @@ def test_quantize_max_shard_size_writes_a_sharded_folder_inspect_reads(tmp_path)
     assert f"artifact {out} (safetensors," in res.stdout
     res = cli("quantize", MLP, "-o", tmp_path / "m.pt", "--max-shard-size", "4KB")
     assert res.returncode != 0 and "max_shard_size" in res.stderr
+
+
+def test_the_console_script_skips_the_final_collection_and_keeps_exit_work(tmp_path):
+    """`mono-quant` runs cli.entry: the job's objects are frozen (gc.freeze) before the
+    interpreter exits, so its last collections skip them (4-6 s after a transformers job),
+    while atexit handlers and the report still run; torch's allocator gets huge pages and
+    OpenMP's idle threads sleep instead of spinning (both unless the user set them)."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="mono-quant")
+    assert script.value == "mono_quant.scheduler.cli:entry"
+    out = tmp_path / "mlp.safetensors"
+    code = (
+        "import atexit, gc, os, sys\n"
+        "from mono_quant.scheduler import cli\n"
+        "atexit.register(lambda: print('at exit: frozen', gc.get_freeze_count() > 0,\n"
+        "                              os.environ.get('THP_MEM_ALLOC_ENABLE'),\n"
+        "                              os.environ.get('OMP_WAIT_POLICY')))\n"
+        f"sys.argv = ['mono-quant', 'quantize', {MLP!r}, '-o', {str(out)!r}, '--quiet']\n"
+        "cli.entry()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("mono-quant quantize: ")
+    assert res.stdout.rstrip().endswith("at exit: frozen True 1 PASSIVE")
+    assert read_info(out).selected_layers == ["0", "2", "4"]

@@ -76,14 +76,17 @@ def state_dict_digest(module) -> str:
     The catalog's ``model_digest``: two artifacts made from the same float weights share it,
     whatever their source string.
     """
-    import ctypes
+    import torch
 
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
         flat = t.detach().reshape(-1)
+        if flat.device.type == "cpu" and flat.is_contiguous():  # its bytes, read in place
+            h.update(flat.view(torch.uint8).numpy())
+            continue
         step = max(1, _BLOCK // max(1, flat.element_size()))
         for start in range(0, flat.numel(), step):
             part = flat[start : start + step].cpu().contiguous()
-            h.update(ctypes.string_at(part.data_ptr(), part.numel() * part.element_size()))
+            h.update(part.view(torch.uint8).numpy())
     return h.hexdigest()

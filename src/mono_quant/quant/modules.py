@@ -110,7 +110,8 @@ class _QuantLayer(nn.Module):
         """The float weight, output channels first (what the scales are computed on)."""
         return float_layer.weight
 
-    def _init_buffers(self, float_layer: nn.Module, config: QuantConfig) -> None:
+    def _init_buffers(self, float_layer: nn.Module, config: QuantConfig,
+                      qweight: QuantizedTensor | None = None) -> None:
         w = self.weight_of(float_layer)
         gran: Granularity = config.granularity_spec
         pshape = gran.param_shape(w.shape)
@@ -120,14 +121,31 @@ class _QuantLayer(nn.Module):
         self.activation_scheme = config.activation_scheme
         self.compute_dtype = w.dtype
         kw = {"device": w.device}
-        self.register_buffer("weight", torch.zeros(w.shape, dtype=torch.int8, **kw))
-        self.register_buffer("weight_scale", torch.ones(pshape, dtype=torch.float32, **kw))
-        self.register_buffer("weight_zero_point", torch.zeros(pshape, dtype=torch.int8, **kw))
+        if qweight is not None:  # adopt the quantized tensors: no zeroed buffer, no copy
+            self._adopt(qweight, tuple(w.shape), pshape, w.device)
+        else:
+            self.register_buffer("weight", torch.zeros(w.shape, dtype=torch.int8, **kw))
+            self.register_buffer("weight_scale", torch.ones(pshape, dtype=torch.float32, **kw))
+            self.register_buffer("weight_zero_point",
+                                 torch.zeros(pshape, dtype=torch.int8, **kw))
         bias = float_layer.bias
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         if config.mode == "static":
             self.register_buffer("input_scale", torch.ones(1, dtype=torch.float32, **kw))
             self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int8, **kw))
+
+    def _adopt(self, qw: QuantizedTensor, shape: tuple[int, ...], pshape: tuple[int, ...],
+               device: torch.device) -> None:
+        """Register ``qw``'s tensors as the buffers (what ``set_weight`` would copy in)."""
+        for name, t, dtype, want in (("weight", qw.data, torch.int8, shape),
+                                     ("weight_scale", qw.scale, torch.float32, pshape),
+                                     ("weight_zero_point", qw.zero_point, torch.int8, pshape)):
+            if tuple(t.shape) != tuple(want):
+                raise ValueError(f"{name}: shape {tuple(t.shape)}, the layer needs {want}")
+            t = t.detach().to(device, dtype).contiguous()
+            if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+                t = t.clone()  # a view into a larger buffer: keep (and save) only its part
+            self.register_buffer(name, t)
 
     def set_weight(self, qw: QuantizedTensor) -> None:
         self.weight.copy_(qw.data)
@@ -159,11 +177,12 @@ class _QuantLayer(nn.Module):
 class QuantLinear(_QuantLayer):
     """int8 stand-in for ``nn.Linear``."""
 
-    def __init__(self, float_layer: nn.Linear, config: QuantConfig) -> None:
+    def __init__(self, float_layer: nn.Linear, config: QuantConfig,
+                 qweight: QuantizedTensor | None = None) -> None:
         super().__init__()
         self.in_features = float_layer.in_features
         self.out_features = float_layer.out_features
-        self._init_buffers(float_layer, config)
+        self._init_buffers(float_layer, config, qweight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "dynamic":
@@ -183,13 +202,14 @@ class QuantLinear(_QuantLayer):
 class QuantConv2d(_QuantLayer):
     """int8 stand-in for ``nn.Conv2d`` (every padding mode)."""
 
-    def __init__(self, float_layer: nn.Conv2d, config: QuantConfig) -> None:
+    def __init__(self, float_layer: nn.Conv2d, config: QuantConfig,
+                 qweight: QuantizedTensor | None = None) -> None:
         super().__init__()
         for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
                      "dilation", "groups", "padding_mode"):
             setattr(self, attr, getattr(float_layer, attr))
         self._reversed_padding_repeated_twice = float_layer._reversed_padding_repeated_twice
-        self._init_buffers(float_layer, config)
+        self._init_buffers(float_layer, config, qweight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w = self._prepare(x)
@@ -220,15 +240,19 @@ class QuantConv1D(QuantLinear):
     def weight_of(float_layer: nn.Module) -> torch.Tensor:
         return float_layer.weight.t()  # (in, out) -> (out, in)
 
-    def __init__(self, float_layer: nn.Module, config: QuantConfig) -> None:
+    def __init__(self, float_layer: nn.Module, config: QuantConfig,
+                 qweight: QuantizedTensor | None = None) -> None:
         nn.Module.__init__(self)
         self.in_features, self.out_features = float_layer.weight.shape
-        self._init_buffers(float_layer, config)
+        self._init_buffers(float_layer, config, qweight)
 
 
-def quantized_like(float_layer: nn.Module, config: QuantConfig) -> _QuantLayer:
-    """An empty quantized layer shaped like ``float_layer`` (fill it, or load a state dict)."""
+def quantized_like(float_layer: nn.Module, config: QuantConfig,
+                   qweight: QuantizedTensor | None = None) -> _QuantLayer:
+    """A quantized layer shaped like ``float_layer``: empty (fill it, or load a state dict),
+    or holding ``qweight``'s tensors themselves (not copies: the int8 weight of a large model
+    is then written once, by the quantizer)."""
     qcls = qmodule_for(float_layer)
     if qcls is None:
         raise TypeError(f"cannot quantize a {type(float_layer).__name__}")
-    return qcls(float_layer, config)
+    return qcls(float_layer, config, qweight)

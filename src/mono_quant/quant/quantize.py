@@ -319,8 +319,7 @@ def _quantize_layers(
             if problems:  # a bug of ours, never the user's input
                 raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
             accs[name] = weight_error(weight, qw)
-            qlayer = quantized_like(layer, config)
-            qlayer.set_weight(qw)
+            qlayer = quantized_like(layer, config, qw)
             if calibration is not None:
                 qlayer.set_input_qparams(*calibration.observers[name].compute_qparams())
             if config.target:
