@@ -60,7 +60,7 @@ GROUPS: dict[str, Group] = {
     "primitives": Group(
         {Q + "primitives.py": ALL},
         ("tests/quant/test_primitives.py", "tests/quant/test_fake_quantize.py",
-         "tests/quant/test_bounds.py"),
+         "tests/quant/test_bounds.py", "tests/quant/test_primitive_contract.py"),
     ),
     "specs": Group(
         {Q + "specs.py": ALL},
