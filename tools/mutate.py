@@ -74,8 +74,8 @@ GROUPS: dict[str, Group] = {
     ),
     "kernels": Group(
         {Q + "_kernels.py": ALL},
-        ("tests/quant/test_primitives.py", "tests/quant/test_fake_quantize.py",
-         "tests/quant/test_bounds.py"),
+        ("tests/quant/test_kernels.py", "tests/quant/test_primitives.py",
+         "tests/quant/test_fake_quantize.py", "tests/quant/test_bounds.py"),
     ),
     "metrics": Group({Q + "metrics.py": ALL}, ("tests/quant/test_metrics.py",)),
     "smoothquant": Group(

@@ -1,0 +1,154 @@
+"""``quant/_kernels.py`` below the public API: chunking, the compile decision, the overflow
+branch of the qparams and the compile fallback, with expected values written here or taken from
+the numpy reference (``tests/quant/reference.py``)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from mono_quant.quant import _kernels, options
+from tests.quant import reference
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 8 elements, so small tensors take the multi-chunk and the one-huge-row paths."""
+    monkeypatch.setattr(_kernels, "_CHUNK", 8)
+
+
+def _slices(rows, cols):
+    return [((r.start, r.stop), (c.start, c.stop))
+            for r, c in _kernels._row_chunks(torch.empty(rows, cols))]
+
+
+def test_row_chunks_cover_every_element_once(small_chunks):
+    # 3 columns: 8 // 3 = 2 rows per chunk, the last one shorter
+    assert _slices(5, 3) == [((0, 2), (0, 3)), ((2, 4), (0, 3)), ((4, 5), (0, 3))]
+    # rows longer than a chunk: one row at a time, cut into 8-column pieces
+    assert _slices(2, 20) == [((0, 1), (0, 8)), ((0, 1), (8, 16)), ((0, 1), (16, 20)),
+                              ((1, 2), (0, 8)), ((1, 2), (8, 16)), ((1, 2), (16, 20))]
+    assert _slices(3, 8) == [((0, 1), (0, 8)), ((1, 2), (0, 8)), ((2, 3), (0, 8))]
+    assert _slices(2, 0) == [((0, 2), (0, 0))]
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("shape", [(7, 3), (3, 20), (1, 50)], ids=["chunked", "long", "huge"])
+def test_small_chunks_match_the_reference(small_chunks, symmetric, shape):
+    g = torch.Generator().manual_seed(11)
+    rows = torch.randn(shape, generator=g) * torch.rand(shape[0], 1, generator=g) * 10
+    q, scale, zp = _kernels.fused_minmax_quantize(rows, symmetric)
+    q_ref, s_ref, z_ref = reference.quantize_weight(rows.numpy(), symmetric, "per_channel")
+    assert np.array_equal(q.numpy(), q_ref)
+    assert np.array_equal(scale.numpy().reshape(-1), s_ref)
+    assert np.array_equal(zp.numpy().reshape(-1), z_ref)
+    assert (q.dtype, scale.dtype, zp.dtype) == (torch.int8, torch.float32, torch.float32)
+
+
+def test_quantize_rows_in_chunks(small_chunks):
+    rows = torch.tensor([[0.25 * i - 2.0 for i in range(20)]] * 2)
+    scale = torch.tensor([[0.25], [0.5]])
+    zp = torch.tensor([[3.0], [-1.0]])
+    q = _kernels.quantize_rows(rows, scale, zp, -4, 10)
+    # row 0: round(x / 0.25) + 3 = i - 8 + 3, clamped to [-4, 10]; row 1: round(x / 0.5) - 1
+    expected0 = [min(max(i - 5, -4), 10) for i in range(20)]
+    expected1 = [min(max(round((0.25 * i - 2.0) / 0.5) - 1, -4), 10) for i in range(20)]
+    assert q.tolist() == [expected0, expected1]
+
+
+def test_empty_rows_have_no_range():
+    with pytest.raises(ValueError, match="^cannot take the range of empty rows$"):
+        _kernels.minmax_rows(torch.empty(3, 0))
+
+
+def test_range_wider_than_float32_divides_first():
+    lo, hi = torch.tensor([[-3e38]]), torch.tensor([[3e38]])  # hi - lo overflows float32
+    scale, zp = _kernels.qparams_from_minmax(lo, hi, symmetric=False)
+    lo32, hi32 = np.float32(-3e38), np.float32(3e38)
+    expected = np.float32(hi32 / np.float32(255) - lo32 / np.float32(255))
+    assert float(scale) == float(expected) and np.isfinite(expected)
+    assert float(zp) == float(np.clip(-128 - np.round(lo32 / expected), -128, 127))
+    # an ordinary range keeps the subtract-then-divide formula
+    scale, _ = _kernels.qparams_from_minmax(torch.tensor([[-1.0]]), torch.tensor([[2.0]]), False)
+    assert float(scale) == float(np.float32(3.0) / np.float32(255))
+
+
+def test_qparams_of_half_inputs_are_float32():
+    scale, zp = _kernels.qparams_from_minmax(torch.tensor([[-1.0]], dtype=torch.float16),
+                                             torch.tensor([[1.0]], dtype=torch.float16), True)
+    assert scale.dtype == torch.float32 and float(scale) == float(np.float32(1) / 127)
+    assert float(zp) == 0.0
+
+
+@pytest.fixture
+def fresh_compile_state(monkeypatch):
+    monkeypatch.setattr(_kernels, "_compiled", {})
+    monkeypatch.setattr(_kernels, "_compile_failed", False)
+    monkeypatch.setenv("MONO_QUANT_COMPILE_MIN_NUMEL", "100")
+
+
+@pytest.mark.parametrize(
+    ("mode", "numel", "work", "compiled", "expected"),
+    [
+        pytest.param("never", 1000, 0, True, False, id="never"),
+        pytest.param("always", 1, 0, False, True, id="always"),
+        pytest.param("auto", 99, options.COMPILE_MIN_WORK, True, False, id="auto-too-small"),
+        pytest.param("auto", 100, 0, False, False, id="auto-no-work"),
+        pytest.param("auto", 100, options.COMPILE_MIN_WORK - 1, False, False,
+                     id="auto-work-below"),
+        pytest.param("auto", 100, options.COMPILE_MIN_WORK, False, True, id="auto-work-pays"),
+        pytest.param("auto", 100, 0, True, True, id="auto-kernel-exists"),
+    ],
+)
+def test_when_the_inductor_kernel_is_used(fresh_compile_state, mode, numel, work, compiled,
+                                          expected):
+    if compiled:
+        _kernels._compiled["sym"] = object()
+    with options.compile_override(mode), options.job_work(work):
+        assert _kernels._use_compiled(torch.empty(numel), "sym") is expected
+        assert _kernels._use_compiled(torch.empty(numel), "asym") is (expected and (
+            mode != "auto" or work >= options.COMPILE_MIN_WORK))
+
+
+def test_no_inductor_kernel_off_the_cpu_or_after_a_failure(fresh_compile_state, monkeypatch):
+    with options.compile_override("always"):
+        assert _kernels._use_compiled(torch.empty(1000, device="meta"), "sym") is False
+        monkeypatch.setattr(_kernels, "_compile_failed", True)
+        assert _kernels._use_compiled(torch.empty(1000), "sym") is False
+
+
+def test_a_failing_compiler_falls_back_once_and_loudly(fresh_compile_state, monkeypatch, caplog):
+    # no compiler is broken on purpose here: _get_compiled is replaced by one that raises, as
+    # torch.compile does when the C++ toolchain is missing
+    def broken(name, fn):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(_kernels, "_get_compiled", broken)
+    rows = torch.tensor([[-1.0, 0.5, 2.0], [4.0, -4.0, 1.0]])
+    with options.compile_override("always"), caplog.at_level(logging.WARNING):
+        q, scale, _ = _kernels.fused_minmax_quantize(rows, symmetric=True)
+    assert _kernels._compile_failed is True
+    assert [r.getMessage() for r in caplog.records] == [
+        "torch.compile is unavailable (RuntimeError: no C++ compiler); using eager kernels"]
+    q_ref, s_ref, _ = reference.quantize_weight(rows.numpy(), True, "per_channel")
+    assert np.array_equal(q.numpy(), q_ref) and np.array_equal(scale.numpy().reshape(-1), s_ref)
+
+
+def test_inductor_result_goes_through_the_same_qparams(fresh_compile_state, monkeypatch):
+    # the compiled kernel returns (q, lo, hi); scale and zero point are taken from lo and hi
+    # (stand-in kernel: an eager function, so no compiler is needed)
+    def eager(name, fn, *args):
+        assert name == "asym" and fn is _kernels._fused_asym
+        return fn(*args)
+
+    monkeypatch.setattr(_kernels, "_run_compiled", eager)
+    rows = torch.tensor([[-1.0, 0.5, 2.0], [4.0, 3.0, 1.0]])
+    with options.compile_override("always"):
+        q, scale, zp = _kernels.fused_minmax_quantize(rows, symmetric=False)
+    q_ref, s_ref, z_ref = reference.quantize_weight(rows.numpy(), False, "per_channel")
+    assert np.array_equal(q.numpy(), q_ref)
+    assert np.array_equal(scale.numpy().reshape(-1), s_ref)
+    assert np.array_equal(zp.numpy().reshape(-1), z_ref)
