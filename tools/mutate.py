@@ -99,7 +99,8 @@ GROUPS: dict[str, Group] = {
         ("tests/io/test_header_layout.py", "tests/io/test_header_read.py",
          "tests/io/test_header_fields.py", "tests/io/test_corrupt.py"),
     ),
-    "atomic": Group({IO + "_atomic.py": ALL}, ("tests/io/test_durability.py",)),
+    "atomic": Group({IO + "_atomic.py": ALL},
+                    ("tests/io/test_durability.py", "tests/io/test_atomic_helpers.py")),
     "formats": Group(
         {IO + "formats.py": ALL},
         ("tests/io/test_formats.py", "tests/io/test_compressed_config.py",
