@@ -152,3 +152,55 @@ def test_inductor_result_goes_through_the_same_qparams(fresh_compile_state, monk
     assert np.array_equal(q.numpy(), q_ref)
     assert np.array_equal(scale.numpy().reshape(-1), s_ref)
     assert np.array_equal(zp.numpy().reshape(-1), z_ref)
+
+
+#: float32 ranges (found by a search over 20M random ones, about 1 in 300,000) whose
+#: asymmetric rounding steps one past the int8 range: round(hi / scale) + zp = 128 and
+#: round(lo / scale) + zp = -129 before the clamp
+PAST_THE_RANGE = [[-1.2641713619232178, 0.38474780321121216],
+                  [-0.27819550037384033, 0.6614052653312683]]
+
+
+def test_asymmetric_rounding_past_the_range_is_clamped(monkeypatch):
+    rows = torch.tensor(PAST_THE_RANGE)
+    x = rows.numpy()
+    scale, zp = reference.qparams(x.min(axis=1), x.max(axis=1), symmetric=False)
+    inv = reference.f32(1.0 / scale.astype("float64"))[:, None]
+    unclamped = np.round(reference.f32(x.astype("float64") * inv)) + zp[:, None]
+    assert unclamped[0, 1] == 128 and unclamped[1, 0] == -129  # the clamp is what saves them
+    q_ref, _, _ = reference.quantize_weight(x, False, "per_channel")
+    assert q_ref.tolist() == [[-128, 127], [-128, 127]]
+    eager, _, _ = _kernels.fused_minmax_quantize(rows, symmetric=False)
+    assert np.array_equal(eager.numpy(), q_ref)
+    # the same rows through the kernel torch.compile would trace, run eagerly
+    monkeypatch.setattr(_kernels, "_run_compiled", lambda name, fn, *args: fn(*args))
+    with options.compile_override("always"):
+        traced, _, _ = _kernels.fused_minmax_quantize(rows, symmetric=False)
+    assert traced.dtype == torch.int8 and np.array_equal(traced.numpy(), q_ref)
+
+
+def test_symmetric_kernel_as_traced(monkeypatch):
+    rows = torch.tensor([[-1.0, 0.5, 2.0, 0.0], [4.0, 3.0, 1.0, -0.25]])
+    monkeypatch.setattr(_kernels, "_run_compiled", lambda name, fn, *args: fn(*args))
+    with options.compile_override("always"):
+        q, scale, zp = _kernels.fused_minmax_quantize(rows, symmetric=True)
+    q_ref, s_ref, _ = reference.quantize_weight(rows.numpy(), True, "per_channel")
+    assert q.dtype == torch.int8 and np.array_equal(q.numpy(), q_ref)
+    assert np.array_equal(scale.numpy().reshape(-1), s_ref) and not zp.any()
+
+
+def test_round_clamps_to_the_given_bounds():
+    x = torch.tensor([[-10.0, -2.0, 0.0, 2.0, 10.0]])
+    q = _kernels._round(x, torch.tensor([[0.5]]), torch.tensor([[1.0]]), -3.0, 4.0)
+    # round(x / 0.5) + 1 = -19, -3, 1, 5, 21, clamped to [-3, 4]
+    assert q.dtype == torch.int8 and q.tolist() == [[-3, -3, 1, 4, 4]]
+
+
+def test_outputs_are_on_the_rows_device():
+    # the meta device stands in for a GPU (none here): buffers follow the rows' device
+    rows = torch.empty(4, 8, device="meta")
+    q = _kernels.quantize_rows(rows, torch.ones(4, 1, device="meta"),
+                               torch.zeros(4, 1, device="meta"), -128, 127)
+    assert q.device.type == "meta" and q.dtype == torch.int8
+    q, scale, zp = _kernels.fused_minmax_quantize(rows, symmetric=False)
+    assert {q.device.type, scale.device.type, zp.device.type} == {"meta"}
