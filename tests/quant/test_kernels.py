@@ -204,3 +204,28 @@ def test_outputs_are_on_the_rows_device():
     assert q.device.type == "meta" and q.dtype == torch.int8
     q, scale, zp = _kernels.fused_minmax_quantize(rows, symmetric=False)
     assert {q.device.type, scale.device.type, zp.device.type} == {"meta"}
+
+
+def test_inductor_kernel_is_built_once_per_name(fresh_compile_state, monkeypatch):
+    # torch.compile is replaced by a recorder (mutation runs cannot trace the real one): each
+    # kernel name is built once, with dynamic shapes, as one graph, on one compile thread
+    from torch._inductor import config as inductor_config
+
+    built: list[tuple[object, dict]] = []
+
+    def recorder(fn, **kwargs):
+        built.append((fn, kwargs))
+
+        def run(*args):
+            assert inductor_config.compile_threads == 1
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", recorder)
+    rows = torch.tensor([[-1.0, 0.5, 2.0], [4.0, 3.0, 1.0]])
+    for _ in range(2):
+        out = _kernels._run_compiled("sym", _kernels._fused_sym, rows)
+        assert out is not None and torch.equal(out[1], rows.amin(dim=1, keepdim=True))
+    assert built == [(_kernels._fused_sym, {"dynamic": True, "fullgraph": True})]
+    assert set(_kernels._compiled) == {"sym"} and _kernels._compile_failed is False
