@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+# imported here, not first inside _run_compiled: importing Inductor takes seconds, which every
+# mutation-test child would pay again
+from torch._inductor import config as inductor_config
+
 from mono_quant.quant import _kernels, options
 from tests.quant import reference
 
@@ -209,8 +213,6 @@ def test_outputs_are_on_the_rows_device():
 def test_inductor_kernel_is_built_once_per_name(fresh_compile_state, monkeypatch):
     # torch.compile is replaced by a recorder (mutation runs cannot trace the real one): each
     # kernel name is built once, with dynamic shapes, as one graph, on one compile thread
-    from torch._inductor import config as inductor_config
-
     built: list[tuple[object, dict]] = []
 
     def recorder(fn, **kwargs):
