@@ -165,9 +165,6 @@ def _stage(name: str, group: Group) -> Path:
         "pytest_add_cli_args": ["-q", "-k", " and ".join(
             f"not {k}" for k in ("compiled", group.skip) if k)],
         "process_isolation": "forkserver",
-        # a mutant that loops is cut after 5x (mutmut's default: 15x) the CPU time its tests
-        # took on the clean code, plus a second: a looping mutant costs seconds, not minutes
-        "timeout_multiplier": 5.0,
     }
     with open(dest / "pyproject.toml", "a", encoding="utf-8") as f:
         f.write("\n[tool.mutmut]\n")
@@ -189,8 +186,10 @@ def run(name: str, children: int, again: bool = False) -> int:
     verdicts of the others (after new tests: re-measures in minutes instead of hours)."""
     group = GROUPS[name]
     before = _exit_codes(name) if again else {}
+    # a timeout is re-run too: mutmut also stops a child after a wall-clock bound
+    # ((test time + 1 s) x timeout_multiplier), which a clean run can pass on a loaded machine
     targets = sorted(k for codes in before.values() for k, v in codes.items()
-                     if _verdict(v) not in DETECTED) if again else _patterns(group)
+                     if _verdict(v) not in DETECTED - {"timeout"}) if again else _patterns(group)
     if again and not targets:
         print(f"== {name}: no surviving mutants to run again", flush=True)
         return 0
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="list surviving mutants")
     parser.add_argument("--again", action="store_true",
-                        help="run only the mutants the last run did not detect")
+                        help="run only the mutants the last run did not detect (or timed out)")
     parser.add_argument("--children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     args = parser.parse_args(argv)
     unknown = [g for g in args.groups if g not in GROUPS and g not in SETS]
