@@ -231,3 +231,45 @@ def test_inductor_kernel_is_built_once_per_name(fresh_compile_state, monkeypatch
         assert out is not None and torch.equal(out[1], rows.amin(dim=1, keepdim=True))
     assert built == [(_kernels._fused_sym, {"dynamic": True, "fullgraph": True})]
     assert set(_kernels._compiled) == {"sym"} and _kernels._compile_failed is False
+
+
+def _recorded_builds(monkeypatch) -> list[object]:
+    """torch.compile replaced by a recorder that returns the eager function."""
+    built: list[object] = []
+
+    def recorder(fn, **kwargs):
+        built.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recorder)
+    return built
+
+
+def test_which_tensors_take_the_inductor_kernel(fresh_compile_state, monkeypatch):
+    built = _recorded_builds(monkeypatch)
+    with options.compile_override("never"):  # several rows, but the mode says no
+        _kernels.fused_minmax_quantize(torch.ones(4, 8), symmetric=True)
+    assert built == []
+    with options.compile_override("always"):
+        _kernels.fused_minmax_quantize(torch.ones(1, 8), symmetric=True)  # one row: eager
+        assert built == []
+        _kernels.fused_minmax_quantize(torch.ones(2, 8), symmetric=True)
+    assert built == [_kernels._fused_sym]
+
+
+def test_auto_reuses_a_kernel_this_process_built(fresh_compile_state, monkeypatch):
+    # under auto a kernel already built is used for any large-enough tensor, even when the
+    # job is too small to pay for compiling
+    calls: list[str] = []
+
+    def kernel(rows):
+        calls.append("sym")
+        return _kernels._fused_sym(rows)
+
+    _kernels._compiled["sym"] = kernel
+    rows = torch.arange(200, dtype=torch.float32).reshape(2, 100)
+    with options.compile_override("auto"), options.job_work(0):
+        q, _, _ = _kernels.fused_minmax_quantize(rows, symmetric=True)
+    assert calls == ["sym"]
+    q_ref, _, _ = reference.quantize_weight(rows.numpy(), True, "per_channel")
+    assert np.array_equal(q.numpy(), q_ref)
