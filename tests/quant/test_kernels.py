@@ -273,3 +273,13 @@ def test_auto_reuses_a_kernel_this_process_built(fresh_compile_state, monkeypatc
     assert calls == ["sym"]
     q_ref, _, _ = reference.quantize_weight(rows.numpy(), True, "per_channel")
     assert np.array_equal(q.numpy(), q_ref)
+
+
+def test_one_huge_row_past_the_range_is_clamped(small_chunks):
+    # the one-huge-row path (a row longer than a chunk) with a range of PAST_THE_RANGE
+    lo, hi = PAST_THE_RANGE[0]
+    rows = torch.tensor([[lo, hi, 0.0, 0.1, -0.1, 0.2, -0.2, 0.3, -0.3, 0.0]])
+    q, _, _ = _kernels.fused_minmax_quantize(rows, symmetric=False)
+    q_ref, _, _ = reference.quantize_weight(rows.numpy(), False, "per_tensor")
+    assert q_ref[0, :2].tolist() == [-128, 127]
+    assert np.array_equal(q.numpy(), q_ref)
