@@ -3,8 +3,10 @@ written here from vLLM's kernel description (not with the code under test)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,6 +15,7 @@ from mono_quant import BadConfigError, QuantConfig, demo_models, quantize_model,
 from mono_quant.io import load_quantized
 from mono_quant.quant.dynamic import int8_linear, quantize_per_token
 from mono_quant.quant.modules import QuantLinear
+from tests.quant.cuda_emulation import CudaScalarDivision
 
 
 def _reference_per_token(x: torch.Tensor):
@@ -36,6 +39,51 @@ def test_per_token_matches_a_float64_reference():
     assert torch.allclose(scale.double(), scale_ref, rtol=1e-7, atol=0)
     assert q.dtype == torch.int8 and int(q.abs().max()) == 127 and q.shape == x.shape
     assert torch.equal(q[5], torch.zeros(96, dtype=torch.int8)) and float(scale[5]) == 0.0
+
+
+def _vllm_per_token(x: np.ndarray):
+    """vLLM's ``dynamic_scaled_int8_quant_kernel`` in numpy float32, operation by operation:
+    ``scale = absmax / 127.0f``, ``tmp = 127.0f / absmax`` (IEEE divisions), then
+    ``cvt.rni.sat.s8.f32(x * tmp)``: round half to even, saturate, NaN (the zero row) -> 0."""
+    absmax = np.abs(x).max(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = absmax / np.float32(127.0)
+        prod = x * (np.float32(127.0) / absmax)
+    return np.clip(np.rint(np.nan_to_num(prod, nan=0.0)), -128, 127).astype(np.int8), scale
+
+
+def _boundary_rows(n: int = 32):
+    """Rows ``[a, x...]`` whose ``x * (127 / a)`` lies next to a .5 rounding tie, where a
+    ``127 / a`` one bit off (``reciprocal(a) * 127``, two roundings) changes the int8 value."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for a in rng.uniform(0.5, 8.0, 4000).astype(np.float32):
+        exact, twice = np.float32(127.0) / a, (np.float32(1.0) / a) * np.float32(127.0)
+        if exact == twice:
+            continue
+        xs = [x for k in range(1, 127)
+              for x0 in [np.float32((k + 0.5) / np.float64(exact))]
+              for x in (np.nextafter(x0, np.float32(0)), x0, np.nextafter(x0, np.float32(9)))
+              if np.rint(x * exact) != np.rint(x * twice)]
+        if xs:
+            rows.append(np.array([a, *xs[:7], *[-v for v in xs[:7]], 0.0][:16], np.float32))
+        if len(rows) == n:
+            return np.stack([np.pad(r, (0, 16 - len(r))) for r in rows])
+    raise AssertionError("no boundary rows found")
+
+
+@pytest.mark.parametrize("divides", ["cpu", "cuda"])
+def test_per_token_is_vllms_float32_kernel_on_every_device(divides):
+    # the scale and the multiplier are IEEE float32 quotients in vLLM's kernel; a GPU divides
+    # a tensor by a number as a * (1 / b), and 127 / t is reciprocal(t) * 127 everywhere
+    g = torch.Generator().manual_seed(3)
+    rand = torch.randn(256, 16, generator=g) * torch.logspace(-4, 4, 256).unsqueeze(1)
+    x = np.concatenate([_boundary_rows(), rand.numpy(), np.zeros((1, 16), np.float32)])
+    with CudaScalarDivision() if divides == "cuda" else contextlib.nullcontext():
+        q, scale = quantize_per_token(torch.from_numpy(x))
+    q_ref, scale_ref = _vllm_per_token(x)
+    assert np.array_equal(scale.numpy(), scale_ref)
+    assert np.array_equal(q.numpy(), q_ref)
 
 
 def test_int8_linear_is_the_int32_accumulate_then_rescale():

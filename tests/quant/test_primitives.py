@@ -20,6 +20,7 @@ from mono_quant import (
 )
 from mono_quant.quant import _kernels
 from tests.quant import reference
+from tests.quant.cuda_emulation import CudaScalarDivision
 
 GRANULARITIES = [
     pytest.param("per_tensor", 0, id="per_tensor"),
@@ -126,36 +127,11 @@ def test_device(device):
     assert torch.equal(qt.data.cpu(), cpu.data) and torch.equal(qt.scale.cpu(), cpu.scale)
 
 
-class _CudaScalarDivision(torch.overrides.TorchFunctionMode):
-    """Divides a tensor by a Python number the way CUDA's ``div_true`` kernel does on a GPU.
-
-    For a CPU-scalar divisor that kernel computes ``a * (1 / b)``, the reciprocal rounded in
-    the tensor's dtype, instead of ``a / b`` (the CPU kernel). This mode does the same on the
-    CPU, so the device-dependent rounding that made GPU scales differ is testable here.
-    """
-
-    DIVISIONS = (torch.Tensor.__truediv__, torch.Tensor.div, torch.div, torch.true_divide)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if (func in self.DIVISIONS and len(args) == 2 and not kwargs
-                and isinstance(args[1], (int, float)) and args[0].is_floating_point()):
-            x, b = args
-            one, divisor = torch.ones((), dtype=x.dtype), torch.tensor(b, dtype=x.dtype)
-            self.calls += 1
-            return x * (one / divisor)
-        return func(*args, **kwargs)
-
-    def __enter__(self):
-        self.calls = 0
-        return super().__enter__()
-
-
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_scales_do_not_depend_on_how_the_device_divides(scheme):
     # The CUDA case of test_device failed on an H200: int8 data equal, per-group scales not.
     w = torch.randn(64, 128)
-    with _CudaScalarDivision() as mode:
+    with CudaScalarDivision() as mode:
         gpu_like = quantize_weight_int8(w, scheme, "per_group", group_size=64)
     assert mode.calls > 0  # the emulation did see the scale's division
     cpu = quantize_weight_int8(w, scheme, "per_group", group_size=64)

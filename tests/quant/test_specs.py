@@ -124,3 +124,32 @@ def test_check_scheme():
         check_scheme("affine", "activation_scheme")
     assert str(err.value) == (
         "activation_scheme='affine': expected 'symmetric' or 'asymmetric'")
+
+
+def test_default_tensor_name_in_messages():
+    # callers that name no tensor get "tensor" (the docs' wording), from each entry point
+    with pytest.raises(BadInputError, match=r"^tensor: per-channel axis 3 is out of range"):
+        PerChannel(3).rows(torch.zeros(2, 8))
+    with pytest.raises(BadInputError, match=r"^tensor: per-channel axis 3 is out of range"):
+        PerChannel(3).from_rows(torch.zeros(2, 8), torch.Size([2, 8]))
+    with pytest.raises(BadInputError, match=r"^tensor: input size 8 \(shape \(2, 8\)\)"):
+        PerGroup(3).rows(torch.zeros(2, 8))
+    with pytest.raises(BadConfigError) as err:
+        check_scheme("affine")
+    assert str(err.value) == "scheme='affine': expected 'symmetric' or 'asymmetric'"
+
+
+def test_per_channel_of_a_vector():
+    # a bias-like 1-D tensor: one channel per element
+    x = torch.tensor([3.0, -1.0, 2.0])
+    assert PerChannel().rows(x).tolist() == [[3.0], [-1.0], [2.0]]
+    assert PerChannel().param_shape(x.shape) == (3,)
+    assert torch.equal(PerChannel().from_rows(PerChannel().rows(x), x.shape), x)
+
+
+def test_unknown_granularity_message_in_full():
+    with pytest.raises(BadConfigError) as err:
+        as_granularity("per_row")
+    assert str(err.value) == (
+        "granularity='per_row': expected 'per_tensor', 'per_channel' or 'per_group' "
+        "(or a PerTensor/PerChannel/PerGroup spec)")

@@ -20,6 +20,13 @@ accumulator exactly; the float64 -> float32 conversion rounds to nearest even li
 kernel's int32 -> float conversion. What is not matched: a model whose accumulator overflows
 int32 (more than 133,000 input features at full range), which vLLM would wrap around.
 
+Both divisions are the kernel's IEEE float32 ones (nvcc divides correctly rounded unless
+built with ``--use_fast_math``, which vLLM's build does not add), on every device:
+``absmax / 127.0`` on a tensor is ``absmax * float32(1/127)`` on a GPU (see
+``_kernels._div``), and ``127.0 / absmax`` is ``absmax.reciprocal() * 127`` on every device
+(``Tensor.__rtruediv__``), which rounds twice and is one bit off for about a quarter of rows.
+Both are taken in float64 and rounded once to float32 (exact: module ``_kernels``).
+
 Example:
     >>> import torch
     >>> x = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0]])
@@ -32,6 +39,8 @@ from __future__ import annotations
 
 import torch
 
+from mono_quant.quant._kernels import _div
+
 __all__ = ["fake_quantize_per_token", "int8_linear", "quantize_per_token"]
 
 
@@ -42,8 +51,10 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     xf = x.float()
     absmax = xf.abs().amax(dim=-1, keepdim=True)  # (..., 1)
-    scale = absmax / 127.0
-    t = xf * (127.0 / absmax)
+    scale = _div(absmax, 127.0)
+    # float32(127 / absmax) correctly rounded: 127 / a is at least 2**-49 (relative) from a
+    # float32 rounding boundary, float64's reciprocal-times-127 is within 2**-52 of it
+    t = xf * (127.0 / absmax.double()).float()
     t = torch.nan_to_num(t, nan=0.0)  # the zero row: 0 * inf
     q = torch.round(t).clamp_(-128.0, 127.0).to(torch.int8)
     return q, scale
