@@ -15,9 +15,10 @@ redone) or the new one: never a state naming a file that is not complete.
 
 :meth:`Progress.resume` returns the saved state only when its fingerprint (model files,
 config, calibration tensors) equals the job's: a changed input starts over from block 0.
-:meth:`Progress.assemble` copies the parts into the artifact in bounded chunks (the place
-where a sharded writer plugs in); :meth:`Progress.remove` deletes the folder once the
-artifact is in place, so a succeeded job leaves only the artifact.
+:meth:`Progress.assemble` copies the parts into the artifact (one file, or shards) one part
+at a time, converting them when the format asks (compressed-tensors); :meth:`Progress.remove`
+deletes the folder once the artifact is in place, so a succeeded job leaves only the
+artifact.
 
 Example:
     >>> import tempfile, torch
@@ -38,17 +39,20 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from mono_quant.errors import MonoQuantError
 
-__all__ = ["Progress", "SavedState", "fingerprint"]
+__all__ = ["Convert", "Progress", "SavedState", "fingerprint"]
 
 _STATE = "state.json"
+#: Maps one part's tensors to the artifact's (e.g. to the compressed-tensors layout).
+Convert = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 #: The files of a work folder besides ``parts/`` (temporaries included).
 _OURS = re.compile(r"^\.?(state\.json|acts-\d+\.pt)(\.tmp)?$")
 
@@ -167,15 +171,50 @@ class Progress:
     def part_files(self) -> list[Path]:
         return sorted(self.parts.glob("*.safetensors"))
 
+    def meta_tensors(self) -> dict[str, torch.Tensor]:
+        """Every part's tensors as meta tensors (name, dtype, shape; no data), in the parts'
+        order: what a converter needs to know the output's header before any data is read."""
+        from mono_quant.io._safetensors_stream import read_header
+
+        out: dict[str, torch.Tensor] = {}
+        for f in self.part_files():
+            for name, e in read_header(f).tensors.items():
+                if name in out:
+                    raise MonoQuantError(f"{f}: tensor {name!r} written twice")
+                out[name] = torch.empty(e.shape, dtype=e.torch_dtype, device="meta")
+        return out
+
+    def part_tensors(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The parts' tensors, one part (one block) in memory at a time."""
+        from safetensors import safe_open
+
+        for part in self.part_files():
+            with safe_open(str(part), framework="pt") as f:
+                yield {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+
     def assemble(self, dst: Path, metadata: dict[str, str],
-                 max_shard_size: int | None = None) -> None:
-        """Write the artifact ``dst`` from the parts, tensor bytes copied in chunks; with
-        ``max_shard_size``, a sharded folder (:mod:`mono_quant.io.sharded`) written one tensor
-        at a time, in the parts' order (blocks, then the tail)."""
-        if max_shard_size is not None:
-            self._assemble_shards(dst, metadata, max_shard_size)
-            return
+                 max_shard_size: int | None = None, convert: Convert | None = None) -> None:
+        """Write the artifact ``dst`` from the parts: one safetensors file, or with
+        ``max_shard_size`` a sharded folder (:mod:`mono_quant.io.sharded`) written one tensor
+        at a time, in the parts' order (blocks, then the tail). ``convert`` maps one part's
+        tensors to what the artifact holds (the compressed-tensors layout); without it the
+        tensor bytes are copied in chunks."""
         from mono_quant.io._atomic import atomic_file
+        from mono_quant.io.sharded import sharded_folder
+
+        if max_shard_size is not None:
+            with sharded_folder(dst, max_shard_size) as writer:
+                self.add_to_shards(writer, convert)
+                writer.set_metadata(metadata)
+            return
+        with atomic_file(dst) as out:
+            self.write_file(out, metadata, convert)
+
+    def write_file(self, out: BinaryIO, metadata: dict[str, str],
+                   convert: Convert | None = None) -> None:
+        """One safetensors file of every part's tensors into ``out`` (see :meth:`assemble`).
+        The header comes first, from the parts' headers (converted as meta tensors), so
+        memory holds one part at most."""
         from mono_quant.io._safetensors_stream import (
             SafetensorsWriter,
             TensorSpec,
@@ -183,32 +222,36 @@ class Progress:
             read_header,
         )
 
-        headers = [read_header(f) for f in self.part_files()]
-        specs: dict[str, TensorSpec] = {}
-        for h in headers:
-            for name, e in h.tensors.items():
-                if name in specs:
-                    raise MonoQuantError(f"{h.path}: tensor {name!r} written twice")
-                specs[name] = TensorSpec(e.torch_dtype, e.shape)
-        with atomic_file(dst) as out:
-            writer = SafetensorsWriter(out, specs, metadata)
-            for h in headers:
+        meta = self.meta_tensors()
+        if convert is not None:
+            meta = convert(meta)
+        writer = SafetensorsWriter(out, {k: TensorSpec.of(t) for k, t in meta.items()},
+                                   metadata)
+        if convert is None:
+            for h in (read_header(f) for f in self.part_files()):
                 with open(h.path, "rb") as f:
                     for name in h.tensors:
                         copy_tensor_bytes(f, h, name, writer)
-            writer.finish()
+        else:
+            for tensors in self.part_tensors():
+                for name, t in convert(tensors).items():
+                    writer.write(name, t)
+        writer.finish()
 
-    def _assemble_shards(self, dst: Path, metadata: dict[str, str], max_shard_size: int) -> None:
+    def add_to_shards(self, writer: Any, convert: Convert | None = None) -> None:
+        """Add every part's tensors (converted) to a :class:`~mono_quant.io.sharded.
+        ShardedWriter`, one part in memory at a time."""
+        if convert is not None:
+            for tensors in self.part_tensors():
+                for name, t in convert(tensors).items():
+                    writer.add(name, t)
+            return
         from safetensors import safe_open
 
-        from mono_quant.io.sharded import sharded_folder
-
-        with sharded_folder(dst, max_shard_size) as writer:
-            for part in self.part_files():
-                with safe_open(str(part), framework="pt") as f:
-                    for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                        writer.add(name, f.get_tensor(name))
-            writer.set_metadata(metadata)
+        for part in self.part_files():  # one tensor at a time
+            with safe_open(str(part), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    writer.add(name, f.get_tensor(name))
 
     def remove(self) -> None:
         """Delete what this class writes (and the folder once it is empty): never a file

@@ -163,7 +163,8 @@ def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool):
 
 def _sequential(spec: JobSpec, path: Path, stage: OnStage, device: str,
                 factories: FactoryAllowList | None, work: Path) -> QuantizationInfo:
-    from mono_quant.pipeline.sequential import quantize_sequential, reload_check
+    from mono_quant.pipeline.seq_artifact import reload_check
+    from mono_quant.pipeline.sequential import quantize_sequential
 
     def on_block(event: str, block: int, total: int) -> None:
         if event == "block":

@@ -34,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import math
@@ -249,7 +248,10 @@ class _Job:
         self.blocks = find_blocks(self.model)
         self.count = len(self.model.get_submodule(self.blocks))
         self.order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
-        self.layers_total = sum(is_quantizable(m) for m in self.model.modules())
+        self.quantizable = [n for n, m in self.model.named_modules() if n and is_quantizable(m)]
+        self.layers_total = len(self.quantizable)
+        self.format = spec.format
+        self.use_cache = _use_cache(folder)
         self.weights = CheckpointWeights(folder, self.model)
         if not select_layers(self.model, self.config):  # on the skeleton: before any work
             c = self.config
@@ -258,6 +260,11 @@ class _Job:
                 f"(Linear/Conv2d/Conv1D) layer(s) and none matched include={list(c.include)} "
                 f"exclude={list(c.exclude)} min_layer_size={c.min_layer_size} (tied layers "
                 "need an include pattern naming them)")
+        if spec.format == "compressed-tensors":  # before any work, as save_model would
+            from mono_quant.io.interop import check_layer_types
+
+            check_layer_types(self.model, QuantizationInfo(
+                self.config, selected_layers=select_layers(self.model, self.config)))
         self.batches = None
         if spec.calibration is not None:
             self.batches = spec.calibration.load(spec.model, spec.samples, factories)
@@ -302,6 +309,16 @@ class _Job:
         return layers
 
 
+def _use_cache(folder: Path) -> bool:
+    """``use_cache`` as the folder's config says (the skeleton turns it off)."""
+    import json
+
+    try:
+        return bool(json.loads((folder / "config.json").read_text()).get("use_cache", True))
+    except (OSError, ValueError):
+        return True
+
+
 def _first_of(item: Any) -> torch.Tensor | None:
     if isinstance(item, torch.Tensor):
         return item.cpu()
@@ -334,8 +351,6 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
         BadInputError: a checkpoint that lacks a tensor of the model, batches that do not
             run through it, a model without repeated blocks.
     """
-    from mono_quant.io.formats import _build_metadata
-
     job = _Job(spec, Path(work_dir), device, factories)
     saved = job.progress.resume()
     job.weights.materialize_outside(job.model, job.blocks, device)
@@ -358,9 +373,27 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
     info.metrics["sequential"] = {"blocks": job.count, "block_list": job.blocks,
                                   "resumed_at_block": start}
     _record_serveability(job, info)
-    job.progress.assemble(Path(dst), _build_metadata(info), spec.max_shard_size)
+    _write(job, spec, Path(dst), info)
     job.progress.remove()
     return info
+
+
+def _write(job: _Job, spec: Any, dst: Path, info: QuantizationInfo) -> None:
+    """The artifact from the parts (:mod:`~mono_quant.pipeline.seq_artifact`); a
+    compressed-tensors folder gets the model's config and companion files."""
+    from mono_quant.pipeline.seq_artifact import write_artifact
+
+    hf_config = extra = None
+    if spec.format == "compressed-tensors":
+        from mono_quant.io.formats import _hf_config
+        from mono_quant.pipeline.card import hf_companions
+
+        hf_config = _hf_config(job.model)
+        if hf_config is not None:  # the skeleton ran without a KV cache; the model has one
+            hf_config["use_cache"] = job.use_cache
+        kept = [n for n in job.quantizable if n not in set(info.selected_layers)]
+        extra = hf_companions(spec.model, job.model, info, kept)
+    write_artifact(job.progress, dst, info, spec.format, spec.max_shard_size, hf_config, extra)
 
 
 def _log_block(event: str, block: int, total: int) -> None:
@@ -379,7 +412,7 @@ def _record_serveability(job: _Job, info: QuantizationInfo) -> None:
     for name in info.selected_layers:
         shape = weights[f"{name}.weight"]  # int8, [out, in, ...]
         shapes[name] = (int(shape[0]), int(math.prod(shape[1:])))
-    info.metrics.update(check_layers(info.config, "safetensors", shapes).metrics())
+    info.metrics.update(check_layers(info.config, job.format, shapes).metrics())
 
 
 def _info(job: _Job, stats: _Stats, tail: list[str]) -> QuantizationInfo:
@@ -412,46 +445,3 @@ def _info(job: _Job, stats: _Stats, tail: list[str]) -> QuantizationInfo:
     return QuantizationInfo(config=job.config, selected_layers=layers,
                             calibration_samples=stats.samples,
                             library_versions=library_versions(), metrics=metrics)
-
-
-def reload_check(path: Path, info: QuantizationInfo) -> str:
-    """Read the artifact back one layer at a time: its info, every selected layer's int8
-    weight, scale and zero point within range (memory: one layer)."""
-    from safetensors import safe_open
-
-    from mono_quant.io.formats import read_info
-    from mono_quant.quant.metrics import check_int8_ranges
-    from mono_quant.quant.specs import qrange
-
-    stored = read_info(path)
-    if stored.selected_layers != info.selected_layers:
-        raise MonoQuantError(f"{path}: the stored info lists other layers than were quantized")
-    qmin, qmax = qrange(info.config.scheme)
-    with contextlib.ExitStack() as stack:
-        files = _artifact_files(path)  # tensor name -> its (shard) file
-        opened = {f: stack.enter_context(safe_open(str(f), framework="pt"))
-                  for f in set(files.values())}
-        for layer in info.selected_layers:
-            parts = [f"{layer}.{s}" for s in ("weight", "weight_scale", "weight_zero_point")]
-            missing = [p for p in parts if p not in files]
-            if missing:
-                raise MonoQuantError(f"{path}: tensor {missing[0]!r} is missing")
-            tensors = (opened[files[p]].get_tensor(p) for p in parts)
-            problems = check_int8_ranges(layer, *tensors, qmin, qmax)
-            if problems:
-                raise MonoQuantError(f"{path}: " + "; ".join(problems))
-    return (f"ok: {len(files)} tensors, {len(info.selected_layers)} int8 layers read back one "
-            "layer at a time (sequential builds no whole model to compare outputs with)")
-
-
-def _artifact_files(path: Path) -> dict[str, Path]:
-    """Each tensor's file: the artifact itself, or its shard (a sharded folder's index)."""
-    from safetensors import safe_open
-
-    from mono_quant.io.sharded import read_index
-
-    if path.is_dir():
-        weight_map, _ = read_index(path)
-        return {name: path / shard for name, shard in weight_map.items()}
-    with safe_open(str(path), framework="pt") as f:
-        return dict.fromkeys(f.keys(), path)
