@@ -32,7 +32,7 @@ from torch import nn
 from mono_quant.errors import BadInputError
 
 __all__ = ["BLOCK_LISTS", "CheckpointWeights", "build_skeleton", "find_blocks", "free",
-           "move_buffers", "params_on_meta", "register_blocks"]
+           "move_buffers", "params_on_meta", "read_tensors", "register_blocks"]
 
 #: ``config.model_type`` -> the qualified-name suffix of the block ModuleList.
 BLOCK_LISTS: dict[str, str] = {
@@ -142,15 +142,14 @@ class CheckpointWeights:
                    for e in read_header(f).tensors.values())
 
     def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
-        from safetensors import safe_open
-
+        """The tensors ``names``, read into anonymous memory: no page of a (multi-GiB)
+        shard's mmap stays resident, so the host peak holds each tensor once."""
         by_file: dict[Path, list[str]] = {}
         for n in names:
             by_file.setdefault(self.files[n], []).append(n)
         out = {}
         for f, keys in by_file.items():
-            with safe_open(str(f), framework="pt") as handle:
-                out.update({k: handle.get_tensor(k) for k in keys})
+            out.update(read_tensors(f, keys))
         return out
 
     def load(self, root: nn.Module, prefix: str, device: Any) -> None:
@@ -184,6 +183,18 @@ class CheckpointWeights:
                     raise BadInputError(f"{self.folder}: the checkpoint has no tensor {name!r} "
                                         "(the model built from config.json expects it)")
                 _set_param(model, name, self._read([key])[key].to(device))
+
+
+def read_tensors(path: str | Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """``names`` (default: all, in file order) of a safetensors file, each read with plain
+    reads into its own memory (:func:`~mono_quant.io._safetensors_stream.read_tensor`), not
+    through an mmap whose touched pages would count in the process's RSS until it closes.
+    """
+    from mono_quant.io._safetensors_stream import read_header, read_tensor
+
+    header = read_header(path)
+    with open(header.path, "rb") as f:
+        return {n: read_tensor(f, header, n) for n in (names or list(header.tensors))}
 
 
 def _set_param(root: nn.Module, name: str, value: torch.Tensor) -> None:
