@@ -259,7 +259,8 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         # an object store it lives in this attempt's scratch folder: a retry starts over)
         work_dir = (out.folder or out.path.parent) / f"{job_id}.work"
         result = run_pipeline(spec, out.path, on_stage=beat.stage, on_progress=beat.step,
-                              device=device, factories=factories, work_dir=work_dir)
+                              device=device, factories=factories, work_dir=work_dir,
+                              activation_offload_bytes=s.activation_offload_bytes)
         if out.store is not None:  # an object store: the upload is a stage of its own
             beat.stage("uploading")
         stored = out.publish(result.sha256, result.size_bytes)  # local: no symlink swapped in

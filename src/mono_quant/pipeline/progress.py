@@ -6,7 +6,8 @@ job finds it) holds::
     state.json           {"fingerprint", "blocks_done", "parts", "activations", "stats"}
     parts/00003.safetensors   the quantized tensors of block 3 (full names)
     parts/tail.safetensors    embeddings, final norm, head
-    acts-00004.pt        the cached inputs of block 4 (weights_only pickle of tensors)
+    acts-00004.pt        the cached inputs of block 4 (weights_only pickle of tensors), or
+    acts-00004/          the same offloaded to disk, one file per batch (activations.py)
 
 Order of writes after block ``i``: its part file and the next block's inputs (each to a
 temporary name, fsynced, renamed), then ``state.json`` the same way, then the previous
@@ -47,6 +48,7 @@ from typing import Any, BinaryIO
 import torch
 
 from mono_quant.errors import MonoQuantError
+from mono_quant.pipeline.activations import DEFAULT_OFFLOAD_BYTES, ActivationCache
 
 __all__ = ["Convert", "Progress", "SavedState", "fingerprint"]
 
@@ -55,6 +57,8 @@ _STATE = "state.json"
 Convert = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 #: The files of a work folder besides ``parts/`` (temporaries included).
 _OURS = re.compile(r"^\.?(state\.json|acts-\d+\.pt)(\.tmp)?$")
+#: Its folders besides ``parts/``: offloaded activation caches (committed and filling).
+_OURS_DIRS = re.compile(r"^(acts-\d+|\.acts-\d+\.tmp)$")
 
 
 @dataclass
@@ -96,23 +100,53 @@ def _hash_item(h: Any, item: Any) -> None:
         h.update(repr(item).encode())
 
 
-def _fsync_rename(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def _fsync_rename(tmp: Path, final: Path) -> None:
+    _fsync(tmp)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+
+
+def _fsync_rename_dir(tmp: Path, final: Path) -> None:
+    """Rename a folder whose files are synced; a folder already at ``final`` (a redone
+    block's) is removed first."""
+    _fsync(tmp)
+    if final.is_dir() and not final.is_symlink():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class Progress:
     """The work folder of one sequential job (see the module docstring)."""
 
-    def __init__(self, folder: str | Path, fingerprint: str) -> None:
+    def __init__(self, folder: str | Path, fingerprint: str,
+                 offload_bytes: int | None = DEFAULT_OFFLOAD_BYTES) -> None:
         self.folder = Path(folder)
         self.fingerprint = fingerprint
+        self.offload_bytes = offload_bytes
+
+    def new_cache(self, index: int) -> ActivationCache:
+        """An empty activation cache for block ``index``'s inputs; offloaded, its files go
+        to ``.acts-0000i.tmp/`` until :meth:`commit_block` renames the folder."""
+        folder = self.folder / f".acts-{index:05d}.tmp"
+        if folder.is_dir() and not folder.is_symlink():  # left by a killed attempt
+            shutil.rmtree(folder)
+        return ActivationCache(folder, self.offload_bytes)
 
     @property
     def parts(self) -> Path:
@@ -132,8 +166,10 @@ class Progress:
             self.remove()
             return None
         acts = state.get("activations")
-        activations = None
-        if acts is not None:
+        activations: Any = None
+        if acts is not None and (self.folder / acts).is_dir():  # an offloaded cache
+            activations = ActivationCache.on_disk(self.folder / acts)
+        elif acts is not None:
             activations = torch.load(self.folder / acts, weights_only=True)
         return SavedState(state["blocks_done"], activations, state.get("stats", {}))
 
@@ -150,7 +186,15 @@ class Progress:
         """Make block ``index`` durable: its tensors, the next block's inputs, the stats."""
         self._write_part(f"{index:05d}", tensors)
         acts = None
-        if activations is not None:
+        if isinstance(activations, ActivationCache) and activations.offloaded:
+            acts = f"acts-{index + 1:05d}"
+            for f in activations.files():
+                _fsync(f)
+            _fsync_rename_dir(activations.folder, self.folder / acts)
+            activations.folder = self.folder / acts  # the next block reads it there
+        elif activations is not None:
+            if isinstance(activations, ActivationCache):
+                activations = activations.in_memory()
             acts = f"acts-{index + 1:05d}.pt"
             tmp = self.folder / f".{acts}.tmp"
             torch.save(activations, tmp)
@@ -162,7 +206,8 @@ class Progress:
         tmp.write_text(json.dumps(state, allow_nan=True))
         _fsync_rename(tmp, self.folder / _STATE)
         if old and old.get("activations") and old["activations"] != acts:
-            (self.folder / old["activations"]).unlink(missing_ok=True)
+            _remove(self.folder / old["activations"])
+        _remove(self.folder / f".acts-{index:05d}.tmp")  # block 0's captured inputs
 
     def write_tail(self, tensors: dict[str, torch.Tensor]) -> None:
         """The tensors outside the blocks (written last, never resumed from)."""
@@ -185,12 +230,11 @@ class Progress:
         return out
 
     def part_tensors(self) -> Iterator[dict[str, torch.Tensor]]:
-        """The parts' tensors, one part (one block) in memory at a time."""
-        from safetensors import safe_open
+        """The parts' tensors, one part (one block) in memory at a time (plain reads)."""
+        from mono_quant.pipeline.skeleton import read_tensors
 
         for part in self.part_files():
-            with safe_open(str(part), framework="pt") as f:
-                yield {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+            yield read_tensors(part)
 
     def assemble(self, dst: Path, metadata: dict[str, str],
                  max_shard_size: int | None = None, convert: Convert | None = None) -> None:
@@ -246,12 +290,13 @@ class Progress:
                 for name, t in convert(tensors).items():
                     writer.add(name, t)
             return
-        from safetensors import safe_open
+        from mono_quant.io._safetensors_stream import read_header, read_tensor
 
-        for part in self.part_files():  # one tensor at a time
-            with safe_open(str(part), framework="pt") as f:
-                for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    writer.add(name, f.get_tensor(name))
+        for part in self.part_files():  # one tensor at a time, plain reads
+            header = read_header(part)
+            with open(part, "rb") as f:
+                for name in header.tensors:
+                    writer.add(name, read_tensor(f, header, name))
 
     def remove(self) -> None:
         """Delete what this class writes (and the folder once it is empty): never a file
@@ -259,7 +304,8 @@ class Progress:
         if not self.folder.is_dir():
             return
         for entry in self.folder.iterdir():
-            if entry.name == "parts" and entry.is_dir() and not entry.is_symlink():
+            if (entry.name == "parts" or _OURS_DIRS.match(entry.name)) and entry.is_dir() \
+                    and not entry.is_symlink():
                 shutil.rmtree(entry)
             elif _OURS.match(entry.name) and entry.is_file():
                 entry.unlink()

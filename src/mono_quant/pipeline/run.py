@@ -43,6 +43,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from mono_quant.pipeline.activations import DEFAULT_OFFLOAD_BYTES
 from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.pipeline.choose import choose_pipeline
 from mono_quant.pipeline.memory import add_peaks, reset_peaks
@@ -109,6 +110,7 @@ def run_pipeline(
     progress: bool = False,
     factories: FactoryAllowList | None = None,
     work_dir: str | Path | None = None,
+    activation_offload_bytes: int | None = DEFAULT_OFFLOAD_BYTES,
 ) -> PipelineResult:
     """Run ``spec`` and write its artifact at ``destination``; see the module docstring.
 
@@ -118,7 +120,9 @@ def run_pipeline(
     Before any work, a destination inside an ``hf:`` source folder, or an existing one that
     is not a mono-quant artifact of this format, is refused (BadInputError).
     ``work_dir``: where a sequential run keeps its progress (default: ``<destination>.work``);
-    a run that finds it resumes there, and removes it on success.
+    a run that finds it resumes there, and removes it on success. ``activation_offload_bytes``:
+    a sequential run's cached activations beyond this go to disk in ``work_dir`` (0: always,
+    None: never; :mod:`~mono_quant.pipeline.activations`).
 
     ``info.metrics`` gets ``peak_host_bytes`` (the process's ``VmHWM``, reset at the start
     where Linux allows) and, on a GPU, ``peak_device_bytes``, measured up to the reload
@@ -138,7 +142,8 @@ def run_pipeline(
         info, digest = _streamed(spec, path, stage, progress)
     elif choose_pipeline(spec, device) == "sequential":
         work = Path(work_dir) if work_dir is not None else path.with_name(path.name + ".work")
-        info, digest = _sequential(spec, path, stage, device, factories, work), None
+        info, digest = _sequential(spec, path, stage, device, factories, work,
+                                   activation_offload_bytes), None
     else:
         info, digest = _in_memory(spec, path, stage, on_progress, device, progress, factories)
     add_peaks(info, device)  # after the write: the artifact's bytes do not depend on them
@@ -162,7 +167,8 @@ def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool):
 
 
 def _sequential(spec: JobSpec, path: Path, stage: OnStage, device: str,
-                factories: FactoryAllowList | None, work: Path) -> QuantizationInfo:
+                factories: FactoryAllowList | None, work: Path,
+                offload_bytes: int | None) -> QuantizationInfo:
     from mono_quant.pipeline.seq_artifact import reload_check
     from mono_quant.pipeline.sequential import quantize_sequential
 
@@ -174,7 +180,7 @@ def _sequential(spec: JobSpec, path: Path, stage: OnStage, device: str,
                   blocks=total, resumed=event == "resumed")
 
     info = quantize_sequential(spec, path, work, device=device, factories=factories,
-                               on_block=on_block)
+                               on_block=on_block, offload_bytes=offload_bytes)
     stage(Stage.RELOADING.value)
     info.metrics["reload_check"] = reload_check(path, info)
     return info

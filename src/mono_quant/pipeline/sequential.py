@@ -37,7 +37,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
+from mono_quant.pipeline.activations import DEFAULT_OFFLOAD_BYTES, ActivationCache, Column
 from mono_quant.pipeline.progress import Progress, fingerprint
 from mono_quant.pipeline.skeleton import (
     CheckpointWeights,
@@ -86,9 +87,11 @@ def _cpu(item: Any) -> Any:
     return to_device(item, torch.device("cpu"))
 
 
-def capture_inputs(model: nn.Module, block: nn.Module, batches: list[Any],
-                   device: Any) -> list[dict[str, Any]]:
-    """The keyword inputs of ``block`` (the first block) for each batch, on the CPU."""
+def capture_inputs(model: nn.Module, block: nn.Module, batches: list[Any], device: Any,
+                   sink: Any = None) -> Any:
+    """The keyword inputs of ``block`` (the first block) for each batch, on the CPU,
+    appended to ``sink`` (a list, or an :class:`~mono_quant.pipeline.activations.
+    ActivationCache`, which goes to disk when large); returns it."""
     signature = inspect.signature(block.forward)
 
     def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -99,7 +102,7 @@ def capture_inputs(model: nn.Module, block: nn.Module, batches: list[Any],
         raise _Captured(bound)
 
     handle = block.register_forward_pre_hook(hook, with_kwargs=True)
-    captured = []
+    captured = [] if sink is None else sink
     try:
         with torch.no_grad():
             for i, item in enumerate(batches):
@@ -148,7 +151,7 @@ class _Replay(nn.Module):
     """Stands in for a done block in the tail stage: returns the final block outputs of the
     batch the model is running (``cursor[0]``, set by a pre-hook on the model)."""
 
-    def __init__(self, outputs: list[torch.Tensor], cursor: list[int], arity: int) -> None:
+    def __init__(self, outputs: Sequence[torch.Tensor], cursor: list[int], arity: int) -> None:
         super().__init__()
         self.outputs, self.cursor, self.arity = outputs, cursor, arity
 
@@ -210,11 +213,11 @@ def _quantize_part(host: nn.Module, layers: list[str], config: Any, data: list[A
     stats.add(accs, extra, algorithms, samples)
 
 
-def _propagate(host: nn.Module, items: list[dict[str, Any]], device: Any,
-               stats: _Stats) -> list[dict[str, Any]]:
-    """The next block's inputs: ``items`` run through the (quantized) block."""
+def _propagate(host: nn.Module, items: Sequence[dict[str, Any]], device: Any,
+               stats: _Stats, out: Any) -> Any:
+    """The next block's inputs, appended to ``out`` (a cache): ``items`` run through the
+    (quantized) block, one batch at a time."""
     hidden = next(iter(items[0]))  # the block's first argument: the hidden states
-    out = []
     with torch.no_grad():
         for i, item in enumerate(items):
             h, stats.arity = _first_tensor(run_batch(host, to_device(item, device),
@@ -241,7 +244,8 @@ def _needs_data(config: Any) -> bool:
 class _Job:
     """One sequential run: the skeleton, its checkpoint, the data and the progress."""
 
-    def __init__(self, spec: Any, work_dir: Path, device: Any, factories: Any) -> None:
+    def __init__(self, spec: Any, work_dir: Path, device: Any, factories: Any,
+                 offload_bytes: int | None) -> None:
         folder = Path(spec.model.folder)
         self.config, self.device = spec.config, device
         self.model = build_skeleton(folder, spec.model.text)
@@ -269,27 +273,30 @@ class _Job:
         if spec.calibration is not None:
             self.batches = spec.calibration.load(spec.model, spec.samples, factories)
         files = [*sorted(set(self.weights.files.values())), folder / "config.json"]
-        self.progress = Progress(work_dir, fingerprint(spec.to_payload(), files, self.batches))
+        self.progress = Progress(work_dir, fingerprint(spec.to_payload(), files, self.batches),
+                                 offload_bytes)
 
-    def run_block(self, i: int, acts: list[dict[str, Any]] | None,
-                  stats: _Stats) -> list[dict[str, Any]] | None:
+    def run_block(self, i: int, acts: Sequence[dict[str, Any]] | None,
+                  stats: _Stats) -> Sequence[dict[str, Any]] | None:
         """Load, quantize, propagate, write and free block ``i``; its outputs."""
         prefix = f"{self.blocks}.{i}"
         self.weights.load(self.model, prefix, self.device)
         block = self.model.get_submodule(prefix)
         host = _BlockHost(block, prefix, self.model.config)
         _quantize_part(host, select_layers(host, self.config), self.config, acts, stats)
-        out = None if acts is None else _propagate(host, acts, self.device, stats)
+        out = None
+        if acts is not None:
+            out = _propagate(host, acts, self.device, stats, self.progress.new_cache(i + 1))
         self.progress.commit_block(i, _block_tensors(block, prefix), out, stats.to_json())
         free(block)
         return out
 
-    def run_tail(self, acts: list[dict[str, Any]] | None, stats: _Stats) -> list[str]:
+    def run_tail(self, acts: Sequence[dict[str, Any]] | None, stats: _Stats) -> list[str]:
         """Replace the blocks with replays of their outputs, quantize the layers outside
         them on the original batches, write their tensors; the tail's selected layers."""
         block_list = self.model.get_submodule(self.blocks)
         hidden = next(iter(acts[0])) if acts else None
-        outputs = [a[hidden] for a in acts] if acts else []
+        outputs = Column(acts, hidden) if acts else []  # read when replayed
         cursor = [0]
         for i in range(len(block_list)):
             block_list[i] = _Replay(outputs, cursor, stats.arity)
@@ -341,17 +348,19 @@ def _cursor_hook(refs: list[torch.Tensor | None], cursor: list[int]):
 
 def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
                         device: Any = "cpu", factories: Any = None,
-                        on_block: OnBlock | None = None) -> QuantizationInfo:
+                        on_block: OnBlock | None = None,
+                        offload_bytes: int | None = DEFAULT_OFFLOAD_BYTES) -> QuantizationInfo:
     """Quantize ``spec`` block by block into ``dst`` (.safetensors), keeping progress in
     ``work_dir`` (resumed from when its fingerprint matches; removed on success).
     ``on_block(event, block, blocks)`` hears ``"started"``/``"resumed"`` (the first block
-    this run quantizes) and ``"block"`` after each.
+    this run quantizes) and ``"block"`` after each. Cached activations larger than
+    ``offload_bytes`` go to disk in ``work_dir`` (:mod:`~mono_quant.pipeline.activations`).
 
     Raises:
         BadInputError: a checkpoint that lacks a tensor of the model, batches that do not
             run through it, a model without repeated blocks.
     """
-    job = _Job(spec, Path(work_dir), device, factories)
+    job = _Job(spec, Path(work_dir), device, factories, offload_bytes)
     saved = job.progress.resume()
     job.weights.materialize_outside(job.model, job.blocks, device)
     move_buffers(job.model, device)
@@ -362,7 +371,7 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
         acts = saved.activations
     elif job.batches and _needs_data(spec.config):
         acts = capture_inputs(job.model, job.model.get_submodule(job.blocks)[0], job.batches,
-                              device)
+                              device, job.progress.new_cache(0))
     notify = on_block or _log_block
     notify("resumed" if saved is not None else "started", start, job.count)
     for i in range(start, job.count):
@@ -371,7 +380,7 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
     tail = job.run_tail(acts, stats)
     info = _info(job, stats, tail)
     info.metrics["sequential"] = {"blocks": job.count, "block_list": job.blocks,
-                                  "resumed_at_block": start}
+                                  "resumed_at_block": start, **_cache_metrics(acts)}
     _record_serveability(job, info)
     _write(job, spec, Path(dst), info)
     job.progress.remove()
@@ -394,6 +403,16 @@ def _write(job: _Job, spec: Any, dst: Path, info: QuantizationInfo) -> None:
         kept = [n for n in job.quantizable if n not in set(info.selected_layers)]
         extra = hf_companions(spec.model, job.model, info, kept)
     write_artifact(job.progress, dst, info, spec.format, spec.max_shard_size, hf_config, extra)
+
+
+def _cache_metrics(acts: Any) -> dict[str, Any]:
+    """How the last activation cache was kept (``activations``: none, memory or disk)."""
+    if acts is None:
+        return {"activations": "none"}
+    if isinstance(acts, ActivationCache):
+        return {"activations": "disk" if acts.offloaded else "memory",
+                "activation_cache_bytes": acts.nbytes}
+    return {"activations": "memory"}
 
 
 def _log_block(event: str, block: int, total: int) -> None:
