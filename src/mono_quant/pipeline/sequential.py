@@ -46,6 +46,7 @@ from torch import nn
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.pipeline.activations import DEFAULT_OFFLOAD_BYTES, ActivationCache, Column
+from mono_quant.pipeline.memory import release_freed_memory
 from mono_quant.pipeline.progress import Progress, fingerprint
 from mono_quant.pipeline.skeleton import (
     CheckpointWeights,
@@ -289,6 +290,7 @@ class _Job:
             out = _propagate(host, acts, self.device, stats, self.progress.new_cache(i + 1))
         self.progress.commit_block(i, _block_tensors(block, prefix), out, stats.to_json())
         free(block)
+        release_freed_memory()  # glibc keeps freed heap otherwise: RSS grew per block
         return out
 
     def run_tail(self, acts: Sequence[dict[str, Any]] | None, stats: _Stats) -> list[str]:

@@ -142,14 +142,17 @@ class CheckpointWeights:
                    for e in read_header(f).tensors.values())
 
     def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
-        """The tensors ``names``, read into anonymous memory: no page of a (multi-GiB)
-        shard's mmap stays resident, so the host peak holds each tensor once."""
+        """The tensors ``names`` (safetensors' zero-copy mmap: a tensor's pages are resident
+        while it lives, which is the block's lifetime)."""
+        from safetensors import safe_open
+
         by_file: dict[Path, list[str]] = {}
         for n in names:
             by_file.setdefault(self.files[n], []).append(n)
         out = {}
         for f, keys in by_file.items():
-            out.update(read_tensors(f, keys))
+            with safe_open(str(f), framework="pt") as handle:
+                out.update({k: handle.get_tensor(k) for k in keys})
         return out
 
     def load(self, root: nn.Module, prefix: str, device: Any) -> None:
@@ -188,7 +191,7 @@ class CheckpointWeights:
 def read_tensors(path: str | Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """``names`` (default: all, in file order) of a safetensors file, each read with plain
     reads into its own memory (:func:`~mono_quant.io._safetensors_stream.read_tensor`), not
-    through an mmap whose touched pages would count in the process's RSS until it closes.
+    through an mmap whose touched pages count in the process's RSS until it is closed.
     """
     from mono_quant.io._safetensors_stream import read_header, read_tensor
 
