@@ -112,3 +112,43 @@ def test_always_offloaded_run_from_the_start_equals_the_reference(job, tmp_path)
     a, b = load_model(reference.path), load_model(result.path)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.safetensors"]
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_a_block_runs_it_again_with_batches_halved(job, tmp_path,
+                                                                   monkeypatch):
+    """MOCK: no GPU here, so block 1's propagation raises torch.OutOfMemoryError once, after
+    its layers were smoothed and swapped for int8 ones (what a CUDA OOM there would leave).
+    The block is run again from its float weights with every batch halved: its weights equal
+    the reference's; its activation scales come from the same samples (min/max observers)
+    and are equal up to float rounding of the smaller batches' matmuls."""
+    from mono_quant.pipeline import sequential
+
+    spec, reference = job
+    real, calls = sequential._propagate, []
+
+    def propagate(host, items, device, stats, out):
+        calls.append((host.prefix, len(items)))
+        if host.prefix.endswith(".1") and len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (mock)")
+        return real(host, items, device, stats, out)
+
+    monkeypatch.setattr(sequential, "_propagate", propagate)
+    stages = []
+    result = run_pipeline(spec, tmp_path / "q.safetensors",
+                          on_stage=lambda s, **e: stages.append((s, e)),
+                          activation_offload_bytes=0)  # the halved cache goes to disk too
+    n = calls[0][1]
+    assert calls == [("model.layers.0", n), ("model.layers.1", n), ("model.layers.1", 2 * n),
+                     ("model.layers.2", 2 * n)]
+    assert ("quantizing (smaller calibration batches)", {"block": 2, "blocks": 3}) in stages
+    a, b = load_model(reference.path), load_model(result.path)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        if k.endswith(("input_scale", "input_zero_point")) and ".layers.0." not in k:
+            assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-4), k
+        else:
+            assert torch.equal(a[k], b[k]), k
+    m = result.info.metrics
+    assert m["smoothquant"]["strengths"] == reference.info.metrics["smoothquant"]["strengths"]
+    assert not (tmp_path / "q.safetensors.work").exists()

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_peaks", "host_peak_bytes", "release_freed_memory", "reset_peaks"]
+__all__ = ["add_peaks", "host_peak_bytes", "oom_error", "release_freed_memory", "reset_peaks"]
 
 _reset_ok = False
 
@@ -32,6 +32,14 @@ def host_peak_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def oom_error() -> type[BaseException]:
+    """The exception torch raises when a device runs out of memory."""
+    import torch
+
+    # torch.OutOfMemoryError is new in 2.5; torch.cuda's alias is older
+    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def release_freed_memory() -> bool:

@@ -58,7 +58,7 @@ Convert = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 #: The files of a work folder besides ``parts/`` (temporaries included).
 _OURS = re.compile(r"^\.?(state\.json|acts-\d+\.pt)(\.tmp)?$")
 #: Its folders besides ``parts/``: offloaded activation caches (committed and filling).
-_OURS_DIRS = re.compile(r"^(acts-\d+|\.acts-\d+\.tmp)$")
+_OURS_DIRS = re.compile(r"^(acts-\d+|\.acts-\d+(-half)?\.tmp)$")
 
 
 @dataclass
@@ -140,10 +140,12 @@ class Progress:
         self.fingerprint = fingerprint
         self.offload_bytes = offload_bytes
 
-    def new_cache(self, index: int) -> ActivationCache:
+    def new_cache(self, index: int, variant: str = "") -> ActivationCache:
         """An empty activation cache for block ``index``'s inputs; offloaded, its files go
-        to ``.acts-0000i.tmp/`` until :meth:`commit_block` renames the folder."""
-        folder = self.folder / f".acts-{index:05d}.tmp"
+        to ``.acts-0000i.tmp/`` (``.acts-0000i-half.tmp/``: the ``half`` variant, a block's
+        batches halved after an out-of-memory) until :meth:`commit_block` renames or
+        removes the folder."""
+        folder = self.folder / f".acts-{index:05d}{'-' + variant if variant else ''}.tmp"
         if folder.is_dir() and not folder.is_symlink():  # left by a killed attempt
             shutil.rmtree(folder)
         return ActivationCache(folder, self.offload_bytes)
@@ -208,6 +210,7 @@ class Progress:
         if old and old.get("activations") and old["activations"] != acts:
             _remove(self.folder / old["activations"])
         _remove(self.folder / f".acts-{index:05d}.tmp")  # block 0's captured inputs
+        _remove(self.folder / f".acts-{index:05d}-half.tmp")  # its inputs, halved
 
     def write_tail(self, tensors: dict[str, torch.Tensor]) -> None:
         """The tensors outside the blocks (written last, never resumed from)."""

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 from mono_quant.pipeline.activations import DEFAULT_OFFLOAD_BYTES
 from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.pipeline.choose import choose_pipeline
-from mono_quant.pipeline.memory import add_peaks, reset_peaks
+from mono_quant.pipeline.memory import add_peaks, oom_error, reset_peaks
 from mono_quant.pipeline.spec import JobSpec
 from mono_quant.quant.info import QuantizationInfo
 
@@ -175,6 +175,8 @@ def _sequential(spec: JobSpec, path: Path, stage: OnStage, device: str,
     def on_block(event: str, block: int, total: int) -> None:
         if event == "block":
             stage(Stage.QUANTIZING_BLOCK.value, block=block + 1, blocks=total)
+        elif event == "smaller":  # out of memory: the block again, batches halved
+            stage(Stage.QUANTIZING_SMALLER.value, block=block + 1, blocks=total)
         else:  # started / resumed: the first block this attempt runs
             stage(Stage.QUANTIZING.value, pipeline="sequential", first_block=block,
                   blocks=total, resumed=event == "resumed")
@@ -229,13 +231,6 @@ def _evaluation(spec: JobSpec, stage: OnStage) -> dict[str, Any]:
     return {"eval_tokens": tokens, "eval_context": spec.evaluation.context}
 
 
-def _oom_error() -> type[BaseException]:
-    import torch
-
-    # torch.OutOfMemoryError is new in 2.5; torch.cuda's alias is older
-    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
 def _quantize(model, spec: JobSpec, batches, stage: OnStage, on_progress, device: str,
               progress: bool, evaluation: dict[str, Any]) -> tuple[Any, QuantizationInfo]:
     """quantize_model; on out-of-memory, once more with calibration batches halved."""
@@ -247,7 +242,7 @@ def _quantize(model, spec: JobSpec, batches, stage: OnStage, on_progress, device
     try:
         return quantize_model(model, spec.config, batches, progress=progress,
                               on_progress=on_progress, **evaluation)
-    except _oom_error():
+    except oom_error():
         if not batches:
             raise
     # Outside the except block: its traceback no longer pins the failed attempt's tensors.

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ from torch import nn
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
 from mono_quant.pipeline.activations import DEFAULT_OFFLOAD_BYTES, ActivationCache, Column
-from mono_quant.pipeline.memory import release_freed_memory
+from mono_quant.pipeline.memory import oom_error, release_freed_memory
 from mono_quant.pipeline.progress import Progress, fingerprint
 from mono_quant.pipeline.skeleton import (
     CheckpointWeights,
@@ -193,6 +194,10 @@ class _Stats:
         self.gptq["layers_gptq"] += algorithms["layers_gptq"]
         self.gptq["layers_rtn_better"] += algorithms["layers_rtn_better"]
         self.samples = max(self.samples, samples)
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Back to what :meth:`to_json` returned (a block that is run again)."""
+        self.__init__(json.loads(json.dumps(data)))  # type: ignore[misc]
 
     def to_json(self) -> dict[str, Any]:
         t = self.total
@@ -377,7 +382,7 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
     notify = on_block or _log_block
     notify("resumed" if saved is not None else "started", start, job.count)
     for i in range(start, job.count):
-        acts = job.run_block(i, acts, stats)
+        acts = _run_block_retrying(job, i, acts, stats, notify, device)
         notify("block", i, job.count)
     tail = job.run_tail(acts, stats)
     info = _info(job, stats, tail)
@@ -405,6 +410,56 @@ def _write(job: _Job, spec: Any, dst: Path, info: QuantizationInfo) -> None:
         kept = [n for n in job.quantizable if n not in set(info.selected_layers)]
         extra = hf_companions(spec.model, job.model, info, kept)
     write_artifact(job.progress, dst, info, spec.format, spec.max_shard_size, hf_config, extra)
+
+
+def _run_block_retrying(job: _Job, i: int, acts: Any, stats: _Stats, notify: OnBlock,
+                        device: Any) -> Any:
+    """``job.run_block``; on out-of-memory (a GPU's), block ``i`` once more from its float
+    weights with every cached batch halved, as the in-memory pipeline retries a job."""
+    import copy
+    import gc
+
+    prefix = f"{job.blocks}.{i}"
+    template = copy.deepcopy(job.model.get_submodule(prefix))  # meta: costs no memory
+    before = stats.to_json()
+    try:
+        return job.run_block(i, acts, stats)
+    except oom_error():
+        if not acts or _batch_of(acts[0]) < 2:
+            raise
+    # outside the except block: its traceback no longer pins the failed attempt's tensors
+    log.warning("out of memory in block %d: once more with calibration batches halved", i)
+    job.model.get_submodule(job.blocks)[i] = template  # the float block, unquantized
+    stats.restore(before)
+    gc.collect()
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    notify("smaller", i, job.count)
+    halved = job.progress.new_cache(i, "half")
+    for item in acts:
+        for half in _halve(item):
+            halved.append(half)
+    return job.run_block(i, halved, stats)
+
+
+def _batch_of(item: dict[str, Any]) -> int:
+    return int(next(iter(item.values())).shape[0])  # the hidden states come first
+
+
+def _halve(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """A block's inputs for one batch as two: every tensor of two or more dimensions whose
+    first is the batch's (hidden states, attention mask, position embeddings) is cut in two;
+    the rest (position ids of batch 1, flags) is shared."""
+    size = _batch_of(item)
+
+    def cut(v: Any, k: int) -> Any:
+        if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[0] == size:
+            return v.chunk(2)[k]
+        if isinstance(v, (tuple, list)):
+            return type(v)(cut(x, k) for x in v)
+        return v
+
+    return [{name: cut(v, k) for name, v in item.items()} for k in (0, 1)]
 
 
 def _cache_metrics(acts: Any) -> dict[str, Any]:
