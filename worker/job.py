@@ -114,7 +114,7 @@ def backoff(attempt: int, settings: Settings) -> float:
 _PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
                                errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
 def _oom_error() -> type[BaseException]:
-    from mono_quant.pipeline.run import _oom_error as oom
+    from mono_quant.pipeline.memory import oom_error as oom
 
     return oom()
 

@@ -18,7 +18,11 @@ architecture registry and GPTQ see the same names as in memory)::
 
 Last, every block is replaced by a replay of the final block outputs, and the layers
 outside the blocks (the head) are calibrated and quantized on the original batches. The
-cached activations live in host memory and go to the device one batch at a time.
+cached activations live in host memory, or on disk in the work folder when large
+(:mod:`~mono_quant.pipeline.activations`), and go to the device one batch at a time; a block
+that runs out of device memory is run again with its batches halved. The artifact
+(safetensors or compressed-tensors, one file or shards) is written from the blocks' parts at
+the end (:mod:`~mono_quant.pipeline.seq_artifact`).
 
 Equivalence with ``in_memory``: weights and weight scales are computed by the same kernel on
 the same float weights, so weight-only and dynamic jobs give identical integers. Static
@@ -357,7 +361,7 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
                         device: Any = "cpu", factories: Any = None,
                         on_block: OnBlock | None = None,
                         offload_bytes: int | None = DEFAULT_OFFLOAD_BYTES) -> QuantizationInfo:
-    """Quantize ``spec`` block by block into ``dst`` (.safetensors), keeping progress in
+    """Quantize ``spec`` block by block into ``dst`` (its format), keeping progress in
     ``work_dir`` (resumed from when its fingerprint matches; removed on success).
     ``on_block(event, block, blocks)`` hears ``"started"``/``"resumed"`` (the first block
     this run quantizes) and ``"block"`` after each. Cached activations larger than
