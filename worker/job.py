@@ -114,7 +114,7 @@ def backoff(attempt: int, settings: Settings) -> float:
 _PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
                                errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
 def _oom_error() -> type[BaseException]:
-    from mono_quant.pipeline.run import _oom_error as oom
+    from mono_quant.pipeline.memory import oom_error as oom
 
     return oom()
 
@@ -259,7 +259,8 @@ def run_job(job_id: int, worker: str, *, settings: Settings | None = None,
         # an object store, under the key's prefix there: a retry on another node resumes)
         work_dir = out.work_dir(job_id)
         result = run_pipeline(spec, out.path, on_stage=beat.stage, on_progress=beat.step,
-                              device=device, factories=factories, work_dir=work_dir)
+                              device=device, factories=factories, work_dir=work_dir,
+                              activation_offload_bytes=s.activation_offload_bytes)
         if out.store is not None:  # an object store: the upload is a stage of its own
             beat.stage("uploading")
         stored = out.publish(result.sha256, result.size_bytes)  # local: no symlink swapped in

@@ -253,8 +253,11 @@ def run_quantize(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{stage} ...", file=sys.stderr)
 
+    from mono_quant.config import get_settings
+
     result = run_pipeline(spec, args.output, on_stage=announce, progress=not args.quiet,
-                          factories=_factories())
+                          factories=_factories(),
+                          activation_offload_bytes=get_settings().activation_offload_bytes)
     m = result.info.metrics
     verdict = Serveability(m.get("serveable_by", "vllm"), m.get("serveable_reason", ""))
     if args.strict and spec.format == "compressed-tensors" and verdict.serveable_by != "vllm":

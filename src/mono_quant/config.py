@@ -63,6 +63,10 @@ DEFAULT_MAX_JOBS_PER_BATCH = 10_000
 #: Seconds a job that fits its device but not now (memory held by other jobs) waits before it
 #: is offered to a worker again; it is not counted as an attempt.
 DEFAULT_ADMISSION_RETRY = 30.0
+#: Bytes of a sequential job's cached activations above which they go to the job's work
+#: folder on disk (mono_quant.pipeline.activations.DEFAULT_OFFLOAD_BYTES, which this layer
+#: cannot import; tests/pipeline/test_activations.py checks the two agree).
+DEFAULT_ACTIVATION_OFFLOAD_BYTES = 1 << 30
 
 
 T = TypeVar("T")
@@ -147,6 +151,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(("ADMISSION_RETRY",), f"`{DEFAULT_ADMISSION_RETRY:g}`",
              "seconds a job that fits its device but not now waits before it is offered "
              "again (not counted as an attempt)"),
+    Variable(("ACTIVATION_OFFLOAD_BYTES",), f"`{DEFAULT_ACTIVATION_OFFLOAD_BYTES}` (1 GiB)",
+             "bytes of a sequential job's cached activations (one block's inputs for every "
+             "calibration batch) above which they are kept on disk in the job's work folder, "
+             "one file per batch, instead of host memory; `0`: always on disk "
+             "(docs/sequential.md)"),
     Variable(("SERVE_TOKEN",), "unset",
              "the token `mono-quant serve` requires (`--token` wins); unset: no token"),
 )
@@ -298,6 +307,9 @@ class Settings:
     admission: bool = True
     #: MONO_QUANT_ADMISSION_RETRY — seconds before a job that does not fit now is offered again.
     admission_retry: float = DEFAULT_ADMISSION_RETRY
+    #: MONO_QUANT_ACTIVATION_OFFLOAD_BYTES — a sequential job's activation cache beyond this
+    #: many bytes goes to disk.
+    activation_offload_bytes: int = DEFAULT_ACTIVATION_OFFLOAD_BYTES
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -333,6 +345,8 @@ class Settings:
             serve_token=env.text("SERVE_TOKEN") or None,
             admission=_on_off(env, "ADMISSION"),
             admission_retry=env.seconds("ADMISSION_RETRY", DEFAULT_ADMISSION_RETRY),
+            activation_offload_bytes=_non_negative(env, "ACTIVATION_OFFLOAD_BYTES",
+                                                   DEFAULT_ACTIVATION_OFFLOAD_BYTES),
             **timing,
         )
 
@@ -371,6 +385,13 @@ def _timing(env: _Env) -> dict[str, float]:
     return {"soft_time_limit": soft, "time_limit": hard, "visibility_timeout": visibility,
             "heartbeat_interval": heartbeat, "stale_after": stale,
             "soft_shutdown_timeout": soft_shutdown, "reconcile_interval": sweep}
+
+
+def _non_negative(env: _Env, name: str, default: int) -> int:
+    value = env.integer(name, default)
+    if value < 0:
+        raise BadConfigError(f"{_PREFIX}{name}={value}: expected 0 or more bytes")
+    return value
 
 
 def _on_off(env: _Env, name: str) -> bool:

@@ -187,7 +187,8 @@ def test_sequential_refuses_what_it_cannot_do(folders):
     with pytest.raises(BadConfigError, match=r"pipeline: sequential: the model must be an hf: "
                                              r"folder"):
         JobSpec(parse_model_source("factory:mono_quant.demo_models:mlp"), pipeline="sequential")
-    with pytest.raises(BadConfigError, match="it writes the safetensors format"):
+    with pytest.raises(BadConfigError, match="it writes the safetensors and "
+                                             "compressed-tensors formats"):
         JobSpec(parse_model_source(f"hf:{paths['opt']}"), format="pt", pipeline="sequential")
     with pytest.raises(BadConfigError, match=r"pipeline='fast': expected one of auto, "
                                              r"in_memory, sequential"):

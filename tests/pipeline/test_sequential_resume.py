@@ -202,3 +202,36 @@ def test_a_stored_state_changed_by_hand_starts_over(endpoint, work_url, tmp_path
     assert _stored(endpoint, work_url) == []
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
         "00000.safetensors", "acts-00001.pt", "state.json"]  # node1's own copy only
+
+
+def test_an_offloaded_activation_cache_resumes_from_the_store(endpoint, work_url, tmp_path):
+    """An activation cache offloaded to disk (a folder of batch files) is uploaded with its
+    block and downloaded, file by file, by a resume on another node."""
+    first = Progress(tmp_path / "node1", "f1", work_url, offload_bytes=0)
+    cache = first.new_cache(1)
+    batches = [{"x": torch.full((2, 3), float(i))} for i in range(3)]
+    for b in batches:
+        cache.append(b)
+    assert cache.offloaded
+    first.commit_block(0, {"b.0.w": torch.ones(2)}, cache, {"n": 1})
+    assert _stored(endpoint, work_url) == [
+        "acts-00001/00000.pt", "acts-00001/00001.pt", "acts-00001/00002.pt",
+        "parts/00000.safetensors", "state.json"]
+    state = Progress(tmp_path / "node2", "f1", work_url).resume()
+    assert state.blocks_done == 1 and len(state.activations) == 3
+    assert [torch.equal(a["x"], b["x"]) for a, b in zip(state.activations, batches)] == [True] * 3
+
+
+def test_a_stored_cache_folder_with_a_foreign_file_starts_over(endpoint, work_url, tmp_path):
+    """A stored cache folder holding a file not named like a batch is not downloaded."""
+    from tests.s3server import client
+
+    first = Progress(tmp_path / "node1", "f1", work_url, offload_bytes=0)
+    cache = first.new_cache(1)
+    cache.append({"x": torch.ones(1)})
+    first.commit_block(0, {"w": torch.ones(1)}, cache, {})
+    base = work_url.removeprefix("s3://")
+    client(endpoint).pipe(f"{base}/acts-00001/evil.sh", b"#!/bin/sh\n")
+    node = tmp_path / "node2"
+    assert Progress(node, "f1", work_url).resume() is None
+    assert not (node / "acts-00001").exists()

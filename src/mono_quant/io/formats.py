@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,34 @@ def _hf_config(obj: object) -> dict[str, Any] | None:
     return data
 
 
+def compressed_config(info: QuantizationInfo, tensors: Mapping[str, torch.Tensor],
+                      hf_config: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """(``config.json`` with its ``quantization_config``, the compressed-tensors format) of
+    an artifact's tensors (real or meta: only names, dtypes and shapes are read)."""
+    config = dict(hf_config or {})
+    fmt = interop.ct_format(info.config.mode, config.get("model_type"))
+    config["quantization_config"] = interop.quantization_config(info, tensors, fmt)
+    return config, fmt
+
+
+def write_compressed_folder(path: Path, config: dict[str, Any],
+                            write_weights: Callable[[Path], None],
+                            extra_files: Mapping[str, bytes] | None = None) -> None:
+    """The compressed-tensors folder ``path``, atomically: ``write_weights(tmp)`` writes
+    ``model.safetensors`` (or the shards and index) into the temporary folder; then
+    ``config.json`` and the ``extra_files``."""
+    with atomic_dir(path) as tmp:
+        write_weights(tmp)
+        with atomic_file(tmp / interop.CONFIG_FILE) as f:
+            f.write(json.dumps(config, indent=2, sort_keys=True).encode() + b"\n")
+        for name, data in (extra_files or {}).items():  # tokenizer, model card (pipeline)
+            if Path(name).name != name or name in (interop.CONFIG_FILE, interop.MODEL_FILE,
+                                                   INDEX_FILE):
+                raise BadInputError(f"{path}: extra file {name!r} must be a plain file name")
+            with atomic_file(tmp / name) as f:
+                f.write(data)
+
+
 def _write_compressed_tensors(
     tensors: Mapping[str, torch.Tensor], path: Path, info: QuantizationInfo | None,
     hf_config: dict[str, Any] | None, extra_files: Mapping[str, bytes] | None = None,
@@ -172,23 +200,16 @@ def _write_compressed_tensors(
             f"{path}: format 'compressed-tensors' needs the QuantizationInfo of the quantized "
             "model (info=...) to describe its layers"
         )
-    config = dict(hf_config or {})
-    fmt = interop.ct_format(info.config.mode, config.get("model_type"))
-    config["quantization_config"] = interop.quantization_config(info, tensors, fmt)
+    config, fmt = compressed_config(info, tensors, hf_config)
     compressed = interop.to_compressed(tensors, info, fmt)
-    with atomic_dir(path) as tmp:
+
+    def weights(tmp: Path) -> None:
         if max_shard_size is None:
             _write_safetensors(compressed, tmp / interop.MODEL_FILE, _build_metadata(info))
         else:
             _write_shards(compressed, tmp, info, max_shard_size)
-        with atomic_file(tmp / interop.CONFIG_FILE) as f:
-            f.write(json.dumps(config, indent=2, sort_keys=True).encode() + b"\n")
-        for name, data in (extra_files or {}).items():  # tokenizer, model card (pipeline)
-            if Path(name).name != name or name in (interop.CONFIG_FILE, interop.MODEL_FILE,
-                                                   INDEX_FILE):
-                raise BadInputError(f"{path}: extra file {name!r} must be a plain file name")
-            with atomic_file(tmp / name) as f:
-                f.write(data)
+
+    write_compressed_folder(path, config, weights, extra_files)
 
 
 def save_model(
@@ -300,15 +321,18 @@ def _ct_weights(path: Path) -> Path:
     return weights
 
 
+def _no_ct_info(model_file: Path) -> BadInputError:
+    return BadInputError(f"{model_file}: no mono-quant metadata ({INFO_KEY!r}); mono-quant "
+                         "loads the compressed-tensors folders it wrote (load others with "
+                         "transformers)")
+
+
 def _read_compressed_tensors(path: Path) -> tuple[dict[str, torch.Tensor], QuantizationInfo]:
     model_file = _ct_weights(path)
     sharded = model_file.name == INDEX_FILE
     tensors, info = _read_sharded(path) if sharded else _read_safetensors(model_file)
     if info is None:
-        raise BadInputError(
-            f"{model_file}: no mono-quant metadata ({INFO_KEY!r}); mono-quant loads the "
-            "compressed-tensors folders it wrote (load others with transformers)"
-        )
+        raise _no_ct_info(model_file)
     return interop.from_compressed(tensors, info, str(model_file), _folder_format(path)), info
 
 
@@ -375,8 +399,11 @@ def read_info(path: str | os.PathLike[str]) -> QuantizationInfo:
         with local_source(path) as local:
             if fmt == "compressed-tensors" and _ct_weights(local).name == INDEX_FILE:
                 info = _sharded_info(local)
-            elif fmt == "compressed-tensors":
-                return _read_compressed_tensors(local)[1]
+            elif fmt == "compressed-tensors":  # the header only, as for safetensors
+                header = read_header(_ct_weights(local))
+                info = _info_from_metadata(header.metadata, header.path)
+                if info is None:
+                    raise _no_ct_info(header.path)
             else:
                 info = _read_pt(local)[1]
     if info is None:

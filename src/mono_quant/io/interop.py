@@ -46,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,6 +67,7 @@ __all__ = [
     "pack_int8",
     "quantization_config",
     "to_compressed",
+    "to_compressed_part",
     "unpack_int8",
 ]
 
@@ -147,10 +149,12 @@ _NO_CT_FORM = {
 
 def check_layer_types(qmodel: Any, info: QuantizationInfo) -> None:
     """BadConfigError naming the layer type when a quantized layer has no compressed-tensors
-    form (the check :func:`to_compressed` cannot make from tensors alone)."""
+    form (the check :func:`to_compressed` cannot make from tensors alone). ``qmodel`` may
+    also be the float model (or a skeleton) before quantization: its ``Conv1D`` layers then
+    stand for the ``QuantConv1D`` they become."""
     for layer in info.selected_layers:
         kind = type(qmodel.get_submodule(layer)).__name__
-        why = _NO_CT_FORM.get(kind)
+        why = _NO_CT_FORM.get(kind, _NO_CT_FORM.get(f"Quant{kind}"))
         if why is not None:
             raise BadConfigError(
                 f"format 'compressed-tensors' cannot hold layer {layer!r} "
@@ -227,6 +231,16 @@ def to_compressed(
             if cfg.scheme == "asymmetric" and cfg.granularity != "per_tensor":
                 out[zp_name] = pack_int8(out[zp_name], packed_dim=0)
     return out
+
+
+def to_compressed_part(
+    tensors: Mapping[str, torch.Tensor], info: QuantizationInfo, fmt: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`to_compressed` of a part of a state dict (one block of the sequential pipeline,
+    or meta tensors standing for the whole one): the conversion is per layer, so each part
+    converts alone, for the selected layers whose ``weight`` it holds."""
+    layers = [n for n in info.selected_layers if f"{n}.weight" in tensors]
+    return to_compressed(tensors, dataclasses.replace(info, selected_layers=layers), fmt)
 
 
 def from_compressed(

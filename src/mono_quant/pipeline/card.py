@@ -22,7 +22,7 @@ from torch import nn
 
 from mono_quant.quant.info import QuantizationInfo
 
-__all__ = ["COPIED_FILES", "companion_files", "model_card", "source_files"]
+__all__ = ["COPIED_FILES", "companion_files", "hf_companions", "model_card", "source_files"]
 
 #: Files copied from the source folder when present (tokenizer, generation, chat template).
 COPIED_FILES = (
@@ -46,11 +46,14 @@ def _num(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
 
 
-def model_card(base_model: str, qmodel: nn.Module, info: QuantizationInfo) -> str:
-    """README.md text for the folder (front-matter + body)."""
+def model_card(base_model: str, qmodel: nn.Module, info: QuantizationInfo,
+               float_layers: list[str] | None = None) -> str:
+    """README.md text for the folder (front-matter + body). ``float_layers``: the
+    quantizable layers kept in float (default: found in ``qmodel``; the sequential pipeline,
+    whose model holds no blocks at the end, passes them)."""
     cfg, m = info.config, info.metrics
     group = f", group size {cfg.group_size}" if cfg.group_size else ""
-    kept = _float_layers(qmodel)
+    kept = _float_layers(qmodel) if float_layers is None else float_layers
     tied = [", ".join(g) for g in m.get("tied_weights", [])]
     lines = [
         "---",
@@ -101,7 +104,8 @@ def model_card(base_model: str, qmodel: nn.Module, info: QuantizationInfo) -> st
 
 
 def companion_files(folder: str | Path, base_model: str, qmodel: nn.Module,
-                    info: QuantizationInfo) -> dict[str, bytes]:
+                    info: QuantizationInfo,
+                    float_layers: list[str] | None = None) -> dict[str, bytes]:
     """``{name: bytes}`` to write next to ``config.json`` (see the module docstring)."""
     folder = Path(folder)
     files = {name: (folder / name).read_bytes() for name in COPIED_FILES
@@ -109,7 +113,7 @@ def companion_files(folder: str | Path, base_model: str, qmodel: nn.Module,
     generation = getattr(qmodel, "generation_config", None)
     if "generation_config.json" not in files and generation is not None:
         files["generation_config.json"] = generation.to_json_string().encode()
-    files["README.md"] = model_card(base_model, qmodel, info).encode()
+    files["README.md"] = model_card(base_model, qmodel, info, float_layers).encode()
     return files
 
 
@@ -123,7 +127,13 @@ def source_files(source: Any, qmodel: nn.Module, info: QuantizationInfo,
     from mono_quant.pipeline.served import record_serveability
 
     record_serveability(fmt, qmodel, info)
+    return hf_companions(source, qmodel, info)
+
+
+def hf_companions(source: Any, qmodel: nn.Module, info: QuantizationInfo,
+                  float_layers: list[str] | None = None) -> dict[str, bytes]:
+    """:func:`companion_files` of an ``hf:`` source (serveability already recorded)."""
     folder = source.folder
     hub = not Path(source.target).is_absolute()
     base_model = source.target.partition("@")[0] if hub else Path(folder).name
-    return companion_files(folder, base_model, qmodel, info)
+    return companion_files(folder, base_model, qmodel, info, float_layers)

@@ -6,7 +6,8 @@ job finds it) holds::
     state.json           {"fingerprint", "blocks_done", "parts", "activations", "stats"}
     parts/00003.safetensors   the quantized tensors of block 3 (full names)
     parts/tail.safetensors    embeddings, final norm, head
-    acts-00004.pt        the cached inputs of block 4 (weights_only pickle of tensors)
+    acts-00004.pt        the cached inputs of block 4 (weights_only pickle of tensors), or
+    acts-00004/          the same offloaded to disk, one file per batch (activations.py)
 
 Order of writes after block ``i``: its part file and the next block's inputs (each to a
 temporary name, fsynced, renamed), then ``state.json`` the same way, then the previous
@@ -23,9 +24,10 @@ are uploaded under the prefix, then ``state.json`` (one PUT: the commit point, s
 state never names an object that is not complete), then the previous inputs are deleted
 there. :meth:`Progress.resume` downloads what the stored state names into the folder;
 :meth:`Progress.remove` deletes the prefix as well.
-:meth:`Progress.assemble` copies the parts into the artifact in bounded chunks (the place
-where a sharded writer plugs in); :meth:`Progress.remove` deletes the folder once the
-artifact is in place, so a succeeded job leaves only the artifact.
+:meth:`Progress.assemble` copies the parts into the artifact (one file, or shards) one part
+at a time, converting them when the format asks (compressed-tensors); :meth:`Progress.remove`
+deletes the folder once the artifact is in place, so a succeeded job leaves only the
+artifact.
 
 Example:
     >>> import tempfile, torch
@@ -46,20 +48,29 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from mono_quant.errors import MonoQuantError
+from mono_quant.pipeline.activations import DEFAULT_OFFLOAD_BYTES, ActivationCache
 
-__all__ = ["Progress", "SavedState", "fingerprint"]
+__all__ = ["Convert", "Progress", "SavedState", "fingerprint"]
 
 _STATE = "state.json"
+#: Maps one part's tensors to the artifact's (e.g. to the compressed-tensors layout).
+Convert = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 #: The files of a work folder besides ``parts/`` (temporaries included).
 _OURS = re.compile(r"^\.?(state\.json|acts-\d+\.pt)(\.tmp)?$")
-_ACTS = re.compile(r"acts-\d{5,}\.pt")
+#: A stored state's activations: a file (the cache in memory) or a folder (offloaded).
+_ACTS = re.compile(r"acts-\d{5,}(\.pt)?")
+#: The files of an offloaded activation cache (:class:`ActivationCache`).
+_BATCH_FILE = re.compile(r"\d{5,}\.pt")
+#: Its folders besides ``parts/``: offloaded activation caches (committed and filling).
+_OURS_DIRS = re.compile(r"^(acts-\d+|\.acts-\d+(-half)?\.tmp)$")
 
 
 @dataclass
@@ -124,7 +135,17 @@ class _Remote:
         self.store.put(folder / rel, self._key(rel))
 
     def pull(self, rel: str, folder: Path) -> None:
-        """Download ``rel`` into ``folder`` (a temporary name, fsynced, renamed)."""
+        """Download the file or folder ``rel`` into ``folder``. A folder is an offloaded
+        activation cache: only its batch files (``00000.pt``...) are taken; any other name
+        is not ours (FileNotFoundError: the caller starts over)."""
+        names = self.store.files(self._key(rel))  # [""] for a file
+        if names != [""] and not all(_BATCH_FILE.fullmatch(n) for n in names):
+            raise FileNotFoundError(f"{self._key(rel)}: not an activation cache of mono-quant")
+        for name in names:
+            self._pull_file(f"{rel}/{name}" if name else rel, folder)
+
+    def _pull_file(self, rel: str, folder: Path) -> None:
+        """Download the file ``rel`` into ``folder`` (a temporary name, fsynced, renamed)."""
         from mono_quant.io.store import PART_SIZE
 
         final = folder / rel
@@ -148,25 +169,57 @@ def _well_formed(state: Any) -> bool:
                  or bool(_ACTS.fullmatch(str(state["activations"])))))
 
 
-def _fsync_rename(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def _fsync_rename(tmp: Path, final: Path) -> None:
+    _fsync(tmp)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+
+
+def _fsync_rename_dir(tmp: Path, final: Path) -> None:
+    """Rename a folder whose files are synced; a folder already at ``final`` (a redone
+    block's) is removed first."""
+    _fsync(tmp)
+    if final.is_dir() and not final.is_symlink():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class Progress:
     """The work folder of one sequential job, and its copy in an object store when
     ``remote`` is a URL (see the module docstring)."""
 
-    def __init__(self, folder: str | Path, fingerprint: str, remote: str | None = None) -> None:
+    def __init__(self, folder: str | Path, fingerprint: str, remote: str | None = None,
+                 offload_bytes: int | None = DEFAULT_OFFLOAD_BYTES) -> None:
         self.folder = Path(folder)
         self.fingerprint = fingerprint
         self.remote = None if remote is None else _Remote(remote)
+        self.offload_bytes = offload_bytes
+
+    def new_cache(self, index: int, variant: str = "") -> ActivationCache:
+        """An empty activation cache for block ``index``'s inputs; offloaded, its files go
+        to ``.acts-0000i.tmp/`` (``.acts-0000i-half.tmp/``: the ``half`` variant, a block's
+        batches halved after an out-of-memory) until :meth:`commit_block` renames or
+        removes the folder."""
+        folder = self.folder / f".acts-{index:05d}{'-' + variant if variant else ''}.tmp"
+        if folder.is_dir() and not folder.is_symlink():  # left by a killed attempt
+            shutil.rmtree(folder)
+        return ActivationCache(folder, self.offload_bytes)
 
     @property
     def parts(self) -> Path:
@@ -189,8 +242,10 @@ class Progress:
             self.remove()
             return None
         acts = state.get("activations")
-        activations = None
-        if acts is not None:
+        activations: Any = None
+        if acts is not None and (self.folder / acts).is_dir():  # an offloaded cache
+            activations = ActivationCache.on_disk(self.folder / acts)
+        elif acts is not None:
             activations = torch.load(self.folder / acts, weights_only=True)
         return SavedState(state["blocks_done"], activations, state.get("stats", {}))
 
@@ -228,7 +283,15 @@ class Progress:
         """Make block ``index`` durable: its tensors, the next block's inputs, the stats."""
         self._write_part(f"{index:05d}", tensors)
         acts = None
-        if activations is not None:
+        if isinstance(activations, ActivationCache) and activations.offloaded:
+            acts = f"acts-{index + 1:05d}"
+            for f in activations.files():
+                _fsync(f)
+            _fsync_rename_dir(activations.folder, self.folder / acts)
+            activations.folder = self.folder / acts  # the next block reads it there
+        elif activations is not None:
+            if isinstance(activations, ActivationCache):
+                activations = activations.in_memory()
             acts = f"acts-{index + 1:05d}.pt"
             tmp = self.folder / f".{acts}.tmp"
             torch.save(activations, tmp)
@@ -249,7 +312,9 @@ class Progress:
             if stale:
                 self.remote.delete(stale)
         if stale:
-            (self.folder / stale).unlink(missing_ok=True)
+            _remove(self.folder / stale)
+        _remove(self.folder / f".acts-{index:05d}.tmp")  # block 0's captured inputs
+        _remove(self.folder / f".acts-{index:05d}-half.tmp")  # its inputs, halved
 
     def write_tail(self, tensors: dict[str, torch.Tensor]) -> None:
         """The tensors outside the blocks (written last, never resumed from)."""
@@ -258,15 +323,49 @@ class Progress:
     def part_files(self) -> list[Path]:
         return sorted(self.parts.glob("*.safetensors"))
 
+    def meta_tensors(self) -> dict[str, torch.Tensor]:
+        """Every part's tensors as meta tensors (name, dtype, shape; no data), in the parts'
+        order: what a converter needs to know the output's header before any data is read."""
+        from mono_quant.io._safetensors_stream import read_header
+
+        out: dict[str, torch.Tensor] = {}
+        for f in self.part_files():
+            for name, e in read_header(f).tensors.items():
+                if name in out:
+                    raise MonoQuantError(f"{f}: tensor {name!r} written twice")
+                out[name] = torch.empty(e.shape, dtype=e.torch_dtype, device="meta")
+        return out
+
+    def part_tensors(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The parts' tensors, one part (one block) in memory at a time (plain reads)."""
+        from mono_quant.pipeline.skeleton import read_tensors
+
+        for part in self.part_files():
+            yield read_tensors(part)
+
     def assemble(self, dst: Path, metadata: dict[str, str],
-                 max_shard_size: int | None = None) -> None:
-        """Write the artifact ``dst`` from the parts, tensor bytes copied in chunks; with
-        ``max_shard_size``, a sharded folder (:mod:`mono_quant.io.sharded`) written one tensor
-        at a time, in the parts' order (blocks, then the tail)."""
-        if max_shard_size is not None:
-            self._assemble_shards(dst, metadata, max_shard_size)
-            return
+                 max_shard_size: int | None = None, convert: Convert | None = None) -> None:
+        """Write the artifact ``dst`` from the parts: one safetensors file, or with
+        ``max_shard_size`` a sharded folder (:mod:`mono_quant.io.sharded`) written one tensor
+        at a time, in the parts' order (blocks, then the tail). ``convert`` maps one part's
+        tensors to what the artifact holds (the compressed-tensors layout); without it the
+        tensor bytes are copied in chunks."""
         from mono_quant.io._atomic import atomic_file
+        from mono_quant.io.sharded import sharded_folder
+
+        if max_shard_size is not None:
+            with sharded_folder(dst, max_shard_size) as writer:
+                self.add_to_shards(writer, convert)
+                writer.set_metadata(metadata)
+            return
+        with atomic_file(dst) as out:
+            self.write_file(out, metadata, convert)
+
+    def write_file(self, out: BinaryIO, metadata: dict[str, str],
+                   convert: Convert | None = None) -> None:
+        """One safetensors file of every part's tensors into ``out`` (see :meth:`assemble`).
+        The header comes first, from the parts' headers (converted as meta tensors), so
+        memory holds one part at most."""
         from mono_quant.io._safetensors_stream import (
             SafetensorsWriter,
             TensorSpec,
@@ -274,32 +373,37 @@ class Progress:
             read_header,
         )
 
-        headers = [read_header(f) for f in self.part_files()]
-        specs: dict[str, TensorSpec] = {}
-        for h in headers:
-            for name, e in h.tensors.items():
-                if name in specs:
-                    raise MonoQuantError(f"{h.path}: tensor {name!r} written twice")
-                specs[name] = TensorSpec(e.torch_dtype, e.shape)
-        with atomic_file(dst) as out:
-            writer = SafetensorsWriter(out, specs, metadata)
-            for h in headers:
+        meta = self.meta_tensors()
+        if convert is not None:
+            meta = convert(meta)
+        writer = SafetensorsWriter(out, {k: TensorSpec.of(t) for k, t in meta.items()},
+                                   metadata)
+        if convert is None:
+            for h in (read_header(f) for f in self.part_files()):
                 with open(h.path, "rb") as f:
                     for name in h.tensors:
                         copy_tensor_bytes(f, h, name, writer)
-            writer.finish()
+        else:
+            for tensors in self.part_tensors():
+                for name, t in convert(tensors).items():
+                    writer.write(name, t)
+        writer.finish()
 
-    def _assemble_shards(self, dst: Path, metadata: dict[str, str], max_shard_size: int) -> None:
-        from safetensors import safe_open
+    def add_to_shards(self, writer: Any, convert: Convert | None = None) -> None:
+        """Add every part's tensors (converted) to a :class:`~mono_quant.io.sharded.
+        ShardedWriter`, one part in memory at a time."""
+        if convert is not None:
+            for tensors in self.part_tensors():
+                for name, t in convert(tensors).items():
+                    writer.add(name, t)
+            return
+        from mono_quant.io._safetensors_stream import read_header, read_tensor
 
-        from mono_quant.io.sharded import sharded_folder
-
-        with sharded_folder(dst, max_shard_size) as writer:
-            for part in self.part_files():
-                with safe_open(str(part), framework="pt") as f:
-                    for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                        writer.add(name, f.get_tensor(name))
-            writer.set_metadata(metadata)
+        for part in self.part_files():  # one tensor at a time, plain reads
+            header = read_header(part)
+            with open(part, "rb") as f:
+                for name in header.tensors:
+                    writer.add(name, read_tensor(f, header, name))
 
     def remove(self) -> None:
         """Delete what this class writes (and the folder once it is empty): never a file
@@ -312,7 +416,8 @@ class Progress:
         if not self.folder.is_dir():
             return
         for entry in self.folder.iterdir():
-            if entry.name == "parts" and entry.is_dir() and not entry.is_symlink():
+            if (entry.name == "parts" or _OURS_DIRS.match(entry.name)) and entry.is_dir() \
+                    and not entry.is_symlink():
                 shutil.rmtree(entry)
             elif _OURS.match(entry.name) and entry.is_file():
                 entry.unlink()

@@ -43,9 +43,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from mono_quant.pipeline.activations import DEFAULT_OFFLOAD_BYTES
 from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.pipeline.choose import choose_pipeline
-from mono_quant.pipeline.memory import add_peaks, reset_peaks
+from mono_quant.pipeline.memory import add_peaks, oom_error, reset_peaks
 from mono_quant.pipeline.spec import JobSpec
 from mono_quant.quant.info import QuantizationInfo
 
@@ -109,6 +110,7 @@ def run_pipeline(
     progress: bool = False,
     factories: FactoryAllowList | None = None,
     work_dir: str | Path | None = None,
+    activation_offload_bytes: int | None = DEFAULT_OFFLOAD_BYTES,
 ) -> PipelineResult:
     """Run ``spec`` and write its artifact at ``destination``; see the module docstring.
 
@@ -120,7 +122,9 @@ def run_pipeline(
     ``work_dir``: where a sequential run keeps its progress (default: ``<destination>.work``);
     a run that finds it resumes there, and removes it on success. It may be an object store's
     URL (``s3://bucket/…/7.work``): the progress is then uploaded there after each block, so
-    a run on another machine resumes from it.
+    a run on another machine resumes from it. ``activation_offload_bytes``: a sequential
+    run's cached activations beyond this go to disk in ``work_dir`` (0: always, None: never;
+    :mod:`~mono_quant.pipeline.activations`).
 
     ``info.metrics`` gets ``peak_host_bytes`` (the process's ``VmHWM``, reset at the start
     where Linux allows) and, on a GPU, ``peak_device_bytes``, measured up to the reload
@@ -140,7 +144,8 @@ def run_pipeline(
         info, digest = _streamed(spec, path, stage, progress)
     elif choose_pipeline(spec, device) == "sequential":
         work = work_dir if work_dir is not None else path.with_name(path.name + ".work")
-        info, digest = _sequential(spec, path, stage, device, factories, work), None
+        info, digest = _sequential(spec, path, stage, device, factories, work,
+                                   activation_offload_bytes), None
     else:
         info, digest = _in_memory(spec, path, stage, on_progress, device, progress, factories)
     add_peaks(info, device)  # after the write: the artifact's bytes do not depend on them
@@ -164,18 +169,22 @@ def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool):
 
 
 def _sequential(spec: JobSpec, path: Path, stage: OnStage, device: str,
-                factories: FactoryAllowList | None, work: str | Path) -> QuantizationInfo:
-    from mono_quant.pipeline.sequential import quantize_sequential, reload_check
+                factories: FactoryAllowList | None, work: str | Path,
+                offload_bytes: int | None) -> QuantizationInfo:
+    from mono_quant.pipeline.seq_artifact import reload_check
+    from mono_quant.pipeline.sequential import quantize_sequential
 
     def on_block(event: str, block: int, total: int) -> None:
         if event == "block":
             stage(Stage.QUANTIZING_BLOCK.value, block=block + 1, blocks=total)
+        elif event == "smaller":  # out of memory: the block again, batches halved
+            stage(Stage.QUANTIZING_SMALLER.value, block=block + 1, blocks=total)
         else:  # started / resumed: the first block this attempt runs
             stage(Stage.QUANTIZING.value, pipeline="sequential", first_block=block,
                   blocks=total, resumed=event == "resumed")
 
     info = quantize_sequential(spec, path, work, device=device, factories=factories,
-                               on_block=on_block)
+                               on_block=on_block, offload_bytes=offload_bytes)
     stage(Stage.RELOADING.value)
     info.metrics["reload_check"] = reload_check(path, info)
     return info
@@ -224,13 +233,6 @@ def _evaluation(spec: JobSpec, stage: OnStage) -> dict[str, Any]:
     return {"eval_tokens": tokens, "eval_context": spec.evaluation.context}
 
 
-def _oom_error() -> type[BaseException]:
-    import torch
-
-    # torch.OutOfMemoryError is new in 2.5; torch.cuda's alias is older
-    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
 def _quantize(model, spec: JobSpec, batches, stage: OnStage, on_progress, device: str,
               progress: bool, evaluation: dict[str, Any]) -> tuple[Any, QuantizationInfo]:
     """quantize_model; on out-of-memory, once more with calibration batches halved."""
@@ -242,7 +244,7 @@ def _quantize(model, spec: JobSpec, batches, stage: OnStage, on_progress, device
     try:
         return quantize_model(model, spec.config, batches, progress=progress,
                               on_progress=on_progress, **evaluation)
-    except _oom_error():
+    except oom_error():
         if not batches:
             raise
     # Outside the except block: its traceback no longer pins the failed attempt's tensors.

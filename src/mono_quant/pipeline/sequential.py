@@ -18,7 +18,11 @@ architecture registry and GPTQ see the same names as in memory)::
 
 Last, every block is replaced by a replay of the final block outputs, and the layers
 outside the blocks (the head) are calibrated and quantized on the original batches. The
-cached activations live in host memory and go to the device one batch at a time.
+cached activations live in host memory, or on disk in the work folder when large
+(:mod:`~mono_quant.pipeline.activations`), and go to the device one batch at a time; a block
+that runs out of device memory is run again with its batches halved. The artifact
+(safetensors or compressed-tensors, one file or shards) is written from the blocks' parts at
+the end (:mod:`~mono_quant.pipeline.seq_artifact`).
 
 Equivalence with ``in_memory``: weights and weight scales are computed by the same kernel on
 the same float weights, so weight-only and dynamic jobs give identical integers. Static
@@ -34,11 +38,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
+import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,8 @@ import torch
 from torch import nn
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
+from mono_quant.pipeline.activations import DEFAULT_OFFLOAD_BYTES, ActivationCache, Column
+from mono_quant.pipeline.memory import oom_error, release_freed_memory
 from mono_quant.pipeline.progress import Progress, fingerprint
 from mono_quant.pipeline.skeleton import (
     CheckpointWeights,
@@ -87,9 +93,11 @@ def _cpu(item: Any) -> Any:
     return to_device(item, torch.device("cpu"))
 
 
-def capture_inputs(model: nn.Module, block: nn.Module, batches: list[Any],
-                   device: Any) -> list[dict[str, Any]]:
-    """The keyword inputs of ``block`` (the first block) for each batch, on the CPU."""
+def capture_inputs(model: nn.Module, block: nn.Module, batches: list[Any], device: Any,
+                   sink: Any = None) -> Any:
+    """The keyword inputs of ``block`` (the first block) for each batch, on the CPU,
+    appended to ``sink`` (a list, or an :class:`~mono_quant.pipeline.activations.
+    ActivationCache`, which goes to disk when large); returns it."""
     signature = inspect.signature(block.forward)
 
     def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -100,7 +108,7 @@ def capture_inputs(model: nn.Module, block: nn.Module, batches: list[Any],
         raise _Captured(bound)
 
     handle = block.register_forward_pre_hook(hook, with_kwargs=True)
-    captured = []
+    captured = [] if sink is None else sink
     try:
         with torch.no_grad():
             for i, item in enumerate(batches):
@@ -149,7 +157,7 @@ class _Replay(nn.Module):
     """Stands in for a done block in the tail stage: returns the final block outputs of the
     batch the model is running (``cursor[0]``, set by a pre-hook on the model)."""
 
-    def __init__(self, outputs: list[torch.Tensor], cursor: list[int], arity: int) -> None:
+    def __init__(self, outputs: Sequence[torch.Tensor], cursor: list[int], arity: int) -> None:
         super().__init__()
         self.outputs, self.cursor, self.arity = outputs, cursor, arity
 
@@ -191,6 +199,10 @@ class _Stats:
         self.gptq["layers_rtn_better"] += algorithms["layers_rtn_better"]
         self.samples = max(self.samples, samples)
 
+    def restore(self, data: dict[str, Any]) -> None:
+        """Back to what :meth:`to_json` returned (a block that is run again)."""
+        self.__init__(json.loads(json.dumps(data)))  # type: ignore[misc]
+
     def to_json(self) -> dict[str, Any]:
         t = self.total
         return {"layers": self.layers, "smooth": self.smooth, "gptq": self.gptq,
@@ -211,11 +223,11 @@ def _quantize_part(host: nn.Module, layers: list[str], config: Any, data: list[A
     stats.add(accs, extra, algorithms, samples)
 
 
-def _propagate(host: nn.Module, items: list[dict[str, Any]], device: Any,
-               stats: _Stats) -> list[dict[str, Any]]:
-    """The next block's inputs: ``items`` run through the (quantized) block."""
+def _propagate(host: nn.Module, items: Sequence[dict[str, Any]], device: Any,
+               stats: _Stats, out: Any) -> Any:
+    """The next block's inputs, appended to ``out`` (a cache): ``items`` run through the
+    (quantized) block, one batch at a time."""
     hidden = next(iter(items[0]))  # the block's first argument: the hidden states
-    out = []
     with torch.no_grad():
         for i, item in enumerate(items):
             h, stats.arity = _first_tensor(run_batch(host, to_device(item, device),
@@ -243,14 +255,18 @@ class _Job:
     """One sequential run: the skeleton, its checkpoint, the data and the progress."""
 
     def __init__(self, spec: Any, work_dir: Path, device: Any, factories: Any,
-                 remote: str | None = None) -> None:
+                 remote: str | None = None,
+                 offload_bytes: int | None = DEFAULT_OFFLOAD_BYTES) -> None:
         folder = Path(spec.model.folder)
         self.config, self.device = spec.config, device
         self.model = build_skeleton(folder, spec.model.text)
         self.blocks = find_blocks(self.model)
         self.count = len(self.model.get_submodule(self.blocks))
         self.order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
-        self.layers_total = sum(is_quantizable(m) for m in self.model.modules())
+        self.quantizable = [n for n, m in self.model.named_modules() if n and is_quantizable(m)]
+        self.layers_total = len(self.quantizable)
+        self.format = spec.format
+        self.use_cache = _use_cache(folder)
         self.weights = CheckpointWeights(folder, self.model)
         if not select_layers(self.model, self.config):  # on the skeleton: before any work
             c = self.config
@@ -259,32 +275,40 @@ class _Job:
                 f"(Linear/Conv2d/Conv1D) layer(s) and none matched include={list(c.include)} "
                 f"exclude={list(c.exclude)} min_layer_size={c.min_layer_size} (tied layers "
                 "need an include pattern naming them)")
+        if spec.format == "compressed-tensors":  # before any work, as save_model would
+            from mono_quant.io.interop import check_layer_types
+
+            check_layer_types(self.model, QuantizationInfo(
+                self.config, selected_layers=select_layers(self.model, self.config)))
         self.batches = None
         if spec.calibration is not None:
             self.batches = spec.calibration.load(spec.model, spec.samples, factories)
         files = [*sorted(set(self.weights.files.values())), folder / "config.json"]
         self.progress = Progress(work_dir, fingerprint(spec.to_payload(), files, self.batches),
-                                 remote)
+                                 remote=remote, offload_bytes=offload_bytes)
 
-    def run_block(self, i: int, acts: list[dict[str, Any]] | None,
-                  stats: _Stats) -> list[dict[str, Any]] | None:
+    def run_block(self, i: int, acts: Sequence[dict[str, Any]] | None,
+                  stats: _Stats) -> Sequence[dict[str, Any]] | None:
         """Load, quantize, propagate, write and free block ``i``; its outputs."""
         prefix = f"{self.blocks}.{i}"
         self.weights.load(self.model, prefix, self.device)
         block = self.model.get_submodule(prefix)
         host = _BlockHost(block, prefix, self.model.config)
         _quantize_part(host, select_layers(host, self.config), self.config, acts, stats)
-        out = None if acts is None else _propagate(host, acts, self.device, stats)
+        out = None
+        if acts is not None:
+            out = _propagate(host, acts, self.device, stats, self.progress.new_cache(i + 1))
         self.progress.commit_block(i, _block_tensors(block, prefix), out, stats.to_json())
         free(block)
+        release_freed_memory()  # glibc keeps freed heap otherwise: RSS grew per block
         return out
 
-    def run_tail(self, acts: list[dict[str, Any]] | None, stats: _Stats) -> list[str]:
+    def run_tail(self, acts: Sequence[dict[str, Any]] | None, stats: _Stats) -> list[str]:
         """Replace the blocks with replays of their outputs, quantize the layers outside
         them on the original batches, write their tensors; the tail's selected layers."""
         block_list = self.model.get_submodule(self.blocks)
         hidden = next(iter(acts[0])) if acts else None
-        outputs = [a[hidden] for a in acts] if acts else []
+        outputs = Column(acts, hidden) if acts else []  # read when replayed
         cursor = [0]
         for i in range(len(block_list)):
             block_list[i] = _Replay(outputs, cursor, stats.arity)
@@ -302,6 +326,16 @@ class _Job:
                 handle.remove()
         self.progress.write_tail(_dedupe(self.model.state_dict()))
         return layers
+
+
+def _use_cache(folder: Path) -> bool:
+    """``use_cache`` as the folder's config says (the skeleton turns it off)."""
+    import json
+
+    try:
+        return bool(json.loads((folder / "config.json").read_text()).get("use_cache", True))
+    except (OSError, ValueError):
+        return True
 
 
 def _first_of(item: Any) -> torch.Tensor | None:
@@ -326,24 +360,25 @@ def _cursor_hook(refs: list[torch.Tensor | None], cursor: list[int]):
 
 def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
                         device: Any = "cpu", factories: Any = None,
-                        on_block: OnBlock | None = None) -> QuantizationInfo:
-    """Quantize ``spec`` block by block into ``dst`` (.safetensors), keeping progress in
+                        on_block: OnBlock | None = None,
+                        offload_bytes: int | None = DEFAULT_OFFLOAD_BYTES) -> QuantizationInfo:
+    """Quantize ``spec`` block by block into ``dst`` (its format), keeping progress in
     ``work_dir`` (resumed from when its fingerprint matches; removed on success). A
     ``work_dir`` that is an object store's URL keeps it there, with a local copy in
     ``<dst>.work`` (:class:`~mono_quant.pipeline.progress.Progress`).
     ``on_block(event, block, blocks)`` hears ``"started"``/``"resumed"`` (the first block
-    this run quantizes) and ``"block"`` after each.
+    this run quantizes) and ``"block"`` after each. Cached activations larger than
+    ``offload_bytes`` go to disk in ``work_dir`` (:mod:`~mono_quant.pipeline.activations`).
 
     Raises:
         BadInputError: a checkpoint that lacks a tensor of the model, batches that do not
             run through it, a model without repeated blocks.
     """
-    from mono_quant.io.formats import _build_metadata
     from mono_quant.io.store import is_store_url
 
     remote = str(work_dir) if is_store_url(work_dir) else None
     local = Path(dst).with_name(Path(dst).name + ".work") if remote else Path(work_dir)
-    job = _Job(spec, local, device, factories, remote)
+    job = _Job(spec, local, device, factories, remote, offload_bytes)
     saved = job.progress.resume()
     job.weights.materialize_outside(job.model, job.blocks, device)
     move_buffers(job.model, device)
@@ -354,20 +389,98 @@ def quantize_sequential(spec: Any, dst: str | Path, work_dir: str | Path, *,
         acts = saved.activations
     elif job.batches and _needs_data(spec.config):
         acts = capture_inputs(job.model, job.model.get_submodule(job.blocks)[0], job.batches,
-                              device)
+                              device, job.progress.new_cache(0))
     notify = on_block or _log_block
     notify("resumed" if saved is not None else "started", start, job.count)
     for i in range(start, job.count):
-        acts = job.run_block(i, acts, stats)
+        acts = _run_block_retrying(job, i, acts, stats, notify, device)
         notify("block", i, job.count)
     tail = job.run_tail(acts, stats)
     info = _info(job, stats, tail)
     info.metrics["sequential"] = {"blocks": job.count, "block_list": job.blocks,
-                                  "resumed_at_block": start}
+                                  "resumed_at_block": start, **_cache_metrics(acts)}
     _record_serveability(job, info)
-    job.progress.assemble(Path(dst), _build_metadata(info), spec.max_shard_size)
+    _write(job, spec, Path(dst), info)
     job.progress.remove()
     return info
+
+
+def _write(job: _Job, spec: Any, dst: Path, info: QuantizationInfo) -> None:
+    """The artifact from the parts (:mod:`~mono_quant.pipeline.seq_artifact`); a
+    compressed-tensors folder gets the model's config and companion files."""
+    from mono_quant.pipeline.seq_artifact import write_artifact
+
+    hf_config = extra = None
+    if spec.format == "compressed-tensors":
+        from mono_quant.io.formats import _hf_config
+        from mono_quant.pipeline.card import hf_companions
+
+        hf_config = _hf_config(job.model)
+        if hf_config is not None:  # the skeleton ran without a KV cache; the model has one
+            hf_config["use_cache"] = job.use_cache
+        kept = [n for n in job.quantizable if n not in set(info.selected_layers)]
+        extra = hf_companions(spec.model, job.model, info, kept)
+    write_artifact(job.progress, dst, info, spec.format, spec.max_shard_size, hf_config, extra)
+
+
+def _run_block_retrying(job: _Job, i: int, acts: Any, stats: _Stats, notify: OnBlock,
+                        device: Any) -> Any:
+    """``job.run_block``; on out-of-memory (a GPU's), block ``i`` once more from its float
+    weights with every cached batch halved, as the in-memory pipeline retries a job."""
+    import copy
+    import gc
+
+    prefix = f"{job.blocks}.{i}"
+    template = copy.deepcopy(job.model.get_submodule(prefix))  # meta: costs no memory
+    before = stats.to_json()
+    try:
+        return job.run_block(i, acts, stats)
+    except oom_error():
+        if not acts or _batch_of(acts[0]) < 2:
+            raise
+    # outside the except block: its traceback no longer pins the failed attempt's tensors
+    log.warning("out of memory in block %d: once more with calibration batches halved", i)
+    job.model.get_submodule(job.blocks)[i] = template  # the float block, unquantized
+    stats.restore(before)
+    gc.collect()
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    notify("smaller", i, job.count)
+    halved = job.progress.new_cache(i, "half")
+    for item in acts:
+        for half in _halve(item):
+            halved.append(half)
+    return job.run_block(i, halved, stats)
+
+
+def _batch_of(item: dict[str, Any]) -> int:
+    return int(next(iter(item.values())).shape[0])  # the hidden states come first
+
+
+def _halve(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """A block's inputs for one batch as two: every tensor of two or more dimensions whose
+    first is the batch's (hidden states, attention mask, position embeddings) is cut in two;
+    the rest (position ids of batch 1, flags) is shared."""
+    size = _batch_of(item)
+
+    def cut(v: Any, k: int) -> Any:
+        if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[0] == size:
+            return v.chunk(2)[k]
+        if isinstance(v, (tuple, list)):
+            return type(v)(cut(x, k) for x in v)
+        return v
+
+    return [{name: cut(v, k) for name, v in item.items()} for k in (0, 1)]
+
+
+def _cache_metrics(acts: Any) -> dict[str, Any]:
+    """How the last activation cache was kept (``activations``: none, memory or disk)."""
+    if acts is None:
+        return {"activations": "none"}
+    if isinstance(acts, ActivationCache):
+        return {"activations": "disk" if acts.offloaded else "memory",
+                "activation_cache_bytes": acts.nbytes}
+    return {"activations": "memory"}
 
 
 def _log_block(event: str, block: int, total: int) -> None:
@@ -386,7 +499,7 @@ def _record_serveability(job: _Job, info: QuantizationInfo) -> None:
     for name in info.selected_layers:
         shape = weights[f"{name}.weight"]  # int8, [out, in, ...]
         shapes[name] = (int(shape[0]), int(math.prod(shape[1:])))
-    info.metrics.update(check_layers(info.config, "safetensors", shapes).metrics())
+    info.metrics.update(check_layers(info.config, job.format, shapes).metrics())
 
 
 def _info(job: _Job, stats: _Stats, tail: list[str]) -> QuantizationInfo:
@@ -419,46 +532,3 @@ def _info(job: _Job, stats: _Stats, tail: list[str]) -> QuantizationInfo:
     return QuantizationInfo(config=job.config, selected_layers=layers,
                             calibration_samples=stats.samples,
                             library_versions=library_versions(), metrics=metrics)
-
-
-def reload_check(path: Path, info: QuantizationInfo) -> str:
-    """Read the artifact back one layer at a time: its info, every selected layer's int8
-    weight, scale and zero point within range (memory: one layer)."""
-    from safetensors import safe_open
-
-    from mono_quant.io.formats import read_info
-    from mono_quant.quant.metrics import check_int8_ranges
-    from mono_quant.quant.specs import qrange
-
-    stored = read_info(path)
-    if stored.selected_layers != info.selected_layers:
-        raise MonoQuantError(f"{path}: the stored info lists other layers than were quantized")
-    qmin, qmax = qrange(info.config.scheme)
-    with contextlib.ExitStack() as stack:
-        files = _artifact_files(path)  # tensor name -> its (shard) file
-        opened = {f: stack.enter_context(safe_open(str(f), framework="pt"))
-                  for f in set(files.values())}
-        for layer in info.selected_layers:
-            parts = [f"{layer}.{s}" for s in ("weight", "weight_scale", "weight_zero_point")]
-            missing = [p for p in parts if p not in files]
-            if missing:
-                raise MonoQuantError(f"{path}: tensor {missing[0]!r} is missing")
-            tensors = (opened[files[p]].get_tensor(p) for p in parts)
-            problems = check_int8_ranges(layer, *tensors, qmin, qmax)
-            if problems:
-                raise MonoQuantError(f"{path}: " + "; ".join(problems))
-    return (f"ok: {len(files)} tensors, {len(info.selected_layers)} int8 layers read back one "
-            "layer at a time (sequential builds no whole model to compare outputs with)")
-
-
-def _artifact_files(path: Path) -> dict[str, Path]:
-    """Each tensor's file: the artifact itself, or its shard (a sharded folder's index)."""
-    from safetensors import safe_open
-
-    from mono_quant.io.sharded import read_index
-
-    if path.is_dir():
-        weight_map, _ = read_index(path)
-        return {name: path / shard for name, shard in weight_map.items()}
-    with safe_open(str(path), framework="pt") as f:
-        return dict.fromkeys(f.keys(), path)

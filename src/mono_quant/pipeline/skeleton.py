@@ -32,7 +32,7 @@ from torch import nn
 from mono_quant.errors import BadInputError
 
 __all__ = ["BLOCK_LISTS", "CheckpointWeights", "build_skeleton", "find_blocks", "free",
-           "move_buffers", "params_on_meta", "register_blocks"]
+           "move_buffers", "params_on_meta", "read_tensors", "register_blocks"]
 
 #: ``config.model_type`` -> the qualified-name suffix of the block ModuleList.
 BLOCK_LISTS: dict[str, str] = {
@@ -142,6 +142,8 @@ class CheckpointWeights:
                    for e in read_header(f).tensors.values())
 
     def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors ``names`` (safetensors' zero-copy mmap: a tensor's pages are resident
+        while it lives, which is the block's lifetime)."""
         from safetensors import safe_open
 
         by_file: dict[Path, list[str]] = {}
@@ -184,6 +186,18 @@ class CheckpointWeights:
                     raise BadInputError(f"{self.folder}: the checkpoint has no tensor {name!r} "
                                         "(the model built from config.json expects it)")
                 _set_param(model, name, self._read([key])[key].to(device))
+
+
+def read_tensors(path: str | Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """``names`` (default: all, in file order) of a safetensors file, each read with plain
+    reads into its own memory (:func:`~mono_quant.io._safetensors_stream.read_tensor`), not
+    through an mmap whose touched pages count in the process's RSS until it is closed.
+    """
+    from mono_quant.io._safetensors_stream import read_header, read_tensor
+
+    header = read_header(path)
+    with open(header.path, "rb") as f:
+        return {n: read_tensor(f, header, n) for n in (names or list(header.tensors))}
 
 
 def _set_param(root: nn.Module, name: str, value: torch.Tensor) -> None:

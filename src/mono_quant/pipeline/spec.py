@@ -156,8 +156,8 @@ class JobSpec:
             problems.append("stream: true is its own pipeline (weight-only, no model built)")
         if self.model.scheme != "hf":
             problems.append("the model must be an hf: folder (blocks load from its safetensors)")
-        if self.format != "safetensors":
-            problems.append("it writes the safetensors format")
+        if self.format not in ("safetensors", "compressed-tensors"):
+            problems.append("it writes the safetensors and compressed-tensors formats")
         if self.config.target:
             problems.append("an accuracy target needs the whole model (use in_memory)")
         if self.evaluation is not None:
