@@ -219,7 +219,8 @@ def test_an_offloaded_activation_cache_resumes_from_the_store(endpoint, work_url
         "parts/00000.safetensors", "state.json"]
     state = Progress(tmp_path / "node2", "f1", work_url).resume()
     assert state.blocks_done == 1 and len(state.activations) == 3
-    assert [torch.equal(a["x"], b["x"]) for a, b in zip(state.activations, batches)] == [True] * 3
+    got = [a["x"] for a in state.activations]
+    assert [torch.equal(a, b["x"]) for a, b in zip(got, batches, strict=True)] == [True] * 3
 
 
 def test_a_stored_cache_folder_with_a_foreign_file_starts_over(endpoint, work_url, tmp_path):
