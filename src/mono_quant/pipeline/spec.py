@@ -284,13 +284,15 @@ class JobSpec:
 def _frame(spec: JobSpec) -> tuple[str, str, str]:
     """The texts around the model in the key (before, after) and after it in the payload,
     cached by the parts that make them (the objects by identity, held while cached)."""
-    objects = (spec.config, spec.calibration, spec.evaluation)
-    scalars = (spec.format, spec.samples, spec.stream, spec.weights_digest,
-               spec.max_shard_size, spec.pipeline)
-    cache_key = (*map(id, objects), *scalars, *map(type, scalars))
+    config, calibration, evaluation = objects = spec.config, spec.calibration, spec.evaluation
+    # the scalars are validated (an int is never a bool or a float here): equal, same text
+    cache_key = (id(config), id(calibration), id(evaluation), spec.format, spec.samples,
+                 spec.stream, spec.weights_digest, spec.max_shard_size, spec.pipeline)
     hit = _FRAMES.get(cache_key)
-    if hit is not None and all(a is b for a, b in zip(hit[0], objects, strict=True)):
-        return hit[1]
+    if hit is not None:
+        held = hit[0]
+        if held[0] is config and held[1] is calibration and held[2] is evaluation:
+            return hit[1]
     texts = _frame_texts(spec)
     if len(_FRAMES) >= _TEXTS_LIMIT:
         _FRAMES.clear()
@@ -349,6 +351,10 @@ _TEXTS: dict[int, tuple[Any, str, str]] = {}
 _TEXTS_LIMIT = 4096
 
 
+#: What ``json.dumps(value, sort_keys=True, separators=(",", ":"))`` builds on every call.
+_COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def _part_texts(part: Any) -> tuple[str, str]:
     """The JSON of a payload field twice: compact with sorted keys (the idempotency key's
     form) and as ``json.dumps`` writes it by default (the catalog's); once per object."""
@@ -356,7 +362,7 @@ def _part_texts(part: Any) -> tuple[str, str]:
     if hit is not None and hit[0] is part:
         return hit[1], hit[2]
     value = _plain(part)
-    texts = json.dumps(value, sort_keys=True, separators=(",", ":")), json.dumps(value)
+    texts = _COMPACT.encode(value), json.dumps(value)
     if len(_TEXTS) >= _TEXTS_LIMIT:
         _TEXTS.clear()
     _TEXTS[id(part)] = (part, *texts)
