@@ -1,8 +1,11 @@
 """Queue overhead and bulk at scale, each figure with its floor from the same run.
 
 Part 1, the queue (catalog on PostgreSQL): jobs/s for ``loop`` — ``run_job(job_id)`` in a
-loop in this process (the floor); ``1 worker`` — the same jobs through Redis and one
-``mono-quant worker``; ``2 workers``; and the per-job overhead ``(t_1worker - t_loop) / N``.
+loop in this process (the floor) — and ``1 worker`` — the same jobs through Redis and one
+``mono-quant worker`` — alternated ``--rounds`` times (loop, worker, loop, worker, ...) and
+reported as medians with each run, so a change of load during the run hits both; the
+per-job overhead ``(median t_1worker - median t_loop) / N`` and each round's own; then
+``2 workers`` once.
 
 Part 2, bulk at scale (``bulk_scale.py``), on SQLite and PostgreSQL, each in a fresh process:
 submit 10k / 100k jobs against the floor (a bare Redis ``LPUSH`` of as many small payloads
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,8 +87,30 @@ def stop(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=30)
 
 
-def workers_part(n: int, broker: str, tmp: Path) -> list[tuple[str, float]]:
-    """Part 1: the loop and 1 and 2 workers over n jobs; returns (row name, seconds)."""
+def _loop_once(catalog, tmp: Path, n: int, tag: str) -> float:
+    from mono_quant.scheduler.service import submit
+    from mono_quant.worker.job import run_job
+
+    loop = submit(manifest(tmp / f"{tag}.json", n, tag), catalog, app=None)
+    t0 = time.perf_counter()
+    for job_id in loop.job_ids:
+        run_job(job_id, "loop@bench")
+    return time.perf_counter() - t0
+
+
+def _queued_once(catalog, app, tmp: Path, n: int, tag: str) -> float:
+    from mono_quant.scheduler.service import submit
+
+    t0 = time.perf_counter()
+    res = submit(manifest(tmp / f"{tag}.json", n, tag), catalog, app=app)
+    wait_done(catalog, res.batch_id, len(res.job_ids))
+    return time.perf_counter() - t0
+
+
+def workers_part(n: int, broker: str, tmp: Path, rounds: int = 3) -> dict[str, list[float]]:
+    """Part 1: the loop and 1 worker over n jobs, ``rounds`` times each, alternating (loop,
+    worker, loop, worker, ...) so a change of the machine's load hits both alike; then 2
+    workers once. Returns the seconds of each run by row name."""
     db = f"mq_bench_{secrets.token_hex(4)}"
     env = dict(os.environ, MONO_QUANT_BROKER_URL=broker, MONO_QUANT_COMPILE="never",
                MONO_QUANT_CATALOG_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
@@ -103,21 +129,17 @@ def workers_part(n: int, broker: str, tmp: Path) -> list[tuple[str, float]]:
         warm = submit(manifest(tmp / "w.json", 3, "warm"), catalog, app=None)
         for job_id in warm.job_ids:  # imports, first quantization
             run_job(job_id, "loop@bench")
-        loop = submit(manifest(tmp / "a.json", n, "loop"), catalog, app=None)
-        t0 = time.perf_counter()
-        for job_id in loop.job_ids:
-            run_job(job_id, "loop@bench")
-        rows = [("loop (run_job in one process)", time.perf_counter() - t0)]
-        for k in (1, 2):
+        rows: dict[str, list[float]] = {LOOP: [], ONE: [], TWO: []}
+        for k, name in ((1, ONE), (2, TWO)):
             procs = start_workers(k, env, f"w{k}-")
             try:
-                w = submit(manifest(tmp / f"warm{k}.json", 2 * k, f"warm{k}-"), catalog, app=app)
-                wait_done(catalog, w.batch_id, len(w.job_ids))
-                t0 = time.perf_counter()
-                res = submit(manifest(tmp / f"q{k}.json", n, f"q{k}-"), catalog, app=app)
-                wait_done(catalog, res.batch_id, len(res.job_ids))
-                rows.append((f"{k} worker{'s' if k > 1 else ''} (Redis + Celery)",
-                             time.perf_counter() - t0))
+                _queued_once(catalog, app, tmp, 2 * k, f"warm{k}-")
+                for r in range(rounds if k == 1 else 1):
+                    if k == 1:
+                        rows[LOOP].append(_loop_once(catalog, tmp, n, f"loop{r}-"))
+                    rows[name].append(_queued_once(catalog, app, tmp, n, f"q{k}r{r}-"))
+                    print(f"  round {r}: {({k: v[-1] for k, v in rows.items() if v})}",
+                          flush=True)
             finally:
                 stop(procs)
         catalog.dispose()
@@ -125,6 +147,10 @@ def workers_part(n: int, broker: str, tmp: Path) -> list[tuple[str, float]]:
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+LOOP, ONE, TWO = ("loop (run_job in one process)", "1 worker (Redis + Celery)",
+                  "2 workers (Redis + Celery)")
 
 
 def _database(backend: str, tmp: Path):
@@ -243,17 +269,22 @@ def _print_sized(row, r: dict, big: int, backends: list[str]) -> None:
         "measured and documented")
 
 
-def print_workers(rows: list[tuple[str, float]], n: int) -> None:
-    print(f"\n{n} jobs (tiny MLP, weight-only int8, safetensors), catalog on PostgreSQL")
-    print(f"{'path':34} {'seconds':>8} {'jobs/s':>8}")
-    for name, t in rows:
-        print(f"{name:34} {t:8.2f} {n / t:8.1f}")
-    overhead = (rows[1][1] - rows[0][1]) / n * 1e3
-    verdict = _met(overhead < 5) if overhead >= 0 else (
-        "INCONCLUSIVE: the loop was slower than the worker, so the machine's load changed "
-        "during the run; re-run it")
-    print(f"queue overhead per job (1 worker vs the loop, the floor): {overhead:.1f} ms "
-          f"(target < 5 ms: {verdict})")
+def print_workers(rows: dict[str, list[float]], n: int) -> None:
+    print(f"\n{n} jobs (tiny MLP, weight-only int8, safetensors), catalog on PostgreSQL; "
+          "loop and 1 worker alternated, medians")
+    print(f"{'path':34} {'runs':>4} {'median s':>8} {'jobs/s':>8}  each run (s)")
+    for name, times in rows.items():
+        t = statistics.median(times)
+        print(f"{name:34} {len(times):4} {t:8.2f} {n / t:8.1f}  "
+              f"{', '.join(f'{x:.2f}' for x in times)}")
+    pairs = [(w - lp) / n * 1e3 for lp, w in zip(rows[LOOP], rows[ONE], strict=True)]
+    overhead = (statistics.median(rows[ONE]) - statistics.median(rows[LOOP])) / n * 1e3
+    below = {x < 5 for x in pairs}  # conclusive when every round falls on one side
+    verdict = _met(below == {True}) + " in every round" if len(below) == 1 else (
+        "INCONCLUSIVE: some rounds are above the target and some below, the load changed "
+        "more than the overhead; re-run it with more --rounds")
+    print(f"queue overhead per job (1 worker vs the loop, medians): {overhead:.1f} ms; "
+          f"per round: {', '.join(f'{x:.1f}' for x in pairs)} ms (target < 5 ms: {verdict})")
 
 
 def main() -> None:
@@ -263,6 +294,8 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--latest-rows", type=int, default=1_000_000, help="0: skip")
     parser.add_argument("--skip-workers", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="loop and 1-worker runs, alternated (medians are reported)")
     parser.add_argument("--latest-url", action="append", default=[], metavar="BACKEND=URL",
                         help="reuse this catalog for --latest (built by an earlier run: "
                              "bulk_scale.fast_load, kept); default: a throwaway one")
@@ -278,7 +311,8 @@ def main() -> None:
     load_start = tuple(round(x, 2) for x in os.getloadavg())
     print(f"load average (1, 5, 15 min) at the start: {load_start}", flush=True)
     try:
-        rows = [] if args.skip_workers else workers_part(args.jobs, broker, tmp)
+        rows = {} if args.skip_workers else workers_part(args.jobs, broker, tmp,
+                                                        args.rounds)
         load_after_workers = tuple(round(x, 2) for x in os.getloadavg())
         latest_urls = dict(kv.split("=", 1) for kv in args.latest_url)
         results = bulk_part(sizes, backends, args.latest_rows, broker, tmp, latest_urls)
