@@ -4,8 +4,10 @@ Part 1, the queue (catalog on PostgreSQL): jobs/s for ``loop`` — ``run_job(job
 loop in this process (the floor) — and ``1 worker`` — the same jobs through Redis and one
 ``mono-quant worker`` — alternated ``--rounds`` times (loop, worker, loop, worker, ...) and
 reported as medians with each run, so a change of load during the run hits both; the
-per-job overhead ``(median t_1worker - median t_loop) / N`` and each round's own; then
-``2 workers`` once.
+per-job overhead ``(median t_1worker - median t_loop) / N`` and each round's own, in wall
+time and in CPU time (the loop's process against the submit plus the worker's process tree:
+what the queue costs in work, which the machine's load barely moves); then ``2 workers``
+once.
 
 Part 2, bulk at scale (``bulk_scale.py``), on SQLite and PostgreSQL, each in a fresh process:
 submit 10k / 100k jobs against the floor (a bare Redis ``LPUSH`` of as many small payloads
@@ -87,30 +89,60 @@ def stop(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=30)
 
 
-def _loop_once(catalog, tmp: Path, n: int, tag: str) -> float:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) of the processes ``pids`` and all their descendants, from
+    /proc: a Celery worker's pool children included while they live."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:  # gone meanwhile
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])))
+    todo, total = list(pids), 0
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0))[1]
+        todo += [child for child, (ppid, _) in stats.items() if ppid == pid]
+    return total / _TICK
+
+
+def _loop_once(catalog, tmp: Path, n: int, tag: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``run_job`` over n fresh jobs in this process."""
     from mono_quant.scheduler.service import submit
     from mono_quant.worker.job import run_job
 
     loop = submit(manifest(tmp / f"{tag}.json", n, tag), catalog, app=None)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for job_id in loop.job_ids:
         run_job(job_id, "loop@bench")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _queued_once(catalog, app, tmp: Path, n: int, tag: str) -> float:
+def _queued_once(catalog, app, tmp: Path, n: int, tag: str,
+                 procs: list[subprocess.Popen]) -> tuple[float, float]:
+    """(wall, CPU) seconds of submitting n fresh jobs and the workers running them; the CPU
+    is the submit's (with its publish) and the worker processes', not this process's
+    polling for the end."""
     from mono_quant.scheduler.service import submit
 
-    t0 = time.perf_counter()
+    pids = [p.pid for p in procs]
+    t0, w0, c0 = time.perf_counter(), _tree_cpu(pids), time.process_time()
     res = submit(manifest(tmp / f"{tag}.json", n, tag), catalog, app=app)
+    cpu = time.process_time() - c0
     wait_done(catalog, res.batch_id, len(res.job_ids))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, cpu + _tree_cpu(pids) - w0
 
 
-def workers_part(n: int, broker: str, tmp: Path, rounds: int = 3) -> dict[str, list[float]]:
+def workers_part(n: int, broker: str, tmp: Path, rounds: int = 3
+                 ) -> dict[str, list[tuple[float, float]]]:
     """Part 1: the loop and 1 worker over n jobs, ``rounds`` times each, alternating (loop,
     worker, loop, worker, ...) so a change of the machine's load hits both alike; then 2
-    workers once. Returns the seconds of each run by row name."""
+    workers once. Returns (wall, CPU) seconds of each run by row name."""
     db = f"mq_bench_{secrets.token_hex(4)}"
     env = dict(os.environ, MONO_QUANT_BROKER_URL=broker, MONO_QUANT_COMPILE="never",
                MONO_QUANT_CATALOG_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
@@ -129,15 +161,15 @@ def workers_part(n: int, broker: str, tmp: Path, rounds: int = 3) -> dict[str, l
         warm = submit(manifest(tmp / "w.json", 3, "warm"), catalog, app=None)
         for job_id in warm.job_ids:  # imports, first quantization
             run_job(job_id, "loop@bench")
-        rows: dict[str, list[float]] = {LOOP: [], ONE: [], TWO: []}
+        rows: dict[str, list[tuple[float, float]]] = {LOOP: [], ONE: [], TWO: []}
         for k, name in ((1, ONE), (2, TWO)):
             procs = start_workers(k, env, f"w{k}-")
             try:
-                _queued_once(catalog, app, tmp, 2 * k, f"warm{k}-")
+                _queued_once(catalog, app, tmp, 2 * k, f"warm{k}-", procs)
                 for r in range(rounds if k == 1 else 1):
                     if k == 1:
                         rows[LOOP].append(_loop_once(catalog, tmp, n, f"loop{r}-"))
-                    rows[name].append(_queued_once(catalog, app, tmp, n, f"q{k}r{r}-"))
+                    rows[name].append(_queued_once(catalog, app, tmp, n, f"q{k}r{r}-", procs))
                     print(f"  round {r}: {({k: v[-1] for k, v in rows.items() if v})}",
                           flush=True)
             finally:
@@ -269,22 +301,25 @@ def _print_sized(row, r: dict, big: int, backends: list[str]) -> None:
         "measured and documented")
 
 
-def print_workers(rows: dict[str, list[float]], n: int) -> None:
+def print_workers(rows: dict[str, list[tuple[float, float]]], n: int) -> None:
     print(f"\n{n} jobs (tiny MLP, weight-only int8, safetensors), catalog on PostgreSQL; "
-          "loop and 1 worker alternated, medians")
-    print(f"{'path':34} {'runs':>4} {'median s':>8} {'jobs/s':>8}  each run (s)")
-    for name, times in rows.items():
-        t = statistics.median(times)
-        print(f"{name:34} {len(times):4} {t:8.2f} {n / t:8.1f}  "
-              f"{', '.join(f'{x:.2f}' for x in times)}")
-    pairs = [(w - lp) / n * 1e3 for lp, w in zip(rows[LOOP], rows[ONE], strict=True)]
-    overhead = (statistics.median(rows[ONE]) - statistics.median(rows[LOOP])) / n * 1e3
-    below = {x < 5 for x in pairs}  # conclusive when every round falls on one side
-    verdict = _met(below == {True}) + " in every round" if len(below) == 1 else (
-        "INCONCLUSIVE: some rounds are above the target and some below, the load changed "
-        "more than the overhead; re-run it with more --rounds")
-    print(f"queue overhead per job (1 worker vs the loop, medians): {overhead:.1f} ms; "
-          f"per round: {', '.join(f'{x:.1f}' for x in pairs)} ms (target < 5 ms: {verdict})")
+          "loop and 1 worker alternated, medians; CPU: the runner's processes")
+    print(f"{'path':34} {'runs':>4} {'wall s':>7} {'jobs/s':>7} {'CPU s':>7}  each run, wall/CPU")
+    for name, runs in rows.items():
+        wall, cpu = (statistics.median(x) for x in zip(*runs, strict=True))
+        print(f"{name:34} {len(runs):4} {wall:7.2f} {n / wall:7.1f} {cpu:7.2f}  "
+              f"{', '.join(f'{w:.2f}/{c:.2f}' for w, c in runs)}")
+    for what, i in (("wall", 0), ("CPU", 1)):
+        pairs = [(w[i] - lp[i]) / n * 1e3 for lp, w in zip(rows[LOOP], rows[ONE], strict=True)]
+        overhead = (statistics.median(w[i] for w in rows[ONE])
+                    - statistics.median(lp[i] for lp in rows[LOOP])) / n * 1e3
+        below = {x < 5 for x in pairs}  # conclusive when every round is on one side
+        verdict = _met(below == {True}) + " in every round" if len(below) == 1 else (
+            "INCONCLUSIVE: some rounds above the target, some below (the load changed more "
+            "than the overhead); re-run with more --rounds")
+        print(f"queue overhead per job, {what} (1 worker vs the loop, medians): "
+              f"{overhead:.1f} ms; per round: {', '.join(f'{x:.1f}' for x in pairs)} ms "
+              f"(target < 5 ms: {verdict})")
 
 
 def main() -> None:
