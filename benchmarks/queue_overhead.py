@@ -1,8 +1,13 @@
 """Queue overhead and bulk at scale, each figure with its floor from the same run.
 
 Part 1, the queue (catalog on PostgreSQL): jobs/s for ``loop`` — ``run_job(job_id)`` in a
-loop in this process (the floor); ``1 worker`` — the same jobs through Redis and one
-``mono-quant worker``; ``2 workers``; and the per-job overhead ``(t_1worker - t_loop) / N``.
+loop in this process (the floor) — and ``1 worker`` — the same jobs through Redis and one
+``mono-quant worker`` — alternated ``--rounds`` times (loop, worker, loop, worker, ...) and
+reported as medians with each run, so a change of load during the run hits both; the
+per-job overhead ``(median t_1worker - median t_loop) / N`` and each round's own, in wall
+time and in CPU time (the loop's process against the submit plus the worker's process tree:
+what the queue costs in work, which the machine's load barely moves); then ``2 workers``
+once.
 
 Part 2, bulk at scale (``bulk_scale.py``), on SQLite and PostgreSQL, each in a fresh process:
 submit 10k / 100k jobs against the floor (a bare Redis ``LPUSH`` of as many small payloads
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,8 +89,60 @@ def stop(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=30)
 
 
-def workers_part(n: int, broker: str, tmp: Path) -> list[tuple[str, float]]:
-    """Part 1: the loop and 1 and 2 workers over n jobs; returns (row name, seconds)."""
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) of the processes ``pids`` and all their descendants, from
+    /proc: a Celery worker's pool children included while they live."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:  # gone meanwhile
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])))
+    todo, total = list(pids), 0
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0))[1]
+        todo += [child for child, (ppid, _) in stats.items() if ppid == pid]
+    return total / _TICK
+
+
+def _loop_once(catalog, tmp: Path, n: int, tag: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``run_job`` over n fresh jobs in this process."""
+    from mono_quant.scheduler.service import submit
+    from mono_quant.worker.job import run_job
+
+    loop = submit(manifest(tmp / f"{tag}.json", n, tag), catalog, app=None)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for job_id in loop.job_ids:
+        run_job(job_id, "loop@bench")
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _queued_once(catalog, app, tmp: Path, n: int, tag: str,
+                 procs: list[subprocess.Popen]) -> tuple[float, float]:
+    """(wall, CPU) seconds of submitting n fresh jobs and the workers running them; the CPU
+    is the submit's (with its publish) and the worker processes', not this process's
+    polling for the end."""
+    from mono_quant.scheduler.service import submit
+
+    pids = [p.pid for p in procs]
+    t0, w0, c0 = time.perf_counter(), _tree_cpu(pids), time.process_time()
+    res = submit(manifest(tmp / f"{tag}.json", n, tag), catalog, app=app)
+    cpu = time.process_time() - c0
+    wait_done(catalog, res.batch_id, len(res.job_ids))
+    return time.perf_counter() - t0, cpu + _tree_cpu(pids) - w0
+
+
+def workers_part(n: int, broker: str, tmp: Path, rounds: int = 3
+                 ) -> dict[str, list[tuple[float, float]]]:
+    """Part 1: the loop and 1 worker over n jobs, ``rounds`` times each, alternating (loop,
+    worker, loop, worker, ...) so a change of the machine's load hits both alike; then 2
+    workers once. Returns (wall, CPU) seconds of each run by row name."""
     db = f"mq_bench_{secrets.token_hex(4)}"
     env = dict(os.environ, MONO_QUANT_BROKER_URL=broker, MONO_QUANT_COMPILE="never",
                MONO_QUANT_CATALOG_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
@@ -103,21 +161,17 @@ def workers_part(n: int, broker: str, tmp: Path) -> list[tuple[str, float]]:
         warm = submit(manifest(tmp / "w.json", 3, "warm"), catalog, app=None)
         for job_id in warm.job_ids:  # imports, first quantization
             run_job(job_id, "loop@bench")
-        loop = submit(manifest(tmp / "a.json", n, "loop"), catalog, app=None)
-        t0 = time.perf_counter()
-        for job_id in loop.job_ids:
-            run_job(job_id, "loop@bench")
-        rows = [("loop (run_job in one process)", time.perf_counter() - t0)]
-        for k in (1, 2):
+        rows: dict[str, list[tuple[float, float]]] = {LOOP: [], ONE: [], TWO: []}
+        for k, name in ((1, ONE), (2, TWO)):
             procs = start_workers(k, env, f"w{k}-")
             try:
-                w = submit(manifest(tmp / f"warm{k}.json", 2 * k, f"warm{k}-"), catalog, app=app)
-                wait_done(catalog, w.batch_id, len(w.job_ids))
-                t0 = time.perf_counter()
-                res = submit(manifest(tmp / f"q{k}.json", n, f"q{k}-"), catalog, app=app)
-                wait_done(catalog, res.batch_id, len(res.job_ids))
-                rows.append((f"{k} worker{'s' if k > 1 else ''} (Redis + Celery)",
-                             time.perf_counter() - t0))
+                _queued_once(catalog, app, tmp, 2 * k, f"warm{k}-", procs)
+                for r in range(rounds if k == 1 else 1):
+                    if k == 1:
+                        rows[LOOP].append(_loop_once(catalog, tmp, n, f"loop{r}-"))
+                    rows[name].append(_queued_once(catalog, app, tmp, n, f"q{k}r{r}-", procs))
+                    print(f"  round {r}: {({k: v[-1] for k, v in rows.items() if v})}",
+                          flush=True)
             finally:
                 stop(procs)
         catalog.dispose()
@@ -125,6 +179,10 @@ def workers_part(n: int, broker: str, tmp: Path) -> list[tuple[str, float]]:
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+LOOP, ONE, TWO = ("loop (run_job in one process)", "1 worker (Redis + Celery)",
+                  "2 workers (Redis + Celery)")
 
 
 def _database(backend: str, tmp: Path):
@@ -243,17 +301,25 @@ def _print_sized(row, r: dict, big: int, backends: list[str]) -> None:
         "measured and documented")
 
 
-def print_workers(rows: list[tuple[str, float]], n: int) -> None:
-    print(f"\n{n} jobs (tiny MLP, weight-only int8, safetensors), catalog on PostgreSQL")
-    print(f"{'path':34} {'seconds':>8} {'jobs/s':>8}")
-    for name, t in rows:
-        print(f"{name:34} {t:8.2f} {n / t:8.1f}")
-    overhead = (rows[1][1] - rows[0][1]) / n * 1e3
-    verdict = _met(overhead < 5) if overhead >= 0 else (
-        "INCONCLUSIVE: the loop was slower than the worker, so the machine's load changed "
-        "during the run; re-run it")
-    print(f"queue overhead per job (1 worker vs the loop, the floor): {overhead:.1f} ms "
-          f"(target < 5 ms: {verdict})")
+def print_workers(rows: dict[str, list[tuple[float, float]]], n: int) -> None:
+    print(f"\n{n} jobs (tiny MLP, weight-only int8, safetensors), catalog on PostgreSQL; "
+          "loop and 1 worker alternated, medians; CPU: the runner's processes")
+    print(f"{'path':34} {'runs':>4} {'wall s':>7} {'jobs/s':>7} {'CPU s':>7}  each run, wall/CPU")
+    for name, runs in rows.items():
+        wall, cpu = (statistics.median(x) for x in zip(*runs, strict=True))
+        print(f"{name:34} {len(runs):4} {wall:7.2f} {n / wall:7.1f} {cpu:7.2f}  "
+              f"{', '.join(f'{w:.2f}/{c:.2f}' for w, c in runs)}")
+    for what, i in (("wall", 0), ("CPU", 1)):
+        pairs = [(w[i] - lp[i]) / n * 1e3 for lp, w in zip(rows[LOOP], rows[ONE], strict=True)]
+        overhead = (statistics.median(w[i] for w in rows[ONE])
+                    - statistics.median(lp[i] for lp in rows[LOOP])) / n * 1e3
+        below = {x < 5 for x in pairs}  # conclusive when every round is on one side
+        verdict = _met(below == {True}) + " in every round" if len(below) == 1 else (
+            "INCONCLUSIVE: some rounds above the target, some below (the load changed more "
+            "than the overhead); re-run with more --rounds")
+        print(f"queue overhead per job, {what} (1 worker vs the loop, medians): "
+              f"{overhead:.1f} ms; per round: {', '.join(f'{x:.1f}' for x in pairs)} ms "
+              f"(target < 5 ms: {verdict})")
 
 
 def main() -> None:
@@ -263,6 +329,8 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--latest-rows", type=int, default=1_000_000, help="0: skip")
     parser.add_argument("--skip-workers", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="loop and 1-worker runs, alternated (medians are reported)")
     parser.add_argument("--latest-url", action="append", default=[], metavar="BACKEND=URL",
                         help="reuse this catalog for --latest (built by an earlier run: "
                              "bulk_scale.fast_load, kept); default: a throwaway one")
@@ -278,7 +346,8 @@ def main() -> None:
     load_start = tuple(round(x, 2) for x in os.getloadavg())
     print(f"load average (1, 5, 15 min) at the start: {load_start}", flush=True)
     try:
-        rows = [] if args.skip_workers else workers_part(args.jobs, broker, tmp)
+        rows = {} if args.skip_workers else workers_part(args.jobs, broker, tmp,
+                                                        args.rounds)
         load_after_workers = tuple(round(x, 2) for x in os.getloadavg())
         latest_urls = dict(kv.split("=", 1) for kv in args.latest_url)
         results = bulk_part(sizes, backends, args.latest_rows, broker, tmp, latest_urls)

@@ -224,3 +224,21 @@ def test_the_fast_texts_equal_the_reference_serialisation(spec, digest, evaluati
     assert spec.payload_json == json.dumps(payload)
     assert spec.model_json == json.dumps(payload["model"])
     assert spec.idempotency_key == _idempotency_key(payload)
+
+
+@settings(max_examples=100, deadline=None)
+@given(spec=specs(), seeds=st.lists(st.integers(0, 10**6), min_size=2, max_size=5, unique=True),
+       digest=st.none() | st.text(max_size=20))
+def test_jobs_of_one_combination_share_its_texts_and_keep_their_own_model(spec, seeds, digest):
+    """A matrix combination's parts (config, calibration, scalars) are built into texts once
+    and reused for every model of it: each job's texts still equal the reference, and the
+    cache never hands one job another's model or digest."""
+    jobs = [dataclasses.replace(spec, weights_digest=digest if i % 2 else None, model=(
+        parse_model_source(f"factory:mono_quant.demo_models:mlp?seed={s}")))
+        for i, s in enumerate(seeds)]
+    for job in jobs + [dataclasses.replace(j) for j in jobs]:  # fresh objects: cache hits
+        payload = job.to_payload()
+        assert job.payload_json == json.dumps(payload)
+        assert job.model_json == json.dumps(payload["model"])
+        assert job.idempotency_key == _idempotency_key(payload)
+    assert len({j.idempotency_key for j in jobs}) == len(jobs)

@@ -59,6 +59,12 @@ def _query(text: str, query: str) -> dict[str, Any]:
     return args
 
 
+#: The encoders ``json.dumps(value, sort_keys=True, default=str)`` and ``json.dumps(value,
+#: allow_nan=False)`` would build on every call (a submit parses thousands of sources).
+_DISPLAY = json.JSONEncoder(sort_keys=True, default=str)
+_STRICT = json.JSONEncoder(allow_nan=False)
+
+
 def resolve_path(value: Any, base_dir: str | os.PathLike[str] | None, text: str, what: str) -> str:
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         raise BadInputError(f"{text}: {what} must be a path, got {value!r}")
@@ -97,7 +103,7 @@ def parse_parts(value: Any, kind: str, schemes: tuple[str, ...]) -> tuple[str, s
         return scheme, target, _query(value, query), value
     if isinstance(value, Mapping):
         present = [s for s in schemes if s in value]
-        text = json.dumps(value, sort_keys=True, default=str)
+        text = _DISPLAY.encode(value)
         if len(present) != 1:
             raise BadInputError(
                 f"{text}: a {kind} source mapping needs exactly one of "
@@ -190,7 +196,7 @@ class Source:
         if self.scheme != "factory" and self.kwargs:
             raise BadInputError(f"{self.text or self.target}: {self.scheme}: takes no kwargs")
         try:
-            json.dumps(dict(self.kwargs), allow_nan=False)
+            _STRICT.encode(dict(self.kwargs))
         except (TypeError, ValueError) as e:
             raise BadInputError(
                 f"{self.text or self.target}: arguments must be JSON values: {e}"

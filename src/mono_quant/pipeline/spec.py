@@ -269,35 +269,68 @@ class JobSpec:
         (``calibration, evaluation, format, max_shard_size, model, pipeline, quant, samples,
         stream, weights_digest``)
         without ``version`` (and ``stream`` when false), compact; the payload's in its own
-        order, as ``json.dumps`` writes them. A generic join over :meth:`_parts` costs twice
-        as much per job; the equality with the reference is tested over random specs.
+        order, as ``json.dumps`` writes them. Everything but the model is the same for every
+        job of a matrix combination, so those texts come from :func:`_frame` (built once per
+        combination) and each job adds only its model's text. A generic join over
+        :meth:`_parts` costs several times as much per job; the equality with the reference
+        is tested over random specs.
         """
-        model, quant = _part_texts(self.model), _part_texts(self.config)
-        cal = _NULL if self.calibration is None else _part_texts(self.calibration)
-        fmt, samples = _part_texts(self.format)[0], _part_texts(self.samples)[0]
-        stream = "true" if self.stream else "false"
-        ev = None if self.evaluation is None else _part_texts(self.evaluation)
-        digest = None if self.weights_digest is None else _part_texts(self.weights_digest)[0]
-        key = [f'{{"calibration":{cal[0]}']
-        key += [] if ev is None else [f'"evaluation":{ev[0]}']
-        shards = None if self.max_shard_size is None else str(int(self.max_shard_size))
-        key += [f'"format":{fmt}']
-        key += [] if shards is None else [f'"max_shard_size":{shards}']
-        key += [f'"model":{model[0]}']
-        pipe = None if self.pipeline == "auto" else json.dumps(self.pipeline)
-        key += [] if pipe is None else [f'"pipeline":{pipe}']
-        key += [f'"quant":{quant[0]}', f'"samples":{samples}']
-        key += ['"stream":true'] if self.stream else []
-        key += [] if digest is None else [f'"weights_digest":{digest}']
-        payload = [f'{{"version": {self.VERSION}', f'"model": {model[1]}',
-                   f'"quant": {quant[1]}', f'"format": {fmt}', f'"calibration": {cal[1]}',
-                   f'"samples": {samples}', f'"stream": {stream}']
-        payload += [] if digest is None else [f'"weights_digest": {digest}']
-        payload += [] if ev is None else [f'"evaluation": {ev[1]}']
-        payload += [] if shards is None else [f'"max_shard_size": {shards}']
-        payload += [] if pipe is None else [f'"pipeline": {pipe}']
-        return (hashlib.sha256((",".join(key) + "}").encode()).hexdigest(),
-                ", ".join(payload) + "}", model[1])
+        model = _part_texts(self.model)
+        key_head, key_tail, payload_tail = _frame(self)
+        return (hashlib.sha256((key_head + model[0] + key_tail).encode()).hexdigest(),
+                f'{{"version": {self.VERSION}, "model": {model[1]}{payload_tail}', model[1])
+
+
+def _frame(spec: JobSpec) -> tuple[str, str, str]:
+    """The texts around the model in the key (before, after) and after it in the payload,
+    cached by the parts that make them (the objects by identity, held while cached)."""
+    config, calibration, evaluation = objects = spec.config, spec.calibration, spec.evaluation
+    # the scalars are validated (an int is never a bool or a float here): equal, same text
+    cache_key = (id(config), id(calibration), id(evaluation), spec.format, spec.samples,
+                 spec.stream, spec.weights_digest, spec.max_shard_size, spec.pipeline)
+    hit = _FRAMES.get(cache_key)
+    if hit is not None:
+        held = hit[0]
+        if held[0] is config and held[1] is calibration and held[2] is evaluation:
+            return hit[1]
+    texts = _frame_texts(spec)
+    if len(_FRAMES) >= _TEXTS_LIMIT:
+        _FRAMES.clear()
+    _FRAMES[cache_key] = (objects, texts)
+    return texts
+
+
+#: _frame's cache: (config, calibration, evaluation) and the texts, by those ids and scalars.
+_FRAMES: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[str, str, str]]] = {}
+
+
+def _frame_texts(spec: JobSpec) -> tuple[str, str, str]:
+    """:func:`_frame`'s texts, built from each part's JSON."""
+    quant = _part_texts(spec.config)
+    cal = _NULL if spec.calibration is None else _part_texts(spec.calibration)
+    fmt, samples = _part_texts(spec.format)[0], _part_texts(spec.samples)[0]
+    stream = "true" if spec.stream else "false"
+    ev = None if spec.evaluation is None else _part_texts(spec.evaluation)
+    digest = None if spec.weights_digest is None else _part_texts(spec.weights_digest)[0]
+    key = [f'{{"calibration":{cal[0]}']
+    key += [] if ev is None else [f'"evaluation":{ev[0]}']
+    shards = None if spec.max_shard_size is None else str(int(spec.max_shard_size))
+    key += [f'"format":{fmt}']
+    key += [] if shards is None else [f'"max_shard_size":{shards}']
+    tail = []
+    pipe = None if spec.pipeline == "auto" else json.dumps(spec.pipeline)
+    tail += [] if pipe is None else [f'"pipeline":{pipe}']
+    tail += [f'"quant":{quant[0]}', f'"samples":{samples}']
+    tail += ['"stream":true'] if spec.stream else []
+    tail += [] if digest is None else [f'"weights_digest":{digest}']
+    payload = ["", f'"quant": {quant[1]}', f'"format": {fmt}', f'"calibration": {cal[1]}',
+               f'"samples": {samples}', f'"stream": {stream}']
+    payload += [] if digest is None else [f'"weights_digest": {digest}']
+    payload += [] if ev is None else [f'"evaluation": {ev[1]}']
+    payload += [] if shards is None else [f'"max_shard_size": {shards}']
+    payload += [] if pipe is None else [f'"pipeline": {pipe}']
+    return (",".join(key) + ',"model":', "," + ",".join(tail) + "}",
+            ", ".join(payload) + "}")
 
 
 _NULL = ("null", "null")
@@ -318,6 +351,10 @@ _TEXTS: dict[int, tuple[Any, str, str]] = {}
 _TEXTS_LIMIT = 4096
 
 
+#: What ``json.dumps(value, sort_keys=True, separators=(",", ":"))`` builds on every call.
+_COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def _part_texts(part: Any) -> tuple[str, str]:
     """The JSON of a payload field twice: compact with sorted keys (the idempotency key's
     form) and as ``json.dumps`` writes it by default (the catalog's); once per object."""
@@ -325,7 +362,7 @@ def _part_texts(part: Any) -> tuple[str, str]:
     if hit is not None and hit[0] is part:
         return hit[1], hit[2]
     value = _plain(part)
-    texts = json.dumps(value, sort_keys=True, separators=(",", ":")), json.dumps(value)
+    texts = _COMPACT.encode(value), json.dumps(value)
     if len(_TEXTS) >= _TEXTS_LIMIT:
         _TEXTS.clear()
     _TEXTS[id(part)] = (part, *texts)
