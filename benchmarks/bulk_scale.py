@@ -29,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
@@ -167,18 +167,15 @@ def fast_load(catalog, rows: int, models: int, seed: int = 0) -> None:
     JSON value given as text, and the latest flags computed on the way (one UPDATE per 900
     flagged ids), then ``VACUUM ANALYZE`` / ``ANALYZE``: about a minute for 1M rows, where the
     ORM / Core path took over 40 minutes."""
-    import hashlib
     import random
 
     from catalog_queries import (
-        CONFIGS,
         JOBS_PER_BATCH,
         STATUSES,
         SUFFIX,
         T0,
         _templates,
-        model_name,
-        recipes,
+        draw,
     )
     from sqlalchemy import insert, text, update
 
@@ -205,13 +202,7 @@ def fast_load(catalog, rows: int, models: int, seed: int = 0) -> None:
     for start in range(0, rows, 50_000):
         jobs, arts, groups = [], [], []
         for i in range(start, min(rows, start + 50_000)):
-            k = rng.randrange(models)
-            model = model_name(k)
-            c, fmt = rng.choice(recipes(k))
-            key = hashlib.sha256(f"{model}|{c}|{fmt}|{i}".encode()).hexdigest()
-            created = T0 + timedelta(seconds=rng.randrange(span))
-            sqnr = rng.uniform(20.0, 60.0)
-            cos = rng.uniform(0.95, 1.0) if CONFIGS[c].mode == "static" else None
+            model, c, fmt, key, created, sqnr, cos = draw(rng, i, models, span)
             jobs.append((batch_ids[i // JOBS_PER_BATCH], f"job-{i}", model,
                          JSONText(f'{{"kind": "hf", "id": "{model}"}}'), spec, key, "gpu",
                          rng.choice(STATUSES), 1, 3, created))

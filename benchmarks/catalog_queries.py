@@ -102,6 +102,20 @@ def recipes(k: int) -> list[tuple[int, str]]:
     return [(p % len(CONFIGS), FORMATS[p // len(CONFIGS)]) for p in picks]
 
 
+def draw(rng: random.Random, i: int, models: int, span: int) -> tuple:
+    """Row ``i``'s random part: model, config index, format, idempotency key, creation time,
+    weight SQNR and (static configs only) output cosine, in this order of draws (the loaders
+    of this benchmark and of ``bulk_scale.fast_load`` share it)."""
+    k = rng.randrange(models)
+    model = model_name(k)
+    c, fmt = rng.choice(recipes(k))
+    key = hashlib.sha256(f"{model}|{c}|{fmt}|{i}".encode()).hexdigest()
+    created = T0 + timedelta(seconds=rng.randrange(span))
+    sqnr = rng.uniform(20.0, 60.0)
+    cos = rng.uniform(0.95, 1.0) if CONFIGS[c].mode == "static" else None
+    return model, c, fmt, key, created, sqnr, cos
+
+
 def generate(rows: int, models: int, seed: int = 0):
     """Yield (jobs, artifacts) chunks of row dicts; deterministic for a seed.
 
@@ -114,13 +128,7 @@ def generate(rows: int, models: int, seed: int = 0):
     for start in range(0, rows, CHUNK):
         jobs, artifacts = [], []
         for i in range(start, min(rows, start + CHUNK)):
-            k = rng.randrange(models)
-            model = model_name(k)
-            c, fmt = rng.choice(recipes(k))
-            key = hashlib.sha256(f"{model}|{c}|{fmt}|{i}".encode()).hexdigest()
-            created = T0 + timedelta(seconds=rng.randrange(span))
-            sqnr = rng.uniform(20.0, 60.0)
-            cos = rng.uniform(0.95, 1.0) if CONFIGS[c].mode == "static" else None
+            model, c, fmt, key, created, sqnr, cos = draw(rng, i, models, span)
             jobs.append({
                 "id": i + 1, "batch_id": i // JOBS_PER_BATCH + 1, "name": f"job-{i}",
                 "model_source": model, "model_source_json": {"kind": "hf", "id": model},
@@ -250,6 +258,15 @@ def explain(catalog: Catalog, rows: int, models: int) -> dict:
     return out
 
 
+def scratch_catalog(backend: str, admin_url: str):
+    """``(url, drop)`` of a throwaway, empty catalog database on ``backend`` (sqlite: a file
+    in a temporary folder; postgresql: a new database through ``admin_url``)."""
+    if backend == "sqlite":
+        tmp = tempfile.TemporaryDirectory(prefix="mq_bench_")
+        return f"sqlite:///{Path(tmp.name) / 'catalog.db'}", tmp.cleanup
+    return _pg_database(admin_url)
+
+
 def _pg_database(admin_url: str):
     import psycopg
     from sqlalchemy.engine import make_url
@@ -284,12 +301,7 @@ def main() -> None:
 
     summary, plans = {}, {}
     for backend in args.backends.split(","):
-        tmp = None
-        if backend == "sqlite":
-            tmp = tempfile.TemporaryDirectory(prefix="mq_bench_")
-            url, drop = f"sqlite:///{Path(tmp.name) / 'catalog.db'}", tmp.cleanup
-        else:
-            url, drop = _pg_database(args.pg_admin_url)
+        url, drop = scratch_catalog(backend, args.pg_admin_url)
         try:
             upgrade(url)
             catalog = Catalog(url)

@@ -20,13 +20,11 @@ import hashlib
 import os
 import platform
 import statistics
-import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import redis
-from catalog_queries import _pg_database  # this folder: the same throwaway databases
+from catalog_queries import scratch_catalog  # this folder: the same throwaway databases
 from sqlalchemy import update
 
 from mono_quant.catalog import Catalog, Job, JobStatus, upgrade
@@ -89,12 +87,7 @@ def main() -> None:
     for backend in args.backends.split(","):
         client = redis.Redis.from_url(args.redis)
         client.flushdb()
-        tmp = None
-        if backend == "sqlite":
-            tmp = tempfile.TemporaryDirectory(prefix="mq_bench_")
-            url, drop = f"sqlite:///{Path(tmp.name) / 'catalog.db'}", tmp.cleanup
-        else:
-            url, drop = _pg_database(args.pg_admin_url)
+        url, drop = scratch_catalog(backend, args.pg_admin_url)
         try:
             upgrade(url)
             settings = Settings.from_env({"MONO_QUANT_CATALOG_URL": url,

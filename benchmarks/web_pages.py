@@ -25,7 +25,6 @@ import platform
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from datetime import timedelta
@@ -39,9 +38,9 @@ from sqlalchemy import select, text
 sys.path.insert(0, str(Path(__file__).parent))
 from catalog_queries import (  # the sibling benchmark's loader
     JOBS_PER_BATCH,
-    _pg_database,
     load,
     model_name,
+    scratch_catalog,
 )
 
 from mono_quant.catalog import Attempt, Catalog, Job, upgrade
@@ -152,11 +151,7 @@ def _load_average() -> str:
 
 def _run_backend(backend: str, args: argparse.Namespace, models: int) -> dict:
     """Fill a throwaway catalog on ``backend``, time every page over it, drop it."""
-    if backend == "sqlite":
-        tmp = tempfile.TemporaryDirectory(prefix="mq_bench_")
-        url, drop = f"sqlite:///{Path(tmp.name) / 'catalog.db'}", tmp.cleanup
-    else:
-        url, drop = _pg_database(args.pg_admin_url)
+    url, drop = scratch_catalog(backend, args.pg_admin_url)
     try:
         upgrade(url)
         catalog = Catalog(url)
