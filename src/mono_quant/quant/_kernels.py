@@ -32,7 +32,8 @@ import torch
 
 from mono_quant.quant import options
 
-__all__ = ["TINY", "fused_minmax_quantize", "qparams_from_minmax", "quantize_rows"]
+__all__ = ["TINY", "compiled_for", "fused_minmax_quantize", "qparams_from_minmax", "quantize_rows",
+           "round_float"]
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +172,24 @@ def qparams_from_minmax(
     return _qparams(lo.float(), hi.float(), symmetric)
 
 
+def round_float(x: torch.Tensor, scale, zp, qmin: float, qmax: float,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Eager ``_round`` up to the int8 cast, with in-place steps: the integral float32 values
+    ``clamp(round(x * (1 / scale)) + zp, qmin, qmax)``, written into ``out`` (a float32
+    tensor of ``x``'s shape, e.g. a reused scratch buffer) when given."""
+    t = torch.mul(x, 1.0 / scale, out=out) if out is not None else x * (1.0 / scale)
+    return t.round_().add_(zp).clamp_(qmin, qmax)
+
+
 def _round_into(out: torch.Tensor, x: torch.Tensor, scale, zp, qmin: float, qmax: float) -> None:
     """Eager ``_round`` with in-place steps: the same float32 operations, fewer temporaries."""
-    t = x * (1.0 / scale)
-    t.round_().add_(zp).clamp_(qmin, qmax)
-    out.copy_(t)  # integral floats in [-128, 127]: the float -> int8 cast is exact
+    # integral floats in [-128, 127]: the float -> int8 cast is exact
+    out.copy_(round_float(x, scale, zp, qmin, qmax))
+
+
+def compiled_for(rows: torch.Tensor, symmetric: bool) -> bool:
+    """Would :func:`fused_minmax_quantize` take the compiled kernel for ``rows``?"""
+    return rows.shape[0] > 1 and _use_compiled(rows, "sym" if symmetric else "asym")
 
 
 def quantize_rows(

@@ -17,8 +17,10 @@ from torch import nn
 
 __all__ = [
     "ErrorAccumulator",
+    "add_chunk_error",
     "check_int8_ranges",
     "cosine_similarity",
+    "error_chunk_rows",
     "first_tensor",
     "sqnr_db",
     "state_dict_bytes",
@@ -95,20 +97,31 @@ def weight_error(w: torch.Tensor, qt: Any) -> ErrorAccumulator:
 
     acc = ErrorAccumulator()
     per_tensor = qt.granularity.name == "per_tensor"
-    step = max(1, (_CHUNK // 4) // max(1, w[0].numel())) if w.ndim else 1
+    step = error_chunk_rows(w[0].numel()) if w.ndim else 1
     for r0 in range(0, w.shape[0] if w.ndim else 1, step):
         rows = slice(r0, r0 + step)
         part = QuantizedTensor(qt.data[rows], qt.scale if per_tensor else qt.scale[rows],
                                qt.zero_point if per_tensor else qt.zero_point[rows],
                                qt.scheme, qt.granularity)
-        r = w[rows].detach().reshape(-1).float()
-        a = dequantize(part).reshape(-1)
-        acc.signal += float(torch.dot(r, r))
-        acc.approx_sq += float(torch.dot(a, a))
-        acc.dot += float(torch.dot(r, a))
-        a.sub_(r)  # a - r: the error, squared by the dot below
-        acc.noise += float(torch.dot(a, a))
+        add_chunk_error(acc, w[rows].detach().reshape(-1).float(), dequantize(part).reshape(-1))
     return acc
+
+
+def error_chunk_rows(row_numel: int) -> int:
+    """Rows of ``row_numel`` values per chunk of :func:`weight_error` (about 256K values):
+    a caller that sums the same chunks gets the same sums, bit for bit."""
+    return max(1, (_CHUNK // 4) // max(1, row_numel))
+
+
+def add_chunk_error(acc: ErrorAccumulator, r: torch.Tensor, a: torch.Tensor) -> None:
+    """Add one chunk's sums to ``acc``: ``r`` the flat float32 reference, ``a`` its flat
+    float32 dequantized approximation, which is consumed (it becomes the error ``a - r``).
+    Float32 dot products over the chunk, accumulated in float64."""
+    acc.signal += float(torch.dot(r, r))
+    acc.approx_sq += float(torch.dot(a, a))
+    acc.dot += float(torch.dot(r, a))
+    a.sub_(r)  # a - r: the error, squared by the dot below
+    acc.noise += float(torch.dot(a, a))
 
 
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:

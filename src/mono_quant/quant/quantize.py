@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mono_quant.errors import BadConfigError, BadInputError, MonoQuantError
-from mono_quant.quant import options
+from mono_quant.quant import _measured, options
 from mono_quant.quant.accuracy import (
     check_data_needs,
     output_metrics,
@@ -306,7 +306,7 @@ def _quantize_layers(
         ):
             layer = qmodel.get_submodule(name)
             weight = float_weight(layer)  # [out, in]: Conv1D's is transposed
-            qw = quantize_weight(weight, config, f"{name}.weight")
+            qw, acc = _quantize_one(weight, config, name, name in hessians)
             if name in hessians:
                 tried += 1
                 result = gptq_quantize(
@@ -318,7 +318,7 @@ def _quantize_layers(
             problems = check_int8_ranges(name, qw.data, qw.scale, qw.zero_point, qmin, qmax)
             if problems:  # a bug of ours, never the user's input
                 raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
-            accs[name] = weight_error(weight, qw)
+            accs[name] = acc if acc is not None else weight_error(weight, qw)
             qlayer = quantized_like(layer, config, qw)
             if calibration is not None:
                 qlayer.set_input_qparams(*calibration.observers[name].compute_qparams())
@@ -329,6 +329,16 @@ def _quantize_layers(
             if on_progress is not None:
                 on_progress("quantizing", done, len(layers))
     return accs, float_layers, {"layers_gptq": tried - len(rtn_kept), "layers_rtn_better": rtn_kept}
+
+
+def _quantize_one(weight: torch.Tensor, config: QuantConfig, name: str,
+                  gptq: bool) -> tuple[QuantizedTensor, ErrorAccumulator | None]:
+    """The weight's round-to-nearest int8 form and, where one pass over the weight gives
+    both (:mod:`~mono_quant.quant._measured`), its error sums (None: GPTQ will replace the
+    rounding, or another observer or granularity: the caller measures afterwards)."""
+    if not gptq and _measured.applies(weight, config):
+        return _measured.quantize_measured(weight, config, f"{name}.weight")
+    return quantize_weight(weight, config, f"{name}.weight"), None
 
 
 def _warn_low(metrics: dict[str, Any], quantized: int) -> None:
