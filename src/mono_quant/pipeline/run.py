@@ -38,6 +38,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -132,7 +133,6 @@ def run_pipeline(
     same whoever runs the job.
     """
     from mono_quant.io._targets import check_outside_source, check_replaceable
-    from mono_quant.io.hashing import sha256_path, size_path
 
     stage = on_stage or _no_stage
     path = Path(destination)
@@ -140,6 +140,7 @@ def run_pipeline(
         check_outside_source(path, spec.model.target)
     check_replaceable(path, spec.format)
     reset_peaks(device)
+    hashed = None
     if spec.stream:
         info, digest = _streamed(spec, path, stage, progress)
     elif choose_pipeline(spec, device) == "sequential":
@@ -147,10 +148,19 @@ def run_pipeline(
         info, digest = _sequential(spec, path, stage, device, factories, work,
                                    activation_offload_bytes), None
     else:
-        info, digest = _in_memory(spec, path, stage, on_progress, device, progress, factories)
+        info, digest, hashed = _in_memory(spec, path, stage, on_progress, device, progress,
+                                          factories)
     add_peaks(info, device)  # after the write: the artifact's bytes do not depend on them
     stage(Stage.HASHING.value)
-    return PipelineResult(path, info, sha256_path(path), size_path(path), digest)
+    sha256, size = hashed if hashed is not None else _artifact_hash(path)
+    return PipelineResult(path, info, sha256, size, digest)
+
+
+def _artifact_hash(path: Path) -> tuple[str, int]:
+    """(sha256, size) of the artifact at ``path``."""
+    from mono_quant.io.hashing import sha256_path, size_path
+
+    return sha256_path(path), size_path(path)
 
 
 def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool):
@@ -196,27 +206,35 @@ def _in_memory(spec: JobSpec, path: Path, stage: OnStage, on_progress: OnProgres
     from mono_quant.pipeline.card import source_files
     from mono_quant.pipeline.served import served_check
 
-    model, batches, digest = _load(spec, stage, device, factories)
-    evaluation = _evaluation(spec, stage)
-    qmodel, info = _quantize(model, spec, batches, stage, on_progress, device, progress,
-                             evaluation)
-    stage(Stage.WRITING.value)
-    save_model(qmodel, path, info=info, format=spec.format,
-               extra_files=source_files(spec.model, qmodel, info, spec.format),
-               max_shard_size=spec.max_shard_size)
-    stage(Stage.RELOADING.value)
-    # the float model is not needed any more: the artifact may be rebuilt into it
-    served_check(path, spec.format, model, qmodel, info, batches[0] if batches else None)
-    return info, digest
+    with ThreadPoolExecutor(1, thread_name_prefix="mono-quant-hash") as background:
+        # hashlib and file reads release the GIL: the model digest is taken while the model
+        # is quantized, and the artifact is hashed while the served check runs
+        model, batches, digest = _load(spec, stage, device, factories, background)
+        evaluation = _evaluation(spec, stage)
+        qmodel, info = _quantize(model, spec, batches, stage, on_progress, device, progress,
+                                 evaluation)
+        digest = digest.result() if digest is not None else None  # before the model changes
+        stage(Stage.WRITING.value)
+        save_model(qmodel, path, info=info, format=spec.format,
+                   extra_files=source_files(spec.model, qmodel, info, spec.format),
+                   max_shard_size=spec.max_shard_size)
+        stage(Stage.RELOADING.value)
+        hashed = background.submit(_artifact_hash, path)  # the complete, renamed artifact
+        # the float model is not needed any more: the artifact may be rebuilt into it
+        served_check(path, spec.format, model, qmodel, info, batches[0] if batches else None)
+        return info, digest, hashed.result()
 
 
-def _load(spec: JobSpec, stage: OnStage, device: str, factories: FactoryAllowList | None):
+def _load(spec: JobSpec, stage: OnStage, device: str, factories: FactoryAllowList | None,
+          background: ThreadPoolExecutor):
+    """The model, the calibration batches and the future of the float model's digest (None:
+    over :data:`DIGEST_LIMIT_BYTES`), computed by ``background``."""
     from mono_quant.io.hashing import state_dict_digest
 
     stage(Stage.LOADING.value)
     model = spec.model.load(factories).to(device)
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    digest = state_dict_digest(model) if size <= DIGEST_LIMIT_BYTES else None
+    digest = background.submit(state_dict_digest, model) if size <= DIGEST_LIMIT_BYTES else None
     batches = None
     if spec.calibration is not None:
         stage(Stage.LOADING_CALIBRATION.value)
