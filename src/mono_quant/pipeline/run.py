@@ -16,7 +16,9 @@ so a spec gives the same artifact bytes whoever runs it. In order, each step ann
 3. ``writing`` the artifact (:func:`~mono_quant.io.formats.save_model`: temporary name,
    fsync, rename);
 4. ``reloading`` it and checking it reproduces the quantized model's outputs bit for bit;
-5. ``hashing`` it (sha256 and size, for the catalog).
+5. ``hashing`` it (sha256 and size, for the catalog). In memory, the complete artifact is
+   hashed in a background thread while step 4 runs, and the float model's digest while
+   step 2 runs (hashlib and file reads release the GIL); ``hashing`` then waits for it.
 
 ``on_stage`` may raise to stop the job between steps (the worker does when the job was
 cancelled). Errors are the library's: ``BadInputError`` / ``BadConfigError`` for the user's
