@@ -233,9 +233,10 @@ class Attempt(Base):
     job: Mapped[Job] = relationship(back_populates="attempt_rows")
 
 
-#: The artifact columns a listing can be sorted by, each with a ``(column, id)`` index.
+#: The artifact columns a listing can be sorted by that have a ``(column, id)`` index (the
+#: others: ``id``, the primary key; ``model_source``, served by its ``created_at`` index).
 ORDER_COLUMNS = (
-    "created_at", "model_source", "size_bytes", "weight_sqnr_db", "weight_sqnr_db_min",
+    "created_at", "size_bytes", "weight_sqnr_db", "weight_sqnr_db_min",
     "output_sqnr_db", "output_cosine", "compression_ratio", "perplexity_increase",
     "perplexity_quant",
 )
