@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, Select, func, or_, select
+from sqlalchemy import DateTime, Select, func, or_, select, union_all
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, selectinload, undefer
@@ -113,6 +113,9 @@ def _group_filters_only(q: ArtifactQuery) -> bool:
 
 def artifacts_statement(q: ArtifactQuery) -> Select[tuple[Artifact]]:
     """The SELECT that :func:`list_artifacts` runs (for EXPLAIN and for callers that page)."""
+    column = getattr(Artifact, q.order_by)
+    if column.nullable and q.limit is not None and not q.latest:
+        return _nulls_apart(q, column)
     if q.latest and _group_filters_only(q):
         # Every filter is constant within a (model, config, format) group, so "newest of the
         # filtered rows" is the group's flagged row: read through the partial index.
@@ -135,17 +138,81 @@ def artifacts_statement(q: ArtifactQuery) -> Select[tuple[Artifact]]:
         # No join needed: filter the artifacts table directly so the planner can use its
         # indexes for the WHERE and the ORDER BY together.
         stmt = _filtered(q).with_only_columns(Artifact)
-    column = getattr(Artifact, q.order_by)
-    direction = (lambda c: c.desc()) if q.descending else (lambda c: c.asc())
+    direction = _direction(q)
     # NULLS LAST only where NULLs can occur: on a NOT NULL column it would stop PostgreSQL
     # from reading an index backwards for "newest first".
-    key = direction(_NoIndexOrder(column) if q.latest and q.models else column)
+    key = direction(_NoIndexOrder(column) if _sort_filtered(q) else column)
     stmt = stmt.order_by(key.nulls_last() if column.nullable else key)
     if q.order_by != "id":
         stmt = stmt.order_by(direction(Artifact.id))
     if q.limit is not None:
         stmt = stmt.limit(q.limit)
     return stmt
+
+
+def _direction(q: ArtifactQuery) -> Callable[[Any], Any]:
+    return (lambda c: c.desc()) if q.descending else (lambda c: c.asc())
+
+
+#: Range filters and the column each one bounds (an index serves each).
+_RANGES = {"min_sqnr": "weight_sqnr_db", "min_cosine": "output_cosine",
+           "max_size": "size_bytes", "max_perplexity_increase": "perplexity_increase",
+           "since": "created_at"}
+
+
+def _sort_filtered(q: ArtifactQuery) -> bool:
+    """Whether SQLite should read the rows the filters select and sort them, rather than
+    walk the sort column's index and skip the rows the filters reject.
+
+    SQLite has no range or NULL statistics, so it guesses; on its own it walked a 50,000-row
+    index for the 40 rows of one model, or a 2-day range. So the choice is made here: a
+    filter an index serves and that may select few rows (models, digests, batches, a range
+    on another column) is read first; equality on a column of a few values (scheme, mode,
+    format, status, ...) keeps roughly one row in several, so the index walk stops early.
+    ``created_at`` keeps SQLite's own choice (a newest-first walk, measured good for the
+    filtered pages; see docs/performance.md). PostgreSQL plans from its statistics: this
+    only adds a ``+`` on SQLite (:class:`_NoIndexOrder`).
+    """
+    if q.latest:
+        return bool(q.models)  # a few rows per model through ix_artifacts_latest_flag
+    if q.order_by in ("created_at", "id"):
+        return False
+    ranged = any(getattr(q, name) is not None and column != q.order_by
+                 for name, column in _RANGES.items())
+    return bool(q.models or q.model_digests or q.batches or ranged)
+
+
+def _nulls_apart(q: ArtifactQuery, column: Any) -> Select[tuple[Artifact]]:
+    """A page sorted on a nullable column, NULLs last in either direction, in two steps
+    through the column's ``(column, id)`` index: the first ``limit`` non-NULL rows in index
+    order, then, only if they are fewer than ``limit``, the first NULL rows by id (the same
+    index, its NULL range). Neither step sorts; the outer ORDER BY sorts at most twice the
+    limit. (A plain ``ORDER BY column NULLS LAST`` cannot be read from one index in both
+    directions: the index has its NULLs first on SQLite and last on PostgreSQL. The database
+    read and sorted every row the filters select: 50,000 for a page of 100.)
+
+    Where :func:`_sort_filtered` says so, SQLite reads each step's rows through the filter's
+    own index and sorts them instead.
+    """
+    direction = _direction(q)
+    plain = _sort_filtered(q)
+    sort_key = _NoIndexOrder(column) if plain else column
+    present = (_filtered(q).where(sort_key.is_not(None))
+               .order_by(direction(sort_key), direction(Artifact.id)).limit(q.limit)
+               .cte("present"))
+    # the NULL rows fill what the non-NULL rows leave of the page: LIMIT 0 when they fill it,
+    # and then neither database reads any (a WHERE condition would not stop SQLite's scan)
+    rest = q.limit - select(func.count()).select_from(present).scalar_subquery()
+    missing = (_filtered(q).where(sort_key.is_(None))
+               .order_by(direction(_NoIndexOrder(Artifact.id) if plain else Artifact.id))
+               .limit(rest).subquery("missing"))
+    page = union_all(select(present.c.id), select(missing.c.id))
+    return (
+        select(Artifact).where(Artifact.id.in_(page))
+        # not read from the index: SQLite would walk it, probing each entry against the page
+        .order_by(direction(_NoIndexOrder(column)).nulls_last(), direction(Artifact.id))
+        .limit(q.limit)
+    )
 
 
 class _NoIndexOrder(ColumnElement[Any]):
