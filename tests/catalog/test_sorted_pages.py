@@ -237,15 +237,17 @@ def test_a_sorted_page_is_read_through_the_sort_columns_index(catalog):
 def test_sqlite_reads_a_selective_filter_first(catalog):
     """One model's (or one batch's) rows sorted by a metric: SQLite, without range
     statistics, is steered to read the filter's index and sort those few rows, not to walk
-    the metric's whole index skipping the other models' rows."""
+    the metric's whole index skipping the other models' rows. A range on another column is
+    probed: the statement holds both plans (the range's index, then a sort; the sort
+    column's index), and a bounded count of the range picks one."""
     if catalog.engine.dialect.name != "sqlite":
         pytest.skip("PostgreSQL chooses from its statistics")
     _fill(catalog, PLAN_ROWS)
     cases = {
         "ix_artifacts_model_source": ArtifactQuery(models=[MODELS[0]], order_by="output_cosine"),
-        "ix_artifacts_created_at": ArtifactQuery(since=T0 + timedelta(hours=11),
-                                                    order_by="size_bytes", descending=False),
         "ix_jobs_batch_id": ArtifactQuery(batches=[2], order_by="weight_sqnr_db"),
+        "ix_artifacts_created_at": ArtifactQuery(since=T0 + timedelta(hours=11),
+                                                 order_by="size_bytes", descending=False),
     }
     for index, q in cases.items():
         sql = str(artifacts_statement(q).compile(catalog.engine,
@@ -253,4 +255,23 @@ def test_sqlite_reads_a_selective_filter_first(catalog):
         with catalog.engine.connect() as conn:
             details = " | ".join(d for _, _, d in _sqlite_plan(conn, sql))
         assert re.search(rf"INDEX {index}", details), (index, details)
-        assert f"ix_artifacts_{q.order_by}_id" not in details, (index, details)
+        walks = f"ix_artifacts_{q.order_by}_id" in details
+        assert walks == (q.since is not None), (index, details)  # the probed one has both
+
+
+def test_the_range_probe_picks_the_plan_by_the_range_size(catalog, monkeypatch):
+    """The same order from either plan the probe picks (a range of a few rows read first, a
+    wide one walked), on both databases (PostgreSQL always walks, its planner choosing)."""
+    from mono_quant.catalog import queries
+
+    records = _fill(catalog, N)
+    with catalog.begin() as s:
+        for pages in (1, 10_000):  # every range "wide", then every range "narrow"
+            monkeypatch.setattr(queries, "PROBE_PAGES", pages)
+            for field in ("size_bytes", "output_cosine"):
+                for filters in ({"since": T0 + timedelta(hours=3)}, {"min_sqnr": 1.0}):
+                    for descending in (True, False):
+                        q = ArtifactQuery(order_by=field, descending=descending, limit=5,
+                                          **filters)
+                        got = [a.id for a in list_artifacts(s, q)]
+                        assert got == _reference(records, q), (pages, field, filters)
