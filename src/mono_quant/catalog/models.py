@@ -233,6 +233,15 @@ class Attempt(Base):
     job: Mapped[Job] = relationship(back_populates="attempt_rows")
 
 
+#: The artifact columns a listing can be sorted by that have a ``(column, id)`` index (the
+#: others: ``id``, the primary key; ``model_source``, served by its ``created_at`` index).
+ORDER_COLUMNS = (
+    "created_at", "size_bytes", "weight_sqnr_db", "weight_sqnr_db_min",
+    "output_sqnr_db", "output_cosine", "compression_ratio", "perplexity_increase",
+    "perplexity_quant",
+)
+
+
 class Artifact(Base):
     """A quantized model in storage, with its QuantizationInfo as typed columns."""
 
@@ -241,7 +250,9 @@ class Artifact(Base):
         Index(None, "model_source", "created_at"),  # all artifacts of a model, newest first
         Index(None, "model_digest"),
         Index(None, "scheme", "weight_sqnr_db"),
-        Index(None, "created_at"),
+        # one (column, id) index per sortable column (ORDER_FIELDS in catalog.filters; id is
+        # the primary key): a sorted page is read in order, ties by id (migration 0008)
+        *(Index(None, column, "id") for column in ORDER_COLUMNS),
     )
 
     id: Mapped[IntPK]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, Select, func, or_, select
+from sqlalchemy import Boolean, DateTime, Select, case, func, or_, select, union_all
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, selectinload, undefer
@@ -84,20 +84,23 @@ def _filtered(q: ArtifactQuery) -> Select[Any]:
             if names:
                 conds.append(Job.batch_id.in_(select(Batch.id).where(Batch.name.in_(names))))
             stmt = stmt.where(or_(*conds))
-    if q.min_sqnr is not None:
-        stmt = stmt.where(Artifact.weight_sqnr_db >= q.min_sqnr)
-    if q.min_cosine is not None:
-        stmt = stmt.where(Artifact.output_cosine >= q.min_cosine)
-    if q.max_size is not None:
-        stmt = stmt.where(Artifact.size_bytes <= q.max_size)
     if q.smoothquant is not None:
         column = Artifact.smoothquant_alpha
         stmt = stmt.where(column.is_not(None) if q.smoothquant else column.is_(None))
-    if q.max_perplexity_increase is not None:
-        stmt = stmt.where(Artifact.perplexity_increase <= q.max_perplexity_increase)
-    if q.since is not None:
-        stmt = stmt.where(Artifact.created_at >= q.since)
-    return stmt
+    return stmt.where(*_ranges(q).values())
+
+
+def _ranges(q: ArtifactQuery) -> dict[str, ColumnElement[bool]]:
+    """The range filters of ``q`` by the column each bounds (an index serves each)."""
+    bounds = {
+        "weight_sqnr_db": None if q.min_sqnr is None else Artifact.weight_sqnr_db >= q.min_sqnr,
+        "output_cosine": None if q.min_cosine is None else Artifact.output_cosine >= q.min_cosine,
+        "size_bytes": None if q.max_size is None else Artifact.size_bytes <= q.max_size,
+        "perplexity_increase": None if q.max_perplexity_increase is None
+        else Artifact.perplexity_increase <= q.max_perplexity_increase,
+        "created_at": None if q.since is None else Artifact.created_at >= q.since,
+    }
+    return {column: bound for column, bound in bounds.items() if bound is not None}
 
 
 #: Filters that can differ within a (model, config, format) group. Without them (models,
@@ -113,6 +116,12 @@ def _group_filters_only(q: ArtifactQuery) -> bool:
 
 def artifacts_statement(q: ArtifactQuery) -> Select[tuple[Artifact]]:
     """The SELECT that :func:`list_artifacts` runs (for EXPLAIN and for callers that page)."""
+    column = getattr(Artifact, q.order_by)
+    if _probed(q):
+        return _probed_page(q, column)
+    selective = q.models or q.model_digests or q.batches  # a few rows: sorted as they are
+    if column.nullable and q.limit is not None and not q.latest and not selective:
+        return _page(q, column, _page_ids(q, column, False, q.limit, "present"))
     if q.latest and _group_filters_only(q):
         # Every filter is constant within a (model, config, format) group, so "newest of the
         # filtered rows" is the group's flagged row: read through the partial index.
@@ -135,17 +144,132 @@ def artifacts_statement(q: ArtifactQuery) -> Select[tuple[Artifact]]:
         # No join needed: filter the artifacts table directly so the planner can use its
         # indexes for the WHERE and the ORDER BY together.
         stmt = _filtered(q).with_only_columns(Artifact)
-    column = getattr(Artifact, q.order_by)
-    direction = (lambda c: c.desc()) if q.descending else (lambda c: c.asc())
+    direction = _direction(q)
     # NULLS LAST only where NULLs can occur: on a NOT NULL column it would stop PostgreSQL
     # from reading an index backwards for "newest first".
-    key = direction(_NoIndexOrder(column) if q.latest and q.models else column)
+    key = direction(_NoIndexOrder(column) if _sort_filtered(q) else column)
     stmt = stmt.order_by(key.nulls_last() if column.nullable else key)
     if q.order_by != "id":
         stmt = stmt.order_by(direction(Artifact.id))
     if q.limit is not None:
         stmt = stmt.limit(q.limit)
     return stmt
+
+
+def _direction(q: ArtifactQuery) -> Callable[[Any], Any]:
+    return (lambda c: c.desc()) if q.descending else (lambda c: c.asc())
+
+
+def _sort_filtered(q: ArtifactQuery) -> bool:
+    """Whether SQLite should read the rows the filters select and sort them, rather than
+    walk the sort column's index and skip the rows the filters reject.
+
+    SQLite has no range or NULL statistics, so it guesses; on its own it walked a 50,000-row
+    index for the 40 rows of one model, or a 2-day range. So the choice is made here: a
+    filter an index serves and that selects few rows (models, digests, batches) is read
+    first; a range on another column is probed (:func:`_probed_page`); equality on a column
+    of a few values (scheme, mode, format, status, ...) keeps roughly one row in several, so
+    the index walk stops early. ``created_at`` keeps SQLite's own choice (a newest-first
+    walk, measured good for the filtered pages; see docs/performance.md). PostgreSQL plans
+    from its statistics: this only adds a ``+`` on SQLite (:class:`_NoIndexOrder`).
+    """
+    if q.latest:
+        return bool(q.models)  # a few rows per model through ix_artifacts_latest_flag
+    if q.order_by in ("created_at", "id"):
+        return False
+    return bool(q.models or q.model_digests or q.batches or _other_ranges(q))
+
+
+def _other_ranges(q: ArtifactQuery) -> list[ColumnElement[bool]]:
+    return [bound for column, bound in _ranges(q).items() if column != q.order_by]
+
+
+def _probed(q: ArtifactQuery) -> bool:
+    return (not q.latest and q.limit is not None and q.order_by not in ("created_at", "id")
+            and not (q.models or q.model_digests or q.batches) and bool(_other_ranges(q)))
+
+
+#: A range that selects fewer rows than this many pages is read first and sorted (SQLite).
+PROBE_PAGES = 30
+
+
+def _probed_page(q: ArtifactQuery, column: Any) -> Select[tuple[Artifact]]:
+    """A page filtered by a range on another column (``since``, ``min_sqnr``, ...) and
+    sorted: on SQLite both plans in one statement, and a probe picks one. The probe counts
+    the range's rows up to ``PROBE_PAGES`` pages (a bounded read of the range's index):
+    fewer, and the range's rows are read and sorted; more, and the sort column's index is
+    walked (it finds a page quickly when the range keeps many rows). The other plan gets
+    ``LIMIT 0`` and is not read. SQLite cannot choose itself (no range statistics: it
+    walked the index for a 1 % range, or sorted half the catalog for a wide one);
+    PostgreSQL's planner chooses from its statistics, so there the probe is ``1 = 0`` and
+    the walk variant is its plain statement.
+    """
+    assert q.limit is not None
+    cap = q.limit * PROBE_PAGES
+    in_range = select(Artifact.id).where(*_other_ranges(q)).limit(cap).subquery("probe")
+    few = _OnSQLite(select(func.count()).select_from(in_range).scalar_subquery() < cap)
+    sort_cap = case((few, q.limit), else_=0)
+    ids = (_page_ids(q, column, True, sort_cap, "sorted")
+           + _page_ids(q, column, False, q.limit - sort_cap, "walked"))
+    return _page(q, column, ids)
+
+
+def _page_ids(q: ArtifactQuery, column: Any, plain: bool, cap: Any, name: str) -> list[Any]:
+    """SELECTs of the ids of the first ``cap`` rows (``cap`` may be an expression) in the
+    page's order, without sorting where an index serves it; ``plain``: sort the filtered
+    rows on SQLite (:func:`_sort_filtered`).
+
+    On a nullable column, two steps through the column's ``(column, id)`` index: the first
+    ``cap`` non-NULL rows in index order, then, only if they are fewer than ``cap``, the
+    first NULL rows by id (the same index, its NULL range; ``LIMIT cap - count``, so
+    neither database reads any when the page is full: a WHERE condition would not stop
+    SQLite's scan). A plain ``ORDER BY column NULLS LAST`` cannot be read from one index in
+    both directions: the index has its NULLs first on SQLite and last on PostgreSQL, so the
+    database read and sorted every row the filters select (50,000 for a page of 100).
+    """
+    direction = _direction(q)
+    key = _NoIndexOrder(column) if plain else column
+    if not column.nullable:
+        page = _filtered(q).order_by(direction(key), direction(Artifact.id)).limit(cap)
+        return [select(page.subquery(name).c.id)]
+    present = (_filtered(q).where(key.is_not(None))
+               .order_by(direction(key), direction(Artifact.id)).limit(cap).cte(name))
+    rest = cap - select(func.count()).select_from(present).scalar_subquery()
+    missing = (_filtered(q).where(key.is_(None))
+               .order_by(direction(_NoIndexOrder(Artifact.id) if plain else Artifact.id))
+               .limit(rest).subquery(name + "_null"))
+    return [select(present.c.id), select(missing.c.id)]
+
+
+def _page(q: ArtifactQuery, column: Any, ids: list[Any]) -> Select[tuple[Artifact]]:
+    """The artifacts of ``ids`` (at most a few pages of ids) in the page's order."""
+    direction = _direction(q)
+    # not read from the index: SQLite would walk it, probing each entry against the ids
+    key = direction(_NoIndexOrder(column))
+    return (select(Artifact).where(Artifact.id.in_(union_all(*ids)))
+            .order_by(key.nulls_last() if column.nullable else key, direction(Artifact.id))
+            .limit(q.limit))
+
+
+class _OnSQLite(ColumnElement[bool]):
+    """A condition as written on SQLite, and false elsewhere (``1 = 0``)."""
+
+    inherit_cache = True
+    _traverse_internals: ClassVar[list[Any]] = [("condition", InternalTraversal.dp_clauseelement)]
+    type = Boolean()
+
+    def __init__(self, condition: Any) -> None:
+        self.condition = condition
+
+
+@compiles(_OnSQLite)
+def _false_elsewhere(element: _OnSQLite, compiler: Any, **kw: Any) -> str:
+    return "1 = 0"
+
+
+@compiles(_OnSQLite, "sqlite")
+def _condition_on_sqlite(element: _OnSQLite, compiler: Any, **kw: Any) -> str:
+    return compiler.process(element.condition, **kw)
 
 
 class _NoIndexOrder(ColumnElement[Any]):
