@@ -294,10 +294,9 @@ def _renamed(values: dict[str, Any]) -> dict[str, Any]:
 
 def _warn_renamed(manifest: Manifest, source: str) -> None:
     """One deprecation notice per old spelling used anywhere in the manifest."""
-    sections = [manifest.matrix, manifest.defaults.model_dump(exclude_none=True)]
-    sections += [j.model_dump(exclude_none=True) for j in manifest.jobs]
-    for old, new in RENAMED.items():
-        if any(old in section for section in sections):
+    for old, new in RENAMED.items():  # a field is dumped unless None: read it, no dump
+        if (old in manifest.matrix or getattr(manifest.defaults, old) is not None
+                or any(getattr(job, old) is not None for job in manifest.jobs)):
             warnings.warn(f"{source}: manifest key {old!r} is deprecated; write {new!r}",
                           FutureWarning, stacklevel=3)
 

@@ -184,10 +184,15 @@ class JobSpec:
         if model.scheme != self.model.scheme:
             return JobSpec(**{**{f: getattr(self, f) for f in _FIELD_NAMES},
                               "model": model, "weights_digest": weights_digest})
+        mine = self.__dict__
+        if weights_digest == self.weights_digest and "_framed" not in mine:
+            mine["_framed"] = _frame(self)  # the copies' texts around the model: the same
         new = object.__new__(JobSpec)
         fields = new.__dict__
-        fields.update(self.__dict__)
+        fields.update(mine)
         fields.pop("_json", None)  # the cached texts are the model's
+        if weights_digest != self.weights_digest:
+            fields.pop("_framed", None)
         fields["model"], fields["weights_digest"] = model, weights_digest
         return new
 
@@ -292,7 +297,7 @@ class JobSpec:
         is tested over random specs.
         """
         model = _part_texts(self.model)
-        key_head, key_tail, payload_tail = _frame(self)
+        key_head, key_tail, payload_tail = self.__dict__.get("_framed") or _frame(self)
         return (hashlib.sha256((key_head + model[0] + key_tail).encode()).hexdigest(),
                 f'{{"version": {self.VERSION}, "model": {model[1]}{payload_tail}', model[1])
 
