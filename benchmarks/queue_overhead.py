@@ -148,7 +148,9 @@ def workers_part(n: int, broker: str, tmp: Path, rounds: int = 7
     env = dict(os.environ, MONO_QUANT_BROKER_URL=broker, MONO_QUANT_COMPILE="never",
                MONO_QUANT_CATALOG_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
                MONO_QUANT_STORAGE_ROOT=str(tmp / "store"), PYTHONPATH=str(REPO))
-    os.environ.update(env)
+    for name, value in (("OMP_WAIT_POLICY", "PASSIVE"), ("THP_MEM_ALLOC_ENABLE", "1")):
+        env.setdefault(name, value)  # what the worker's console script sets: the loop alike
+    os.environ.update(env)  # before this process imports torch
     with psycopg.connect(ADMIN, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{db}"')
     try:
