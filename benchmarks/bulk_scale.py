@@ -14,6 +14,9 @@ measures in one fresh process (so ``ru_maxrss`` is the submit's peak):
 * the floor: a bare Redis ``LPUSH`` of N small payloads (pipelined, 5,000 per command) plus
   a bare driver insert of the same N job rows, prepared beforehand (PostgreSQL ``COPY``,
   SQLite ``executemany``; rolled back);
+* the same ratio in this process's CPU time (``cpu_submit`` / ``cpu_floor``): what a load
+  that stretches every wall time alike barely moves (Redis's own work is in neither: the
+  submit's ~930-byte messages cost it more than the floor's short payloads);
 * Redis memory per queued job (``used_memory`` before and after);
 * ``batch_status`` of the batch (median of 10) and a ``reconcile`` sweep over its N queued
   jobs (all on the broker: one paged scan, nothing to re-publish).
@@ -64,36 +67,38 @@ _COLUMNS = ("batch_id, name, model_source, model_source_json, spec, idempotency_
             "status, attempts, max_attempts, created_at")
 
 
-def floor_insert(catalog, rows: list[tuple]) -> float:
-    """Seconds for the bare driver insert of ``rows`` (rolled back)."""
+def floor_insert(catalog, rows: list[tuple]) -> tuple[float, float]:
+    """(wall, CPU) seconds of this process for the bare driver insert of ``rows`` (rolled
+    back)."""
     with catalog.engine.connect() as conn:
         raw = conn.connection.driver_connection
         if conn.dialect.name == "postgresql":
             with raw.cursor() as cur:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 with cur.copy(f"COPY jobs ({_COLUMNS}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
-                took = time.perf_counter() - t
+                took = time.perf_counter() - t, time.process_time() - c
         else:
             sqlite_rows = [(*r[:-1], r[-1].replace(tzinfo=None).isoformat(" ")) for r in rows]
             cur = raw.cursor()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             cur.executemany(f"INSERT INTO jobs ({_COLUMNS}) VALUES "
                             f"({', '.join('?' * 11)})", sqlite_rows)
-            took = time.perf_counter() - t
+            took = time.perf_counter() - t, time.process_time() - c
         raw.rollback()
     return took
 
 
-def floor_lpush(client: redis.Redis, n: int) -> float:
+def floor_lpush(client: redis.Redis, n: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of this process for a bare pipelined LPUSH of n short payloads."""
     payloads = [b"%d" % i for i in range(n)]
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     pipe = client.pipeline(transaction=False)
     for start in range(0, n, 5000):
         pipe.lpush("floor", *payloads[start:start + 5000])
     pipe.execute()
-    took = time.perf_counter() - t
+    took = time.perf_counter() - t, time.process_time() - c
     client.delete("floor")
     return took
 
@@ -119,9 +124,9 @@ def child_submit(url: str, n: int, broker: str) -> dict:
     client.flushdb()
     used = client.info("memory")["used_memory"]
     load_before = os.getloadavg()[0]
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     res = submit(manifest, catalog, app=app, settings=settings)
-    t_submit = time.perf_counter() - t
+    t_submit, c_submit = time.perf_counter() - t, time.process_time() - c
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queued = sum(client.llen(q) for q in set(res.queues))
     if queued != n or len(res.job_ids) != n:
@@ -140,11 +145,11 @@ def child_submit(url: str, n: int, broker: str) -> dict:
     if again:
         raise RuntimeError(f"reconcile re-published {len(again)} jobs that were on the broker")
     rows = _floor_rows(manifest, res.batch_id)
-    t_insert = floor_insert(catalog, rows)
-    t_lpush = floor_lpush(client, n)
+    (t_insert, c_insert), (t_lpush, c_lpush) = floor_insert(catalog, rows), floor_lpush(client, n)
     client.flushdb()
     catalog.dispose()
     return {"n": n, "submit": t_submit, "floor_insert": t_insert, "floor_lpush": t_lpush,
+            "cpu_submit": c_submit, "cpu_floor": c_insert + c_lpush,
             "peak_mb": peak_mb, "redis_bytes_per_job": per_job,
             "status_ms": statistics.median(status_ms), "reconcile": t_reconcile,
             "load": (load_before, os.getloadavg()[0])}

@@ -294,10 +294,9 @@ def _renamed(values: dict[str, Any]) -> dict[str, Any]:
 
 def _warn_renamed(manifest: Manifest, source: str) -> None:
     """One deprecation notice per old spelling used anywhere in the manifest."""
-    sections = [manifest.matrix, manifest.defaults.model_dump(exclude_none=True)]
-    sections += [j.model_dump(exclude_none=True) for j in manifest.jobs]
-    for old, new in RENAMED.items():
-        if any(old in section for section in sections):
+    for old, new in RENAMED.items():  # a field is dumped unless None: read it, no dump
+        if (old in manifest.matrix or getattr(manifest.defaults, old) is not None
+                or any(getattr(job, old) is not None for job in manifest.jobs)):
             warnings.warn(f"{source}: manifest key {old!r} is deprecated; write {new!r}",
                           FutureWarning, stacklevel=3)
 
@@ -393,12 +392,14 @@ class _Expander:
         m = self.manifest
         defaults = m.defaults.model_dump(exclude_none=True)
         keys = list(m.matrix)
-        plans = []  # per matrix combination: (its values, the name suffix); built once
+        plans = []  # one per matrix combination, built once
         for combo in list(itertools.product(*m.matrix.values())) or [()]:
             varied = dict(zip(keys, combo, strict=True))
-            plans.append(({**defaults, **varied}, ",".join(f"{k}={v}" for k, v in varied.items())))
+            plans.append(_Plan({**defaults, **varied},
+                               ",".join(f"{k}={v}" for k, v in varied.items())))
         for i, job in enumerate(m.jobs):
-            own = job.model_dump(exclude_none=True, exclude={"name", "model"})
+            own = ({} if job.model_fields_set <= _NAME_AND_MODEL else  # most jobs: no dump
+                   job.model_dump(exclude_none=True, exclude={"name", "model"}))
             clash = sorted(set(own) & set(keys))
             if clash:
                 self.errors.append(f"{self.source}: jobs[{i}].{clash[0]}: is a matrix key; "
@@ -414,26 +415,73 @@ class _Expander:
                 continue
             # rendered once per job, not once per matrix combination
             model_source = str(model)  # derived from the payload: never disagrees with it
-            for shared, suffix in plans:
-                values = {**shared, **own} if own else shared
-                where = f"jobs[{i}]" + (f" (matrix {suffix})" if suffix else "")
-                built = self.spec(model, values, where, digest, shared=not own)
-                if built is None:
-                    continue
-                scheduled = ScheduledJob(
-                    name=f"{job.name}[{suffix}]" if suffix else job.name, spec=built[0],
-                    model_source=model_source,  # derived from the payload
-                    queue=built[1].get("queue", "cpu"),
-                    max_attempts=values.get("max_attempts", self.default_attempts),
-                )
-                problems = check_job(scheduled)
-                self.errors.extend(f"{self.source}: {where}.{p}" for p in problems)
-                if not problems:
+            for plan in plans:
+                scheduled = (self._job(i, job.name, model, model_source, digest, plan, own)
+                             if own else self._shared_job(i, job.name, model, model_source,
+                                                          digest, plan))
+                if scheduled is not None:
                     yield scheduled
         if self.refused:
             raise BadConfigError("manifest refused:\n" + _problems(self.refused))
         if self.errors:
             raise BadInputError("invalid manifest:\n" + _problems(self.errors))
+
+    def _job(self, i: int, name: str, model: Any, model_source: str, digest: str | None,
+             plan: _Plan, own: dict[str, Any]) -> ScheduledJob | None:
+        """A job with values of its own in one matrix combination, or None (its problems
+        recorded)."""
+        values = {**plan.values, **own}
+        built = self.spec(model, values, plan.where(i), digest)
+        if built is None:
+            return None
+        return self._checked(i, plan, ScheduledJob(
+            name=name + plan.tail, spec=built[0], model_source=model_source,
+            queue=built[1].get("queue", "cpu"),
+            max_attempts=values.get("max_attempts", self.default_attempts)))
+
+    def _shared_job(self, i: int, name: str, model: Any, model_source: str,
+                    digest: str | None, plan: _Plan) -> ScheduledJob | None:
+        """A job without values of its own: its combination's spec for the first model of a
+        scheme, a copy with this model for the others (the checks depend on the scheme)."""
+        first = plan.first.get(model.scheme)
+        if first is None:
+            built = self.spec(model, plan.values, plan.where(i), digest, shared=True)
+            if built is None:
+                return None
+            spec, plan.queue = built[0], built[1].get("queue", "cpu")
+            plan.first[model.scheme] = spec
+        else:
+            spec = first.with_model(model, digest)
+        return self._checked(i, plan, ScheduledJob(
+            name=name + plan.tail, spec=spec, model_source=model_source, queue=plan.queue,
+            max_attempts=plan.values.get("max_attempts", self.default_attempts)))
+
+    def _checked(self, i: int, plan: _Plan, job: ScheduledJob) -> ScheduledJob | None:
+        """``job``, or None with what its catalog columns would refuse recorded."""
+        problems = check_job(job)
+        if problems:
+            where = plan.where(i)
+            self.errors.extend(f"{self.source}: {where}.{p}" for p in problems)
+            return None
+        return job
+
+
+#: A job whose only fields are these has no values of its own.
+_NAME_AND_MODEL = frozenset({"name", "model"})
+
+
+class _Plan:
+    """One matrix combination: its values, its name suffix, and (for jobs without values
+    of their own) the spec of its first model per scheme, which the others copy."""
+
+    def __init__(self, values: dict[str, Any], suffix: str) -> None:
+        self.values, self.suffix = values, suffix
+        self.tail = f"[{suffix}]" if suffix else ""
+        self.first: dict[str, JobSpec] = {}
+        self.queue = "cpu"
+
+    def where(self, i: int) -> str:
+        return f"jobs[{i}]" + (f" (matrix {self.suffix})" if self.suffix else "")
 
 
 def _validated(data: Any, source: str, max_jobs: int) -> Manifest:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from celery import Celery
@@ -103,13 +104,14 @@ class MessageTemplate:
         return cls(key, tuple(parts), (head, tail))
 
     @cached_property
-    def _format(self) -> str:
-        """``parts`` as one ``%``-format string with a named field per slot."""
+    def _format(self) -> tuple[str, Callable[[tuple[str, ...]], tuple[str, ...]]]:
+        """``parts`` as one ``%``-format string with a ``%s`` per slot, and what picks the
+        slots' values in their order from ``(task_id, tag, args, body)``."""
         parts = self.parts
         out = [parts[0].replace("%", "%%")]
         for i in range(1, len(parts), 2):
-            out += [f"%({parts[i]})s", parts[i + 1].replace("%", "%%")]
-        return "".join(out)
+            out += ["%s", parts[i + 1].replace("%", "%%")]
+        return "".join(out), itemgetter(*(_SLOTS.index(name) for name in parts[1::2]))
 
     def render(self, job_id: int, task_id: str | None = None, tag: str | None = None) -> str:
         """The message for ``job_id``, as ``send_task(…, (job_id,), task_id=task_id)`` builds it."""
@@ -118,16 +120,26 @@ class MessageTemplate:
     def render_many(self, job_ids: Sequence[int]) -> list[str]:
         """The messages of ``job_ids``, each with a fresh random task id and delivery tag."""
         uuids = random_uuid4s(2 * len(job_ids))
-        return [self._render(job_id, uuids[2 * i], uuids[2 * i + 1])
-                for i, job_id in enumerate(job_ids)]
+        text, pick = self._format
+        head, tail = self.body
+        b64 = base64.b64encode
+        out = []
+        for i, job_id in enumerate(job_ids):
+            job = str(int(job_id))
+            out.append(text % pick((uuids[2 * i], uuids[2 * i + 1], f"({job},)",
+                                    b64(head + job.encode() + tail).decode())))
+        return out
 
     def _render(self, job_id: int, task_id: str, tag: str) -> str:
         head, tail = self.body
         job = str(int(job_id))
-        return self._format % {
-            "task_id": task_id, "tag": tag, "args": f"({job},)",
-            "body": base64.b64encode(head + job.encode() + tail).decode(),
-        }
+        text, pick = self._format
+        return text % pick((task_id, tag, f"({job},)",
+                            base64.b64encode(head + job.encode() + tail).decode()))
+
+
+#: The slots of a template, in the order :meth:`MessageTemplate._format` picks them from.
+_SLOTS = ("task_id", "tag", "args", "body")
 
 
 #: The hex digit of a version-4 UUID's variant nibble (10xx) for each random hex digit.

@@ -80,3 +80,34 @@ def test_no_match_is_an_empty_list(seeded):
     catalog, _ = seeded
     with catalog.begin() as session:
         assert artifact_records(session, ArtifactQuery(batches=["early"])) == []
+
+
+KEYS = ["org/model@main/0fda.safetensors", "m/.hidden", "m/..x", ".a/b", "~u/x", "a%b/c#d?e",
+        "é/ü.pt", "a/./b", "./a", "a//b", "a/", "a b/c", "b/a:c", "x/\u3000y", "a\tb"]
+BAD_KEYS = ["a/../b", "..", ".", "/a", "a:b/c", "a\\b", "", " ", "a\x00b", "a/.."]
+
+
+@pytest.mark.parametrize("folder", ["plain", "ünï cödé @#%"])
+def test_listed_paths_and_uris_are_those_of_the_checked_key(tmp_path, folder):
+    """The listing's path maker (a fast path for keys already canonical, ASCII quoted by a
+    table) gives what the ORM record gives (``storage_key_path``) and what it computed
+    before (``normalize_storage_key`` + ``quote_from_bytes``), and refuses the same keys."""
+    import os
+    from urllib.parse import quote_from_bytes
+
+    from mono_quant.catalog.queries import _located, _path_maker
+    from mono_quant.errors import BadInputError
+    from mono_quant.io.store import normalize_storage_key
+
+    root = tmp_path / folder
+    root.mkdir()
+    make = _path_maker(root)
+    for key in KEYS:
+        path = f"{root}/{normalize_storage_key(key)}"
+        assert make(key) == (path, "file://" + quote_from_bytes(os.fsencode(path))), key
+        assert make(key) == _located(key, root), key
+    for key in BAD_KEYS:
+        with pytest.raises(BadInputError):
+            make(key)
+        with pytest.raises(BadInputError):
+            normalize_storage_key(key)

@@ -233,10 +233,14 @@ def test_jobs_of_one_combination_share_its_texts_and_keep_their_own_model(spec, 
     """A matrix combination's parts (config, calibration, scalars) are built into texts once
     and reused for every model of it: each job's texts still equal the reference, and the
     cache never hands one job another's model or digest."""
+    hf = spec.model.scheme == "hf"  # the same scheme: a streamed spec needs an hf: model
     jobs = [dataclasses.replace(spec, weights_digest=digest if i % 2 else None, model=(
-        parse_model_source(f"factory:mono_quant.demo_models:mlp?seed={s}")))
+        parse_model_source(f"hf:/models/m{s}" if hf else
+                           f"factory:mono_quant.demo_models:mlp?seed={s}")))
         for i, s in enumerate(seeds)]
-    for job in jobs + [dataclasses.replace(j) for j in jobs]:  # fresh objects: cache hits
+    copies = [spec.with_model(j.model, j.weights_digest) for j in jobs]  # what expansion does
+    assert copies == jobs
+    for job in jobs + [dataclasses.replace(j) for j in jobs] + copies:  # cache hits
         payload = job.to_payload()
         assert job.payload_json == json.dumps(payload)
         assert job.model_json == json.dumps(payload["model"])

@@ -65,29 +65,38 @@ def _processors(conn: Connection, table: Table, columns: Sequence[str]) -> list[
     return out
 
 
-def _binder(active: list[tuple[int, Callable]]) -> Callable[[Sequence[Any]], list[Any]]:
-    """Apply the processors to a row; a value that is the same object as in the row before
-    (a batch id, a status, a timestamp shared by every row) is processed once."""
-    last: dict[int, tuple[Any, Any]] = {}
-
-    def bound(row: Sequence[Any]) -> list[Any]:
-        values = list(row)
-        for i, p in active:
-            value = values[i]
-            seen = last.get(i)
-            if type(value) is JSONText:
-                values[i] = str.__str__(value)
-            elif seen is not None and seen[0] is value:
-                values[i] = seen[1]
-            else:
-                values[i] = p(value)
-                last[i] = (value, values[i])
-        return values
-
-    return bound
+def _column(values: Sequence[Any], process: Callable) -> Sequence[Any]:
+    """One column's values through its bind processor. A value that is the same object as
+    the one before it (a batch id, a status, a timestamp shared by every row) is processed
+    once; a :class:`JSONText` goes as its text."""
+    first = values[0]
+    if type(first) is not JSONText and all(v is first for v in values):
+        return [process(first)] * len(values)  # one value for the whole column
+    out, last, done = [], _UNSET, None
+    for value in values:
+        if type(value) is JSONText:
+            out.append(str.__str__(value))
+        else:
+            if value is not last:
+                last, done = value, process(value)
+            out.append(done)
+    return out
 
 
-def _copy(conn: Connection, table: Table, columns: Sequence[str],
+_UNSET = object()
+
+
+def _bound_rows(ids: Sequence[int], rows: Sequence[Sequence[Any]],
+                active: list[tuple[int, Callable]]) -> list[tuple[Any, ...]]:
+    """``(id, *row)`` tuples with each processed column's values bound, column by column
+    (a Python call per row and column cost more than the driver's own insert)."""
+    columns: list[Sequence[Any]] = [ids, *zip(*rows, strict=True)]
+    for i, process in active:
+        columns[i] = _column(columns[i], process)
+    return list(zip(*columns, strict=True))
+
+
+def _copy(conn: Connection, table: Table, columns: Sequence[str], ids: Sequence[int],
           rows: Sequence[Sequence[Any]]) -> None:
     # JSON goes as its text (COPY's text format parses it as jsonb); other columns through
     # their bind processors (UTC timestamps).
@@ -97,24 +106,20 @@ def _copy(conn: Connection, table: Table, columns: Sequence[str],
     active = [(i, p) for i, p in enumerate(procs) if p is not None]
     raw = conn.connection.driver_connection
     sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-    bound = _binder(active)
     with raw.cursor() as cur, cur.copy(sql) as copy:
-        for row in rows:
-            copy.write_row(bound(row))
+        for row in _bound_rows(ids, rows, active):
+            copy.write_row(row)
 
 
-def _executemany(conn: Connection, table: Table, columns: Sequence[str],
+def _executemany(conn: Connection, table: Table, columns: Sequence[str], ids: Sequence[int],
                  rows: Sequence[Sequence[Any]]) -> None:
     procs = _processors(conn, table, columns)
     active = [(i, p) for i, p in enumerate(procs) if p is not None]
     sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
            f"VALUES ({', '.join('?' * len(columns))})")
-
-    bound = _binder(active)
-
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.executemany(sql, map(bound, rows))
+        cursor.executemany(sql, _bound_rows(ids, rows, active))
     finally:
         cursor.close()
 
@@ -131,14 +136,14 @@ def insert_rows(session: Session, table: Table, columns: Sequence[str],
     conn = session.connection()
     ids = reserve_ids(conn, table, len(rows))
     full = ["id", *columns]
-    with_ids = [(i, *r) for i, r in zip(ids, rows, strict=True)]
     name = conn.dialect.name
     if name == "postgresql" and conn.dialect.driver == "psycopg":
-        _copy(conn, table, full, with_ids)
+        _copy(conn, table, full, ids, rows)
     elif name == "sqlite" and conn.dialect.driver == "pysqlite":
-        _executemany(conn, table, full, with_ids)
+        _executemany(conn, table, full, ids, rows)
     else:  # the Core path serialises JSON itself
-        plain = [[json.loads(v) if type(v) is JSONText else v for v in r] for r in with_ids]
+        plain = [[i, *(json.loads(v) if type(v) is JSONText else v for v in r)]
+                 for i, r in zip(ids, rows, strict=True)]
         conn.execute(insert(table), [dict(zip(full, r, strict=True)) for r in plain])
     return ids
 

@@ -13,12 +13,29 @@ Example:
 from __future__ import annotations
 
 import enum
+import json
 import os
+import re
 from collections.abc import Callable, Mapping
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy import Boolean, DateTime, Select, case, func, or_, select, union_all
+from sqlalchemy import (
+    ARRAY,
+    Boolean,
+    DateTime,
+    Integer,
+    Select,
+    any_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, selectinload, undefer
@@ -423,11 +440,25 @@ def _path_maker(storage_root: str | Path | None) -> Callable[[str], tuple[str, s
     if os.name != "posix":  # pragma: no cover - the service runs on POSIX systems
         return lambda key: (str(p := Path(base) / normalize_storage_key(key)), p.as_uri())
 
+    base_uri = "file://" + quote_from_bytes(os.fsencode(base + "/"))  # quoted byte by byte
+
     def make(key: str) -> tuple[str, str]:
-        path = f"{base}/{normalize_storage_key(key)}"
-        return path, "file://" + quote_from_bytes(os.fsencode(path))
+        if not _CANONICAL_KEY.fullmatch(key):  # else checked and canonical already
+            key = normalize_storage_key(key)
+        quoted = key.translate(_QUOTED) if key.isascii() else quote_from_bytes(os.fsencode(key))
+        return f"{base}/{key}", base_uri + quoted
 
     return make
+
+
+#: ``quote_from_bytes`` of one ASCII character: itself where safe ("/" and the always safe
+#: letters, digits and ``_.-~``), else ``%XX``; a ``str.translate`` table.
+_QUOTED = {c: chr(c) if re.fullmatch(r"[A-Za-z0-9_.~/-]", chr(c)) else f"%{c:02X}"
+           for c in range(128)}
+#: A storage key ``normalize_storage_key`` accepts and returns unchanged: relative parts
+#: without ``/``, ``\``, ``:``, NUL or spaces, none of them ``.`` or ``..`` (or empty).
+_KEY_PART = r"(?!\.\.?(?:/|$))[^/\\:\s\x00]+"
+_CANONICAL_KEY = re.compile(f"{_KEY_PART}(?:/{_KEY_PART})*")
 
 
 def records_statement(q: ArtifactQuery | None = None) -> Select[Any]:
@@ -443,16 +474,35 @@ def _converters(columns: Any) -> list[tuple[int, Any]]:
     return [(i, c) for i, c in enumerate(map(_converter, columns)) if c is not None]
 
 
-def _job_fields(session: Session, job_ids: set[int]) -> dict[int, dict[str, Any]]:
-    """The record fields of each job (batch id, status, name) by id: one statement."""
+def _job_fields(session: Session, job_ids: set[int]) -> dict[int, tuple[Any, ...]]:
+    """The record fields of each job (batch id, status, name, in :data:`_JOB_FIELDS`
+    order) by id: one statement, the ids as one parameter."""
     convert = _converters(_JOB_FIELDS.values())
-    jobs: dict[int, dict[str, Any]] = {}
-    stmt = select(Job.id, *_JOB_FIELDS.values()).where(Job.id.in_(sorted(job_ids)))
-    for job_id, *values in session.connection().execute(stmt):
+    jobs: dict[int, tuple[Any, ...]] = {}
+    stmt = select(Job.id, *_JOB_FIELDS.values()).where(_id_in(session, Job.id, job_ids))
+    for job_id, *values in session.connection().execute(stmt).all():
         for i, c in convert:
             values[i] = c(values[i])
-        jobs[job_id] = dict(zip(_JOB_FIELDS, values, strict=True))
+        jobs[job_id] = tuple(values)
     return jobs
+
+
+def _id_in(session: Session, column: Any, ids: set[int]) -> Any:
+    """``column IN ids`` with ONE bound parameter (an ``IN`` of hundreds of values is
+    expanded and bound one by one on every call): ``= ANY(:ids)`` / ``IN json_each(:ids)``."""
+    ordered = sorted(ids)
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam("ids", ordered, type_=ARRAY(Integer)))
+    listed = text("SELECT value FROM json_each(:ids)").bindparams(ids=json.dumps(ordered))
+    return column.in_(listed.columns(value=Integer))
+
+
+#: Where each record field comes from in ``(*columns, *job fields, path, uri)``: the stored
+#: columns in :data:`_COLUMN_FIELDS` order (``job_id`` and ``storage_key`` last), then the
+#: job's, then the located path and URI.
+_SOURCES = (*_COLUMN_FIELDS, "_job_id", "_storage_key", *_JOB_FIELDS, "path", "uri")
+_PICK = itemgetter(*(_SOURCES.index(name) for name in RECORD_FIELDS))
+_OBSERVER = RECORD_FIELDS.index("weight_observer")
 
 
 def artifact_records(
@@ -470,7 +520,8 @@ def artifact_records(
     (:func:`records_statement`) and then their jobs' three shown columns by id. The jobs are
     not joined into the first: where a filter selects many rows before the ORDER BY and LIMIT
     (a batch's 1,000 artifacts), the join would read all of their jobs rather than the 100
-    shown. Values are converted per column (timestamps, enums), decided once.
+    shown. Values are converted per column (timestamps, enums), decided once; each record
+    is picked from its row in one C call (:data:`_PICK`), not built field by field.
 
     ``locate`` maps a storage key to ``(path, uri)``; by default they are computed from the
     key under ``storage_root`` without touching the storage (:func:`_path_maker`).
@@ -482,19 +533,16 @@ def artifact_records(
     rows = session.connection().execute(records_statement(q)).all()
     if not rows:
         return []
-    convert = _converters(getattr(Artifact, name) for name in _COLUMN_FIELDS)
-    jobs = _job_fields(session, {row[-2] for row in rows})
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    for i, c in _converters(getattr(Artifact, name) for name in _COLUMN_FIELDS):
+        columns[i] = [c(v) for v in columns[i]]
+    jobs = _job_fields(session, set(columns[-2]))
     where = locate or _path_maker(storage_root)
+    fields = RECORD_FIELDS
     records = []
-    for row in rows:
-        values = list(row)
-        for i, c in convert:
-            values[i] = c(values[i])
-        *columns, job_id, key = values
-        path, uri = where(key)
-        merged = {**dict(zip(_COLUMN_FIELDS, columns, strict=True)), **jobs[job_id],
-                  "path": path, "uri": uri}
-        record = {name: merged[name] for name in RECORD_FIELDS}
+    for values in zip(*columns, strict=True):
+        record = dict(zip(fields, _PICK(values + jobs[values[-2]] + where(values[-1])),
+                          strict=True))
         record["observer"] = record["weight_observer"]
         records.append(record)
     return records

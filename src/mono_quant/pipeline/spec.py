@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -175,6 +176,26 @@ class JobSpec:
         if problems:
             raise BadConfigError("stream: true: " + "; ".join(problems))
 
+    def with_model(self, model: ModelSource, weights_digest: str | None = None) -> JobSpec:
+        """This spec with another model (and weights digest). ``__post_init__`` reads the
+        model only through its scheme, so for a model of the same scheme the checks already
+        passed and the copy skips them (a matrix builds thousands of specs that differ only
+        in the model); another scheme is checked as a new spec."""
+        if model.scheme != self.model.scheme:
+            return JobSpec(**{**{f: getattr(self, f) for f in _FIELD_NAMES},
+                              "model": model, "weights_digest": weights_digest})
+        mine = self.__dict__
+        if weights_digest == self.weights_digest and "_framed" not in mine:
+            mine["_framed"] = _frame(self)  # the copies' texts around the model: the same
+        new = object.__new__(JobSpec)
+        fields = new.__dict__
+        fields.update(mine)
+        fields.pop("_json", None)  # the cached texts are the model's
+        if weights_digest != self.weights_digest:
+            fields.pop("_framed", None)
+        fields["model"], fields["weights_digest"] = model, weights_digest
+        return new
+
     def _parts(self) -> dict[str, Any]:
         """The payload's fields in order; a source or config stands for its canonical JSON."""
         parts: dict[str, Any] = {
@@ -276,9 +297,13 @@ class JobSpec:
         is tested over random specs.
         """
         model = _part_texts(self.model)
-        key_head, key_tail, payload_tail = _frame(self)
+        key_head, key_tail, payload_tail = self.__dict__.get("_framed") or _frame(self)
         return (hashlib.sha256((key_head + model[0] + key_tail).encode()).hexdigest(),
                 f'{{"version": {self.VERSION}, "model": {model[1]}{payload_tail}', model[1])
+
+
+#: JobSpec's dataclass fields, in order.
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(JobSpec))
 
 
 def _frame(spec: JobSpec) -> tuple[str, str, str]:
