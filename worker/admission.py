@@ -53,7 +53,7 @@ Example:
     >>> summary = CheckpointSummary(float_bytes=4 << 30, int8_bytes=1 << 30,
     ...                             largest_block_bytes=200 << 20, hidden_size=4096,
     ...                             max_positions=4096)
-    >>> est = estimate_from_summary(summary, "in_memory", samples=None)
+    >>> est = estimate_from_summary(summary, "in_memory", None)
     >>> est.bytes == (4 << 30) + (1 << 30) + (4 << 30) // 10
     True
 """
