@@ -34,9 +34,16 @@ estimate is registered here, its strategy name is the JobSpec's ``pipeline`` val
   element of every 2-D+ float tensor) + activations (a tenth of the float model, at least
   :data:`MIN_ACTIVATION_BYTES`);
 * ``sequential`` ≈ twice the largest block (float and quantized, the GPTQ/SmoothQuant
-  statistics) + the activation cache (``samples × sequence × hidden × 4 B`` for a block's
-  inputs and outputs, ``sequence`` = ``max_position_embeddings`` capped at
-  :data:`MAX_SEQUENCE`);
+  statistics) + the activations it holds. A block's cached inputs are
+  ``samples × sequence × hidden × 4 B`` (``sequence`` = ``max_position_embeddings`` capped
+  at :data:`MAX_SEQUENCE`), and two caches live at once (the block's inputs and outputs).
+  The caches live in host memory and go to disk beyond ``MONO_QUANT_ACTIVATION_OFFLOAD_BYTES``
+  each (:mod:`mono_quant.pipeline.activations`), so:
+
+  - on the CPU, each counts ``min(cache, max(limit, one batch))`` (no limit: the cache);
+  - on a GPU, the device only ever holds one batch's inputs and outputs (``2 × batch ×
+    sequence × hidden × 4 B``, ``batch`` the calibration source's ``batch_size``): the
+    caches are host memory, which GPU admission does not compare with;
 * ``auto``: ``in_memory`` if that fits the device's total memory, else ``sequential``.
 
 Jobs whose model is a ``factory:`` callable have no checkpoint to read: they are admitted
@@ -46,7 +53,7 @@ Example:
     >>> summary = CheckpointSummary(float_bytes=4 << 30, int8_bytes=1 << 30,
     ...                             largest_block_bytes=200 << 20, hidden_size=4096,
     ...                             max_positions=4096)
-    >>> est = estimate_from_summary(summary, "in_memory", samples=None)
+    >>> est = estimate_from_summary(summary, "in_memory", None)
     >>> est.bytes == (4 << 30) + (1 << 30) + (4 << 30) // 10
     True
 """
@@ -62,10 +69,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from mono_quant.config import DEFAULT_ACTIVATION_OFFLOAD_BYTES
 from mono_quant.errors import BadInputError
 
 __all__ = [
     "CheckpointSummary",
+    "Context",
     "Decision",
     "DeviceMemory",
     "Estimate",
@@ -87,6 +96,8 @@ MIN_ACTIVATION_BYTES = 256 << 20
 MAX_SEQUENCE = 2048
 #: Calibration samples assumed when a spec does not say how many.
 DEFAULT_SAMPLES = 128
+#: Samples per calibration batch when the source does not say (the sources' default).
+DEFAULT_BATCH = 8
 #: A repeated block's prefix: ``model.layers.3.``, ``transformer.h.11.``, ``encoder.layer.0.``
 _BLOCK = re.compile(r"^(.*?\b(?:layers|layer|h|blocks|block)\.\d+)\.")
 _FLOAT = ("F64", "F32", "F16", "BF16")
@@ -173,12 +184,28 @@ class Estimate:
         return f"{gib(self.bytes)} ({self.strategy}: {parts})"
 
 
-#: strategy name -> parts of its estimate (summary, calibration samples or None).
-_STRATEGIES: dict[str, Callable[[CheckpointSummary, int | None], dict[str, int]]] = {}
+@dataclass(frozen=True)
+class Context:
+    """Where and how a job runs, beyond its checkpoint: what the estimate of its
+    activations depends on."""
+
+    #: Calibration samples (None: :data:`DEFAULT_SAMPLES`).
+    samples: int | None = None
+    #: Samples per calibration batch (None: :data:`DEFAULT_BATCH`).
+    batch: int | None = None
+    #: ``cpu`` or ``cuda:N``: the memory admission compares with.
+    device: str = "cpu"
+    #: A sequential job's activation cache beyond this goes to disk (None: never;
+    #: ``MONO_QUANT_ACTIVATION_OFFLOAD_BYTES``, 1 GiB by default).
+    offload_bytes: int | None = DEFAULT_ACTIVATION_OFFLOAD_BYTES
+
+
+#: strategy name -> parts of its estimate (summary, context).
+_STRATEGIES: dict[str, Callable[[CheckpointSummary, Context], dict[str, int]]] = {}
 
 
 def register_strategy(name: str):
-    """Register the estimate of a pipeline strategy (``fn(summary, samples) -> parts``)."""
+    """Register the estimate of a pipeline strategy (``fn(summary, context) -> parts``)."""
     def wrap(fn):
         _STRATEGIES[name] = fn
         return fn
@@ -186,40 +213,57 @@ def register_strategy(name: str):
 
 
 @register_strategy("in_memory")
-def _in_memory(s: CheckpointSummary, samples: int | None) -> dict[str, int]:
+def _in_memory(s: CheckpointSummary, _ctx: Context) -> dict[str, int]:
     return {"float model": s.float_bytes, "int8 copy": s.int8_bytes,
             "activations": max(MIN_ACTIVATION_BYTES, s.float_bytes // 10)}
 
 
 @register_strategy("sequential")
-def _sequential(s: CheckpointSummary, samples: int | None) -> dict[str, int]:
+def _sequential(s: CheckpointSummary, ctx: Context) -> dict[str, int]:
     seq = min(s.max_positions or MAX_SEQUENCE, MAX_SEQUENCE)
-    cache = (samples or DEFAULT_SAMPLES) * seq * (s.hidden_size or 0) * 4 * 2
-    return {"largest block x2": 2 * s.largest_block_bytes, "activation cache": cache}
+    sample = seq * (s.hidden_size or 0) * 4
+    samples = ctx.samples or DEFAULT_SAMPLES
+    cache = samples * sample
+    batch = min(ctx.batch or DEFAULT_BATCH, samples) * sample
+    parts = {"largest block x2": 2 * s.largest_block_bytes}
+    if ctx.device.startswith("cuda"):  # the caches are host memory; one batch goes over
+        parts["activations (one batch in and out)"] = 2 * batch
+    elif ctx.offload_bytes is not None and cache > max(ctx.offload_bytes, batch):
+        parts["activation cache (rest on disk)"] = 2 * max(ctx.offload_bytes, batch)
+    else:
+        parts["activation cache"] = 2 * cache
+    return parts
 
 
-def estimate_from_summary(summary: CheckpointSummary, strategy: str, samples: int | None,
+def estimate_from_summary(summary: CheckpointSummary, strategy: str,
+                          context: Context | int | None = None,
                           total: int | None = None) -> Estimate:
-    """The estimate for ``strategy``; ``auto`` picks in_memory when it fits ``total``."""
+    """The estimate for ``strategy``; ``auto`` picks in_memory when it fits ``total``.
+    ``context``: a :class:`Context`, or just the number of calibration samples."""
+    ctx = context if isinstance(context, Context) else Context(samples=context)
     if strategy == "auto":
-        fits = total is None or estimate_from_summary(summary, "in_memory", samples).bytes <= total
+        fits = total is None or estimate_from_summary(summary, "in_memory", ctx).bytes <= total
         strategy = "in_memory" if fits else "sequential"
     try:
-        parts = _STRATEGIES[strategy](summary, samples)
+        parts = _STRATEGIES[strategy](summary, ctx)
     except KeyError:
         raise BadInputError(f"admission: no estimate for pipeline strategy {strategy!r}; "
                             f"known: {', '.join(sorted(_STRATEGIES))}") from None
     return Estimate(strategy, parts)
 
 
-def estimate_memory(spec: Any, total: int | None = None) -> Estimate | None:
-    """The estimate for a JobSpec (None: a ``factory:`` model, or a streamed job, which
-    bounds its own memory). ``spec.pipeline`` names the strategy where the spec has one."""
+def estimate_memory(spec: Any, total: int | None = None, *, device: str = "cpu",
+                    offload_bytes: int | None = DEFAULT_ACTIVATION_OFFLOAD_BYTES,
+                    ) -> Estimate | None:
+    """The estimate for a JobSpec on ``device`` (None: a ``factory:`` model, or a streamed
+    job, which bounds its own memory). ``spec.pipeline`` names the strategy where the spec
+    has one; ``offload_bytes`` is the worker's activation offload limit."""
     if spec.model.scheme != "hf" or spec.stream:
         return None
     strategy = getattr(spec, "pipeline", "in_memory") or "in_memory"
-    return estimate_from_summary(summarize_checkpoint(spec.model.folder), strategy,
-                                 spec.samples, total)
+    batch = getattr(getattr(spec, "calibration", None), "batch_size", None)
+    ctx = Context(samples=spec.samples, batch=batch, device=device, offload_bytes=offload_bytes)
+    return estimate_from_summary(summarize_checkpoint(spec.model.folder), strategy, ctx, total)
 
 
 @dataclass(frozen=True)

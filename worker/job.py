@@ -319,7 +319,8 @@ def _admit(catalog: Catalog, job_id: int, s: Settings, device: str,
     try:
         spec = _peek_spec(catalog, job_id, s)
         memory = device_memory(device, pinned_gpu()) if spec is not None else None
-        estimate = estimate_memory(spec, memory.total) if memory is not None else None
+        estimate = None if memory is None else estimate_memory(
+            spec, memory.total, device=device, offload_bytes=s.activation_offload_bytes)
     except (MonoQuantError, OSError) as e:
         _event(logging.INFO, "admission_skipped", {"job": job_id, "node": worker},
                error=str(e))

@@ -60,7 +60,8 @@ def test_strategies_and_auto(llama):
     mem = adm.estimate_from_summary(s, "in_memory", None)
     assert mem.parts == {"float model": 40 << 30, "int8 copy": 10 << 30,
                          "activations": (40 << 30) // 10}
-    seq = adm.estimate_from_summary(s, "sequential", 64)
+    never_offloaded = adm.Context(samples=64, offload_bytes=None)
+    seq = adm.estimate_from_summary(s, "sequential", never_offloaded)
     assert seq.parts == {"largest block x2": 2 << 30,
                          "activation cache": 64 * 2048 * 8192 * 4 * 2}
     assert adm.estimate_from_summary(s, "auto", 64, total=80 << 30).strategy == "in_memory"
@@ -71,6 +72,62 @@ def test_strategies_and_auto(llama):
     assert adm.estimate_memory(spec).strategy == "in_memory"  # JobSpec has no `pipeline` yet
     assert adm.estimate_memory(JobSpec(parse_model_source(
         "factory:mono_quant.demo_models:mlp"))) is None
+
+
+def test_the_sequential_estimate_counts_only_the_activations_kept_in_memory():
+    """The caches go to disk beyond the offload limit (each of the two: a block's inputs
+    and its outputs), and on a GPU they never leave host memory: one batch goes over."""
+    s = adm.CheckpointSummary(float_bytes=40 << 30, int8_bytes=10 << 30,
+                              largest_block_bytes=1 << 30, hidden_size=8192,
+                              max_positions=131072)
+    sample = 2048 * 8192 * 4  # one sample's hidden states (64 MiB)
+
+    def cache(**ctx) -> dict[str, int]:
+        parts = adm.estimate_from_summary(s, "sequential", adm.Context(**ctx)).parts
+        assert parts.pop("largest block x2") == 2 << 30
+        return parts
+
+    # 64 samples: 4 GiB per cache, over the default 1 GiB limit: 1 GiB each stays
+    assert cache(samples=64) == {"activation cache (rest on disk)": 2 << 30}
+    assert cache(samples=64, offload_bytes=3 << 30) == {"activation cache (rest on disk)": 6 << 30}
+    # under the limit, or never offloaded: both caches whole
+    assert cache(samples=8, offload_bytes=1 << 30) == {"activation cache": 2 * 8 * sample}
+    assert cache(samples=64, offload_bytes=None) == {"activation cache": 2 * 64 * sample}
+    # 0 offloads everything: one batch in memory at a time (the source's batch size)
+    assert cache(samples=64, batch=4, offload_bytes=0) == {
+        "activation cache (rest on disk)": 2 * 4 * sample}
+    # a GPU holds one batch in and out, whatever the limit
+    for limit in (None, 0, 1 << 30):
+        assert cache(samples=64, batch=4, device="cuda:0", offload_bytes=limit) == {
+            "activations (one batch in and out)": 2 * 4 * sample}
+    # a plain sample count is a CPU context with the default limit (1 GiB)
+    assert adm.estimate_from_summary(s, "sequential", 64).bytes == (2 << 30) + (2 << 30)
+
+
+def test_a_sequential_job_reserves_what_its_offload_limit_keeps(settings, llama, monkeypatch):
+    """The worker's MONO_QUANT_ACTIVATION_OFFLOAD_BYTES reaches the estimate it reserves."""
+    import mono_quant.pipeline as pipeline
+
+    seen = []
+    real = pipeline.run_pipeline
+
+    def spy(*args, **kwargs):
+        seen.append(Ledger(s.data_dir / "admission", "cpu").reserved())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_pipeline", spy)
+    s = Settings.from_env({"MONO_QUANT_DATA_DIR": str(settings.data_dir),
+                           "MONO_QUANT_COMPILE": "never",
+                           "MONO_QUANT_ACTIVATION_OFFLOAD_BYTES": "0"})
+    job_id = _submit(s, f"hf:{llama}", pipeline="sequential")
+    assert run_job(job_id, "w@test", settings=s).status is OutcomeStatus.SUCCEEDED
+    summary = adm.summarize_checkpoint(llama)
+    sample = summary.max_positions * summary.hidden_size * 4
+    (held,) = seen
+    assert held[str(job_id)]["bytes"] == 2 * summary.largest_block_bytes + 2 * 8 * sample
+    whole = adm.estimate_memory(JobSpec(parse_model_source(f"hf:{llama}"),
+                                        pipeline="sequential"), offload_bytes=None)
+    assert held[str(job_id)]["bytes"] < whole.bytes
 
 
 def test_verdicts_carry_the_numbers():

@@ -68,7 +68,6 @@ class _Errors:
                  ranges: dict[str, tuple[torch.Tensor, torch.Tensor]], config: QuantConfig,
                  alpha: float) -> None:
         self.config, self.ranges = config, ranges
-        self.active = True  # whether the current batch is measured
         self.alphas = candidates(alpha)
         self.errors = {p: torch.zeros(len(self.alphas), dtype=torch.float64) for p in pairs}
         self.cols = {p: [scales(p, a).float() for a in self.alphas] for p in pairs}
@@ -86,8 +85,6 @@ class _Errors:
 
     def _hook(self, pair: Pair):
         def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
-            if not self.active:
-                return
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # (T, in)
             refs = [x @ w.float().t() for w in self.weights[pair]]
             for k, s in enumerate(self.cols[pair]):
@@ -130,8 +127,8 @@ def choose_strengths(
     try:
         with torch.inference_mode():
             for i, item in enumerate(data):
-                errors.active = not held_out or i % 2 == 1
-                run_batch(model, to_device(item, device), "calibration", i)
+                if not held_out or i % 2 == 1:  # a fitting batch measures nothing: not run
+                    run_batch(model, to_device(item, device), "calibration", i)
                 samples += batch_size(item)
                 if num_samples is not None and samples >= num_samples:
                     break
