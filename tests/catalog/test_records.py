@@ -79,3 +79,13 @@ def test_plain_row_records_hold_plain_strings_not_enum_members(seeded):
                                            for k in ("job_status", "format", "created_at"))
     by_id = {r["id"]: r for r in records}
     assert [str(r["job_status"]) for r in rows] == [by_id[r["id"]]["job_status"] for r in rows]
+
+
+def test_records_under_an_object_store_root_are_its_urls(seeded):
+    """Computed from the key alone: no request is made (no server runs here)."""
+    catalog, records = seeded
+    with catalog.begin() as session:
+        rows = artifact_records(session, ArtifactQuery(limit=None), storage_root="s3://bkt/root")
+    assert len(rows) == len(records)
+    assert [(r["path"], r["uri"]) for r in rows] == [
+        (f"s3://bkt/root/{r['storage_key']}",) * 2 for r in rows]
