@@ -15,7 +15,7 @@ model-level tests are left out: on a small machine they make a run take hours), 
 then runs, per mutated function, only the tests that call it.
 
 Not part of CI: a full run takes tens of minutes. Add each new numeric or state-machine
-module (SmoothQuant, GPTQ, resume, admission) to ``GROUPS``.
+module to ``GROUPS`` (SmoothQuant, GPTQ, the sequential resume and admission are there).
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ GROUPS: dict[str, Group] = {
     "header": Group(
         {IO + "_safetensors_header.py": ALL},
         ("tests/io/test_header_layout.py", "tests/io/test_header_read.py",
-         "tests/io/test_header_fields.py", "tests/io/test_corrupt.py"),
+         "tests/io/test_header_fields.py", "tests/io/test_corrupt.py",
+         "tests/io/test_header_store.py"),
     ),
     "atomic": Group({IO + "_atomic.py": ALL},
                     ("tests/io/test_durability.py", "tests/io/test_atomic_helpers.py")),
@@ -124,6 +125,27 @@ GROUPS: dict[str, Group] = {
         {"src/mono_quant/pipeline/spec.py": ("xǁJobSpecǁto_payload*", "x__idempotency_key*")},
         ("tests/pipeline/test_idempotency.py", "tests/scheduler/test_manifest.py"),
     ),
+    # the sequential pipeline's resume: the fingerprint, the stored state it writes after each
+    # block and what resume makes of it (the folder's other writers, assembling the artifact,
+    # are not the resume decision)
+    "resume": Group(
+        {"src/mono_quant/pipeline/progress.py": (
+            "x_fingerprint*", "x__hash_item*", "x__well_formed*", "xǁProgressǁresume*",
+            "xǁProgressǁ_pull*", "xǁProgressǁ_state*", "xǁProgressǁcommit_block*",
+            "xǁProgressǁ_remove_local*")},
+        ("tests/pipeline/test_progress_resume.py", "tests/pipeline/test_sequential_resume.py"),
+        # the three whole-model runs (minutes per mutant here); the Progress cases of the
+        # same file and test_progress_resume.py call the same functions directly
+        skip="(stopped_run_resumes or changed_calibration or run_stopped_on_one_node)",
+    ),
+    # admission: the memory estimate from the headers and the fit decision
+    "admission": Group(
+        {"src/mono_quant/worker/admission.py": ALL},
+        ("tests/worker/test_admission_estimates.py", "tests/worker/test_admission.py"),
+        # run_job through a catalog (seconds per case); the estimate and the verdicts they
+        # reach are the direct cases' (the requeue itself is worker/job.py's, not mutated)
+        skip="(job_that or admitted_job or admission_off)",
+    ),
 }
 
 #: Names for several groups at once (``tools/mutate.py quant``).
@@ -131,6 +153,8 @@ SETS = {
     "quant": ("primitives", "specs", "observers", "kernels", "metrics", "smoothquant", "gptq"),
     "io": ("header", "atomic", "formats"),
     "catalog": ("jobs", "queries"),
+    "pipeline": ("key", "resume"),
+    "worker": ("admission",),
 }
 
 #: Where setuptools' package-dir installs the top-level packages.
@@ -138,6 +162,9 @@ INSTALLED = {"worker": "src/mono_quant/worker", "scheduler": "src/mono_quant/sch
 
 #: mutmut's exit-code verdicts that count as detected.
 DETECTED = {"killed", "timeout", "segfault", "caught by type check"}
+#: mutmut's exit codes of a mutant a run did not finish: not reached yet, or stopped by
+#: Ctrl-C (pytest's 2). Such a mutant keeps the verdict an ``--again`` run kept for it.
+UNFINISHED = (None, 2)
 
 
 def _stage(name: str, group: Group) -> Path:
@@ -183,7 +210,13 @@ def _module(path: str) -> str:
 
 def run(name: str, children: int, again: bool = False) -> int:
     """Run one group; ``again``: only the mutants not detected by its last run, keeping the
-    verdicts of the others (after new tests: re-measures in minutes instead of hours)."""
+    verdicts of the others (after new tests: re-measures in minutes instead of hours).
+
+    The verdicts kept are saved in ``.mutate/<group>.verdicts.json`` before the run, outside
+    the staging folder it replaces, and every read (:func:`_exit_codes`) lays mutmut's
+    verdicts of this run over them as they come: a run stopped part-way (Ctrl-C, SIGTERM, a
+    killed machine) loses only the mutants it had not reached, which keep their last verdict.
+    """
     group = GROUPS[name]
     before = _exit_codes(name) if again else {}
     # a timeout is re-run too: mutmut also stops a child after a wall-clock bound
@@ -193,19 +226,66 @@ def run(name: str, children: int, again: bool = False) -> int:
     if again and not targets:
         print(f"== {name}: no surviving mutants to run again", flush=True)
         return 0
+    if again:
+        _check_unchanged(name, group)
+    _save_ledger(name, before)
     dest = _stage(name, group)
     env = {**os.environ, "MONO_QUANT_COMPILE": "never", "OMP_NUM_THREADS": "1",
            "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *targets]
     print(f"== {name}: mutmut run of {len(targets)} pattern(s)/mutant(s)", flush=True)
-    code = subprocess.run(cmd, cwd=dest, env=env).returncode
-    for path, codes in before.items():  # keep the earlier verdicts of the mutants not re-run
+    try:
+        return subprocess.run(cmd, cwd=dest, env=env).returncode
+    finally:  # also on Ctrl-C: mutmut's own tools (mutmut results) see every verdict
+        _write_back(name)
+
+
+def _ledger(name: str) -> Path:
+    """The verdicts an ``--again`` run keeps (outside ``.mutate/<group>/``, which a run
+    replaces)."""
+    return STAGE / f"{name}.verdicts.json"
+
+
+def _save_ledger(name: str, codes: dict[str, dict[str, int | None]]) -> None:
+    """Keep ``codes`` for the run that starts (none: a full run, which keeps nothing)."""
+    ledger = _ledger(name)
+    if not codes:
+        ledger.unlink(missing_ok=True)
+        return
+    STAGE.mkdir(exist_ok=True)
+    tmp = ledger.with_name(ledger.name + ".tmp")
+    tmp.write_text(json.dumps(codes))
+    os.replace(tmp, ledger)
+
+
+def _write_back(name: str) -> None:
+    """Put the merged verdicts (the kept ones and this run's) into mutmut's result files."""
+    for path, codes in _exit_codes(name).items():
         meta = _meta(name, path)
-        data = json.loads(meta.read_text())
-        now = data["exit_code_by_key"]
-        data["exit_code_by_key"] = {**codes, **{k: v for k, v in now.items() if k in targets}}
-        meta.write_text(json.dumps(data))
-    return code
+        if meta.exists():
+            data = json.loads(meta.read_text())
+            data["exit_code_by_key"] = codes
+            meta.write_text(json.dumps(data))
+
+
+def _source(path: str) -> Path:
+    """The working tree's file of a module named as installed (``src/mono_quant/worker/..``
+    is ``worker/..``)."""
+    for top, installed in INSTALLED.items():
+        if path.startswith(installed + "/"):
+            return ROOT / (top + path[len(installed):])
+    return ROOT / path
+
+
+def _check_unchanged(name: str, group: Group) -> None:
+    """``--again`` keeps verdicts by mutant name (a function and a number): they mean
+    nothing once the module changed since the run that gave them."""
+    for path in group.modules:
+        staged = STAGE / name / path
+        if staged.exists() and staged.read_bytes() != _source(path).read_bytes():
+            raise SystemExit(f"{_source(path).relative_to(ROOT)} changed since the last run "
+                             f"of group {name!r}: its verdicts name other mutants now; run "
+                             "the group again in full (without --again)")
 
 
 def _meta(name: str, path: str) -> Path:
@@ -213,11 +293,18 @@ def _meta(name: str, path: str) -> Path:
 
 
 def _exit_codes(name: str) -> dict[str, dict[str, int | None]]:
-    """module file -> {mutant name: mutmut exit code} of the group's last run."""
+    """module file -> {mutant name: mutmut exit code}: the verdicts an ``--again`` run kept,
+    with those of the group's last run over them (a mutant it has not reached yet keeps the
+    kept one)."""
+    kept = json.loads(_ledger(name).read_text()) if _ledger(name).exists() else {}
     out = {}
     for path in GROUPS[name].modules:
+        codes = dict(kept.get(path, {}))
         if _meta(name, path).exists():
-            out[path] = json.loads(_meta(name, path).read_text())["exit_code_by_key"]
+            now = json.loads(_meta(name, path).read_text())["exit_code_by_key"]
+            codes.update({k: v for k, v in now.items() if v not in UNFINISHED or k not in codes})
+        if codes:
+            out[path] = codes
     return out
 
 

@@ -227,3 +227,35 @@ def test_parse_since():
     assert parse_since("2024-05-01T12:00:00Z") == datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
     with pytest.raises(BadInputError, match="expected an ISO date"):
         parse_since("yesterday")
+
+
+def _newest_per_group(rows):
+    newest = {}
+    for r in rows:
+        group = (r["model_source"], r["config"], r["format"])
+        if group not in newest or (r["created_at"], r["id"]) > (newest[group]["created_at"],
+                                                                newest[group]["id"]):
+            newest[group] = r
+    return newest.values()
+
+
+def test_latest_with_every_row_filter_is_the_newest_row_that_passes(seeded):
+    """With row filters (here all eight), ``--latest`` is the newest row of each group among
+    the rows that pass, not the group's newest row if it passes: a threshold is chosen so
+    that some group's newest row fails it while an older one passes."""
+    catalog, records = seeded
+    every = {"model_digests": sorted({r["model_digest"] for r in records} - {None}),
+             "dtypes": ["int8"],
+             "batches": sorted({r["batch_id"] for r in records} - {None}),
+             "statuses": [s.value for s in JobStatus], "min_cosine": -1.0,
+             "max_size": 10**15, "since": seedmod.T0 - timedelta(days=1)}
+    for threshold in sorted({r["weight_sqnr_db"] for r in records}):
+        query = ArtifactQuery(latest=True, limit=None, min_sqnr=threshold, **every)
+        flagged = {r["id"] for r in _newest_per_group(records) if seedmod._matches(r, query)}
+        if flagged != set(seedmod.reference(records, query)):
+            break
+    else:
+        pytest.fail("the seed has no group whose newest row fails a threshold an older passes")
+    with catalog.begin() as session:
+        assert [a.id for a in list_artifacts(session, query)] == \
+            seedmod.reference(records, query)

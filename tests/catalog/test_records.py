@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from mono_quant.catalog import Catalog, artifact_record, get_artifact
+from mono_quant.catalog import (
+    ArtifactQuery,
+    Catalog,
+    artifact_record,
+    artifact_records,
+    get_artifact,
+)
 from mono_quant.catalog.queries import RECORD_FIELDS
 from tests.catalog import seed as seedmod
 
@@ -51,3 +57,35 @@ def test_record_with_info(seeded):
         rec = artifact_record(get_artifact(session, r["id"]), with_info=True)
     assert list(rec) == [*RECORD_FIELDS, "observer", "info"]
     assert rec["info"] == r["info"].to_dict()
+
+
+def test_get_artifact_loads_info_and_job_for_use_after_the_session(seeded):
+    catalog, records = seeded
+    with catalog.begin() as session:
+        artifact = get_artifact(session, records[2]["id"])
+    # the session is closed: what was not loaded by get_artifact cannot be loaded now
+    assert artifact.info == records[2]["info"].to_dict()
+    assert artifact.job.batch_id == records[2]["batch_id"]
+
+
+def test_plain_row_records_hold_plain_strings_not_enum_members(seeded):
+    """``str(JobStatus.SUCCEEDED)`` is ``'JobStatus.SUCCEEDED'``: a CSV or text output of a
+    record would show that if an enum member were left in it."""
+    catalog, records = seeded
+    with catalog.begin() as session:
+        rows = artifact_records(session, ArtifactQuery(limit=None),
+                                locate=lambda key: (key, key))
+    assert [r["id"] for r in rows] and all(type(r[k]) is str for r in rows
+                                           for k in ("job_status", "format", "created_at"))
+    by_id = {r["id"]: r for r in records}
+    assert [str(r["job_status"]) for r in rows] == [by_id[r["id"]]["job_status"] for r in rows]
+
+
+def test_records_under_an_object_store_root_are_its_urls(seeded):
+    """Computed from the key alone: no request is made (no server runs here)."""
+    catalog, records = seeded
+    with catalog.begin() as session:
+        rows = artifact_records(session, ArtifactQuery(limit=None), storage_root="s3://bkt/root")
+    assert len(rows) == len(records)
+    assert [(r["path"], r["uri"]) for r in rows] == [
+        (f"s3://bkt/root/{r['storage_key']}",) * 2 for r in rows]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import pytest
 
-from mono_quant import BadInputError
+from mono_quant import BadInputError, StorageError
 from mono_quant.io._safetensors_header import MAX_HEADER_SIZE, read_header
 
 
@@ -78,3 +80,54 @@ def test_a_folder_is_not_a_file(tmp_path):
     with pytest.raises(BadInputError) as err:
         read_header(tmp_path)
     assert str(err.value) == f"{tmp_path}: is a folder, expected a .safetensors file"
+
+
+def _raw(path, header_bytes: bytes, data: bytes = b""):
+    path.write_bytes(len(header_bytes).to_bytes(8, "little") + header_bytes + data)
+    return path
+
+
+def _message(path) -> str:
+    with pytest.raises(BadInputError) as err:
+        read_header(path)
+    return str(err.value)
+
+
+def test_a_missing_file_is_named(tmp_path):
+    path = tmp_path / "nope.safetensors"
+    assert _message(path) == f"{path}: no such file"
+
+
+def test_a_file_that_cannot_be_opened_is_a_storage_error(tmp_path):
+    """A path through a regular file: ``open`` fails with ENOTDIR, neither missing nor a
+    folder (permissions cannot make this case here: the tests run as root)."""
+    (tmp_path / "plain").write_bytes(b"")
+    path = tmp_path / "plain" / "x.safetensors"
+    with pytest.raises(StorageError) as err:
+        read_header(path)
+    assert str(err.value) == (f"{path}: cannot read: [Errno {errno.ENOTDIR}] "
+                              f"{os.strerror(errno.ENOTDIR)}: '{path}'")
+
+
+def test_a_header_that_is_not_utf8_names_the_byte(tmp_path):
+    path = _raw(tmp_path / "x.safetensors", b'{"ab\xff": 1}')  # byte 4 is not UTF-8
+    assert _message(path) == (
+        f"{path}: not a safetensors file (garbage header): not UTF-8 at header byte 4")
+
+
+def test_a_header_nested_too_deeply(tmp_path):
+    path = _raw(tmp_path / "x.safetensors", b"[" * 100_000 + b"]" * 100_000)
+    assert _message(path) == f"{path}: not a safetensors file (garbage header): nested too deeply"
+
+
+def test_a_header_that_is_not_an_object(tmp_path):
+    path = _raw(tmp_path / "x.safetensors", b"[1, 2]")
+    assert _message(path) == (
+        f"{path}: not a safetensors file (garbage header): the header is not an object")
+
+
+@pytest.mark.parametrize("metadata", [{"a": 1}, {"a": None}, ["a"], "a"])
+def test_metadata_must_map_strings_to_strings(tmp_path, metadata):
+    path = _write(tmp_path / "x.safetensors", {"__metadata__": metadata})
+    assert _message(path) == (
+        f"{path}: invalid safetensors header: '__metadata__' must map strings to strings")
