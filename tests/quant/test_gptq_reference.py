@@ -149,3 +149,65 @@ def test_a_batch_the_model_cannot_take_is_named():
         collect_hessians(model, [torch.zeros(2, 3), torch.zeros(2, 5)], ["0"])
     assert str(err.value).startswith(
         "calibration batch 1 (tensor [2, 5]) does not run through the model: RuntimeError:")
+
+
+def _layer(seed=11, n_in=48, x_scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(12, n_in, generator=g)
+    x = torch.randn(200, n_in, generator=g) * torch.linspace(0.2, 3.0, n_in) * x_scale
+    return w, x
+
+
+def test_the_defaults_are_damping_one_percent_in_natural_order():
+    """No options: damping 0.01 and columns in their own order (the input scales grow with the
+    column index, so ordering by H_jj would reverse them)."""
+    w, x = _layer()
+    rtn = quantize_weight_int8(w)
+    h = hessian(x)
+    s, z = _per_element(rtn, tuple(w.shape))
+    expected = _reference(w.numpy(), h.numpy(), s, z, -127, 127, 0.01, False)
+    result = gptq_quantize(w, h, rtn)
+    assert result.qweight.data.dtype == torch.int8 and result.used == "gptq"
+    assert np.array_equal(result.qweight.data.numpy(), expected)
+    # and the other choices really give other weights here
+    assert not np.array_equal(expected, _reference(w.numpy(), h.numpy(), s, z, -127, 127, 1.01,
+                                                   False))
+    assert not np.array_equal(expected, _reference(w.numpy(), h.numpy(), s, z, -127, 127, 0.01,
+                                                   True))
+
+
+def test_a_float32_hessian_is_taken_in_float64():
+    w, x = _layer(seed=4)
+    rtn = quantize_weight_int8(w)
+    h32 = hessian(x).float()
+    got = gptq_quantize(w, h32, rtn, damping=0.05)
+    want = gptq_quantize(w, h32.double(), rtn, damping=0.05)
+    assert torch.equal(got.qweight.data, want.qweight.data)
+    assert (got.error, got.rtn_error) == (want.error, want.rtn_error)
+
+
+def test_a_dead_input_counts_as_one_in_the_damping_mean():
+    """Inputs of ~1e-2 (H_jj ~ 1e-4) and one dead input: its H_jj = 1 is most of the mean of the
+    diagonal, so the damping (and the weight) depends on that value being exactly 1."""
+    w, x = _layer(seed=8, n_in=16, x_scale=0.01)
+    x[:, 2] = 0.0
+    rtn = quantize_weight_int8(w, "asymmetric")
+    h = hessian(x)
+    s, z = _per_element(rtn, tuple(w.shape))
+    got = gptq_quantize(w, h, rtn, damping=0.2).qweight.data.numpy()
+    assert np.array_equal(got, _reference(w.numpy(), h.numpy(), s, z, -128, 127, 0.2, False))
+    h2 = h.numpy().copy()
+    h2[2, 2] = 2.0  # what a dead H_jj of 2 would give instead
+    assert not np.array_equal(got, _reference(w.numpy(), h2, s, z, -128, 127, 0.2, False))
+
+
+def test_act_order_keeps_the_natural_order_among_equal_diagonals():
+    """Every H_jj equal: act_order's stable sort leaves the columns in their own order."""
+    w, x = _layer(seed=3, n_in=24)
+    h = hessian(x)
+    h += torch.diag(float(torch.diagonal(h).max()) + 1.0 - torch.diagonal(h))  # diag all equal
+    assert len(set(torch.diagonal(h).tolist())) == 1
+    rtn = quantize_weight_int8(w)
+    s, z = _per_element(rtn, tuple(w.shape))
+    got = gptq_quantize(w, h, rtn, act_order=True).qweight.data.numpy()
+    assert np.array_equal(got, _reference(w.numpy(), h.numpy(), s, z, -127, 127, 0.01, False))
