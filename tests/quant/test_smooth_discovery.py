@@ -1,0 +1,110 @@
+"""SmoothQuant on unregistered models: pairs found from the model's structure and verified on
+the model's output, whatever form that output takes; and the report's metrics written out."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from mono_quant.quant.smoothquant import SmoothReport, smooth_model
+
+
+class _Residual(nn.Module):
+    """``norm`` feeds ``lin`` only; ``post`` feeds ``head`` and the residual (not smoothable).
+    ``wrap`` shapes the output: a tensor, a dict, a tuple, or an object with ``logits``."""
+
+    def __init__(self, wrap: str) -> None:
+        super().__init__()
+        self.wrap = wrap
+        self.norm, self.lin = nn.LayerNorm(6), nn.Linear(6, 6)
+        self.post, self.head = nn.LayerNorm(6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = x + self.lin(self.norm(x))
+        p = self.post(h)
+        y = self.head(p) + p[..., :3]
+        if self.wrap == "dict":
+            return {"aux": 7, "hidden": y}
+        if self.wrap == "tuple":
+            return (None, y, torch.zeros(1))
+        if self.wrap == "logits":
+            return SimpleNamespace(logits=y, hidden=torch.zeros(1))
+        return y
+
+
+@pytest.mark.parametrize("wrap", ["tensor", "dict", "tuple", "logits"])
+def test_discovered_pairs_are_verified_on_the_models_output(wrap):
+    torch.manual_seed(0)
+    model = _Residual(wrap).eval()
+    with torch.no_grad():
+        model.norm.weight[2] = 40.0
+        model.post.weight[1] = 40.0
+    batches = [torch.randn(4, 6) for _ in range(2)]
+    report = smooth_model(model, batches, alpha=0.5, layers=["lin", "head"])
+    assert (report.source, report.mappings, report.unmapped) == (
+        "structure", [("norm", ("lin",))], ["head"])
+    assert float(model.post.weight[1].detach()) == 40.0  # the rejected pair left as it was
+    assert float(model.norm.weight[2].detach()) < 40.0
+
+
+def test_each_pair_is_verified_alone_when_all_together_change_the_output():
+    """The first try smooths every pair together; when that changes the output, each pair is
+    tried alone and kept only if it alone leaves the output unchanged."""
+    torch.manual_seed(1)
+    model = _Residual("tensor").eval()
+    batches = [torch.randn(4, 6)]
+    before = model(batches[0]).detach()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    report = smooth_model(model, batches, alpha=0.5, layers=["head"])
+    assert report.mappings == [] and report.unmapped == ["head"]
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert torch.equal(model(batches[0]).detach(), before)
+
+
+def test_no_data_finds_no_pairs():
+    model = _Residual("tensor")
+    report = smooth_model(model, [], alpha=0.5, layers=["lin", "head"])
+    assert (report.source, report.mappings, report.unmapped) == ("structure", [],
+                                                                 ["lin", "head"])
+
+
+def test_a_linear_read_by_two_sources_is_not_smoothed():
+    """``lin`` reads ``norm``'s output in one batch and the raw input in another: no pair."""
+
+    class Switch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm, self.lin = nn.LayerNorm(4), nn.Linear(4, 4)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.lin(self.norm(x) if self.calls % 2 else x)
+
+    report = smooth_model(Switch().eval(), [torch.randn(2, 4) for _ in range(2)], alpha=0.5,
+                          layers=["lin"])
+    assert report.mappings == [] and report.unmapped == ["lin"]
+
+
+def test_training_mode_is_restored():
+    model = _Residual("tensor").train()
+    smooth_model(model, [torch.randn(4, 6)], alpha=0.5, layers=["lin"])
+    assert model.training
+    model.eval()
+    smooth_model(model, [torch.randn(4, 6)], alpha=0.5, layers=["lin"])
+    assert not model.training
+
+
+def test_report_metrics_written_out():
+    report = SmoothReport(mappings=[("a", ("b", "c"))], source="structure", unmapped=["z"],
+                          strengths={"a": 0.5, "d": 0.0, "e": 0.0})
+    assert report.to_metrics(0.8) == {
+        "alpha": 0.8, "source": "structure", "smoothed": {"a": ["b", "c"]},
+        "strengths": {"a": 0.5, "d": 0.0, "e": 0.0}, "not_smoothed": ["d", "e"],
+        "unmapped_layers": ["z"]}
+    assert SmoothReport().to_metrics(0.5) == {
+        "alpha": 0.5, "source": "registry", "smoothed": {}, "strengths": {},
+        "not_smoothed": [], "unmapped_layers": []}
