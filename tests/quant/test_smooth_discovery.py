@@ -16,16 +16,16 @@ class _Residual(nn.Module):
     """``norm`` feeds ``lin`` only; ``post`` feeds ``head`` and the residual (not smoothable).
     ``wrap`` shapes the output: a tensor, a dict, a tuple, or an object with ``logits``."""
 
-    def __init__(self, wrap: str) -> None:
+    def __init__(self, wrap: str, out_scale: float = 1.0) -> None:
         super().__init__()
-        self.wrap = wrap
+        self.wrap, self.out_scale = wrap, out_scale
         self.norm, self.lin = nn.LayerNorm(6), nn.Linear(6, 6)
         self.post, self.head = nn.LayerNorm(6), nn.Linear(6, 3)
 
     def forward(self, x):
         h = x + self.lin(self.norm(x))
         p = self.post(h)
-        y = self.head(p) + p[..., :3]
+        y = (self.head(p) + p[..., :3]) * self.out_scale
         if self.wrap == "dict":
             return {"aux": 7, "hidden": y}
         if self.wrap == "tuple":
@@ -108,3 +108,37 @@ def test_report_metrics_written_out():
     assert SmoothReport().to_metrics(0.5) == {
         "alpha": 0.5, "source": "registry", "smoothed": {}, "strengths": {},
         "not_smoothed": [], "unmapped_layers": []}
+
+
+@pytest.mark.parametrize("out_scale", [1e-5, 1e3], ids=["small", "large"])
+def test_verification_is_relative_to_the_outputs_size(out_scale):
+    """Outputs of ~1e-5 or ~1e3: the identity pair is kept and the residual one rejected all
+    the same (the check compares the change with the output's own magnitude)."""
+    torch.manual_seed(0)
+    model = _Residual("tensor", out_scale).eval()
+    report = smooth_model(model, [torch.randn(4, 6) for _ in range(2)], alpha=0.5,
+                          layers=["lin", "head"])
+    assert report.mappings == [("norm", ("lin",))] and report.unmapped == ["head"]
+
+
+class Conv1D(nn.Module):
+    """transformers' GPT-2 ``Conv1D``: a linear whose weight is stored ``[in, out]``."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out))
+        self.bias = nn.Parameter(torch.randn(n_out))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+def test_a_discovered_conv1d_pair_is_verified_along_its_input_axis():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.LayerNorm(6), Conv1D(6, 4)).eval()
+    batches = [torch.randn(5, 6) for _ in range(2)]
+    before = [model(b).detach() for b in batches]
+    report = smooth_model(model, batches, alpha=0.5, layers=["1"])
+    assert (report.source, report.mappings) == ("structure", [("0", ("1",))])
+    for b, ref in zip(batches, before, strict=True):
+        assert float((model(b) - ref).abs().max() / ref.abs().max()) < 1e-5
