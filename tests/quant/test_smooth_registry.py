@@ -231,3 +231,51 @@ def test_a_registered_mapping_is_used_by_its_model_type():
     register_mapping("m17q-test-arch", [SmoothMapping("0", ("1",))])
     report = smooth_model(model, [torch.randn(5, 4)], alpha=0.5, layers=["1"])
     assert (report.source, report.mappings) == ("registry", [("0", ("1",))])
+
+
+class _GqaAttn(nn.Module):
+    """4 query heads of dim 2 over 2 key/value heads, repeated in place as transformers'
+    ``repeat_kv`` does: v_proj writes 4 channels, o_proj reads 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj = nn.Linear(8, 8), nn.Linear(8, 4)
+        self.v_proj, self.o_proj = nn.Linear(8, 4), nn.Linear(8, 8)
+
+    def forward(self, h):
+        b, t, _ = h.shape
+        q = self.q_proj(h).reshape(b, t, 4, 2).transpose(1, 2)  # [b, 4, t, 2]
+        k, v = (p(h).reshape(b, t, 2, 2).transpose(1, 2).repeat_interleave(2, dim=1)
+                for p in (self.k_proj, self.v_proj))
+        a = torch.softmax(q @ k.transpose(-1, -2) / 64, dim=-1) @ v
+        return self.o_proj(a.transpose(1, 2).reshape(b, t, 8))
+
+
+def test_grouped_query_v_to_o_is_smoothed_per_kv_channel():
+    """v_proj's 4 output channels feed o_proj's 8 input columns (query heads 0, 1 read kv head
+    0; 2, 3 read kv head 1): s per v channel is the paper's formula over the columns it feeds
+    (maxima over those columns), and the function is unchanged."""
+    model = _fake_llama(seed=6)
+    model.config = SimpleNamespace(model_type="llama", num_attention_heads=4,
+                                   num_key_value_heads=2)
+    for layer in model.model.layers:
+        layer.self_attn = _GqaAttn()
+    model.eval()
+    batches = [torch.randn(2, 6, 8) for _ in range(2)]
+    before = [model(b).detach() for b in batches]
+    v, o = "model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.o_proj"
+    x = _inputs(model, [o], batches)[o]  # [rows, 8]
+    old = {k: t.detach().double().numpy().copy() for k, t in model.state_dict().items()}
+    report = smooth_model(model, batches, alpha=0.5, layers=[o])
+    assert report.mappings == [(v, (o,))]
+    src = np.array([0, 1, 0, 1, 2, 3, 2, 3])  # the v channel each o column reads
+    a = np.array([np.abs(x[:, src == c]).max() for c in range(4)])
+    w = np.array([np.abs(old[f"{o}.weight"][:, src == c]).max() for c in range(4)])
+    s = a ** 0.5 / w ** 0.5
+    new = {k: t.detach().double().numpy() for k, t in model.state_dict().items()}
+    np.testing.assert_allclose(new[f"{v}.weight"], old[f"{v}.weight"] / s[:, None], rtol=1e-6)
+    np.testing.assert_allclose(new[f"{v}.bias"], old[f"{v}.bias"] / s, rtol=1e-6)
+    np.testing.assert_allclose(new[f"{o}.weight"], old[f"{o}.weight"] * s[src], rtol=1e-6)
+    with torch.no_grad():
+        for b, ref in zip(batches, before, strict=True):
+            assert float((model(b) - ref).abs().max() / ref.abs().max()) < 1e-5
