@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from mono_quant import QuantConfig
 from mono_quant.quant.smoothquant import SmoothReport, smooth_model
 
 
@@ -142,3 +143,19 @@ def test_a_discovered_conv1d_pair_is_verified_along_its_input_axis():
     assert (report.source, report.mappings) == ("structure", [("0", ("1",))])
     for b, ref in zip(batches, before, strict=True):
         assert float((model(b) - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_off_is_measured_unsmoothed():
+    """Weights with two column outliers (x10) and activations without any, static W8A8: the
+    pair measures best unsmoothed, so its weights stay as they were. (A regression pin of the
+    search's measured choice, not an independent value: "off" measured with the alpha = 0
+    scales 1 / max|W_j| instead of ones picks 0.65 here.)"""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 32)).eval()
+    with torch.no_grad():
+        model[1].weight[:, [7, 20]] *= 10.0
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    report = smooth_model(model, [torch.randn(8, 16, 64) for _ in range(4)], alpha=0.8,
+                          layers=["1"], config=QuantConfig(mode="static", smoothquant=0.8))
+    assert report.strengths == {"0": 0.0} and report.mappings == []
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())

@@ -11,10 +11,16 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from mono_quant.quant.smoothquant import SmoothMapping, register_mapping, smooth_model
+from mono_quant.quant.smoothquant import (
+    SmoothMapping,
+    register_mapping,
+    smooth_model,
+    smoothing_scales,
+)
 
 
 class _Attn(nn.Module):
@@ -279,3 +285,9 @@ def test_grouped_query_v_to_o_is_smoothed_per_kv_channel():
     with torch.no_grad():
         for b, ref in zip(batches, before, strict=True):
             assert float((model(b) - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_scales_need_one_input_axis_per_weight():
+    w = torch.ones(2, 3)
+    with pytest.raises(ValueError):
+        smoothing_scales(torch.ones(3), [w, w], [1], alpha=0.5)
