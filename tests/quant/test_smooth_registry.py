@@ -291,3 +291,10 @@ def test_scales_need_one_input_axis_per_weight():
     w = torch.ones(2, 3)
     with pytest.raises(ValueError):
         smoothing_scales(torch.ones(3), [w, w], [1], alpha=0.5)
+
+
+def test_a_zero_weight_column_keeps_scale_one_at_full_strength():
+    """alpha = 1: s = max|X| (max|W|^0 = 1), except where the weights are all zero: 1."""
+    w = torch.tensor([[2.0, 0.0, 1.0], [-3.0, 0.0, 0.5]])
+    s = smoothing_scales(torch.tensor([4.0, 2.0, 0.0]), [w], [1], alpha=1.0)
+    assert s.tolist() == [4.0, 1.0, 1.0]
