@@ -176,3 +176,40 @@ def test_the_search_fits_on_even_batches_and_measures_on_the_odd_ones(w_outlier)
     report = smooth_model(model, batches, alpha=0.8, layers=["1"],
                           config=QuantConfig(mode="static", smoothquant=0.8))
     assert report.strengths == {"0": 0.65}
+
+
+class _Gain(nn.Module):
+    """A per-channel gain with a 1-D weight: not a norm, so not a smoothing source."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(n) + 0.5)
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def test_only_norms_are_discovered_as_sources():
+    torch.manual_seed(0)
+    model = nn.Sequential(_Gain(6), nn.Linear(6, 3)).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    report = smooth_model(model, [torch.randn(4, 6)], alpha=0.5, layers=["1"])
+    assert (report.mappings, report.unmapped) == ([], ["1"])
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+class _KeywordLinear(nn.Module):
+    """Calls its linear with a keyword argument (its pre-hook sees no positional input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.lin = nn.LayerNorm(6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.lin(input=self.norm(x))
+
+
+def test_a_linear_called_with_keywords_is_left_unsmoothed():
+    report = smooth_model(_KeywordLinear().eval(), [torch.randn(4, 6)], alpha=0.5,
+                          layers=["lin"])
+    assert (report.source, report.mappings, report.unmapped) == ("structure", [], ["lin"])

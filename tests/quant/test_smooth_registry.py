@@ -298,3 +298,15 @@ def test_a_zero_weight_column_keeps_scale_one_at_full_strength():
     w = torch.tensor([[2.0, 0.0, 1.0], [-3.0, 0.0, 0.5]])
     s = smoothing_scales(torch.tensor([4.0, 2.0, 0.0]), [w], [1], alpha=1.0)
     assert s.tolist() == [4.0, 1.0, 1.0]
+
+
+class M17qNormLinear(nn.Sequential):
+    """A model without a config: the registry is looked up by its class name."""
+
+
+def test_a_model_without_config_is_looked_up_by_class_name():
+    torch.manual_seed(4)
+    model = M17qNormLinear(nn.LayerNorm(4), nn.Linear(4, 3))
+    register_mapping("M17qNormLinear", [SmoothMapping("0", ("1",))])
+    report = smooth_model(model, [torch.randn(5, 4)], alpha=0.5, layers=["1"])
+    assert (report.source, report.mappings) == ("registry", [("0", ("1",))])
