@@ -161,16 +161,18 @@ def test_off_is_measured_unsmoothed():
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("w_outlier", [1.0, 10.0], ids=["plain-weights", "weight-outliers"])
-def test_the_search_fits_on_even_batches_and_measures_on_the_odd_ones(w_outlier):
+@pytest.mark.parametrize(("w_outlier", "a_outlier"), [(1.0, 3.0), (10.0, 3.0), (1.0, 2.0)],
+                         ids=["plain-weights", "weight-outliers", "small-outliers"])
+def test_the_search_fits_on_even_batches_and_measures_on_the_odd_ones(w_outlier, a_outlier):
     """Four batches, the odd ones 4x wider: the strength is fitted on batches 0 and 2 and
-    measured on 1 and 3 (held out), which picks 0.65 in both cases; fitted on batch 0 alone
-    it picks 0.0 with the weight outliers, measured on every batch 0.8 without them. (A
-    regression pin of the measured choice, like the case above.)"""
+    measured on 1 and 3 (held out), which picks 0.65 in every case here; fitted on batch 0
+    alone it picks 0.0 with the weight outliers, fitted on batches 0 and 3 0.5 with the small
+    outliers, measured on every batch 0.8 with plain weights. (A regression pin of the
+    measured choice, like the case above.)"""
     torch.manual_seed(0)
     model = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 32)).eval()
     with torch.no_grad():
-        model[0].weight[[3, 40]] = 3.0
+        model[0].weight[[3, 40]] = a_outlier
         model[1].weight[:, [7, 20]] *= w_outlier
     batches = [torch.randn(8, 16, 64) * (1 + i % 2 * 3) for i in range(4)]
     report = smooth_model(model, batches, alpha=0.8, layers=["1"],
