@@ -215,3 +215,25 @@ def test_a_linear_called_with_keywords_is_left_unsmoothed():
     report = smooth_model(_KeywordLinear().eval(), [torch.randn(4, 6)], alpha=0.5,
                           layers=["lin"])
     assert (report.source, report.mappings, report.unmapped) == ("structure", [], ["lin"])
+
+
+def test_the_search_stops_at_num_samples_too():
+    """num_samples=24 with batches of 8: the fourth batch (odd, so a held-out one) is never
+    measured; a wild one there changes nothing, the result is that of the first three."""
+    def run(batches, **kw):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 32)).eval()
+        with torch.no_grad():
+            model[0].weight[[3, 40]] = 3.0
+        report = smooth_model(model, batches, alpha=0.8, layers=["1"],
+                              config=QuantConfig(mode="static", smoothquant=0.8), **kw)
+        return report.strengths, model.state_dict()
+
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(8, 16, 64, generator=g) for _ in range(3)]
+    wild = torch.randn(8, 16, 64, generator=g) * 1000
+    got, got_state = run([*batches, wild], num_samples=24)
+    want, want_state = run(batches)
+    assert got == want
+    assert all(torch.equal(v, want_state[k]) for k, v in got_state.items())
+    assert run([*batches, wild])[0] != want  # the wild batch would change the choice
