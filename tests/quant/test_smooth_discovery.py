@@ -237,3 +237,30 @@ def test_the_search_stops_at_num_samples_too():
     assert got == want
     assert all(torch.equal(v, want_state[k]) for k, v in got_state.items())
     assert run([*batches, wild])[0] != want  # the wild batch would change the choice
+
+
+def test_one_batch_is_both_fitted_and_measured():
+    """With a single batch nothing is held out: the search measures on that batch, where two
+    x60 outlier channels make smoothing pay."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 32)).eval()
+    with torch.no_grad():
+        model[0].weight[[3, 40]] = 60.0
+    report = smooth_model(model, [torch.randn(8, 16, 64)], alpha=0.8, layers=["1"],
+                          config=QuantConfig(mode="static", smoothquant=0.8))
+    assert report.strengths["0"] > 0 and report.mappings == [("0", ("1",))]
+
+
+def test_a_model_without_parameters_runs_on_the_cpu():
+    report = smooth_model(nn.Sequential(nn.ReLU()), [torch.randn(2, 3)], alpha=0.5, layers=[])
+    assert (report.mappings, report.unmapped) == ([], [])
+
+
+def test_a_batch_the_model_cannot_take_is_named():
+    from mono_quant import BadInputError
+
+    model = nn.Sequential(nn.LayerNorm(3), nn.Linear(3, 2))
+    with pytest.raises(BadInputError) as err:
+        smooth_model(model, [torch.zeros(2, 3), torch.zeros(2, 5)], alpha=0.5, layers=["1"])
+    assert str(err.value).startswith(
+        "calibration batch 1 (tensor [2, 5]) does not run through the model: RuntimeError:")
