@@ -310,3 +310,18 @@ def test_a_model_without_config_is_looked_up_by_class_name():
     register_mapping("M17qNormLinear", [SmoothMapping("0", ("1",))])
     report = smooth_model(model, [torch.randn(5, 4)], alpha=0.5, layers=["1"])
     assert (report.source, report.mappings) == ("registry", [("0", ("1",))])
+
+
+def test_channel_index_of_counts_that_do_not_line_up_is_none():
+    from mono_quant.quant.smoothquant import channel_index
+
+    bare = nn.Identity()  # no config at all
+    assert channel_index(bare, 4, 8) is None
+    bare.config = SimpleNamespace()  # a config without head counts
+    assert channel_index(bare, 4, 8) is None
+    bare.config = SimpleNamespace(num_attention_heads=4)  # kv heads default to the heads
+    assert channel_index(bare, 4, 8) is None
+    bare.config = SimpleNamespace(num_attention_heads=4, num_key_value_heads=3)  # 4 % 3 != 0
+    assert channel_index(bare, 6, 8) is None
+    bare.config = SimpleNamespace(num_attention_heads=2, num_key_value_heads=1, head_dim=4)
+    assert channel_index(bare, 4, 8).tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
