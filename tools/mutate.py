@@ -83,10 +83,13 @@ GROUPS: dict[str, Group] = {
     "metrics": Group({Q + "metrics.py": ALL}, ("tests/quant/test_metrics.py",)),
     "smoothquant": Group(
         {Q + "smoothquant.py": ALL},
-        ("tests/quant/test_smoothquant.py",),
+        ("tests/quant/test_smoothquant.py", "tests/quant/test_smooth_registry.py",
+         "tests/quant/test_smooth_discovery.py"),
         # the transformers-model cases (identity, the llama registry, unmapped layers) take
-        # a minute each here; the discovery and formula cases run the same code on small ones
-        skip="(identity or unmapped or llama)",
+        # a minute each here, the slow whole-model comparison (never_costs) more; the
+        # discovery and formula cases and the registry stand-ins of test_smooth_registry.py
+        # run the same code on small models
+        skip="(identity or unmapped or llama or never_costs)",
     ),
     "gptq": Group(
         {Q + "gptq.py": ALL},

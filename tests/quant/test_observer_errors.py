@@ -134,3 +134,20 @@ def test_quantize_with_qparams_checks_both_shapes_and_names_the_tensor():
     qt = quantize_with_qparams(x, torch.ones(4, 2), torch.zeros(4, 2, dtype=torch.int8),
                                granularity="per_group", group_size=4)
     assert qt.granularity == PerGroup(4)
+
+
+class _FailingRange(MinMaxObserver):
+    """A subclass whose range computation fails after the input was checked."""
+
+    def _batch_range(self, rows):
+        raise RuntimeError("range failed")
+
+
+def test_a_failed_first_update_leaves_no_data_observed():
+    obs = _FailingRange()
+    with pytest.raises(RuntimeError, match="range failed"):
+        obs.update(torch.ones(3))
+    with pytest.raises(BadInputError) as err:
+        obs.compute_qparams()
+    assert str(err.value) == (
+        "_FailingRange: no data observed; call update() (run calibration) first")

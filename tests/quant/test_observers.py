@@ -224,3 +224,12 @@ def test_unknown_observer_lists_the_allowed_ones():
         make_observer("histo")
     assert str(err.value) == (
         "observer 'histo' is unknown; expected one of minmax, moving_average, percentile, mse")
+
+
+def test_mse_tie_keeps_the_wider_range():
+    """A shrink of one float32 ulp (1.0 -> 1 - 2**-24) that gives the same float32 scale
+    (1/127 both ways: they differ by half an ulp of the scale) has exactly the same error: the
+    tie keeps the min-max range, 1.0 itself."""
+    obs = MSEObserver("symmetric", grid=1, max_shrink=2.0**-24)
+    obs.update(torch.tensor([-0.5, 0.25, 1.0]))
+    assert (float(obs.min_val), float(obs.max_val)) == (-0.5, 1.0)
