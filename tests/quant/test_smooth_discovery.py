@@ -11,6 +11,7 @@ from torch import nn
 
 from mono_quant import QuantConfig
 from mono_quant.quant.smoothquant import SmoothReport, smooth_model
+from tests.quant.test_smooth_registry import Conv1D  # GPT-2's [in, out] linear, one copy
 
 
 class _Residual(nn.Module):
@@ -120,18 +121,6 @@ def test_verification_is_relative_to_the_outputs_size(out_scale):
     report = smooth_model(model, [torch.randn(4, 6) for _ in range(2)], alpha=0.5,
                           layers=["lin", "head"])
     assert report.mappings == [("norm", ("lin",))] and report.unmapped == ["head"]
-
-
-class Conv1D(nn.Module):
-    """transformers' GPT-2 ``Conv1D``: a linear whose weight is stored ``[in, out]``."""
-
-    def __init__(self, n_in: int, n_out: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(n_in, n_out))
-        self.bias = nn.Parameter(torch.randn(n_out))
-
-    def forward(self, x):
-        return x @ self.weight + self.bias
 
 
 def test_a_discovered_conv1d_pair_is_verified_along_its_input_axis():
