@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
+
+# A shell that starts the suite in the background (`make test-slow &`, a CI step under
+# nohup) leaves SIGINT ignored, and every process a test starts inherits that: Python then
+# installs no KeyboardInterrupt handler, so the tests that press Ctrl-C on a runner
+# (tests/worker/test_local_faults.py, tests/tools/test_mutate.py) would find it ignored and
+# fail. A handled signal is reset to the default by exec, so the subprocesses get Ctrl-C back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = ["pytester"]  # tests/test_conftest.py runs the fixtures in a scratch session
 
