@@ -81,6 +81,9 @@ GROUPS: dict[str, Group] = {
         skip="(half_a_step or exactly_representable or idempotent)",
     ),
     "metrics": Group({Q + "metrics.py": ALL}, ("tests/quant/test_metrics.py",)),
+    # the one-pass rounding and error sums, checked bit for bit against quantize_weight +
+    # weight_error (the quantize_model case runs a small model through both paths)
+    "measured": Group({Q + "_measured.py": ALL}, ("tests/quant/test_measured.py",)),
     "smoothquant": Group(
         {Q + "smoothquant.py": ALL},
         ("tests/quant/test_smoothquant.py", "tests/quant/test_smooth_registry.py",
@@ -153,7 +156,8 @@ GROUPS: dict[str, Group] = {
 
 #: Names for several groups at once (``tools/mutate.py quant``).
 SETS = {
-    "quant": ("primitives", "specs", "observers", "kernels", "metrics", "smoothquant", "gptq"),
+    "quant": ("primitives", "specs", "observers", "kernels", "metrics", "measured",
+              "smoothquant", "gptq"),
     "io": ("header", "atomic", "formats"),
     "catalog": ("jobs", "queries"),
     "pipeline": ("key", "resume"),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mono_quant import BadInputError, QuantConfig, quantize_model
-from mono_quant.quant import _measured
+from mono_quant.quant import _kernels, _measured, options
 from mono_quant.quant import quantize as quantize_module
 from mono_quant.quant.metrics import ErrorAccumulator, weight_error
 from mono_quant.quant.primitives import dequantize
@@ -25,9 +25,10 @@ from mono_quant.quant.quantize import quantize_weight
 
 SUMS = ("signal", "noise", "approx_sq", "dot")
 
-# (shape, dtype): wide rows (one row is more than a chunk), narrow rows, conv, half types, and
-# a row count that is not a multiple of the chunk's rows
-CASES = [((300, 700), torch.float32), ((5, 1 << 19), torch.float32),
+# (shape, dtype): wide rows (one row is more than a chunk), narrow rows, conv, half types, a
+# row count that is not a multiple of the chunk's rows, and 4100 rows of 64 (one rounding step
+# of 16384 rows holding two of weight_error's chunks of 4096 rows)
+CASES = [((300, 700), torch.float32), ((5, 1 << 19), torch.float32), ((4100, 64), torch.float32),
          ((1031, 129), torch.float32), ((16, 3, 3, 3), torch.float32),
          ((513, 129), torch.bfloat16), ((64, 96), torch.float16), ((1, 10), torch.float32)]
 
@@ -98,3 +99,78 @@ def test_quantize_model_reads_each_weight_once_for_rounding_and_metrics(monkeypa
     for acc in expected.values():
         total.merge(acc)
     assert info.metrics["weight_sqnr_db"] == total.sqnr_db
+
+
+#: two float32 rows (tests/quant/test_kernels.py's PAST_THE_RANGE) whose asymmetric rounding
+#: steps one past the int8 range before the clamp: round(hi / scale) + zp = 128 in the first
+#: row, round(lo / scale) + zp = -129 in the second
+PAST_THE_RANGE = [[-1.2641713619232178, 0.38474780321121216],
+                  [-0.27819550037384033, 0.6614052653312683]]
+
+
+def test_rounding_past_the_int8_range_is_clamped_at_both_ends():
+    w = torch.tensor(PAST_THE_RANGE)
+    cfg = QuantConfig(scheme="asymmetric")
+    qw, acc = _measured.quantize_measured(w, cfg, "w")
+    assert qw.data.tolist() == [[-128, 127], [-128, 127]]  # not 128 or -129 wrapped around
+    assert acc == weight_error(w, quantize_weight(w, cfg, "w"))
+
+
+@pytest.fixture
+def float64_default():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def test_scales_and_sums_stay_float32_under_a_float64_default_dtype(float64_default):
+    # a caller's torch.set_default_dtype(float64) must not change the scale buffer, the
+    # scratch the rounding writes or the float32 dot products
+    w = torch.tensor([[0.5, -1.0, 0.25], [2.0, 0.0, -0.75]], dtype=torch.float32)
+    qw, acc = _measured.quantize_measured(w, QuantConfig(), "w")
+    assert qw.scale.dtype == torch.float32
+    # amax / 127 rounded to float32 (1 / 127 is 0.0078740157480..., its float32 ...7187)
+    assert qw.scale.reshape(-1).tolist() == [0.007874015718698502, 0.015748031437397003]
+    assert qw.data.tolist() == [[64, -127, 32], [127, 0, -48]]  # x * 63.5 or 127, half-even
+    assert acc.signal == 5.875  # 0.25 + 1 + 0.0625 + 4 + 0 + 0.5625
+    assert acc == weight_error(w, quantize_weight(w, QuantConfig(), "w"))
+
+
+@pytest.mark.parametrize(("shape", "dtype", "expected"), [
+    pytest.param((16,), torch.float32, False, id="1-D"),
+    pytest.param((0, 16), torch.float32, False, id="empty"),
+    pytest.param((4, 4), torch.int8, False, id="int8"),
+    pytest.param((1, 1), torch.float32, True, id="one-value"),
+    pytest.param((1, 64), torch.float32, True, id="one-row"),
+])
+def test_which_weights_the_one_pass_covers(shape, dtype, expected):
+    assert _measured.applies(torch.zeros(shape, dtype=dtype), QuantConfig()) is expected
+
+
+def test_a_single_row_takes_the_one_pass_even_when_every_tensor_compiles():
+    # the compiled kernel never takes a single row (fused_minmax_quantize's rows.shape[0] > 1),
+    # so the one-pass path does; two rows under "always" are the compiled kernel's
+    with options.compile_override("always"):
+        assert _measured.applies(torch.zeros(1, 64), QuantConfig())
+        assert not _measured.applies(torch.zeros(2, 64), QuantConfig())
+
+
+def test_the_kernel_already_built_is_asked_for_the_scheme_of_the_config(monkeypatch):
+    # under auto, only the symmetric kernel built in this process (a stand-in in its cache
+    # slot: building it takes seconds and a C++ compiler): a symmetric weight goes to it, an
+    # asymmetric one of the same size takes the one pass
+    monkeypatch.setattr(_kernels, "_compiled", {"sym": _kernels._fused_sym})
+    monkeypatch.setattr(_kernels, "_compile_failed", False)
+    monkeypatch.setenv("MONO_QUANT_COMPILE_MIN_NUMEL", "100")
+    w = torch.zeros(4, 32)
+    with options.compile_override("auto"), options.job_work(0):
+        assert not _measured.applies(w, QuantConfig(scheme="symmetric"))
+        assert _measured.applies(w, QuantConfig(scheme="asymmetric"))
+
+
+def test_a_non_float_weight_is_refused_with_its_name():
+    with pytest.raises(BadInputError, match=r"^layers\.0\.fc\.weight: expected a floating-point "
+                       r"tensor, got dtype torch\.int32$"):
+        _measured.quantize_measured(torch.ones(4, 4, dtype=torch.int32), QuantConfig(),
+                                    "layers.0.fc.weight")
