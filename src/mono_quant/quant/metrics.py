@@ -97,10 +97,13 @@ def weight_error(w: torch.Tensor, qt: Any) -> ErrorAccumulator:
 
     acc = ErrorAccumulator()
     per_tensor = qt.granularity.name == "per_tensor"
-    step = error_chunk_rows(w[0].numel()) if w.ndim else 1
-    for r0 in range(0, w.shape[0] if w.ndim else 1, step):
+    # a 0-D weight (quantized per tensor) is one row of one value: a 0-D tensor has no rows
+    # to slice
+    w, data = (w.reshape(1), qt.data.reshape(1)) if w.ndim == 0 else (w, qt.data)
+    step = error_chunk_rows(w[0].numel())
+    for r0 in range(0, w.shape[0], step):
         rows = slice(r0, r0 + step)
-        part = QuantizedTensor(qt.data[rows], qt.scale if per_tensor else qt.scale[rows],
+        part = QuantizedTensor(data[rows], qt.scale if per_tensor else qt.scale[rows],
                                qt.zero_point if per_tensor else qt.zero_point[rows],
                                qt.scheme, qt.granularity)
         add_chunk_error(acc, w[rows].detach().reshape(-1).float(), dequantize(part).reshape(-1))
