@@ -37,6 +37,8 @@ def test_row_chunks_cover_every_element_once(small_chunks):
                               ((1, 2), (0, 8)), ((1, 2), (8, 16)), ((1, 2), (16, 20))]
     assert _slices(3, 8) == [((0, 1), (0, 8)), ((1, 2), (0, 8)), ((2, 3), (0, 8))]
     assert _slices(2, 0) == [((0, 2), (0, 0))]
+    # one column: 8 // 1 = 8 rows per chunk
+    assert _slices(9, 1) == [((0, 8), (0, 1)), ((8, 9), (0, 1))]
 
 
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
@@ -283,3 +285,42 @@ def test_one_huge_row_past_the_range_is_clamped(small_chunks):
     q_ref, _, _ = reference.quantize_weight(rows.numpy(), False, "per_tensor")
     assert q_ref[0, :2].tolist() == [-128, 127]
     assert np.array_equal(q.numpy(), q_ref)
+
+
+@pytest.mark.parametrize(("mode", "shape", "built", "symmetric", "expected"), [
+    pytest.param("always", (2, 64), (), True, True, id="always-two-rows"),
+    pytest.param("always", (1, 64), (), True, False, id="always-one-row"),
+    pytest.param("always", (2, 1), (), False, True, id="always-one-column"),
+    pytest.param("never", (2, 64), ("sym", "asym"), True, False, id="never"),
+    pytest.param("auto", (4, 32), ("sym",), True, True, id="auto-sym-built"),
+    pytest.param("auto", (4, 32), ("sym",), False, False, id="auto-asym-not-built"),
+    pytest.param("auto", (4, 32), ("asym",), False, True, id="auto-asym-built"),
+    pytest.param("auto", (4, 32), ("asym",), True, False, id="auto-sym-not-built"),
+])
+def test_compiled_for_names_the_kernel_fused_minmax_quantize_takes(
+        fresh_compile_state, mode, shape, built, symmetric, expected):
+    # a kernel "built in this process" is a stand-in in its cache slot (building one takes
+    # seconds and a C++ compiler); under auto with no job work only a built one is used
+    for name in built:
+        _kernels._compiled[name] = _kernels._fused_sym if name == "sym" else _kernels._fused_asym
+    with options.compile_override(mode), options.job_work(0):
+        assert _kernels.compiled_for(torch.zeros(shape), symmetric) is expected
+
+
+@pytest.fixture
+def float64_default():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_scales_stay_float32_under_a_float64_default_dtype(float64_default, symmetric):
+    rows = torch.tensor([[-1.0, 0.5, 2.0], [4.0, 3.0, 1.0]], dtype=torch.float32)
+    q, scale, zp = _kernels.fused_minmax_quantize(rows, symmetric)
+    assert (q.dtype, scale.dtype, zp.dtype) == (torch.int8, torch.float32, torch.float32)
+    q_ref, s_ref, z_ref = reference.quantize_weight(rows.numpy(), symmetric, "per_channel")
+    assert np.array_equal(q.numpy(), q_ref)
+    assert np.array_equal(scale.numpy().reshape(-1), s_ref)
+    assert np.array_equal(zp.numpy().reshape(-1), z_ref)
