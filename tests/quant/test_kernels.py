@@ -324,3 +324,15 @@ def test_scales_stay_float32_under_a_float64_default_dtype(float64_default, symm
     assert np.array_equal(q.numpy(), q_ref)
     assert np.array_equal(scale.numpy().reshape(-1), s_ref)
     assert np.array_equal(zp.numpy().reshape(-1), z_ref)
+
+
+def test_round_float_writes_into_the_buffer_it_is_given():
+    # x / 0.5 = -2, 1, 4; + 1 = -1, 2, 5; clamped to [-2, 3]
+    x = torch.tensor([[-1.0, 0.5, 2.0]])
+    scale, zp = torch.tensor([[0.5]]), torch.tensor([[1.0]])
+    buf = torch.full((1, 3), 99.0)
+    got = _kernels.round_float(x, scale, zp, -2.0, 3.0, out=buf)
+    assert got is buf and buf.tolist() == [[-1.0, 2.0, 3.0]]
+    fresh = _kernels.round_float(x, scale, zp, -2.0, 3.0)  # no buffer: a new tensor
+    assert fresh.tolist() == [[-1.0, 2.0, 3.0]] and fresh.data_ptr() != x.data_ptr()
+    assert x.tolist() == [[-1.0, 0.5, 2.0]]
