@@ -55,6 +55,11 @@ CASES = {
     # one scale 0.5 for all: (2, 4, -6) * 0.5 = (1, 2, -3): signal 1+4+9+1, noise 0+0+0+1
     "per_tensor": (PerTensor(), [[2, 4], [-6, 0]], [0.5], [0],
                    [[1.0, 2.0], [-3.0, 1.0]], (15.0, 1.0, 14.0, 14.0)),
+    # one scale 0.5 and one zero point 2 for all (read again for every chunk of rows):
+    # (0, 2, -8, -2) * 0.5 = (0, 1, -4, -1): signal 0+1+16+0, noise 0+0+0+1, approx
+    # 0+1+16+1, dot 0+1+16+0
+    "per_tensor_asymmetric": (PerTensor(), [[2, 4], [-6, 0]], [0.5], [2],
+                              [[0.0, 1.0], [-4.0, 0.0]], (17.0, 1.0, 18.0, 17.0)),
     # groups of 2: (1, 1) * 2, (3, -1) * 1 and (0, 2) * 0.5, (4, 4) * 1: signal
     # 4+4+9+0 + 0+1+16+16, noise 0+0+0+1 + 0, approx 4+4+9+1 + 0+1+16+16, dot 4+4+9+0 + 0+1+16+16
     "per_group": (PerGroup(2), [[1, 1, 3, -1], [0, 2, 4, 4]], [[2.0, 1.0], [0.5, 1.0]],
@@ -69,7 +74,7 @@ def test_weight_error_sums_by_hand(case, chunk, monkeypatch):
     # chunk 8: error_chunk_rows gives max(1, 2 // row_numel) = 1 row per chunk here
     monkeypatch.setattr(metrics, "_CHUNK", chunk)
     gran, data, scale, zp, w, expected = CASES[case]
-    scheme = "asymmetric" if case == "asymmetric" else "symmetric"
+    scheme = "asymmetric" if "asymmetric" in case else "symmetric"
     qt = QuantizedTensor(T(data, dtype=torch.int8), T(scale), T(zp, dtype=torch.int8),
                          scheme, gran)
     weight = T(w)
