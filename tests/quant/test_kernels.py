@@ -297,10 +297,12 @@ def test_one_huge_row_past_the_range_is_clamped(small_chunks):
     pytest.param("auto", (4, 32), ("asym",), False, True, id="auto-asym-built"),
     pytest.param("auto", (4, 32), ("asym",), True, False, id="auto-sym-not-built"),
 ])
-def test_compiled_for_names_the_kernel_fused_minmax_quantize_takes(
+def test_which_kernel_fused_minmax_quantize_takes_as_the_one_pass_asks(
         fresh_compile_state, mode, shape, built, symmetric, expected):
-    # a kernel "built in this process" is a stand-in in its cache slot (building one takes
-    # seconds and a C++ compiler); under auto with no job work only a built one is used
+    # _kernels.compiled_for (no "compiled" in this test's name: mutation runs leave out
+    # -k compiled). A kernel "built in this process" is a stand-in in its cache slot
+    # (building one takes seconds and a C++ compiler); under auto with no job work only a
+    # built one is used
     for name in built:
         _kernels._compiled[name] = _kernels._fused_sym if name == "sym" else _kernels._fused_asym
     with options.compile_override(mode), options.job_work(0):
