@@ -174,3 +174,19 @@ def test_a_non_float_weight_is_refused_with_its_name():
                        r"tensor, got dtype torch\.int32$"):
         _measured.quantize_measured(torch.ones(4, 4, dtype=torch.int32), QuantConfig(),
                                     "layers.0.fc.weight")
+
+
+def test_one_pass_keeps_the_weight_on_its_device(device):
+    # on a GPU the int8, scale and scratch buffers must be CUDA tensors (the device mutants of
+    # quant/_measured.py, which only a GPU tells apart); the numbers are the CPU's (the
+    # float32 dot products may sum in another order there)
+    cfg = QuantConfig(scheme="asymmetric")
+    w = _weight((300, 700), torch.float32, "asymmetric").to(device)
+    assert _measured.applies(w, cfg)
+    qw, acc = _measured.quantize_measured(w, cfg, "w")
+    assert {t.device.type for t in (qw.data, qw.scale, qw.zero_point)} == {device}
+    cpu, cpu_acc = _measured.quantize_measured(w.cpu(), cfg, "w")
+    for field in ("data", "scale", "zero_point"):
+        assert torch.equal(getattr(qw, field).cpu(), getattr(cpu, field))
+    for name in SUMS:
+        assert getattr(acc, name) == pytest.approx(getattr(cpu_acc, name), rel=1e-5)
