@@ -73,14 +73,9 @@ def hash_cache(settings: Settings) -> ContentHashCache:
 
 def _rows(jobs: Iterable[ScheduledJob]) -> list[JobRow]:
     """The catalog rows of ``jobs``; their JSON columns as the specs' cached texts."""
-    return [
-        JobRow(
-            name=j.name, model_source=j.model_source,
-            model_source_json=JSONText(j.spec.model_json), spec=JSONText(j.spec.payload_json),
-            idempotency_key=j.idempotency_key, queue=j.queue, max_attempts=j.max_attempts,
-        )
-        for j in jobs
-    ]
+    return [JobRow(j.name, j.model_source, JSONText(j.spec.model_json),
+                   JSONText(j.spec.payload_json), j.spec.idempotency_key, j.queue,
+                   j.max_attempts) for j in jobs]
 
 
 _gc_lock = threading.Lock()

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ARRAY, String, any_, bindparam, or_, select, text
 from sqlalchemy.orm import Session
@@ -74,9 +73,9 @@ def id_filters(column: Any, ids: Iterable[int]) -> Iterator[Any]:
         yield column.in_(chunk)
 
 
-@dataclass(frozen=True)
-class JobRow:
-    """What ``create_batch`` needs to write one job."""
+class JobRow(NamedTuple):
+    """What ``create_batch`` needs to write one job (a tuple: a submit builds tens of
+    thousands, and :func:`add_jobs` splices them into the insert's rows as they are)."""
 
     name: str
     model_source: str
@@ -129,11 +128,9 @@ def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow], *,
     now = utcnow()
     status = (JobStatus.QUEUED if queued else JobStatus.PENDING).value
     queued_at = now if queued else None
-    values = [
-        (batch_id, r.name, r.model_source, r.model_source_json, r.spec, r.idempotency_key,
-         r.queue, status, 0, r.max_attempts, now, queued_at)
-        for r in rows
-    ]
+    # (name, model_source, model_source_json, spec, idempotency_key, queue) are JobRow's
+    # first six fields, in the columns' order
+    values = [(batch_id, *r[:6], status, 0, r[6], now, queued_at) for r in rows]
     return insert_rows(session, Job.__table__, _JOB_COLUMNS, values)
 
 
