@@ -24,6 +24,7 @@ from mono_quant.catalog import Artifact, Catalog, Job, JobStatus, job_status_cou
 from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.batches import (
     JobRow,
+    KeyList,
     add_jobs,
     create_batch,
     existing_artifacts,
@@ -209,7 +210,7 @@ def _screen(session: Any, chunk: list[ScheduledJob], seen: set[str], force: bool
         key = spec.idempotency_key
         (result.duplicates.append(spec.name) if key in seen else unique.append((key, spec)))
         seen.add(key)
-    keys = [key for key, _ in unique]
+    keys = KeyList(key for key, _ in unique)  # sorted and bound once for both lookups
     existing = {} if force else existing_artifacts(session, keys)
     live = jobs_in_flight(session, keys)
     result.skipped += [(sp.name, existing[key]) for key, sp in unique if key in existing]
