@@ -27,6 +27,13 @@ QUERIES = {
     "by size, first 10": ArtifactQuery(order_by="size_bytes", descending=False, limit=10),
     "scheme and sqnr": ArtifactQuery(schemes=["asymmetric"], min_sqnr=40.0),
     "one model, no limit": ArtifactQuery(models=[seedmod.MODELS[0]], limit=None),
+    # every selected row shown (what --latest for given models reads)
+    "latest of two models, no limit": ArtifactQuery(models=seedmod.MODELS[:2], latest=True,
+                                                    limit=None),
+    "latest with a row filter, no limit": ArtifactQuery(latest=True, min_sqnr=30.0,
+                                                        limit=None),
+    "batch and status, no limit": ArtifactQuery(batches=["weekly"], statuses=["succeeded"],
+                                                limit=None),
 }
 EARLY_JOBS = 5
 
