@@ -122,7 +122,7 @@ def test_key_lookups_share_one_key_list_across_chunks(catalog, monkeypatch):
     wanted = [f"{i:064x}" for i in (6, 3, 0, 6, 99, 5, 2)]  # a repeat, a final job, a stranger
     keys = batches.KeyList(wanted)
     assert keys.chunks == [[f"{i:064x}" for i in (0, 2, 3)], [f"{i:064x}" for i in (5, 6, 99)]]
-    with catalog.begin() as s, statements(catalog) as (sent, params):
+    with catalog.begin() as s, statements(catalog) as (sent, _):
         assert batches.existing_artifacts(s, keys) == {}
         live = batches.jobs_in_flight(s, keys)
     assert live == {f"{i:064x}": ids[i] for i in (0, 2, 5, 6)}
