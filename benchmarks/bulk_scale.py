@@ -11,9 +11,12 @@ already holds exactly ROWS artifacts of that data set (``queue_overhead.py --lat
 measures in one fresh process (so ``ru_maxrss`` is the submit's peak):
 
 * ``submit``: ``service.submit`` — parse, validate, expand, check keys, write, publish;
-* the floor: a bare Redis ``LPUSH`` of N small payloads (pipelined, 5,000 per command) plus
-  a bare driver insert of the same N job rows, prepared beforehand (PostgreSQL ``COPY``,
-  SQLite ``executemany``; rolled back);
+* the floor: a bare Redis ``LPUSH`` of the same N payloads (the submit's messages, read
+  back from the broker; pipelined, 5,000 per command) plus a bare driver insert of the same
+  N job rows, prepared beforehand (PostgreSQL ``COPY``, SQLite ``executemany``), in one
+  transaction, committed (and deleted afterwards, untimed). Until session 6 the floor
+  rolled its insert back and pushed N short numbers: that floor is still reported
+  (``floor_lpush_short``, ``cpu_floor_session5``), so ratios stay comparable;
 * the same ratio in this process's CPU time (``cpu_submit`` / ``cpu_floor``): what a load
   that stretches every wall time alike barely moves (Redis's own work is in neither: the
   submit's ~930-byte messages cost it more than the floor's short payloads);
@@ -24,6 +27,7 @@ measures in one fresh process (so ``ru_maxrss`` is the submit's peak):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -67,11 +71,14 @@ _COLUMNS = ("batch_id, name, model_source, model_source_json, spec, idempotency_
             "status, attempts, max_attempts, created_at")
 
 
-def floor_insert(catalog, rows: list[tuple]) -> tuple[float, float]:
-    """(wall, CPU) seconds of this process for the bare driver insert of ``rows`` (rolled
-    back)."""
+def floor_insert(catalog, rows: list[tuple]) -> tuple[float, float, float, float]:
+    """(wall, CPU) seconds of this process for the bare driver insert of ``rows`` in one
+    transaction, then (wall, CPU) of its commit (the submit commits its rows too: on SQLite
+    the commit is where WAL pages are written); the rows are deleted afterwards, untimed."""
     with catalog.engine.connect() as conn:
         raw = conn.connection.driver_connection
+        top = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM jobs").scalar()
+        raw.rollback()  # the driver's own transaction from here on
         if conn.dialect.name == "postgresql":
             with raw.cursor() as cur:
                 t, c = time.perf_counter(), time.process_time()
@@ -86,13 +93,20 @@ def floor_insert(catalog, rows: list[tuple]) -> tuple[float, float]:
             cur.executemany(f"INSERT INTO jobs ({_COLUMNS}) VALUES "
                             f"({', '.join('?' * 11)})", sqlite_rows)
             took = time.perf_counter() - t, time.process_time() - c
-        raw.rollback()
-    return took
+        t, c = time.perf_counter(), time.process_time()
+        raw.commit()
+        committed = time.perf_counter() - t, time.process_time() - c
+        cur = raw.cursor()
+        cur.execute(f"DELETE FROM jobs WHERE id > {int(top)}")
+        raw.commit()
+    return (*took, *committed)
 
 
-def floor_lpush(client: redis.Redis, n: int) -> tuple[float, float]:
-    """(wall, CPU) seconds of this process for a bare pipelined LPUSH of n short payloads."""
-    payloads = [b"%d" % i for i in range(n)]
+def floor_lpush(client: redis.Redis, n: int, payloads: list[bytes] | None = None
+                ) -> tuple[float, float]:
+    """(wall, CPU) seconds of this process for a bare pipelined LPUSH of ``payloads`` (the
+    submit's own messages, read back from the broker) or of n short ones."""
+    payloads = payloads or [b"%d" % i for i in range(n)]
     t, c = time.perf_counter(), time.process_time()
     pipe = client.pipeline(transaction=False)
     for start in range(0, n, 5000):
@@ -101,6 +115,17 @@ def floor_lpush(client: redis.Redis, n: int) -> tuple[float, float]:
     took = time.perf_counter() - t, time.process_time() - c
     client.delete("floor")
     return took
+
+
+def _messages(client: redis.Redis, n: int) -> list[bytes]:
+    """The n messages a submit left on the broker (its queues are the only lists)."""
+    out = []
+    for key in client.scan_iter():
+        if client.type(key) == b"list":
+            out += client.lrange(key, 0, -1)
+    if len(out) != n:
+        raise RuntimeError(f"found {len(out)} messages on the broker, wanted {n}")
+    return out
 
 
 def child_submit(url: str, n: int, broker: str) -> dict:
@@ -144,12 +169,17 @@ def child_submit(url: str, n: int, broker: str) -> dict:
     t_reconcile = time.perf_counter() - t
     if again:
         raise RuntimeError(f"reconcile re-published {len(again)} jobs that were on the broker")
-    rows = _floor_rows(manifest, res.batch_id)
-    (t_insert, c_insert), (t_lpush, c_lpush) = floor_insert(catalog, rows), floor_lpush(client, n)
+    rows, messages = _floor_rows(manifest, res.batch_id), _messages(client, n)
+    client.flushdb()
+    t_insert, c_insert, t_commit, c_commit = floor_insert(catalog, rows)
+    (t_lpush, c_lpush), (t_short, c_short) = (floor_lpush(client, n, messages),
+                                              floor_lpush(client, n))
     client.flushdb()
     catalog.dispose()
-    return {"n": n, "submit": t_submit, "floor_insert": t_insert, "floor_lpush": t_lpush,
-            "cpu_submit": c_submit, "cpu_floor": c_insert + c_lpush,
+    return {"n": n, "submit": t_submit, "floor_insert": t_insert, "floor_commit": t_commit,
+            "floor_lpush": t_lpush, "floor_lpush_short": t_short,
+            "cpu_submit": c_submit, "cpu_floor": c_insert + c_commit + c_lpush,
+            "cpu_floor_session5": c_insert + c_short,
             "peak_mb": peak_mb, "redis_bytes_per_job": per_job,
             "status_ms": statistics.median(status_ms), "reconcile": t_reconcile,
             "load": (load_before, os.getloadavg()[0])}
@@ -170,8 +200,9 @@ def fast_load(catalog, rows: int, models: int, seed: int = 0) -> None:
     recipes per model, re-run at random times over a year) written through the catalog's
     own bulk path (``insert_rows``: PostgreSQL ``COPY``, SQLite ``executemany``) with every
     JSON value given as text, and the latest flags computed on the way (one UPDATE per 900
-    flagged ids), then ``VACUUM ANALYZE`` / ``ANALYZE``: about a minute for 1M rows, where the
-    ORM / Core path took over 40 minutes."""
+    flagged ids), then ``VACUUM ANALYZE`` / ``ANALYZE``: 1M rows took 13.5 minutes on SQLite
+    (load 8, with a 1.5 GB page cache; 68 minutes at load 10-12 without) and 21 minutes on
+    PostgreSQL (load 16-19), where the ORM / Core path took over 40 minutes."""
     import random
 
     from catalog_queries import (
@@ -204,39 +235,70 @@ def fast_load(catalog, rows: int, models: int, seed: int = 0) -> None:
     newest: dict[tuple, tuple] = {}  # group -> (created_at, artifact id)
     span = 365 * 24 * 3600
     spec = JSONText('{"version": 1}')
-    for start in range(0, rows, 50_000):
-        jobs, arts, groups = [], [], []
-        for i in range(start, min(rows, start + 50_000)):
-            model, c, fmt, key, created, sqnr, cos = draw(rng, i, models, span)
-            jobs.append((batch_ids[i // JOBS_PER_BATCH], f"job-{i}", model,
-                         JSONText(f'{{"kind": "hf", "id": "{model}"}}'), spec, key, "gpu",
-                         rng.choice(STATUSES), 1, 3, created))
-            t = templates[c]
-            head, tail = infos[c]
-            info = JSONText(head + repr(sqnr) + tail if tail else head)
-            arts.append([*(t[col] for col in t_cols), info, None, key, model,
-                         f"{model[3:]}/{key[:32]}{SUFFIX[fmt]}", fmt, key,
-                         rng.randrange(1_000_000, 2_000_000_000), created, sqnr,
-                         sqnr - rng.uniform(0, 8), cos,
-                         None if cos is None else rng.uniform(15, 45)])
-            groups.append(((model, t["config_digest"], fmt), created))
+    # SQLite: inserts into ~12 indexes of random keys took 68 min for 1M rows at load 10-12
+    # with its 2 MB page cache, 13.5 min at load 8 with this one
+    with _big_page_cache(catalog):
+        for start in range(0, rows, 50_000):
+            jobs, arts, groups = [], [], []
+            for i in range(start, min(rows, start + 50_000)):
+                model, c, fmt, key, created, sqnr, cos = draw(rng, i, models, span)
+                jobs.append((batch_ids[i // JOBS_PER_BATCH], f"job-{i}", model,
+                             JSONText(f'{{"kind": "hf", "id": "{model}"}}'), spec, key, "gpu",
+                             rng.choice(STATUSES), 1, 3, created))
+                t = templates[c]
+                head, tail = infos[c]
+                info = JSONText(head + repr(sqnr) + tail if tail else head)
+                arts.append([*(t[col] for col in t_cols), info, None, key, model,
+                             f"{model[3:]}/{key[:32]}{SUFFIX[fmt]}", fmt, key,
+                             rng.randrange(1_000_000, 2_000_000_000), created, sqnr,
+                             sqnr - rng.uniform(0, 8), cos,
+                             None if cos is None else rng.uniform(15, 45)])
+                groups.append(((model, t["config_digest"], fmt), created))
+            with catalog.begin() as s:
+                job_ids = insert_rows(s, Job.__table__, job_cols, jobs)
+                for row, job_id in zip(arts, job_ids, strict=True):
+                    row[len(t_cols) + 1] = job_id
+                art_ids = insert_rows(s, Artifact.__table__, art_cols, arts)
+            for (group, created), art_id in zip(groups, art_ids, strict=True):
+                best = newest.get(group)
+                if best is None or (created, art_id) > best:
+                    newest[group] = (created, art_id)
+        flagged = sorted(art_id for _, art_id in newest.values())
         with catalog.begin() as s:
-            job_ids = insert_rows(s, Job.__table__, job_cols, jobs)
-            for row, job_id in zip(arts, job_ids, strict=True):
-                row[len(t_cols) + 1] = job_id
-            art_ids = insert_rows(s, Artifact.__table__, art_cols, arts)
-        for (group, created), art_id in zip(groups, art_ids, strict=True):
-            best = newest.get(group)
-            if best is None or (created, art_id) > best:
-                newest[group] = (created, art_id)
-    flagged = sorted(art_id for _, art_id in newest.values())
-    with catalog.begin() as s:
-        for part in range(0, len(flagged), 900):
-            s.execute(update(Artifact).where(Artifact.id.in_(flagged[part:part + 900]))
-                      .values(is_latest=True))
+            for part in range(0, len(flagged), 900):
+                s.execute(update(Artifact).where(Artifact.id.in_(flagged[part:part + 900]))
+                          .values(is_latest=True))
     pg = catalog.engine.dialect.name == "postgresql"
     with catalog.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE" if pg else "ANALYZE"))
+
+
+#: SQLite page cache of the loader's connection, KiB (negative: a size, not pages); its
+#: peak RSS was 1.9 GB for 1M rows.
+LOAD_CACHE_KIB = 1_500_000
+
+
+@contextlib.contextmanager
+def _big_page_cache(catalog):
+    """A big page cache on the loader's connections only: the queries measured afterwards
+    get SQLite's default, as the CLI does."""
+    from sqlalchemy import event
+
+    def cache(dbapi_conn, _record) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA cache_size = -{LOAD_CACHE_KIB}")
+        cur.close()
+
+    sqlite = catalog.engine.dialect.name == "sqlite"
+    if sqlite:
+        catalog.engine.dispose()
+        event.listen(catalog.engine, "connect", cache)
+    try:
+        yield
+    finally:
+        if sqlite:
+            event.remove(catalog.engine, "connect", cache)
+            catalog.engine.dispose()
 
 
 def _timed(catalog, make_query, run, repeat: int) -> tuple[float, float, int, float]:

@@ -24,6 +24,7 @@ from mono_quant.catalog import Artifact, Catalog, Job, JobStatus, job_status_cou
 from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.batches import (
     JobRow,
+    KeyList,
     add_jobs,
     create_batch,
     existing_artifacts,
@@ -73,14 +74,9 @@ def hash_cache(settings: Settings) -> ContentHashCache:
 
 def _rows(jobs: Iterable[ScheduledJob]) -> list[JobRow]:
     """The catalog rows of ``jobs``; their JSON columns as the specs' cached texts."""
-    return [
-        JobRow(
-            name=j.name, model_source=j.model_source,
-            model_source_json=JSONText(j.spec.model_json), spec=JSONText(j.spec.payload_json),
-            idempotency_key=j.idempotency_key, queue=j.queue, max_attempts=j.max_attempts,
-        )
-        for j in jobs
-    ]
+    return [JobRow(j.name, j.model_source, JSONText(j.spec.model_json),
+                   JSONText(j.spec.payload_json), j.spec.idempotency_key, j.queue,
+                   j.max_attempts) for j in jobs]
 
 
 _gc_lock = threading.Lock()
@@ -214,7 +210,7 @@ def _screen(session: Any, chunk: list[ScheduledJob], seen: set[str], force: bool
         key = spec.idempotency_key
         (result.duplicates.append(spec.name) if key in seen else unique.append((key, spec)))
         seen.add(key)
-    keys = [key for key, _ in unique]
+    keys = KeyList(key for key, _ in unique)  # sorted and bound once for both lookups
     existing = {} if force else existing_artifacts(session, keys)
     live = jobs_in_flight(session, keys)
     result.skipped += [(sp.name, existing[key]) for key, sp in unique if key in existing]

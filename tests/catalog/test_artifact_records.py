@@ -27,6 +27,13 @@ QUERIES = {
     "by size, first 10": ArtifactQuery(order_by="size_bytes", descending=False, limit=10),
     "scheme and sqnr": ArtifactQuery(schemes=["asymmetric"], min_sqnr=40.0),
     "one model, no limit": ArtifactQuery(models=[seedmod.MODELS[0]], limit=None),
+    # every selected row shown (what --latest for given models reads)
+    "latest of two models, no limit": ArtifactQuery(models=seedmod.MODELS[:2], latest=True,
+                                                    limit=None),
+    "latest with a row filter, no limit": ArtifactQuery(latest=True, min_sqnr=30.0,
+                                                        limit=None),
+    "batch and status, no limit": ArtifactQuery(batches=["weekly"], statuses=["succeeded"],
+                                                limit=None),
 }
 EARLY_JOBS = 5
 
@@ -111,3 +118,43 @@ def test_listed_paths_and_uris_are_those_of_the_checked_key(tmp_path, folder):
             make(key)
         with pytest.raises(BadInputError):
             normalize_storage_key(key)
+
+
+@pytest.mark.parametrize("micro, shown", [
+    (0, "2024-01-02T03:04:05+00:00"),  # isoformat leaves out zero microseconds
+    (5, "2024-01-02T03:04:05.000005+00:00"),
+    (120000, "2024-01-02T03:04:05.120000+00:00"),
+], ids=["whole second", "5 us", "120 ms"])
+def test_record_times_are_the_aware_isoformat(seeded, micro, shown):
+    """On SQLite the stored text is sliced into the record's time, not parsed: the text
+    written here is what the ORM's record shows too."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import update
+
+    from mono_quant.catalog import Artifact
+
+    catalog, records = seeded
+    stamp = datetime(2024, 1, 2, 3, 4, 5, micro, tzinfo=timezone.utc)
+    first = records[0]["id"]
+    with catalog.begin() as session:
+        session.execute(update(Artifact).where(Artifact.id == first).values(created_at=stamp))
+    query = ArtifactQuery(limit=None)
+    with catalog.begin() as session:
+        got = {r["id"]: r for r in artifact_records(session, query)}
+        orm = {a.id: artifact_record(a) for a in list_artifacts(session, query, load_jobs=True)}
+    assert got[first]["created_at"] == shown == orm[first]["created_at"]
+    assert got == orm
+
+
+def test_sqlite_time_text_outside_sqlalchemys_layout_goes_through_its_processor():
+    from sqlalchemy.dialects import sqlite
+
+    from mono_quant.catalog import Artifact
+    from mono_quant.catalog.queries import _sqlite_time
+
+    convert = _sqlite_time(Artifact.created_at, sqlite.dialect())
+    assert convert(None) is None
+    assert convert("2024-01-02 03:04:05.000000") == "2024-01-02T03:04:05+00:00"
+    assert convert("2024-01-02 03:04:05") == "2024-01-02T03:04:05+00:00"  # no microseconds
+    assert convert("2024-01-02 03:04:05.5") == "2024-01-02T03:04:05.500000+00:00"

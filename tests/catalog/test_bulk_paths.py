@@ -108,3 +108,24 @@ def test_status_counts_equal_a_group_by_and_read_the_batch_index(catalog, backen
     assert "ix_jobs_batch_id_status_id" in plan
     assert "Sort" not in plan and "TEMP B-TREE" not in plan and "SCAN jobs" not in plan
 
+
+
+def test_key_lookups_share_one_key_list_across_chunks(catalog, monkeypatch):
+    """A submit's two key lookups (artifacts, live jobs) take one KeyList: sorted and bound
+    once, in as many statements as it has chunks, each finding exactly its keys."""
+    from mono_quant.catalog import batches
+
+    with catalog.begin() as s:
+        _, ids = create_batch(s, [_row(i, {}) for i in range(7)], name="t")
+        s.execute(Job.__table__.update().where(Job.id == ids[3]).values(status=S.SUCCEEDED))
+    monkeypatch.setattr(batches, "KEY_CHUNK", 3)
+    wanted = [f"{i:064x}" for i in (6, 3, 0, 6, 99, 5, 2)]  # a repeat, a final job, a stranger
+    keys = batches.KeyList(wanted)
+    assert keys.chunks == [[f"{i:064x}" for i in (0, 2, 3)], [f"{i:064x}" for i in (5, 6, 99)]]
+    with catalog.begin() as s, statements(catalog) as (sent, _):
+        assert batches.existing_artifacts(s, keys) == {}
+        live = batches.jobs_in_flight(s, keys)
+    assert live == {f"{i:064x}": ids[i] for i in (0, 2, 5, 6)}
+    assert len(sent) == 4  # two chunks, two lookups
+    with catalog.begin() as s:  # plain keys give the same
+        assert batches.jobs_in_flight(s, wanted) == live

@@ -227,3 +227,71 @@ def test_a_fifo_manifest_is_refused_without_opening_it(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(BadInputError, match=r"jobs.yaml: is a FIFO \(named pipe\)"):
         load_manifest(fifo)  # a regression would block here (pytest-timeout ends it)
+
+
+# --- the document walk ---------------------------------------------------------------------
+
+
+def _shared_doc():
+    inner = ["ab", "c"]  # one list used three times, as a YAML alias would be
+    return {"a": [inner, inner], "b": {"c": inner, "d": 7}}
+
+
+@pytest.mark.parametrize("doc, expected", [
+    # root, keys a/b, list, "xy", 1, dict, key c, "z\0": 9 values; a b xy c z\0: 7 chars
+    ({"a": ["xy", 1], "b": {"c": "z\x00"}}, (9, 7, 2, True)),
+    # root, a b, list, 2 x (list, ab, c), dict, c d, (list, ab, c), 7: 17 values; the
+    # shared list counts each time it is used (3 x 3 chars) plus the keys a b c d
+    (_shared_doc(), (17, 13, 3, False)),
+    ([[[[]]]], (4, 0, 4, False)),
+    ("top\x00", (1, 4, 0, True)),
+], ids=["tree", "shared", "nested", "scalar"])
+def test_measure_counts_values_as_expanded(doc, expected):
+    from mono_quant.scheduler.bounds import _measure
+
+    assert _measure(doc, "m.yaml") == expected
+
+
+def test_the_recursive_measure_agrees_with_the_walk_on_random_documents():
+    import random
+
+    from mono_quant.scheduler.bounds import _measure, _measure_walk
+
+    rng = random.Random(16)
+
+    def doc(depth):
+        r = rng.random()
+        if depth > 6 or r < 0.4:
+            return rng.choice(["a", "x\x00", "", 1, 2.5, None, True, "long" * 9])
+        if r < 0.7:
+            return [doc(depth + 1) for _ in range(rng.randrange(4))]
+        return {rng.choice(["k", "k2", 3]): doc(depth + 1) for _ in range(rng.randrange(4))}
+
+    docs = [d for d in (doc(0) for _ in range(2000)) if isinstance(d, (dict, list))]
+    assert len(docs) > 500
+    for d in docs:
+        assert _measure(d, "m.yaml") == _measure_walk(d, "m.yaml"), d
+
+
+@pytest.mark.parametrize("levels, refused", [(64, False), (65, True)], ids=["64", "65"])
+def test_depth_limit_is_exact(levels, refused):
+    from mono_quant.scheduler.bounds import MAX_DEPTH, check_document
+
+    assert MAX_DEPTH == 64
+    doc: list = []
+    for _ in range(levels - 1):
+        doc = [doc]
+    if refused:
+        with pytest.raises(BadInputError, match="nested deeper than 64 levels"):
+            check_document(doc, "m.yaml")
+    else:
+        check_document(doc, "m.yaml")
+
+
+def test_a_cycle_is_refused_by_name():
+    from mono_quant.scheduler.bounds import check_document
+
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(BadInputError, match=r"m.yaml: a YAML alias refers to itself \(a cycle\)"):
+        check_document({"jobs": loop}, "m.yaml")

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ARRAY, String, any_, bindparam, or_, select, text
 from sqlalchemy.orm import Session
@@ -20,8 +19,8 @@ from mono_quant.catalog.models import Artifact, Batch, Job, JobStatus
 from mono_quant.catalog.types import utcnow
 
 __all__ = [
-    "JobRow", "add_jobs", "chunks", "create_batch", "existing_artifacts", "id_filters", "id_runs",
-    "jobs_in_flight", "pairs",
+    "JobRow", "KeyList", "add_jobs", "chunks", "create_batch", "existing_artifacts",
+    "id_filters", "id_runs", "jobs_in_flight", "pairs",
 ]
 
 #: ids or keys per ``IN (...)`` list: well below SQLite's parameter limit.
@@ -74,9 +73,9 @@ def id_filters(column: Any, ids: Iterable[int]) -> Iterator[Any]:
         yield column.in_(chunk)
 
 
-@dataclass(frozen=True)
-class JobRow:
-    """What ``create_batch`` needs to write one job."""
+class JobRow(NamedTuple):
+    """What ``create_batch`` needs to write one job (a tuple: a submit builds tens of
+    thousands, and :func:`add_jobs` splices them into the insert's rows as they are)."""
 
     name: str
     model_source: str
@@ -129,11 +128,9 @@ def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow], *,
     now = utcnow()
     status = (JobStatus.QUEUED if queued else JobStatus.PENDING).value
     queued_at = now if queued else None
-    values = [
-        (batch_id, r.name, r.model_source, r.model_source_json, r.spec, r.idempotency_key,
-         r.queue, status, 0, r.max_attempts, now, queued_at)
-        for r in rows
-    ]
+    # (name, model_source, model_source_json, spec, idempotency_key, queue) are JobRow's
+    # first six fields, in the columns' order
+    values = [(batch_id, *r[:6], status, 0, r[6], now, queued_at) for r in rows]
     return insert_rows(session, Job.__table__, _JOB_COLUMNS, values)
 
 
@@ -142,29 +139,47 @@ def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow], *,
 KEY_CHUNK = 10_000
 
 
-def _one_of(session: Session, column: Any, keys: Sequence[str]) -> Any:
-    """``column IN keys`` with ONE parameter: ``= ANY(:array)`` / ``IN json_each(:json)``.
+class KeyList:
+    """Idempotency keys sorted, without repeats, in chunks of :data:`KEY_CHUNK`, each chunk's
+    bound value built once: a submit looks the same keys up twice (artifacts, live jobs).
 
-    An ``IN (…)`` of 10,000 bound values costs more to compile and bind than to run.
+    >>> KeyList(["b", "a", "b"]).chunks
+    [['a', 'b']]
     """
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam("keys", list(keys), type_=ARRAY(String)))
-    listed = text("SELECT value FROM json_each(:keys)").bindparams(keys=json.dumps(list(keys)))
-    return column.in_(listed.columns(value=String))
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.chunks = [list(c) for c in chunks(sorted(set(keys)), KEY_CHUNK)]
+        self._texts: list[str | None] = [None] * len(self.chunks)
+
+    @classmethod
+    def of(cls, keys: Iterable[str] | KeyList) -> KeyList:
+        return keys if isinstance(keys, KeyList) else cls(keys)
+
+    def conditions(self, session: Session, column: Any) -> Iterator[Any]:
+        """``column IN chunk`` for each chunk, with ONE parameter: ``= ANY(:array)`` /
+        ``IN json_each(:json)`` (an ``IN (…)`` of 10,000 bound values costs more to compile
+        and bind than to run)."""
+        pg = session.get_bind().dialect.name == "postgresql"
+        for i, chunk in enumerate(self.chunks):
+            if pg:
+                yield column == any_(bindparam("keys", chunk, type_=ARRAY(String)))
+                continue
+            if self._texts[i] is None:
+                self._texts[i] = json.dumps(chunk)
+            listed = text("SELECT value FROM json_each(:keys)").bindparams(keys=self._texts[i])
+            yield column.in_(listed.columns(value=String))
 
 
-def existing_artifacts(session: Session, keys: Iterable[str]) -> dict[str, int]:
+def existing_artifacts(session: Session, keys: Iterable[str] | KeyList) -> dict[str, int]:
     """Idempotency key → artifact id, for the keys that already have an artifact."""
     found: dict[str, int] = {}
-    for chunk in chunks(sorted(set(keys)), KEY_CHUNK):
+    for condition in KeyList.of(keys).conditions(session, Artifact.idempotency_key):
         found.update(pairs(session.execute(
-            select(Artifact.idempotency_key, Artifact.id)
-            .where(_one_of(session, Artifact.idempotency_key, chunk))
-        )))
+            select(Artifact.idempotency_key, Artifact.id).where(condition))))
     return found
 
 
-def jobs_in_flight(session: Session, keys: Iterable[str]) -> dict[str, int]:
+def jobs_in_flight(session: Session, keys: Iterable[str] | KeyList) -> dict[str, int]:
     """Idempotency key → id of a job not yet final (pending, queued, running) with that key.
 
     A second job for the same key would race the first for the same artifact; submit skips
@@ -172,9 +187,7 @@ def jobs_in_flight(session: Session, keys: Iterable[str]) -> dict[str, int]:
     """
     found: dict[str, int] = {}
     live = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
-    for chunk in chunks(sorted(set(keys)), KEY_CHUNK):
+    for condition in KeyList.of(keys).conditions(session, Job.idempotency_key):
         found.update(pairs(session.execute(
-            select(Job.idempotency_key, Job.id)
-            .where(_one_of(session, Job.idempotency_key, chunk), Job.status.in_(live))
-        )))
+            select(Job.idempotency_key, Job.id).where(condition, Job.status.in_(live)))))
     return found
