@@ -246,17 +246,3 @@ def test_jobs_of_one_combination_share_its_texts_and_keep_their_own_model(spec, 
         assert job.model_json == json.dumps(payload["model"])
         assert job.idempotency_key == _idempotency_key(payload)
     assert len({j.idempotency_key for j in jobs}) == len(jobs)
-
-
-@pytest.mark.parametrize("value", [
-    {"b": 1, "a": [1.5, None, True, "xé\"\n"], "c": {"z": 1e300, "y": -0.0, "x": {"d": 2, "c": 1}}},
-    {"inf": float("inf"), "ninf": float("-inf")},
-    [], {}, "plain", 12, None,
-], ids=["nested", "infinities", "empty list", "empty dict", "string", "int", "null"])
-def test_the_direct_c_encoders_write_what_json_dumps_writes(value):
-    from mono_quant.pipeline import spec
-
-    assert spec._COMPACT_C(value) == json.dumps(value, sort_keys=True, separators=(",", ":"))
-    assert spec._DUMPS_C(value) == json.dumps(value)
-    with pytest.raises(TypeError, match="not JSON serializable"):
-        spec._DUMPS_C({"a": object()})

@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
@@ -380,26 +380,6 @@ _TEXTS_LIMIT = 4096
 _COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
-def _c_encoder(key_sep: str, item_sep: str, sort_keys: bool) -> Callable[[Any], str] | None:
-    """``json.dumps``' C encoder with these separators, built once and called directly (its
-    Python wrapper costs about a fifth of encoding a model source). No circular-reference
-    check: the parts are validated sources and configs, which cannot hold a cycle
-    (``Source.__post_init__`` encodes with the check). None without the C accelerator."""
-    from json import encoder
-
-    if encoder.c_make_encoder is None:  # pragma: no cover - CPython ships _json
-        return None
-    make = encoder.c_make_encoder(None, json.JSONEncoder().default,
-                                  encoder.encode_basestring_ascii, None, key_sep, item_sep,
-                                  sort_keys, False, True)
-    return lambda value: "".join(make(value, 0))
-
-
-#: ``_COMPACT.encode`` and ``json.dumps`` (defaults), through the C encoder directly.
-_COMPACT_C = _c_encoder(":", ",", True) or _COMPACT.encode
-_DUMPS_C = _c_encoder(": ", ", ", False) or json.dumps
-
-
 def _part_texts(part: Any) -> tuple[str, str]:
     """The JSON of a payload field twice: compact with sorted keys (the idempotency key's
     form) and as ``json.dumps`` writes it by default (the catalog's); once per object."""
@@ -407,7 +387,7 @@ def _part_texts(part: Any) -> tuple[str, str]:
     if hit is not None and hit[0] is part:
         return hit[1], hit[2]
     value = _plain(part)
-    texts = _COMPACT_C(value), _DUMPS_C(value)
+    texts = _COMPACT.encode(value), json.dumps(value)
     if len(_TEXTS) >= _TEXTS_LIMIT:
         _TEXTS.clear()
     _TEXTS[id(part)] = (part, *texts)
