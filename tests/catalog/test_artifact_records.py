@@ -126,8 +126,7 @@ def test_listed_paths_and_uris_are_those_of_the_checked_key(tmp_path, folder):
     (120000, "2024-01-02T03:04:05.120000+00:00"),
 ], ids=["whole second", "5 us", "120 ms"])
 def test_record_times_are_the_aware_isoformat(seeded, micro, shown):
-    """On SQLite the stored text is sliced into the record's time, not parsed: the text
-    written here is what the ORM's record shows too."""
+    """A record's time is the aware ISO text written here, as the ORM's record shows it."""
     from datetime import datetime, timezone
 
     from sqlalchemy import update
@@ -145,16 +144,3 @@ def test_record_times_are_the_aware_isoformat(seeded, micro, shown):
         orm = {a.id: artifact_record(a) for a in list_artifacts(session, query, load_jobs=True)}
     assert got[first]["created_at"] == shown == orm[first]["created_at"]
     assert got == orm
-
-
-def test_sqlite_time_text_outside_sqlalchemys_layout_goes_through_its_processor():
-    from sqlalchemy.dialects import sqlite
-
-    from mono_quant.catalog import Artifact
-    from mono_quant.catalog.queries import _sqlite_time
-
-    convert = _sqlite_time(Artifact.created_at, sqlite.dialect())
-    assert convert(None) is None
-    assert convert("2024-01-02 03:04:05.000000") == "2024-01-02T03:04:05+00:00"
-    assert convert("2024-01-02 03:04:05") == "2024-01-02T03:04:05+00:00"  # no microseconds
-    assert convert("2024-01-02 03:04:05.5") == "2024-01-02T03:04:05.500000+00:00"

@@ -27,7 +27,6 @@ from sqlalchemy import (
     DateTime,
     Integer,
     Select,
-    String,
     any_,
     bindparam,
     case,
@@ -35,7 +34,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    type_coerce,
     union_all,
 )
 from sqlalchemy import Enum as SAEnum
@@ -46,7 +44,6 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from mono_quant.catalog.filters import ArtifactQuery
 from mono_quant.catalog.models import Artifact, Batch, Job, JobStatus
-from mono_quant.catalog.types import UTCDateTime
 from mono_quant.errors import BadInputError
 
 __all__ = [
@@ -477,70 +474,17 @@ def _converters(columns: Any) -> list[tuple[int, Any]]:
     return [(i, c) for i, c in enumerate(map(_converter, columns)) if c is not None]
 
 
-#: How SQLAlchemy stores a datetime in SQLite (naive UTC, microseconds always written).
-_SQLITE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
-
-
-def _sqlite_time(column: Any, dialect: Any) -> Callable[[Any], Any]:
-    """A stored SQLite timestamp (text) -> the record's ``isoformat()`` of the aware UTC
-    datetime, by slicing the text; anything not in SQLAlchemy's own layout goes through
-    the column's result processor as before."""
-    process = column.type.dialect_impl(dialect).result_processor(dialect, None)
-
-    def convert(value: Any) -> Any:
-        if value is None:
-            return None
-        if type(value) is str and _SQLITE_TIME.fullmatch(value):
-            micro = "" if value.endswith(".000000") else value[19:]
-            return f"{value[:10]}T{value[11:19]}{micro}+00:00"
-        return process(value).isoformat()
-
-    return convert
-
-
-def _flag(value: Any) -> bool | None:
-    return None if value is None else bool(value)
-
-
-def _lean(column: Any, dialect: Any) -> tuple[Any, Callable[[Any], Any] | None]:
-    """``column`` as :func:`artifact_records` selects it on ``dialect``, and what turns the
-    selected value into the record's. On SQLite the columns SQLAlchemy would process per
-    row (timestamps parsed from text, booleans, enums) are read as the driver returns them
-    and converted straight to the record's values: a row without processors is a plain
-    tuple, not a Python call per value."""
-    kind = column.type
-    if dialect.name == "sqlite":
-        if isinstance(kind, UTCDateTime):
-            return type_coerce(column, String), _sqlite_time(column, dialect)
-        if isinstance(kind, Boolean):
-            return type_coerce(column, Integer), _flag
-        if isinstance(kind, SAEnum):  # stored as the enum's values (models._str_enum)
-            return type_coerce(column, String), None
-    return column, _converter(column)
-
-
-#: Per dialect name: the columns artifact_records selects (:data:`_COLUMN_FIELDS`, then
-#: job_id and storage_key) and the converters by column index.
-_RECORD_COLUMNS: dict[str, tuple[list[Any], list[tuple[int, Any]]]] = {}
-
-
-def _record_columns(dialect: Any) -> tuple[list[Any], list[tuple[int, Any]]]:
-    found = _RECORD_COLUMNS.get(dialect.name)
-    if found is None:
-        lean = [_lean(getattr(Artifact, name), dialect) for name in _COLUMN_FIELDS]
-        found = ([c for c, _ in lean] + [Artifact.job_id, Artifact.storage_key],
-                 [(i, f) for i, (_, f) in enumerate(lean) if f is not None])
-        _RECORD_COLUMNS[dialect.name] = found
-    return found
-
-
 def _job_fields(session: Session, job_ids: set[int]) -> dict[int, tuple[Any, ...]]:
     """The record fields of each job (batch id, status, name, in :data:`_JOB_FIELDS`
-    order) by id: one statement, the ids as one parameter; the status read as its stored
-    text, which is the enum's value the record shows."""
-    stmt = select(Job.id, Job.batch_id, type_coerce(Job.status, String), Job.name).where(
-        _id_in(session, Job.id, job_ids))
-    return {row[0]: tuple(row[1:]) for row in session.connection().execute(stmt)}
+    order) by id: one statement, the ids as one parameter."""
+    convert = _converters(_JOB_FIELDS.values())
+    jobs: dict[int, tuple[Any, ...]] = {}
+    stmt = select(Job.id, *_JOB_FIELDS.values()).where(_id_in(session, Job.id, job_ids))
+    for job_id, *values in session.connection().execute(stmt).all():
+        for i, c in convert:
+            values[i] = c(values[i])
+        jobs[job_id] = tuple(values)
+    return jobs
 
 
 def _id_in(session: Session, column: Any, ids: set[int]) -> Any:
@@ -586,21 +530,18 @@ def artifact_records(
         records = artifact_records(session, ArtifactQuery(batches=[7]),
                                    locate=lambda key: (f"/srv/a/{key}", f"file:///srv/a/{key}"))
     """
-    conn = session.connection()
-    selected, convert = _record_columns(conn.dialect)
-    stmt = artifacts_statement(q or ArtifactQuery()).with_only_columns(*selected)
-    rows = conn.execute(stmt).all()
+    rows = session.connection().execute(records_statement(q)).all()
     if not rows:
         return []
     columns = [list(c) for c in zip(*rows, strict=True)]
-    for i, c in convert:
+    for i, c in _converters(getattr(Artifact, name) for name in _COLUMN_FIELDS):
         columns[i] = [c(v) for v in columns[i]]
     jobs = _job_fields(session, set(columns[-2]))
     where = locate or _path_maker(storage_root)
-    fields, pick = RECORD_FIELDS, _PICK
+    fields = RECORD_FIELDS
     records = []
     for values in zip(*columns, strict=True):
-        record = dict(zip(fields, pick(values + jobs[values[-2]] + where(values[-1])),
+        record = dict(zip(fields, _PICK(values + jobs[values[-2]] + where(values[-1])),
                           strict=True))
         record["observer"] = record["weight_observer"]
         records.append(record)
