@@ -62,9 +62,7 @@ QUERIES = {
 
 @pytest.fixture
 def seeded(catalog_url):
-    catalog = Catalog(catalog_url)
-    with catalog.begin() as session:
-        records = seedmod.seed(session)
+    catalog, records = seedmod.seeded_catalog(catalog_url)
     yield catalog, records
     catalog.dispose()
 

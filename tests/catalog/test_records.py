@@ -8,7 +8,6 @@ import pytest
 
 from mono_quant.catalog import (
     ArtifactQuery,
-    Catalog,
     artifact_record,
     artifact_records,
     get_artifact,
@@ -19,9 +18,7 @@ from tests.catalog import seed as seedmod
 
 @pytest.fixture
 def seeded(catalog_url):
-    catalog = Catalog(catalog_url)
-    with catalog.begin() as session:
-        records = seedmod.seed(session, n=3)
+    catalog, records = seedmod.seeded_catalog(catalog_url, n=3)
     yield catalog, records
     catalog.dispose()
 
@@ -89,3 +86,16 @@ def test_records_under_an_object_store_root_are_its_urls(seeded):
     assert len(rows) == len(records)
     assert [(r["path"], r["uri"]) for r in rows] == [
         (f"s3://bkt/root/{r['storage_key']}",) * 2 for r in rows]
+
+
+@pytest.mark.parametrize(("root", "key", "expected"), [
+    ("/", "a/b c.pt", ("/a/b c.pt", "file:///a/b%20c.pt")),
+    ("/", "é/x", ("/é/x", "file:///%C3%A9/x")),
+    ("/srv/root/", "a/./b", ("/srv/root/a/b", "file:///srv/root/a/b")),
+], ids=["filesystem-root", "filesystem-root-non-ascii", "trailing-slash"])
+def test_listed_paths_under_a_root_ending_in_a_slash(root, key, expected):
+    """The root's one trailing "/" is dropped before the key is joined: "/" itself gives
+    "/a", not "//a" (the listing computes the path; nothing is read there)."""
+    from mono_quant.catalog.queries import _path_maker
+
+    assert _path_maker(root)(key) == expected

@@ -275,3 +275,34 @@ def test_the_range_probe_picks_the_plan_by_the_range_size(catalog, monkeypatch):
                                           **filters)
                         got = [a.id for a in list_artifacts(s, q)]
                         assert got == _reference(records, q), (pages, field, filters)
+
+
+@pytest.mark.parametrize("descending", [True, False], ids=["desc", "asc"])
+def test_the_probe_reads_one_plan_and_gives_the_other_none(catalog, monkeypatch, descending):
+    """Which plan the range probe picks, seen in the page's two halves of ids (SQLite):
+    a range of fewer rows than ``PROBE_PAGES`` pages is read and sorted (the "sorted" half
+    holds the page, the "walked" half nothing); a range of exactly that many rows or more
+    is walked (two pages here: the boundary is a range of exactly twice the limit). Both
+    give the reference's page."""
+    if catalog.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's probe is 1 = 0: it always walks")
+    from mono_quant.catalog import queries
+
+    records = _fill(catalog, N)
+    since = T0 + timedelta(hours=8)
+    in_range = sum(r["created_at"] >= since for r in records)
+    assert in_range == 82  # even: a page of 41 probes exactly two pages of rows
+    halves = []
+    page = queries._page
+    monkeypatch.setattr(queries, "_page", lambda q, c, ids: halves.append(ids) or page(q, c, ids))
+    monkeypatch.setattr(queries, "PROBE_PAGES", 2)
+    with catalog.begin() as s:
+        for limit, plan in ((42, "sorted"), (41, "walked")):
+            q = ArtifactQuery(order_by="size_bytes", descending=descending, since=since,
+                              limit=limit)
+            want = _reference(records, q)
+            assert [a.id for a in list_artifacts(s, q)] == want
+            sorted_half, walked_half = (s.scalars(ids).all() for ids in halves.pop())
+            got = {"sorted": sorted_half, "walked": walked_half}
+            assert sorted(got[plan]) == sorted(want) and len(want) == limit, plan
+            assert got["walked" if plan == "sorted" else "sorted"] == [], plan
