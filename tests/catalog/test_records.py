@@ -99,3 +99,14 @@ def test_listed_paths_under_a_root_ending_in_a_slash(root, key, expected):
     from mono_quant.catalog.queries import _path_maker
 
     assert _path_maker(root)(key) == expected
+
+
+def test_record_under_an_object_store_root_is_its_url(seeded):
+    """``artifact_record`` (the ORM path) locates like the listing: an object store's URL is
+    both the path and the URI (a URL has no ``file://`` form)."""
+    catalog, records = seeded
+    with catalog.begin() as session:
+        rec = artifact_record(get_artifact(session, records[0]["id"]),
+                              storage_root="s3://bkt/root")
+    url = f"s3://bkt/root/{rec['storage_key']}"
+    assert (rec["path"], rec["uri"]) == (url, url)
