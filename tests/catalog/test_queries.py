@@ -55,6 +55,7 @@ QUERIES = {
     "cosine-asc-page-past-the-nulls": {"order_by": "output_cosine", "descending": False,
                                        "limit": 60},
     "cosine-desc-page-past-the-nulls": {"order_by": "output_cosine", "limit": 60},
+    "latest-by-cosine-page": {"latest": True, "order_by": "output_cosine", "limit": 10},
     "order-model": {"order_by": "model_source", "descending": False, "limit": 20},
     "order-id-asc": {"order_by": "id", "descending": False, "limit": 3},
     "serveable-by-vllm": {"serveable_by": ["vllm"], "limit": None},
