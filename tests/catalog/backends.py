@@ -14,13 +14,15 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from mono_quant.catalog import upgrade
 
-__all__ = ["BACKENDS", "backend", "catalog_url", "empty_url", "pg_database", "pg_server"]
+__all__ = ["BACKENDS", "backend", "catalog_url", "empty_url", "pg_database", "pg_server",
+           "sqlite_path", "sqlite_snapshot"]
 
 BACKENDS = ["sqlite", "postgresql"]
 PG_ADMIN_URL = os.environ.get(
@@ -80,9 +82,7 @@ def backend(request) -> str:
 def catalog_url(backend, request, tmp_path) -> str:
     """An upgraded, empty catalog on the backend under test."""
     if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'catalog.db'}"
-        upgrade(url)
-        return url
+        return _upgraded_sqlite(tmp_path / "catalog.db")
     url = request.getfixturevalue("pg_database")
     import psycopg
 
@@ -90,6 +90,37 @@ def catalog_url(backend, request, tmp_path) -> str:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
     return url
+
+
+#: The bytes of an upgraded, empty SQLite catalog, made once per process: the migrations
+#: took a second or more per test on the shared machine (most of a catalog test's time, and
+#: of each mutant's in a mutation run); each test then writes a copy into its tmp_path.
+_UPGRADED: dict[str, bytes] = {}
+
+
+def _upgraded_sqlite(path: Path) -> str:
+    url = f"sqlite:///{path}"
+    if "head" in _UPGRADED:
+        path.write_bytes(_UPGRADED["head"])
+        return url
+    upgrade(url)  # disposes its engine: every connection closed
+    snapshot = sqlite_snapshot(path)
+    if snapshot is not None:
+        _UPGRADED["head"] = snapshot
+    return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None: another database)."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def sqlite_snapshot(path: Path) -> bytes | None:
+    """The bytes of a SQLite file whose connections are all closed, or None where a
+    write-ahead log is left beside it (the file alone would then miss its last writes)."""
+    if path.with_name(path.name + "-wal").exists():
+        return None
+    return path.read_bytes()
 
 
 @pytest.fixture

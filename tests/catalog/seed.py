@@ -8,6 +8,7 @@ only, so the SQL can be checked against it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import random
@@ -15,8 +16,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mono_quant import QuantConfig, QuantizationInfo
-from mono_quant.catalog import ArtifactQuery, Batch, Job, JobStatus, add_artifact
+from mono_quant.catalog import ArtifactQuery, Batch, Catalog, Job, JobStatus, add_artifact
 from mono_quant.io.serveability import check_scheme
+from tests.catalog.backends import sqlite_path, sqlite_snapshot
 
 MODELS = [f"hf:org/model-{i}@main" for i in range(5)] + ["file:models/mlp.pt"]
 BATCHES = ["nightly", "weekly", "adhoc"]
@@ -34,6 +36,32 @@ N = 72
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: Seeded SQLite catalogs of this process by ``n``: the file's bytes and the records.
+_SEEDED: dict[int, tuple[bytes, list[dict[str, Any]]]] = {}
+
+
+def seeded_catalog(url: str, n: int = N) -> tuple[Catalog, list[dict[str, Any]]]:
+    """A catalog at ``url`` (upgraded, empty) holding :func:`seed`'s rows, and their records.
+
+    On SQLite the seeded file is made once per process and copied for the next tests (seeding
+    took ~2 s a test on the shared machine); the records are deep copies, so a test that
+    changes its own cannot change another's."""
+    path = sqlite_path(url)
+    if path is not None and n in _SEEDED:
+        data, records = _SEEDED[n]
+        path.write_bytes(data)
+        return Catalog(url), copy.deepcopy(records)
+    catalog = Catalog(url)
+    with catalog.begin() as session:
+        records = seed(session, n)
+    if path is not None:
+        catalog.dispose()  # every connection closed: the file holds all of it
+        data = sqlite_snapshot(path)
+        if data is not None:
+            _SEEDED[n] = (data, copy.deepcopy(records))
+    return catalog, records
 
 
 def seed(session, n: int = N, rng_seed: int = 20240501) -> list[dict[str, Any]]:

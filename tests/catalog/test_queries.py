@@ -51,6 +51,11 @@ QUERIES = {
     "order-cosine-asc-nulls-last": {"order_by": "output_cosine", "descending": False,
                                     "limit": None},
     "order-size-limit": {"order_by": "size_bytes", "limit": 5},
+    # a page of a nullable column larger than its non-NULL rows: read in two steps
+    "cosine-asc-page-past-the-nulls": {"order_by": "output_cosine", "descending": False,
+                                       "limit": 60},
+    "cosine-desc-page-past-the-nulls": {"order_by": "output_cosine", "limit": 60},
+    "latest-by-cosine-page": {"latest": True, "order_by": "output_cosine", "limit": 10},
     "order-model": {"order_by": "model_source", "descending": False, "limit": 20},
     "order-id-asc": {"order_by": "id", "descending": False, "limit": 3},
     "serveable-by-vllm": {"serveable_by": ["vllm"], "limit": None},
@@ -62,9 +67,7 @@ QUERIES = {
 
 @pytest.fixture
 def seeded(catalog_url):
-    catalog = Catalog(catalog_url)
-    with catalog.begin() as session:
-        records = seedmod.seed(session)
+    catalog, records = seedmod.seeded_catalog(catalog_url)
     yield catalog, records
     catalog.dispose()
 
@@ -129,13 +132,16 @@ def test_typed_columns_and_info_round_trip(seeded):
     assert math.isinf(by_id[1]["weight_sqnr_db"]) and by_id[11]["output_cosine"] is None
 
 
-def test_list_does_not_load_info(seeded):
+def test_list_does_not_load_info_or_jobs(seeded):
     from sqlalchemy import inspect
 
     catalog, _ = seeded
     with catalog.begin() as session:
         rows = list_artifacts(session, ArtifactQuery(limit=3))
         assert all("info" in inspect(a).unloaded for a in rows)
+        assert all("job" in inspect(a).unloaded for a in rows)  # unless load_jobs=True
+        loaded = list_artifacts(session, ArtifactQuery(limit=3), load_jobs=True)
+        assert not any("job" in inspect(a).unloaded for a in loaded)
 
 
 def test_job_status_counts(seeded, catalog_url):

@@ -8,7 +8,6 @@ import pytest
 
 from mono_quant.catalog import (
     ArtifactQuery,
-    Catalog,
     artifact_record,
     artifact_records,
     get_artifact,
@@ -19,9 +18,7 @@ from tests.catalog import seed as seedmod
 
 @pytest.fixture
 def seeded(catalog_url):
-    catalog = Catalog(catalog_url)
-    with catalog.begin() as session:
-        records = seedmod.seed(session, n=3)
+    catalog, records = seedmod.seeded_catalog(catalog_url, n=3)
     yield catalog, records
     catalog.dispose()
 
@@ -89,3 +86,44 @@ def test_records_under_an_object_store_root_are_its_urls(seeded):
     assert len(rows) == len(records)
     assert [(r["path"], r["uri"]) for r in rows] == [
         (f"s3://bkt/root/{r['storage_key']}",) * 2 for r in rows]
+
+
+@pytest.mark.parametrize(("root", "key", "expected"), [
+    ("/", "a/b c.pt", ("/a/b c.pt", "file:///a/b%20c.pt")),
+    ("/", "é/x", ("/é/x", "file:///%C3%A9/x")),
+    ("/srv/root/", "a/./b", ("/srv/root/a/b", "file:///srv/root/a/b")),
+    ("/srv/X", "a", ("/srv/X/a", "file:///srv/X/a")),
+], ids=["filesystem-root", "filesystem-root-non-ascii", "trailing-slash", "ends-in-X"])
+def test_listed_paths_under_a_root_ending_in_a_slash(root, key, expected):
+    """The root's one trailing "/" is dropped before the key is joined: "/" itself gives
+    "/a", not "//a" (the listing computes the path; nothing is read there)."""
+    from mono_quant.catalog.queries import _path_maker
+
+    assert _path_maker(root)(key) == expected
+
+
+def test_record_under_an_object_store_root_is_its_url(seeded):
+    """``artifact_record`` (the ORM path) locates like the listing: an object store's URL is
+    both the path and the URI (a URL has no ``file://`` form)."""
+    catalog, records = seeded
+    with catalog.begin() as session:
+        rec = artifact_record(get_artifact(session, records[0]["id"]),
+                              storage_root="s3://bkt/root")
+    url = f"s3://bkt/root/{rec['storage_key']}"
+    assert (rec["path"], rec["uri"]) == (url, url)
+
+
+def test_the_portable_path_maker_gives_what_the_posix_one_does(monkeypatch, tmp_path):
+    """Off POSIX the listing builds paths with pathlib (``os.name`` faked here: there is no
+    other host); on this host that portable branch must agree with the fast one."""
+    import os
+    from types import SimpleNamespace
+
+    from mono_quant.catalog import queries
+
+    keys = ["org/m@main/0fda.safetensors", "a b/c#d", "é/ü.pt", "a/./b"]
+    fast = [queries._path_maker(tmp_path)(key) for key in keys]
+    monkeypatch.setattr(queries, "os", SimpleNamespace(name="nt", fsencode=os.fsencode))
+    portable = [queries._path_maker(tmp_path)(key) for key in keys]
+    assert portable == fast
+    assert fast[1] == (f"{tmp_path}/a b/c#d", f"{tmp_path.as_uri()}/a%20b/c%23d")

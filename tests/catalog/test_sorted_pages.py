@@ -275,3 +275,39 @@ def test_the_range_probe_picks_the_plan_by_the_range_size(catalog, monkeypatch):
                                           **filters)
                         got = [a.id for a in list_artifacts(s, q)]
                         assert got == _reference(records, q), (pages, field, filters)
+
+
+@pytest.mark.parametrize("descending", [True, False], ids=["desc", "asc"])
+@pytest.mark.parametrize("field", ["size_bytes", "output_cosine"])
+def test_the_probe_reads_one_plan_and_gives_the_other_none(catalog, monkeypatch, field,
+                                                           descending):
+    """Which plan the range probe picks, seen in the page's two halves of ids (SQLite):
+    a range of fewer rows than ``PROBE_PAGES`` pages is read and sorted (the "sorted" half
+    holds the page, the "walked" half nothing); a range of exactly that many rows or more
+    is walked (two pages here: the boundary is a range of exactly twice the limit). Both
+    give the reference's page. On a nullable column each half is two reads (the non-NULL
+    rows, then the NULL rows the page still has room for)."""
+    if catalog.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's probe is 1 = 0: it always walks")
+    from mono_quant.catalog import queries
+
+    records = _fill(catalog, N)
+    since = T0 + timedelta(hours=8)
+    in_range = sum(r["created_at"] >= since for r in records)
+    assert in_range == 82  # even: a page of 41 probes exactly two pages of rows
+    halves = []
+    page = queries._page
+    monkeypatch.setattr(queries, "_page", lambda q, c, ids: halves.append(ids) or page(q, c, ids))
+    monkeypatch.setattr(queries, "PROBE_PAGES", 2)
+    with catalog.begin() as s:
+        for limit, plan in ((42, "sorted"), (41, "walked")):
+            q = ArtifactQuery(order_by=field, descending=descending, since=since,
+                              limit=limit)
+            want = _reference(records, q)
+            assert [a.id for a in list_artifacts(s, q)] == want
+            ids = [s.scalars(select).all() for select in halves.pop()]  # 2 or 4 reads
+            half = len(ids) // 2
+            got = {"sorted": [i for part in ids[:half] for i in part],
+                   "walked": [i for part in ids[half:] for i in part]}
+            assert sorted(got[plan]) == sorted(want) and len(want) == limit, plan
+            assert got["walked" if plan == "sorted" else "sorted"] == [], plan

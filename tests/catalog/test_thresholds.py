@@ -12,15 +12,13 @@ from datetime import timedelta
 
 import pytest
 
-from mono_quant.catalog import ArtifactQuery, Catalog, list_artifacts
+from mono_quant.catalog import ArtifactQuery, list_artifacts
 from tests.catalog import seed as seedmod
 
 
 @pytest.fixture
 def seeded(catalog_url):
-    catalog = Catalog(catalog_url)
-    with catalog.begin() as session:
-        records = seedmod.seed(session, n=24)
+    catalog, records = seedmod.seeded_catalog(catalog_url, n=24)
     yield catalog, records
     catalog.dispose()
 

@@ -169,6 +169,31 @@ def test_the_search_fits_on_even_batches_and_measures_on_the_odd_ones(w_outlier,
     assert report.strengths == {"0": 0.65}
 
 
+def test_of_two_batches_the_first_is_fitted_and_the_second_measured():
+    """Two batches: the strength is fitted on batch 0 and measured on batch 1 alone (held
+    out), so appending batch 0 again (fitted, not measured: the same ranges) changes nothing,
+    strengths and weights. Measured on both batches (``held_out`` from three batches on)
+    this pair would take 0.5 from two batches and 0.3 from three (checked by hand); the
+    second batch's channel 5 is 8x wider than the first's."""
+    def run(batches):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 32)).eval()
+        with torch.no_grad():
+            model[0].weight[[3, 40]] = 10.0
+            model[1].weight[:, [7, 20]] *= 10.0
+        report = smooth_model(model, batches, alpha=0.8, layers=["1"],
+                              config=QuantConfig(mode="static", smoothquant=0.8))
+        return report.strengths, model.state_dict()
+
+    g = torch.Generator().manual_seed(0)
+    fitted, measured = torch.randn(8, 16, 64, generator=g), torch.randn(8, 16, 64, generator=g)
+    measured[..., 5] *= 8
+    two, two_state = run([fitted, measured])
+    three, three_state = run([fitted, measured, fitted])
+    assert two == three and two["0"] > 0
+    assert all(torch.equal(v, three_state[k]) for k, v in two_state.items())
+
+
 class _Gain(nn.Module):
     """A per-channel gain with a 1-D weight: not a norm, so not a smoothing source."""
 

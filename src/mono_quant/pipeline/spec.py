@@ -296,6 +296,11 @@ class JobSpec:
         :meth:`_parts` costs several times as much per job; the equality with the reference
         is tested over random specs.
         """
+        return self._texts()
+
+    def _texts(self) -> tuple[str, str, str]:
+        """:attr:`_json`'s texts, computed. A plain method: mutation testing
+        (tools/mutate.py) skips decorated functions, and these texts are the key."""
         model = _part_texts(self.model)
         key_head, key_tail, payload_tail = self.__dict__.get("_framed") or _frame(self)
         return (hashlib.sha256((key_head + model[0] + key_tail).encode()).hexdigest(),
