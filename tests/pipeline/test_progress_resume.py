@@ -254,11 +254,15 @@ class _Touch:
         return (open, (str(self.path), "w"))
 
 
-def test_saved_activations_are_loaded_as_weights_only(tmp_path):
+@pytest.mark.parametrize("force_no", [None, "1"], ids=["default", "TORCH_FORCE_NO_WEIGHTS_ONLY"])
+def test_saved_activations_are_loaded_as_weights_only(tmp_path, monkeypatch, force_no):
     """``acts-*.pt`` is read with ``weights_only=True``: a pickle that runs code on load is
-    refused, and its code does not run."""
+    refused, and its code does not run; also where ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set
+    (it turns off the check of every ``torch.load`` that does not pass ``weights_only``)."""
     import pickle
 
+    if force_no:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", force_no)
     work, marker = tmp_path / "work", tmp_path / "ran"
     Progress(work, "fp").commit_block(0, {"w": torch.ones(1)}, [{"h": torch.zeros(1)}], {})
     torch.save([_Touch(marker)], work / "acts-00001.pt")
