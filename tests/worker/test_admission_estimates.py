@@ -105,6 +105,10 @@ def test_in_memory_activations_are_a_tenth_or_the_minimum():
                                  largest_block_bytes=0)
     assert adm.estimate_from_summary(edge, "in_memory", None).parts["activations"] == \
         256 * MiB + 1
+    whole = adm.CheckpointSummary(float_bytes=10 * 256 * MiB + 19, int8_bytes=0,
+                                  largest_block_bytes=0)  # a tenth rounds down to bytes
+    got = adm.estimate_from_summary(whole, "in_memory", None).parts["activations"]
+    assert (got, type(got)) == (256 * MiB + 1, int)
 
 
 @pytest.mark.parametrize(("summary", "samples", "cache"), [
