@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import PurePosixPath
 
 import pytest
 import torch
@@ -40,6 +41,16 @@ def test_fingerprint_by_hand(files):
     none.update(b"config.json:18:2000000456" + b'{"hidden_size": 4}')
     none.update(b"model.safetensors:8:1000000123" + b"None")
     assert fingerprint({"a": 1}, list(reversed(files)), None) == none.hexdigest()
+
+
+def test_a_config_value_that_is_not_json_is_hashed_by_its_text(files):
+    """``fingerprint`` is public: a config holding a path (or any non-JSON value) hashes as
+    the text ``str`` gives it instead of failing."""
+    h = hashlib.sha256(b'{"cal": "/data/cal.txt", "n": 2}')
+    h.update(b"config.json:18:2000000456" + b'{"hidden_size": 4}')
+    h.update(b"model.safetensors:8:1000000123" + b"None")
+    payload = {"n": 2, "cal": PurePosixPath("/data/cal.txt")}
+    assert fingerprint(payload, files, None) == h.hexdigest()
 
 
 def test_an_empty_tensor_and_a_non_contiguous_one(files):
@@ -196,3 +207,76 @@ def test_a_commit_removes_the_blocks_capture_folders(tmp_path):
     assert sorted(f.name for f in work.iterdir()) == [".acts-00000-half.tmp", ".acts-00000.tmp"]
     p.commit_block(0, {"w": torch.ones(1)}, None, {})
     assert sorted(f.name for f in work.iterdir()) == ["parts", "state.json"]
+
+
+def test_stats_that_are_not_finite_survive_a_resume(tmp_path):
+    """An exact block has an infinite SQNR: the state keeps it (JSON's Infinity / NaN)."""
+    work = tmp_path / "work"
+    Progress(work, "fp").commit_block(0, {"w": torch.ones(1)}, None,
+                                      {"sqnr_db": float("inf"), "loss": float("nan")})
+    assert '"stats": {"sqnr_db": Infinity, "loss": NaN}' in (work / "state.json").read_text()
+    stats = Progress(work, "fp").resume().stats
+    assert stats["sqnr_db"] == float("inf") and stats["loss"] != stats["loss"]  # NaN
+
+
+def test_a_cache_kept_in_memory_is_saved_as_its_batches(tmp_path):
+    work = tmp_path / "work"
+    p = Progress(work, "fp", offload_bytes=None)
+    cache = p.new_cache(1)
+    for i in range(2):
+        cache.append({"x": torch.full((2,), float(i))})
+    assert not cache.offloaded
+    p.commit_block(0, {"w": torch.ones(1)}, cache, {})
+    assert _state(work)["activations"] == "acts-00001.pt"
+    saved = Progress(work, "fp").resume().activations
+    assert isinstance(saved, list)
+    assert [b["x"].tolist() for b in saved] == [[0.0, 0.0], [1.0, 1.0]]
+
+
+def test_an_offloaded_cache_is_read_from_where_the_commit_put_it(tmp_path):
+    """The next block iterates the same cache object: its folder follows the rename."""
+    work = tmp_path / "work"
+    p = Progress(work, "fp", offload_bytes=0)
+    cache = p.new_cache(1)
+    cache.append({"x": torch.full((2,), 7.0)})
+    p.commit_block(0, {"w": torch.ones(1)}, cache, {})
+    assert cache.folder == work / "acts-00001"
+    assert [b["x"].tolist() for b in cache] == [[7.0, 7.0]]
+
+
+class _Touch:
+    """A pickle that creates a file when loaded without ``weights_only``."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+@pytest.mark.parametrize("force_no", [None, "1"], ids=["default", "TORCH_FORCE_NO_WEIGHTS_ONLY"])
+def test_saved_activations_are_loaded_as_weights_only(tmp_path, monkeypatch, force_no):
+    """``acts-*.pt`` is read with ``weights_only=True``: a pickle that runs code on load is
+    refused, and its code does not run; also where ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set
+    (it turns off the check of every ``torch.load`` that does not pass ``weights_only``)."""
+    import pickle
+
+    if force_no:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", force_no)
+    work, marker = tmp_path / "work", tmp_path / "ran"
+    Progress(work, "fp").commit_block(0, {"w": torch.ones(1)}, [{"h": torch.zeros(1)}], {})
+    torch.save([_Touch(marker)], work / "acts-00001.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        Progress(work, "fp").resume()
+    assert not marker.exists()
+
+
+def test_a_changed_fingerprint_leaves_folders_that_are_not_ours(tmp_path):
+    work = tmp_path / "work"
+    Progress(work, "a").commit_block(0, {"w": torch.ones(1)}, [{"h": torch.zeros(1)}], {})
+    (work / "logs").mkdir()
+    (work / "logs" / "run.txt").write_text("not ours")
+    (work / "acts-00002.pt").mkdir()  # named like our file, but a folder
+    assert Progress(work, "b").resume() is None
+    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*")) == [
+        "acts-00002.pt", "logs", "logs/run.txt"]

@@ -236,3 +236,12 @@ def test_a_stored_cache_folder_with_a_foreign_file_starts_over(endpoint, work_ur
     node = tmp_path / "node2"
     assert Progress(node, "f1", work_url).resume() is None
     assert not (node / "acts-00001").exists()
+
+
+def test_stats_that_are_not_finite_resume_from_the_store(endpoint, work_url, tmp_path):
+    """The downloaded state.json is written back as it was stored: Infinity and NaN too."""
+    stats = {"sqnr_db": float("inf"), "loss": float("nan")}
+    Progress(tmp_path / "node1", "f1", work_url).commit_block(0, {"w": torch.ones(1)}, None,
+                                                              stats)
+    got = Progress(tmp_path / "node2", "f1", work_url).resume().stats
+    assert got["sqnr_db"] == float("inf") and got["loss"] != got["loss"]  # NaN

@@ -50,6 +50,15 @@ def test_summary_by_hand(tmp_path):
     # layers.1: 64 x 4 + 24 + 10 = 290 (its largest tensor alone is 256; lm_head 192)
     assert s.largest_block_bytes == 290
     assert (s.hidden_size, s.max_positions) == (4, 64)
+    # whole bytes: the ledger stores them and the messages format them
+    assert [type(v) for v in (s.float_bytes, s.int8_bytes, s.largest_block_bytes)] == [int] * 3
+
+
+def test_summary_of_a_checkpoint_without_tensors(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file({}, folder / "model.safetensors")
+    assert adm.summarize_checkpoint(folder) == adm.CheckpointSummary(0, 0, 0)
 
 
 @pytest.mark.parametrize(("config", "hidden", "positions"), [
@@ -57,6 +66,7 @@ def test_summary_by_hand(tmp_path):
     ({"hidden_size": True, "max_position_embeddings": -5}, None, None),
     ({"hidden_size": 2.0, "max_position_embeddings": "64"}, None, None),
     ({"hidden_size": 0, "d_model": 16}, 16, None),
+    ({"hidden_size": 1, "max_position_embeddings": 1}, 1, 1),  # the smallest kept
     (["hidden_size", 4], None, None),
     (None, None, None),  # no config.json
 ])
@@ -95,6 +105,10 @@ def test_in_memory_activations_are_a_tenth_or_the_minimum():
                                  largest_block_bytes=0)
     assert adm.estimate_from_summary(edge, "in_memory", None).parts["activations"] == \
         256 * MiB + 1
+    whole = adm.CheckpointSummary(float_bytes=10 * 256 * MiB + 19, int8_bytes=0,
+                                  largest_block_bytes=0)  # a tenth rounds down to bytes
+    got = adm.estimate_from_summary(whole, "in_memory", None).parts["activations"]
+    assert (got, type(got)) == (256 * MiB + 1, int)
 
 
 @pytest.mark.parametrize(("summary", "samples", "cache"), [
@@ -150,9 +164,9 @@ def test_estimate_bytes_and_description():
 def test_meminfo_parses_kilobytes(tmp_path):
     path = tmp_path / "meminfo"
     path.write_text("MemTotal:       16 kB\nMemAvailable:    8 kB\nHugePages_Total:       0\n"
-                    "Odd: x kB\nEmpty:\n")
+                    "HugePages_Free:        3\nOdd: x kB\nEmpty:\n")
     assert adm._meminfo(str(path)) == {"MemTotal": 16384, "MemAvailable": 8192,
-                                       "HugePages_Total": 0}
+                                       "HugePages_Total": 0, "HugePages_Free": 3}  # no unit
     assert adm._meminfo(str(tmp_path / "missing")) == {}
 
 
@@ -166,12 +180,14 @@ def test_host_memory():
 
 def test_gpu_memory(monkeypatch):
     """No GPU here: the two CUDA calls admission makes are answered by stand-ins."""
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * GiB, 8 * GiB))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA X")
+    info = {"cuda:0": (GiB, 2 * GiB), "cuda:1": (3 * GiB, 8 * GiB)}  # per device asked
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: info[device])
+    monkeypatch.setattr(torch.cuda, "get_device_name",
+                        lambda device: {"cuda:0": "NVIDIA Y", "cuda:1": "NVIDIA X"}[device])
     assert adm.device_memory("cuda:1", "3") == adm.DeviceMemory(
         "gpu3", "NVIDIA X (cuda:1, GPU 3)", 8 * GiB, 3 * GiB)
     assert adm.device_memory("cuda:0") == adm.DeviceMemory(
-        "gpu0", "NVIDIA X (cuda:0, GPU ?)", 8 * GiB, 3 * GiB)
+        "gpu0", "NVIDIA Y (cuda:0, GPU ?)", 2 * GiB, GiB)
 
 
 EST = adm.Estimate("in_memory", {"float model": 6 * GiB, "int8 copy": 2 * GiB})  # 8 GiB
@@ -213,3 +229,67 @@ def test_a_waiting_job_shows_the_numbers():
     assert d.reason == (
         "the job needs about 1.0 MiB (in_memory: float model 1.0 MiB); GPU-A has 0.0 MiB "
         "available now (free 512.0 MiB, reserved by running jobs 8.00 GiB, total 8.00 GiB)")
+
+
+def test_a_cache_of_exactly_the_offload_limit_stays_in_memory():
+    """A cache is offloaded only past the limit (ActivationCache: ``nbytes > limit``)."""
+    sample = 2048 * 1024 * 4  # S: 4 MiB per sample
+    at = adm.estimate_from_summary(S, "sequential", adm.Context(samples=16, offload_bytes=
+                                                                16 * sample)).parts
+    assert at["activation cache"] == 2 * 16 * sample
+    over = adm.estimate_from_summary(S, "sequential", adm.Context(samples=16, offload_bytes=
+                                                                  16 * sample - 1)).parts
+    assert over["activation cache (rest on disk)"] == 2 * (16 * sample - 1)
+
+
+def test_estimate_memory_reads_samples_batch_device_and_offload(tmp_path):
+    """What the spec says (samples, the calibration source's batch_size) and what the worker
+    says (device, offload limit) each reach the estimate."""
+    from mono_quant.pipeline.sources import parse_calibration_source
+
+    folder = _checkpoint(tmp_path / "m", {"hidden_size": 4, "max_position_embeddings": 64})
+    (tmp_path / "cal.txt").write_text("some text\n")
+    spec = JobSpec(parse_model_source(f"hf:{folder}"), pipeline="sequential", samples=16,
+                   calibration=parse_calibration_source(f"text:{tmp_path / 'cal.txt'}"
+                                                        "?batch_size=2"))
+    sample = 64 * 4 * 4
+    block = {"largest block x2": 580}
+    assert adm.estimate_memory(spec, offload_bytes=None).parts == {
+        **block, "activation cache": 2 * 16 * sample}
+    assert adm.estimate_memory(spec, offload_bytes=0).parts == {
+        **block, "activation cache (rest on disk)": 2 * 2 * sample}
+    assert adm.estimate_memory(spec, device="cuda:0").parts == {
+        **block, "activations (one batch in and out)": 2 * 2 * sample}
+    assert adm.estimate_memory(spec).parts == {  # the default limit (1 GiB) keeps it all
+        **block, "activation cache": 2 * 16 * sample}
+
+
+@pytest.mark.parametrize("pipeline", [None, "absent"])
+def test_a_spec_without_a_pipeline_is_estimated_in_memory(tmp_path, pipeline):
+    """``estimate_memory`` takes any spec-like object: without a ``pipeline`` (or with
+    None) its estimate is in_memory's."""
+    from types import SimpleNamespace
+
+    folder = _checkpoint(tmp_path / "m", {"hidden_size": 4})
+    spec = SimpleNamespace(model=parse_model_source(f"hf:{folder}"), stream=False, samples=None)
+    if pipeline is None:
+        spec.pipeline = None
+    assert adm.estimate_memory(spec).strategy == "in_memory"
+
+
+def test_a_host_without_memavailable_is_not_compared_with(monkeypatch):
+    """Kernels before 3.14 have no MemAvailable (this host has): ``_meminfo`` answers as such a
+    host's /proc/meminfo would. Without both numbers admission knows nothing (None)."""
+    for info in ({"MemTotal": 16384}, {"MemAvailable": 8192}, {}):
+        monkeypatch.setattr(adm, "_meminfo", lambda info=info: info)
+        assert adm.device_memory("cpu") is None
+
+
+def test_register_strategy_adds_an_estimate(monkeypatch):
+    monkeypatch.setattr(adm, "_STRATEGIES", dict(adm._STRATEGIES))  # this test's registry
+
+    def tiny(summary, ctx):
+        return {"model": summary.float_bytes, "samples": ctx.samples}
+
+    assert adm.register_strategy("tiny")(tiny) is tiny
+    assert adm.estimate_from_summary(S, "tiny", 3).parts == {"model": 5 * GiB, "samples": 3}
