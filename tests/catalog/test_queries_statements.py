@@ -141,6 +141,9 @@ def test_page_plan_of_each_query(name):
     shape = (re.search(r"\bpresent\b", sql) is not None, ") AS probe)" in sql,
              sql.count("+artifacts."))
     assert shape == (two_step, probed, plus_terms), sql
+    if two_step:  # each step reads at most a page: the non-NULL rows, then the NULL ones
+        assert re.findall(r"LIMIT [^\n]*", sql) == [
+            "LIMIT 5 OFFSET 0)", "LIMIT 5 - (SELECT count(*) AS count_1 ", "LIMIT 5 OFFSET 0"]
 
 
 @pytest.mark.parametrize(("filters", "column", "value", "plus"), [
