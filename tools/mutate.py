@@ -120,7 +120,7 @@ GROUPS: dict[str, Group] = {
     "queries": Group(
         {CAT + "queries.py": ALL},
         ("tests/catalog/test_queries.py", "tests/catalog/test_thresholds.py",
-         "tests/catalog/test_records.py"),
+         "tests/catalog/test_records.py", "tests/catalog/test_queries_statements.py"),
         skip="postgresql",
     ),
     "key": Group(
