@@ -133,7 +133,8 @@ GROUPS: dict[str, Group] = {
         {CAT + "queries.py": ALL},
         ("tests/catalog/test_queries.py", "tests/catalog/test_thresholds.py",
          "tests/catalog/test_records.py", "tests/catalog/test_artifact_records.py",
-         "tests/catalog/test_sorted_pages.py", "tests/catalog/test_llm_columns.py"),
+         "tests/catalog/test_sorted_pages.py", "tests/catalog/test_llm_columns.py",
+         "tests/catalog/test_queries_statements.py"),
         # test_sorted_pages.py: the sorted pages (_page_ids, _probed_page, _page: no other
         # file reaches them) through the range-probe and plan cases; its every-field sweep
         # (~50 s here) checks the same orders over more fields. test_llm_columns.py: the

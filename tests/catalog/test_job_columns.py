@@ -13,7 +13,15 @@ import pytest
 from sqlalchemy import select
 
 from mono_quant import QuantConfig, demo_models, quantize_model
-from mono_quant.catalog import Attempt, AttemptOutcome, Catalog, ErrorKind, JobStatus
+from mono_quant.catalog import (
+    ArtifactFormat,
+    Attempt,
+    AttemptOutcome,
+    Catalog,
+    ErrorKind,
+    Job,
+    JobStatus,
+)
 from mono_quant.catalog import jobs as js
 from mono_quant.catalog.types import utcnow
 from tests.catalog.test_jobs import _batch, _status
@@ -168,3 +176,47 @@ def test_poison_claim_records_the_crashes_and_does_not_count_itself(catalog):
     rows = [(a.number, a.outcome, a.error_kind, a.error) for a in _attempt_rows(catalog, job_id)]
     lost = (AttemptOutcome.LOST, ErrorKind.INTERNAL, "the worker died while running this attempt")
     assert rows == [(1, *lost), (2, *lost)]
+
+
+def test_cancel_by_ids_closes_the_attempt_and_leaves_the_other_jobs(catalog):
+    running, other = _batch(catalog, 2)
+    _claim(catalog, running)
+    before = utcnow()
+    with catalog.begin() as s:
+        assert js.cancel_jobs(s, job_ids=[running]) == ([running], [])  # no task id given
+    assert _status(catalog, other).status is S.PENDING
+    (attempt,) = _attempt_rows(catalog, running)
+    assert (attempt.outcome, attempt.error_kind, attempt.error) == (
+        AttemptOutcome.CANCELLED, ErrorKind.CANCELLED, "cancelled by a user")
+    assert attempt.finished_at >= before
+
+
+def test_succeed_records_the_key_format_and_source_it_is_given(catalog, info, tmp_path):
+    """An absolute path under the root is recorded as its key; the format is the caller's
+    (a compressed-tensors folder uploaded elsewhere: nothing at the path to guess from), and
+    the model source the worker ran wins over the job's own column (``factory:m:f``)."""
+    (job_id,) = _batch(catalog, 1)
+    _claim(catalog, job_id)
+    with catalog.begin() as s:
+        artifact, replaced = js.succeed(
+            s, job_id, "w1@h", storage_root=tmp_path, storage_key=str(tmp_path / "ab" / "job-1"),
+            fmt="compressed-tensors", sha256="0" * 64, size_bytes=3, info=info,
+            model_source="hf:org/model@main")
+        assert (artifact.storage_key, artifact.format, artifact.model_source, replaced) == (
+            "ab/job-1", ArtifactFormat.COMPRESSED_TENSORS, "hf:org/model@main", None)
+
+
+def test_succeed_refreshes_the_callers_copy_of_the_job(catalog, info, tmp_path):
+    """The session read the job before this worker claimed it (in another session): after
+    succeed, that copy, which is the artifact's job, holds the row as written."""
+    (job_id,) = _batch(catalog, 1)
+    with catalog.begin() as s:
+        seen = s.get(Job, job_id)  # held: the session's identity map keeps this copy
+        assert seen.status is S.PENDING
+        _claim(catalog, job_id)
+        artifact, _ = js.succeed(s, job_id, "w1@h", storage_root=tmp_path,
+                                 storage_key="ab/x.pt", fmt="pt", sha256="0" * 64,
+                                 size_bytes=1, info=info)
+        assert artifact.job is seen
+        assert (seen.status, seen.worker, seen.device, seen.attempts) == (
+            S.SUCCEEDED, "w1@h", "cuda:1", 1)
