@@ -106,11 +106,13 @@ GROUPS: dict[str, Group] = {
         # time); the round-trip cases of the same file read the same folder back
         skip="transformers_loads",
     ),
-    # the SmoothQuant strength search: the held-out, num_samples and off-first cases of
-    # test_smooth_discovery.py and the per-mode choice of test_smoothquant.py
+    # the SmoothQuant strength search: its direct cases (test_smoothsearch.py), the held-out,
+    # num_samples and off-first cases of test_smooth_discovery.py and the per-mode choice of
+    # test_smoothquant.py
     "smoothsearch": Group(
         {Q + "smoothsearch.py": ALL},
-        ("tests/quant/test_smooth_discovery.py", "tests/quant/test_smoothquant.py"),
+        ("tests/quant/test_smoothsearch.py", "tests/quant/test_smooth_discovery.py",
+         "tests/quant/test_smoothquant.py"),
         # the transformers-model and whole-model cases, as in the smoothquant group
         skip="(identity or unmapped or llama or never_costs)",
     ),
