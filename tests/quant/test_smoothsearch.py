@@ -118,3 +118,37 @@ def test_dynamic_activations_read_no_calibrated_range():
     out = choose_strengths(model, data, [PAIR], scales, {},
                            QuantConfig(mode="dynamic", smoothquant=0.8))
     assert list(out) == [PAIR]
+
+
+def _shifted(seed: int, outlier: float):
+    """A LayerNorm with one channel ``outlier`` x wider and a +0.5 bias (an asymmetric
+    range), feeding a Linear(8, 6); the scales and min-max ranges fitted on both batches."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 6)).eval()
+    with torch.no_grad():
+        model[0].weight[3] = outlier
+        model[0].bias += 0.5
+    data = [torch.randn(16, 8) for _ in range(2)]
+    with torch.no_grad():
+        acts = torch.cat([model[0](x) for x in data])
+    absmax = acts.abs().amax(0)
+
+    def scales(_pair, a):
+        return torch.ones(8) if a == 0 else smoothing_scales(absmax, [model[1].weight], [1], a)
+
+    return model, data, scales, {"1": (acts.amin(0), acts.amax(0))}
+
+
+@pytest.mark.parametrize(("seed", "outlier", "options", "expected"), [
+    (0, 10.0, {"activation_scheme": "symmetric"}, 0.5),
+    (0, 10.0, {}, 0.65),
+    (1, 50.0, {"granularity": "per_tensor"}, 0.5),
+    (1, 50.0, {}, 0.65),
+], ids=["symmetric-acts", "asymmetric-acts", "per-tensor-weights", "per-channel-weights"])
+def test_the_search_measures_the_configs_schemes(seed, outlier, options, expected):
+    """The same pair measured with the config's activation scheme and weight granularity:
+    each choice differs from the default's. (A regression pin of the measured choice, like
+    the smooth_model cases of test_smooth_discovery.py, not an independent value.)"""
+    model, data, scales, ranges = _shifted(seed, outlier)
+    config = QuantConfig(mode="static", smoothquant=0.8, **options)
+    assert choose_strengths(model, data, [PAIR], scales, ranges, config) == {PAIR: expected}
