@@ -97,6 +97,25 @@ GROUPS: dict[str, Group] = {
         # run the same code on small models
         skip="(identity or unmapped or llama or never_costs)",
     ),
+    # per-token dynamic activations and the int8 GEMM (vLLM's kernel), checked against a
+    # float64 reference and hand-worked rows
+    "dynamic": Group(
+        {Q + "dynamic.py": ALL},
+        ("tests/quant/test_dynamic.py",),
+        # loading a dynamic folder in transformers (~9 s a case here, most of a mutant's
+        # time); the round-trip cases of the same file read the same folder back
+        skip="transformers_loads",
+    ),
+    # the SmoothQuant strength search: its direct cases (test_smoothsearch.py), the held-out,
+    # num_samples and off-first cases of test_smooth_discovery.py and the per-mode choice of
+    # test_smoothquant.py
+    "smoothsearch": Group(
+        {Q + "smoothsearch.py": ALL},
+        ("tests/quant/test_smoothsearch.py", "tests/quant/test_smooth_discovery.py",
+         "tests/quant/test_smoothquant.py"),
+        # the transformers-model and whole-model cases, as in the smoothquant group
+        skip="(identity or unmapped or llama or never_costs)",
+    ),
     "gptq": Group(
         {Q + "gptq.py": ALL},
         ("tests/quant/test_gptq_reference.py", "tests/quant/test_gptq.py"),
@@ -181,7 +200,7 @@ GROUPS: dict[str, Group] = {
 #: Names for several groups at once (``tools/mutate.py quant``).
 SETS = {
     "quant": ("primitives", "specs", "observers", "kernels", "metrics", "measured",
-              "smoothquant", "gptq"),
+              "smoothquant", "dynamic", "smoothsearch", "gptq"),
     "io": ("header", "atomic", "formats"),
     "catalog": ("jobs", "queries"),
     "pipeline": ("key", "resume"),

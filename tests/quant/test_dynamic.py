@@ -13,7 +13,7 @@ from torch import nn
 
 from mono_quant import BadConfigError, QuantConfig, demo_models, quantize_model, save_model
 from mono_quant.io import load_quantized
-from mono_quant.quant.dynamic import int8_linear, quantize_per_token
+from mono_quant.quant.dynamic import fake_quantize_per_token, int8_linear, quantize_per_token
 from mono_quant.quant.modules import QuantLinear
 from tests.quant.cuda_emulation import CudaScalarDivision
 
@@ -46,7 +46,7 @@ def _vllm_per_token(x: np.ndarray):
     ``scale = absmax / 127.0f``, ``tmp = 127.0f / absmax`` (IEEE divisions), then
     ``cvt.rni.sat.s8.f32(x * tmp)``: round half to even, saturate, NaN (the zero row) -> 0."""
     absmax = np.abs(x).max(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         scale = absmax / np.float32(127.0)
         prod = x * (np.float32(127.0) / absmax)
     return np.clip(np.rint(np.nan_to_num(prod, nan=0.0)), -128, 127).astype(np.int8), scale
@@ -84,6 +84,40 @@ def test_per_token_is_vllms_float32_kernel_on_every_device(divides):
     q_ref, scale_ref = _vllm_per_token(x)
     assert np.array_equal(scale.numpy(), scale_ref)
     assert np.array_equal(q.numpy(), q_ref)
+
+
+def test_a_subnormal_row_saturates_like_vllms_kernel():
+    # absmax 1e-40 (float32 subnormal): 127 / absmax overflows float32 to inf, x * inf is
+    # +-inf for x != 0 and NaN for 0; the kernel's saturating convert gives 127, -128 and 0
+    x = torch.tensor([[1e-40, -1e-40, 0.0, 5e-41]])
+    q, scale = quantize_per_token(x)
+    assert q.tolist() == [[127, -128, 0, 127]]
+    q_ref, scale_ref = _vllm_per_token(x.numpy())
+    assert q_ref.tolist() == [[127, -128, 0, 127]]
+    assert np.array_equal(scale.numpy(), scale_ref) and float(scale) > 0
+
+
+def test_per_token_takes_the_last_axis_of_a_3d_input():
+    # rows [1, -2], [4, 0.5], [0, 0], [-8, 2]: 127 / absmax = 63.5, 31.75, inf, 15.875;
+    # 63.5 rounds half to even (64), 15.875 -> 16, 31.75 -> 32
+    x = torch.tensor([[[1.0, -2.0], [4.0, 0.5]], [[0.0, 0.0], [-8.0, 2.0]]])
+    q, scale = quantize_per_token(x)
+    assert q.tolist() == [[[64, -127], [127, 16]], [[0, 0], [-127, 32]]]
+    assert scale.shape == (2, 2, 1)
+    expected = np.array([2.0, 4.0, 0.0, 8.0], np.float32) / np.float32(127.0)
+    assert np.array_equal(scale.flatten().numpy(), expected)
+
+
+def test_fake_quantize_and_int8_linear_keep_the_input_dtype():
+    x = torch.tensor([[1.0, -2.0]], dtype=torch.bfloat16)
+    # q = [64, -127], scale 2/127: 64 * 2/127 = 1.00787 -> bfloat16 1.0078125 (step 2**-7)
+    fq = fake_quantize_per_token(x)
+    assert fq.dtype == torch.bfloat16 and fq.tolist() == [[1.0078125, -2.0]]
+    w = torch.tensor([[1, 1], [2, 0]], dtype=torch.int8)
+    # acc = [64 - 127, 128] = [-63, 128]; out = 2/127 * [0.5 * -63, 1.0 * 128]
+    # = [-0.496063, 2.015748] -> bfloat16 [-0.49609375, 2.015625]
+    out = int8_linear(x, w, torch.tensor([[0.5], [1.0]]), None)
+    assert out.dtype == torch.bfloat16 and out.tolist() == [[-0.49609375, 2.015625]]
 
 
 def test_int8_linear_is_the_int32_accumulate_then_rescale():

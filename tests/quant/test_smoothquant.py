@@ -232,3 +232,30 @@ def test_smoothquant_never_costs_a_model_without_outliers():
     smoothed, sq = cosine(smoothquant=0.8)
     assert smoothed >= plain - 1e-7
     assert sq["not_smoothed"] and len(sq["strengths"]) == 8
+
+
+@pytest.mark.parametrize("elements", [4, 1 << 21], ids=["chunked", "whole"])
+def test_rescale_folds_a_few_rows_at_a_time_to_the_whole_tensor_values(monkeypatch, elements):
+    """``_rescale_`` works through row chunks of at most ``_RESCALE_ELEMENTS`` (16 MiB of
+    float64 by default: every weight here is one chunk); set to 4 elements, these tensors
+    take one or two rows a chunk. Values worked by hand (powers of two: exact)."""
+    from mono_quant.quant import smoothquant
+
+    monkeypatch.setattr(smoothquant, "_RESCALE_ELEMENTS", elements)
+    # one scale per row, divided (the smoothed linear's output channels); 5 x 2: 2 rows a chunk
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0], [9.0, 10.0]])
+    smoothquant._rescale_(w, torch.tensor([[1.0], [2.0], [4.0], [8.0], [16.0]],
+                                          dtype=torch.float64), divide=True)
+    assert w.tolist() == [[1.0, 2.0], [1.5, 2.0], [1.25, 1.5], [0.875, 1.0], [0.5625, 0.625]]
+    # one row of scales for every row, multiplied (the balance layers' input columns)
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0], [9.0, 10.0]])
+    smoothquant._rescale_(w, torch.tensor([[2.0, 0.5]], dtype=torch.float64), divide=False)
+    assert w.tolist() == [[2.0, 1.0], [6.0, 2.0], [10.0, 3.0], [14.0, 4.0], [18.0, 5.0]]
+    # 2 x 4, one row a chunk, per-row scales
+    w = torch.tensor([[2.0, 4.0, 6.0, 8.0], [4.0, 8.0, 12.0, 16.0]], dtype=torch.bfloat16)
+    smoothquant._rescale_(w, torch.tensor([[2.0], [4.0]], dtype=torch.float64), divide=True)
+    assert w.dtype == torch.bfloat16 and w.tolist() == [[1.0, 2.0, 3.0, 4.0]] * 2
+    # a single row (a linear with one output channel)
+    w = torch.tensor([[3.0, 6.0, 9.0]])
+    smoothquant._rescale_(w, torch.tensor([[3.0]], dtype=torch.float64), divide=True)
+    assert w.tolist() == [[1.0, 2.0, 3.0]]
