@@ -16,20 +16,9 @@ from mono_quant import QuantConfig, quantize_model, save_model
 from mono_quant.errors import BadConfigError, BadInputError
 from mono_quant.io.formats import load_model, load_quantized, read_info
 from mono_quant.io.sharded import INDEX_FILE
+from tests.io.test_compressed_config import Tiny, _Config
 
 INFO_KEY = "mono_quant.info"
-
-
-class _Config:
-    def __init__(self, **items):
-        self.items = items
-
-    def to_dict(self):
-        return dict(self.items)
-
-
-class Tiny(nn.Sequential):
-    pass
 
 
 def _model(seed: int = 0) -> Tiny:

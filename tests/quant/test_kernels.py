@@ -309,14 +309,6 @@ def test_which_kernel_fused_minmax_quantize_takes_as_the_one_pass_asks(
         assert _kernels.compiled_for(torch.zeros(shape), symmetric) is expected
 
 
-@pytest.fixture
-def float64_default():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 def test_scales_stay_float32_under_a_float64_default_dtype(float64_default, symmetric):
     rows = torch.tensor([[-1.0, 0.5, 2.0], [4.0, 3.0, 1.0]], dtype=torch.float32)

@@ -116,14 +116,6 @@ def test_rounding_past_the_int8_range_is_clamped_at_both_ends():
     assert acc == weight_error(w, quantize_weight(w, cfg, "w"))
 
 
-@pytest.fixture
-def float64_default():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 def test_scales_and_sums_stay_float32_under_a_float64_default_dtype(float64_default):
     # a caller's torch.set_default_dtype(float64) must not change the scale buffer, the
     # scratch the rounding writes or the float32 dot products
