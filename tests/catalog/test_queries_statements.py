@@ -132,6 +132,8 @@ PAGES = {
     "perplexity-other-range": ({"order_by": "output_cosine",
                                 "max_perplexity_increase": 1.0}, False, True, 5),
     "sqnr-own-range": ({"order_by": "weight_sqnr_db", "min_sqnr": 30.0}, True, False, 1),
+    # created_at keeps SQLite's newest-first walk, a range on another column too
+    "created-at-other-range": ({"min_sqnr": 30.0}, False, False, 0),
 }
 
 
