@@ -134,6 +134,7 @@ PAGES = {
     "sqnr-own-range": ({"order_by": "weight_sqnr_db", "min_sqnr": 30.0}, True, False, 1),
     # created_at keeps SQLite's newest-first walk, a range on another column too
     "created-at-other-range": ({"min_sqnr": 30.0}, False, False, 0),
+    "id-other-range": ({"order_by": "id", "min_sqnr": 30.0}, False, False, 0),
 }
 
 
