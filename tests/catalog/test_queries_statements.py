@@ -135,6 +135,11 @@ PAGES = {
     # created_at keeps SQLite's newest-first walk, a range on another column too
     "created-at-other-range": ({"min_sqnr": 30.0}, False, False, 0),
     "id-other-range": ({"order_by": "id", "min_sqnr": 30.0}, False, False, 0),
+    # models or digests with a range: their few rows are sorted, the range is not probed
+    "models-other-range": ({"order_by": "output_cosine", "models": ["m"], "min_sqnr": 30.0},
+                           False, False, 1),
+    "digests-other-range": ({"order_by": "output_cosine", "model_digests": ["d"],
+                             "min_sqnr": 30.0}, False, False, 1),
 }
 
 
