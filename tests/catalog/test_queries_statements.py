@@ -23,11 +23,12 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import create_engine, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
-from mono_quant.catalog import Artifact, ArtifactQuery, Catalog, artifact_records
-from mono_quant.catalog.queries import artifacts_statement, records_statement
+from mono_quant.catalog import Artifact, ArtifactQuery, Catalog, Job, artifact_records
+from mono_quant.catalog.queries import _id_in, artifacts_statement, records_statement
 from tests.catalog import seed as seedmod
 
 SINCE = seedmod.T0 + timedelta(days=3)
@@ -131,6 +132,14 @@ PAGES = {
     "perplexity-other-range": ({"order_by": "output_cosine",
                                 "max_perplexity_increase": 1.0}, False, True, 5),
     "sqnr-own-range": ({"order_by": "weight_sqnr_db", "min_sqnr": 30.0}, True, False, 1),
+    # created_at keeps SQLite's newest-first walk, a range on another column too
+    "created-at-other-range": ({"min_sqnr": 30.0}, False, False, 0),
+    "id-other-range": ({"order_by": "id", "min_sqnr": 30.0}, False, False, 0),
+    # models or digests with a range: their few rows are sorted, the range is not probed
+    "models-other-range": ({"order_by": "output_cosine", "models": ["m"], "min_sqnr": 30.0},
+                           False, False, 1),
+    "digests-other-range": ({"order_by": "output_cosine", "model_digests": ["d"],
+                             "min_sqnr": 30.0}, False, False, 1),
 }
 
 
@@ -170,6 +179,20 @@ def test_records_statement_defaults_to_the_newest_100():
     assert names[:3] == ["artifacts.id", "artifacts.model_source", "artifacts.model_digest"]
     assert names[-3:] == ["artifacts.low_compression", "artifacts.job_id",
                           "artifacts.storage_key"]
+
+
+def test_job_ids_on_the_server_database_are_one_array_parameter():
+    """The jobs of a page by id on PostgreSQL: ``= ANY`` of ONE bound integer array, sorted.
+    The engine is never connected (no server needed: the dialect alone picks the branch);
+    the PostgreSQL catalog tests run the statement itself."""
+    engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with Session(engine) as session:
+        clause = _id_in(session, Job.id, {3, 1, 2})
+    compiled = clause.compile(dialect=engine.dialect)
+    assert str(compiled) == "jobs.id = ANY (%(ids)s::INTEGER[])"
+    assert compiled.params == {"ids": [1, 2, 3]}
+    literal = clause.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+    assert str(literal) == "jobs.id = ANY (ARRAY[1, 2, 3])"
 
 
 @pytest.fixture
@@ -215,3 +238,55 @@ def test_max_perplexity_increase_keeps_its_boundary(seeded, bound, kept):
         rows = artifact_records(session, q, locate=lambda key: (key, key))
     assert [r["id"] for r in rows] == kept
     assert [r["perplexity_increase"] for r in rows] == [PERPLEXITY[i] for i in kept]
+
+
+#: The probe of the pages below: at most PROBE_PAGES (30) pages of 5 ids in ``min_sqnr``'s
+#: range are counted, and "fewer than 150" picks the sorted half.
+PROBE = ("(SELECT count(*) AS count_1 \nFROM (SELECT artifacts.id AS id \nFROM artifacts \n"
+         "WHERE artifacts.weight_sqnr_db >= 30.0\n LIMIT 150 OFFSET 0) AS probe) < 150")
+#: Where the outer SELECT's column list ends and its WHERE begins.
+OUTER = "\nFROM artifacts \nWHERE artifacts.id IN ("
+
+
+def test_probed_page_on_a_not_null_column_is_two_halves_of_ids():
+    """``size_bytes`` by ``min_sqnr``: the sorted half (``+column``: no index walk) takes the
+    page when the probe finds few rows, the walked half the rest; the outer ORDER BY has no
+    NULLS LAST (the column is NOT NULL)."""
+    sql = _sql(ArtifactQuery(order_by="size_bytes", min_sqnr=30.0, limit=5))
+    assert sql.split(OUTER, 1)[1] == (
+        "SELECT sorted.id \nFROM (SELECT artifacts.id AS id \nFROM artifacts \n"
+        "WHERE artifacts.weight_sqnr_db >= 30.0 "
+        "ORDER BY +artifacts.size_bytes DESC, artifacts.id DESC\n"
+        f" LIMIT CASE WHEN {PROBE} THEN 5 ELSE 0 END OFFSET 0) AS sorted "
+        "UNION ALL SELECT walked.id \nFROM (SELECT artifacts.id AS id \nFROM artifacts \n"
+        "WHERE artifacts.weight_sqnr_db >= 30.0 "
+        "ORDER BY artifacts.size_bytes DESC, artifacts.id DESC\n"
+        f" LIMIT 5 - CASE WHEN {PROBE} THEN 5 ELSE 0 END OFFSET 0) AS walked) "
+        "ORDER BY +artifacts.size_bytes DESC, artifacts.id DESC\n LIMIT 5 OFFSET 0")
+
+
+def test_probed_page_on_a_nullable_column_adds_the_null_rows_of_each_half():
+    """``output_cosine`` by ``min_sqnr``: each half is its non-NULL rows (a CTE) and then
+    its NULL rows by id, up to what the CTE left of its cap; NULLs sort last."""
+    sql = _sql(ArtifactQuery(order_by="output_cosine", min_sqnr=30.0, limit=5))
+    sorted_cap = f"CASE WHEN {PROBE} THEN 5 ELSE 0 END"
+    in_range = "FROM artifacts \nWHERE artifacts.weight_sqnr_db >= 30.0 AND "
+    assert sql.split("\n SELECT artifacts.id, ", 1)[0] == (
+        f"WITH sorted AS \n(SELECT artifacts.id AS id \n{in_range}"
+        "+artifacts.output_cosine IS NOT NULL "
+        "ORDER BY +artifacts.output_cosine DESC, artifacts.id DESC\n"
+        f" LIMIT {sorted_cap} OFFSET 0), \nwalked AS \n(SELECT artifacts.id AS id \n"
+        f"{in_range}artifacts.output_cosine IS NOT NULL "
+        "ORDER BY artifacts.output_cosine DESC, artifacts.id DESC\n"
+        f" LIMIT 5 - {sorted_cap} OFFSET 0)")
+    assert sql.split(OUTER, 1)[1] == (
+        "SELECT sorted.id \nFROM sorted UNION ALL SELECT sorted_null.id \n"
+        f"FROM (SELECT artifacts.id AS id \n{in_range}+artifacts.output_cosine IS NULL "
+        f"ORDER BY +artifacts.id DESC\n LIMIT {sorted_cap} - (SELECT count(*) AS count_2 \n"
+        "FROM sorted) OFFSET 0) AS sorted_null UNION ALL SELECT walked.id \n"
+        "FROM walked UNION ALL SELECT walked_null.id \n"
+        f"FROM (SELECT artifacts.id AS id \n{in_range}artifacts.output_cosine IS NULL "
+        f"ORDER BY artifacts.id DESC\n LIMIT (5 - {sorted_cap}) - (SELECT count(*) AS count_3 \n"
+        "FROM walked) OFFSET 0) AS walked_null) "
+        "ORDER BY +artifacts.output_cosine DESC NULLS LAST, artifacts.id DESC\n"
+        " LIMIT 5 OFFSET 0")
