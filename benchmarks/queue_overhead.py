@@ -12,10 +12,10 @@ queue costs in work, which the machine's load barely moves); then ``2 workers`` 
 
 Part 2, bulk at scale (``bulk_scale.py``), on SQLite and PostgreSQL, each in a fresh process:
 submit 10k / 100k jobs against the floor (a bare Redis ``LPUSH`` of the same messages plus
-a bare ``COPY`` / ``executemany`` of the same rows in one committed transaction; the
-session-5 floor, rolled back and with short payloads, beside it), the submit's peak RSS, Redis
-memory per queued job, ``status`` of the 100k batch, a reconcile sweep over 100k queued
-jobs, and ``--latest`` for 100 models at 1M artifacts.
+a bare ``COPY`` / ``executemany`` of the same rows in one committed transaction, and the
+issue's floor, rolled back and with short payloads, which the <= 3x verdict uses), the
+submit's peak RSS, Redis memory per queued job, ``status`` of the 100k batch, a reconcile
+sweep over 100k queued jobs, and ``--latest`` for 100 models at 1M artifacts.
 
 Targets: submit 10k / 100k < 3 s / < 30 s and <= 3x the floor; status < 200 ms; reconcile
 < 5 s; --latest < 10 ms; queue overhead < 5 ms per job; peak < 500 MB for 100k.
@@ -257,11 +257,16 @@ def print_bulk(results: dict, sizes: list[int], backends: list[str], latest_rows
         old_floors = {b: r[b]["floor_insert"] + r[b].get("floor_lpush_short", r[b]["floor_lpush"])
                       for b in backends}
         limit = 3.0 if n <= 10_000 else 30.0
-        row(f"submit {n:,} jobs", [_cell(r[b]["submit"], "s", floors[b]) for b in backends],
+        row(f"submit {n:,} jobs", [_cell(r[b]["submit"], "s", old_floors[b]) for b in backends],
             f"< {limit:.0f} s", [r[b]["submit"] < limit for b in backends])
-        row(f"submit {n:,} jobs, ratio to the floor",
-            [f"{r[b]['submit'] / floors[b]:.2f}x" for b in backends], "<= 3x",
-            [r[b]["submit"] <= 3 * floors[b] for b in backends])
+        # the verdict is the issue's floor ("a bare LPUSH of the same number of small
+        # payloads" + the bare insert); the committed floor with the submit's own messages
+        # (session 6) is printed beside it
+        row(f"submit {n:,} jobs, ratio to the issue's floor (short LPUSH payloads, insert "
+            "rolled back)", [f"{r[b]['submit'] / old_floors[b]:.2f}x" for b in backends],
+            "<= 3x", [r[b]["submit"] <= 3 * old_floors[b] for b in backends])
+        row(f"submit {n:,} jobs, ratio to the committed floor with the same messages",
+            [f"{r[b]['submit'] / floors[b]:.2f}x" for b in backends], "")
         if all("cpu_submit" in r[b] for b in backends):
             row(f"submit {n:,} jobs, ratio to the floor in this process's CPU time",
                 [f"{r[b]['cpu_submit'] / r[b]['cpu_floor']:.2f}x "
