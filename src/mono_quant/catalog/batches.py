@@ -130,7 +130,7 @@ def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow], *,
     queued_at = now if queued else None
     # (name, model_source, model_source_json, spec, idempotency_key, queue) are JobRow's
     # first six fields, in the columns' order
-    values = [(batch_id, *r[:6], status, 0, r[6], now, queued_at) for r in rows]
+    values = [(batch_id, *r[:6], status, 0, r.max_attempts, now, queued_at) for r in rows]
     return insert_rows(session, Job.__table__, _JOB_COLUMNS, values)
 
 
