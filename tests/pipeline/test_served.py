@@ -135,3 +135,17 @@ def test_probe_batches_follow_the_config():
     vit = probe_batch(next(a for a in ARCHS if a.name == "vit").build())
     assert vit["pixel_values"].shape == (2, 3, 32, 32)
     assert probe_batch(demo_models.mlp()) is None
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    (torch.arange(10, dtype=torch.int8), torch.arange(10, dtype=torch.int8), True),
+    (torch.arange(10, dtype=torch.int8), torch.arange(10, dtype=torch.int8).flip(0), False),
+    (torch.tensor([0.0, 1.0]), torch.tensor([-0.0, 1.0]), False),  # equal, not the same bits
+    (torch.tensor([float("nan")]), torch.tensor([float("nan")]), True),
+    (torch.zeros(0), torch.zeros(0), True),
+    (torch.arange(12.0).reshape(3, 4).t(), torch.arange(12.0).reshape(3, 4).t(), True),
+], ids=["equal", "one-differs", "signed-zero", "same-nan", "empty", "not-contiguous"])
+def test_tensors_are_compared_bit_for_bit(a, b, same):
+    from mono_quant.pipeline.served import _same_bits
+
+    assert _same_bits(a, b) is same
