@@ -202,6 +202,12 @@ def _modes(folder: Path, out: Path, repeat: int) -> list[tuple[str, float, dict]
                          "artifacts; expected byte-identical ones")
     print(f"  artifact sha256 {digests.pop()[:16]}... identical in all {2 * repeat} runs",
           flush=True)
+    if repeat > 1:
+        ratios = [(a[0] / n[0], a[1]["cpu"] / n[1]["cpu"])
+                  for n, a in zip(runs["never"], runs["auto"], strict=True)]
+        print(f"  auto / never, median of the {repeat} pairs' ratios: wall "
+              f"{statistics.median(r[0] for r in ratios):.3f}, CPU "
+              f"{statistics.median(r[1] for r in ratios):.3f}", flush=True)
     medians = []
     for mode, got in runs.items():
         got = sorted(got, key=lambda r: r[0])
