@@ -21,8 +21,9 @@ as a ratio to the floor of the same run (machines of this kind differ up to 3x i
 Each row also gives the child process's CPU time (user + sys, from ``getrusage``), steadier
 than wall time on a loaded machine. With ``--repeat N`` the two ``mono-quant`` modes run N
 times each in alternated order (never, auto, auto, never, ...), so neither always runs second
-(after the other's page cache and writeback); the table gives each mode's median run, and
-the pairs are printed as they finish.
+(after the other's page cache and writeback); the table gives each mode's median run (the
+faster of the two middle runs for an even N), the median of the pairs' ``auto / never``
+ratios, and the pairs as they finish.
 
 Usage: ``python benchmarks/job_time.py [--sizes 20M 100M 1B] [--work-dir /tmp/mq-job-time]
 [--repeat N]``
