@@ -18,7 +18,15 @@ Targets (issue 9): a whole job within 1.5x the floor for >= 100M parameters and 
 torchao path; compile (``auto``) never more than 5 % slower than eager. Every figure is printed
 as a ratio to the floor of the same run (machines of this kind differ up to 3x in speed).
 
-Usage: ``python benchmarks/job_time.py [--sizes 20M 100M 1B] [--work-dir /tmp/mq-job-time]``
+Each row also gives the child process's CPU time (user + sys, from ``getrusage``), steadier
+than wall time on a loaded machine. With ``--repeat N`` the two ``mono-quant`` modes run N
+times each in alternated order (never, auto, auto, never, ...), so neither always runs second
+(after the other's page cache and writeback); the table gives each mode's median run (the
+faster of the two middle runs for an even N), the median of the pairs' ``auto / never``
+ratios, and the pairs as they finish.
+
+Usage: ``python benchmarks/job_time.py [--sizes 20M 100M 1B] [--work-dir /tmp/mq-job-time]
+[--repeat N]``
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import ast
 import json
 import os
 import platform
+import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -91,15 +101,21 @@ STAGES = {"loading": "load", "loading calibration data": "calibrate",
           "hashing": "hash"}
 
 
+def _children_cpu() -> float:
+    """User + sys seconds of this process's reaped children (one child runs at a time)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _run(code: str, *args: str, env: dict[str, str] | None = None) -> tuple[float, dict]:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                          env={**os.environ, **(env or {})}, check=False)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     last = out.stdout.strip().splitlines()[-1]
-    return wall, ast.literal_eval(last)
+    return wall, {**ast.literal_eval(last), "cpu": _children_cpu() - c0}
 
 
 def _cli() -> str:
@@ -113,7 +129,7 @@ def _cli() -> str:
 def _run_cli(folder: Path, out: Path, mode: str) -> tuple[float, dict]:
     """Wall time of ``mono-quant quantize`` and its stages, from its stderr lines' arrival."""
     env = {**os.environ, "MONO_QUANT_COMPILE": mode, "PYTHONUNBUFFERED": "1"}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.Popen([_cli(), "quantize", f"hf:{folder}", "-o", str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     parts: dict[str, float] = {}
@@ -133,6 +149,7 @@ def _run_cli(folder: Path, out: Path, mode: str) -> tuple[float, dict]:
     if code != 0:
         raise RuntimeError("".join(lines)[-3000:])
     parts["exit"] = parts.pop("report", 0.0)
+    parts["cpu"] = _children_cpu() - c0
     return wall, parts
 
 
@@ -155,10 +172,58 @@ def _has_torchao() -> bool:
     return True
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _modes(folder: Path, out: Path, repeat: int) -> list[tuple[str, float, dict]]:
+    """(mode, wall, stages) of each mono-quant mode's median run (by wall), the modes run
+    ``repeat`` times each in ABBA order; the artifacts of every run must be byte-identical."""
+    runs: dict[str, list[tuple[float, dict]]] = {"never": [], "auto": []}
+    digests = set()
+    for i in range(repeat):
+        order = ("never", "auto") if i % 2 == 0 else ("auto", "never")
+        for mode in order:
+            dst = Path(f"{out}-{mode}.safetensors")
+            wall, parts = _run_cli(folder, dst, mode)
+            runs[mode].append((wall, parts))
+            digests.add(_sha256(dst))
+        if repeat > 1:
+            print(f"  pair {i + 1}/{repeat} ({' then '.join(order)}): " + ", ".join(
+                f"{m} {runs[m][-1][0]:.2f} s wall / {runs[m][-1][1]['cpu']:.2f} s CPU"
+                for m in order) + f", load {os.getloadavg()[0]:.2f}", flush=True)
+    if len(digests) != 1:
+        raise SystemExit(f"{folder}: the mono-quant runs wrote {len(digests)} different "
+                         "artifacts; expected byte-identical ones")
+    print(f"  artifact sha256 {digests.pop()[:16]}... identical in all {2 * repeat} runs",
+          flush=True)
+    if repeat > 1:
+        ratios = [(a[0] / n[0], a[1]["cpu"] / n[1]["cpu"])
+                  for n, a in zip(runs["never"], runs["auto"], strict=True)]
+        print(f"  auto / never, median of the {repeat} pairs' ratios: wall "
+              f"{statistics.median(r[0] for r in ratios):.3f}, CPU "
+              f"{statistics.median(r[1] for r in ratios):.3f}", flush=True)
+    medians = []
+    for mode, got in runs.items():
+        got = sorted(got, key=lambda r: r[0])
+        wall, parts = got[(len(got) - 1) // 2]
+        parts = {**parts, "cpu median": statistics.median(p["cpu"] for _, p in got)}
+        medians.append((mode, wall, parts))
+    return medians
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mq-job-time"))
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each mono-quant mode, alternated (median reported)")
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     print(f"# job_time on {platform.processor() or platform.machine()}, {os.cpu_count()} "
@@ -175,8 +240,7 @@ def main() -> None:
             wall, parts = _run(_TORCHAO, str(folder), f"{out}-torchao.pt")
             rows.append((size, params, mib, "transformers + torchao + torch.save", wall, floor,
                          parts))
-        for mode in ("never", "auto"):
-            wall, parts = _run_cli(folder, Path(f"{out}-{mode}.safetensors"), mode)
+        for mode, wall, parts in _modes(folder, out, args.repeat):
             rows.append((size, params, mib, f"mono-quant (COMPILE={mode})", wall, floor, parts))
         for f in args.work_dir.glob(f"out-{size}*"):
             f.unlink()

@@ -31,20 +31,19 @@ def wide(rows: int = 4096, cols: int = 6144):
     return torch.nn.Sequential(torch.nn.Linear(cols, rows, bias=False))
 
 
-def noisy():
-    """A model whose output is not a function of its input (it adds fresh noise): no
-    artifact of it reproduces the quantized model's outputs, so the served check fails."""
-    import torch
+def misreported():
+    """A model whose state dict (what an artifact stores) is not what it computes with: a
+    hook scales every ``weight_scale`` as the state dict is taken. No artifact of it
+    reproduces the quantized model, so the served check fails."""
+    model = tiny()
 
-    class Noisy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = tiny()
+    def scale_scales(module, state_dict, prefix, local_metadata):
+        for key in list(state_dict):
+            if key.endswith("weight_scale"):
+                state_dict[key] = state_dict[key] * 1.001
 
-        def forward(self, x):
-            return self.inner(x) + torch.randn(1)
-
-    return Noisy()
+    model.register_state_dict_post_hook(scale_scales)
+    return model
 
 
 def probe(out: str):

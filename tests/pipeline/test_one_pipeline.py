@@ -91,7 +91,7 @@ def test_run_pipeline_reports_every_stage_in_order(tmp_path):
                     "reloading", "hashing"]
     assert result.sha256 == sha256_path(tmp_path / "a.safetensors")
     assert result.info.metrics["reload_check"] == (
-        "ok (load_quantized): outputs identical on 1 batch")
+        "ok (load_quantized): identical layers and tensors, ran on 1 batch")
     assert result.info.metrics["served_check"] == "load_quantized"
     assert result.model_digest is not None
 

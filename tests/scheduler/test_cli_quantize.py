@@ -43,7 +43,7 @@ def test_quantize_factory_static_then_inspect(tmp_path):
     report = _report(res.stdout)
     assert report["config"] == "symmetric per_channel static (weights: minmax)"
     assert report["layers"] == "2 of 3 quantized"
-    assert report["reload"] == "ok (load_quantized): outputs identical on 1 batch"
+    assert report["reload"] == "ok (load_quantized): identical layers and tensors, ran on 1 batch"
     assert report["wrote"] == f"{out} (safetensors)"
     info = read_info(out)
     assert info.selected_layers == ["0", "2"] and info.calibration_samples == 20

@@ -166,13 +166,13 @@ def test_out_of_memory_twice_is_transient(settings, monkeypatch):
 
 def test_an_artifact_failing_the_served_check_fails_the_job(settings):
     (job_id,) = _submit(settings, [{
-        "name": "a", "model": "factory:tests.jobfixtures:noisy",
+        "name": "a", "model": "factory:tests.jobfixtures:misreported",
         "calibration": "factory:mono_quant.demo_models:vector_batches?n=1&features=64"}])
     out = run_job(job_id, "w@test", settings=settings)
     assert out.status == "failed"
     job = _job(settings, job_id)
     assert "the artifact loaded with load_quantized does not reproduce the quantized " \
-        "model's outputs" in job.last_error
+        "model: tensor '0.weight_scale' differs" in job.last_error
     assert not list(settings.storage_root.rglob("*.safetensors"))  # nothing recorded or left
 
 

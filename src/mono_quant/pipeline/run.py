@@ -15,7 +15,8 @@ so a spec gives the same artifact bytes whoever runs it. In order, each step ann
    ``quantizing block`` after each block, with progress kept in ``work_dir``;
 3. ``writing`` the artifact (:func:`~mono_quant.io.formats.save_model`: temporary name,
    fsync, rename);
-4. ``reloading`` it and checking it reproduces the quantized model's outputs bit for bit;
+4. ``reloading`` it and checking it reproduces the quantized model (every layer and tensor
+   bit for bit with ``load_quantized``; :mod:`~mono_quant.pipeline.served`);
 5. ``hashing`` it (sha256 and size, for the catalog). In memory, the complete artifact is
    hashed in a background thread while step 4 runs, and the float model's digest while
    step 2 runs (hashlib and file reads release the GIL); ``hashing`` then waits for it.
