@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import importlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -25,8 +26,8 @@ from mono_quant.errors import BadInputError, MonoQuantError
 if TYPE_CHECKING:
     from mono_quant.pipeline.allowlist import FactoryAllowList
 
-__all__ = ["TARGET", "Source", "call_factory", "import_target", "kwargs_of", "parse_parts",
-           "resolve_path"]
+__all__ = ["COMPACT", "TARGET", "Source", "call_factory", "flat_texts", "import_target",
+           "kwargs_of", "parse_parts", "resolve_path"]
 
 #: A factory target: ``package.module:callable`` (the callable may be dotted).
 TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -59,10 +60,78 @@ def _query(text: str, query: str) -> dict[str, Any]:
     return args
 
 
-#: The encoders ``json.dumps(value, sort_keys=True, default=str)`` and ``json.dumps(value,
-#: allow_nan=False)`` would build on every call (a submit parses thousands of sources).
+#: The encoders ``json.dumps(value, sort_keys=True, default=str)``, ``json.dumps(value,
+#: allow_nan=False)`` and ``json.dumps(value, sort_keys=True, separators=(",", ":"))`` would
+#: build on every call (a submit parses thousands of sources).
 _DISPLAY = json.JSONEncoder(sort_keys=True, default=str)
 _STRICT = json.JSONEncoder(allow_nan=False)
+COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+#: The types whose values ``_scalar_json`` writes itself (exact types: a subclass may
+#: change how the encoder writes it).
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _scalar_json(value: Any) -> str | None:
+    """``json.dumps(value)`` for a JSON scalar (an exact str, int, bool, None or finite
+    float), None for anything else (the encoder decides those)."""
+    kind = type(value)
+    if kind is str:
+        return _STRICT.encode(value)  # the encoder's own string path (no encoder built)
+    if kind is int:
+        return int.__repr__(value)  # what the encoder writes for an int
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return None
+
+
+#: The JSON text of each string key written so far (a matrix repeats its argument names).
+_KEY_TEXTS: dict[str, str] = {}
+
+
+def _key_json(key: str) -> str:
+    text = _KEY_TEXTS.get(key)
+    if text is None:
+        if len(_KEY_TEXTS) >= 4096:
+            _KEY_TEXTS.clear()
+        text = _KEY_TEXTS[key] = _STRICT.encode(key)
+    return text
+
+
+def flat_texts(fields: dict[str, Any], kwargs: tuple[tuple[str, Any], ...]
+               ) -> tuple[str, str] | None:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"))`` and ``json.dumps(value,
+    sort_keys=True)`` of ``value = {**fields, "kwargs": dict(kwargs)}``, written here in one
+    pass (two encoder calls cost more than twice as much) when every key is a str and every
+    value a JSON scalar (:func:`_scalar_json`); None otherwise (the encoder writes those).
+
+    >>> flat_texts({"target": None}, (("b", 1), ("a", "x")))
+    ('{"kwargs":{"a":"x","b":1},"target":null}', '{"kwargs": {"a": "x", "b": 1}, "target": null}')
+    """
+    inner = []
+    for key, value in sorted(kwargs):
+        text = _scalar_json(value)
+        if text is None or type(key) is not str:
+            return None
+        inner.append((_key_json(key), text))
+    compact = []
+    default = []
+    for key in sorted({**fields, "kwargs": None}):
+        if key == "kwargs":
+            compact.append('"kwargs":{' + ",".join(f"{k}:{t}" for k, t in inner) + "}")
+            default.append('"kwargs": {' + ", ".join(f"{k}: {t}" for k, t in inner) + "}")
+            continue
+        text = _scalar_json(fields[key])
+        if text is None or type(key) is not str:
+            return None
+        key = _key_json(key)
+        compact.append(f"{key}:{text}")
+        default.append(f"{key}: {text}")
+    return "{" + ",".join(compact) + "}", "{" + ", ".join(default) + "}"
 
 
 def resolve_path(value: Any, base_dir: str | os.PathLike[str] | None, text: str, what: str) -> str:
@@ -196,7 +265,9 @@ class Source:
         if self.scheme != "factory" and self.kwargs:
             raise BadInputError(f"{self.text or self.target}: {self.scheme}: takes no kwargs")
         try:
-            _STRICT.encode(dict(self.kwargs))
+            kwargs = dict(self.kwargs)
+            if not all(type(k) is str and type(v) in _SCALARS for k, v in kwargs.items()):
+                _STRICT.encode(kwargs)  # containers, floats (NaN), other types
         except (TypeError, ValueError) as e:
             raise BadInputError(
                 f"{self.text or self.target}: arguments must be JSON values: {e}"
@@ -212,6 +283,20 @@ class Source:
         data = {"kwargs": dict(sorted(self.kwargs)), "scheme": self.scheme,
                 "target": self.target, **self._options()}
         return dict(sorted(data.items()))
+
+    def json_texts(self) -> tuple[str, str]:
+        """:meth:`canonical` as JSON twice: compact with sorted keys (the idempotency key's
+        form) and as ``json.dumps`` writes it (the catalog's; ``canonical`` is sorted).
+        Computed once per source (a matrix job's four combinations share its model)."""
+        texts = self.__dict__.get("_json_texts")
+        if texts is None:
+            texts = flat_texts({"scheme": self.scheme, "target": self.target,
+                                **self._options()}, self.kwargs)
+            if texts is None:
+                value = self.canonical()
+                texts = COMPACT.encode(value), json.dumps(value)
+            object.__setattr__(self, "_json_texts", texts)
+        return texts
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.canonical(), sort_keys=True, default=str))

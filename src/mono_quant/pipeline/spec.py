@@ -47,6 +47,8 @@ from typing import Any, ClassVar
 
 from mono_quant.errors import BadConfigError, MonoQuantError
 from mono_quant.io.layout import FORMATS
+from mono_quant.pipeline._grammar import COMPACT as _COMPACT
+from mono_quant.pipeline._grammar import Source
 from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.pipeline.evaluation import EvaluationSource, parse_evaluation_source
 from mono_quant.pipeline.sources import (
@@ -381,13 +383,13 @@ _TEXTS: dict[int, tuple[Any, str, str]] = {}
 _TEXTS_LIMIT = 4096
 
 
-#: What ``json.dumps(value, sort_keys=True, separators=(",", ":"))`` builds on every call.
-_COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def _part_texts(part: Any) -> tuple[str, str]:
     """The JSON of a payload field twice: compact with sorted keys (the idempotency key's
     form) and as ``json.dumps`` writes it by default (the catalog's); once per object."""
+    if isinstance(part, Source):  # cached on the source itself
+        return part.json_texts()
     hit = _TEXTS.get(id(part))
     if hit is not None and hit[0] is part:
         return hit[1], hit[2]
