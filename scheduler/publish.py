@@ -117,17 +117,20 @@ class MessageTemplate:
         """The message for ``job_id``, as ``send_task(…, (job_id,), task_id=task_id)`` builds it."""
         return self._render(job_id, task_id or str(uuid.uuid4()), tag or str(uuid.uuid4()))
 
-    def render_many(self, job_ids: Sequence[int]) -> list[str]:
-        """The messages of ``job_ids``, each with a fresh random task id and delivery tag."""
-        uuids = random_uuid4s(2 * len(job_ids))
+    def render_many(self, job_ids: Sequence[int]) -> list[bytes]:
+        """The messages of ``job_ids`` as the bytes Redis stores (``render``'s text in
+        UTF-8), each with a fresh random task id and delivery tag. Built as bytes: the
+        broker client would otherwise encode each ~930-byte text again."""
+        uuids = "\n".join(random_uuid4s(2 * len(job_ids))).encode().split(b"\n")
         text, pick = self._format
+        text = text.encode()
         head, tail = self.body
         b64 = base64.b64encode
         out = []
         for i, job_id in enumerate(job_ids):
-            job = str(int(job_id))
-            out.append(text % pick((uuids[2 * i], uuids[2 * i + 1], f"({job},)",
-                                    b64(head + job.encode() + tail).decode())))
+            job = b"%d" % job_id
+            out.append(text % pick((uuids[2 * i], uuids[2 * i + 1], b"(%s,)" % job,
+                                    b64(head + job + tail))))
         return out
 
     def _render(self, job_id: int, task_id: str, tag: str) -> str:
