@@ -26,8 +26,8 @@ from mono_quant.errors import BadInputError, MonoQuantError
 if TYPE_CHECKING:
     from mono_quant.pipeline.allowlist import FactoryAllowList
 
-__all__ = ["COMPACT", "TARGET", "Source", "call_factory", "flat_texts", "import_target",
-           "kwargs_of", "parse_parts", "resolve_path"]
+__all__ = ["COMPACT", "TARGET", "Source", "call_factory", "display_text", "flat_texts",
+           "import_target", "kwargs_of", "parse_parts", "resolve_path"]
 
 #: A factory target: ``package.module:callable`` (the callable may be dotted).
 TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -134,6 +134,11 @@ def flat_texts(fields: dict[str, Any], kwargs: tuple[tuple[str, Any], ...]
     return "{" + ",".join(compact) + "}", "{" + ", ".join(default) + "}"
 
 
+def display_text(value: Mapping[str, Any]) -> str:
+    """How messages show a source given as a mapping: its JSON, keys sorted."""
+    return _DISPLAY.encode(value)
+
+
 def resolve_path(value: Any, base_dir: str | os.PathLike[str] | None, text: str, what: str) -> str:
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         raise BadInputError(f"{text}: {what} must be a path, got {value!r}")
@@ -172,7 +177,7 @@ def parse_parts(value: Any, kind: str, schemes: tuple[str, ...]) -> tuple[str, s
         return scheme, target, _query(value, query), value
     if isinstance(value, Mapping):
         present = [s for s in schemes if s in value]
-        text = _DISPLAY.encode(value)
+        text = display_text(value)
         if len(present) != 1:
             raise BadInputError(
                 f"{text}: a {kind} source mapping needs exactly one of "
