@@ -22,7 +22,7 @@ from mono_quant.pipeline import JobSpec, parse_calibration_source, parse_model_s
 from mono_quant.pipeline import _grammar as grammar
 from mono_quant.pipeline import spec as spec_module
 from mono_quant.pipeline.evaluation import parse_evaluation_source
-from mono_quant.pipeline.sources import ModelSource
+from mono_quant.pipeline.sources import CalibrationSource, ModelSource
 from mono_quant.pipeline.spec import _idempotency_key
 from mono_quant.quant.qconfig import QuantConfig
 
@@ -273,3 +273,21 @@ def test_arguments_that_are_not_json_are_refused(kwargs):
     """The check that skips the encoder for flat scalar arguments still refuses the rest."""
     with pytest.raises(BadInputError, match="m:f: arguments must be JSON values"):
         ModelSource("factory", "m:f", kwargs)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CalibrationSource("factory", "m:c", (("n", 2),), batch_size=4, max_length=True),
+    lambda: CalibrationSource("factory", "m:c", (("n", 2),), batch_size=4, max_length=1),
+    lambda: CalibrationSource("factory", "m:c", (("n", 2),), batch_size=None, max_length=-0.0),
+    lambda: CalibrationSource("factory", "m:c", (("n", 2),), batch_size=None, max_length=0.0),
+    lambda: ModelSource("factory", 'm:f"kwargs":{}', (("a", 1),), 'w"kwargs": {}'),
+    lambda: ModelSource("factory", "m:f", (("a", 1),), "\u2603"),
+], ids=["true", "one", "minus-zero", "zero", "kwargs-in-strings", "unicode-weights"])
+def test_source_frames_are_never_mixed_up(make):
+    """The texts around a source's arguments are cached by its other fields (str or None
+    values only): equal values written differently (True and 1, -0.0 and 0.0) never share."""
+    for _ in range(2):
+        source = make()
+        value = source.canonical()
+        assert source.json_texts() == (
+            json.dumps(value, sort_keys=True, separators=(",", ":")), json.dumps(value))

@@ -118,20 +118,45 @@ def flat_texts(fields: dict[str, Any], kwargs: tuple[tuple[str, Any], ...]
         if text is None or type(key) is not str:
             return None
         inner.append((_key_json(key), text))
-    compact = []
-    default = []
+    frame = _frame(fields)
+    if frame is None:
+        return None
+    compact = ",".join(f"{k}:{t}" for k, t in inner)
+    default = ", ".join(f"{k}: {t}" for k, t in inner)
+    return frame[0] + compact + frame[1], frame[2] + default + frame[3]
+
+
+#: :func:`_frame`'s texts by the fields' items (str or None values only: equal values of
+#: other types may be written differently, ``True`` and ``1``).
+_FRAMES: dict[tuple[tuple[str, Any], ...], tuple[str, str, str, str]] = {}
+
+
+def _frame(fields: dict[str, Any]) -> tuple[str, str, str, str] | None:
+    """The texts of ``{**fields, "kwargs": ...}`` before and after the arguments' members,
+    compact then default; None when a field is not a JSON scalar. Cached: a matrix's models
+    share their scheme and target."""
+    items = tuple(fields.items())
+    cacheable = all(type(v) is str or v is None for _, v in items)
+    hit = _FRAMES.get(items) if cacheable else None
+    if hit is not None:
+        return hit
+    compact, default = [], []
     for key in sorted({**fields, "kwargs": None}):
-        if key == "kwargs":
-            compact.append('"kwargs":{' + ",".join(f"{k}:{t}" for k, t in inner) + "}")
-            default.append('"kwargs": {' + ", ".join(f"{k}: {t}" for k, t in inner) + "}")
-            continue
-        text = _scalar_json(fields[key])
+        text = "{}" if key == "kwargs" else _scalar_json(fields[key])
         if text is None or type(key) is not str:
             return None
-        key = _key_json(key)
-        compact.append(f"{key}:{text}")
-        default.append(f"{key}: {text}")
-    return "{" + ",".join(compact) + "}", "{" + ", ".join(default) + "}"
+        compact.append(f"{_key_json(key)}:{text}")
+        default.append(f"{_key_json(key)}: {text}")
+    # split at the (empty) arguments: '"kwargs":' cannot occur inside a JSON string (its
+    # quotes are escaped there)
+    head_c, _, tail_c = ("{" + ",".join(compact) + "}").partition('"kwargs":{}')
+    head_d, _, tail_d = ("{" + ", ".join(default) + "}").partition('"kwargs": {}')
+    texts = head_c + '"kwargs":{', "}" + tail_c, head_d + '"kwargs": {', "}" + tail_d
+    if cacheable:
+        if len(_FRAMES) >= 4096:
+            _FRAMES.clear()
+        _FRAMES[items] = texts
+    return texts
 
 
 def display_text(value: Mapping[str, Any]) -> str:
