@@ -213,6 +213,8 @@ def _screen(session: Any, chunk: list[ScheduledJob], seen: set[str], force: bool
     keys = KeyList(key for key, _ in unique)  # sorted and bound once for both lookups
     existing = {} if force else existing_artifacts(session, keys)
     live = jobs_in_flight(session, keys)
+    if not existing and not live:  # the common case: every key is new
+        return [sp for _, sp in unique]
     result.skipped += [(sp.name, existing[key]) for key, sp in unique if key in existing]
     result.in_flight += [(sp.name, live[key]) for key, sp in unique
                          if key in live and key not in existing]
