@@ -68,7 +68,7 @@ from mono_quant.scheduler.bounds import (
     clip,
     count_jobs,
     read_bytes,
-    read_document,
+    read_checked,
 )
 from mono_quant.scheduler.columns import check_batch, check_job
 
@@ -495,9 +495,11 @@ class _Plan:
         return f"jobs[{i}]" + (f" (matrix {self.suffix})" if self.suffix else "")
 
 
-def _validated(data: Any, source: str, max_jobs: int) -> Manifest:
-    """The manifest document validated, its size bounded before any job is built."""
-    check_document(data, source)
+def _validated(data: Any, source: str, max_jobs: int, *, bounded: bool = False) -> Manifest:
+    """The manifest document validated, its size bounded before any job is built (``bounded``:
+    already, by :func:`read_checked`)."""
+    if not bounded:
+        check_document(data, source)
     if not isinstance(data, dict):
         raise BadInputError(f"{source}: expected a mapping with a 'jobs' list at the top level")
     try:
@@ -557,7 +559,7 @@ def stream_manifest(
     path = Path(path)
     raw = read_bytes(path)
     digest = hashlib.sha256(raw).hexdigest()
-    manifest = _validated(read_document(raw, str(path)), str(path), max_jobs)
+    manifest = _validated(read_checked(raw, str(path)), str(path), max_jobs, bounded=True)
     del raw  # the validated manifest is all the expansion needs
     expander = _Expander(manifest, str(path), default_attempts, path.parent.resolve(),
                          factories, hash_cache)
