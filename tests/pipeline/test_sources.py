@@ -279,8 +279,10 @@ def test_sources_and_pipeline_exports_import_without_torch():
     {"factory": "m:f", "kwargs": {"x": float("nan")}}, {"factory": "m:f", "kwargs": {1: 2}},
     {"factory": "m:f", "kwargs": [1]}, {"factory": "not a target"}, {"factory": 3},
     {"kwargs": {"a": 1}}, {"factory": "os:system"}, {"factory": "m:_private"},
+    {"factory": "m:f", "kwargs": {"k\"ey": "v\u00e9\n", "a": True, "b": 0.5, "c": -0.0}},
+    {"factory": "m:f", "kwargs": {"x": 10**30, "y": None, "z": "a:b, c"}},
 ], ids=["bare", "empty-kwargs", "mixed", "nan", "int-key", "list-kwargs", "bad-target",
-        "int-target", "no-factory", "not-allowed", "private"])
+        "int-target", "no-factory", "not-allowed", "private", "escapes", "big-int"])
 def test_the_factory_mapping_shortcut_parses_as_the_general_path(value, monkeypatch):
     """``{"factory": ..., "kwargs": ...}`` (a generated matrix's models) skips the generic
     steps: the same source (text included) or the same error as the general path."""

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
@@ -26,8 +26,9 @@ from mono_quant.errors import BadInputError, MonoQuantError
 if TYPE_CHECKING:
     from mono_quant.pipeline.allowlist import FactoryAllowList
 
-__all__ = ["COMPACT", "TARGET", "Source", "call_factory", "display_text", "flat_texts",
-           "import_target", "kwargs_of", "parse_parts", "resolve_path"]
+__all__ = ["COMPACT", "TARGET", "Source", "call_factory", "display_text", "flat_members",
+           "flat_texts", "import_target", "kwargs_of", "parse_parts", "resolve_path",
+           "scalar_json"]
 
 #: A factory target: ``package.module:callable`` (the callable may be dotted).
 TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -67,12 +68,12 @@ _DISPLAY = json.JSONEncoder(sort_keys=True, default=str)
 _STRICT = json.JSONEncoder(allow_nan=False)
 COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
-#: The types whose values ``_scalar_json`` writes itself (exact types: a subclass may
+#: The types whose values ``scalar_json`` writes itself (exact types: a subclass may
 #: change how the encoder writes it).
 _SCALARS = frozenset({str, int, bool, type(None)})
 
 
-def _scalar_json(value: Any) -> str | None:
+def scalar_json(value: Any) -> str | None:
     """``json.dumps(value)`` for a JSON scalar (an exact str, int, bool, None or finite
     float), None for anything else (the encoder decides those)."""
     kind = type(value)
@@ -102,28 +103,35 @@ def _key_json(key: str) -> str:
     return text
 
 
-def flat_texts(fields: dict[str, Any], kwargs: tuple[tuple[str, Any], ...]
-               ) -> tuple[str, str] | None:
+def flat_members(kwargs: Iterable[tuple[str, Any]]) -> tuple[str, str] | None:
+    """The members of ``dict(kwargs)`` as JSON, keys sorted, compact (``"a":1,"b":2``) and
+    with ``json.dumps``' separators (``"a": 1, "b": 2``); None unless every key is a str and
+    every value a JSON scalar (:func:`scalar_json`)."""
+    inner = []
+    for key, value in sorted(kwargs):
+        text = scalar_json(value)
+        if text is None or type(key) is not str:
+            return None
+        inner.append((_key_json(key), text))
+    return ",".join(f"{k}:{t}" for k, t in inner), ", ".join(f"{k}: {t}" for k, t in inner)
+
+
+def flat_texts(fields: dict[str, Any], kwargs: tuple[tuple[str, Any], ...],
+               members: tuple[str, str] | None = None) -> tuple[str, str] | None:
     """``json.dumps(value, sort_keys=True, separators=(",", ":"))`` and ``json.dumps(value,
     sort_keys=True)`` of ``value = {**fields, "kwargs": dict(kwargs)}``, written here in one
     pass (two encoder calls cost more than twice as much) when every key is a str and every
-    value a JSON scalar (:func:`_scalar_json`); None otherwise (the encoder writes those).
+    value a JSON scalar (:func:`scalar_json`); None otherwise (the encoder writes those).
+    ``members``: ``flat_members(kwargs)``, when the caller has it already.
 
     >>> flat_texts({"target": None}, (("b", 1), ("a", "x")))
     ('{"kwargs":{"a":"x","b":1},"target":null}', '{"kwargs": {"a": "x", "b": 1}, "target": null}')
     """
-    inner = []
-    for key, value in sorted(kwargs):
-        text = _scalar_json(value)
-        if text is None or type(key) is not str:
-            return None
-        inner.append((_key_json(key), text))
-    frame = _frame(fields)
+    members = members or flat_members(kwargs)
+    frame = None if members is None else _frame(fields)
     if frame is None:
         return None
-    compact = ",".join(f"{k}:{t}" for k, t in inner)
-    default = ", ".join(f"{k}: {t}" for k, t in inner)
-    return frame[0] + compact + frame[1], frame[2] + default + frame[3]
+    return frame[0] + members[0] + frame[1], frame[2] + members[1] + frame[3]
 
 
 #: :func:`_frame`'s texts by the fields' items (str or None values only: equal values of
@@ -142,7 +150,7 @@ def _frame(fields: dict[str, Any]) -> tuple[str, str, str, str] | None:
         return hit
     compact, default = [], []
     for key in sorted({**fields, "kwargs": None}):
-        text = "{}" if key == "kwargs" else _scalar_json(fields[key])
+        text = "{}" if key == "kwargs" else scalar_json(fields[key])
         if text is None or type(key) is not str:
             return None
         compact.append(f"{_key_json(key)}:{text}")
@@ -314,14 +322,15 @@ class Source:
                 "target": self.target, **self._options()}
         return dict(sorted(data.items()))
 
-    def json_texts(self) -> tuple[str, str]:
+    def json_texts(self, members: tuple[str, str] | None = None) -> tuple[str, str]:
         """:meth:`canonical` as JSON twice: compact with sorted keys (the idempotency key's
         form) and as ``json.dumps`` writes it (the catalog's; ``canonical`` is sorted).
-        Computed once per source (a matrix job's four combinations share its model)."""
+        Computed once per source (a matrix job's four combinations share its model);
+        ``members``: ``flat_members(self.kwargs)``, when the caller has it already."""
         texts = self.__dict__.get("_json_texts")
         if texts is None:
             texts = flat_texts({"scheme": self.scheme, "target": self.target,
-                                **self._options()}, self.kwargs)
+                                **self._options()}, self.kwargs, members)
             if texts is None:
                 value = self.canonical()
                 texts = COMPACT.encode(value), json.dumps(value)

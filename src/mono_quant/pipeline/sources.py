@@ -58,10 +58,12 @@ from mono_quant.pipeline._grammar import (
     Source,
     call_factory,
     display_text,
+    flat_members,
     import_target,
     kwargs_of,
     parse_parts,
     resolve_path,
+    scalar_json,
 )
 
 if TYPE_CHECKING:
@@ -299,10 +301,19 @@ def _factory_mapping(value: dict[str, Any], factories: FactoryAllowList | None
     if (type(target) is not str or type(kwargs) is not dict or not TARGET.match(target)
             or not all(type(k) is str for k in kwargs)):
         return None
-    text = display_text(value)
+    items = tuple(sorted(kwargs.items()))
+    members = flat_members(items)  # also the catalog's text of the arguments
+    if members is None:
+        text = display_text(value)
+    else:  # what display_text writes: "factory" sorts before "kwargs"
+        text = "".join(['{"factory": ', scalar_json(target),
+                        ', "kwargs": {' + members[1] + "}" if "kwargs" in value else "", "}"])
     if factories is not None:
         factories.check_target(target, text)
-    return ModelSource("factory", target, tuple(sorted(kwargs.items())), None, text=text)
+    source = ModelSource("factory", target, items, None, text=text)
+    if members is not None:
+        source.json_texts(members)  # computed now, from the same members
+    return source
 
 
 @dataclass(frozen=True, eq=True)
