@@ -13,6 +13,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +155,7 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
         specs = _checked(specs, check)
     result = SubmitResult(0, [], [])
     seen: set[str] = set()
-    with catalog.begin() as session:
+    with catalog.begin_bulk() as session:  # SQLite's checkpoint left to the publish below
         batch, _ = create_batch(
             session, [], name=manifest.name or path.stem, manifest_digest=digest,
             requested_by=requested_by or _user(), labels=dict(manifest.labels),
@@ -164,9 +165,12 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
             todo = _screen(session, chunk, seen, force, result)
             result.job_ids += add_jobs(session, batch.id, _rows(todo), queued=app is not None)
             result.queues += [sp.queue for sp in todo]
-    if app is not None and result.job_ids:
-        result.published = publish_new(catalog, app, list(zip(result.job_ids, result.queues,
-                                                              strict=True)))
+    with ThreadPoolExecutor(max_workers=1) as background:  # disk and broker overlap
+        copied = background.submit(catalog.checkpoint)
+        if app is not None and result.job_ids:
+            result.published = publish_new(catalog, app, list(zip(
+                result.job_ids, result.queues, strict=True)))
+        copied.result()
     if len(result.job_ids) >= SETTLE_MIN_ROWS:
         settle(catalog.engine, Job.__table__)  # status counts read the index alone
     return result
