@@ -44,8 +44,11 @@ def check_job(job: ScheduledJob) -> list[str]:
     """Problems of one expanded job: its name (with the matrix suffix), queue, attempts, and
     the QuantizationInfo values the artifact row will hold."""
     spec = job.spec
-    return _problems([("name", Job.name, job.name)]) + list(
-        _settings_problems(job.queue, job.max_attempts, spec.samples, spec.config.group_size))
+    found = _settings_problems(job.queue, job.max_attempts, spec.samples, spec.config.group_size)
+    name = check_column(Job.name, job.name)
+    if name is None and not found:
+        return []  # the common case, without building the pairs
+    return ([] if name is None else [f"name: {name}"]) + list(found)
 
 
 @lru_cache(maxsize=1024, typed=True)

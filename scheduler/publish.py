@@ -117,17 +117,20 @@ class MessageTemplate:
         """The message for ``job_id``, as ``send_task(…, (job_id,), task_id=task_id)`` builds it."""
         return self._render(job_id, task_id or str(uuid.uuid4()), tag or str(uuid.uuid4()))
 
-    def render_many(self, job_ids: Sequence[int]) -> list[str]:
-        """The messages of ``job_ids``, each with a fresh random task id and delivery tag."""
+    def render_many(self, job_ids: Sequence[int]) -> list[bytes]:
+        """The messages of ``job_ids`` as the bytes Redis stores (``render``'s text in
+        UTF-8), each with a fresh random task id and delivery tag. Built as bytes: the
+        broker client would otherwise encode each ~930-byte text again."""
         uuids = random_uuid4s(2 * len(job_ids))
         text, pick = self._format
+        text = text.encode()
         head, tail = self.body
         b64 = base64.b64encode
         out = []
         for i, job_id in enumerate(job_ids):
-            job = str(int(job_id))
-            out.append(text % pick((uuids[2 * i], uuids[2 * i + 1], f"({job},)",
-                                    b64(head + job.encode() + tail).decode())))
+            job = b"%d" % job_id
+            out.append(text % pick((uuids[2 * i], uuids[2 * i + 1], b"(%s,)" % job,
+                                    b64(head + job + tail))))
         return out
 
     def _render(self, job_id: int, task_id: str, tag: str) -> str:
@@ -142,24 +145,37 @@ class MessageTemplate:
 _SLOTS = ("task_id", "tag", "args", "body")
 
 
-#: The hex digit of a version-4 UUID's variant nibble (10xx) for each random hex digit.
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+#: A version-4 UUID's variant digit (binary 10xx) for each random hex digit, as bytes.
+_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+#: Where each of a UUID's 32 hex digits goes in its 36-character text (dashes at 8, 13, 18
+#: and 23).
+_SPOTS = [j + (j >= 8) + (j >= 12) + (j >= 16) + (j >= 20) for j in range(32)]
 
 
-def random_uuid4s(n: int) -> list[str]:
-    """``n`` random version-4 UUIDs as ``str(uuid.uuid4())`` writes them, from one
-    ``os.urandom`` call (``uuid4`` makes a system call and a UUID object per id).
+def random_uuid4s(n: int) -> list[bytes]:
+    """``n`` random version-4 UUIDs as ``str(uuid.uuid4())`` writes them, in ASCII bytes,
+    from one ``os.urandom`` call: each digit position is copied for all ``n`` at once with a
+    slice assignment (a ``uuid4`` per id costs a system call and an object; formatting each
+    id from the hex digits, 0.7 µs).
 
     >>> import uuid
-    >>> all(str(uuid.UUID(u)) == u and uuid.UUID(u).version == 4 for u in random_uuid4s(50))
+    >>> ids = [u.decode() for u in random_uuid4s(50)]
+    >>> all(str(uuid.UUID(u)) == u and uuid.UUID(u).version == 4
+    ...     and uuid.UUID(u).variant == uuid.RFC_4122 for u in ids)
     True
+    >>> len(set(ids)), random_uuid4s(0)
+    (50, [])
     """
-    digits = os.urandom(16 * n).hex()
-    out = []
-    for start in range(0, 32 * n, 32):
-        h = digits[start : start + 32]
-        out.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
-    return out
+    if n == 0:
+        return []
+    digits = os.urandom(16 * n).hex().encode()
+    text = bytearray(b"-" * (37 * n))  # 36 characters and a newline each
+    for digit, spot in enumerate(_SPOTS):
+        text[spot::37] = digits[digit::32]
+    text[14::37] = b"4" * n  # the version
+    text[19::37] = text[19::37].translate(_VARIANT)
+    text[36::37] = b"\n" * n
+    return bytes(text[:-1]).split(b"\n")
 
 
 def _redis_client(channel: Any) -> Any | None:

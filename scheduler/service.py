@@ -13,6 +13,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +155,7 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
         specs = _checked(specs, check)
     result = SubmitResult(0, [], [])
     seen: set[str] = set()
-    with catalog.begin() as session:
+    with catalog.begin_bulk() as session:  # SQLite's checkpoint left to the publish below
         batch, _ = create_batch(
             session, [], name=manifest.name or path.stem, manifest_digest=digest,
             requested_by=requested_by or _user(), labels=dict(manifest.labels),
@@ -164,9 +165,12 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
             todo = _screen(session, chunk, seen, force, result)
             result.job_ids += add_jobs(session, batch.id, _rows(todo), queued=app is not None)
             result.queues += [sp.queue for sp in todo]
-    if app is not None and result.job_ids:
-        result.published = publish_new(catalog, app, list(zip(result.job_ids, result.queues,
-                                                              strict=True)))
+    with ThreadPoolExecutor(max_workers=1) as background:  # disk and broker overlap
+        copied = background.submit(catalog.checkpoint)
+        if app is not None and result.job_ids:
+            result.published = publish_new(catalog, app, list(zip(
+                result.job_ids, result.queues, strict=True)))
+        copied.result()
     if len(result.job_ids) >= SETTLE_MIN_ROWS:
         settle(catalog.engine, Job.__table__)  # status counts read the index alone
     return result
@@ -213,6 +217,8 @@ def _screen(session: Any, chunk: list[ScheduledJob], seen: set[str], force: bool
     keys = KeyList(key for key, _ in unique)  # sorted and bound once for both lookups
     existing = {} if force else existing_artifacts(session, keys)
     live = jobs_in_flight(session, keys)
+    if not existing and not live:  # the common case: every key is new
+        return [sp for _, sp in unique]
     result.skipped += [(sp.name, existing[key]) for key, sp in unique if key in existing]
     result.in_flight += [(sp.name, live[key]) for key, sp in unique
                          if key in live and key not in existing]

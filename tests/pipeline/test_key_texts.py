@@ -17,10 +17,12 @@ import json
 
 import pytest
 
-from mono_quant.errors import BadConfigError
+from mono_quant.errors import BadConfigError, BadInputError
 from mono_quant.pipeline import JobSpec, parse_calibration_source, parse_model_source
+from mono_quant.pipeline import _grammar as grammar
 from mono_quant.pipeline import spec as spec_module
 from mono_quant.pipeline.evaluation import parse_evaluation_source
+from mono_quant.pipeline.sources import CalibrationSource, ModelSource
 from mono_quant.pipeline.spec import _idempotency_key
 from mono_quant.quant.qconfig import QuantConfig
 
@@ -221,7 +223,71 @@ def test_each_part_is_serialised_once(monkeypatch):
     seen = []
     plain = spec_module._plain
     monkeypatch.setattr(spec_module, "_plain", lambda part: seen.append(part) or plain(part))
+    flat = grammar.flat_texts  # a source's texts: built by hand, cached on the source
+    monkeypatch.setattr(grammar, "flat_texts", lambda *a: seen.append(a[0]["target"]) or flat(*a))
     model, config = parse_model_source("factory:m:once"), QuantConfig(min_layer_size=11)
     first, second = JobSpec(model, config), JobSpec(model, config, format="pt")
     assert first.idempotency_key != second.idempotency_key
-    assert seen == [model, config, "safetensors", None, "pt"]
+    assert seen == ["m:once", config, "safetensors", None, "pt"]
+
+
+class _Int(int):
+    pass
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"seed": 3, "hidden": 64}, {"flag": True, "off": False, "none": None},
+    {"x": 0.1, "big": 1e300, "neg": -2.5}, {"s": 'a "quoted", spaced: text'},
+    {"u": "caf\u00e9 \u2603 \U0001f600", "ctl": "tab\tnew\nline\x7f"},
+    {"key:with,seps": 1, "n\u00e9": "v", "a_b": 1, "a": 2, "A": 3},
+    {"nested": {"b": 1, "a": [2, 3]}}, {"list": [1, "x"]}, {1: 2}, {"sub": _Int(5)},
+], ids=["empty", "ints", "bools-none", "floats", "quotes", "unicode", "odd-keys", "nested",
+        "list", "int-key", "int-subclass"])
+@pytest.mark.parametrize("weights", [None, "/w/a b.pt"], ids=["no-weights", "weights"])
+def test_source_texts_equal_the_encoders(kwargs, weights):
+    """A source's two texts, written by hand for flat arguments (the encoder for the rest),
+    are byte for byte ``json.dumps`` of its canonical dict, sorted compact and default."""
+    source = ModelSource("factory", "m:f", tuple(sorted(kwargs.items())), weights)
+    value = source.canonical()
+    want = json.dumps(value, sort_keys=True, separators=(",", ":")), json.dumps(value)
+    assert source.json_texts() == want
+    assert spec_module._part_texts(source) == want
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"seed": 3, "name": "x"}, {"x": 1.5, "flag": None}, {"u": "\u2603", "deep": {"a": [1]}},
+], ids=["flat", "float-none", "nested"])
+def test_a_mapping_source_reads_as_the_encoder_writes(kwargs):
+    """The display text of a mapping source (its messages' prefix) and its texts."""
+    value = {"factory": "m:f", "kwargs": kwargs}
+    source = parse_model_source(value)
+    assert source.text == json.dumps(value, sort_keys=True, default=str)
+    assert source.json_texts()[1] == json.dumps(source.canonical())
+
+
+@pytest.mark.parametrize("kwargs", [
+    (("x", float("nan")),), (("x", float("-inf")),), (("x", object()),),
+    (("x", {"y": float("inf")}),), ((("t",), 1),),
+], ids=["nan", "inf", "object", "nested-inf", "tuple-key"])
+def test_arguments_that_are_not_json_are_refused(kwargs):
+    """The check that skips the encoder for flat scalar arguments still refuses the rest."""
+    with pytest.raises(BadInputError, match="m:f: arguments must be JSON values"):
+        ModelSource("factory", "m:f", kwargs)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CalibrationSource("factory", "m:c", (("n", 2),), batch_size=4, max_length=True),
+    lambda: CalibrationSource("factory", "m:c", (("n", 2),), batch_size=4, max_length=1),
+    lambda: CalibrationSource("factory", "m:c", (("n", 2),), batch_size=None, max_length=-0.0),
+    lambda: CalibrationSource("factory", "m:c", (("n", 2),), batch_size=None, max_length=0.0),
+    lambda: ModelSource("factory", 'm:f"kwargs":{}', (("a", 1),), 'w"kwargs": {}'),
+    lambda: ModelSource("factory", "m:f", (("a", 1),), "\u2603"),
+], ids=["true", "one", "minus-zero", "zero", "kwargs-in-strings", "unicode-weights"])
+def test_source_frames_are_never_mixed_up(make):
+    """The texts around a source's arguments are cached by its other fields (str or None
+    values only): equal values written differently (True and 1, -0.0 and 0.0) never share."""
+    for _ in range(2):
+        source = make()
+        value = source.canonical()
+        assert source.json_texts() == (
+            json.dumps(value, sort_keys=True, separators=(",", ":")), json.dumps(value))

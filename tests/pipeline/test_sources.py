@@ -271,3 +271,33 @@ def test_sources_and_pipeline_exports_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split("\n")[0] == "{'hidden': 128} text False"
+
+
+@pytest.mark.parametrize("value", [
+    {"factory": "m:f"}, {"factory": "m:f", "kwargs": {}},
+    {"factory": "m.sub:make.inner", "kwargs": {"b": 1, "a": "x", "c": None, "d": [1, {"z": 2}]}},
+    {"factory": "m:f", "kwargs": {"x": float("nan")}}, {"factory": "m:f", "kwargs": {1: 2}},
+    {"factory": "m:f", "kwargs": [1]}, {"factory": "not a target"}, {"factory": 3},
+    {"kwargs": {"a": 1}}, {"factory": "os:system"}, {"factory": "m:_private"},
+    {"factory": "m:f", "kwargs": {"k\"ey": "v\u00e9\n", "a": True, "b": 0.5, "c": -0.0}},
+    {"factory": "m:f", "kwargs": {"x": 10**30, "y": None, "z": "a:b, c"}},
+], ids=["bare", "empty-kwargs", "mixed", "nan", "int-key", "list-kwargs", "bad-target",
+        "int-target", "no-factory", "not-allowed", "private", "escapes", "big-int"])
+def test_the_factory_mapping_shortcut_parses_as_the_general_path(value, monkeypatch):
+    """``{"factory": ..., "kwargs": ...}`` (a generated matrix's models) skips the generic
+    steps: the same source (text included) or the same error as the general path."""
+    from mono_quant.pipeline import sources
+    from mono_quant.pipeline.allowlist import FactoryAllowList
+
+    allow = FactoryAllowList.parse("m, m.*")
+
+    def parse():
+        try:
+            source = parse_model_source(value, factories=allow)
+        except Exception as e:  # the error is part of what must match
+            return type(e), str(e)
+        return source, source.text, source.json_texts(), str(source)
+
+    fast = parse()
+    monkeypatch.setattr(sources, "_FACTORY_ONLY", frozenset())  # the general path only
+    assert fast == parse()

@@ -246,3 +246,34 @@ def test_a_check_sees_each_job_once_and_its_error_rolls_the_batch_back(catalog, 
 def test_100k_jobs_submit_in_one_transaction_and_survive_a_broker_failure(
         catalog, broker, tmp_path):
     _submit_through_a_failing_broker(catalog, broker, tmp_path, models=25_000)
+
+
+def test_a_sqlite_submit_checkpoints_after_its_commit_and_restores_the_setting(
+        catalog, tmp_path, monkeypatch):
+    """On SQLite the submit's commit leaves the write-ahead log's checkpoint (copying it into
+    the database file and syncing it) to ``Catalog.checkpoint``, run while the messages go
+    out; the pooled connection checkpoints automatically again afterwards, also when the
+    batch is rolled back."""
+    if catalog.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL has no write-ahead log checkpoint to defer")
+    order, commits = [], []
+    real = Catalog.checkpoint
+    monkeypatch.setattr(Catalog, "checkpoint", lambda self: order.append("checkpoint")
+                        or real(self))
+
+    @event.listens_for(catalog.engine, "commit")
+    def _commit(conn):
+        commits.append(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
+
+    res = submit(_manifest(tmp_path / "m.json", 300), catalog)
+    assert len(res.job_ids) == 1200 and order == ["checkpoint"]
+    assert 0 in commits  # the batch's own commit: no automatic checkpoint
+    with catalog.engine.connect() as conn:
+        busy, log, done = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+    assert (busy, log) == (0, done)
+    monkeypatch.setattr(service, "SUBMIT_CHUNK", 40)
+    with pytest.raises(BadInputError):
+        submit(_manifest(tmp_path / "bad.json", 50, bad_last=True), catalog)
+    with catalog.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000

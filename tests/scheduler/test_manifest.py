@@ -190,3 +190,24 @@ def test_max_shard_size_reaches_the_job_spec_parsed():
 def test_bad_max_shard_size_names_the_job(extra, message):
     with pytest.raises(BadInputError, match=message):
         _parse({"jobs": [{"name": "a", "model": MLP, **extra}]})
+
+
+def test_expanded_jobs_are_the_dataclass_s_own():
+    """The expansion builds its jobs without ``ScheduledJob.__init__`` (tens of thousands per
+    matrix): each equals, prints and copies like the one the dataclass builds."""
+    import dataclasses
+
+    from mono_quant.scheduler.manifest import ScheduledJob
+
+    _, jobs = parse_manifest({"matrix": {"format": ["safetensors", "pt"]}, "jobs": [
+        {"name": "a", "model": "factory:mono_quant.demo_models:mlp"},
+        {"name": "b", "model": "factory:mono_quant.demo_models:mlp?seed=2", "queue": "gpu"}]})
+    assert len(jobs) == 4
+    for job in jobs:
+        built = ScheduledJob(name=job.name, spec=job.spec, model_source=job.model_source,
+                             queue=job.queue, max_attempts=job.max_attempts)
+        assert job == built and repr(job) == repr(built)
+        assert dataclasses.asdict(job) == dataclasses.asdict(built)
+        assert dataclasses.replace(job, queue="x") == dataclasses.replace(built, queue="x")
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            job.queue = "x"

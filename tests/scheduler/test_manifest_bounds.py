@@ -15,6 +15,7 @@ from mono_quant.catalog import Batch, Catalog, Job
 from mono_quant.config import Settings
 from mono_quant.errors import BadConfigError, BadInputError
 from mono_quant.pipeline.allowlist import FactoryAllowList
+from mono_quant.scheduler.bounds import MAX_DEPTH
 from mono_quant.scheduler.manifest import load_manifest, parse_manifest
 from mono_quant.scheduler.service import submit
 
@@ -295,3 +296,55 @@ def test_a_cycle_is_refused_by_name():
     loop.append(loop)
     with pytest.raises(BadInputError, match=r"m.yaml: a YAML alias refers to itself \(a cycle\)"):
         check_document({"jobs": loop}, "m.yaml")
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("raw", [
+    json.dumps({"jobs": [{"name": "a\u0000b", "model": "factory:m:f"}]}).encode(),
+    json.dumps({"labels": {"k\u0000": 1}}).encode(),
+    json.dumps(_nested(MAX_DEPTH)).encode(), json.dumps(_nested(MAX_DEPTH + 1)).encode(),
+    json.dumps(_nested(MAX_DEPTH - 1)).encode(), b'"just a string"', b"[]",
+    json.dumps({"x": "tab\\u0000 not a NUL"}).encode(),
+    json.dumps({"jobs": [{"name": "\u00e9"}]}).encode("utf-16"),
+    json.dumps({"jobs": ["x\u0000"]}).encode("utf-16"),
+    b"labels: &a [1, 2]\nmore: *a\n", b"x: {y: \x00}\n", b"{not json",
+    b"a: " + b"[" * 70 + b"]" * 70 + b"\n",
+], ids=["nul-in-name", "nul-in-key", "max-depth", "too-deep", "under", "scalar", "empty",
+        "escaped-backslash", "utf-16", "utf-16-nul", "yaml-alias", "yaml-nul", "bad",
+        "yaml-too-deep"])
+def test_reading_and_bounding_in_one_step_is_the_same_as_in_two(raw):
+    """``read_checked`` (a shortcut for JSON that can only break the depth bound) accepts and
+    refuses exactly what ``read_document`` + ``check_document`` do, with the same message."""
+    from mono_quant.scheduler.bounds import check_document, read_checked, read_document
+
+    def two_steps():
+        try:
+            data = read_document(raw, "m.json")
+            check_document(data, "m.json")
+        except BadInputError as e:
+            return str(e)
+        return data
+
+    def one_step():
+        try:
+            return read_checked(raw, "m.json")
+        except BadInputError as e:
+            return str(e)
+
+    assert one_step() == two_steps()
+
+
+def test_a_deep_or_nul_json_manifest_file_is_refused(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"jobs": [{"name": "a\u0000", "model": "factory:m:f"}]}))
+    with pytest.raises(BadInputError, match=r"jobs\[0\]\.name: contains a NUL byte"):
+        load_manifest(path)
+    path.write_text(json.dumps({"jobs": [{"name": "a", "model": _nested(MAX_DEPTH + 1)}]}))
+    with pytest.raises(BadInputError, match=f"nested deeper than {MAX_DEPTH} levels"):
+        load_manifest(path)

@@ -231,6 +231,38 @@ class Catalog:
         with _connection_errors(self.engine), self.Session.begin() as session:
             yield session
 
+    @contextmanager
+    def begin_bulk(self) -> Iterator[Session]:
+        """:meth:`begin` for one big write. On SQLite the commit of a big transaction also
+        copies the write-ahead log into the database file and syncs it (the automatic
+        checkpoint: 40-50 ms of a 10,000-job submit's commit at load 3, 14 of them CPU, the
+        rest waiting for the disk); here the commit leaves that to :meth:`checkpoint`, which
+        the caller runs while it waits for something else. Other databases: :meth:`begin`.
+        """
+        if self.engine.dialect.name != "sqlite":
+            with self.begin() as session:
+                yield session
+            return
+        with _connection_errors(self.engine), self.engine.connect() as conn:
+            pages = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+            conn.exec_driver_sql("PRAGMA wal_autocheckpoint = 0")
+            conn.commit()
+            try:
+                with self.Session(bind=conn) as session, session.begin():
+                    yield session
+            finally:  # the pooled connection checkpoints again as before
+                conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+                conn.commit()
+
+    def checkpoint(self) -> None:
+        """On SQLite, copy the write-ahead log into the database file without waiting for
+        readers or writers (``PASSIVE``: what SQLite does after a commit once the log holds
+        1,000 pages; see :meth:`begin_bulk`). Other databases: nothing."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with _connection_errors(self.engine), self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+
     def upgrade(self, revision: str = "head") -> tuple[str | None, str]:
         """Create or upgrade the schema (see :func:`upgrade`)."""
         return upgrade(self.engine, revision)

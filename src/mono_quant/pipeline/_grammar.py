@@ -13,9 +13,10 @@ from __future__ import annotations
 import errno
 import importlib
 import json
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
@@ -25,8 +26,9 @@ from mono_quant.errors import BadInputError, MonoQuantError
 if TYPE_CHECKING:
     from mono_quant.pipeline.allowlist import FactoryAllowList
 
-__all__ = ["TARGET", "Source", "call_factory", "import_target", "kwargs_of", "parse_parts",
-           "resolve_path"]
+__all__ = ["COMPACT", "TARGET", "Source", "call_factory", "display_text", "flat_members",
+           "flat_texts", "import_target", "kwargs_of", "parse_parts", "resolve_path",
+           "scalar_json"]
 
 #: A factory target: ``package.module:callable`` (the callable may be dotted).
 TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -59,10 +61,115 @@ def _query(text: str, query: str) -> dict[str, Any]:
     return args
 
 
-#: The encoders ``json.dumps(value, sort_keys=True, default=str)`` and ``json.dumps(value,
-#: allow_nan=False)`` would build on every call (a submit parses thousands of sources).
+#: The encoders ``json.dumps(value, sort_keys=True, default=str)``, ``json.dumps(value,
+#: allow_nan=False)`` and ``json.dumps(value, sort_keys=True, separators=(",", ":"))`` would
+#: build on every call (a submit parses thousands of sources).
 _DISPLAY = json.JSONEncoder(sort_keys=True, default=str)
 _STRICT = json.JSONEncoder(allow_nan=False)
+COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+#: The types whose values ``scalar_json`` writes itself (exact types: a subclass may
+#: change how the encoder writes it).
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def scalar_json(value: Any) -> str | None:
+    """``json.dumps(value)`` for a JSON scalar (an exact str, int, bool, None or finite
+    float), None for anything else (the encoder decides those)."""
+    kind = type(value)
+    if kind is str:
+        return _STRICT.encode(value)  # the encoder's own string path (no encoder built)
+    if kind is int:
+        return int.__repr__(value)  # what the encoder writes for an int
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return None
+
+
+#: The JSON text of each string key written so far (a matrix repeats its argument names).
+_KEY_TEXTS: dict[str, str] = {}
+
+
+def _key_json(key: str) -> str:
+    text = _KEY_TEXTS.get(key)
+    if text is None:
+        if len(_KEY_TEXTS) >= 4096:
+            _KEY_TEXTS.clear()
+        text = _KEY_TEXTS[key] = _STRICT.encode(key)
+    return text
+
+
+def flat_members(kwargs: Iterable[tuple[str, Any]]) -> tuple[str, str] | None:
+    """The members of ``dict(kwargs)`` as JSON, keys sorted, compact (``"a":1,"b":2``) and
+    with ``json.dumps``' separators (``"a": 1, "b": 2``); None unless every key is a str and
+    every value a JSON scalar (:func:`scalar_json`)."""
+    inner = []
+    for key, value in sorted(kwargs):
+        text = scalar_json(value)
+        if text is None or type(key) is not str:
+            return None
+        inner.append((_key_json(key), text))
+    return ",".join(f"{k}:{t}" for k, t in inner), ", ".join(f"{k}: {t}" for k, t in inner)
+
+
+def flat_texts(fields: dict[str, Any], kwargs: tuple[tuple[str, Any], ...],
+               members: tuple[str, str] | None = None) -> tuple[str, str] | None:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"))`` and ``json.dumps(value,
+    sort_keys=True)`` of ``value = {**fields, "kwargs": dict(kwargs)}``, written here in one
+    pass (two encoder calls cost more than twice as much) when every key is a str and every
+    value a JSON scalar (:func:`scalar_json`); None otherwise (the encoder writes those).
+    ``members``: ``flat_members(kwargs)``, when the caller has it already.
+
+    >>> flat_texts({"target": None}, (("b", 1), ("a", "x")))
+    ('{"kwargs":{"a":"x","b":1},"target":null}', '{"kwargs": {"a": "x", "b": 1}, "target": null}')
+    """
+    members = members or flat_members(kwargs)
+    frame = None if members is None else _frame(fields)
+    if frame is None:
+        return None
+    return frame[0] + members[0] + frame[1], frame[2] + members[1] + frame[3]
+
+
+#: :func:`_frame`'s texts by the fields' items (str or None values only: equal values of
+#: other types may be written differently, ``True`` and ``1``).
+_FRAMES: dict[tuple[tuple[str, Any], ...], tuple[str, str, str, str]] = {}
+
+
+def _frame(fields: dict[str, Any]) -> tuple[str, str, str, str] | None:
+    """The texts of ``{**fields, "kwargs": ...}`` before and after the arguments' members,
+    compact then default; None when a field is not a JSON scalar. Cached: a matrix's models
+    share their scheme and target."""
+    items = tuple(fields.items())
+    cacheable = all(type(v) is str or v is None for _, v in items)
+    hit = _FRAMES.get(items) if cacheable else None
+    if hit is not None:
+        return hit
+    compact, default = [], []
+    for key in sorted({**fields, "kwargs": None}):
+        text = "{}" if key == "kwargs" else scalar_json(fields[key])
+        if text is None or type(key) is not str:
+            return None
+        compact.append(f"{_key_json(key)}:{text}")
+        default.append(f"{_key_json(key)}: {text}")
+    # split at the (empty) arguments: '"kwargs":' cannot occur inside a JSON string (its
+    # quotes are escaped there)
+    head_c, _, tail_c = ("{" + ",".join(compact) + "}").partition('"kwargs":{}')
+    head_d, _, tail_d = ("{" + ", ".join(default) + "}").partition('"kwargs": {}')
+    texts = head_c + '"kwargs":{', "}" + tail_c, head_d + '"kwargs": {', "}" + tail_d
+    if cacheable:
+        if len(_FRAMES) >= 4096:
+            _FRAMES.clear()
+        _FRAMES[items] = texts
+    return texts
+
+
+def display_text(value: Mapping[str, Any]) -> str:
+    """How messages show a source given as a mapping: its JSON, keys sorted."""
+    return _DISPLAY.encode(value)
 
 
 def resolve_path(value: Any, base_dir: str | os.PathLike[str] | None, text: str, what: str) -> str:
@@ -103,7 +210,7 @@ def parse_parts(value: Any, kind: str, schemes: tuple[str, ...]) -> tuple[str, s
         return scheme, target, _query(value, query), value
     if isinstance(value, Mapping):
         present = [s for s in schemes if s in value]
-        text = _DISPLAY.encode(value)
+        text = display_text(value)
         if len(present) != 1:
             raise BadInputError(
                 f"{text}: a {kind} source mapping needs exactly one of "
@@ -196,7 +303,9 @@ class Source:
         if self.scheme != "factory" and self.kwargs:
             raise BadInputError(f"{self.text or self.target}: {self.scheme}: takes no kwargs")
         try:
-            _STRICT.encode(dict(self.kwargs))
+            kwargs = dict(self.kwargs)
+            if not all(type(k) is str and type(v) in _SCALARS for k, v in kwargs.items()):
+                _STRICT.encode(kwargs)  # containers, floats (NaN), other types
         except (TypeError, ValueError) as e:
             raise BadInputError(
                 f"{self.text or self.target}: arguments must be JSON values: {e}"
@@ -212,6 +321,21 @@ class Source:
         data = {"kwargs": dict(sorted(self.kwargs)), "scheme": self.scheme,
                 "target": self.target, **self._options()}
         return dict(sorted(data.items()))
+
+    def json_texts(self, members: tuple[str, str] | None = None) -> tuple[str, str]:
+        """:meth:`canonical` as JSON twice: compact with sorted keys (the idempotency key's
+        form) and as ``json.dumps`` writes it (the catalog's; ``canonical`` is sorted).
+        Computed once per source (a matrix job's four combinations share its model);
+        ``members``: ``flat_members(self.kwargs)``, when the caller has it already."""
+        texts = self.__dict__.get("_json_texts")
+        if texts is None:
+            texts = flat_texts({"scheme": self.scheme, "target": self.target,
+                                **self._options()}, self.kwargs, members)
+            if texts is None:
+                value = self.canonical()
+                texts = COMPACT.encode(value), json.dumps(value)
+            object.__setattr__(self, "_json_texts", texts)
+        return texts
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.canonical(), sort_keys=True, default=str))

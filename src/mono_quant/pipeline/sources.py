@@ -57,10 +57,13 @@ from mono_quant.pipeline._grammar import (
     TARGET,
     Source,
     call_factory,
+    display_text,
+    flat_members,
     import_target,
     kwargs_of,
     parse_parts,
     resolve_path,
+    scalar_json,
 )
 
 if TYPE_CHECKING:
@@ -255,6 +258,10 @@ def parse_model_source(
 
     With ``factories``, a factory outside the allow-list is a BadConfigError (nothing is
     imported while parsing)."""
+    if type(value) is dict and value.keys() <= _FACTORY_ONLY:
+        source = _factory_mapping(value, factories)
+        if source is not None:
+            return source
     scheme, target, options, text = parse_parts(value, "model", MODEL_SCHEMES)
     mapping = not isinstance(value, str)
     if scheme == "hf":
@@ -278,6 +285,35 @@ def parse_model_source(
     if factories is not None:
         factories.check_target(target, text)
     return ModelSource("factory", target, tuple(sorted(kwargs.items())), weights, text=text)
+
+
+#: The keys of the mapping :func:`_factory_mapping` reads (a matrix's generated models).
+_FACTORY_ONLY = frozenset({"factory", "kwargs"})
+
+
+def _factory_mapping(value: dict[str, Any], factories: FactoryAllowList | None
+                     ) -> ModelSource | None:
+    """``{"factory": TARGET, "kwargs": {...}}`` parsed straight to its source: what the general
+    path (:func:`parse_parts`, :func:`kwargs_of`) builds for it, without its generic steps (a
+    generated manifest holds thousands). None for anything it would refuse or treat apart
+    (the general path then says why)."""
+    target, kwargs = value.get("factory"), value.get("kwargs", {})
+    if (type(target) is not str or type(kwargs) is not dict or not TARGET.match(target)
+            or not all(type(k) is str for k in kwargs)):
+        return None
+    items = tuple(sorted(kwargs.items()))
+    members = flat_members(items)  # also the catalog's text of the arguments
+    if members is None:
+        text = display_text(value)
+    else:  # what display_text writes: "factory" sorts before "kwargs"
+        text = "".join(['{"factory": ', scalar_json(target),
+                        ', "kwargs": {' + members[1] + "}" if "kwargs" in value else "", "}"])
+    if factories is not None:
+        factories.check_target(target, text)
+    source = ModelSource("factory", target, items, None, text=text)
+    if members is not None:
+        source.json_texts(members)  # computed now, from the same members
+    return source
 
 
 @dataclass(frozen=True, eq=True)

@@ -42,11 +42,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, ClassVar
 
 from mono_quant.errors import BadConfigError, MonoQuantError
 from mono_quant.io.layout import FORMATS
+from mono_quant.pipeline._grammar import COMPACT as _COMPACT
+from mono_quant.pipeline._grammar import Source
 from mono_quant.pipeline.allowlist import FactoryAllowList
 from mono_quant.pipeline.evaluation import EvaluationSource, parse_evaluation_source
 from mono_quant.pipeline.sources import (
@@ -270,21 +271,22 @@ class JobSpec:
         and calibration source across thousands of jobs): byte for byte the text
         :func:`_idempotency_key` serialises from :meth:`to_payload` (tested).
         """
-        return self._json[0]
+        return (self.__dict__.get("_json") or self._cache_json())[0]
 
     @property
     def payload_json(self) -> str:
         """``json.dumps(self.to_payload())``: what the catalog's ``jobs.spec`` column stores."""
-        return self._json[1]
+        return (self.__dict__.get("_json") or self._cache_json())[1]
 
     @property
     def model_json(self) -> str:
         """``json.dumps(self.model.canonical())``: the ``jobs.model_source_json`` column."""
-        return self._json[2]
+        return (self.__dict__.get("_json") or self._cache_json())[2]
 
-    @cached_property
-    def _json(self) -> tuple[str, str, str]:
-        """(idempotency key, payload JSON, model source JSON), computed together once.
+    def _cache_json(self) -> tuple[str, str, str]:
+        """(idempotency key, payload JSON, model source JSON), computed together once and
+        kept in the instance's ``__dict__`` as ``_json`` (what ``functools.cached_property``
+        does, without its lock: Python 3.11 takes one per first access, per spec).
 
         The two texts spell out :meth:`to_payload`'s layout: the key's fields in sorted order
         (``calibration, evaluation, format, max_shard_size, model, pipeline, quant, samples,
@@ -296,10 +298,11 @@ class JobSpec:
         :meth:`_parts` costs several times as much per job; the equality with the reference
         is tested over random specs.
         """
-        return self._texts()
+        texts = self.__dict__["_json"] = self._texts()
+        return texts
 
     def _texts(self) -> tuple[str, str, str]:
-        """:attr:`_json`'s texts, computed. A plain method: mutation testing
+        """:meth:`_cache_json`'s texts, computed. A plain method: mutation testing
         (tools/mutate.py) skips decorated functions, and these texts are the key."""
         model = _part_texts(self.model)
         key_head, key_tail, payload_tail = self.__dict__.get("_framed") or _frame(self)
@@ -381,13 +384,13 @@ _TEXTS: dict[int, tuple[Any, str, str]] = {}
 _TEXTS_LIMIT = 4096
 
 
-#: What ``json.dumps(value, sort_keys=True, separators=(",", ":"))`` builds on every call.
-_COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def _part_texts(part: Any) -> tuple[str, str]:
     """The JSON of a payload field twice: compact with sorted keys (the idempotency key's
     form) and as ``json.dumps`` writes it by default (the catalog's); once per object."""
+    if isinstance(part, Source):  # cached on the source itself
+        return part.json_texts()
     hit = _TEXTS.get(id(part))
     if hit is not None and hit[0] is part:
         return hit[1], hit[2]
