@@ -12,11 +12,11 @@ Example:
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import re
 from collections.abc import Callable, Mapping
+from datetime import timezone
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +27,7 @@ from sqlalchemy import (
     DateTime,
     Integer,
     Select,
+    String,
     any_,
     bindparam,
     case,
@@ -34,9 +35,11 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    type_coerce,
     union_all,
 )
 from sqlalchemy import Enum as SAEnum
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, selectinload, undefer
 from sqlalchemy.sql.elements import ColumnElement
@@ -410,16 +413,36 @@ def artifact_record(artifact: Artifact, *, with_info: bool = False,
 
 
 def _converter(column: Any) -> Any:
-    """How :func:`_plain` changes this column's values: ``isoformat`` for timestamps,
-    ``.value`` for enums, None where values pass as they are (decided once per column, not
-    per value)."""
+    """How a record shows this column's values as :func:`_as_read` reads them: the aware
+    ISO text of a timestamp (:func:`_iso_time`); None where values pass as they are
+    (decided once per column, not per value). Enums are read as their stored value."""
     kind = column.type
     if isinstance(kind, DateTime) or isinstance(getattr(kind, "impl", None), DateTime):
-        return lambda v: None if v is None else v.isoformat()
-    python_type = getattr(kind, "python_type", None) if isinstance(kind, SAEnum) else None
-    if isinstance(python_type, type) and issubclass(python_type, enum.Enum):
-        return lambda v: None if v is None else v.value
+        return _iso_time
     return None
+
+
+#: SQLAlchemy's text layout of a SQLite DATETIME (its default storage format), the layout
+#: :class:`UTCDateTime` writes; anything else is parsed by SQLAlchemy's own processor.
+_SQLITE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+_SQLITE_PARSE = sqlite.DATETIME().result_processor(sqlite.dialect(), None)
+
+
+def _iso_time(value: Any) -> str | None:
+    """``UTCDateTime``'s value of a stored timestamp as ``isoformat`` shows it: from
+    PostgreSQL's aware datetime, or from SQLite's text, sliced where it has SQLAlchemy's
+    layout (parsing it into a datetime and formatting it again cost ~3 us a value) and
+    parsed otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if _SQLITE_TIME.fullmatch(value):
+            fraction = "" if value.endswith(".000000") else value[19:]
+            return f"{value[:10]}T{value[11:19]}{fraction}+00:00"
+        value = _SQLITE_PARSE(value)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc).isoformat()
+    return value.astimezone(timezone.utc).isoformat()
 
 
 def _path_maker(storage_root: str | Path | None) -> Callable[[str], tuple[str, str]]:
@@ -464,10 +487,25 @@ _CANONICAL_KEY = re.compile(f"{_KEY_PART}(?:/{_KEY_PART})*")
 def records_statement(q: ArtifactQuery | None = None) -> Select[Any]:
     """:func:`artifacts_statement` with only the stored columns of a record (in
     :data:`RECORD_FIELDS` order), then ``job_id`` and ``storage_key``: the first of
-    :func:`artifact_records`' two statements."""
-    return artifacts_statement(q or ArtifactQuery()).with_only_columns(
-        *(getattr(Artifact, name) for name in _COLUMN_FIELDS),
-        Artifact.job_id, Artifact.storage_key)
+    :func:`artifact_records`' statements. Where the statement reads only the rows it returns
+    (``--latest`` through the flag: :func:`_jobs_joined`), the job's three record fields
+    follow, joined by the job's primary key, and there is no second statement."""
+    q = q or ArtifactQuery()
+    stmt = artifacts_statement(q).with_only_columns(*_RECORD_COLUMNS)
+    if _jobs_joined(q):
+        stmt = stmt.join_from(Artifact, Job, Job.id == Artifact.job_id).add_columns(
+            *_JOB_COLUMNS)
+    return stmt
+
+
+def _jobs_joined(q: ArtifactQuery) -> bool:
+    """Whether :func:`records_statement` joins the jobs: for ``--latest`` read through the
+    flag, whose rows are the records (all of them for given models, or the first page in
+    ``ix_artifacts_latest_newest``'s order), so the join reads one job per record. Measured
+    at 1M artifacts (SQLite): the join costs ~0.8 ms of SQLite's time for 300 rows, the
+    second statement ~2.2 ms of CPU (docs/performance.md, issue 16, session 7). Elsewhere a
+    filter may select many rows before the ORDER BY and LIMIT, and the jobs stay apart."""
+    return q.latest and _group_filters_only(q)
 
 
 def _converters(columns: Any) -> list[tuple[int, Any]]:
@@ -477,11 +515,10 @@ def _converters(columns: Any) -> list[tuple[int, Any]]:
 def _job_fields(session: Session, job_ids: set[int]) -> dict[int, tuple[Any, ...]]:
     """The record fields of each job (batch id, status, name, in :data:`_JOB_FIELDS`
     order) by id: one statement, the ids as one parameter."""
-    convert = _converters(_JOB_FIELDS.values())
     jobs: dict[int, tuple[Any, ...]] = {}
-    stmt = select(Job.id, *_JOB_FIELDS.values()).where(_id_in(session, Job.id, job_ids))
+    stmt = select(Job.id, *_JOB_COLUMNS).where(_id_in(session, Job.id, job_ids))
     for job_id, *values in session.connection().execute(stmt).all():
-        for i, c in convert:
+        for i, c in _JOB_CONVERTERS:
             values[i] = c(values[i])
         jobs[job_id] = tuple(values)
     return jobs
@@ -501,8 +538,40 @@ def _id_in(session: Session, column: Any, ids: set[int]) -> Any:
 #: columns in :data:`_COLUMN_FIELDS` order (``job_id`` and ``storage_key`` last), then the
 #: job's, then the located path and URI.
 _SOURCES = (*_COLUMN_FIELDS, "_job_id", "_storage_key", *_JOB_FIELDS, "path", "uri")
+
+
+def _as_read(model: Any, name: str) -> Any:
+    """The table column of attribute ``name`` as a record reads it: enum and timestamp
+    columns as the driver returns them (an enum's stored value, ``_str_enum``; SQLite's
+    timestamp text), converted once per value by :func:`_converter` rather than made into
+    enum members and datetimes that :func:`_plain` would take apart again.
+
+    Table columns (the same objects on every call), not the ORM's annotated attributes:
+    the cached statement's result map already holds them, so SQLAlchemy matches them by
+    identity when it adapts that map to a new statement, where an annotated copy is compared
+    with ``==`` (building a SQL expression per column and call)."""
+    column = model.__mapper__.columns[name]
+    if _converter(column) is not None or isinstance(column.type, SAEnum):
+        return type_coerce(column, String()).label(column.name)
+    return column
+
+
+def _read(model: Any, names: Any) -> tuple[tuple[Any, ...], list[tuple[int, Any]]]:
+    """The columns of ``names`` as read (:func:`_as_read`) and their conversions."""
+    columns = [model.__mapper__.columns[name] for name in names]
+    return tuple(_as_read(model, name) for name in names), _converters(columns)
+
+
+#: Where each record field comes from in ``(*columns, *job fields, path, uri)``: the stored
+#: columns in :data:`_COLUMN_FIELDS` order (``job_id`` and ``storage_key`` last), then the
+#: job's, then the located path and URI.
+_SOURCES = (*_COLUMN_FIELDS, "_job_id", "_storage_key", *_JOB_FIELDS, "path", "uri")
 _PICK = itemgetter(*(_SOURCES.index(name) for name in RECORD_FIELDS))
 _OBSERVER = RECORD_FIELDS.index("weight_observer")
+#: The stored record columns, then the job id and the storage key (records_statement), and
+#: the job's record fields; each with the conversions of its values (decided once).
+_RECORD_COLUMNS, _COLUMN_CONVERTERS = _read(Artifact, (*_COLUMN_FIELDS, "job_id", "storage_key"))
+_JOB_COLUMNS, _JOB_CONVERTERS = _read(Job, [column.key for column in _JOB_FIELDS.values()])
 
 
 def artifact_records(
@@ -530,19 +599,28 @@ def artifact_records(
         records = artifact_records(session, ArtifactQuery(batches=[7]),
                                    locate=lambda key: (f"/srv/a/{key}", f"file:///srv/a/{key}"))
     """
+    q = q or ArtifactQuery()
     rows = session.connection().execute(records_statement(q)).all()
     if not rows:
         return []
     columns = [list(c) for c in zip(*rows, strict=True)]
-    for i, c in _converters(getattr(Artifact, name) for name in _COLUMN_FIELDS):
+    joined = _jobs_joined(q)
+    first_job = len(_RECORD_COLUMNS)
+    converters = _COLUMN_CONVERTERS + (
+        [(first_job + i, c) for i, c in _JOB_CONVERTERS] if joined else [])
+    for i, c in converters:
         columns[i] = [c(v) for v in columns[i]]
-    jobs = _job_fields(session, set(columns[-2]))
     where = locate or _path_maker(storage_root)
     fields = RECORD_FIELDS
     records = []
-    for values in zip(*columns, strict=True):
-        record = dict(zip(fields, _PICK(values + jobs[values[-2]] + where(values[-1])),
-                          strict=True))
+    if joined:  # (*columns, job_id, storage_key, *job fields) per row
+        keyed = (values + where(values[first_job - 1]) for values in zip(*columns, strict=True))
+    else:
+        jobs = _job_fields(session, set(columns[first_job - 2]))
+        keyed = (values + jobs[values[-2]] + where(values[-1])
+                 for values in zip(*columns, strict=True))
+    for values in keyed:
+        record = dict(zip(fields, _PICK(values), strict=True))
         record["observer"] = record["weight_observer"]
         records.append(record)
     return records
