@@ -514,14 +514,11 @@ def _converters(columns: Any) -> list[tuple[int, Any]]:
 
 def _job_fields(session: Session, job_ids: set[int]) -> dict[int, tuple[Any, ...]]:
     """The record fields of each job (batch id, status, name, in :data:`_JOB_FIELDS`
-    order) by id: one statement, the ids as one parameter."""
-    jobs: dict[int, tuple[Any, ...]] = {}
+    order, as read: converted with the record) by id: one statement, the ids as one
+    parameter."""
     stmt = select(Job.id, *_JOB_COLUMNS).where(_id_in(session, Job.id, job_ids))
-    for job_id, *values in session.connection().execute(stmt).all():
-        for i, c in _JOB_CONVERTERS:
-            values[i] = c(values[i])
-        jobs[job_id] = tuple(values)
-    return jobs
+    return {job_id: tuple(values)
+            for job_id, *values in session.connection().execute(stmt).all()}
 
 
 def _id_in(session: Session, column: Any, ids: set[int]) -> Any:
@@ -572,6 +569,9 @@ _OBSERVER = RECORD_FIELDS.index("weight_observer")
 #: the job's record fields; each with the conversions of its values (decided once).
 _RECORD_COLUMNS, _COLUMN_CONVERTERS = _read(Artifact, (*_COLUMN_FIELDS, "job_id", "storage_key"))
 _JOB_COLUMNS, _JOB_CONVERTERS = _read(Job, [column.key for column in _JOB_FIELDS.values()])
+#: The record fields converted (:func:`_converter`), by name; applied to each record.
+_FIELD_CONVERTERS = (*((_COLUMN_FIELDS[i], c) for i, c in _COLUMN_CONVERTERS),
+                     *((list(_JOB_FIELDS)[i], c) for i, c in _JOB_CONVERTERS))
 
 
 def artifact_records(
@@ -585,12 +585,13 @@ def artifact_records(
     The same records, in the same order, as ``[artifact_record(a) for a in
     list_artifacts(session, q, load_jobs=True)]`` (tested on both databases), without
     building ORM objects (building ~50-attribute objects and their jobs cost more than the
-    query: ``docs/performance.md``): two Core statements, the artifacts' columns
-    (:func:`records_statement`) and then their jobs' three shown columns by id. The jobs are
-    not joined into the first: where a filter selects many rows before the ORDER BY and LIMIT
-    (a batch's 1,000 artifacts), the join would read all of their jobs rather than the 100
-    shown. Values are converted per column (timestamps, enums), decided once; each record
-    is picked from its row in one C call (:data:`_PICK`), not built field by field.
+    query: ``docs/performance.md``): the artifacts' columns (:func:`records_statement`) and
+    their jobs' three shown columns, joined in for ``--latest`` through the flag (one job
+    per record read: :func:`_jobs_joined`), else by id in a second statement (where a filter
+    selects many rows before the ORDER BY and LIMIT, a batch's 1,000 artifacts, a join would
+    read all of their jobs rather than the 100 shown). Values are read as stored and
+    converted per column, decided once (:func:`_as_read`); each record is picked from its
+    row in one C call (:data:`_PICK`), not built field by field.
 
     ``locate`` maps a storage key to ``(path, uri)``; by default they are computed from the
     key under ``storage_root`` without touching the storage (:func:`_path_maker`).
@@ -603,24 +604,19 @@ def artifact_records(
     rows = session.connection().execute(records_statement(q)).all()
     if not rows:
         return []
-    columns = [list(c) for c in zip(*rows, strict=True)]
-    joined = _jobs_joined(q)
-    first_job = len(_RECORD_COLUMNS)
-    converters = _COLUMN_CONVERTERS + (
-        [(first_job + i, c) for i, c in _JOB_CONVERTERS] if joined else [])
-    for i, c in converters:
-        columns[i] = [c(v) for v in columns[i]]
     where = locate or _path_maker(storage_root)
     fields = RECORD_FIELDS
-    records = []
-    if joined:  # (*columns, job_id, storage_key, *job fields) per row
-        keyed = (values + where(values[first_job - 1]) for values in zip(*columns, strict=True))
+    key = len(_RECORD_COLUMNS) - 1  # the storage key; the job id just before it
+    if _jobs_joined(q):  # (*columns, job_id, storage_key, *job fields) per row
+        picked = (_PICK((*row, *where(row[key]))) for row in rows)
     else:
-        jobs = _job_fields(session, set(columns[first_job - 2]))
-        keyed = (values + jobs[values[-2]] + where(values[-1])
-                 for values in zip(*columns, strict=True))
-    for values in keyed:
-        record = dict(zip(fields, _PICK(values), strict=True))
+        jobs = _job_fields(session, {row[key - 1] for row in rows})
+        picked = (_PICK((*row, *jobs[row[key - 1]], *where(row[key]))) for row in rows)
+    records = []
+    for values in picked:
+        record = dict(zip(fields, values, strict=True))
+        for name, convert in _FIELD_CONVERTERS:
+            record[name] = convert(record[name])
         record["observer"] = record["weight_observer"]
         records.append(record)
     return records
