@@ -15,6 +15,7 @@ from mono_quant.catalog import (
     artifact_record,
     artifact_records,
     list_artifacts,
+    queries,
 )
 from tests.catalog import seed as seedmod
 
@@ -178,8 +179,12 @@ def test_latest_records_are_one_statement_with_their_jobs(seeded, query, tmp_pat
     assert expected, "the query should select artifacts"
     assert got == expected
     assert [r["id"] for r in got] == seedmod.reference(records, query)
-    assert len(statements) == 1, statements
-    assert "JOIN jobs ON jobs.id = artifacts.job_id" in statements[0]
+    # executed on the DBAPI cursor from the cached compiled text: nothing through
+    # SQLAlchemy's execute, and that one text joins the jobs
+    assert statements == []
+    entry = queries._COMPILED[catalog.engine.dialect.name, queries._latest_shape(query)]
+    assert entry is not None
+    assert "JOIN jobs ON jobs.id = artifacts.job_id" in entry.sql
 
 
 def test_latest_records_plan_reads_the_flag_index_and_each_job_by_key(catalog_url):
@@ -236,3 +241,70 @@ def test_sqlite_time_text_shown_as_the_orm_shows_it(tmp_path, stored, shown):
     assert got[first]["created_at"] == shown == orm[first]["created_at"]
     assert got == orm
     catalog.dispose()
+
+
+def _typed(records: list[dict]) -> list[list[tuple[str, str, str]]]:
+    """Records as (field, type, repr) in field order: 1 and True, or NaN and NaN, differ or
+    match as they would in the JSON output."""
+    return [[(k, type(v).__name__, repr(v)) for k, v in r.items()] for r in records]
+
+
+#: ``--latest`` through the flag, read on the DBAPI cursor from a cached compiled text:
+#: pairs of queries of one shape (the second reuses the first's text with other values).
+RAW_SHAPES = {
+    "models (IN)": [{"models": seedmod.MODELS[:2]}, {"models": seedmod.MODELS[3:5]}],
+    "one model (=)": [{"models": seedmod.MODELS[:1]}, {"models": seedmod.MODELS[5:6]}],
+    "schemes and formats, first page": [
+        {"schemes": ["asymmetric"], "formats": ["safetensors", "pt"], "limit": 4},
+        {"schemes": ["symmetric"], "formats": ["pt", "compressed-tensors"], "limit": 2}],
+    "smoothquant, perplexity bound, by size ascending": [
+        {"models": seedmod.MODELS[:3], "smoothquant": False, "max_perplexity_increase": 5.0,
+         "order_by": "size_bytes", "descending": False},
+        {"models": seedmod.MODELS[2:5], "smoothquant": False, "max_perplexity_increase": 0.5,
+         "order_by": "size_bytes", "descending": False}],
+    "by cosine (NULLs last), modes": [
+        {"modes": ["static", "dynamic"], "order_by": "output_cosine", "limit": None},
+        {"modes": ["dynamic", "static"], "order_by": "output_cosine", "limit": None}],
+}
+
+
+@pytest.mark.parametrize("shape", list(RAW_SHAPES.values()), ids=list(RAW_SHAPES))
+def test_latest_raw_rows_equal_the_orm_records(seeded, shape, tmp_path):
+    """The records read on the DBAPI cursor (no SQLAlchemy result layer) equal the ORM's,
+    typed and in field order, for two parameter sets of one cached shape; NULLs, enums,
+    times, booleans and infinities as the ORM shows them, on both databases."""
+    from sqlalchemy import text
+
+    catalog, records = seeded
+    dialect = catalog.engine.dialect.name
+    with catalog.begin() as session:  # the seed has none: some, and some NULL
+        session.execute(text("UPDATE artifacts SET perplexity_increase = (id % 5) * 0.25 "
+                             "WHERE id % 3 > 0"))
+    nonempty = 0
+    for fields in shape:
+        query = ArtifactQuery(latest=True, **{"limit": None, **fields})
+        with catalog.begin() as session:
+            expected = [artifact_record(a, storage_root=tmp_path)
+                        for a in list_artifacts(session, query, load_jobs=True)]
+            got = artifact_records(session, query, storage_root=tmp_path)
+        assert queries._COMPILED[dialect, queries._latest_shape(query)] is not None
+        if query.max_perplexity_increase is None:  # the reference does not know it
+            assert [r["id"] for r in got] == seedmod.reference(records, query)
+        assert _typed(got) == _typed(expected)
+        nonempty += bool(got)
+    assert nonempty, "the shape should select artifacts"
+
+
+def test_latest_text_not_binding_the_values_in_order_is_not_used(seeded, monkeypatch):
+    """Where the compiled text does not bind :func:`_latest_values` in its order, the
+    statement goes through SQLAlchemy (the same records) and the shape is not cached."""
+    catalog, _ = seeded
+    query = ArtifactQuery(models=seedmod.MODELS[1:4], latest=True, limit=5)
+    monkeypatch.setattr(queries, "_latest_values", lambda q: [*reversed(q.models), q.limit])
+    monkeypatch.setattr(queries, "_COMPILED", {})
+    with catalog.begin() as session:
+        got = artifact_records(session, query)
+        expected = [artifact_record(a) for a in list_artifacts(session, query, load_jobs=True)]
+    shape = (catalog.engine.dialect.name, queries._latest_shape(query))
+    assert {shape: None} == queries._COMPILED
+    assert got and _typed(got) == _typed(expected)

@@ -531,12 +531,6 @@ def _id_in(session: Session, column: Any, ids: set[int]) -> Any:
     return column.in_(listed.columns(value=Integer))
 
 
-#: Where each record field comes from in ``(*columns, *job fields, path, uri)``: the stored
-#: columns in :data:`_COLUMN_FIELDS` order (``job_id`` and ``storage_key`` last), then the
-#: job's, then the located path and URI.
-_SOURCES = (*_COLUMN_FIELDS, "_job_id", "_storage_key", *_JOB_FIELDS, "path", "uri")
-
-
 def _as_read(model: Any, name: str) -> Any:
     """The table column of attribute ``name`` as a record reads it: enum and timestamp
     columns as the driver returns them (an enum's stored value, ``_str_enum``; SQLite's
@@ -574,6 +568,142 @@ _FIELD_CONVERTERS = (*((_COLUMN_FIELDS[i], c) for i, c in _COLUMN_CONVERTERS),
                      *((list(_JOB_FIELDS)[i], c) for i, c in _JOB_CONVERTERS))
 
 
+#: The list filters of :func:`_filtered` that ``--latest`` through the flag may have, in
+#: the order of their bound values in :func:`records_statement` (the row filters excluded).
+_LATEST_LISTS = ("models", "schemes", "granularities", "modes", "formats", "serveable_by",
+                 "weight_algorithms")
+
+
+def _latest_shape(q: ArtifactQuery) -> tuple[Any, ...]:
+    """What the SQL text of ``--latest`` through the flag depends on, apart from the
+    values it binds (:func:`_latest_values`): one compiled text per shape."""
+    return (*(len(getattr(q, name)) for name in _LATEST_LISTS), q.smoothquant,
+            q.max_perplexity_increase is None, q.order_by, q.descending, q.limit is None)
+
+
+def _latest_values(q: ArtifactQuery) -> list[Any]:
+    """The values ``records_statement(q)`` binds, in the order of its SQL (checked against
+    SQLAlchemy's own compilation once per shape: :func:`_compiled_latest`)."""
+    values: list[Any] = [v for name in _LATEST_LISTS for v in getattr(q, name)]
+    if q.max_perplexity_increase is not None:
+        values.append(q.max_perplexity_increase)
+    if q.limit is not None:
+        values.append(q.limit)
+    return values
+
+
+class _Compiled:
+    """The SQL text of one shape of the ``--latest`` records statement as SQLAlchemy
+    compiles it for one dialect (IN lists expanded), how to bind a query's values to it,
+    and the conversions of its result columns (filled at the first execution)."""
+
+    def __init__(self, sql: str, names: list[str] | None, constants: list[Any]) -> None:
+        self.sql, self.names, self.constants = sql, names, constants
+        self.converters: list[tuple[int, Any]] | None = None
+
+    def parameters(self, values: list[Any]) -> Any:
+        values = [*values, *self.constants]
+        return values if self.names is None else dict(zip(self.names, values, strict=True))
+
+
+#: :class:`_Compiled` by (dialect name, :func:`_latest_shape`); at most _COMPILED_MAX.
+_COMPILED: dict[tuple[Any, ...], _Compiled | None] = {}
+_COMPILED_MAX = 512
+
+
+def _compiled_latest(dialect: Any, q: ArtifactQuery) -> _Compiled | None:
+    """The :class:`_Compiled` of ``q``'s shape, compiled on first use; None where the
+    compiled statement does not bind :func:`_latest_values` in that order (then the caller
+    executes the statement through SQLAlchemy, as for every other query)."""
+    key = (dialect.name, _latest_shape(q))
+    if key in _COMPILED:
+        return _COMPILED[key]
+    compiled = records_statement(q).compile(
+        dialect=dialect, compile_kwargs={"render_postcompile": True})
+    sql, bound = str(compiled), compiled.construct_params()
+    if compiled.positiontup is not None:
+        names, positional = None, list(compiled.positiontup)
+    else:  # named (psycopg's pyformat): in the order they appear in the text
+        names = positional = re.findall(r"%\((\w+)\)s", sql)
+    values = _latest_values(q)
+    ordered = [bound[name] for name in positional]
+    ok = ordered[:len(values)] == values and len(set(positional)) == len(positional)
+    entry = _Compiled(sql, names, ordered[len(values):]) if ok else None
+    if len(_COMPILED) >= _COMPILED_MAX:
+        _COMPILED.clear()
+    _COMPILED[key] = entry
+    return entry
+
+
+def _raw_rows(session: Session,
+              q: ArtifactQuery) -> tuple[list[Any], list[tuple[int, Any]]] | None:
+    """The rows of ``records_statement(q)`` for ``--latest`` through the flag, executed on
+    the DBAPI cursor from its compiled text (:func:`_compiled_latest`): plain tuples, with
+    the result processors SQLAlchemy would apply (SQLite's 0/1 booleans) and the record's
+    conversions (:func:`_converter`), both decided once per shape. Measured at 1M
+    (docs/performance.md, issue 16, session 7 (i16l2)): building, compiling-cache lookup
+    and the Row objects of ``Connection.execute`` cost ~1.5-2 ms of CPU for 300 rows.
+    Returns the rows and those conversions (by column index); None where the shape's text
+    is not cached (:func:`_compiled_latest`)."""
+    connection = session.connection()
+    dialect = connection.dialect
+    entry = _compiled_latest(dialect, q)
+    if entry is None:
+        return None
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(entry.sql, entry.parameters(_latest_values(q)))
+        if entry.converters is None:
+            entry.converters = _row_converters(dialect, cursor.description)
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    return rows, entry.converters
+
+
+#: The columns of the ``--latest`` records statement, in its order.
+_LATEST_COLUMNS = (*_RECORD_COLUMNS, *_JOB_COLUMNS)
+
+
+def _row_converters(dialect: Any, description: Any) -> list[tuple[int, Any]]:
+    """Per column of a ``--latest`` row (by index): SQLAlchemy's result processor for the
+    column's type and the driver's type code, if any, then the record's conversion."""
+    record = dict(_COLUMN_CONVERTERS)
+    record.update((len(_RECORD_COLUMNS) + i, c) for i, c in _JOB_CONVERTERS)
+    converters = []
+    for i, (column, described) in enumerate(zip(_LATEST_COLUMNS, description, strict=True)):
+        impl = column.type.dialect_impl(dialect)
+        steps = [f for f in (impl.result_processor(dialect, described[1]), record.get(i)) if f]
+        if len(steps) == 2:
+            first, second = steps
+            converters.append((i, lambda v, f=first, g=second: g(f(v))))
+        elif steps:
+            converters.append((i, steps[0]))
+    return converters
+
+
+
+#: A ``--latest`` record's keys (the deprecated ``observer`` last, as :func:`_record` adds
+#: it) and where each comes from in ``(*row, path, uri)``: one ``dict(zip())`` per record.
+_LATEST_FIELDS = (*RECORD_FIELDS, "observer")
+_LATEST_PICK = itemgetter(*(_SOURCES.index(name)
+                            for name in (*RECORD_FIELDS, "weight_observer")))
+
+
+def _latest_records(rows: list[Any], converters: list[tuple[int, Any]],
+                    where: Callable[[str], tuple[str, str]]) -> list[dict[str, Any]]:
+    """The records of ``--latest`` rows as :func:`_raw_rows` reads them."""
+    key = len(_RECORD_COLUMNS) - 1  # the storage key
+    records = []
+    for row in rows:
+        values = [*row, *where(row[key])]
+        for i, convert in converters:
+            values[i] = convert(values[i])
+        # _LATEST_PICK gives one value per field by construction: no strict check per row
+        records.append(dict(zip(_LATEST_FIELDS, _LATEST_PICK(values), strict=False)))
+    return records
+
+
 def artifact_records(
     session: Session, q: ArtifactQuery | None = None, *,
     locate: Callable[[str], tuple[str, str]] | None = None,
@@ -601,6 +731,9 @@ def artifact_records(
                                    locate=lambda key: (f"/srv/a/{key}", f"file:///srv/a/{key}"))
     """
     q = q or ArtifactQuery()
+    raw = _raw_rows(session, q) if _jobs_joined(q) else None
+    if raw is not None:
+        return _latest_records(*raw, locate or _path_maker(storage_root))
     rows = session.connection().execute(records_statement(q)).all()
     if not rows:
         return []
