@@ -182,7 +182,7 @@ def test_latest_records_are_one_statement_with_their_jobs(seeded, query, tmp_pat
     # executed on the DBAPI cursor from the cached compiled text: nothing through
     # SQLAlchemy's execute, and that one text joins the jobs
     assert statements == []
-    entry = queries._COMPILED[catalog.engine.dialect.name, queries._latest_shape(query)]
+    entry = queries._COMPILED[queries._compiled_key(catalog.engine.dialect, query)]
     assert entry is not None
     assert "JOIN jobs ON jobs.id = artifacts.job_id" in entry.sql
 
@@ -276,7 +276,6 @@ def test_latest_raw_rows_equal_the_orm_records(seeded, shape, tmp_path):
     from sqlalchemy import text
 
     catalog, records = seeded
-    dialect = catalog.engine.dialect.name
     with catalog.begin() as session:  # the seed has none: some, and some NULL
         session.execute(text("UPDATE artifacts SET perplexity_increase = (id % 5) * 0.25 "
                              "WHERE id % 3 > 0"))
@@ -287,7 +286,7 @@ def test_latest_raw_rows_equal_the_orm_records(seeded, shape, tmp_path):
             expected = [artifact_record(a, storage_root=tmp_path)
                         for a in list_artifacts(session, query, load_jobs=True)]
             got = artifact_records(session, query, storage_root=tmp_path)
-        assert queries._COMPILED[dialect, queries._latest_shape(query)] is not None
+        assert queries._COMPILED[queries._compiled_key(catalog.engine.dialect, query)]
         if query.max_perplexity_increase is None:  # the reference does not know it
             assert [r["id"] for r in got] == seedmod.reference(records, query)
         assert _typed(got) == _typed(expected)
@@ -305,6 +304,6 @@ def test_latest_text_not_binding_the_values_in_order_is_not_used(seeded, monkeyp
     with catalog.begin() as session:
         got = artifact_records(session, query)
         expected = [artifact_record(a) for a in list_artifacts(session, query, load_jobs=True)]
-    shape = (catalog.engine.dialect.name, queries._latest_shape(query))
-    assert {shape: None} == queries._COMPILED
+    key = queries._compiled_key(catalog.engine.dialect, query)
+    assert list(queries._COMPILED.items()) == [(key, None)]
     assert got and _typed(got) == _typed(expected)
