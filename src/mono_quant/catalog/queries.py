@@ -617,6 +617,7 @@ class _Compiled:
 #: :class:`_Compiled` by :func:`_compiled_key`; at most _COMPILED_MAX.
 _COMPILED: dict[tuple[Any, ...], _Compiled | None] = {}
 _COMPILED_MAX = 512
+_UNCOMPILED = object()
 
 
 def _compiled_key(dialect: Any, q: ArtifactQuery) -> tuple[Any, ...]:
@@ -630,8 +631,9 @@ def _compiled_latest(dialect: Any, q: ArtifactQuery) -> _Compiled | None:
     compiled statement does not bind :func:`_latest_values` in that order (then the caller
     executes the statement through SQLAlchemy, as for every other query)."""
     key = _compiled_key(dialect, q)
-    if key in _COMPILED:
-        return _COMPILED[key]
+    cached: Any = _COMPILED.get(key, _UNCOMPILED)  # one lookup: another thread may clear
+    if cached is not _UNCOMPILED:
+        return cached
     compiled = records_statement(q).compile(
         dialect=dialect, compile_kwargs={"render_postcompile": True})
     sql, bound = str(compiled), compiled.construct_params()
@@ -699,7 +701,6 @@ def _row_converters(dialect: Any, description: Any) -> list[tuple[int, Any]]:
     return converters
 
 
-
 #: A ``--latest`` record's keys (the deprecated ``observer`` last, as :func:`_record` adds
 #: it) and where each comes from in ``(*row, path, uri)``: one ``dict(zip())`` per record.
 _LATEST_FIELDS = (*RECORD_FIELDS, "observer")
@@ -738,7 +739,9 @@ def artifact_records(
     selects many rows before the ORDER BY and LIMIT, a batch's 1,000 artifacts, a join would
     read all of their jobs rather than the 100 shown). Values are read as stored and
     converted per column, decided once (:func:`_as_read`); each record is picked from its
-    row in one C call (:data:`_PICK`), not built field by field.
+    row in one C call (:data:`_PICK`), not built field by field. ``--latest`` through the
+    flag is executed on the DBAPI cursor from its cached compiled text, below SQLAlchemy's
+    result layer (:func:`_raw_rows`; the same records, tested on both databases).
 
     ``locate`` maps a storage key to ``(path, uri)``; by default they are computed from the
     key under ``storage_root`` without touching the storage (:func:`_path_maker`).
