@@ -15,6 +15,7 @@ from mono_quant.catalog import (
     artifact_record,
     artifact_records,
     list_artifacts,
+    queries,
 )
 from tests.catalog import seed as seedmod
 
@@ -144,3 +145,165 @@ def test_record_times_are_the_aware_isoformat(seeded, micro, shown):
         orm = {a.id: artifact_record(a) for a in list_artifacts(session, query, load_jobs=True)}
     assert got[first]["created_at"] == shown == orm[first]["created_at"]
     assert got == orm
+
+
+LATEST_QUERIES = {
+    "latest of two models": ArtifactQuery(models=seedmod.MODELS[:2], latest=True, limit=None),
+    "latest, first page": ArtifactQuery(latest=True, limit=3),
+    "latest of one model by size": ArtifactQuery(models=seedmod.MODELS[:1], latest=True,
+                                                 order_by="size_bytes", limit=None),
+}
+
+
+@pytest.mark.parametrize("query", list(LATEST_QUERIES.values()), ids=list(LATEST_QUERIES))
+def test_latest_records_are_one_statement_with_their_jobs(seeded, query, tmp_path):
+    """``--latest`` through the flag reads each record's job in the artifacts' statement
+    (joined by the job's key): one statement, not a second one for the jobs, and the same
+    records as the ORM's."""
+    from sqlalchemy import event
+
+    catalog, records = seeded
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    with catalog.begin() as session:
+        expected = [artifact_record(a, storage_root=tmp_path)
+                    for a in list_artifacts(session, query, load_jobs=True)]
+        event.listen(catalog.engine, "before_cursor_execute", count)
+        try:
+            got = artifact_records(session, query, storage_root=tmp_path)
+        finally:
+            event.remove(catalog.engine, "before_cursor_execute", count)
+    assert expected, "the query should select artifacts"
+    assert got == expected
+    assert [r["id"] for r in got] == seedmod.reference(records, query)
+    # executed on the DBAPI cursor from the cached compiled text: nothing through
+    # SQLAlchemy's execute, and that one text joins the jobs
+    assert statements == []
+    entry = queries._COMPILED[queries._compiled_key(catalog.engine.dialect, query)]
+    assert entry is not None
+    assert "JOIN jobs ON jobs.id = artifacts.job_id" in entry.sql
+
+
+def test_latest_records_plan_reads_the_flag_index_and_each_job_by_key(catalog_url):
+    """The plan of ``--latest`` for given models: the flagged rows through
+    ``ix_artifacts_latest_flag``, then one primary-key lookup per job (PostgreSQL: as it
+    plans at size, sequential and bitmap scans off on the test's small tables)."""
+    from sqlalchemy import text
+
+    from mono_quant.catalog.queries import records_statement
+
+    catalog = Catalog(catalog_url)
+    query = ArtifactQuery(models=seedmod.MODELS[:3], latest=True, limit=None)
+    with catalog.engine.connect() as conn:
+        sql = str(records_statement(query).compile(conn, compile_kwargs={"literal_binds": True}))
+        if conn.dialect.name == "sqlite":
+            plan = [r[3] for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql))]
+            assert plan[:2] == [
+                "SEARCH artifacts USING INDEX ix_artifacts_latest_flag (model_source=?)",
+                "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"], plan
+        else:
+            for scan in ("seqscan", "bitmapscan"):
+                conn.execute(text(f"SET enable_{scan} = off"))
+            plan = "\n".join(conn.execute(text("EXPLAIN (COSTS OFF) " + sql)).scalars())
+            assert "Index Scan using ix_artifacts_latest_flag on artifacts" in plan, plan
+            assert "Index Scan using pk_jobs on jobs" in plan, plan
+            assert "Seq Scan" not in plan, plan
+    catalog.dispose()
+
+
+@pytest.mark.parametrize("stored, shown", [
+    ("2024-01-02 03:04:05.000000", "2024-01-02T03:04:05+00:00"),
+    ("2024-01-02 03:04:05.000120", "2024-01-02T03:04:05.000120+00:00"),
+    ("2024-01-02 03:04:05", "2024-01-02T03:04:05+00:00"),  # not SQLAlchemy's layout
+    ("2024-01-02 03:04:05.5", "2024-01-02T03:04:05.500000+00:00"),
+], ids=["layout, whole second", "layout, 120 us", "no fraction", "short fraction"])
+def test_sqlite_time_text_shown_as_the_orm_shows_it(tmp_path, stored, shown):
+    """SQLite's timestamp text, read as stored: sliced where it has SQLAlchemy's layout,
+    parsed by SQLAlchemy otherwise (a row written by another tool); the ORM's text either way."""
+    from sqlalchemy import text
+
+    from mono_quant.catalog import upgrade
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    catalog, records = seedmod.seeded_catalog(url)
+    first = records[0]["id"]
+    with catalog.begin() as session:
+        session.execute(text("UPDATE artifacts SET created_at = :t WHERE id = :i"),
+                        {"t": stored, "i": first})
+    query = ArtifactQuery(limit=None)
+    with catalog.begin() as session:
+        got = {r["id"]: r for r in artifact_records(session, query)}
+        orm = {a.id: artifact_record(a) for a in list_artifacts(session, query, load_jobs=True)}
+    assert got[first]["created_at"] == shown == orm[first]["created_at"]
+    assert got == orm
+    catalog.dispose()
+
+
+def _typed(records: list[dict]) -> list[list[tuple[str, str, str]]]:
+    """Records as (field, type, repr) in field order: 1 and True, or NaN and NaN, differ or
+    match as they would in the JSON output."""
+    return [[(k, type(v).__name__, repr(v)) for k, v in r.items()] for r in records]
+
+
+#: ``--latest`` through the flag, read on the DBAPI cursor from a cached compiled text:
+#: pairs of queries of one shape (the second reuses the first's text with other values).
+RAW_SHAPES = {
+    "models (IN)": [{"models": seedmod.MODELS[:2]}, {"models": seedmod.MODELS[3:5]}],
+    "one model (=)": [{"models": seedmod.MODELS[:1]}, {"models": seedmod.MODELS[5:6]}],
+    "schemes and formats, first page": [
+        {"schemes": ["asymmetric"], "formats": ["safetensors", "pt"], "limit": 4},
+        {"schemes": ["symmetric"], "formats": ["pt", "compressed-tensors"], "limit": 2}],
+    "smoothquant, perplexity bound, by size ascending": [
+        {"models": seedmod.MODELS[:3], "smoothquant": False, "max_perplexity_increase": 5.0,
+         "order_by": "size_bytes", "descending": False},
+        {"models": seedmod.MODELS[2:5], "smoothquant": False, "max_perplexity_increase": 0.5,
+         "order_by": "size_bytes", "descending": False}],
+    "by cosine (NULLs last), modes": [
+        {"modes": ["static", "dynamic"], "order_by": "output_cosine", "limit": None},
+        {"modes": ["dynamic", "static"], "order_by": "output_cosine", "limit": None}],
+}
+
+
+@pytest.mark.parametrize("shape", list(RAW_SHAPES.values()), ids=list(RAW_SHAPES))
+def test_latest_raw_rows_equal_the_orm_records(seeded, shape, tmp_path):
+    """The records read on the DBAPI cursor (no SQLAlchemy result layer) equal the ORM's,
+    typed and in field order, for two parameter sets of one cached shape; NULLs, enums,
+    times, booleans and infinities as the ORM shows them, on both databases."""
+    from sqlalchemy import text
+
+    catalog, records = seeded
+    with catalog.begin() as session:  # the seed has none: some, and some NULL
+        session.execute(text("UPDATE artifacts SET perplexity_increase = (id % 5) * 0.25 "
+                             "WHERE id % 3 > 0"))
+    nonempty = 0
+    for fields in shape:
+        query = ArtifactQuery(latest=True, **{"limit": None, **fields})
+        with catalog.begin() as session:
+            expected = [artifact_record(a, storage_root=tmp_path)
+                        for a in list_artifacts(session, query, load_jobs=True)]
+            got = artifact_records(session, query, storage_root=tmp_path)
+        assert queries._COMPILED[queries._compiled_key(catalog.engine.dialect, query)]
+        if query.max_perplexity_increase is None:  # the reference does not know it
+            assert [r["id"] for r in got] == seedmod.reference(records, query)
+        assert _typed(got) == _typed(expected)
+        nonempty += bool(got)
+    assert nonempty, "the shape should select artifacts"
+
+
+def test_latest_text_not_binding_the_values_in_order_is_not_used(seeded, monkeypatch):
+    """Where the compiled text does not bind :func:`_latest_values` in its order, the
+    statement goes through SQLAlchemy (the same records) and the shape is not cached."""
+    catalog, _ = seeded
+    query = ArtifactQuery(models=seedmod.MODELS[1:4], latest=True, limit=5)
+    monkeypatch.setattr(queries, "_latest_values", lambda q: [*reversed(q.models), q.limit])
+    monkeypatch.setattr(queries, "_COMPILED", {})
+    with catalog.begin() as session:
+        got = artifact_records(session, query)
+        expected = [artifact_record(a) for a in list_artifacts(session, query, load_jobs=True)]
+    key = queries._compiled_key(catalog.engine.dialect, query)
+    assert list(queries._COMPILED.items()) == [(key, None)]
+    assert got and _typed(got) == _typed(expected)
