@@ -21,6 +21,7 @@ def test_run_demo_manifest_without_any_server(tmp_path):
     env.pop("MONO_QUANT_STORAGE_ROOT", None)
     out = cli("run", str(REPO / "examples" / "demo.yaml"), "--quiet", env=env, timeout=300)
     assert out.returncode == 0, out.stderr
+    assert "deprecated" not in out.stderr  # the quick start shows no deprecated spelling
     assert "batch 1 (demo): 8 job(s): succeeded 8; 8 artifact(s)" in out.stdout
     s = Settings.from_env(env)
     assert s.catalog_url.startswith("sqlite:///") and (tmp_path / "data" / "catalog.db").exists()
