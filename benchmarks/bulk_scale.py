@@ -8,7 +8,9 @@ each with its floor from the same run. Used by ``queue_overhead.py``; runnable a
 already holds exactly ROWS artifacts of that data set (``queue_overhead.py --latest-url``).
 
 ``submit`` writes a manifest of N jobs (N/4 models × a 2 × 2 scheme × format matrix), then
-measures in one fresh process (so ``ru_maxrss`` is the submit's peak):
+measures in one fresh process (so its ``VmHWM`` is the submit's peak; not ``ru_maxrss``,
+which Linux carries over from the parent across fork and exec, so a child of a large
+parent, queue_overhead.py after its workers part, reported the parent's size):
 
 * ``submit``: ``service.submit`` — parse, validate, expand, check keys, write, publish;
 * the floor: a bare Redis ``LPUSH`` of the same N payloads (the submit's messages, read
@@ -31,7 +33,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
+
+from mono_quant.pipeline.memory import host_peak_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -152,7 +155,7 @@ def child_submit(url: str, n: int, broker: str) -> dict:
     t, c = time.perf_counter(), time.process_time()
     res = submit(manifest, catalog, app=app, settings=settings)
     t_submit, c_submit = time.perf_counter() - t, time.process_time() - c
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = host_peak_bytes() / 2**20
     queued = sum(client.llen(q) for q in set(res.queues))
     if queued != n or len(res.job_ids) != n:
         raise RuntimeError(f"submitted {len(res.job_ids)}, on the broker {queued}, wanted {n}")
