@@ -60,7 +60,9 @@ except MemoryError:
 except Exception as e:
     outcome = type(e).__name__ + ": " + str(e).splitlines()[0][:60]
 seconds = time.monotonic() - t0
-print(f"{seconds:.3f}|{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}|{outcome}")
+# VmHWM, this process image's own peak (ru_maxrss carries the parent's over across exec)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(f"{seconds:.3f}|{hwm // 1024}|{outcome}")
 """
 
 
