@@ -139,12 +139,18 @@ def test_record_times_are_the_aware_isoformat(seeded, micro, shown):
     first = records[0]["id"]
     with catalog.begin() as session:
         session.execute(update(Artifact).where(Artifact.id == first).values(created_at=stamp))
+    got, orm = _records_and_orm(catalog)
+    assert got[first]["created_at"] == shown == orm[first]["created_at"]
+    assert got == orm
+
+
+def _records_and_orm(catalog) -> tuple[dict, dict]:
+    """Every artifact's record by id, from :func:`artifact_records` and from the ORM."""
     query = ArtifactQuery(limit=None)
     with catalog.begin() as session:
         got = {r["id"]: r for r in artifact_records(session, query)}
         orm = {a.id: artifact_record(a) for a in list_artifacts(session, query, load_jobs=True)}
-    assert got[first]["created_at"] == shown == orm[first]["created_at"]
-    assert got == orm
+    return got, orm
 
 
 LATEST_QUERIES = {
@@ -234,10 +240,7 @@ def test_sqlite_time_text_shown_as_the_orm_shows_it(tmp_path, stored, shown):
     with catalog.begin() as session:
         session.execute(text("UPDATE artifacts SET created_at = :t WHERE id = :i"),
                         {"t": stored, "i": first})
-    query = ArtifactQuery(limit=None)
-    with catalog.begin() as session:
-        got = {r["id"]: r for r in artifact_records(session, query)}
-        orm = {a.id: artifact_record(a) for a in list_artifacts(session, query, load_jobs=True)}
+    got, orm = _records_and_orm(catalog)
     assert got[first]["created_at"] == shown == orm[first]["created_at"]
     assert got == orm
     catalog.dispose()
