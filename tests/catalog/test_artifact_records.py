@@ -193,6 +193,47 @@ def test_latest_records_are_one_statement_with_their_jobs(seeded, query, tmp_pat
     assert "JOIN jobs ON jobs.id = artifacts.job_id" in entry.sql
 
 
+SORTED_HERE = {
+    "newest first": ("created_at", True),
+    "oldest first": ("created_at", False),
+    "by size": ("size_bytes", True),
+    "by id ascending": ("id", False),
+}
+
+
+@pytest.mark.parametrize("order_by, descending", list(SORTED_HERE.values()), ids=list(SORTED_HERE))
+def test_latest_rows_sorted_here_as_the_database_sorts_them(seeded, order_by, descending,
+                                                            tmp_path):
+    """``--latest`` of given models without a limit returns its rows unsorted and sorts them
+    in Python: the ORM's order (the database's ORDER BY), ties broken by id in the same
+    direction, with times in and out of whole seconds; with a limit the database sorts."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import case, update
+
+    from mono_quant.catalog import Artifact
+
+    catalog, _ = seeded
+    times = [datetime(2024, 1, 2, 3, 4, 5, micro, tzinfo=timezone.utc) for micro in (0, 5)]
+    with catalog.begin() as session:  # ties in both sort columns
+        session.execute(update(Artifact).values(
+            created_at=case((Artifact.id % 3 == 0, times[0]), else_=times[1]),
+            size_bytes=Artifact.id % 2))
+    query = ArtifactQuery(models=seedmod.MODELS[:4], latest=True, limit=None,
+                          order_by=order_by, descending=descending)
+    with catalog.begin() as session:
+        expected = [artifact_record(a, storage_root=tmp_path)
+                    for a in list_artifacts(session, query, load_jobs=True)]
+        got = artifact_records(session, query, storage_root=tmp_path)
+    assert len(expected) > 3
+    assert [r["id"] for r in got] == [r["id"] for r in expected]
+    assert got == expected
+    entry = queries._COMPILED[queries._compiled_key(catalog.engine.dialect, query)]
+    assert "ORDER BY" not in entry.sql
+    paged = queries.records_statement(ArtifactQuery(latest=True, limit=5, order_by=order_by))
+    assert paged._order_by_clauses
+
+
 def test_latest_records_plan_reads_the_flag_index_and_each_job_by_key(catalog_url):
     """The plan of ``--latest`` for given models: the flagged rows through
     ``ix_artifacts_latest_flag``, then one primary-key lookup per job (PostgreSQL: as it
