@@ -236,8 +236,9 @@ def test_latest_rows_sorted_here_as_the_database_sorts_them(seeded, order_by, de
 
 def test_latest_records_plan_reads_the_flag_index_and_each_job_by_key(catalog_url):
     """The plan of ``--latest`` for given models: the flagged rows through
-    ``ix_artifacts_latest_flag``, then one primary-key lookup per job (PostgreSQL: as it
-    plans at size, sequential and bitmap scans off on the test's small tables)."""
+    ``ix_artifacts_latest_flag``, then one lookup per job by its key (SQLite: the rowid;
+    PostgreSQL: an index-only scan of ``ix_jobs_id_record``, as it plans at size, sequential
+    and bitmap scans off on the test's small tables)."""
     from sqlalchemy import text
 
     from mono_quant.catalog.queries import records_statement
@@ -256,7 +257,7 @@ def test_latest_records_plan_reads_the_flag_index_and_each_job_by_key(catalog_ur
                 conn.execute(text(f"SET enable_{scan} = off"))
             plan = "\n".join(conn.execute(text("EXPLAIN (COSTS OFF) " + sql)).scalars())
             assert "Index Scan using ix_artifacts_latest_flag on artifacts" in plan, plan
-            assert "Index Scan using pk_jobs on jobs" in plan, plan
+            assert "Index Only Scan using ix_jobs_id_record on jobs" in plan, plan
             assert "Seq Scan" not in plan, plan
     catalog.dispose()
 
