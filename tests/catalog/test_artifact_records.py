@@ -121,6 +121,21 @@ def test_listed_paths_and_uris_are_those_of_the_checked_key(tmp_path, folder):
             normalize_storage_key(key)
 
 
+def test_plain_parts_is_the_canonical_key_check_for_safe_keys():
+    """The path maker's fast check of a key of safe characters agrees with the canonical-key
+    pattern on every key of up to 7 characters from ``a``, ``.``, ``/`` and ``@`` (empty
+    parts, ``.`` and ``..`` parts, leading and trailing slashes)."""
+    import itertools
+
+    from mono_quant.catalog.queries import _CANONICAL_KEY, _SAFE_OR_AT, _plain_parts
+
+    keys = ["".join(chars) for size in range(8) for chars in itertools.product("a./@", repeat=size)]
+    assert all(_SAFE_OR_AT.fullmatch(key) for key in keys)
+    differ = [key for key in keys if _plain_parts(key) != bool(_CANONICAL_KEY.fullmatch(key))]
+    assert differ == []
+    assert sum(map(_plain_parts, keys)) > 1000  # and both kinds occur
+
+
 @pytest.mark.parametrize("micro, shown", [
     (0, "2024-01-02T03:04:05+00:00"),  # isoformat leaves out zero microseconds
     (5, "2024-01-02T03:04:05.000005+00:00"),

@@ -467,9 +467,13 @@ def _path_maker(storage_root: str | Path | None) -> Callable[[str], tuple[str, s
     base_uri = "file://" + quote_from_bytes(os.fsencode(base + "/"))  # quoted byte by byte
 
     def make(key: str) -> tuple[str, str]:
+        safe = _SAFE_OR_AT.fullmatch(key)
+        if safe and _plain_parts(key):  # canonical, and quoted by one replace
+            return f"{base}/{key}", base_uri + key.replace("@", "%40")
         if not _CANONICAL_KEY.fullmatch(key):  # else checked and canonical already
             key = normalize_storage_key(key)
-        if _SAFE_OR_AT.fullmatch(key):  # what _QUOTED gives such a key, ~4x faster
+            safe = _SAFE_OR_AT.fullmatch(key)
+        if safe:  # what _QUOTED gives such a key, ~4x faster
             quoted = key.replace("@", "%40")
         elif key.isascii():
             quoted = key.translate(_QUOTED)
@@ -487,6 +491,14 @@ _QUOTED = {c: chr(c) if re.fullmatch(r"[A-Za-z0-9_.~/-]", chr(c)) else f"%{c:02X
 #: Keys of safe characters and ``@`` (a hub model's ``name@revision``): quoted by replacing
 #: ``@`` alone.
 _SAFE_OR_AT = re.compile(r"[A-Za-z0-9_.~/@-]*")
+def _plain_parts(key: str) -> bool:
+    """For a key of :data:`_SAFE_OR_AT`'s characters (none of them ``\\``, ``:``, a space
+    or NUL): what :data:`_CANONICAL_KEY` says, that its ``/``-separated parts are none of
+    them empty, ``.`` or ``..``, in three substring tests (~4x faster than the regex)."""
+    wrapped = f"/{key}/"
+    return "//" not in wrapped and "/./" not in wrapped and "/../" not in wrapped
+
+
 #: A storage key ``normalize_storage_key`` accepts and returns unchanged: relative parts
 #: without ``/``, ``\``, ``:``, NUL or spaces, none of them ``.`` or ``..`` (or empty).
 _KEY_PART = r"(?!\.\.?(?:/|$))[^/\\:\s\x00]+"
