@@ -354,11 +354,13 @@ def test_latest_raw_rows_equal_the_orm_records(seeded, shape, tmp_path):
     assert nonempty, "the shape should select artifacts"
 
 
-def test_latest_text_not_binding_the_values_in_order_is_not_used(seeded, monkeypatch):
+@pytest.mark.parametrize("limit", [5, None], ids=["first 5", "all, sorted here"])
+def test_latest_text_not_binding_the_values_in_order_is_not_used(seeded, monkeypatch, limit):
     """Where the compiled text does not bind :func:`_latest_values` in its order, the
-    statement goes through SQLAlchemy (the same records) and the shape is not cached."""
+    statement goes through SQLAlchemy (the same records, in the same order: sorted by the
+    database, or here when it returns them all) and the shape is not cached."""
     catalog, _ = seeded
-    query = ArtifactQuery(models=seedmod.MODELS[1:4], latest=True, limit=5)
+    query = ArtifactQuery(models=seedmod.MODELS[1:4], latest=True, limit=limit)
     monkeypatch.setattr(queries, "_latest_values", lambda q: [*reversed(q.models), q.limit])
     monkeypatch.setattr(queries, "_COMPILED", {})
     with catalog.begin() as session:
