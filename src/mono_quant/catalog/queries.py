@@ -532,8 +532,9 @@ def _jobs_joined(q: ArtifactQuery) -> bool:
 
 
 #: Sort columns whose values order the same in Python as in both databases: NOT NULL times
-#: (SQLite's text in SQLAlchemy's one layout, PostgreSQL's aware datetimes) and integers
-#: (not text: PostgreSQL orders it by its collation).
+#: (SQLite's timestamp text, compared as SQLite compares it, character by character;
+#: PostgreSQL's aware datetimes) and integers (not text: PostgreSQL orders it by its
+#: collation).
 _SORTABLE_HERE = ("created_at", "id", "size_bytes")
 
 
