@@ -121,6 +121,21 @@ def test_listed_paths_and_uris_are_those_of_the_checked_key(tmp_path, folder):
             normalize_storage_key(key)
 
 
+def test_plain_parts_is_the_canonical_key_check_for_safe_keys():
+    """The path maker's fast check of a key of safe characters agrees with the canonical-key
+    pattern on every key of up to 7 characters from ``a``, ``.``, ``/`` and ``@`` (empty
+    parts, ``.`` and ``..`` parts, leading and trailing slashes)."""
+    import itertools
+
+    from mono_quant.catalog.queries import _CANONICAL_KEY, _SAFE_OR_AT, _plain_parts
+
+    keys = ["".join(chars) for size in range(8) for chars in itertools.product("a./@", repeat=size)]
+    assert all(_SAFE_OR_AT.fullmatch(key) for key in keys)
+    differ = [key for key in keys if _plain_parts(key) != bool(_CANONICAL_KEY.fullmatch(key))]
+    assert differ == []
+    assert sum(map(_plain_parts, keys)) > 1000  # and both kinds occur
+
+
 @pytest.mark.parametrize("micro, shown", [
     (0, "2024-01-02T03:04:05+00:00"),  # isoformat leaves out zero microseconds
     (5, "2024-01-02T03:04:05.000005+00:00"),
@@ -193,10 +208,52 @@ def test_latest_records_are_one_statement_with_their_jobs(seeded, query, tmp_pat
     assert "JOIN jobs ON jobs.id = artifacts.job_id" in entry.sql
 
 
+SORTED_HERE = {
+    "newest first": ("created_at", True),
+    "oldest first": ("created_at", False),
+    "by size": ("size_bytes", True),
+    "by id ascending": ("id", False),
+}
+
+
+@pytest.mark.parametrize("order_by, descending", list(SORTED_HERE.values()), ids=list(SORTED_HERE))
+def test_latest_rows_sorted_here_as_the_database_sorts_them(seeded, order_by, descending,
+                                                            tmp_path):
+    """``--latest`` of given models without a limit returns its rows unsorted and sorts them
+    in Python: the ORM's order (the database's ORDER BY), ties broken by id in the same
+    direction, with times in and out of whole seconds; with a limit the database sorts."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import case, update
+
+    from mono_quant.catalog import Artifact
+
+    catalog, _ = seeded
+    times = [datetime(2024, 1, 2, 3, 4, 5, micro, tzinfo=timezone.utc) for micro in (0, 5)]
+    with catalog.begin() as session:  # ties in both sort columns
+        session.execute(update(Artifact).values(
+            created_at=case((Artifact.id % 3 == 0, times[0]), else_=times[1]),
+            size_bytes=Artifact.id % 2))
+    query = ArtifactQuery(models=seedmod.MODELS[:4], latest=True, limit=None,
+                          order_by=order_by, descending=descending)
+    with catalog.begin() as session:
+        expected = [artifact_record(a, storage_root=tmp_path)
+                    for a in list_artifacts(session, query, load_jobs=True)]
+        got = artifact_records(session, query, storage_root=tmp_path)
+    assert len(expected) > 3
+    assert [r["id"] for r in got] == [r["id"] for r in expected]
+    assert got == expected
+    entry = queries._COMPILED[queries._compiled_key(catalog.engine.dialect, query)]
+    assert "ORDER BY" not in entry.sql
+    paged = queries.records_statement(ArtifactQuery(latest=True, limit=5, order_by=order_by))
+    assert paged._order_by_clauses
+
+
 def test_latest_records_plan_reads_the_flag_index_and_each_job_by_key(catalog_url):
     """The plan of ``--latest`` for given models: the flagged rows through
-    ``ix_artifacts_latest_flag``, then one primary-key lookup per job (PostgreSQL: as it
-    plans at size, sequential and bitmap scans off on the test's small tables)."""
+    ``ix_artifacts_latest_flag``, then one lookup per job by its key (SQLite: the rowid;
+    PostgreSQL: an index-only scan of ``ix_jobs_id_record``, as it plans at size, sequential
+    and bitmap scans off on the test's small tables)."""
     from sqlalchemy import text
 
     from mono_quant.catalog.queries import records_statement
@@ -215,7 +272,7 @@ def test_latest_records_plan_reads_the_flag_index_and_each_job_by_key(catalog_ur
                 conn.execute(text(f"SET enable_{scan} = off"))
             plan = "\n".join(conn.execute(text("EXPLAIN (COSTS OFF) " + sql)).scalars())
             assert "Index Scan using ix_artifacts_latest_flag on artifacts" in plan, plan
-            assert "Index Scan using pk_jobs on jobs" in plan, plan
+            assert "Index Only Scan using ix_jobs_id_record on jobs" in plan, plan
             assert "Seq Scan" not in plan, plan
     catalog.dispose()
 
@@ -297,11 +354,13 @@ def test_latest_raw_rows_equal_the_orm_records(seeded, shape, tmp_path):
     assert nonempty, "the shape should select artifacts"
 
 
-def test_latest_text_not_binding_the_values_in_order_is_not_used(seeded, monkeypatch):
+@pytest.mark.parametrize("limit", [5, None], ids=["first 5", "all, sorted here"])
+def test_latest_text_not_binding_the_values_in_order_is_not_used(seeded, monkeypatch, limit):
     """Where the compiled text does not bind :func:`_latest_values` in its order, the
-    statement goes through SQLAlchemy (the same records) and the shape is not cached."""
+    statement goes through SQLAlchemy (the same records, in the same order: sorted by the
+    database, or here when it returns them all) and the shape is not cached."""
     catalog, _ = seeded
-    query = ArtifactQuery(models=seedmod.MODELS[1:4], latest=True, limit=5)
+    query = ArtifactQuery(models=seedmod.MODELS[1:4], latest=True, limit=limit)
     monkeypatch.setattr(queries, "_latest_values", lambda q: [*reversed(q.models), q.limit])
     monkeypatch.setattr(queries, "_COMPILED", {})
     with catalog.begin() as session:

@@ -27,8 +27,14 @@ from mono_quant.errors import BadConfigError, MonoQuantError, TransientError
 
 
 def _diff(engine) -> list:
+    def made_here(obj, name, type_, reflected, compare_to) -> bool:
+        # a model index made on one database only (``ddl_if``: ix_jobs_id_record, PostgreSQL)
+        only = getattr(obj, "_ddl_if", None)
+        return reflected or only is None or only.dialect in (None, engine.dialect.name)
+
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_object": made_here})
         return compare_metadata(ctx, Base.metadata)
 
 
@@ -47,6 +53,23 @@ def test_upgrade_from_empty_matches_the_models(empty_url):
             conn.execute(text("DROP INDEX ix_artifacts_latest"))
         diff = _diff(engine)
         assert [(d[0], d[1].name) for d in diff] == [("add_index", "ix_artifacts_latest")]
+    finally:
+        engine.dispose()
+
+
+def test_jobs_record_index_is_made_on_postgresql_only(catalog_url):
+    """``ix_jobs_id_record`` (the job's record fields beside its id, for index-only probes
+    of ``--latest``) exists on PostgreSQL, with its included columns; SQLite reads a job by
+    its rowid and has no such index."""
+    engine = make_engine(catalog_url)
+    try:
+        indexes = {i["name"]: i for i in inspect(engine).get_indexes("jobs")}
+        if engine.dialect.name == "sqlite":
+            assert "ix_jobs_id_record" not in indexes
+        else:
+            index = indexes["ix_jobs_id_record"]
+            assert index["column_names"] == ["id"]
+            assert index["dialect_options"]["postgresql_include"] == ["batch_id", "status", "name"]
     finally:
         engine.dispose()
 

@@ -358,3 +358,11 @@ Index(
     postgresql_where=text("is_latest"),
     sqlite_where=text("is_latest = 1"),
 )
+# `catalog list --latest` joins each record's job by id for three of its fields: on
+# PostgreSQL an index-only scan of this index rather than pk_jobs and then the job's heap
+# page, per record (migration 0009). SQLite reads the job by its rowid either way.
+Index(
+    "ix_jobs_id_record",
+    Job.id,
+    postgresql_include=["batch_id", "status", "name"],
+).ddl_if(dialect="postgresql")

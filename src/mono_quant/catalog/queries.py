@@ -32,6 +32,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    null,
     or_,
     select,
     text,
@@ -466,9 +467,13 @@ def _path_maker(storage_root: str | Path | None) -> Callable[[str], tuple[str, s
     base_uri = "file://" + quote_from_bytes(os.fsencode(base + "/"))  # quoted byte by byte
 
     def make(key: str) -> tuple[str, str]:
+        safe = _SAFE_OR_AT.fullmatch(key)
+        if safe and _plain_parts(key):  # canonical, and quoted by one replace
+            return f"{base}/{key}", base_uri + key.replace("@", "%40")
         if not _CANONICAL_KEY.fullmatch(key):  # else checked and canonical already
             key = normalize_storage_key(key)
-        if _SAFE_OR_AT.fullmatch(key):  # what _QUOTED gives such a key, ~4x faster
+            safe = _SAFE_OR_AT.fullmatch(key)
+        if safe:  # what _QUOTED gives such a key, ~4x faster
             quoted = key.replace("@", "%40")
         elif key.isascii():
             quoted = key.translate(_QUOTED)
@@ -486,6 +491,14 @@ _QUOTED = {c: chr(c) if re.fullmatch(r"[A-Za-z0-9_.~/-]", chr(c)) else f"%{c:02X
 #: Keys of safe characters and ``@`` (a hub model's ``name@revision``): quoted by replacing
 #: ``@`` alone.
 _SAFE_OR_AT = re.compile(r"[A-Za-z0-9_.~/@-]*")
+def _plain_parts(key: str) -> bool:
+    """For a key of :data:`_SAFE_OR_AT`'s characters (none of them ``\\``, ``:``, a space
+    or NUL): what :data:`_CANONICAL_KEY` says, that its ``/``-separated parts are none of
+    them empty, ``.`` or ``..``, in three substring tests (~4x faster than the regex)."""
+    wrapped = f"/{key}/"
+    return "//" not in wrapped and "/./" not in wrapped and "/../" not in wrapped
+
+
 #: A storage key ``normalize_storage_key`` accepts and returns unchanged: relative parts
 #: without ``/``, ``\``, ``:``, NUL or spaces, none of them ``.`` or ``..`` (or empty).
 _KEY_PART = r"(?!\.\.?(?:/|$))[^/\\:\s\x00]+"
@@ -496,14 +509,16 @@ def records_statement(q: ArtifactQuery | None = None) -> Select[Any]:
     """:func:`artifacts_statement` with only the stored columns of a record (in
     :data:`RECORD_FIELDS` order), then ``job_id`` and ``storage_key``: the first of
     :func:`artifact_records`' statements. Where the statement reads only the rows it returns
-    (``--latest`` through the flag: :func:`_jobs_joined`), the job's three record fields
-    follow, joined by the job's primary key, and there is no second statement."""
+    (``--latest`` through the flag: :func:`_jobs_joined`), it selects every record field in
+    :data:`RECORD_FIELDS` order instead (:data:`_LATEST_COLUMNS`: the job's three joined by
+    its primary key, ``path`` and ``uri`` NULL for the caller to fill), and there is no second
+    statement; rows it returns whole are sorted by the caller (:func:`_sorted_here`)."""
     q = q or ArtifactQuery()
-    stmt = artifacts_statement(q).with_only_columns(*_RECORD_COLUMNS)
-    if _jobs_joined(q):
-        stmt = stmt.join_from(Artifact, Job, Job.id == Artifact.job_id).add_columns(
-            *_JOB_COLUMNS)
-    return stmt
+    if not _jobs_joined(q):
+        return artifacts_statement(q).with_only_columns(*_RECORD_COLUMNS)
+    stmt = artifacts_statement(q).with_only_columns(*_LATEST_COLUMNS).join_from(
+        Artifact, Job, Job.id == Artifact.job_id)
+    return stmt.order_by(None) if _sorted_here(q) else stmt
 
 
 def _jobs_joined(q: ArtifactQuery) -> bool:
@@ -514,6 +529,31 @@ def _jobs_joined(q: ArtifactQuery) -> bool:
     second statement ~2.2 ms of CPU (docs/performance.md, issue 16, session 7). Elsewhere a
     filter may select many rows before the ORDER BY and LIMIT, and the jobs stay apart."""
     return q.latest and _group_filters_only(q)
+
+
+#: Sort columns whose values order the same in Python as in both databases: NOT NULL times
+#: (SQLite's timestamp text, compared as SQLite compares it, character by character;
+#: PostgreSQL's aware datetimes) and integers (not text: PostgreSQL orders it by its
+#: collation).
+_SORTABLE_HERE = ("created_at", "id", "size_bytes")
+
+
+def _sorted_here(q: ArtifactQuery) -> bool:
+    """Whether ``--latest`` through the flag returns its rows unsorted, for
+    :func:`_sort_rows` to sort: when it returns all of them (no limit), by a column of
+    :data:`_SORTABLE_HERE`. The database's sort copied every record's ~50 columns into a
+    sorter and out again; measured at 1M artifacts, 300 rows (docs/performance.md, issue 16,
+    session 8): ~0.3 ms of SQLite's time, against ~0.05 ms for Python's sort of the rows."""
+    return _jobs_joined(q) and q.limit is None and q.order_by in _SORTABLE_HERE
+
+
+def _sort_rows(q: ArtifactQuery, rows: list[Any]) -> None:
+    """Sort ``--latest`` rows (:data:`_LATEST_COLUMNS`, as read) as the statement's ORDER BY
+    would: by ``q.order_by``, then id, both in ``q``'s direction (ids are unique, so the
+    order is total)."""
+    column = RECORD_FIELDS.index(q.order_by)
+    key = itemgetter(column) if column == 0 else itemgetter(column, 0)
+    rows.sort(key=key, reverse=q.descending)
 
 
 def _converters(columns: Any) -> list[tuple[int, Any]]:
@@ -607,7 +647,7 @@ class _Compiled:
 
     def __init__(self, sql: str, names: list[str] | None, constants: list[Any]) -> None:
         self.sql, self.names, self.constants = sql, names, constants
-        self.converters: list[tuple[int, Any]] | None = None
+        self.converters: list[tuple[str, Any]] | None = None
 
     def parameters(self, values: list[Any]) -> Any:
         values = [*values, *self.constants]
@@ -652,14 +692,14 @@ def _compiled_latest(dialect: Any, q: ArtifactQuery) -> _Compiled | None:
 
 
 def _raw_rows(session: Session,
-              q: ArtifactQuery) -> tuple[list[Any], list[tuple[int, Any]]] | None:
+              q: ArtifactQuery) -> tuple[list[Any], list[tuple[str, Any]]] | None:
     """The rows of ``records_statement(q)`` for ``--latest`` through the flag, executed on
     the DBAPI cursor from its compiled text (:func:`_compiled_latest`): plain tuples, with
     the result processors SQLAlchemy would apply (SQLite's 0/1 booleans) and the record's
     conversions (:func:`_converter`), both decided once per shape. Measured at 1M
     (docs/performance.md, issue 16, session 7 (i16l2)): building, compiling-cache lookup
     and the Row objects of ``Connection.execute`` cost ~1.5-2 ms of CPU for 300 rows.
-    Returns the rows and those conversions (by column index); None where the shape's text
+    Returns the rows and those conversions (by field name); None where the shape's text
     is not cached (:func:`_compiled_latest`)."""
     connection = session.connection()
     dialect = connection.dialect
@@ -680,45 +720,54 @@ def _raw_rows(session: Session,
     return rows, entry.converters
 
 
-#: The columns of the ``--latest`` records statement, in its order.
-_LATEST_COLUMNS = (*_RECORD_COLUMNS, *_JOB_COLUMNS)
+def _latest_column(name: str) -> Any:
+    if name in _JOB_FIELDS:
+        return _as_read(Job, _JOB_FIELDS[name].key)
+    if name in ("path", "uri"):  # from the storage key, filled in by _latest_records
+        return null().label(name)
+    return _as_read(Artifact, name)
 
 
-def _row_converters(dialect: Any, description: Any) -> list[tuple[int, Any]]:
-    """Per column of a ``--latest`` row (by index): SQLAlchemy's result processor for the
+#: The columns of the ``--latest`` records statement: every record field in
+#: :data:`RECORD_FIELDS` order (a row is zipped with the field names as it is), ``path``
+#: and ``uri`` NULL placeholders that keep their place in the record.
+_LATEST_COLUMNS = tuple(_latest_column(name) for name in RECORD_FIELDS)
+_STORAGE_KEY = RECORD_FIELDS.index("storage_key")
+
+
+def _row_converters(dialect: Any, description: Any) -> list[tuple[str, Any]]:
+    """Per field of a ``--latest`` row (by name): SQLAlchemy's result processor for the
     column's type and the driver's type code, if any, then the record's conversion."""
-    record = dict(_COLUMN_CONVERTERS)
-    record.update((len(_RECORD_COLUMNS) + i, c) for i, c in _JOB_CONVERTERS)
+    record = dict(_FIELD_CONVERTERS)
     converters = []
-    for i, (column, described) in enumerate(zip(_LATEST_COLUMNS, description, strict=True)):
+    for name, column, described in zip(RECORD_FIELDS, _LATEST_COLUMNS, description,
+                                       strict=True):
         impl = column.type.dialect_impl(dialect)
-        steps = [f for f in (impl.result_processor(dialect, described[1]), record.get(i)) if f]
+        steps = [f for f in (impl.result_processor(dialect, described[1]), record.get(name))
+                 if f]
         if len(steps) == 2:
             first, second = steps
-            converters.append((i, lambda v, f=first, g=second: g(f(v))))
+            converters.append((name, lambda v, f=first, g=second: g(f(v))))
         elif steps:
-            converters.append((i, steps[0]))
+            converters.append((name, steps[0]))
     return converters
 
 
-#: A ``--latest`` record's keys (the deprecated ``observer`` last, as :func:`_record` adds
-#: it) and where each comes from in ``(*row, path, uri)``: one ``dict(zip())`` per record.
-_LATEST_FIELDS = (*RECORD_FIELDS, "observer")
-_LATEST_PICK = itemgetter(*(_SOURCES.index(name)
-                            for name in (*RECORD_FIELDS, "weight_observer")))
-
-
-def _latest_records(rows: list[Any], converters: list[tuple[int, Any]],
+def _latest_records(rows: list[Any], converters: list[tuple[str, Any]],
                     where: Callable[[str], tuple[str, str]]) -> list[dict[str, Any]]:
-    """The records of ``--latest`` rows as :func:`_raw_rows` reads them."""
-    key = len(_RECORD_COLUMNS) - 1  # the storage key
+    """The records of ``--latest`` rows (:data:`_LATEST_COLUMNS`): each row zipped with the
+    field names into its record (the fields already in order: no picking, no list per row),
+    then its path and URI, the converted fields (a few: times, SQLite's booleans) and the
+    deprecated ``observer`` last, as :func:`_record` adds it."""
     records = []
     for row in rows:
-        values = [*row, *where(row[key])]
-        for i, convert in converters:
-            values[i] = convert(values[i])
-        # _LATEST_PICK gives one value per field by construction: no strict check per row
-        records.append(dict(zip(_LATEST_FIELDS, _LATEST_PICK(values), strict=False)))
+        # a row has one value per field by construction: no strict check per row
+        record = dict(zip(RECORD_FIELDS, row, strict=False))
+        record["path"], record["uri"] = where(row[_STORAGE_KEY])
+        for name, convert in converters:
+            record[name] = convert(record[name])
+        record["observer"] = record["weight_observer"]
+        records.append(record)
     return records
 
 
@@ -751,23 +800,23 @@ def artifact_records(
                                    locate=lambda key: (f"/srv/a/{key}", f"file:///srv/a/{key}"))
     """
     q = q or ArtifactQuery()
-    raw = _raw_rows(session, q) if _jobs_joined(q) else None
-    if raw is not None:
-        return _latest_records(*raw, locate or _path_maker(storage_root))
+    where = locate or _path_maker(storage_root)
+    if _jobs_joined(q):
+        raw = _raw_rows(session, q)
+        rows, converters = raw if raw is not None else (
+            session.connection().execute(records_statement(q)).all(), _FIELD_CONVERTERS)
+        if _sorted_here(q):
+            _sort_rows(q, rows)
+        return _latest_records(rows, converters, where)
     rows = session.connection().execute(records_statement(q)).all()
     if not rows:
         return []
-    where = locate or _path_maker(storage_root)
-    fields = RECORD_FIELDS
     key = len(_RECORD_COLUMNS) - 1  # the storage key; the job id just before it
-    if _jobs_joined(q):  # (*columns, job_id, storage_key, *job fields) per row
-        picked = (_PICK((*row, *where(row[key]))) for row in rows)
-    else:
-        jobs = _job_fields(session, {row[key - 1] for row in rows})
-        picked = (_PICK((*row, *jobs[row[key - 1]], *where(row[key]))) for row in rows)
+    jobs = _job_fields(session, {row[key - 1] for row in rows})
     records = []
-    for values in picked:
-        record = dict(zip(fields, values, strict=True))
+    for row in rows:
+        record = dict(zip(RECORD_FIELDS, _PICK((*row, *jobs[row[key - 1]], *where(row[key]))),
+                          strict=True))
         for name, convert in _FIELD_CONVERTERS:
             record[name] = convert(record[name])
         record["observer"] = record["weight_observer"]
