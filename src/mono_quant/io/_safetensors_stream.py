@@ -187,16 +187,43 @@ class SafetensorsWriter:
         """The caller wrote the whole data section itself, in ``order`` (a raw copy)."""
         self._pending.clear()
 
-    def set_metadata(self, metadata: Mapping[str, str] | None) -> None:
-        """Rewrite the header with new metadata; it must fit in the reserved length."""
+    def set_metadata(self, metadata: Mapping[str, str] | None, *, exact: bool = False) -> None:
+        """Rewrite the header with new metadata; it must fit in the reserved length.
+
+        ``exact`` (once every tensor is written): drop the spare bytes, moving the tensor
+        data down in one pass, so the file is byte for byte the one a writer that knew the
+        metadata up front writes (the in-memory path's ``save_model``)."""
         header = self._header(metadata)
         if len(header) > self._header_len:
             raise MonoQuantError(
                 f"metadata needs a {len(header)} byte header but only {self._header_len} were "
                 "reserved (a bug in the caller's reserve estimate)"
             )
+        if exact and len(header) < self._header_len:
+            self._move_data(8 + len(header))
+            self._header_len, self._data_start = len(header), 8 + len(header)
+            self._f.seek(0)
+            self._f.write(self._header_len.to_bytes(8, "little"))
         self._f.seek(8)
         self._f.write(header.ljust(self._header_len, b" "))
+
+    def _move_data(self, start: int) -> None:
+        """Move the data section down to ``start`` (chunk by chunk, lowest first: a chunk
+        is read before anything is written over it) and cut the file after it."""
+        if self._pending:
+            raise MonoQuantError("SafetensorsWriter: the data moves only once it is written")
+        size = max((end for _, end in self._offsets.values()), default=0)
+        buffer = memoryview(bytearray(min(IO_CHUNK, max(size, 1))))
+        done = 0
+        while done < size:
+            self._f.seek(self._data_start + done)
+            n = self._f.readinto(buffer[: min(len(buffer), size - done)])
+            if not n:
+                raise StorageError("safetensors writer: the data section was cut short")
+            self._f.seek(start + done)
+            self._f.write(buffer[:n])
+            done += n
+        self._f.truncate(start + size)
 
     def _write_at(self, name: str, start: int, data: memoryview) -> None:
         if name not in self._pending:
