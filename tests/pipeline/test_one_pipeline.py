@@ -51,8 +51,7 @@ def _embedded_artifact(tmp_path, job: dict) -> str:
     s = Settings.from_env(env)
     with Catalog(s.catalog_url).begin() as session:
         (row,) = session.scalars(select(Job)).all()
-        assert row.status is JobStatus.SUCCEEDED and row.spec["stream"] is job.get("stream",
-                                                                                  False)
+        assert row.status is JobStatus.SUCCEEDED and row.spec["stream"] is job.get("stream")
         return sha256_path(s.storage_root / row.artifact.storage_key)
 
 
@@ -113,8 +112,8 @@ def test_a_stage_callback_that_raises_stops_before_writing(tmp_path):
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        ({"model": "factory:tests.jobfixtures:tiny", "version": 3},
-         "job spec version 3 is not supported"),
+        ({"model": "factory:tests.jobfixtures:tiny", "version": 4},
+         "job spec version 4 is not supported"),
         ({"model": "factory:tests.jobfixtures:tiny", "priority": 1},
          "job spec: unknown field(s) priority"),
         ({"quant": {}}, "job spec: field 'model' is missing"),

@@ -7,7 +7,7 @@ safetensors load + save of its bytes, where the in-memory path spends ~2 s more 
 transformers and building the model (docs/performance.md, issue 9). An unset ``stream``
 streams when all of these hold, and else runs in memory (:func:`auto_problems` says why):
 
-* the job: an ``hf:`` folder (no ``weights=``), mode ``weight_only`` with no calibration,
+* the job: an ``hf:`` folder, mode ``weight_only`` with no calibration,
   evaluation nor accuracy target, format ``safetensors`` in one file (no
   ``max_shard_size``), pipeline ``auto``, on the CPU (where the in-memory kernels run too);
 * the family: config.json's ``model_type`` is in :data:`FAMILIES` with its
@@ -123,8 +123,6 @@ def auto_problems(spec: Any, device: str = "cpu", *, pipeline: bool = True) -> l
     if spec.model.scheme != "hf":
         return ["the model is not an hf: folder"]
     problems = []
-    if spec.model.weights is not None:
-        problems.append("weights= replaces the folder's weights")
     config = spec.config
     if config.mode != "weight_only" or spec.calibration is not None:
         problems.append("not weight-only without calibration")

@@ -179,8 +179,6 @@ class JobSpec:
         problems = []
         if self.model.scheme != "hf":
             problems.append("the model must be an hf: folder (its safetensors are streamed)")
-        elif self.model.weights is not None:
-            problems.append("weights= is not streamed (the folder's safetensors are)")
         if self.calibration is not None or self.config.mode != "weight_only":
             problems.append("streaming is weight-only: no calibration, mode 'weight_only'")
         if self.format != "safetensors":
