@@ -10,8 +10,9 @@ Which tensors are quantized: a floating-point tensor named ``<layer>.weight`` wi
 dimensions is a linear layer's weight, unless ``<layer>``'s last component contains
 ``embed`` or is ``wte``/``wpe`` (embedding tables are 2-D too, but are lookups, not matmuls).
 The config's ``include``/``exclude`` patterns then apply to ``<layer>`` as in
-``quantize_model`` (the class-name pattern ``"Linear"`` matches every such layer; ``"Conv2d"``
-none). Use ``exclude=["lm_head"]`` to keep a head in float.
+``quantize_model``, with the class name ``quantize_model`` sees: ``"Linear"``, or
+``"Conv1D"`` for the transposed layers of a Conv1D family (below); ``"Conv2d"`` matches none.
+Use ``exclude=["lm_head"]`` to keep a head in float.
 
 Layout: every such weight is taken to be an ``nn.Linear`` weight, ``[out, in]``, so
 per-channel scales go along dimension 0, except in checkpoints whose folder has a
