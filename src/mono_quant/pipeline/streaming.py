@@ -200,6 +200,7 @@ def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer
                   transpose: bool = False):
     """Quantize and write one weight (a Conv1D one transposed to ``[out, in]`` first); its
     buffers are freed when this returns."""
+    from mono_quant.quant import _measured
     from mono_quant.quant.metrics import check_int8_ranges, weight_error
     from mono_quant.quant.quantize import quantize_weight
     from mono_quant.quant.specs import qrange
@@ -207,11 +208,14 @@ def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer
     w = read_tensor(f, h, name, out=buffer)
     if transpose:
         w = w.t().contiguous()  # (in, out) -> (out, in): a copy, the buffer is reused
-    qw = quantize_weight(w, config, name)  # the kernel quantize_model uses: identical output
+    # the kernels quantize_model uses, chosen as it chooses them: identical output and sums
+    # (one pass over the weight where _measured applies, rounding and error sums in cache)
+    qw, acc = (_measured.quantize_measured(w, config, name) if _measured.applies(w, config)
+               else (quantize_weight(w, config, name), None))
     problems = check_int8_ranges(layer, qw.data, qw.scale, qw.zero_point, *qrange(config.scheme))
     if problems:  # a bug of ours, never the user's input
         raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
-    acc = weight_error(w, qw)
+    acc = acc if acc is not None else weight_error(w, qw)
     writer.write(name, qw.data)
     writer.write(f"{layer}.weight_scale", qw.scale)
     writer.write(f"{layer}.weight_zero_point", qw.zero_point)
