@@ -69,7 +69,9 @@ def test_auto_streams_verified_families_to_the_in_memory_file(tmp_path, arch, co
         return
     assert "streamed (auto)" in auto.info.metrics["reload_check"]
     assert "served_check" not in auto.info.metrics and "served_check" in never.info.metrics
+    # the streamed hash is taken while the data moves under the final header: the file's
     assert auto.sha256 == never.sha256 == sha256_path(auto.path)
+    assert auto.size_bytes == never.size_bytes == auto.path.stat().st_size
     assert auto.path.read_bytes() == never.path.read_bytes()
     assert auto.model_digest == never.model_digest == state_dict_digest(model)
 

@@ -154,7 +154,7 @@ def run_pipeline(
     hashed = None
     plan = stream_plan(spec, device)
     if plan is not None:
-        info, digest = _streamed(spec, path, stage, progress, plan)
+        info, digest, hashed = _streamed(spec, path, stage, progress, plan)
     elif choose_pipeline(spec, device) == "sequential":
         work = work_dir if work_dir is not None else path.with_name(path.name + ".work")
         info, digest = _sequential(spec, path, stage, device, factories, work,
@@ -187,15 +187,17 @@ def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool, plan: S
         if plan.aliases is not None and checkpoint_bytes(folder) <= DIGEST_LIMIT_BYTES:
             digest = background.submit(_checkpoint_digest, checkpoint_files(folder),
                                        plan.aliases)
+        hashed: list[tuple[str, int]] = []  # taken while the bytes were written
         info = quantize_checkpoint(folder, path, spec.config, progress=progress,
-                                   tied=plan.tied)
+                                   tied=plan.tied, on_sha256=lambda *h: hashed.append(h))
         stage(Stage.RELOADING.value)
         tensors = load_model(path)  # every tensor, strictly, with the int8 range checks
         info.metrics["reload_check"] = (
             f"ok ({plan.pipeline}): {len(tensors)} tensors loaded strictly (streaming builds "
             "no model to compare outputs with)"
         )
-        return info, digest.result() if digest is not None else None
+        return (info, digest.result() if digest is not None else None,
+                hashed[0] if hashed else None)
 
 
 def _checkpoint_digest(files: list[Path], aliases: dict[str, str]) -> str:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,7 @@ def quantize_checkpoint(
     *,
     progress: bool = True,
     tied: list[list[str]] | None = None,
+    on_sha256: Callable[[str, int], None] | None = None,
 ) -> QuantizationInfo:
     """Quantize a safetensors checkpoint (file, index or folder) into ``dst`` (.safetensors).
 
@@ -287,7 +289,9 @@ def quantize_checkpoint(
     "lm_head.weight"]]``; ``[]``: none), known from the model family
     (:mod:`~mono_quant.pipeline.auto_stream`). The metadata is then exactly the in-memory
     path's (``tied_weights``, a tied head counted in ``layers_total``). None (the default):
-    only the checkpoint is known, and the metrics say ``streamed: true``.
+    only the checkpoint is known, and the metrics say ``streamed: true``. ``on_sha256``:
+    called with the artifact's sha256 and size when they were taken while its bytes were
+    written (a ``tied`` run's last pass over them), so the caller need not read it again.
 
     Raises:
         BadConfigError: static mode or nothing selected.
@@ -320,12 +324,14 @@ def quantize_checkpoint(
             f"include={list(config.include)} exclude={list(config.exclude)} "
             f"min_layer_size={config.min_layer_size}"
         )
-    return _stream(dst, headers, layers, selected, transposed, config, progress, tied)
+    return _stream(dst, headers, layers, selected, transposed, config, progress, tied,
+                   on_sha256)
 
 
 def _stream(dst: Path, headers: list[SafetensorsHeader], layers: list[str], selected: list[str],
             transposed: set[str], config, progress: bool,
-            tied: list[list[str]] | None) -> QuantizationInfo:
+            tied: list[list[str]] | None,
+            on_sha256: Callable[[str, int], None] | None) -> QuantizationInfo:
     """Write ``dst`` tensor by tensor: the selected weights quantized, the rest copied."""
     specs = _plan(headers, selected, config, transposed)
     quantized = {f"{layer}.weight": layer for layer in selected}
@@ -363,6 +369,8 @@ def _stream(dst: Path, headers: list[SafetensorsHeader], layers: list[str], sele
         metrics = _metrics(total, per_layer, layers_total, size_fp, size_q, tied)
         info = QuantizationInfo(config, selected, 0, library_versions(), metrics)
         # verified families: the in-memory artifact's bytes, so no spare header bytes
-        writer.set_metadata(_build_metadata(info), exact=tied is not None)
+        sha256 = writer.set_metadata(_build_metadata(info), exact=tied is not None)
+        if sha256 is not None and on_sha256 is not None:
+            on_sha256(sha256, writer.data_start + size_q)
         writer.finish()
     return info
