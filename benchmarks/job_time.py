@@ -8,22 +8,28 @@ of about 20M, 100M and 1B parameters, each measured in a fresh process (imports 
 * ``torchao``— transformers ``from_pretrained`` + torchao ``Int8WeightOnlyConfig`` +
                ``torch.save`` of the state dict: the path a user would pick (``bench`` extra);
 * ``mono-quant``, ``MONO_QUANT_COMPILE=never`` and the default (``auto``) — the command a
-               user runs, ``mono-quant quantize hf:FOLDER -o OUT.safetensors`` (``run_pipeline``:
-               load, quantize, save, served check, hash). Each stage's time is taken from the
-               command's own ``<stage> ...`` lines on stderr, timestamped as they arrive:
-               ``start`` is interpreter start-up, imports and argument parsing up to
-               ``loading``; ``exit`` runs from the report's last line to the process's end.
+               user runs, ``mono-quant quantize hf:FOLDER -o OUT.safetensors`` (``run_pipeline``).
+               For these Llama folders its default streams the checkpoint (``stream`` unset:
+               :mod:`mono_quant.pipeline.auto_stream`): quantize, reload check, hash, no
+               model built; the compile switch applies to the streamed kernels too;
+* ``mono-quant --no-stream`` (default compile) — the in-memory module path: transformers
+               load, quantize, save, served check, hash. It must write the same bytes as
+               the streamed runs (checked: every run's sha256 is compared).
+
+Each stage's time is taken from the command's own ``<stage> ...`` lines on stderr,
+timestamped as they arrive: ``start`` is interpreter start-up, imports and argument parsing
+up to the first stage; ``exit`` runs from the report's last line to the process's end.
 
 Targets (issue 9): a whole job within 1.5x the floor for >= 100M parameters and faster than the
 torchao path; compile (``auto``) never more than 5 % slower than eager. Every figure is printed
 as a ratio to the floor of the same run (machines of this kind differ up to 3x in speed).
 
 Each row also gives the child process's CPU time (user + sys, from ``getrusage``), steadier
-than wall time on a loaded machine. With ``--repeat N`` the two ``mono-quant`` modes run N
-times each in alternated order (never, auto, auto, never, ...), so neither always runs second
-(after the other's page cache and writeback); the table gives each mode's median run (the
-faster of the two middle runs for an even N), the median of the pairs' ``auto / never``
-ratios, and the pairs as they finish.
+than wall time on a loaded machine. With ``--repeat N`` the three ``mono-quant`` modes run N
+times each in rotated order (never, auto, in-memory; auto, in-memory, never; ...), so none
+always runs after the same one (its page cache and writeback); the table gives each mode's
+median run (the faster of the two middle runs for an even N), the median of the rounds'
+``auto / never`` and ``auto / in-memory`` ratios, and the rounds as they finish.
 
 Usage: ``python benchmarks/job_time.py [--sizes 20M 100M 1B] [--work-dir /tmp/mq-job-time]
 [--repeat N]``
@@ -126,11 +132,21 @@ def _cli() -> str:
     return str(script)
 
 
+#: The mono-quant modes: name -> (MONO_QUANT_COMPILE, extra CLI flags).
+MODES = {"never": ("never", ()), "auto": ("auto", ()), "in-memory": ("auto", ("--no-stream",))}
+#: The table's name of each mode's row.
+MODE_ROWS = {"never": "mono-quant (default: streamed; COMPILE=never)",
+             "auto": "mono-quant (default: streamed; COMPILE=auto)",
+             "in-memory": "mono-quant --no-stream (in memory; COMPILE=auto)"}
+
+
 def _run_cli(folder: Path, out: Path, mode: str) -> tuple[float, dict]:
     """Wall time of ``mono-quant quantize`` and its stages, from its stderr lines' arrival."""
-    env = {**os.environ, "MONO_QUANT_COMPILE": mode, "PYTHONUNBUFFERED": "1"}
+    compile_mode, flags = MODES[mode]
+    env = {**os.environ, "MONO_QUANT_COMPILE": compile_mode, "PYTHONUNBUFFERED": "1"}
     t0, c0 = time.perf_counter(), _children_cpu()
-    proc = subprocess.Popen([_cli(), "quantize", f"hf:{folder}", "-o", str(out)], env=env,
+    proc = subprocess.Popen([_cli(), "quantize", f"hf:{folder}", "-o", str(out), *flags],
+                            env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     parts: dict[str, float] = {}
     stage, since, lines = "start", t0, []
@@ -139,6 +155,7 @@ def _run_cli(folder: Path, out: Path, mode: str) -> tuple[float, dict]:
         now = time.perf_counter()
         lines.append(line)
         name = line.strip().removesuffix(" ...")
+        name = name.partition(" (")[0] if name.partition(" (")[0] in STAGES else name
         if name in STAGES or line.startswith("mono-quant quantize:"):
             parts[stage] = parts.get(stage, 0.0) + now - since
             stage, since = STAGES.get(name, "report"), now
@@ -184,31 +201,34 @@ def _sha256(path: Path) -> str:
 
 def _modes(folder: Path, out: Path, repeat: int) -> list[tuple[str, float, dict]]:
     """(mode, wall, stages) of each mono-quant mode's median run (by wall), the modes run
-    ``repeat`` times each in ABBA order; the artifacts of every run must be byte-identical."""
-    runs: dict[str, list[tuple[float, dict]]] = {"never": [], "auto": []}
+    ``repeat`` times each in rotated order; the artifacts of every run (streamed and in
+    memory) must be byte-identical."""
+    runs: dict[str, list[tuple[float, dict]]] = {m: [] for m in MODES}
+    names = list(MODES)
     digests = set()
     for i in range(repeat):
-        order = ("never", "auto") if i % 2 == 0 else ("auto", "never")
+        order = names[i % len(names):] + names[:i % len(names)]
         for mode in order:
             dst = Path(f"{out}-{mode}.safetensors")
             wall, parts = _run_cli(folder, dst, mode)
             runs[mode].append((wall, parts))
             digests.add(_sha256(dst))
         if repeat > 1:
-            print(f"  pair {i + 1}/{repeat} ({' then '.join(order)}): " + ", ".join(
+            print(f"  round {i + 1}/{repeat} ({', '.join(order)}): " + ", ".join(
                 f"{m} {runs[m][-1][0]:.2f} s wall / {runs[m][-1][1]['cpu']:.2f} s CPU"
                 for m in order) + f", load {os.getloadavg()[0]:.2f}", flush=True)
     if len(digests) != 1:
         raise SystemExit(f"{folder}: the mono-quant runs wrote {len(digests)} different "
                          "artifacts; expected byte-identical ones")
-    print(f"  artifact sha256 {digests.pop()[:16]}... identical in all {2 * repeat} runs",
-          flush=True)
+    print(f"  artifact sha256 {digests.pop()[:16]}... identical in all {len(MODES) * repeat} "
+          "runs (streamed and in memory)", flush=True)
     if repeat > 1:
-        ratios = [(a[0] / n[0], a[1]["cpu"] / n[1]["cpu"])
-                  for n, a in zip(runs["never"], runs["auto"], strict=True)]
-        print(f"  auto / never, median of the {repeat} pairs' ratios: wall "
-              f"{statistics.median(r[0] for r in ratios):.3f}, CPU "
-              f"{statistics.median(r[1] for r in ratios):.3f}", flush=True)
+        for a, b in (("auto", "never"), ("auto", "in-memory")):
+            ratios = [(x[0] / y[0], x[1]["cpu"] / y[1]["cpu"])
+                      for x, y in zip(runs[a], runs[b], strict=True)]
+            print(f"  {a} / {b}, median of the {repeat} rounds' ratios: wall "
+                  f"{statistics.median(r[0] for r in ratios):.3f}, CPU "
+                  f"{statistics.median(r[1] for r in ratios):.3f}", flush=True)
     medians = []
     for mode, got in runs.items():
         got = sorted(got, key=lambda r: r[0])
@@ -223,7 +243,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/mq-job-time"))
     parser.add_argument("--repeat", type=int, default=1,
-                        help="runs of each mono-quant mode, alternated (median reported)")
+                        help="runs of each mono-quant mode, rotated (median reported)")
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     print(f"# job_time on {platform.processor() or platform.machine()}, {os.cpu_count()} "
@@ -241,7 +261,7 @@ def main() -> None:
             rows.append((size, params, mib, "transformers + torchao + torch.save", wall, floor,
                          parts))
         for mode, wall, parts in _modes(folder, out, args.repeat):
-            rows.append((size, params, mib, f"mono-quant (COMPILE={mode})", wall, floor, parts))
+            rows.append((size, params, mib, MODE_ROWS[mode], wall, floor, parts))
         for f in args.work_dir.glob(f"out-{size}*"):
             f.unlink()
     print("\n| model | checkpoint | what | wall (s) | × floor | stages (s) |")

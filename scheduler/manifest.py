@@ -20,7 +20,7 @@ jobs:
     samples: 32
   - name: llama
     model: hf:./tiny-llama
-    stream: true                 # weight-only, tensor by tensor, bounded memory
+    stream: true                 # always tensor by tensor (false: never; unset: auto)
   - name: big
     model: hf:./big-llama
     max_shard_size: 5GB          # shards + model.safetensors.index.json (or bytes)
@@ -343,7 +343,7 @@ class _Expander:
         try:
             return JobSpec(model=model, config=config, calibration=calibration,
                            format=renamed.get("format", "safetensors"),
-                           samples=renamed.get("samples"), stream=renamed.get("stream", False),
+                           samples=renamed.get("samples"), stream=renamed.get("stream"),
                            weights_digest=digest, evaluation=evaluation,
                            max_shard_size=renamed.get("max_shard_size"),
                            pipeline=renamed.get("pipeline", "auto")), renamed

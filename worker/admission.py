@@ -260,10 +260,16 @@ def estimate_memory(spec: Any, total: int | None = None, *, device: str = "cpu",
                     offload_bytes: int | None = DEFAULT_ACTIVATION_OFFLOAD_BYTES,
                     ) -> Estimate | None:
     """The estimate for a JobSpec on ``device`` (None: a ``factory:`` model, or a streamed
-    job, which bounds its own memory). ``spec.pipeline`` names the strategy where the spec
-    has one; ``offload_bytes`` is the worker's activation offload limit."""
+    job, asked for or chosen by itself (:mod:`~mono_quant.pipeline.auto_stream`), which
+    bounds its own memory). ``spec.pipeline`` names the strategy where the spec has one;
+    ``offload_bytes`` is the worker's activation offload limit."""
     if spec.model.scheme != "hf" or spec.stream:
         return None
+    if spec.stream is None:
+        from mono_quant.pipeline.auto_stream import auto_problems
+
+        if not auto_problems(spec, device):
+            return None
     strategy = getattr(spec, "pipeline", "in_memory") or "in_memory"
     batch = getattr(getattr(spec, "calibration", None), "batch_size", None)
     ctx = Context(samples=spec.samples, batch=batch, device=device, offload_bytes=offload_bytes)

@@ -53,9 +53,11 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     _add_config_options(p)
     p.add_argument("--format", "--artifact-format", dest="format", choices=FORMATS,
                    help="artifact format (default: from the output's extension)")
-    p.add_argument("--stream", action="store_true",
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="hf: sources only: quantize the safetensors weights tensor by tensor "
-                        "without building the model (weight-only, .safetensors output)")
+                        "without building the model (weight-only, .safetensors output); "
+                        "--no-stream: always build the model; neither (default): stream "
+                        "where that writes the same artifact (verified model families)")
     p.add_argument("--pipeline", choices=PIPELINES, default="auto",
                    help="sequential: block by block from an hf: folder's safetensors (bounded "
                         "memory, resumable); in_memory: the whole model; auto (default): "
@@ -249,9 +251,10 @@ def run_quantize(args: argparse.Namespace) -> int:
     spec = _spec(args)
     serveable(check_scheme(spec.config, spec.format), spec.format, args.strict)
 
-    def announce(stage: str, **_: Any) -> None:
-        if not args.quiet:
-            print(f"{stage} ...", file=sys.stderr)
+    def announce(stage: str, **extra: Any) -> None:
+        if not args.quiet:  # which path quantizes: streamed, streamed (auto), sequential
+            path = f" ({extra['pipeline']})" if "pipeline" in extra else ""
+            print(f"{stage}{path} ...", file=sys.stderr)
 
     from mono_quant.config import get_settings
 

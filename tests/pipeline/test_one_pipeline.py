@@ -8,11 +8,12 @@ import json
 import pytest
 from sqlalchemy import select
 
+from mono_quant import demo_models
 from mono_quant.catalog import Catalog, Job, JobStatus
 from mono_quant.catalog.batches import create_batch
 from mono_quant.config import Settings
 from mono_quant.errors import BadConfigError
-from mono_quant.io.hashing import sha256_path
+from mono_quant.io.hashing import sha256_path, state_dict_digest
 from mono_quant.pipeline import JobSpec, parse_model_source, run_pipeline
 from mono_quant.scheduler.manifest import parse_manifest
 from mono_quant.scheduler.service import _rows
@@ -26,8 +27,9 @@ STATIC = {"name": "static", "model": "factory:tests.jobfixtures:tiny", "mode": "
           "group_size": 16}
 
 
-def _worker_artifact(tmp_path, job: dict) -> str:
-    """sha256 of the artifact ``run_job`` writes for ``job`` (what a Celery worker runs)."""
+def _worker_artifact(tmp_path, job: dict, recorded: dict | None = None) -> str:
+    """sha256 of the artifact ``run_job`` writes for ``job`` (what a Celery worker runs);
+    ``recorded`` gets the artifact row's info and model digest."""
     s = Settings.from_env({"MONO_QUANT_DATA_DIR": str(tmp_path / "worker"),
                            "MONO_QUANT_COMPILE": "never",
                            "MONO_QUANT_ALLOWED_FACTORIES": "mono_quant.*,tests.*"})
@@ -39,6 +41,8 @@ def _worker_artifact(tmp_path, job: dict) -> str:
     assert run_job(job_id, "w@test", settings=s).status == "succeeded"
     with catalog.begin() as session:
         artifact = session.get(Job, job_id).artifact
+        if recorded is not None:
+            recorded.update(info=artifact.info, model_digest=artifact.model_digest)
         return sha256_path(s.storage_root / artifact.storage_key)
 
 
@@ -51,8 +55,7 @@ def _embedded_artifact(tmp_path, job: dict) -> str:
     s = Settings.from_env(env)
     with Catalog(s.catalog_url).begin() as session:
         (row,) = session.scalars(select(Job)).all()
-        assert row.status is JobStatus.SUCCEEDED and row.spec["stream"] is job.get("stream",
-                                                                                  False)
+        assert row.status is JobStatus.SUCCEEDED and row.spec["stream"] is job.get("stream")
         return sha256_path(s.storage_root / row.artifact.storage_key)
 
 
@@ -78,6 +81,21 @@ def test_stream_through_a_manifest_same_bytes_as_quantize_stream(tmp_path):
     job = {"name": "s", "model": f"hf:{folder}", "stream": True}
     cli_sha = _cli_artifact(tmp_path, f"hf:{folder}", "--stream")
     assert _worker_artifact(tmp_path, job) == cli_sha
+    assert _embedded_artifact(tmp_path, job) == cli_sha
+
+
+@pytest.mark.slow
+def test_a_default_hf_job_streams_everywhere_to_the_in_memory_bytes(tmp_path):
+    """An unset ``stream``: the worker and the embedded runner stream the tiny Llama (a
+    verified family) and write the file ``--no-stream`` writes, and record which path ran
+    and the float model's digest."""
+    folder = make_hf_folder(tmp_path / "tiny")
+    job = {"name": "d", "model": f"hf:{folder}"}
+    cli_sha = _cli_artifact(tmp_path, f"hf:{folder}", "--no-stream")
+    recorded: dict = {}
+    assert _worker_artifact(tmp_path, job, recorded) == cli_sha
+    assert recorded["info"]["metrics"]["reload_check"].startswith("ok (streamed (auto)): ")
+    assert recorded["model_digest"] == state_dict_digest(demo_models.tiny_transformer(seed=0))
     assert _embedded_artifact(tmp_path, job) == cli_sha
 
 
@@ -113,8 +131,8 @@ def test_a_stage_callback_that_raises_stops_before_writing(tmp_path):
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        ({"model": "factory:tests.jobfixtures:tiny", "version": 3},
-         "job spec version 3 is not supported"),
+        ({"model": "factory:tests.jobfixtures:tiny", "version": 4},
+         "job spec version 4 is not supported"),
         ({"model": "factory:tests.jobfixtures:tiny", "priority": 1},
          "job spec: unknown field(s) priority"),
         ({"quant": {}}, "job spec: field 'model' is missing"),

@@ -30,7 +30,8 @@ def test_version_1_payloads_load_and_keep_their_keys():
     old = JobSpec.from_payload(V1)
     assert old.pipeline == "auto"
     payload = old.to_payload()
-    assert payload["version"] == 2 and "pipeline" not in payload  # auto: as before
+    assert payload["version"] == 3 and "pipeline" not in payload  # auto: as before
+    assert old.stream is None and payload["stream"] is None  # v1/v2 false: not asked, auto
     assert JobSpec.from_payload(payload).idempotency_key == old.idempotency_key
     assert JobSpec.from_payload({k: v for k, v in V1.items() if k != "version"}) == old
 
@@ -48,11 +49,11 @@ def test_version_2_carries_the_pipeline_into_the_key(tmp_path):
 @pytest.mark.parametrize(("payload", "message"), [
     ({**V1, "pipeline": "sequential"}, "job spec version 1 has no field 'pipeline' "
                                        r"\(version 2 does\)"),
-    ({**V1, "version": 3}, "job spec version 3 is not supported .this mono-quant reads "
-                           "versions 1, 2.; upgrade mono-quant"),
+    ({**V1, "version": 4}, "job spec version 4 is not supported .this mono-quant reads "
+                           "versions 1, 2, 3.; upgrade mono-quant"),
     ({**V1, "version": 2, "pipeline": "fast"}, "pipeline='fast': expected one of auto, "
                                                "in_memory, sequential"),
-], ids=["v1-with-pipeline", "v3", "unknown-pipeline"])
+], ids=["v1-with-pipeline", "v4", "unknown-pipeline"])
 def test_bad_payloads_name_the_problem(payload, message):
     with pytest.raises(BadConfigError, match=message):
         JobSpec.from_payload(payload)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mono_quant import QuantizationInfo, demo_models, load_quantized, read_info
+from mono_quant.io.hashing import sha256_path
 from tests.io.hf_fixture import CALIBRATION_TEXT, make_hf_folder
 
 MLP = "factory:mono_quant.demo_models:mlp?hidden=64"
@@ -122,8 +123,26 @@ def test_quantize_stream(tmp_path, hf_folder):
     assert res.returncode == 0, res.stderr
     report = _report(res.stdout)
     assert report["layers"] == "15 of 15 quantized"
-    assert report["reload"].startswith("ok: ") and "tensors loaded strictly" in report["reload"]
-    assert read_info(out).metrics["streamed"] is True
+    assert report["reload"].startswith("ok (streamed): ")
+    assert "tensors loaded strictly" in report["reload"]
+    # a verified family (llama): the in-memory artifact's metadata, no `streamed` mark
+    assert "streamed" not in read_info(out).metrics
+
+
+def test_stream_flags_pick_the_path_and_write_the_same_file(tmp_path, hf_folder):
+    """Unset, ``--stream`` and ``--no-stream`` on a verified family: the same bytes, and the
+    stage lines say which path ran."""
+    shas, lines = {}, {}
+    for flag in ("", "--stream", "--no-stream"):
+        out = tmp_path / f"tiny{flag}.safetensors"
+        res = cli("quantize", f"hf:{hf_folder}", "-o", out, *([flag] if flag else []))
+        assert res.returncode == 0, res.stderr
+        shas[flag] = sha256_path(out)
+        lines[flag] = [x for x in res.stderr.splitlines() if x.startswith("quantizing")]
+    assert shas[""] == shas["--stream"] == shas["--no-stream"]
+    assert lines == {"": ["quantizing (streamed (auto)) ..."],
+                     "--stream": ["quantizing (streamed) ..."],
+                     "--no-stream": ["quantizing ..."]}
 
 
 @pytest.mark.parametrize(

@@ -14,13 +14,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from mono_quant.io._files import refuse_special_file
 
-__all__ = ["folder_digest", "sha256_path", "size_path", "state_dict_digest"]
+__all__ = ["checkpoint_digest", "folder_digest", "sha256_path", "size_path", "state_dict_digest"]
 
 _BLOCK = 1 << 20
 
@@ -89,4 +91,41 @@ def state_dict_digest(module) -> str:
         for start in range(0, flat.numel(), step):
             part = flat[start : start + step].cpu().contiguous()
             h.update(part.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def checkpoint_digest(files: Iterable[str | Path],
+                      aliases: Mapping[str, str] | None = None) -> str:
+    """:func:`state_dict_digest` of the model a safetensors checkpoint loads into, read from
+    the files (no model built): the checkpoint's tensors, plus ``aliases``, the tied weights
+    the files do not hold (name -> the tensor it shares: ``{"lm_head.weight":
+    "model.embed_tokens.weight"}``). Equal to ``state_dict_digest`` of the loaded model when
+    its state dict is exactly those names, dtypes and bytes: what
+    :mod:`~mono_quant.pipeline.auto_stream` checks and tests per model family.
+    """
+    from mono_quant.io._safetensors_header import read_header
+
+    entries = {}
+    for path in files:
+        header = read_header(path)
+        entries.update({name: (header, e) for name, e in header.tensors.items()})
+    entries.update({alias: entries[owner] for alias, owner in (aliases or {}).items()})
+    h = hashlib.sha256()
+    buffer = memoryview(bytearray(16 * _BLOCK))
+    handles: dict[Path, Any] = {}
+    with contextlib.ExitStack() as stack:
+        for name in sorted(entries):
+            header, e = entries[name]
+            h.update(f"{name}\0{e.torch_dtype}\0{tuple(e.shape)}\n".encode())
+            f = handles.get(header.path)
+            if f is None:
+                f = handles[header.path] = stack.enter_context(open(header.path, "rb"))
+            f.seek(header.data_start + e.begin)
+            left = e.nbytes
+            while left:
+                n = f.readinto(buffer[: min(left, len(buffer))])
+                if not n:
+                    raise OSError(f"{header.path}: truncated in tensor {name!r}")
+                h.update(buffer[:n])  # hashlib releases the GIL on large buffers
+                left -= n
     return h.hexdigest()

@@ -9,6 +9,13 @@ available on the job's device (``torch.cuda.mem_get_info`` on a GPU, ``MemAvaila
 ``/proc/meminfo`` on the CPU) and the job can run sequentially
 (:meth:`~mono_quant.pipeline.spec.JobSpec.sequential_problems`); else ``in_memory``.
 
+Before this choice, ``stream`` picks the streamed path
+(:func:`~mono_quant.pipeline.auto_stream.stream_plan`): ``true`` always, ``false`` never,
+and unset (the default) where the streamed artifact is provably the in-memory one, byte for
+byte (weight-only ``hf:`` jobs of the verified model families, on the CPU;
+:mod:`~mono_quant.pipeline.auto_stream` lists the rules and tests/pipeline/test_auto_stream.py
+proves them per family). Streamed jobs build no model and hold about one tensor at a time.
+
 Example:
     >>> in_memory_bytes(4 << 30) == (2 * (4 << 30) + HEADROOM_BYTES)
     True
@@ -59,7 +66,8 @@ def available_bytes(device: str) -> int:
 
 
 def choose_pipeline(spec: Any, device: str = "cpu") -> str:
-    """``"in_memory"`` or ``"sequential"`` for a job that is not streamed (module docstring)."""
+    """``"in_memory"`` or ``"sequential"`` for a job that is not streamed (module docstring:
+    :func:`~mono_quant.pipeline.auto_stream.stream_plan` decides that first)."""
     if spec.pipeline != "auto":
         return str(spec.pipeline)
     if spec.sequential_problems():

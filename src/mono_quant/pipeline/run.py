@@ -6,9 +6,12 @@ so a spec gives the same artifact bytes whoever runs it. In order, each step ann
 
 1. ``loading`` the model (and ``loading calibration data``);
 2. ``quantizing``: :func:`~mono_quant.quant.quantize.quantize_model` (calibration included);
-   on out-of-memory, once more with the calibration batches halved. With ``spec.stream`` the
-   checkpoint is instead quantized tensor by tensor into the destination
-   (:func:`~mono_quant.pipeline.streaming.quantize_checkpoint`), no model built; with the
+   on out-of-memory, once more with the calibration batches halved. With ``spec.stream``,
+   or by itself where that provably writes the same artifact (``stream`` unset:
+   :mod:`~mono_quant.pipeline.auto_stream`), the checkpoint is instead quantized tensor by
+   tensor into the destination (:func:`~mono_quant.pipeline.streaming.quantize_checkpoint`),
+   no model built, announced as ``quantizing`` with ``pipeline="streamed"`` or
+   ``"streamed (auto)"``; with the
    ``sequential`` pipeline (``spec.pipeline``, or ``auto`` when the model does not fit:
    :mod:`~mono_quant.pipeline.choose`) block by block
    (:func:`~mono_quant.pipeline.sequential.quantize_sequential`), announcing
@@ -16,10 +19,13 @@ so a spec gives the same artifact bytes whoever runs it. In order, each step ann
 3. ``writing`` the artifact (:func:`~mono_quant.io.formats.save_model`: temporary name,
    fsync, rename);
 4. ``reloading`` it and checking it reproduces the quantized model (every layer and tensor
-   bit for bit with ``load_quantized``; :mod:`~mono_quant.pipeline.served`);
+   bit for bit with ``load_quantized``; :mod:`~mono_quant.pipeline.served`); a streamed job
+   has no model: every tensor is loaded strictly with the int8 range checks, and
+   ``info.metrics["reload_check"]`` names the path that ran;
 5. ``hashing`` it (sha256 and size, for the catalog). In memory, the complete artifact is
    hashed in a background thread while step 4 runs, and the float model's digest while
    step 2 runs (hashlib and file reads release the GIL); ``hashing`` then waits for it.
+   Streamed, the model digest is taken from the checkpoint's files while step 2 runs.
 
 ``on_stage`` may raise to stop the job between steps (the worker does when the job was
 cancelled). Errors are the library's: ``BadInputError`` / ``BadConfigError`` for the user's
@@ -49,6 +55,7 @@ from typing import Any, Protocol
 
 from mono_quant.pipeline.activations import DEFAULT_OFFLOAD_BYTES
 from mono_quant.pipeline.allowlist import FactoryAllowList
+from mono_quant.pipeline.auto_stream import StreamPlan, stream_plan
 from mono_quant.pipeline.choose import choose_pipeline
 from mono_quant.pipeline.memory import add_peaks, oom_error, reset_peaks
 from mono_quant.pipeline.spec import JobSpec
@@ -96,7 +103,8 @@ class PipelineResult:
     #: sha256 of the artifact's bytes (files in name order for a folder) and their size.
     sha256: str
     size_bytes: int
-    #: sha256 of the float model's state dict (None: streamed, or over DIGEST_LIMIT_BYTES).
+    #: sha256 of the float model's state dict (None: over DIGEST_LIMIT_BYTES, or streamed
+    #: from a family whose state dict is not known: :mod:`~mono_quant.pipeline.auto_stream`).
     model_digest: str | None
 
 
@@ -144,8 +152,9 @@ def run_pipeline(
     check_replaceable(path, spec.format)
     reset_peaks(device)
     hashed = None
-    if spec.stream:
-        info, digest = _streamed(spec, path, stage, progress)
+    plan = stream_plan(spec, device)
+    if plan is not None:
+        info, digest, hashed = _streamed(spec, path, stage, progress, plan)
     elif choose_pipeline(spec, device) == "sequential":
         work = work_dir if work_dir is not None else path.with_name(path.name + ".work")
         info, digest = _sequential(spec, path, stage, device, factories, work,
@@ -166,19 +175,35 @@ def _artifact_hash(path: Path) -> tuple[str, int]:
     return sha256_path(path), size_path(path)
 
 
-def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool):
+def _streamed(spec: JobSpec, path: Path, stage: OnStage, progress: bool, plan: StreamPlan):
     from mono_quant.io.formats import load_model
-    from mono_quant.pipeline.streaming import quantize_checkpoint
+    from mono_quant.pipeline.choose import checkpoint_bytes
+    from mono_quant.pipeline.streaming import checkpoint_files, quantize_checkpoint
 
-    stage(Stage.QUANTIZING.value)
-    info = quantize_checkpoint(spec.model.folder, path, spec.config, progress=progress)
-    stage(Stage.RELOADING.value)
-    tensors = load_model(path)  # every tensor, strictly, with the int8 range checks
-    info.metrics["reload_check"] = (
-        f"ok: {len(tensors)} tensors loaded strictly (streaming builds no model to compare "
-        "outputs with)"
-    )
-    return info, None
+    folder = spec.model.folder
+    stage(Stage.QUANTIZING.value, pipeline=plan.pipeline)
+    with ThreadPoolExecutor(1, thread_name_prefix="mono-quant-hash") as background:
+        digest = None  # the float model's digest, read from the files while they stream
+        if plan.aliases is not None and checkpoint_bytes(folder) <= DIGEST_LIMIT_BYTES:
+            digest = background.submit(_checkpoint_digest, checkpoint_files(folder),
+                                       plan.aliases)
+        hashed: list[tuple[str, int]] = []  # taken while the bytes were written
+        info = quantize_checkpoint(folder, path, spec.config, progress=progress,
+                                   tied=plan.tied, on_sha256=lambda *h: hashed.append(h))
+        stage(Stage.RELOADING.value)
+        tensors = load_model(path)  # every tensor, strictly, with the int8 range checks
+        info.metrics["reload_check"] = (
+            f"ok ({plan.pipeline}): {len(tensors)} tensors loaded strictly (streaming builds "
+            "no model to compare outputs with)"
+        )
+        return (info, digest.result() if digest is not None else None,
+                hashed[0] if hashed else None)
+
+
+def _checkpoint_digest(files: list[Path], aliases: dict[str, str]) -> str:
+    from mono_quant.io.hashing import checkpoint_digest
+
+    return checkpoint_digest(files, aliases)
 
 
 def _sequential(spec: JobSpec, path: Path, stage: OnStage, device: str,

@@ -6,27 +6,32 @@ scheduler builds a ``JobSpec``, stores :meth:`JobSpec.to_payload` in the catalog
 validates every field (an unknown version or field is a ``BadConfigError``, never a crash).
 :func:`~mono_quant.pipeline.run.run_pipeline` takes it.
 
-Payload (JSON, version 2)::
+Payload (JSON, version 3)::
 
-    {"version": 2,
+    {"version": 3,
      "model": {...},            # canonical model source (ModelSource.canonical())
      "quant": {...},            # QuantConfig.to_dict()
      "format": "safetensors",   # one of FORMATS
      "calibration": {...},      # canonical calibration source, or null
      "samples": 64,             # calibration samples to use, or null (all)
-     "stream": false,           # tensor-by-tensor weight-only quantization (hf: only)
+     "stream": null,            # true: stream the hf: checkpoint tensor by tensor; false:
+                                # build the model; null: auto (pipeline.auto_stream)
      "max_shard_size": 5000000000,  # optional: shard the weights (bytes; absent: one file)
      "pipeline": "sequential"}  # only when not "auto": one of PIPELINES (version 2)
 
-Version 1 payloads (before ``pipeline``) still load: their pipeline is ``auto``. The
-idempotency key leaves out the version and an ``auto`` pipeline, so the keys of earlier jobs
-do not change.
+Version 1 payloads (before ``pipeline``) still load: their pipeline is ``auto``. Versions 1
+and 2 (before ``stream`` was three-valued) always wrote ``"stream": false`` for "not asked
+for", so their false reads as null, auto: an unset ``stream`` streams only where the artifact
+is the in-memory one byte for byte (:mod:`~mono_quant.pipeline.auto_stream`), so those jobs
+still make the artifacts they made. The idempotency key leaves out the version, an ``auto``
+pipeline and a ``stream`` that is not true (auto and false make the same artifact), so the
+keys of earlier jobs do not change.
 
 Example:
     >>> from mono_quant.pipeline.spec import JobSpec
     >>> spec = JobSpec.from_payload({"model": "factory:mono_quant.demo_models:mlp?hidden=32"})
     >>> spec.format, spec.config.mode, spec.stream, spec.pipeline
-    ('safetensors', 'weight_only', False, 'auto')
+    ('safetensors', 'weight_only', None, 'auto')
     >>> JobSpec.from_payload(spec.to_payload()) == spec
     True
     >>> JobSpec.from_payload({**spec.to_payload(), "version": 9})  # doctest: +ELLIPSIS
@@ -62,8 +67,9 @@ __all__ = ["PIPELINES", "JobSpec", "needs_calibration"]
 
 _FIELDS = ("version", "model", "quant", "format", "calibration", "samples", "stream",
            "weights_digest", "evaluation", "max_shard_size", "pipeline")
-#: Payload versions this mono-quant reads (1: before ``pipeline``).
-_VERSIONS = (1, 2)
+#: Payload versions this mono-quant reads (1: before ``pipeline``; 1 and 2: ``stream``
+#: false meant "not asked", read as None).
+_VERSIONS = (1, 2, 3)
 #: How the model is quantized: block by block from the checkpoint (bounded memory,
 #: resumable), whole in memory, or ``auto``: sequential when the model does not fit
 #: (:func:`~mono_quant.pipeline.choose.choose_pipeline`).
@@ -96,9 +102,11 @@ class JobSpec:
     calibration: CalibrationSource | None = None
     #: Calibration samples to use (None: all the source yields).
     samples: int | None = None
-    #: Quantize an ``hf:`` checkpoint tensor by tensor without building the model
-    #: (weight-only, ``.safetensors`` output, bounded memory).
-    stream: bool = False
+    #: True: quantize an ``hf:`` checkpoint tensor by tensor without building the model
+    #: (weight-only, ``.safetensors`` output, bounded memory); False: build the model; None
+    #: (the default): stream where that provably writes the in-memory artifact
+    #: (:mod:`~mono_quant.pipeline.auto_stream`).
+    stream: bool | None = None
     #: ``hf:`` sources: :func:`~mono_quant.pipeline.digest.weights_digest` of the folder at
     #: submit, so changed weights make a new idempotency key (None: not digested).
     weights_digest: str | None = None
@@ -113,7 +121,7 @@ class JobSpec:
     #: excludes ``sequential``.
     pipeline: str = "auto"
 
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -128,8 +136,9 @@ class JobSpec:
         if need and self.calibration is None:
             raise BadConfigError(f"{need} needs a calibration source (activation statistics "
                                  "come from it)")
-        if not isinstance(self.stream, bool):
-            raise BadConfigError(f"stream={self.stream!r}: expected true or false")
+        if self.stream is not None and not isinstance(self.stream, bool):
+            raise BadConfigError(f"stream={self.stream!r}: expected true, false or null "
+                                 "(auto)")
         if self.pipeline not in PIPELINES:
             raise BadConfigError(f"pipeline={self.pipeline!r}: expected one of "
                                  f"{', '.join(PIPELINES)}")
@@ -149,7 +158,7 @@ class JobSpec:
         if self.format == "pt" or self.stream:
             raise BadConfigError("max_shard_size: shards are written for the safetensors and "
                                  "compressed-tensors formats by the in-memory pipeline (not "
-                                 f"format {self.format!r}{', stream: true' * self.stream})")
+                                 f"format {self.format!r}{', stream: true' * bool(self.stream)})")
 
     def sequential_problems(self) -> list[str]:
         """Why this job cannot run block by block (empty: it can)."""
@@ -254,7 +263,7 @@ class JobSpec:
             format=data.get("format", "safetensors"),
             calibration=calibration,
             samples=data.get("samples"),
-            stream=data.get("stream", False),
+            stream=_stream(data.get("stream"), version),
             weights_digest=data.get("weights_digest"),
             evaluation=evaluation,
             max_shard_size=data.get("max_shard_size"),
@@ -265,7 +274,7 @@ class JobSpec:
     def idempotency_key(self) -> str:
         """sha256 of everything that determines the artifact: canonical model source,
         quantization config, format, calibration source and samples (and ``stream`` when
-        set). Where the job runs (its queue) is not part of it.
+        true). Where the job runs (its queue) is not part of it.
 
         Built from each part's cached JSON text (a matrix repeats its model source, config
         and calibration source across thousands of jobs): byte for byte the text
@@ -291,7 +300,7 @@ class JobSpec:
         The two texts spell out :meth:`to_payload`'s layout: the key's fields in sorted order
         (``calibration, evaluation, format, max_shard_size, model, pipeline, quant, samples,
         stream, weights_digest``)
-        without ``version`` (and ``stream`` when false), compact; the payload's in its own
+        without ``version`` (and ``stream`` unless true), compact; the payload's in its own
         order, as ``json.dumps`` writes them. Everything but the model is the same for every
         job of a matrix combination, so those texts come from :func:`_frame` (built once per
         combination) and each job adds only its model's text. A generic join over
@@ -342,7 +351,7 @@ def _frame_texts(spec: JobSpec) -> tuple[str, str, str]:
     quant = _part_texts(spec.config)
     cal = _NULL if spec.calibration is None else _part_texts(spec.calibration)
     fmt, samples = _part_texts(spec.format)[0], _part_texts(spec.samples)[0]
-    stream = "true" if spec.stream else "false"
+    stream = json.dumps(spec.stream)
     ev = None if spec.evaluation is None else _part_texts(spec.evaluation)
     digest = None if spec.weights_digest is None else _part_texts(spec.weights_digest)[0]
     key = [f'{{"calibration":{cal[0]}']
@@ -367,6 +376,11 @@ def _frame_texts(spec: JobSpec) -> tuple[str, str, str]:
 
 
 _NULL = ("null", "null")
+
+
+def _stream(value: Any, version: int) -> Any:
+    """A payload's ``stream``: before version 3, false meant "not asked" (auto)."""
+    return None if value is False and version < 3 else value
 
 
 def _plain(part: Any) -> Any:
@@ -404,7 +418,8 @@ def _part_texts(part: Any) -> tuple[str, str]:
 
 def _idempotency_key(payload: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a payload without its version (and without ``stream``
-    when it is false: keys of in-memory jobs are those of payloads from before ``stream``).
+    unless it is true: keys of in-memory jobs are those of payloads from before ``stream``,
+    and auto and false make the same artifact).
     The reference the cached :attr:`JobSpec.idempotency_key` is tested against.
     A plain function: mutation testing (tools/mutate.py) skips decorated ones."""
     payload = dict(payload)

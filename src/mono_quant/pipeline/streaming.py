@@ -10,8 +10,9 @@ Which tensors are quantized: a floating-point tensor named ``<layer>.weight`` wi
 dimensions is a linear layer's weight, unless ``<layer>``'s last component contains
 ``embed`` or is ``wte``/``wpe`` (embedding tables are 2-D too, but are lookups, not matmuls).
 The config's ``include``/``exclude`` patterns then apply to ``<layer>`` as in
-``quantize_model`` (the class-name pattern ``"Linear"`` matches every such layer; ``"Conv2d"``
-none). Use ``exclude=["lm_head"]`` to keep a head in float.
+``quantize_model``, with the class name ``quantize_model`` sees: ``"Linear"``, or
+``"Conv1D"`` for the transposed layers of a Conv1D family (below); ``"Conv2d"`` matches none.
+Use ``exclude=["lm_head"]`` to keep a head in float.
 
 Layout: every such weight is taken to be an ``nn.Linear`` weight, ``[out, in]``, so
 per-channel scales go along dimension 0, except in checkpoints whose folder has a
@@ -40,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,10 +157,14 @@ def _linear_layers(headers: list[SafetensorsHeader]) -> list[str]:
     return layers
 
 
-def _select(layers: list[str], headers: list[SafetensorsHeader], config) -> list[str]:
+def _select(layers: list[str], headers: list[SafetensorsHeader], config,
+            transposed: set[str]) -> list[str]:
     numel = {n: math.prod(e.shape) for h in headers for n, e in h.tensors.items()}
-    # the rules quantize_model applies; every 2-D weight here is an nn.Linear's
-    return [layer for layer in layers if config.selects(layer, "Linear", numel[f"{layer}.weight"])]
+    # the rules quantize_model applies, with the class names it sees: every 2-D weight here
+    # is an nn.Linear's, but the transposed ones are transformers' Conv1D
+    return [layer for layer in layers
+            if config.selects(layer, "Conv1D" if layer in transposed else "Linear",
+                              numel[f"{layer}.weight"])]
 
 
 def _plan(headers, selected, config, transposed: set[str]) -> dict[str, TensorSpec]:
@@ -195,6 +201,7 @@ def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer
                   transpose: bool = False):
     """Quantize and write one weight (a Conv1D one transposed to ``[out, in]`` first); its
     buffers are freed when this returns."""
+    from mono_quant.quant import _measured
     from mono_quant.quant.metrics import check_int8_ranges, weight_error
     from mono_quant.quant.quantize import quantize_weight
     from mono_quant.quant.specs import qrange
@@ -202,11 +209,14 @@ def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer
     w = read_tensor(f, h, name, out=buffer)
     if transpose:
         w = w.t().contiguous()  # (in, out) -> (out, in): a copy, the buffer is reused
-    qw = quantize_weight(w, config, name)  # the kernel quantize_model uses: identical output
+    # the kernels quantize_model uses, chosen as it chooses them: identical output and sums
+    # (one pass over the weight where _measured applies, rounding and error sums in cache)
+    qw, acc = (_measured.quantize_measured(w, config, name) if _measured.applies(w, config)
+               else (quantize_weight(w, config, name), None))
     problems = check_int8_ranges(layer, qw.data, qw.scale, qw.zero_point, *qrange(config.scheme))
     if problems:  # a bug of ours, never the user's input
         raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
-    acc = weight_error(w, qw)
+    acc = acc if acc is not None else weight_error(w, qw)
     writer.write(name, qw.data)
     writer.write(f"{layer}.weight_scale", qw.scale)
     writer.write(f"{layer}.weight_zero_point", qw.zero_point)
@@ -214,9 +224,12 @@ def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer
 
 
 def _metrics(total: Any, per_layer: dict[str, float], layers_total: int, size_fp: int,
-             size_q: int) -> dict[str, Any]:
-    """The streamed artifact's metrics (the keys quantize_model writes, plus ``streamed``)."""
-    return {
+             size_q: int, tied: list[list[str]] | None) -> dict[str, Any]:
+    """The streamed artifact's metrics: the keys quantize_model writes, and ``streamed``
+    when the in-memory path's ties are not known (``tied`` None, see quantize_checkpoint)."""
+    from mono_quant.quant.quantize import _warn_low
+
+    metrics: dict[str, Any] = {
         "weight_sqnr_db": total.sqnr_db,
         "weight_sqnr_db_min": min(per_layer.values()),
         "layer_weight_sqnr_db": per_layer,
@@ -226,20 +239,31 @@ def _metrics(total: Any, per_layer: dict[str, float], layers_total: int, size_fp
         "size_bytes_quant": size_q,
         "compression_ratio": size_fp / size_q if size_q else float("nan"),
         "range_check": "ok",
-        "streamed": True,
     }
+    if tied is None:
+        metrics["streamed"] = True
+    elif tied:
+        metrics["tied_weights"] = [list(group) for group in tied]
+    _warn_low(metrics, len(per_layer))
+    return metrics
 
 
-def _metrics_template(selected: list[str]) -> dict[str, Any]:
+def _metrics_template(selected: list[str], tied: list[list[str]] | None) -> dict[str, Any]:
     """Metrics with the longest value reprs: sizes the header space reserved for them."""
     longest = -1.2345678901234567e-308
-    return {
-        "weight_sqnr_db": longest, "weight_sqnr_db_min": longest,
-        "layer_weight_sqnr_db": dict.fromkeys(selected, longest),
-        "layers_quantized": 10**12, "layers_total": 10**12, "size_bytes_fp": 10**18,
-        "size_bytes_quant": 10**18, "compression_ratio": longest, "range_check": "ok",
-        "streamed": True,
-    }
+    acc = type("Longest", (), {"sqnr_db": longest})()
+    metrics = _metrics(acc, dict.fromkeys(selected, longest), 10**12, 10**18, 10**18, tied)
+    # sizes 10**18 / 10**18: a ratio of 1, so the low-compression warning is in the template
+    metrics.update(compression_ratio=longest)
+    return metrics
+
+
+def _head_layers(tied: list[list[str]] | None, headers: list[SafetensorsHeader]) -> int:
+    """Tied weights the checkpoint does not hold (a tied ``lm_head``): layers of the model
+    that quantize_model counts in ``layers_total``."""
+    present = {n for h in headers for n in h.tensors}
+    return sum(1 for group in tied or () for name in group[1:]
+               if name.endswith(".weight") and name not in present)
 
 
 def quantize_checkpoint(
@@ -248,6 +272,8 @@ def quantize_checkpoint(
     config=None,
     *,
     progress: bool = True,
+    tied: list[list[str]] | None = None,
+    on_sha256: Callable[[str, int], None] | None = None,
 ) -> QuantizationInfo:
     """Quantize a safetensors checkpoint (file, index or folder) into ``dst`` (.safetensors).
 
@@ -257,6 +283,15 @@ def quantize_checkpoint(
     Every 2-D float ``<layer>.weight`` is taken as an ``nn.Linear`` weight ``[out, in]`` (see
     the module docstring), but the ``Conv1D`` layers of a GPT-2-like family are transposed
     first.
+
+    ``tied``: the tied weights the model built from this checkpoint has, as quantize_model
+    reports them (groups of names, the checkpoint's first: ``[["model.embed_tokens.weight",
+    "lm_head.weight"]]``; ``[]``: none), known from the model family
+    (:mod:`~mono_quant.pipeline.auto_stream`). The metadata is then exactly the in-memory
+    path's (``tied_weights``, a tied head counted in ``layers_total``). None (the default):
+    only the checkpoint is known, and the metrics say ``streamed: true``. ``on_sha256``:
+    called with the artifact's sha256 and size when they were taken while its bytes were
+    written (a ``tied`` run's last pass over them), so the caller need not read it again.
 
     Raises:
         BadConfigError: static mode or nothing selected.
@@ -282,22 +317,25 @@ def quantize_checkpoint(
     headers = [read_header(f) for f in files]
     layers = _linear_layers(headers)
     transposed = _conv1d_layers(Path(src), layers)
-    selected = _select(layers, headers, config)
+    selected = _select(layers, headers, config, transposed)
     if not selected:
         raise BadConfigError(
             f"no layers selected in {src}: {len(layers)} linear weight(s) found, none matched "
             f"include={list(config.include)} exclude={list(config.exclude)} "
             f"min_layer_size={config.min_layer_size}"
         )
-    return _stream(dst, headers, layers, selected, transposed, config, progress)
+    return _stream(dst, headers, layers, selected, transposed, config, progress, tied,
+                   on_sha256)
 
 
 def _stream(dst: Path, headers: list[SafetensorsHeader], layers: list[str], selected: list[str],
-            transposed: set[str], config, progress: bool) -> QuantizationInfo:
+            transposed: set[str], config, progress: bool,
+            tied: list[list[str]] | None,
+            on_sha256: Callable[[str, int], None] | None) -> QuantizationInfo:
     """Write ``dst`` tensor by tensor: the selected weights quantized, the rest copied."""
     specs = _plan(headers, selected, config, transposed)
     quantized = {f"{layer}.weight": layer for layer in selected}
-    template = QuantizationInfo(config, selected, 0, {}, _metrics_template(selected))
+    template = QuantizationInfo(config, selected, 0, {}, _metrics_template(selected, tied))
     template.library_versions = library_versions()
     # Header space for the final metadata (metrics are known only at the end).
     reserve = len(json.dumps(_build_metadata(template))) + 4096 + 16 * len(selected)
@@ -327,8 +365,12 @@ def _stream(dst: Path, headers: list[SafetensorsHeader], layers: list[str], sele
                         per_layer[layer] = acc.sqnr_db
                     bar.update(e.nbytes)
         size_q = sum(s.nbytes for s in specs.values())
-        metrics = _metrics(total, per_layer, len(layers), size_fp, size_q)
+        layers_total = len(layers) + _head_layers(tied, headers)
+        metrics = _metrics(total, per_layer, layers_total, size_fp, size_q, tied)
         info = QuantizationInfo(config, selected, 0, library_versions(), metrics)
-        writer.set_metadata(_build_metadata(info))
+        # verified families: the in-memory artifact's bytes, so no spare header bytes
+        sha256 = writer.set_metadata(_build_metadata(info), exact=tied is not None)
+        if sha256 is not None and on_sha256 is not None:
+            on_sha256(sha256, writer.data_start + size_q)
         writer.finish()
     return info

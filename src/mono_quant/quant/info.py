@@ -28,7 +28,17 @@ from typing import Any, ClassVar
 from mono_quant.errors import BadConfigError, BadInputError
 from mono_quant.quant.qconfig import QuantConfig
 
-__all__ = ["QuantizationInfo", "library_versions"]
+__all__ = ["QuantizationInfo", "layer_order", "library_versions"]
+
+
+def layer_order(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of a qualified layer name: its dot-separated parts, numbers as numbers.
+
+    Example:
+        >>> sorted(["m.10.fc", "m.2.fc", "lm_head"], key=layer_order)
+        ['lm_head', 'm.2.fc', 'm.10.fc']
+    """
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in name.split("."))
 
 
 def library_versions() -> dict[str, str]:
@@ -78,6 +88,12 @@ class QuantizationInfo:
     dtype: str = "int8"
 
     VERSION: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        # One canonical order, whoever built the record: the in-memory path lists layers in
+        # module order, the streaming one in checkpoint order; the same selection must give
+        # the same artifact bytes (numbers compared as numbers: layers.2 before layers.10).
+        self.selected_layers = sorted(self.selected_layers, key=layer_order)
 
     scheme = property(lambda self: self.config.scheme)
     granularity = property(lambda self: self.config.granularity)

@@ -119,12 +119,27 @@ def error_chunk_rows(row_numel: int) -> int:
 def add_chunk_error(acc: ErrorAccumulator, r: torch.Tensor, a: torch.Tensor) -> None:
     """Add one chunk's sums to ``acc``: ``r`` the flat float32 reference, ``a`` its flat
     float32 dequantized approximation, which is consumed (it becomes the error ``a - r``).
-    Float32 dot products over the chunk, accumulated in float64."""
+    Float32 dot products over the chunk, accumulated in float64.
+
+    BLAS rounds a dot product by the memory's alignment (its vector loop starts at an
+    aligned address), so a chunk that does not start at one (a weight read in place from a
+    checkpoint's mmap, a row chunk at an odd offset) is copied first: the sums then depend on
+    the values only, whichever path read the weight."""
+    r, a = _aligned(r), _aligned(a)
     acc.signal += float(torch.dot(r, r))
     acc.approx_sq += float(torch.dot(a, a))
     acc.dot += float(torch.dot(r, a))
     a.sub_(r)  # a - r: the error, squared by the dot below
     acc.noise += float(torch.dot(a, a))
+
+
+#: Bytes of alignment torch's CPU allocator gives a fresh tensor (and AVX-512 loads want).
+_ALIGN = 64
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a fresh copy of it when it does not start on an :data:`_ALIGN` boundary."""
+    return t if t.data_ptr() % _ALIGN == 0 else torch.empty_like(t).copy_(t)
 
 
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
