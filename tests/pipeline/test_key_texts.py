@@ -56,14 +56,14 @@ CASES = {
                         calibration=parse_calibration_source("factory:m:c"), samples=8),
         f'{{"calibration":{CAL_KEY},"format":"safetensors","model":{FACTORY_KEY},'
         f'"quant":{QUANT_KEY},"samples":8}}',
-        f'{{"version": 3, "model": {FACTORY_PAYLOAD}, "quant": {QUANT_PAYLOAD}, '
+        f'{{"version": 2, "model": {FACTORY_PAYLOAD}, "quant": {QUANT_PAYLOAD}, '
         f'"format": "safetensors", "calibration": {CAL_PAYLOAD}, "samples": 8, '
-        '"stream": null}', FACTORY_PAYLOAD),
+        '"stream": false}', FACTORY_PAYLOAD),
     "stream and weights digest": (
         lambda: JobSpec(parse_model_source("hf:/models/x"), stream=True, weights_digest="d1"),
         f'{{"calibration":null,"format":"safetensors","model":{HF_KEY},"quant":{QUANT_KEY},'
         '"samples":null,"stream":true,"weights_digest":"d1"}',
-        f'{{"version": 3, "model": {HF_PAYLOAD}, "quant": {QUANT_PAYLOAD}, '
+        f'{{"version": 2, "model": {HF_PAYLOAD}, "quant": {QUANT_PAYLOAD}, '
         '"format": "safetensors", "calibration": null, "samples": null, "stream": true, '
         '"weights_digest": "d1"}', HF_PAYLOAD),
     "evaluation, shards, in-memory pipeline": (
@@ -74,24 +74,31 @@ CASES = {
         f'{{"calibration":null,"evaluation":{{"context":64,"text":"/t/\\u00e9.txt"}},'
         f'"format":"compressed-tensors","max_shard_size":2000,"model":{HF_KEY},'
         f'"pipeline":"in_memory","quant":{QUANT_KEY},"samples":null,"weights_digest":"d2"}}',
-        f'{{"version": 3, "model": {HF_PAYLOAD}, "quant": {QUANT_PAYLOAD}, '
+        f'{{"version": 2, "model": {HF_PAYLOAD}, "quant": {QUANT_PAYLOAD}, '
         '"format": "compressed-tensors", "calibration": null, "samples": null, '
-        '"stream": null, "weights_digest": "d2", '
+        '"stream": false, "weights_digest": "d2", '
         '"evaluation": {"text": "/t/\\u00e9.txt", "context": 64}, "max_shard_size": 2000, '
         '"pipeline": "in_memory"}', HF_PAYLOAD),
     "sequential pipeline": (
         lambda: JobSpec(parse_model_source("hf:/models/x"), pipeline="sequential"),
         f'{{"calibration":null,"format":"safetensors","model":{HF_KEY},'
         f'"pipeline":"sequential","quant":{QUANT_KEY},"samples":null}}',
-        f'{{"version": 3, "model": {HF_PAYLOAD}, "quant": {QUANT_PAYLOAD}, '
-        '"format": "safetensors", "calibration": null, "samples": null, "stream": null, '
+        f'{{"version": 2, "model": {HF_PAYLOAD}, "quant": {QUANT_PAYLOAD}, '
+        '"format": "safetensors", "calibration": null, "samples": null, "stream": false, '
         '"pipeline": "sequential"}', HF_PAYLOAD),
+    "never stream (the one version-3 payload)": (
+        lambda: JobSpec(parse_model_source("hf:/models/x"), stream=False),
+        f'{{"calibration":null,"format":"safetensors","model":{HF_KEY},"quant":{QUANT_KEY},'
+        '"samples":null}',
+        f'{{"version": 3, "model": {HF_PAYLOAD}, "quant": {QUANT_PAYLOAD}, '
+        '"format": "safetensors", "calibration": null, "samples": null, "stream": false}',
+        HF_PAYLOAD),
     "pt format, defaults": (
         lambda: JobSpec(parse_model_source("factory:m:f"), format="pt"),
         f'{{"calibration":null,"format":"pt","model":{FACTORY_KEY},"quant":{QUANT_KEY},'
         '"samples":null}',
-        f'{{"version": 3, "model": {FACTORY_PAYLOAD}, "quant": {QUANT_PAYLOAD}, '
-        '"format": "pt", "calibration": null, "samples": null, "stream": null}',
+        f'{{"version": 2, "model": {FACTORY_PAYLOAD}, "quant": {QUANT_PAYLOAD}, '
+        '"format": "pt", "calibration": null, "samples": null, "stream": false}',
         FACTORY_PAYLOAD),
 }
 

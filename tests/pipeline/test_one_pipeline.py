@@ -55,7 +55,10 @@ def _embedded_artifact(tmp_path, job: dict) -> str:
     s = Settings.from_env(env)
     with Catalog(s.catalog_url).begin() as session:
         (row,) = session.scalars(select(Job)).all()
-        assert row.status is JobStatus.SUCCEEDED and row.spec["stream"] is job.get("stream")
+        # an unset stream is stored as payload version 2's false ("not asked": auto)
+        assert row.status is JobStatus.SUCCEEDED
+        assert row.spec["stream"] is bool(job.get("stream"))
+        assert row.spec["version"] == (3 if job.get("stream") is False else 2)
         return sha256_path(s.storage_root / row.artifact.storage_key)
 
 

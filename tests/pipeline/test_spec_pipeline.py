@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mono_quant.errors import BadConfigError
@@ -30,10 +32,22 @@ def test_version_1_payloads_load_and_keep_their_keys():
     old = JobSpec.from_payload(V1)
     assert old.pipeline == "auto"
     payload = old.to_payload()
-    assert payload["version"] == 3 and "pipeline" not in payload  # auto: as before
-    assert old.stream is None and payload["stream"] is None  # v1/v2 false: not asked, auto
+    assert payload["version"] == 2 and "pipeline" not in payload  # auto: as before
+    assert old.stream is None and payload["stream"] is False  # v1/v2 false: not asked, auto
     assert JobSpec.from_payload(payload).idempotency_key == old.idempotency_key
     assert JobSpec.from_payload({k: v for k, v in V1.items() if k != "version"}) == old
+
+
+@pytest.mark.parametrize(("stream", "version"), [(None, 2), (True, 2), (False, 3)])
+def test_payloads_are_written_in_the_oldest_version_that_says_them(tmp_path, stream, version):
+    """Workers of the release before read versions 1 and 2 only: every job but an explicit
+    never-stream is written as version 2, whose false means "not asked" (auto)."""
+    spec = JobSpec(parse_model_source(f"hf:{tmp_path}"), stream=stream)
+    payload = spec.to_payload()
+    assert payload["version"] == version and payload["stream"] is bool(stream)
+    assert json.loads(spec.payload_json) == payload
+    back = JobSpec.from_payload(payload)
+    assert back == spec and back.stream is stream
 
 
 def test_version_2_carries_the_pipeline_into_the_key(tmp_path):

@@ -6,26 +6,30 @@ scheduler builds a ``JobSpec``, stores :meth:`JobSpec.to_payload` in the catalog
 validates every field (an unknown version or field is a ``BadConfigError``, never a crash).
 :func:`~mono_quant.pipeline.run.run_pipeline` takes it.
 
-Payload (JSON, version 3)::
+Payload (JSON; written as version 2 unless it needs 3, see below)::
 
-    {"version": 3,
+    {"version": 2,
      "model": {...},            # canonical model source (ModelSource.canonical())
      "quant": {...},            # QuantConfig.to_dict()
      "format": "safetensors",   # one of FORMATS
      "calibration": {...},      # canonical calibration source, or null
      "samples": 64,             # calibration samples to use, or null (all)
-     "stream": null,            # true: stream the hf: checkpoint tensor by tensor; false:
-                                # build the model; null: auto (pipeline.auto_stream)
+     "stream": false,           # version 2: true streams the hf: checkpoint tensor by
+                                # tensor, false is "not asked" (auto, pipeline.auto_stream);
+                                # version 3: false means never stream (build the model)
      "max_shard_size": 5000000000,  # optional: shard the weights (bytes; absent: one file)
      "pipeline": "sequential"}  # only when not "auto": one of PIPELINES (version 2)
 
 Version 1 payloads (before ``pipeline``) still load: their pipeline is ``auto``. Versions 1
-and 2 (before ``stream`` was three-valued) always wrote ``"stream": false`` for "not asked
-for", so their false reads as null, auto: an unset ``stream`` streams only where the artifact
-is the in-memory one byte for byte (:mod:`~mono_quant.pipeline.auto_stream`), so those jobs
-still make the artifacts they made. The idempotency key leaves out the version, an ``auto``
-pipeline and a ``stream`` that is not true (auto and false make the same artifact), so the
-keys of earlier jobs do not change.
+and 2 (before ``stream`` was three-valued) say "not asked for" with ``"stream": false``, which
+reads as None, auto: an unset ``stream`` streams only where the artifact is the in-memory one
+byte for byte (:mod:`~mono_quant.pipeline.auto_stream`), so those jobs still make the
+artifacts they made. A payload is written in the oldest version that says the same
+(:attr:`JobSpec.payload_version`): version 3 only for an explicit ``stream=False``, so a
+worker of the release before (which reads versions 1 and 2) still runs every other job a
+newer scheduler submits, and fails only those as ``bad_config`` ("upgrade mono-quant").
+The idempotency key leaves out the version, an ``auto`` pipeline and a ``stream`` that is
+not true (auto and false make the same artifact), so the keys of earlier jobs do not change.
 
 Example:
     >>> from mono_quant.pipeline.spec import JobSpec
@@ -121,7 +125,17 @@ class JobSpec:
     #: excludes ``sequential``.
     pipeline: str = "auto"
 
+    #: The newest payload version this mono-quant writes and reads. A payload is written in
+    #: the oldest version that says the same (:attr:`payload_version`), so workers of the
+    #: release before still run what a newer scheduler submits.
     VERSION: ClassVar[int] = 3
+
+    @property
+    def payload_version(self) -> int:
+        """The version :meth:`to_payload` writes: 3 only for an explicit ``stream=False``
+        (never stream), which version 2 cannot say (its false is "not asked", read as auto);
+        2 otherwise, with an unset ``stream`` written as version 2's false."""
+        return 3 if self.stream is False else 2
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -209,9 +223,9 @@ class JobSpec:
     def _parts(self) -> dict[str, Any]:
         """The payload's fields in order; a source or config stands for its canonical JSON."""
         parts: dict[str, Any] = {
-            "version": self.VERSION, "model": self.model, "quant": self.config,
+            "version": self.payload_version, "model": self.model, "quant": self.config,
             "format": self.format, "calibration": self.calibration, "samples": self.samples,
-            "stream": self.stream,
+            "stream": bool(self.stream),  # None (auto) is version 2's false
         }
         if self.weights_digest is not None:  # absent otherwise: earlier keys stay the same
             parts["weights_digest"] = self.weights_digest
@@ -316,7 +330,8 @@ class JobSpec:
         model = _part_texts(self.model)
         key_head, key_tail, payload_tail = self.__dict__.get("_framed") or _frame(self)
         return (hashlib.sha256((key_head + model[0] + key_tail).encode()).hexdigest(),
-                f'{{"version": {self.VERSION}, "model": {model[1]}{payload_tail}', model[1])
+                f'{{"version": {self.payload_version}, "model": {model[1]}{payload_tail}',
+                model[1])
 
 
 #: JobSpec's dataclass fields, in order.
@@ -351,7 +366,7 @@ def _frame_texts(spec: JobSpec) -> tuple[str, str, str]:
     quant = _part_texts(spec.config)
     cal = _NULL if spec.calibration is None else _part_texts(spec.calibration)
     fmt, samples = _part_texts(spec.format)[0], _part_texts(spec.samples)[0]
-    stream = json.dumps(spec.stream)
+    stream = json.dumps(bool(spec.stream))
     ev = None if spec.evaluation is None else _part_texts(spec.evaluation)
     digest = None if spec.weights_digest is None else _part_texts(spec.weights_digest)[0]
     key = [f'{{"calibration":{cal[0]}']
