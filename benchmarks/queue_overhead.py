@@ -129,6 +129,17 @@ def _poll_until_done(batch_id: int, n: int, ready, done) -> None:
     catalog.dispose()
 
 
+def _own_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of the process ``pid`` alone (not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+#: CPU seconds of the 1-worker rounds' worker main process (Celery's consumer, not the pool
+#: child that runs the jobs), one per round: where the queue's own per-job work happens.
+MAIN_CPU: list[float] = []
+
+
 def _loop_once(catalog, tmp: Path, n: int, tag: str, poll: bool = True
                ) -> tuple[float, float]:
     """(wall, CPU) seconds of ``run_job`` over n fresh jobs in this process. With ``poll``
@@ -171,10 +182,14 @@ def _queued_once(catalog, app, tmp: Path, n: int, tag: str,
 
     pids = [p.pid for p in procs]
     t0, w0, c0 = time.perf_counter(), _tree_cpu(pids), time.process_time()
+    m0 = _own_cpu(pids[0])
     res = submit(manifest(tmp / f"{tag}.json", n, tag), catalog, app=app)
     cpu = time.process_time() - c0
     wait_done(catalog, res.batch_id, len(res.job_ids))
-    return time.perf_counter() - t0, cpu + _tree_cpu(pids) - w0
+    wall, main = time.perf_counter() - t0, _own_cpu(pids[0]) - m0
+    if len(pids) == 1:
+        MAIN_CPU.append(main)
+    return wall, cpu + _tree_cpu(pids) - w0
 
 
 def workers_part(n: int, broker: str, tmp: Path, rounds: int = 7, loop_poll: bool = True
@@ -208,6 +223,7 @@ def workers_part(n: int, broker: str, tmp: Path, rounds: int = 7, loop_poll: boo
             procs = start_workers(k, env, f"w{k}-")
             try:
                 _queued_once(catalog, app, tmp, 2 * k, f"warm{k}-", procs)
+                MAIN_CPU.clear()  # the warm-up is no round
                 for r in range(rounds if k == 1 else 1):
                     # ABBA: the loop first in even rounds, the worker first in odd ones, so a
                     # load that rises (or falls) through a round favours neither side
@@ -449,6 +465,10 @@ def main() -> None:
         r.flushdb()
     if rows:
         print_workers(rows, args.jobs, args.loop_poll)
+        main = [c / args.jobs * 1e3 for c in MAIN_CPU]
+        print(f"CPU of the worker's main process per job (Celery's consumer: fetch, ack, "
+              f"events, dispatch): median {statistics.median(main):.2f} ms; per round: "
+              f"{', '.join(f'{x:.2f}' for x in main)} ms")
         print(f"load average after the workers part: {load_after_workers}")
     print()
     print_bulk(results, sizes, backends, args.latest_rows)
