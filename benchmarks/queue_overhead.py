@@ -223,7 +223,8 @@ def workers_part(n: int, broker: str, tmp: Path, rounds: int = 7, loop_poll: boo
             procs = start_workers(k, env, f"w{k}-")
             try:
                 _queued_once(catalog, app, tmp, 2 * k, f"warm{k}-", procs)
-                MAIN_CPU.clear()  # the warm-up is no round
+                if k == 1:
+                    MAIN_CPU.clear()  # the warm-up is no round
                 for r in range(rounds if k == 1 else 1):
                     # ABBA: the loop first in even rounds, the worker first in odd ones, so a
                     # load that rises (or falls) through a round favours neither side
