@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import psycopg
@@ -135,6 +136,22 @@ def _own_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+#: Median milliseconds from one job's end to the next one's (``finished_at`` in run order) of
+#: each loop and 1-worker round: the per-job time of a serial run, which a load spike that
+#: slows a few jobs moves less than the round's total.
+CYCLES: dict[str, list[float]] = {}
+
+
+def _median_cycle_ms(catalog, batch_id: int) -> float:
+    from sqlalchemy import select
+
+    from mono_quant.catalog import Job
+
+    with catalog.begin() as session:
+        ends = sorted(session.scalars(select(Job.finished_at).where(Job.batch_id == batch_id)))
+    return statistics.median((b - a).total_seconds() * 1e3 for a, b in pairwise(ends))
+
+
 #: CPU seconds of the 1-worker rounds' worker main process (Celery's consumer, not the pool
 #: child that runs the jobs), one per round: where the queue's own per-job work happens.
 MAIN_CPU: list[float] = []
@@ -170,6 +187,7 @@ def _loop_once(catalog, tmp: Path, n: int, tag: str, poll: bool = True
     wall = time.perf_counter() - t0
     if poll:
         poller.join(30)
+    CYCLES.setdefault(LOOP, []).append(_median_cycle_ms(catalog, loop.batch_id))
     return wall, cpu
 
 
@@ -189,6 +207,7 @@ def _queued_once(catalog, app, tmp: Path, n: int, tag: str,
     wall, main = time.perf_counter() - t0, _own_cpu(pids[0]) - m0
     if len(pids) == 1:
         MAIN_CPU.append(main)
+        CYCLES.setdefault(ONE, []).append(_median_cycle_ms(catalog, res.batch_id))
     return wall, cpu + _tree_cpu(pids) - w0
 
 
@@ -225,6 +244,7 @@ def workers_part(n: int, broker: str, tmp: Path, rounds: int = 7, loop_poll: boo
                 _queued_once(catalog, app, tmp, 2 * k, f"warm{k}-", procs)
                 if k == 1:
                     MAIN_CPU.clear()  # the warm-up is no round
+                    CYCLES.clear()
                 for r in range(rounds if k == 1 else 1):
                     # ABBA: the loop first in even rounds, the worker first in odd ones, so a
                     # load that rises (or falls) through a round favours neither side
@@ -470,6 +490,12 @@ def main() -> None:
         print(f"CPU of the worker's main process per job (Celery's consumer: fetch, ack, "
               f"events, dispatch): median {statistics.median(main):.2f} ms; per round: "
               f"{', '.join(f'{x:.2f}' for x in main)} ms")
+        cycles = [w - lp for lp, w in zip(CYCLES[LOOP], CYCLES[ONE], strict=True)]
+        print(f"median per-job cycle (one job's end to the next one's), 1 worker minus the "
+              f"loop: median {statistics.median(cycles):.1f} ms over {len(cycles)} pairs; "
+              f"per round: {', '.join(f'{x:.1f}' for x in cycles)} ms (loop "
+              f"{', '.join(f'{x:.1f}' for x in CYCLES[LOOP])}; worker "
+              f"{', '.join(f'{x:.1f}' for x in CYCLES[ONE])} ms)")
         print(f"load average after the workers part: {load_after_workers}")
     print()
     print_bulk(results, sizes, backends, args.latest_rows)
