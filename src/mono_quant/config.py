@@ -139,7 +139,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(("TASK_EVENTS",), "`on`",
              "`on`: workers send Celery task events (received, started, succeeded, ...) for "
              "Flower and celery-exporter; `off`: worker events only, which saves the worker's "
-             "main process about 1.4 ms of CPU per job (docs/performance.md, issue 16). Flower "
+             "main process about 1 ms of CPU per job (docs/performance.md, issue 16). Flower "
              "turns task events back on at run time by itself; celery-exporter needs `on` (or "
              "`celery control enable_events` after each worker start)"),
     Variable(("ALLOWED_FACTORIES",), "`" + ",".join(DEFAULT_ALLOWED_FACTORIES) + "`",
