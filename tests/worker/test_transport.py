@@ -45,9 +45,9 @@ def test_the_app_uses_it_for_plain_redis_only(url, expected):
 def test_one_client_serves_publishes_and_acks_until_the_pool_is_replaced(connection):
     channel = connection.channel()
     assert isinstance(channel, Channel)
-    events = Exchange("celeryev", type="topic")
+    events = Exchange("celeryev", type="fanout")  # what Celery makes of it on Redis
     listener = redis.Redis.from_url(BROKER).pubsub()
-    listener.psubscribe("*celeryev*")
+    listener.psubscribe("/7.celeryev*")  # Redis pub/sub spans databases: this one only
     wait_until(lambda: listener.get_message(timeout=0.1), 5, what="the subscription")
     producer = Producer(channel, exchange=events, auto_declare=False)
     clients = []
@@ -57,9 +57,15 @@ def test_one_client_serves_publishes_and_acks_until_the_pool_is_replaced(connect
             clients.append(client)
     assert clients[0] is clients[1] is clients[2] is channel._one_off_client
     got = []  # every publish arrives
-    wait_until(lambda: got.append(listener.get_message(timeout=0.2)) or
-               sum(m is not None and m["type"] == "pmessage" for m in got) == 3, 10,
-               interval=0, what="the three events")
+
+    def three() -> bool:
+        message = listener.get_message(timeout=0.2)
+        if message is not None and message["type"] == "pmessage":
+            got.append(message["channel"])
+        return len(got) >= 3
+
+    wait_until(three, 10, interval=0, what="the three events")
+    assert got == [b"/7.celeryev/task.multi"] * 3
     old_pool = channel.pool
     channel._disconnect_pools()  # what kombu does on a connection error
     with channel.conn_or_acquire() as client:
