@@ -1,14 +1,16 @@
 """Queue overhead and bulk at scale, each figure with its floor from the same run.
 
 Part 1, the queue (catalog on PostgreSQL): jobs/s for ``loop`` — ``run_job(job_id)`` in a
-loop in this process (the floor) — and ``1 worker`` — the same jobs through Redis and one
-``mono-quant worker`` — in ``--rounds`` paired rounds, ABBA order (loop then worker, worker
-then loop, ...), so a load that drifts through the run favours neither side; the per-job
-overhead is each pair's ``(t_1worker - t_loop) / N``, reported as the median of the pairs
-with its interquartile range and a distribution-free 90 % interval of that median (met only
-when the whole interval is under the target, missed when it is all above), in wall time and
-in CPU time (the loop's process against the submit plus the worker's process tree: what the
-queue costs in work, which the machine's load barely moves); then ``2 workers`` once.
+loop in this process (the floor; meanwhile another process polls ``batch_status`` every 50
+ms, as the harness does while a worker runs, unless ``--no-loop-poll``) — and ``1 worker`` —
+the same jobs through Redis and one ``mono-quant worker`` — in ``--rounds`` paired rounds,
+ABBA order (loop then worker, worker then loop, ...), so a load that drifts through the run
+favours neither side; the per-job overhead is each pair's ``(t_1worker - t_loop) / N``,
+reported as the median of the pairs with its interquartile range and a distribution-free 90
+% interval of that median (met only when the whole interval is under the target, missed when
+it is all above), in wall time and in CPU time (the loop's process against the submit plus
+the worker's process tree: what the queue costs in work, which the machine's load barely
+moves); then ``2 workers`` once.
 
 Part 2, bulk at scale (``bulk_scale.py``), on SQLite and PostgreSQL, each in a fresh process:
 submit 10k / 100k jobs against the floor (a bare Redis ``LPUSH`` of the same messages plus
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import psycopg
@@ -113,16 +116,79 @@ def _tree_cpu(pids: list[int]) -> float:
     return total / _TICK
 
 
-def _loop_once(catalog, tmp: Path, n: int, tag: str) -> tuple[float, float]:
-    """(wall, CPU) seconds of ``run_job`` over n fresh jobs in this process."""
+def _poll_until_done(batch_id: int, n: int, ready, done) -> None:
+    """The worker round's end-of-batch poll (``wait_done``: ``batch_status`` every 50 ms), in
+    a process of its own for the loop round; sets ``ready`` once warm, ``done`` at the end."""
+    from mono_quant.catalog import Catalog
+    from mono_quant.scheduler.service import batch_status
+
+    catalog = Catalog()
+    batch_status(catalog, batch_id)  # imports, connection, compiled statements: before t0
+    ready.set()
+    wait_done(catalog, batch_id, n)
+    done.set()
+    catalog.dispose()
+
+
+def _own_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of the process ``pid`` alone (not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+#: Median milliseconds from one job's end to the next one's (``finished_at`` in run order) of
+#: each loop and 1-worker round: the per-job time of a serial run, which a load spike that
+#: slows a few jobs moves less than the round's total.
+CYCLES: dict[str, list[float]] = {}
+
+
+def _median_cycle_ms(catalog, batch_id: int) -> float:
+    from sqlalchemy import select
+
+    from mono_quant.catalog import Job
+
+    with catalog.begin() as session:
+        ends = sorted(session.scalars(select(Job.finished_at).where(Job.batch_id == batch_id)))
+    return statistics.median((b - a).total_seconds() * 1e3 for a, b in pairwise(ends))
+
+
+#: CPU seconds of the 1-worker rounds' worker main process (Celery's consumer, not the pool
+#: child that runs the jobs), one per round: where the queue's own per-job work happens.
+MAIN_CPU: list[float] = []
+
+
+def _loop_once(catalog, tmp: Path, n: int, tag: str, poll: bool = True
+               ) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``run_job`` over n fresh jobs in this process. With ``poll``
+    the round pays what the worker round pays from the harness: another process polls
+    ``batch_status`` every 50 ms meanwhile, and the round ends when that poll sees the batch
+    done, so the loop and the worker differ by the queue only. CPU: this process's."""
+    import multiprocessing
+
     from mono_quant.scheduler.service import submit
     from mono_quant.worker.job import run_job
 
     loop = submit(manifest(tmp / f"{tag}.json", n, tag), catalog, app=None)
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch
+    ready, done = ctx.Event(), ctx.Event()
+    poller = ctx.Process(target=_poll_until_done, daemon=True,
+                         args=(loop.batch_id, len(loop.job_ids), ready, done))
+    if poll:
+        poller.start()
+        if not ready.wait(120):
+            raise TimeoutError("the loop round's poller did not start")
     t0, c0 = time.perf_counter(), time.process_time()
     for job_id in loop.job_ids:
         run_job(job_id, "loop@bench")
-    return time.perf_counter() - t0, time.process_time() - c0
+    cpu = time.process_time() - c0
+    while poll and not done.wait(1):
+        if not poller.is_alive():
+            raise RuntimeError(f"the loop round's poller exited with {poller.exitcode}")
+    wall = time.perf_counter() - t0
+    if poll:
+        poller.join(30)
+    CYCLES.setdefault(LOOP, []).append(_median_cycle_ms(catalog, loop.batch_id))
+    return wall, cpu
 
 
 def _queued_once(catalog, app, tmp: Path, n: int, tag: str,
@@ -134,17 +200,23 @@ def _queued_once(catalog, app, tmp: Path, n: int, tag: str,
 
     pids = [p.pid for p in procs]
     t0, w0, c0 = time.perf_counter(), _tree_cpu(pids), time.process_time()
+    m0 = _own_cpu(pids[0])
     res = submit(manifest(tmp / f"{tag}.json", n, tag), catalog, app=app)
     cpu = time.process_time() - c0
     wait_done(catalog, res.batch_id, len(res.job_ids))
-    return time.perf_counter() - t0, cpu + _tree_cpu(pids) - w0
+    wall, main = time.perf_counter() - t0, _own_cpu(pids[0]) - m0
+    if len(pids) == 1:
+        MAIN_CPU.append(main)
+        CYCLES.setdefault(ONE, []).append(_median_cycle_ms(catalog, res.batch_id))
+    return wall, cpu + _tree_cpu(pids) - w0
 
 
-def workers_part(n: int, broker: str, tmp: Path, rounds: int = 7
+def workers_part(n: int, broker: str, tmp: Path, rounds: int = 7, loop_poll: bool = True
                  ) -> dict[str, list[tuple[float, float]]]:
     """Part 1: the loop and 1 worker over n jobs in ``rounds`` pairs, ABBA order (so a
     change of the machine's load hits both alike); then 2 workers once. Returns (wall, CPU)
-    seconds of each run by row name, the i-th loop and worker runs being the i-th pair."""
+    seconds of each run by row name, the i-th loop and worker runs being the i-th pair.
+    ``loop_poll``: the loop round runs the worker round's ``batch_status`` poll too."""
     db = f"mq_bench_{secrets.token_hex(4)}"
     env = dict(os.environ, MONO_QUANT_BROKER_URL=broker, MONO_QUANT_COMPILE="never",
                MONO_QUANT_CATALOG_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
@@ -170,14 +242,17 @@ def workers_part(n: int, broker: str, tmp: Path, rounds: int = 7
             procs = start_workers(k, env, f"w{k}-")
             try:
                 _queued_once(catalog, app, tmp, 2 * k, f"warm{k}-", procs)
+                if k == 1:
+                    MAIN_CPU.clear()  # the warm-up is no round
+                    CYCLES.clear()
                 for r in range(rounds if k == 1 else 1):
                     # ABBA: the loop first in even rounds, the worker first in odd ones, so a
                     # load that rises (or falls) through a round favours neither side
                     if k == 1 and r % 2 == 0:
-                        rows[LOOP].append(_loop_once(catalog, tmp, n, f"loop{r}-"))
+                        rows[LOOP].append(_loop_once(catalog, tmp, n, f"loop{r}-", loop_poll))
                     rows[name].append(_queued_once(catalog, app, tmp, n, f"q{k}r{r}-", procs))
                     if k == 1 and r % 2 == 1:
-                        rows[LOOP].append(_loop_once(catalog, tmp, n, f"loop{r}-"))
+                        rows[LOOP].append(_loop_once(catalog, tmp, n, f"loop{r}-", loop_poll))
                     print(f"  round {r}: {({k: v[-1] for k, v in rows.items() if v})}",
                           flush=True)
             finally:
@@ -349,10 +424,12 @@ def median_interval(xs: list[float], level: float = 0.9) -> tuple[float, float]:
     return xs[j - 1], xs[k - j]
 
 
-def print_workers(rows: dict[str, list[tuple[float, float]]], n: int) -> None:
+def print_workers(rows: dict[str, list[tuple[float, float]]], n: int,
+                  loop_poll: bool = True) -> None:
     print(f"\n{n} jobs (tiny MLP, weight-only int8, safetensors), catalog on PostgreSQL; "
           "loop and 1 worker in paired rounds (ABBA order), medians; CPU: the runner's "
-          "processes")
+          "processes; the loop " + ("polled like the workers (--loop-poll)" if loop_poll
+                                    else "bare (--no-loop-poll)"))
     print(f"{'path':34} {'runs':>4} {'wall s':>7} {'jobs/s':>7} {'CPU s':>7}  each run, wall/CPU")
     for name, runs in rows.items():
         wall, cpu = (statistics.median(x) for x in zip(*runs, strict=True))
@@ -381,6 +458,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7,
                         help="paired loop and 1-worker runs (ABBA order); the overhead is the "
                              "median of the pairs' differences with its 90 %% interval")
+    parser.add_argument("--loop-poll", action=argparse.BooleanOptionalAction, default=True,
+                        help="the loop round runs the worker round's batch_status poll (every "
+                             "50 ms, another process), so the two differ by the queue only; "
+                             "--no-loop-poll: the bare loop (sessions 1-7)")
     parser.add_argument("--latest-url", action="append", default=[], metavar="BACKEND=URL",
                         help="reuse this catalog for --latest (built by an earlier run: "
                              "bulk_scale.fast_load, kept); default: a throwaway one")
@@ -397,14 +478,24 @@ def main() -> None:
     print(f"load average (1, 5, 15 min) at the start: {load_start}", flush=True)
     try:
         rows = {} if args.skip_workers else workers_part(args.jobs, broker, tmp,
-                                                        args.rounds)
+                                                        args.rounds, args.loop_poll)
         load_after_workers = tuple(round(x, 2) for x in os.getloadavg())
         latest_urls = dict(kv.split("=", 1) for kv in args.latest_url)
         results = bulk_part(sizes, backends, args.latest_rows, broker, tmp, latest_urls)
     finally:
         r.flushdb()
     if rows:
-        print_workers(rows, args.jobs)
+        print_workers(rows, args.jobs, args.loop_poll)
+        main = [c / args.jobs * 1e3 for c in MAIN_CPU]
+        print(f"CPU of the worker's main process per job (Celery's consumer: fetch, ack, "
+              f"events, dispatch): median {statistics.median(main):.2f} ms; per round: "
+              f"{', '.join(f'{x:.2f}' for x in main)} ms")
+        cycles = [w - lp for lp, w in zip(CYCLES[LOOP], CYCLES[ONE], strict=True)]
+        print(f"median per-job cycle (one job's end to the next one's), 1 worker minus the "
+              f"loop: median {statistics.median(cycles):.1f} ms over {len(cycles)} pairs; "
+              f"per round: {', '.join(f'{x:.1f}' for x in cycles)} ms (loop "
+              f"{', '.join(f'{x:.1f}' for x in CYCLES[LOOP])}; worker "
+              f"{', '.join(f'{x:.1f}' for x in CYCLES[ONE])} ms)")
         print(f"load average after the workers part: {load_after_workers}")
     print()
     print_bulk(results, sizes, backends, args.latest_rows)

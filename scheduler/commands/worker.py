@@ -40,19 +40,30 @@ def run(args: argparse.Namespace) -> int:
     queues = queues_for(args.gpu, args.queues.split(",") if args.queues else None)
     name = args.name or node_name(args.gpu)
 
+    from mono_quant.config import get_settings
     from mono_quant.worker.app import app
 
     sweeper = _start_sweeper_when_ready(name)
     try:
-        app.worker_main([
-            "worker", "--queues", ",".join(queues), "--hostname", name, "--concurrency", "1",
-            "--pool", "prefork", "--loglevel", args.loglevel, "--task-events",
-        ])
+        app.worker_main(celery_argv(queues, name, args.loglevel, get_settings().task_events))
     finally:  # the pool is gone: whatever this node still holds was interrupted
         if sweeper:
             sweeper[0].stop()
         _release_claims(name)
     return 0
+
+
+def celery_argv(queues: list[str], name: str, loglevel: str, task_events: bool) -> list[str]:
+    """The ``celery worker`` command line of one worker: prefork, one process. Task events
+    (``MONO_QUANT_TASK_EVENTS``) are named on it when on; when off, nothing overrides
+    ``worker_send_task_events=False`` (Flower's ``enable_events`` broadcast still can).
+
+    >>> celery_argv(["cpu"], "cpu1@%h", "info", task_events=False)[-2:]
+    ['--loglevel', 'info']
+    """
+    argv = ["worker", "--queues", ",".join(queues), "--hostname", name, "--concurrency", "1",
+            "--pool", "prefork", "--loglevel", loglevel]
+    return [*argv, "--task-events"] if task_events else argv
 
 
 def _start_sweeper_when_ready(name: str) -> list:

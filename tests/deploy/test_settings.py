@@ -1,4 +1,4 @@
-"""MONO_QUANT_SOFT_SHUTDOWN_TIMEOUT: read, validated, and handed to Celery."""
+"""Worker settings (soft shutdown, sweeps, broker, task events): read, checked, given to Celery."""
 
 from __future__ import annotations
 
@@ -59,3 +59,26 @@ def test_a_broker_is_configured_only_when_set(environ, configured):
     settings = Settings.from_env(environ)
     assert settings.broker_configured is configured
     assert settings.broker_url.startswith("redis://")  # a URL either way, for Celery
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, True), ("on", True), ("off", False),
+                                               (" OFF ", False)],
+                         ids=["default", "on", "off", "case-and-spaces"])
+def test_task_events_setting_reaches_celery_and_the_worker_command(raw, expected):
+    settings = Settings.from_env({} if raw is None else {"MONO_QUANT_TASK_EVENTS": raw})
+    assert settings.task_events is expected
+
+    from mono_quant.scheduler.commands.worker import celery_argv
+    from mono_quant.worker.app import create_app
+
+    assert create_app(settings).conf.worker_send_task_events is expected
+    argv = celery_argv(["cpu"], "cpu1@h", "info", settings.task_events)
+    # off: nothing on the command line may override worker_send_task_events=False
+    assert [a for a in argv if "event" in a] == (["--task-events"] if expected else [])
+    assert argv[:2] == ["worker", "--queues"] and "prefork" in argv
+
+
+def test_bad_task_events_is_a_config_error():
+    with pytest.raises(BadConfigError,
+                       match="^MONO_QUANT_TASK_EVENTS='maybe': expected 'on' or 'off'$"):
+        Settings.from_env({"MONO_QUANT_TASK_EVENTS": "maybe"})

@@ -373,3 +373,57 @@ def test_a_whole_worker_killed_is_recovered_by_a_peer_without_reconcile(env, wor
     finally:
         source.close()
     assert peer.proc.poll() is None
+
+
+def _capture_events(env) -> tuple[list[dict], object]:
+    """Celery events as Flower and celery-exporter receive them, collected in a thread;
+    returns the growing list and a function that stops the capture."""
+    import threading
+
+    from mono_quant.config import Settings
+    from mono_quant.worker.app import create_app
+
+    app, seen = create_app(Settings.from_env(env)), []
+    conn = app.connection_for_read()
+    receiver = app.events.Receiver(conn, handlers={"*": seen.append})
+    thread = threading.Thread(target=receiver.capture, kwargs={"limit": None}, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        receiver.should_stop = True
+        thread.join(10)
+        conn.release()
+
+    return seen, stop
+
+
+def test_task_events_off_until_a_monitor_turns_them_on(env, workers, tmp_path):
+    """MONO_QUANT_TASK_EVENTS=off: the worker sends worker events only, so Flower's periodic
+    ``enable_events`` broadcast (what Flower does by default) turns task events on at run
+    time; celery-exporter, which sends no such broadcast, needs the setting on."""
+    from mono_quant.config import Settings
+    from mono_quant.worker.app import create_app
+
+    env["MONO_QUANT_TASK_EVENTS"] = "off"
+    workers("w1@e2e")
+    seen, stop = _capture_events(env)
+    try:  # subscribed once the worker's heartbeat (every 2 s) comes through
+        wait_until(lambda: any(e["type"] == "worker-heartbeat" for e in seen), 15,
+                   what="a worker heartbeat")
+        for i, expect_events in ((0, False), (1, True)):
+            manifest = _manifest(tmp_path / f"jobs{i}.yaml", [
+                {"name": f"m{i}", "model": f"factory:tests.jobfixtures:tiny?seed={i}"}])
+            assert cli("submit", str(manifest), "--wait", "--quiet", env=env).returncode == 0
+            if expect_events:
+                wait_until(lambda: sum(e["type"] == "task-succeeded" for e in seen) == 1, 10,
+                           what="task events after enable_events")
+            else:
+                time.sleep(1)  # task events are flushed at once: none may come
+                assert not [e for e in seen if e["type"].startswith("task-")]
+                app = create_app(Settings.from_env(env))
+                assert app.control.enable_events(reply=True, timeout=2) == [
+                    {"w1@e2e": {"ok": "task events enabled"}}]
+        assert [e["type"] for e in seen if e["type"].startswith("task-")] == [
+            "task-received", "task-started", "task-succeeded"]
+    finally:
+        stop()
