@@ -68,8 +68,10 @@ def test_strategies_and_auto(llama):
     assert adm.estimate_from_summary(s, "auto", 64, total=40 << 30).strategy == "sequential"
     with pytest.raises(Exception, match="no estimate for pipeline strategy 'magic'"):
         adm.estimate_from_summary(s, "magic", None)
-    spec = JobSpec(parse_model_source(f"hf:{llama}"))
+    spec = JobSpec(parse_model_source(f"hf:{llama}"), stream=False)
     assert adm.estimate_memory(spec).strategy == "in_memory"  # JobSpec has no `pipeline` yet
+    # unset stream: this weight-only llama streams by itself, which bounds its own memory
+    assert adm.estimate_memory(JobSpec(parse_model_source(f"hf:{llama}"))) is None
     assert adm.estimate_memory(JobSpec(parse_model_source(
         "factory:mono_quant.demo_models:mlp"))) is None
 
@@ -261,9 +263,10 @@ def test_an_admitted_job_holds_its_reservation_until_it_ends(settings, llama, mo
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "run_pipeline", spy)
-    job_id = _submit(settings, f"hf:{llama}")
+    job_id = _submit(settings, f"hf:{llama}", stream=False)  # in memory: an estimate
     assert run_job(job_id, "w@test", settings=settings).status is OutcomeStatus.SUCCEEDED
-    expected = adm.estimate_memory(JobSpec(parse_model_source(f"hf:{llama}"))).bytes
+    expected = adm.estimate_memory(JobSpec(parse_model_source(f"hf:{llama}"),
+                                           stream=False)).bytes
     (held,) = seen
     assert list(held) == [str(job_id)] and held[str(job_id)]["bytes"] == expected
     assert Ledger(settings.data_dir / "admission", "cpu").reserved() == {}  # released
