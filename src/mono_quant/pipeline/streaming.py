@@ -251,13 +251,10 @@ def _metrics(total: Any, per_layer: dict[str, float], layers_total: int, size_fp
 
 
 def _metrics_template(selected: list[str], tied: list[list[str]] | None) -> dict[str, Any]:
-    """Metrics with the longest value reprs: sizes the header space reserved for them."""
-    longest = -1.2345678901234567e-308
-    acc = type("Longest", (), {"sqnr_db": longest})()
-    metrics = _metrics(acc, dict.fromkeys(selected, longest), 10**12, 10**18, 10**18, tied)
-    # sizes 10**18 / 10**18: a ratio of 1, so the low-compression warning is in the template
-    metrics.update(compression_ratio=longest)
-    return metrics
+    """Metrics with the final ones' keys (their values do not matter): ``header_bound`` of
+    an info holding them sizes the header, as ``save_model`` sizes it from the final info."""
+    acc = type("Template", (), {"sqnr_db": 0.0})()
+    return _metrics(acc, dict.fromkeys(selected, 0.0), 0, 1, 1, tied)
 
 
 def _head_layers(tied: list[list[str]] | None, headers: list[SafetensorsHeader]) -> int:
