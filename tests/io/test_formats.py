@@ -154,6 +154,9 @@ def test_header_length_does_not_depend_on_the_metrics_values(tmp_path):
         assert read_info(path) == info
         with safe_open(path, "pt") as f:  # the reference reader accepts the padding
             readers.append((f.metadata()[INFO_KEY], torch.equal(f.get_tensor("w"), tensors["w"])))
+        from transformers.modeling_utils import load_state_dict  # and transformers' loader
+
+        assert torch.equal(load_state_dict(str(path))["w"], tensors["w"])
     assert len(sizes) == 1
     assert [ok for _, ok in readers] == [True, True]
 
