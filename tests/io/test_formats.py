@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from mono_quant import (
     BadConfigError,
@@ -120,12 +121,44 @@ def test_header_bytes_are_exact_strings(tmp_path):
         + '},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
         '"a":{"dtype":"I8","shape":[2],"data_offsets":[8,10]}}'
     ).encode()
-    expected += b" " * (-len(expected) % 8)
+    # padded with spaces to the length the header has with every metric at its widest
+    widest = dict(info.to_dict(), metrics={"sqnr": -2.2250738585072014e-308, "note": 'a "q"',
+                                           "warnings": ["w" * 320] * 2})
+    bound = len(expected) - len(json.dumps(info.to_json())) + len(
+        json.dumps(json.dumps(widest, sort_keys=True)))
+    expected += b" " * (bound + -bound % 8 - len(expected))
     assert raw[8 : 8 + n] == expected
     assert raw[8 + n :] == torch.tensor([1.0, 2.0]).numpy().tobytes() + bytes([3, 4])
     meta = json.loads(raw[8 : 8 + n])["__metadata__"]
     assert all(isinstance(v, str) for v in meta.values())
     assert QuantizationInfo.from_json(meta[INFO_KEY]) == info
+
+
+def test_header_length_does_not_depend_on_the_metrics_values(tmp_path):
+    """What lets the streamed writer put the data at its final offsets before it knows the
+    metrics: the header is padded to a length fixed by the metric names, not their values."""
+    tensors = {"w": torch.ones(4, dtype=torch.int8)}
+    sizes, readers = set(), []
+    for i, metrics in enumerate([
+        {"sqnr": 1.0, "layers": 2, "per_layer": {"a": 3.5}},
+        {"sqnr": -1.2345678901234567e-300, "layers": 10**15, "per_layer": {"a": 1 / 3},
+         "warnings": ["low compression: 1.00x (< 2.0x); 1 of 1000 layers quantized"]},
+    ]):
+        info = QuantizationInfo(QuantConfig(), metrics=metrics)
+        path = save_model(tensors, tmp_path / f"{i}.safetensors", info)
+        sizes.add(path.stat().st_size)
+        raw = path.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        json_end = len(raw[8 : 8 + n].rstrip(b" "))
+        assert n - json_end > 100  # trailing spaces (0x20): the format allows them
+        assert read_info(path) == info
+        with safe_open(path, "pt") as f:  # the reference reader accepts the padding
+            readers.append((f.metadata()[INFO_KEY], torch.equal(f.get_tensor("w"), tensors["w"])))
+        from transformers.modeling_utils import load_state_dict  # and transformers' loader
+
+        assert torch.equal(load_state_dict(str(path))["w"], tensors["w"])
+    assert len(sizes) == 1
+    assert [ok for _, ok in readers] == [True, True]
 
 
 def test_build_metadata_is_string_to_string():

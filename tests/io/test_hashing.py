@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
-from mono_quant.io.hashing import sha256_path, size_path
+import pytest
+
+from mono_quant.io.hashing import sha256_fd, sha256_path, size_path
 
 
 def test_file_digest_is_sha256_of_bytes(tmp_path):
@@ -10,6 +13,21 @@ def test_file_digest_is_sha256_of_bytes(tmp_path):
     p.write_bytes(b"x" * 3_000_000)
     assert sha256_path(p) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
     assert size_path(p) == 3_000_000
+
+
+def test_fd_digest_reads_the_whole_file_from_a_duplicate_and_closes_it(tmp_path):
+    """How the streamed writer hashes its artifact while the file is still open (and synced):
+    the writer's own offset stays where it was, the duplicate is closed."""
+    data = os.urandom(40 << 20) + b"tail"  # more than one 16 MiB read
+    with open(tmp_path / "a.bin", "w+b") as f:
+        f.write(data)
+        f.flush()
+        f.seek(5)
+        fd = os.dup(f.fileno())
+        assert sha256_fd(fd) == (hashlib.sha256(data).hexdigest(), len(data))
+        assert f.tell() == 5
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 def test_folder_digest_covers_names_and_contents(tmp_path):

@@ -80,6 +80,36 @@ def test_loads_with_the_real_library_and_our_reader(tmp_path):
         assert all(_same(read_tensor(f, header, k), v.contiguous()) for k, v in tensors.items())
 
 
+def test_size_for_fixes_the_header_length_and_the_metadata_is_written_in_place(tmp_path):
+    tensors = {"a": torch.ones(3, dtype=torch.int8), "b": torch.arange(4.0)}
+    specs = {k: TensorSpec.of(t) for k, t in tensors.items()}
+    bound = {"final": "x" * 100}  # one key: the reference writes several in any order
+    files = []
+    for final in ("short", "y" * 100):
+        path = tmp_path / f"{len(final)}.safetensors"
+        with open(path, "w+b") as f:
+            writer = SafetensorsWriter(f, specs, {"final": ""}, size_for=bound)
+            start = writer.data_start
+            writer.write("b", tensors["b"])
+            writer.write("a", tensors["a"])
+            writer.set_metadata({"final": final})
+            assert writer.data_start == start  # nothing moved
+            with pytest.raises(MonoQuantError, match="only .* were reserved"):
+                writer.set_metadata({"final": "z" * 120})
+            writer.finish()
+        assert all(torch.equal(load_file(path)[k], v) for k, v in tensors.items())
+        with safe_open(path, "pt") as f:
+            assert f.metadata() == {"final": final}
+        files.append(path.read_bytes())
+    short, full = files
+    assert len(short) == len(full) and short[:8] == full[:8]
+    n = int.from_bytes(short[:8], "little")
+    assert len(short[8 : 8 + n].rstrip(b" ")) <= n - 95  # "short" padded with spaces
+    reference = tmp_path / "ref.safetensors"
+    save_file(tensors, reference, metadata={"final": "y" * 100})
+    assert full == reference.read_bytes()  # the widest metadata: no padding at all
+
+
 def test_custom_order_and_reserved_header(tmp_path):
     tensors = {"a": torch.ones(3, dtype=torch.int8), "b": torch.arange(4.0)}
     path = tmp_path / "x.safetensors"

@@ -21,14 +21,12 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import torch
 
@@ -116,17 +114,18 @@ def copy_tensor_bytes(
     writer._done(out_name)
 
 
-#: Bytes moved (and hashed) per step when the header shrinks: two such buffers are held.
-_MOVE_CHUNK = 16 << 20
-
-
 class SafetensorsWriter:
     """Write a safetensors file whose tensors are known by spec before their data exists.
 
     ``order`` (default: the reference's) fixes the layout; tensors may then be written in any
-    order. ``reserve`` adds that many spare bytes (spaces, rounded up to 8) to the header, so
-    :meth:`set_metadata` can later store larger metadata (metrics known only at the end)
-    without moving any tensor data. :meth:`finish` checks every tensor was written.
+    order. ``size_for`` (metadata no smaller than any the file will hold, e.g. with every
+    metric at its widest) sizes the header up front: it is as long as the header with
+    ``size_for`` would be, and the actual header is trailing-padded with spaces (0x20, which
+    the format allows) to that length. :meth:`set_metadata` can then store the final metadata
+    (metrics known only at the end) in place, without moving any tensor data, and two writers
+    given the same ``size_for`` write the same bytes whatever the metrics' values.
+    ``reserve`` adds that many further spare bytes (rounded up to 8). :meth:`finish` checks
+    every tensor was written.
     """
 
     def __init__(
@@ -137,6 +136,7 @@ class SafetensorsWriter:
         *,
         order: Sequence[str] | None = None,
         reserve: int = 0,
+        size_for: Mapping[str, str] | None = None,
     ) -> None:
         if sys.byteorder == "big":
             raise StorageError("big-endian hosts are not supported by mono-quant's writer")
@@ -153,7 +153,8 @@ class SafetensorsWriter:
             offset += n
         self._names = names
         header = self._header(metadata)
-        self._header_len = len(header) + -(-reserve // 8) * 8
+        bound = len(self._header(size_for)) if size_for is not None else 0
+        self._header_len = max(len(header), bound) + -(-reserve // 8) * 8
         self._data_start = 8 + self._header_len
         f.seek(0)
         f.write(self._header_len.to_bytes(8, "little"))
@@ -193,61 +194,17 @@ class SafetensorsWriter:
         """The caller wrote the whole data section itself, in ``order`` (a raw copy)."""
         self._pending.clear()
 
-    def set_metadata(self, metadata: Mapping[str, str] | None, *,
-                     exact: bool = False) -> str | None:
-        """Rewrite the header with new metadata; it must fit in the reserved length.
-
-        ``exact`` (once every tensor is written): drop the spare bytes, moving the tensor
-        data down in one pass, so the file is byte for byte the one a writer that knew the
-        metadata up front writes (the in-memory path's ``save_model``). The moved bytes are
-        hashed on the way, in a second thread: returns the whole file's sha256 when the
-        data moved, else None."""
+    def set_metadata(self, metadata: Mapping[str, str] | None) -> None:
+        """Rewrite the header in place with new metadata; it must fit in the header's length
+        (fixed when the writer was made: see ``size_for``)."""
         header = self._header(metadata)
         if len(header) > self._header_len:
             raise MonoQuantError(
                 f"metadata needs a {len(header)} byte header but only {self._header_len} were "
-                "reserved (a bug in the caller's reserve estimate)"
+                "reserved (a bug in the caller's size_for or reserve)"
             )
-        digest = None
-        if exact and len(header) < self._header_len:
-            head = len(header).to_bytes(8, "little") + header
-            digest = self._move_data(8 + len(header), hashlib.sha256(head))
-            self._header_len, self._data_start = len(header), 8 + len(header)
-            self._f.seek(0)
-            self._f.write(self._header_len.to_bytes(8, "little"))
         self._f.seek(8)
         self._f.write(header.ljust(self._header_len, b" "))
-        return digest
-
-    def _move_data(self, start: int, h: Any) -> str:
-        """Move the data section down to ``start`` (chunk by chunk, lowest first: a chunk
-        is read before anything is written over it), cut the file after it, and return
-        ``h`` (the header's hash) updated with the data: each chunk is hashed by one
-        thread, in order, while the next moves (two buffers; hashlib releases the GIL)."""
-        if self._pending:
-            raise MonoQuantError("SafetensorsWriter: the data moves only once it is written")
-        size = max((end for _, end in self._offsets.values()), default=0)
-        buffers = [memoryview(bytearray(min(_MOVE_CHUNK, max(size, 1)))) for _ in range(2)]
-        hashed: list[Future | None] = [None, None]
-        done, slot = 0, 0
-        with ThreadPoolExecutor(1, thread_name_prefix="mono-quant-hash") as pool:
-            while done < size:
-                buffer, previous = buffers[slot], hashed[slot]
-                if previous is not None:
-                    previous.result()  # this buffer's last chunk is hashed: reuse it
-                self._f.seek(self._data_start + done)
-                n = self._f.readinto(buffer[: min(len(buffer), size - done)])
-                if not n:
-                    raise StorageError("safetensors writer: the data section was cut short")
-                self._f.seek(start + done)
-                self._f.write(buffer[:n])
-                hashed[slot] = pool.submit(h.update, buffer[:n])
-                done, slot = done + n, 1 - slot
-        for future in hashed:
-            if future is not None:
-                future.result()
-        self._f.truncate(start + size)
-        return h.hexdigest()
 
     def _write_at(self, name: str, start: int, data: memoryview) -> None:
         if name not in self._pending:

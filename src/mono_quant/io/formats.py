@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -99,6 +100,49 @@ def _build_metadata(
     return meta
 
 
+#: The widest JSON reprs of a float (17 significant digits, a 3-digit negative exponent) and
+#: of a 64-bit integer: what every metric value is replaced by to size an artifact's header.
+_WIDEST_FLOAT = -2.2250738585072014e-308
+_WIDEST_INT = -(2**63)
+#: Room for the warnings ``_warn_low`` can add (two, each well under this many characters).
+_WARNING_ROOM = ["w" * 320] * 2
+
+
+def _widest(value: Any) -> Any:
+    """``value`` with every number at its widest JSON repr (structure and strings kept)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return _WIDEST_FLOAT
+    if isinstance(value, int):
+        return value if len(str(value)) > len(str(_WIDEST_INT)) else _WIDEST_INT
+    if isinstance(value, dict):
+        return {k: _widest(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_widest(v) for v in value]
+    return value
+
+
+def header_bound(info: QuantizationInfo) -> dict[str, str]:
+    """Metadata at least as long as ``info``'s, whatever its metrics' values: every number
+    in the metrics at its widest, room for the warnings. A single-file safetensors artifact's
+    header is padded to this length (``SafetensorsWriter(size_for=...)``), so it depends only
+    on what is known before quantizing (config, layers, metric names), and the streamed
+    writer, which learns the metrics last, writes the data at its final offsets first and
+    the header in place at the end: the same bytes as ``save_model``.
+
+    Example:
+        >>> from mono_quant import QuantConfig
+        >>> a = QuantizationInfo(QuantConfig(), ["fc"], metrics={"weight_sqnr_db": 41.5})
+        >>> b = QuantizationInfo(QuantConfig(), ["fc"], metrics={"weight_sqnr_db": 1e-300,
+        ...                                                       "warnings": ["low"]})
+        >>> header_bound(a) == header_bound(b)
+        True
+    """
+    metrics = {**_widest(info.metrics), "warnings": _WARNING_ROOM}
+    return _build_metadata(dataclasses.replace(info, metrics=metrics))
+
+
 def _tensors(obj: nn.Module | Mapping[str, Any]) -> dict[str, torch.Tensor]:
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
@@ -142,11 +186,12 @@ def _write_shards(tensors: Mapping[str, torch.Tensor], folder: Path,
 
 
 def _write_safetensors(
-    tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]
+    tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str],
+    size_for: Mapping[str, str] | None = None,
 ) -> None:
     specs = {k: TensorSpec.of(t) for k, t in tensors.items()}
     with atomic_file(path) as f:
-        writer = SafetensorsWriter(f, specs, metadata)
+        writer = SafetensorsWriter(f, specs, metadata, size_for=size_for)
         for name, t in tensors.items():
             writer.write(name, t)
         writer.finish()
@@ -249,8 +294,9 @@ def save_model(
     if fmt == "safetensors" and shard is not None:
         with atomic_dir(path) as tmp:
             _write_shards(tensors, tmp, info, shard)
-    elif fmt == "safetensors":
-        _write_safetensors(tensors, path, _build_metadata(info))
+    elif fmt == "safetensors":  # the header padded to a length known before quantizing
+        _write_safetensors(tensors, path, _build_metadata(info),
+                           header_bound(info) if info is not None else None)
     elif fmt == "pt":
         write_pt(tensors, path, _build_metadata(info))
     else:

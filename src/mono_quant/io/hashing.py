@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from mono_quant.io._files import refuse_special_file
 
-__all__ = ["checkpoint_digest", "folder_digest", "sha256_path", "size_path", "state_dict_digest"]
+__all__ = [
+    "checkpoint_digest", "folder_digest", "sha256_fd", "sha256_path", "size_path",
+    "state_dict_digest",
+]
 
 _BLOCK = 1 << 20
 
@@ -34,6 +38,21 @@ def _sha256_file(path: Path) -> str:
         while block := f.read(_BLOCK):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_fd(fd: int) -> tuple[str, int]:
+    """(sha256, size) of the bytes of the open file ``fd``, read with ``pread`` (its offset
+    is untouched), then closed: give it a ``os.dup`` of a file still being written, to hash
+    it in another thread while the writer syncs it (hashlib and reads release the GIL)."""
+    try:
+        h, size = hashlib.sha256(), 0
+        buffer = memoryview(bytearray(16 * _BLOCK))
+        while n := os.preadv(fd, [buffer], size):
+            h.update(buffer[:n])
+            size += n
+        return h.hexdigest(), size
+    finally:
+        os.close(fd)
 
 
 def _files(folder: Path) -> list[Path]:

@@ -42,6 +42,7 @@ import json
 import math
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ from mono_quant.io._safetensors_stream import (
     read_tensor,
 )
 from mono_quant.io._targets import check_outside_source, check_replaceable
-from mono_quant.io.formats import _build_metadata, detect_format
+from mono_quant.io.formats import _build_metadata, detect_format, header_bound
+from mono_quant.io.hashing import sha256_fd
 from mono_quant.io.sharded import INDEX_FILE
 from mono_quant.quant import options
 from mono_quant.quant.info import QuantizationInfo, library_versions
@@ -249,13 +251,10 @@ def _metrics(total: Any, per_layer: dict[str, float], layers_total: int, size_fp
 
 
 def _metrics_template(selected: list[str], tied: list[list[str]] | None) -> dict[str, Any]:
-    """Metrics with the longest value reprs: sizes the header space reserved for them."""
-    longest = -1.2345678901234567e-308
-    acc = type("Longest", (), {"sqnr_db": longest})()
-    metrics = _metrics(acc, dict.fromkeys(selected, longest), 10**12, 10**18, 10**18, tied)
-    # sizes 10**18 / 10**18: a ratio of 1, so the low-compression warning is in the template
-    metrics.update(compression_ratio=longest)
-    return metrics
+    """Metrics with the final ones' keys (their values do not matter): ``header_bound`` of
+    an info holding them sizes the header, as ``save_model`` sizes it from the final info."""
+    acc = type("Template", (), {"sqnr_db": 0.0})()
+    return _metrics(acc, dict.fromkeys(selected, 0.0), 0, 1, 1, tied)
 
 
 def _head_layers(tied: list[list[str]] | None, headers: list[SafetensorsHeader]) -> int:
@@ -290,8 +289,8 @@ def quantize_checkpoint(
     (:mod:`~mono_quant.pipeline.auto_stream`). The metadata is then exactly the in-memory
     path's (``tied_weights``, a tied head counted in ``layers_total``). None (the default):
     only the checkpoint is known, and the metrics say ``streamed: true``. ``on_sha256``:
-    called with the artifact's sha256 and size when they were taken while its bytes were
-    written (a ``tied`` run's last pass over them), so the caller need not read it again.
+    called with the artifact's sha256 and size, taken in a second thread while the file was
+    synced to disk, so the caller need not read it again.
 
     Raises:
         BadConfigError: static mode or nothing selected.
@@ -335,10 +334,10 @@ def _stream(dst: Path, headers: list[SafetensorsHeader], layers: list[str], sele
     """Write ``dst`` tensor by tensor: the selected weights quantized, the rest copied."""
     specs = _plan(headers, selected, config, transposed)
     quantized = {f"{layer}.weight": layer for layer in selected}
-    template = QuantizationInfo(config, selected, 0, {}, _metrics_template(selected, tied))
-    template.library_versions = library_versions()
-    # Header space for the final metadata (metrics are known only at the end).
-    reserve = len(json.dumps(_build_metadata(template))) + 4096 + 16 * len(selected)
+    # The header's length is fixed now (every metric at its widest, header_bound): the data
+    # lands at its final offsets and the metrics are written into the header at the end.
+    template = QuantizationInfo(config, selected, 0, library_versions(),
+                                _metrics_template(selected, tied))
 
     total, per_layer = ErrorAccumulator(), {}
     size_fp = sum(e.nbytes for h in headers for e in h.tensors.values())
@@ -347,11 +346,13 @@ def _stream(dst: Path, headers: list[SafetensorsHeader], layers: list[str], sele
                              if n in quantized), dtype=torch.uint8)
     work = sum(4 * math.prod(e.shape) for h in headers for n, e in h.tensors.items()
                if n in quantized)  # float32 bytes the kernels will see
-    with atomic_file(dst) as out, options.job_work(work), tqdm(
+    with ThreadPoolExecutor(1, thread_name_prefix="mono-quant-hash") as pool, \
+            atomic_file(dst) as out, options.job_work(work), tqdm(
         total=size_fp, unit="B", unit_scale=True, desc="streaming",
         disable=None if progress else True,  # None: a bar only on a terminal
     ) as bar:
-        writer = SafetensorsWriter(out, specs, _build_metadata(None), reserve=reserve)
+        writer = SafetensorsWriter(out, specs, _build_metadata(None),
+                                   size_for=header_bound(template))
         for h in headers:
             with open(h.path, "rb") as f:
                 for name, e in h.tensors.items():
@@ -368,9 +369,16 @@ def _stream(dst: Path, headers: list[SafetensorsHeader], layers: list[str], sele
         layers_total = len(layers) + _head_layers(tied, headers)
         metrics = _metrics(total, per_layer, layers_total, size_fp, size_q, tied)
         info = QuantizationInfo(config, selected, 0, library_versions(), metrics)
-        # verified families: the in-memory artifact's bytes, so no spare header bytes
-        sha256 = writer.set_metadata(_build_metadata(info), exact=tied is not None)
-        if sha256 is not None and on_sha256 is not None:
-            on_sha256(sha256, writer.data_start + size_q)
+        writer.set_metadata(_build_metadata(info))
         writer.finish()
+        hashed = _hash_in_background(out, pool) if on_sha256 is not None else None
+    if hashed is not None:  # taken while atomic_file synced the file to disk
+        on_sha256(*hashed.result())
     return info
+
+
+def _hash_in_background(out, pool: ThreadPoolExecutor) -> Future:
+    """The future (sha256, size) of the complete file ``out``, hashed by ``pool`` from a
+    duplicate descriptor: it reads the page cache while the caller flushes and fsyncs."""
+    out.flush()
+    return pool.submit(sha256_fd, os.dup(out.fileno()))
