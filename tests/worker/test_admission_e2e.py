@@ -72,8 +72,11 @@ def test_a_job_waiting_for_memory_is_requeued_without_attempts_then_runs(env, tm
                         job_id=10**9, pid=os.getpid())  # 64 MiB left: the job needs more
     assert held.verdict.value == "admit"
     manifest = tmp_path / "jobs.yaml"
+    # stream: false: left unset, this weight-only llama would stream, which bounds its own
+    # memory and so is admitted without an estimate
     manifest.write_text(json.dumps({"defaults": {"queue": "cpu"},
-                                    "jobs": [{"name": "llama", "model": f"hf:{model}"}]}))
+                                    "jobs": [{"name": "llama", "model": f"hf:{model}",
+                                              "stream": False}]}))
     worker = Worker("w1@admission", env, tmp_path)
     try:
         worker.wait_ready()
