@@ -136,12 +136,13 @@ VARIABLES: tuple[Variable, ...] = (
              "`REMAP_SIGTERM=SIGQUIT`) lets its running job finish before cancelling it and "
              "putting its message back on the queue (Celery's `worker_soft_shutdown_timeout`); "
              "`deploy/` sets `300` and stop grace periods of `360`"),
-    Variable(("TASK_EVENTS",), "`on`",
+    Variable(("TASK_EVENTS",), "`off`",
              "`on`: workers send Celery task events (received, started, succeeded, ...) for "
-             "Flower and celery-exporter; `off`: worker events only, which saves the worker's "
-             "main process about 1 ms of CPU per job (docs/performance.md, issue 16). Flower "
-             "turns task events back on at run time by itself; celery-exporter needs `on` (or "
-             "`celery control enable_events` after each worker start)"),
+             "celery-exporter; `off` (Celery's own default): worker events only, which saves "
+             "each job about 1 ms of the worker's main-process CPU and 4-5 ms of wall time "
+             "between jobs (docs/performance.md, issue 16). Flower turns task events on at run "
+             "time by itself; celery-exporter needs `on` (or `celery control enable_events` "
+             "after each worker start)"),
     Variable(("ALLOWED_FACTORIES",), "`" + ",".join(DEFAULT_ALLOWED_FACTORIES) + "`",
              "comma-separated module patterns (`pkg.*`, `pkg.mod`; `*` allows all) whose "
              "`factory:` callables jobs may import and run; checked at `submit`, `run`, "
@@ -311,9 +312,10 @@ class Settings:
     serve_token: str | None = None
     #: MONO_QUANT_ADMISSION — estimate and reserve a job's memory before claiming it.
     admission: bool = True
-    #: MONO_QUANT_TASK_EVENTS — workers send Celery task events (Flower, celery-exporter);
-    #: off: worker events only (Flower's ``enable_events`` broadcasts still turn them on).
-    task_events: bool = True
+    #: MONO_QUANT_TASK_EVENTS — workers send Celery task events (celery-exporter); default
+    #: off, Celery's own: worker events only (Flower's ``enable_events`` broadcasts turn task
+    #: events on at run time).
+    task_events: bool = False
     #: MONO_QUANT_ADMISSION_RETRY — seconds before a job that does not fit now is offered again.
     admission_retry: float = DEFAULT_ADMISSION_RETRY
     #: MONO_QUANT_ACTIVATION_OFFLOAD_BYTES — a sequential job's activation cache beyond this
@@ -353,7 +355,7 @@ class Settings:
             config_file=home.config_file,
             serve_token=env.text("SERVE_TOKEN") or None,
             admission=_on_off(env, "ADMISSION"),
-            task_events=_on_off(env, "TASK_EVENTS"),
+            task_events=_on_off(env, "TASK_EVENTS", default="off"),
             admission_retry=env.seconds("ADMISSION_RETRY", DEFAULT_ADMISSION_RETRY),
             activation_offload_bytes=_non_negative(env, "ACTIVATION_OFFLOAD_BYTES",
                                                    DEFAULT_ACTIVATION_OFFLOAD_BYTES),
@@ -404,8 +406,8 @@ def _non_negative(env: _Env, name: str, default: int) -> int:
     return value
 
 
-def _on_off(env: _Env, name: str) -> bool:
-    raw = (env.text(name) or "on").strip().lower()
+def _on_off(env: _Env, name: str, default: str = "on") -> bool:
+    raw = (env.text(name) or default).strip().lower()
     if raw not in ("on", "off"):
         raise BadConfigError(f"{_PREFIX}{name}={raw!r}: expected 'on' or 'off'")
     return raw == "on"

@@ -61,7 +61,7 @@ def test_a_broker_is_configured_only_when_set(environ, configured):
     assert settings.broker_url.startswith("redis://")  # a URL either way, for Celery
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(None, True), ("on", True), ("off", False),
+@pytest.mark.parametrize(("raw", "expected"), [(None, False), ("on", True), ("off", False),
                                                (" OFF ", False)],
                          ids=["default", "on", "off", "case-and-spaces"])
 def test_task_events_setting_reaches_celery_and_the_worker_command(raw, expected):
