@@ -115,7 +115,8 @@ def test_custom_order_and_reserved_header(tmp_path):
     path = tmp_path / "x.safetensors"
     specs = {k: TensorSpec.of(t) for k, t in tensors.items()}
     with open(path, "w+b") as f:
-        writer = SafetensorsWriter(f, specs, {"format": "pt"}, order=["a", "b"], reserve=100)
+        writer = SafetensorsWriter(f, specs, {"format": "pt"}, order=["a", "b"],
+                                   size_for={"format": "pt", "final": "x" * 100})
         writer.write("b", tensors["b"])
         writer.write("a", tensors["a"])
         writer.set_metadata({"format": "pt", "final": "x" * 90})

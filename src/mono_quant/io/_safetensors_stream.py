@@ -124,8 +124,7 @@ class SafetensorsWriter:
     the format allows) to that length. :meth:`set_metadata` can then store the final metadata
     (metrics known only at the end) in place, without moving any tensor data, and two writers
     given the same ``size_for`` write the same bytes whatever the metrics' values.
-    ``reserve`` adds that many further spare bytes (rounded up to 8). :meth:`finish` checks
-    every tensor was written.
+    :meth:`finish` checks every tensor was written.
     """
 
     def __init__(
@@ -135,7 +134,6 @@ class SafetensorsWriter:
         metadata: Mapping[str, str] | None = None,
         *,
         order: Sequence[str] | None = None,
-        reserve: int = 0,
         size_for: Mapping[str, str] | None = None,
     ) -> None:
         if sys.byteorder == "big":
@@ -154,7 +152,7 @@ class SafetensorsWriter:
         self._names = names
         header = self._header(metadata)
         bound = len(self._header(size_for)) if size_for is not None else 0
-        self._header_len = max(len(header), bound) + -(-reserve // 8) * 8
+        self._header_len = max(len(header), bound)
         self._data_start = 8 + self._header_len
         f.seek(0)
         f.write(self._header_len.to_bytes(8, "little"))
@@ -201,7 +199,7 @@ class SafetensorsWriter:
         if len(header) > self._header_len:
             raise MonoQuantError(
                 f"metadata needs a {len(header)} byte header but only {self._header_len} were "
-                "reserved (a bug in the caller's size_for or reserve)"
+                "reserved (a bug in the caller's size_for)"
             )
         self._f.seek(8)
         self._f.write(header.ljust(self._header_len, b" "))

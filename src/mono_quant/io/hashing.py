@@ -32,12 +32,8 @@ _BLOCK = 1 << 20
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     refuse_special_file(path)  # a FIFO would block the read forever
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_fd(os.open(path, os.O_RDONLY))[0]
 
 
 def sha256_fd(fd: int) -> tuple[str, int]:
