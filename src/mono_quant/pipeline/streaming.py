@@ -44,6 +44,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -203,18 +204,15 @@ def _quantize_one(f, h: SafetensorsHeader, name: str, layer: str, config, writer
                   transpose: bool = False):
     """Quantize and write one weight (a Conv1D one transposed to ``[out, in]`` first); its
     buffers are freed when this returns."""
-    from mono_quant.quant import _measured
     from mono_quant.quant.metrics import check_int8_ranges, weight_error
-    from mono_quant.quant.quantize import quantize_weight
+    from mono_quant.quant.quantize import _quantize_one as quantize_one
     from mono_quant.quant.specs import qrange
 
     w = read_tensor(f, h, name, out=buffer)
     if transpose:
         w = w.t().contiguous()  # (in, out) -> (out, in): a copy, the buffer is reused
-    # the kernels quantize_model uses, chosen as it chooses them: identical output and sums
-    # (one pass over the weight where _measured applies, rounding and error sums in cache)
-    qw, acc = (_measured.quantize_measured(w, config, name) if _measured.applies(w, config)
-               else (quantize_weight(w, config, name), None))
+    # quantize_model's own choice of kernel: identical output and error sums
+    qw, acc = quantize_one(w, config, layer, gptq=False)
     problems = check_int8_ranges(layer, qw.data, qw.scale, qw.zero_point, *qrange(config.scheme))
     if problems:  # a bug of ours, never the user's input
         raise MonoQuantError("int8 range check failed: " + "; ".join(problems))
@@ -253,8 +251,7 @@ def _metrics(total: Any, per_layer: dict[str, float], layers_total: int, size_fp
 def _metrics_template(selected: list[str], tied: list[list[str]] | None) -> dict[str, Any]:
     """Metrics with the final ones' keys (their values do not matter): ``header_bound`` of
     an info holding them sizes the header, as ``save_model`` sizes it from the final info."""
-    acc = type("Template", (), {"sqnr_db": 0.0})()
-    return _metrics(acc, dict.fromkeys(selected, 0.0), 0, 1, 1, tied)
+    return _metrics(SimpleNamespace(sqnr_db=0.0), dict.fromkeys(selected, 0.0), 0, 1, 1, tied)
 
 
 def _head_layers(tied: list[list[str]] | None, headers: list[SafetensorsHeader]) -> int:
