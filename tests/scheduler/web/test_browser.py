@@ -71,6 +71,25 @@ def _css(driver, selector: str):
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
+def _click_and_load(driver, element) -> None:
+    """Click an element that navigates, then wait for the new page to be loaded.
+
+    ``click()`` returns before the browser leaves the old page, so reading rows straight
+    after it races the navigation: the rows found may belong to the old page and go stale
+    mid-read (CI saw ``StaleElementReferenceException`` here). Waiting for the old root
+    element to go stale, then for ``readyState == complete``, reads the new page only.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    wait = WebDriverWait(driver, 30)
+    wait.until(ec.staleness_of(old))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def test_batches_page(browser, web, web_batch, shot):
     browser.get(web + "/")
     [row] = _css(browser, "#batches tr[data-batch-id]")
@@ -113,14 +132,15 @@ def test_artifacts_page_filters(browser, web, web_batch, shot):
     shot(browser, "artifacts")
     browser.find_element(By.NAME, "scheme").send_keys("asymmetric")
     browser.find_element(By.NAME, "min_sqnr").send_keys("40")
-    browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    _click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.filters button"))
     expected = [r["id"] for r in web_batch.rows(
         "SELECT id FROM artifacts WHERE scheme = 'asymmetric' AND weight_sqnr_db >= 40 "
         "ORDER BY created_at DESC, id DESC")]
     shown = [int(r.get_attribute("data-artifact-id"))
              for r in _css(browser, "#artifacts tr[data-artifact-id]")]
     assert shown == expected and 0 < len(expected) < len(ids)
-    browser.find_element(By.LINK_TEXT, "Size").click()  # sort by a column, filters kept
+    # sort by a column, filters kept
+    _click_and_load(browser, browser.find_element(By.LINK_TEXT, "Size"))
     by_size = [r["id"] for r in web_batch.rows(
         "SELECT id FROM artifacts WHERE scheme = 'asymmetric' AND weight_sqnr_db >= 40 "
         "ORDER BY size_bytes DESC, id DESC")]
