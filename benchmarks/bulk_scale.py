@@ -219,7 +219,7 @@ def fast_load(catalog, rows: int, models: int, seed: int = 0) -> None:
     from sqlalchemy import insert, text, update
 
     from mono_quant.catalog import Artifact, Batch, Job
-    from mono_quant.catalog.bulk import JSONText, insert_rows
+    from mono_quant.catalog.bulk import insert_rows
 
     rng = random.Random(seed)
     templates = _templates()
@@ -237,7 +237,7 @@ def fast_load(catalog, rows: int, models: int, seed: int = 0) -> None:
             for b in range((rows + JOBS_PER_BATCH - 1) // JOBS_PER_BATCH)]))
     newest: dict[tuple, tuple] = {}  # group -> (created_at, artifact id)
     span = 365 * 24 * 3600
-    spec = JSONText('{"version": 1}')
+    spec = '{"version": 1}'
     # SQLite: inserts into ~12 indexes of random keys took 68 min for 1M rows at load 10-12
     # with its 2 MB page cache, 13.5 min at load 8 with this one
     with _big_page_cache(catalog):
@@ -246,11 +246,11 @@ def fast_load(catalog, rows: int, models: int, seed: int = 0) -> None:
             for i in range(start, min(rows, start + 50_000)):
                 model, c, fmt, key, created, sqnr, cos = draw(rng, i, models, span)
                 jobs.append((batch_ids[i // JOBS_PER_BATCH], f"job-{i}", model,
-                             JSONText(f'{{"kind": "hf", "id": "{model}"}}'), spec, key, "gpu",
+                             f'{{"kind": "hf", "id": "{model}"}}', spec, key, "gpu",
                              rng.choice(STATUSES), 1, 3, created))
                 t = templates[c]
                 head, tail = infos[c]
-                info = JSONText(head + repr(sqnr) + tail if tail else head)
+                info = head + repr(sqnr) + tail if tail else head
                 arts.append([*(t[col] for col in t_cols), info, None, key, model,
                              f"{model[3:]}/{key[:32]}{SUFFIX[fmt]}", fmt, key,
                              rng.randrange(1_000_000, 2_000_000_000), created, sqnr,
@@ -258,10 +258,11 @@ def fast_load(catalog, rows: int, models: int, seed: int = 0) -> None:
                              None if cos is None else rng.uniform(15, 45)])
                 groups.append(((model, t["config_digest"], fmt), created))
             with catalog.begin() as s:
-                job_ids = insert_rows(s, Job.__table__, job_cols, jobs)
+                job_ids = insert_rows(s, Job.__table__, job_cols, jobs,
+                                      texts={"model_source_json", "spec"})
                 for row, job_id in zip(arts, job_ids, strict=True):
                     row[len(t_cols) + 1] = job_id
-                art_ids = insert_rows(s, Artifact.__table__, art_cols, arts)
+                art_ids = insert_rows(s, Artifact.__table__, art_cols, arts, texts={"info"})
             for (group, created), art_id in zip(groups, art_ids, strict=True):
                 best = newest.get(group)
                 if best is None or (created, art_id) > best:

@@ -24,14 +24,13 @@ from sqlalchemy import func, select
 from mono_quant.catalog import Artifact, Catalog, Job, JobStatus, job_status_counts
 from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.batches import (
-    JobRow,
     KeyList,
     add_jobs,
     create_batch,
     existing_artifacts,
     jobs_in_flight,
 )
-from mono_quant.catalog.bulk import SETTLE_MIN_ROWS, JSONText, settle
+from mono_quant.catalog.bulk import SETTLE_MIN_ROWS, settle
 from mono_quant.catalog.models import FINAL_STATUSES
 from mono_quant.catalog.types import utcnow
 from mono_quant.config import Settings, get_settings
@@ -73,11 +72,11 @@ def hash_cache(settings: Settings) -> ContentHashCache:
     return ContentHashCache(settings.data_dir / CACHE_FILE)
 
 
-def _rows(jobs: Iterable[ScheduledJob]) -> list[JobRow]:
-    """The catalog rows of ``jobs``; their JSON columns as the specs' cached texts."""
-    return [JobRow(j.name, j.model_source, JSONText(j.spec.model_json),
-                   JSONText(j.spec.payload_json), j.spec.idempotency_key, j.queue,
-                   j.max_attempts) for j in jobs]
+def _rows(jobs: Iterable[ScheduledJob]) -> list[tuple[Any, ...]]:
+    """The catalog rows of ``jobs`` as plain tuples in :class:`JobRow`'s field order, their
+    JSON columns as the specs' cached texts (written with ``add_jobs(..., texts=True)``)."""
+    return [(j.name, j.model_source, texts[2], texts[1], texts[0], j.queue, j.max_attempts)
+            for j in jobs for texts in (j.spec.texts,)]
 
 
 _gc_lock = threading.Lock()
@@ -163,7 +162,8 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
         result.batch_id = batch.id
         for chunk in _chunked(specs, SUBMIT_CHUNK):
             todo = _screen(session, chunk, seen, force, result)
-            result.job_ids += add_jobs(session, batch.id, _rows(todo), queued=app is not None)
+            result.job_ids += add_jobs(session, batch.id, _rows(todo), queued=app is not None,
+                                       texts=True)
             result.queues += [sp.queue for sp in todo]
     with ThreadPoolExecutor(max_workers=1) as background:  # disk and broker overlap
         copied = background.submit(catalog.checkpoint)

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import ARRAY, String, any_, bindparam, or_, select, text
 from sqlalchemy.orm import Session
 
-from mono_quant.catalog.bulk import JSONText, insert_rows
+from mono_quant.catalog.bulk import insert_rows
 from mono_quant.catalog.models import Artifact, Batch, Job, JobStatus
 from mono_quant.catalog.types import utcnow
 
@@ -74,13 +74,14 @@ def id_filters(column: Any, ids: Iterable[int]) -> Iterator[Any]:
 
 
 class JobRow(NamedTuple):
-    """What ``create_batch`` needs to write one job (a tuple: a submit builds tens of
-    thousands, and :func:`add_jobs` splices them into the insert's rows as they are)."""
+    """What ``create_batch`` needs to write one job. :func:`add_jobs` passes the rows to the
+    insert as they are, so a plain tuple of these fields in this order does as well (a
+    submit builds tens of thousands: a tuple is built faster than a named one)."""
 
     name: str
     model_source: str
-    model_source_json: dict[str, Any] | JSONText  # JSONText: already serialised
-    spec: dict[str, Any] | JSONText
+    model_source_json: dict[str, Any] | str  # str: already serialised (add_jobs' ``texts``)
+    spec: dict[str, Any] | str
     idempotency_key: str
     queue: str
     max_attempts: int
@@ -107,31 +108,32 @@ def create_batch(
     return batch, add_jobs(session, batch.id, rows)
 
 
-#: The job columns :func:`add_jobs` writes (the others keep their NULL defaults).
-_JOB_COLUMNS = (
-    "batch_id", "name", "model_source", "model_source_json", "spec", "idempotency_key",
-    "queue", "status", "attempts", "max_attempts", "created_at", "queued_at",
-)
+#: The job columns :func:`add_jobs` writes (the others keep their NULL defaults): a
+#: :class:`JobRow`'s fields, then the values shared by the whole call.
+_ROW_COLUMNS = JobRow._fields
+#: The JSON columns of a :class:`JobRow`.
+_JSON_COLUMNS = ("model_source_json", "spec")
 
 
-def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow], *,
-             queued: bool = False) -> list[int]:
+def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow | tuple[Any, ...]], *,
+             queued: bool = False, texts: bool = False) -> list[int]:
     """Write ``rows`` as jobs of batch ``batch_id``; returns their ids in order.
 
     They are ``pending``, or with ``queued`` already ``queued`` (``queued_at`` = now): a
     submit that publishes right after its commit writes each row once in its final state
     instead of inserting it and then rewriting it (see
-    :func:`mono_quant.catalog.jobs.unsend` for a publish that fails). Uses the database's
-    bulk path (PostgreSQL ``COPY``, SQLite ``executemany``; see
+    :func:`mono_quant.catalog.jobs.unsend` for a publish that fails). ``texts``: each row's
+    ``model_source_json`` and ``spec`` are already their JSON text, as ``json.dumps`` writes
+    it (a submit builds them from cached parts), and are stored as they are. Uses the
+    database's bulk path (PostgreSQL ``COPY``, SQLite ``executemany``; see
     :mod:`mono_quant.catalog.bulk`) on the session's connection: same transaction.
     """
     now = utcnow()
     status = (JobStatus.QUEUED if queued else JobStatus.PENDING).value
-    queued_at = now if queued else None
-    # (name, model_source, model_source_json, spec, idempotency_key, queue) are JobRow's
-    # first six fields, in the columns' order
-    values = [(batch_id, *r[:6], status, 0, r.max_attempts, now, queued_at) for r in rows]
-    return insert_rows(session, Job.__table__, _JOB_COLUMNS, values)
+    shared = {"batch_id": batch_id, "status": status, "attempts": 0, "created_at": now,
+              "queued_at": now if queued else None}
+    return insert_rows(session, Job.__table__, _ROW_COLUMNS, rows, constants=shared,
+                       texts=_JSON_COLUMNS if texts else ())
 
 
 #: Keys per lookup in :func:`existing_artifacts` / :func:`jobs_in_flight`: one bound array

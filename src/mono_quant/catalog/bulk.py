@@ -12,33 +12,37 @@ path:
 
 Both run on the session's own connection, so the rows commit or roll back with the rest of
 the transaction. Values go through the columns' own bind processors (JSON serialiser, UTC
-timestamps), so the rows are byte for byte what the ORM would have written. A JSON value
-that is already the column serialiser's text (a :class:`JSONText`: a submit builds each job
-spec's text from cached parts) is written as it is.
+timestamps), so the rows are byte for byte what the ORM would have written. Two shortcuts
+keep the per-row Python work near the driver's own:
+
+* ``constants``: columns with one value for every row (a batch id, a status, a timestamp),
+  processed once and appended to each row by the driver-row zip instead of being repeated
+  in the caller's rows;
+* ``texts``: JSON columns whose values the caller gives as their serialised text, exactly as
+  ``json.dumps`` (SQLAlchemy's serialiser) writes them (a submit builds each job spec's text
+  from cached parts): written as they are, not serialised again.
+
+When no per-row column needs a bind processor, each driver row is ``(id, *row, *constants)``
+built in one pass: no transposing, no per-value calls.
 
 Example:
     with catalog.begin() as session:
-        ids = insert_rows(session, Job.__table__, ["batch_id", "name", ...], rows)
+        ids = insert_rows(session, Job.__table__, ["name", "spec", ...], rows,
+                          constants={"batch_id": 7, "status": "pending"}, texts={"spec"})
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 from sqlalchemy import JSON, Table, insert, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-__all__ = ["SETTLE_MIN_ROWS", "JSONText", "insert_rows", "reserve_ids", "settle"]
-
-
-class JSONText(str):
-    """A JSON column's value given as its text, exactly as ``json.dumps`` (SQLAlchemy's
-    serialiser) would write it: :func:`insert_rows` writes it without serialising again."""
-
-    __slots__ = ()
+__all__ = ["SETTLE_MIN_ROWS", "insert_rows", "reserve_ids", "settle"]
 
 
 def reserve_ids(conn: Connection, table: Table, n: int) -> list[int]:
@@ -67,19 +71,15 @@ def _processors(conn: Connection, table: Table, columns: Sequence[str]) -> list[
 
 def _column(values: Sequence[Any], process: Callable) -> Sequence[Any]:
     """One column's values through its bind processor. A value that is the same object as
-    the one before it (a batch id, a status, a timestamp shared by every row) is processed
-    once; a :class:`JSONText` goes as its text."""
+    the one before it (a status or a timestamp shared by many rows) is processed once."""
     first = values[0]
-    if type(first) is not JSONText and all(v is first for v in values):
+    if all(v is first for v in values):
         return [process(first)] * len(values)  # one value for the whole column
     out, last, done = [], _UNSET, None
     for value in values:
-        if type(value) is JSONText:
-            out.append(str.__str__(value))
-        else:
-            if value is not last:
-                last, done = value, process(value)
-            out.append(done)
+        if value is not last:
+            last, done = value, process(value)
+        out.append(done)
     return out
 
 
@@ -87,62 +87,91 @@ _UNSET = object()
 
 
 def _bound_rows(ids: Sequence[int], rows: Sequence[Sequence[Any]],
-                active: list[tuple[int, Callable]]) -> list[tuple[Any, ...]]:
-    """``(id, *row)`` tuples with each processed column's values bound, column by column
-    (a Python call per row and column cost more than the driver's own insert)."""
+                active: list[tuple[int, Callable]], tail: tuple[Any, ...]
+                ) -> list[tuple[Any, ...]]:
+    """``(id, *row, *tail)`` tuples with each processed column's values bound (``active``:
+    (index in the driver row, processor)), column by column: a Python call per row and
+    column cost more than the driver's own insert. Without any, one pass over the rows."""
+    if not active:
+        return [(i, *row, *tail) for i, row in zip(ids, rows, strict=True)]
     columns: list[Sequence[Any]] = [ids, *zip(*rows, strict=True)]
     for i, process in active:
         columns[i] = _column(columns[i], process)
-    return list(zip(*columns, strict=True))
+    return list(zip(*columns, *map(repeat, tail), strict=False))  # repeats are endless
+
+
+def _plan(conn: Connection, table: Table, columns: Sequence[str],
+          constants: Mapping[str, Any], texts: Collection[str],
+          dumps: Callable | None = None) -> tuple[list[str], list[tuple[int, Callable]],
+                                                   tuple[Any, ...]]:
+    """The statement's columns (``id``, the per-row ones, the constants), the per-row
+    columns' processors by driver-row index, and the constants' bound values. ``texts``
+    columns go as they are; ``dumps``: the serialiser of the other JSON columns (COPY),
+    else their bind processors."""
+    full = ["id", *columns, *constants]
+    procs = _processors(conn, table, full)
+    if dumps is not None:
+        procs = [dumps if isinstance(table.c[c].type, JSON) else p
+                 for c, p in zip(full, procs, strict=True)]
+    procs = [None if c in texts else p for c, p in zip(full, procs, strict=True)]
+    width = 1 + len(columns)
+    active = [(i, p) for i, p in enumerate(procs[:width]) if p is not None]
+    tail = tuple(v if p is None else p(v)
+                 for v, p in zip(constants.values(), procs[width:], strict=True))
+    return full, active, tail
 
 
 def _copy(conn: Connection, table: Table, columns: Sequence[str], ids: Sequence[int],
-          rows: Sequence[Sequence[Any]]) -> None:
+          rows: Sequence[Sequence[Any]], constants: Mapping[str, Any],
+          texts: Collection[str]) -> None:
     # JSON goes as its text (COPY's text format parses it as jsonb); other columns through
     # their bind processors (UTC timestamps).
     dumps = conn.dialect._json_serializer or json.dumps  # what SQLAlchemy itself would use
-    procs = [dumps if isinstance(table.c[c].type, JSON) else p
-             for c, p in zip(columns, _processors(conn, table, columns), strict=True)]
-    active = [(i, p) for i, p in enumerate(procs) if p is not None]
+    full, active, tail = _plan(conn, table, columns, constants, texts, dumps)
     raw = conn.connection.driver_connection
-    sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    sql = f"COPY {table.name} ({', '.join(full)}) FROM STDIN"
     with raw.cursor() as cur, cur.copy(sql) as copy:
-        for row in _bound_rows(ids, rows, active):
+        for row in _bound_rows(ids, rows, active, tail):
             copy.write_row(row)
 
 
 def _executemany(conn: Connection, table: Table, columns: Sequence[str], ids: Sequence[int],
-                 rows: Sequence[Sequence[Any]]) -> None:
-    procs = _processors(conn, table, columns)
-    active = [(i, p) for i, p in enumerate(procs) if p is not None]
-    sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
-           f"VALUES ({', '.join('?' * len(columns))})")
+                 rows: Sequence[Sequence[Any]], constants: Mapping[str, Any],
+                 texts: Collection[str]) -> None:
+    full, active, tail = _plan(conn, table, columns, constants, texts)
+    sql = f"INSERT INTO {table.name} ({', '.join(full)}) VALUES ({', '.join('?' * len(full))})"
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.executemany(sql, _bound_rows(ids, rows, active))
+        cursor.executemany(sql, _bound_rows(ids, rows, active, tail))
     finally:
         cursor.close()
 
 
 def insert_rows(session: Session, table: Table, columns: Sequence[str],
-                rows: Sequence[Sequence[Any]]) -> list[int]:
+                rows: Sequence[Sequence[Any]], *, constants: Mapping[str, Any] | None = None,
+                texts: Collection[str] = ()) -> list[int]:
     """Insert ``rows`` (values in ``columns`` order, without ``id``); returns their new ids.
 
+    ``constants``: more columns, each with one value for every row. ``texts``: JSON columns
+    (of ``columns`` or ``constants``) given as their serialised text, written as they are.
     The ids are in row order. Other backends than PostgreSQL and SQLite fall back to a Core
     ``executemany``.
     """
     if not rows:
         return []
+    constants = constants or {}
     conn = session.connection()
     ids = reserve_ids(conn, table, len(rows))
-    full = ["id", *columns]
     name = conn.dialect.name
     if name == "postgresql" and conn.dialect.driver == "psycopg":
-        _copy(conn, table, full, ids, rows)
+        _copy(conn, table, columns, ids, rows, constants, texts)
     elif name == "sqlite" and conn.dialect.driver == "pysqlite":
-        _executemany(conn, table, full, ids, rows)
+        _executemany(conn, table, columns, ids, rows, constants, texts)
     else:  # the Core path serialises JSON itself
-        plain = [[i, *(json.loads(v) if type(v) is JSONText else v for v in r)]
+        full = ["id", *columns, *constants]
+        loads = [json.loads if c in texts else None for c in full]
+        plain = [[v if f is None else f(v) for f, v in zip(loads, (i, *r, *constants.values()),
+                                                            strict=True)]
                  for i, r in zip(ids, rows, strict=True)]
         conn.execute(insert(table), [dict(zip(full, r, strict=True)) for r in plain])
     return ids
