@@ -54,7 +54,7 @@ def test_run_retries_transient_failures_and_fails_with_exit_1(tmp_path):
 def test_publishing_is_pipelined(monkeypatch):
     from celery import Celery
 
-    from mono_quant.scheduler.publish import publish_jobs
+    from mono_quant.scheduler.publish import MessageTemplate, publish_jobs
     from tests.worker.harness import redis_db
 
     url = redis_db(9)
@@ -64,22 +64,43 @@ def test_publishing_is_pipelined(monkeypatch):
     except redis.RedisError as e:
         pytest.skip(f"Redis at {url} is unreachable: {e}")
     client.flushdb()
-    pushes: list[list[tuple[bytes, int]]] = []  # per round trip: (queue, messages) per LPUSH
-    real = redis.client.Pipeline.execute
+    events: list = []  # ("send", [(queue, messages) per LPUSH]) and ("read", reply)
+    send, read = redis.connection.Connection.send_packed_command, \
+        redis.connection.Connection.read_response
 
-    def counting(self, *a, **kw):  # a spy on the real pipeline: counts round trips
-        lpush = [(c[0][1], len(c[0]) - 2) for c in self.command_stack if c[0][0] == "LPUSH"]
-        if lpush:
-            pushes.append(lpush)
-        return real(self, *a, **kw)
+    def sending(self, command, *a, **kw):  # spies on the real connection: what goes out
+        if isinstance(command, list) and command and b"LPUSH" in command[0][:24]:
+            heads = [c.split(b"\r\n", 6) for c in command]  # *N, $5, LPUSH, $len, key, …
+            events.append(("send", [(h[4].decode(), int(h[0][1:]) - 2) for h in heads]))
+        return send(self, command, *a, **kw)
 
-    monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
+    def reading(self, *a, **kw):
+        reply = read(self, *a, **kw)
+        if events and isinstance(reply, int):
+            events.append(("read", reply))
+        return reply
+
+    def rendering(self, job_ids):
+        events.append(("render", self.key, len(job_ids)))
+        return render(self, job_ids)
+
+    render = MessageTemplate.lpush_command
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", sending)
+    monkeypatch.setattr(redis.connection.Connection, "read_response", reading)
+    monkeypatch.setattr(MessageTemplate, "lpush_command", rendering)
     app = Celery("t", broker=url)
     try:
         jobs = [(i, "cpu" if i % 2 else "gpu") for i in range(2500)]
         assert publish_jobs(app, jobs, chunk=1000) == 2500
-        # one round trip per 1000 messages, one multi-value LPUSH per queue in each
-        assert pushes == [[("cpu", 500), ("gpu", 500)]] * 2 + [[("cpu", 250), ("gpu", 250)]]
+        # one write per 1000 messages, one multi-value LPUSH per queue in each; the next
+        # chunk is rendered while Redis stores one, whose replies (the lists' lengths) are
+        # read before the next goes out: never more than one chunk unconfirmed
+        first = [("render", "cpu", 500), ("render", "gpu", 500)]
+        assert events == [
+            *first, ("send", [("cpu", 500), ("gpu", 500)]),
+            *first, ("read", 500), ("read", 500), ("send", [("cpu", 500), ("gpu", 500)]),
+            ("render", "cpu", 250), ("render", "gpu", 250), ("read", 1000), ("read", 1000),
+            ("send", [("cpu", 250), ("gpu", 250)]), ("read", 1250), ("read", 1250)]
         assert client.llen("cpu") == 1250 and client.llen("gpu") == 1250
         message = json.loads(client.lindex("gpu", -1))  # the first one published
         assert message["headers"]["task"] == "mono_quant.run_job"

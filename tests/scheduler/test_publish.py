@@ -107,6 +107,32 @@ def test_publish_jobs_pushes_one_message_per_job_and_reconcile_finds_them(app, c
     assert broker_job_ids(app, ["cpu", "gpu"]) == set(range(1, 2001))
 
 
+def test_an_error_reply_midway_confirms_exactly_the_accepted_pushes(app, client):
+    """A push Redis refuses (by then the "gpu" key holds a string: WRONGTYPE) fails the
+    publish after its chunk's other push was accepted: ``on_sent`` gets exactly the accepted
+    ids, nothing after the failed chunk is sent, and the pooled connection is not left with
+    unread replies (the next publish works)."""
+    from mono_quant.errors import TransientError
+
+    jobs = [(i, "gpu" if i in (500, 1500) else "cpu") for i in range(1, 3001)]
+    sent: list[list[int]] = []
+
+    def on_sent(ids: list[int]) -> None:
+        sent.append(ids)
+        client.delete("gpu")
+        client.set("gpu", "not a list")  # the second chunk's gpu push is refused
+
+    with pytest.raises(TransientError, match="WRONGTYPE"):
+        publish_jobs(app, jobs, chunk=1000, on_sent=on_sent)
+    # per chunk, the ids of each accepted push (one per queue, in the queues' order)
+    assert sent == [[i for i in range(1, 1001) if i != 500] + [500],
+                    [i for i in range(1001, 2001) if i != 1500]]
+    on_broker = {json.loads(r)["headers"]["argsrepr"] for r in client.lrange("cpu", 0, -1)}
+    assert on_broker == {f"({i},)" for i in range(1, 2001) if i not in (500, 1500)}
+    client.delete("gpu", "cpu")
+    assert publish_jobs(app, [(7, "gpu")]) == 1 and client.llen("gpu") == 1
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_real_worker_runs_cloned_messages(client, tmp_path):
