@@ -21,7 +21,10 @@ from mono_quant.catalog.models import Artifact, Batch, Job
 if TYPE_CHECKING:
     from mono_quant.scheduler.manifest import ScheduledJob
 
-__all__ = ["check_batch", "check_job"]
+__all__ = ["NAME_LENGTH", "check_batch", "check_job", "check_settings", "name_fits"]
+
+#: The longest job name the catalog stores (``jobs.name``).
+NAME_LENGTH: int = Job.name.type.length
 
 
 def _problems(pairs: list[tuple[str, Any, Any]]) -> list[str]:
@@ -44,16 +47,22 @@ def check_job(job: ScheduledJob) -> list[str]:
     """Problems of one expanded job: its name (with the matrix suffix), queue, attempts, and
     the QuantizationInfo values the artifact row will hold."""
     spec = job.spec
-    found = _settings_problems(job.queue, job.max_attempts, spec.samples, spec.config.group_size)
-    name = check_column(Job.name, job.name)
-    if name is None and not found:
+    found = check_settings(job.queue, job.max_attempts, spec.samples, spec.config.group_size)
+    if not found and name_fits(job.name):
         return []  # the common case, without building the pairs
+    name = check_column(Job.name, job.name)
     return ([] if name is None else [f"name: {name}"]) + list(found)
 
 
+def name_fits(name: str) -> bool:
+    """Whether ``jobs.name`` stores ``name`` as it is: what :func:`check_job` checks of the
+    name, as one test (a matrix checks tens of thousands)."""
+    return type(name) is str and len(name) <= NAME_LENGTH and "\x00" not in name
+
+
 @lru_cache(maxsize=1024, typed=True)
-def _settings_problems(queue: str, max_attempts: int, samples: int | None,
-                       group_size: int | None) -> tuple[str, ...]:
+def check_settings(queue: str, max_attempts: int, samples: int | None,
+                   group_size: int | None) -> tuple[str, ...]:
     """The problems of the values a matrix repeats for thousands of jobs, once per set."""
     return tuple(_problems([
         ("queue", Job.queue, queue),

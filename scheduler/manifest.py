@@ -70,7 +70,7 @@ from mono_quant.scheduler.bounds import (
     read_bytes,
     read_checked,
 )
-from mono_quant.scheduler.columns import check_batch, check_job
+from mono_quant.scheduler.columns import check_batch, check_job, check_settings, name_fits
 
 __all__ = [
     "FORMATS", "Manifest", "ScheduledJob", "load_manifest", "parse_manifest", "stream_manifest",
@@ -448,12 +448,17 @@ class _Expander:
             if built is None:
                 return None
             spec, plan.queue = built[0], built[1].get("queue", "cpu")
+            plan.max_attempts = plan.values.get("max_attempts", self.default_attempts)
             plan.first[model.scheme] = spec
+            plan.clean[model.scheme] = not check_settings(
+                plan.queue, plan.max_attempts, spec.samples, spec.config.group_size)
         else:
             spec = first.with_model(model, digest)
-        return self._checked(i, plan, _scheduled(
-            name + plan.tail, spec, model_source, plan.queue,
-            plan.values.get("max_attempts", self.default_attempts)))
+        job = _scheduled(name + plan.tail, spec, model_source, plan.queue, plan.max_attempts)
+        # the copies share the first spec's settings: checked once, only the name per job
+        if plan.clean[model.scheme] and name_fits(job.name):
+            return job
+        return self._checked(i, plan, job)
 
     def _checked(self, i: int, plan: _Plan, job: ScheduledJob) -> ScheduledJob | None:
         """``job``, or None with what its catalog columns would refuse recorded."""
@@ -483,13 +488,16 @@ _NAME_AND_MODEL = frozenset({"name", "model"})
 
 class _Plan:
     """One matrix combination: its values, its name suffix, and (for jobs without values
-    of their own) the spec of its first model per scheme, which the others copy."""
+    of their own) the spec of its first model per scheme, which the others copy, with its
+    queue and attempts and whether its settings fit the catalog's columns."""
 
     def __init__(self, values: dict[str, Any], suffix: str) -> None:
         self.values, self.suffix = values, suffix
         self.tail = f"[{suffix}]" if suffix else ""
         self.first: dict[str, JobSpec] = {}
+        self.clean: dict[str, bool] = {}  # per scheme: the first spec's settings fit
         self.queue = "cpu"
+        self.max_attempts = 3
 
     def where(self, i: int) -> str:
         return f"jobs[{i}]" + (f" (matrix {self.suffix})" if self.suffix else "")

@@ -107,13 +107,15 @@ def flat_members(kwargs: Iterable[tuple[str, Any]]) -> tuple[str, str] | None:
     """The members of ``dict(kwargs)`` as JSON, keys sorted, compact (``"a":1,"b":2``) and
     with ``json.dumps``' separators (``"a": 1, "b": 2``); None unless every key is a str and
     every value a JSON scalar (:func:`scalar_json`)."""
-    inner = []
+    compact, default = [], []
     for key, value in sorted(kwargs):
-        text = scalar_json(value)
+        text = int.__repr__(value) if type(value) is int else scalar_json(value)
         if text is None or type(key) is not str:
             return None
-        inner.append((_key_json(key), text))
-    return ",".join(f"{k}:{t}" for k, t in inner), ", ".join(f"{k}: {t}" for k, t in inner)
+        name = _KEY_TEXTS.get(key) or _key_json(key)
+        compact.append(name + ":" + text)
+        default.append(name + ": " + text)
+    return ",".join(compact), ", ".join(default)
 
 
 def flat_texts(fields: dict[str, Any], kwargs: tuple[tuple[str, Any], ...],
@@ -341,7 +343,10 @@ class Source:
         return hash(json.dumps(self.canonical(), sort_keys=True, default=str))
 
     def __str__(self) -> str:
-        args = {**dict(sorted(self.kwargs)), **{k: v for k, v in self._options().items()
-                                                if v is not None}}
-        query = "&".join(f"{k}={_render(v)}" for k, v in args.items())
+        args = dict(sorted(self.kwargs))
+        for key, value in self._options().items():
+            if value is not None:
+                args[key] = value
+        query = "&".join([f"{k}={int.__repr__(v) if type(v) is int else _render(v)}"
+                          for k, v in args.items()])
         return f"{self.scheme}:{self.target}" + (f"?{query}" if query else "")

@@ -25,7 +25,7 @@ you trust its code
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -46,6 +46,8 @@ class FactoryAllowList:
     """
 
     patterns: tuple[str, ...]
+    #: Targets :meth:`check_target` allowed (the patterns are fixed: so is the answer).
+    _allowed: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str | None) -> FactoryAllowList:
@@ -68,7 +70,11 @@ class FactoryAllowList:
         )
 
     def check_target(self, target: str, text: str) -> None:
-        """Refuse ``module:callable`` before importing anything (BadConfigError)."""
+        """Refuse ``module:callable`` before importing anything (BadConfigError). A target
+        once allowed is remembered (a generated manifest names one factory thousands of
+        times)."""
+        if target in self._allowed:
+            return
         module, _, attr = str(target).partition(":")
         if not self.allows(module):
             raise self._refuse(module, text, "module")
@@ -77,6 +83,8 @@ class FactoryAllowList:
             raise BadConfigError(
                 f"{text}: factory attribute {private[0]!r} is private; name a public callable"
             )
+        if type(target) is str and len(self._allowed) < 1024:
+            self._allowed.add(target)
 
     def check_callable(self, obj: Any, text: str) -> None:
         """Refuse a callable found in an allowed module but defined elsewhere."""

@@ -310,9 +310,14 @@ def _factory_mapping(value: dict[str, Any], factories: FactoryAllowList | None
                         ', "kwargs": {' + members[1] + "}" if "kwargs" in value else "", "}"])
     if factories is not None:
         factories.check_target(target, text)
-    source = ModelSource("factory", target, items, None, text=text)
-    if members is not None:
-        source.json_texts(members)  # computed now, from the same members
+    if members is None:
+        return ModelSource("factory", target, items, None, text=text)
+    # what ModelSource(...) builds, without its checks, which the above made (a known
+    # scheme; str keys; JSON scalars) and the frozen dataclass's setattr per field
+    source = object.__new__(ModelSource)
+    source.__dict__.update(scheme="factory", target=target, kwargs=items, weights=None,
+                           text=text)
+    source.json_texts(members)  # computed now, from the same members
     return source
 
 

@@ -333,19 +333,19 @@ class JobSpec:
     def _texts(self) -> tuple[str, str, str]:
         """:meth:`_cache_json`'s texts, computed. A plain method: mutation testing
         (tools/mutate.py) skips decorated functions, and these texts are the key."""
-        model = _part_texts(self.model)
-        key_head, key_tail, payload_tail = self.__dict__.get("_framed") or _frame(self)
+        model = self.model.json_texts()  # a ModelSource: cached on it
+        key_head, key_tail, payload_head, payload_tail = (self.__dict__.get("_framed")
+                                                          or _frame(self))
         return (hashlib.sha256((key_head + model[0] + key_tail).encode()).hexdigest(),
-                f'{{"version": {self.payload_version}, "model": {model[1]}{payload_tail}',
-                model[1])
+                payload_head + model[1] + payload_tail, model[1])
 
 
 #: JobSpec's dataclass fields, in order.
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(JobSpec))
 
 
-def _frame(spec: JobSpec) -> tuple[str, str, str]:
-    """The texts around the model in the key (before, after) and after it in the payload,
+def _frame(spec: JobSpec) -> tuple[str, str, str, str]:
+    """The texts around the model in the key and in the payload (before, after each),
     cached by the parts that make them (the objects by identity, held while cached)."""
     config, calibration, evaluation = objects = spec.config, spec.calibration, spec.evaluation
     # the scalars are validated (an int is never a bool or a float here): equal, same text
@@ -364,10 +364,10 @@ def _frame(spec: JobSpec) -> tuple[str, str, str]:
 
 
 #: _frame's cache: (config, calibration, evaluation) and the texts, by those ids and scalars.
-_FRAMES: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[str, str, str]]] = {}
+_FRAMES: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[str, str, str, str]]] = {}
 
 
-def _frame_texts(spec: JobSpec) -> tuple[str, str, str]:
+def _frame_texts(spec: JobSpec) -> tuple[str, str, str, str]:
     """:func:`_frame`'s texts, built from each part's JSON."""
     quant = _part_texts(spec.config)
     cal = _NULL if spec.calibration is None else _part_texts(spec.calibration)
@@ -393,7 +393,7 @@ def _frame_texts(spec: JobSpec) -> tuple[str, str, str]:
     payload += [] if shards is None else [f'"max_shard_size": {shards}']
     payload += [] if pipe is None else [f'"pipeline": {pipe}']
     return (",".join(key) + ',"model":', "," + ",".join(tail) + "}",
-            ", ".join(payload) + "}")
+            f'{{"version": {spec.payload_version}, "model": ', ", ".join(payload) + "}")
 
 
 _NULL = ("null", "null")
