@@ -13,7 +13,6 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +132,11 @@ def submit(
     these names (``--job NAME``; with ``force`` it redoes one job, not the whole manifest).
     ``check`` is called with each job as it streams by, before it is written (the CLI's
     ``--strict`` serveability check): what it raises rolls the whole batch back.
+
+    On SQLite the submit returns once the batch is committed and published; copying the
+    write-ahead log into the database file (the checkpoint its commit would otherwise run
+    itself) goes on in a thread of the catalog (:meth:`Catalog.checkpoint_later`), which
+    the process lets finish before it exits.
     """
     with _gc_paused():
         return _submit(Path(manifest_path), catalog, app=app, force=force,
@@ -155,7 +159,7 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
     result = SubmitResult(0, [], [])
     seen: set[str] = set()
     chunk = todo = None
-    with catalog.begin_bulk() as session:  # SQLite's checkpoint left to the publish below
+    with catalog.begin_bulk() as session:  # SQLite's checkpoint left for after the publish
         batch, _ = create_batch(
             session, [], name=manifest.name or path.stem, manifest_digest=digest,
             requested_by=requested_by or _user(), labels=dict(manifest.labels),
@@ -166,15 +170,14 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
             result.job_ids += add_jobs(session, batch.id, _rows(todo), queued=app is not None,
                                        texts=True)
             result.queues += [sp.queue for sp in todo]
-    with ThreadPoolExecutor(max_workers=1) as background:  # disk and broker overlap
-        copied = background.submit(catalog.checkpoint)
-        # the last chunk's specs and the manifest freed while the log is copied (10,000
-        # specs: about 10 ms), not after it on the way out
-        del chunk, todo, specs, manifest
+    del chunk, todo, specs, manifest, seen  # 10,000 specs: freed before the publish
+    try:
         if app is not None and result.job_ids:
             result.published = publish_new(catalog, app, list(zip(
                 result.job_ids, result.queues, strict=True)))
-        copied.result()
+    finally:  # SQLite's log copied into the database file on a thread of its own (after
+        # the publish, which it would slow down: both want a core besides Redis)
+        catalog.checkpoint_later()
     if len(result.job_ids) >= SETTLE_MIN_ROWS:
         settle(catalog.engine, Job.__table__)  # status counts read the index alone
     return result

@@ -251,9 +251,9 @@ def test_100k_jobs_submit_in_one_transaction_and_survive_a_broker_failure(
 def test_a_sqlite_submit_checkpoints_after_its_commit_and_restores_the_setting(
         catalog, tmp_path, monkeypatch):
     """On SQLite the submit's commit leaves the write-ahead log's checkpoint (copying it into
-    the database file and syncing it) to ``Catalog.checkpoint``, run while the messages go
-    out; the pooled connection checkpoints automatically again afterwards, also when the
-    batch is rolled back."""
+    the database file and syncing it) to ``Catalog.checkpoint``, run on a thread of its own
+    after the messages went out; the pooled connection checkpoints automatically again
+    afterwards, also when the batch is rolled back."""
     if catalog.engine.dialect.name != "sqlite":
         pytest.skip("PostgreSQL has no write-ahead log checkpoint to defer")
     order, commits = [], []
@@ -266,6 +266,7 @@ def test_a_sqlite_submit_checkpoints_after_its_commit_and_restores_the_setting(
         commits.append(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
 
     res = submit(_manifest(tmp_path / "m.json", 300), catalog)
+    catalog.wait_checkpoint()  # it runs on a thread of its own
     assert len(res.job_ids) == 1200 and order == ["checkpoint"]
     assert 0 in commits  # the batch's own commit: no automatic checkpoint
     with catalog.engine.connect() as conn:
