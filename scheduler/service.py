@@ -24,6 +24,7 @@ from mono_quant.catalog import Artifact, Catalog, Job, JobStatus, job_status_cou
 from mono_quant.catalog import jobs as job_state
 from mono_quant.catalog.batches import (
     KeyList,
+    SerializedRows,
     add_jobs,
     create_batch,
     existing_artifacts,
@@ -71,11 +72,10 @@ def hash_cache(settings: Settings) -> ContentHashCache:
     return ContentHashCache(settings.data_dir / CACHE_FILE)
 
 
-def _rows(jobs: Iterable[ScheduledJob]) -> list[tuple[Any, ...]]:
-    """The catalog rows of ``jobs`` as plain tuples in :class:`JobRow`'s field order, their
-    JSON columns as the specs' cached texts (written with ``add_jobs(..., texts=True)``)."""
-    return [(j.name, j.model_source, texts[2], texts[1], texts[0], j.queue, j.max_attempts)
-            for j in jobs for texts in (j.spec.texts,)]
+def _rows(jobs: Iterable[ScheduledJob]) -> SerializedRows:
+    """The catalog rows of ``jobs``, their JSON columns as the specs' cached texts."""
+    return SerializedRows([(j.name, j.model_source, texts[2], texts[1], texts[0], j.queue,
+                            j.max_attempts) for j in jobs for texts in (j.spec.texts,)])
 
 
 _gc_lock = threading.Lock()
@@ -158,7 +158,6 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
         specs = _checked(specs, check)
     result = SubmitResult(0, [], [])
     seen: set[str] = set()
-    chunk = todo = None
     with catalog.begin_bulk() as session:  # SQLite's checkpoint left for after the publish
         batch, _ = create_batch(
             session, [], name=manifest.name or path.stem, manifest_digest=digest,
@@ -167,10 +166,8 @@ def _submit(path: Path, catalog: Catalog, *, app: Any | None, force: bool,
         result.batch_id = batch.id
         for chunk in _chunked(specs, SUBMIT_CHUNK):
             todo = _screen(session, chunk, seen, force, result)
-            result.job_ids += add_jobs(session, batch.id, _rows(todo), queued=app is not None,
-                                       texts=True)
+            result.job_ids += add_jobs(session, batch.id, _rows(todo), queued=app is not None)
             result.queues += [sp.queue for sp in todo]
-    del chunk, todo, specs, manifest, seen  # 10,000 specs: freed before the publish
     try:
         if app is not None and result.job_ids:
             result.published = publish_new(catalog, app, list(zip(

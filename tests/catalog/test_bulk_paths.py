@@ -11,7 +11,7 @@ from sqlalchemy import event, func, select, text
 
 from mono_quant.catalog import Catalog, Job, JobStatus, queries
 from mono_quant.catalog import jobs as js
-from mono_quant.catalog.batches import JobRow, add_jobs, create_batch, id_runs
+from mono_quant.catalog.batches import JobRow, SerializedRows, add_jobs, create_batch, id_runs
 
 S = JobStatus
 
@@ -47,13 +47,13 @@ def _row(i: int, spec) -> JobRow:
 
 
 def test_json_text_rows_are_stored_as_the_serialiser_would(catalog):
-    """Rows given as dicts (serialised by the column) and as their text (``texts=True``, a
-    plain tuple as a submit builds them) store the same bytes, and the same columns."""
+    """Rows given as dicts (serialised by the column) and as their text (plain tuples in a
+    SerializedRows, as a submit builds them) store the same bytes, and the same columns."""
     spec = {"version": 1, "model": {"kwargs": {"név": "✓", "x": [1, 2.5, None]}}, "b": True}
     with catalog.begin() as s:
         batch, (a,) = create_batch(s, [_row(0, spec)], name="t")
-        (b,) = add_jobs(s, batch.id, [tuple(_row(1, json.dumps(spec))._replace(
-            model_source_json=json.dumps({"i": 0}), name="j0"))], texts=True)
+        (b,) = add_jobs(s, batch.id, SerializedRows([tuple(_row(1, json.dumps(spec))._replace(
+            model_source_json=json.dumps({"i": 0}), name="j0"))]))
     with catalog.begin() as s:
         specs = dict(s.execute(select(Job.id, Job.spec)).all())
         raw = [tuple(r) for r in s.execute(text(

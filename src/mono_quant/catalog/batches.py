@@ -19,8 +19,8 @@ from mono_quant.catalog.models import Artifact, Batch, Job, JobStatus
 from mono_quant.catalog.types import utcnow
 
 __all__ = [
-    "JobRow", "KeyList", "add_jobs", "chunks", "create_batch", "existing_artifacts",
-    "id_filters", "id_runs", "jobs_in_flight", "pairs",
+    "JobRow", "KeyList", "SerializedRows", "add_jobs", "chunks", "create_batch",
+    "existing_artifacts", "id_filters", "id_runs", "jobs_in_flight", "pairs",
 ]
 
 #: ids or keys per ``IN (...)`` list: well below SQLite's parameter limit.
@@ -75,13 +75,13 @@ def id_filters(column: Any, ids: Iterable[int]) -> Iterator[Any]:
 
 class JobRow(NamedTuple):
     """What ``create_batch`` needs to write one job. :func:`add_jobs` passes the rows to the
-    insert as they are, so a plain tuple of these fields in this order does as well (a
-    submit builds tens of thousands: a tuple is built faster than a named one)."""
+    insert as they are (a :class:`SerializedRows` holds plain tuples of these fields: a
+    submit builds tens of thousands, and a tuple is built faster than a named one)."""
 
     name: str
     model_source: str
-    model_source_json: dict[str, Any] | str  # str: already serialised (add_jobs' ``texts``)
-    spec: dict[str, Any] | str
+    model_source_json: dict[str, Any]
+    spec: dict[str, Any]
     idempotency_key: str
     queue: str
     max_attempts: int
@@ -89,7 +89,7 @@ class JobRow(NamedTuple):
 
 def create_batch(
     session: Session,
-    rows: Sequence[JobRow],
+    rows: Sequence[JobRow] | SerializedRows,
     *,
     name: str,
     manifest_digest: str | None = None,
@@ -108,6 +108,15 @@ def create_batch(
     return batch, add_jobs(session, batch.id, rows)
 
 
+class SerializedRows(list):  # type: ignore[type-arg]
+    """Job rows (:class:`JobRow`'s fields in order, plain tuples) whose ``model_source_json``
+    and ``spec`` are already their JSON text, as ``json.dumps`` writes it (a submit builds
+    them from cached parts): :func:`add_jobs` stores those as they are. The list's type says
+    so, so a text is never stored a second time as a JSON string."""
+
+    __slots__ = ()
+
+
 #: The job columns :func:`add_jobs` writes (the others keep their NULL defaults): a
 #: :class:`JobRow`'s fields, then the values shared by the whole call.
 _ROW_COLUMNS = JobRow._fields
@@ -115,25 +124,25 @@ _ROW_COLUMNS = JobRow._fields
 _JSON_COLUMNS = ("model_source_json", "spec")
 
 
-def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow | tuple[Any, ...]], *,
-             queued: bool = False, texts: bool = False) -> list[int]:
+def add_jobs(session: Session, batch_id: int, rows: Sequence[JobRow] | SerializedRows, *,
+             queued: bool = False) -> list[int]:
     """Write ``rows`` as jobs of batch ``batch_id``; returns their ids in order.
 
     They are ``pending``, or with ``queued`` already ``queued`` (``queued_at`` = now): a
     submit that publishes right after its commit writes each row once in its final state
     instead of inserting it and then rewriting it (see
-    :func:`mono_quant.catalog.jobs.unsend` for a publish that fails). ``texts``: each row's
-    ``model_source_json`` and ``spec`` are already their JSON text, as ``json.dumps`` writes
-    it (a submit builds them from cached parts), and are stored as they are. Uses the
-    database's bulk path (PostgreSQL ``COPY``, SQLite ``executemany``; see
-    :mod:`mono_quant.catalog.bulk`) on the session's connection: same transaction.
+    :func:`mono_quant.catalog.jobs.unsend` for a publish that fails). Rows in a
+    :class:`SerializedRows` give their JSON columns as text. Uses the database's bulk path
+    (PostgreSQL ``COPY``, SQLite ``executemany``; see :mod:`mono_quant.catalog.bulk`) on
+    the session's connection: same transaction.
     """
     now = utcnow()
     status = (JobStatus.QUEUED if queued else JobStatus.PENDING).value
     shared = {"batch_id": batch_id, "status": status, "attempts": 0, "created_at": now,
               "queued_at": now if queued else None}
+    texts = _JSON_COLUMNS if isinstance(rows, SerializedRows) else ()
     return insert_rows(session, Job.__table__, _ROW_COLUMNS, rows, constants=shared,
-                       texts=_JSON_COLUMNS if texts else ())
+                       texts=texts)
 
 
 #: Keys per lookup in :func:`existing_artifacts` / :func:`jobs_in_flight`: one bound array
