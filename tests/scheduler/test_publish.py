@@ -7,6 +7,7 @@ a real ``mono-quant worker`` process with a SQLite catalog.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -131,6 +132,37 @@ def test_an_error_reply_midway_confirms_exactly_the_accepted_pushes(app, client)
     assert on_broker == {f"({i},)" for i in range(1, 2001) if i not in (500, 1500)}
     client.delete("gpu", "cpu")
     assert publish_jobs(app, [(7, "gpu")]) == 1 and client.llen("gpu") == 1
+
+
+def test_other_transports_publish_through_send_task():
+    """A broker without the Redis fast path (RabbitMQ here, the one on this machine) gets
+    one ``send_task`` message per job, each chunk reported to ``on_sent`` once sent."""
+    from kombu import Connection
+
+    url = os.environ.get("MONO_QUANT_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+    queues = [f"mq-test-{uuid.uuid4().hex[:8]}-{q}" for q in ("cpu", "gpu")]
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as e:  # no RabbitMQ: nothing to test against
+        pytest.skip(f"RabbitMQ at {url} is unreachable: {e}")
+    app = create_app(Settings.from_env({"MONO_QUANT_BROKER_URL": url}))
+    jobs = [(i, queues[i % 2]) for i in range(1, 26)]
+    sent: list[list[int]] = []
+    try:
+        assert publish_jobs(app, jobs, chunk=10, on_sent=sent.append) == 25
+        assert sent == [list(range(1, 11)), list(range(11, 21)), list(range(21, 26))]
+        with Connection(url) as conn, conn.channel() as channel:
+            counts = [channel.queue_declare(q, passive=True).message_count for q in queues]
+            bodies = []
+            for q in queues:
+                while (m := channel.basic_get(q, no_ack=True)) is not None:
+                    bodies.append(json.loads(m.body)[0][0])
+        assert counts == [12, 13] and sorted(bodies) == list(range(1, 26))
+    finally:
+        with Connection(url) as conn, conn.channel() as channel:
+            for q in queues:
+                channel.queue_delete(q)
 
 
 @pytest.mark.slow
