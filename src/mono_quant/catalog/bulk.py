@@ -72,9 +72,6 @@ def _processors(conn: Connection, table: Table, columns: Sequence[str]) -> list[
 def _column(values: Sequence[Any], process: Callable) -> Sequence[Any]:
     """One column's values through its bind processor. A value that is the same object as
     the one before it (a status or a timestamp shared by many rows) is processed once."""
-    first = values[0]
-    if all(v is first for v in values):
-        return [process(first)] * len(values)  # one value for the whole column
     out, last, done = [], _UNSET, None
     for value in values:
         if value is not last:

@@ -294,17 +294,17 @@ class JobSpec:
         and calibration source across thousands of jobs): byte for byte the text
         :func:`_idempotency_key` serialises from :meth:`to_payload` (tested).
         """
-        return (self.__dict__.get("_json") or self._cache_json())[0]
+        return self.texts[0]
 
     @property
     def payload_json(self) -> str:
         """``json.dumps(self.to_payload())``: what the catalog's ``jobs.spec`` column stores."""
-        return (self.__dict__.get("_json") or self._cache_json())[1]
+        return self.texts[1]
 
     @property
     def model_json(self) -> str:
         """``json.dumps(self.model.canonical())``: the ``jobs.model_source_json`` column."""
-        return (self.__dict__.get("_json") or self._cache_json())[2]
+        return self.texts[2]
 
     @property
     def texts(self) -> tuple[str, str, str]:
